@@ -1,0 +1,210 @@
+"""Settings as nested dataclasses, read from and written to YAML.
+
+Every key is addressable as a dotted path (``model.image_size``, ``gan.iterations``) so the
+command line can override any of them with ``--set key=value``.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+VARIANTS = ("conv", "conv_attn", "res", "res_attn")
+
+
+@dataclass
+class ModelConfig:
+    image_size: int = 64
+    channels: int = 1
+    width: int = 8
+    z_dim: int = 128
+    variant: str = "res_attn"
+    # CBAM only on feature maps this small or smaller: it is ~40% of the cost at high
+    # resolution on a CPU (see README, "speed") for little gain.
+    attn_max_size: int = 16
+    critic_head: str = "unet"  # "unet" (F-UNetGAN) or "global" (f-AnoGAN baseline critic)
+
+
+@dataclass
+class GANConfig:
+    iterations: int = 2000  # generator steps
+    max_minutes: float | None = None
+    lr_g: float = 1e-4
+    lr_d: float = 1e-4
+    betas: tuple[float, float] = (0.0, 0.9)
+    n_critic: int = 5
+    lambda_gp: float = 10.0
+    lambda_cons: float = 1.0
+    consistency: str = "mixup"  # "mixup", "cutmix" or "none"
+    gp_every: int = 1  # lazy regularisation: penalties every k-th critic step, weighted by k
+
+
+@dataclass
+class EncoderConfig:
+    iterations: int = 2000
+    max_minutes: float | None = None
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    kappa: float = 1.0
+
+
+@dataclass
+class ScoreConfig:
+    kappa: float = 1.0  # weight of D-feature residuals in maps and image scores
+    image_score: str = "izif"  # "izif" (f-AnoGAN mse terms), "max" or "topk" of the pixel map
+    topk_fraction: float = 0.01
+    blur_sigma: float | None = None  # pixels at model size; None: 4 px at 128, scaled with size
+    normal_quantile: float = 0.99  # threshold rule when validation has no anomalies
+
+
+@dataclass
+class DataConfig:
+    val_fraction: float = 0.1  # normal training images held out for calibration
+    category: str | None = None  # MVTec AD category when --data is the dataset root
+    normal_class: int | None = None  # one-class protocol for labelled sets (IDX)
+    on_bad_file: str = "error"  # "error" or "skip" (skipped files are listed)
+    hu_window: tuple[float, float] = (-1000.0, 400.0)  # CT lung window
+    crop_to_lung: bool = False
+    augment_flip: bool = False
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    gan: GANConfig = field(default_factory=GANConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    batch_size: int = 64
+    seed: int = 0
+    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", "mps"
+    amp: bool = True  # bf16 autocast where the device runs it natively (CUDA); never on CPU
+    channels_last: bool = True
+    log_every: int = 25
+    sample_every: int = 250
+    checkpoint_every: int = 250
+
+    def validate(self) -> "Config":
+        m = self.model
+        if m.image_size < 32 or m.image_size > 256 or m.image_size & (m.image_size - 1):
+            raise ValueError(f"model.image_size must be a power of two in 32..256, got {m.image_size}")
+        if m.channels not in (1, 3):
+            raise ValueError(f"model.channels must be 1 or 3, got {m.channels}")
+        if m.variant not in VARIANTS:
+            raise ValueError(f"model.variant must be one of {VARIANTS}, got {m.variant!r}")
+        if m.critic_head not in ("unet", "global"):
+            raise ValueError(f"model.critic_head must be 'unet' or 'global', got {m.critic_head!r}")
+        if self.gan.consistency not in ("mixup", "cutmix", "none"):
+            raise ValueError(f"gan.consistency must be mixup, cutmix or none, got {self.gan.consistency!r}")
+        if self.score.image_score not in ("izif", "max", "topk"):
+            raise ValueError(f"score.image_score must be izif, max or topk, got {self.score.image_score!r}")
+        if self.data.on_bad_file not in ("error", "skip"):
+            raise ValueError(f"data.on_bad_file must be error or skip, got {self.data.on_bad_file!r}")
+        for name in ("batch_size", "gan.n_critic", "gan.gp_every", "gan.iterations", "encoder.iterations"):
+            if get_key(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self))
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "Config":
+        config = cls()
+        for key, value in _flatten(values).items():
+            set_key(config, key, value)
+        return config.validate()
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Config":
+        path = Path(path)
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as err:
+            raise ValueError(f"{path}: cannot read settings: {err}") from None
+        if not isinstance(values, dict):
+            raise ValueError(f"{path}: settings must be a mapping of keys to values")
+        try:
+            return cls.from_dict(values)
+        except (KeyError, ValueError, TypeError) as err:
+            raise ValueError(f"{path}: {err}") from None
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _resolve(config: Config, key: str) -> tuple[Any, str]:
+    *parents, leaf = key.split(".")
+    node = config
+    for part in parents:
+        if not dataclasses.is_dataclass(node) or not hasattr(node, part):
+            raise KeyError(f"unknown setting {key!r}")
+        node = getattr(node, part)
+    if not dataclasses.is_dataclass(node) or leaf not in {f.name for f in dataclasses.fields(node)}:
+        raise KeyError(f"unknown setting {key!r}")
+    return node, leaf
+
+
+def get_key(config: Config, key: str) -> Any:
+    node, leaf = _resolve(config, key)
+    return getattr(node, leaf)
+
+
+def set_key(config: Config, key: str, value: Any) -> None:
+    """Set a dotted key, converting ``value`` (a string from the command line, or a YAML
+    value) to the type of the default."""
+    node, leaf = _resolve(config, key)
+    current = getattr(node, leaf)
+    if isinstance(value, str) and not isinstance(current, str):
+        value = yaml.safe_load(value)
+    setattr(node, leaf, _coerce(key, current, value))
+
+
+def _coerce(key: str, current: Any, value: Any) -> Any:
+    if value is None or current is None:
+        return value
+    if isinstance(current, bool):
+        if not isinstance(value, bool):
+            raise ValueError(f"{key} must be true or false, got {value!r}")
+        return value
+    if isinstance(current, tuple):
+        if not isinstance(value, (list, tuple)) or len(value) != len(current):
+            raise ValueError(f"{key} must be a list of {len(current)} numbers, got {value!r}")
+        return tuple(float(v) for v in value)
+    if isinstance(current, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{key} must be a number, got {value!r}")
+        if isinstance(current, int) and not isinstance(current, bool) and float(value) != int(value):
+            raise ValueError(f"{key} must be an integer, got {value!r}")
+        return type(current)(value)
+    return str(value)
+
+
+def apply_overrides(config: Config, overrides: list[str]) -> Config:
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set expects key=value, got {item!r}")
+        set_key(config, key.strip(), value.strip())
+    return config.validate()

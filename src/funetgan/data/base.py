@@ -1,0 +1,98 @@
+"""The in-memory form every data source produces.
+
+Images are kept as uint8 at the model's size (small, and decoded only once); they become
+float tensors in [-1, 1] per batch, on the training device.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+
+class DataError(ValueError):
+    """Bad or missing input data; the message names the file(s) and the problem."""
+
+
+@dataclass
+class ImageSet:
+    images: np.ndarray  # N x S x S x C uint8, resized to the model's size
+    labels: np.ndarray  # N int64: 0 normal, 1 anomalous
+    paths: list[str]  # where each image came from (file, or file#slice for volumes)
+    kinds: list[str]  # "good" for normal images, else the defect type / class name
+    sizes: np.ndarray  # N x 2 int: original (height, width), for outputs at that size
+    masks: np.ndarray | None = None  # N x S x S bool pixel truth, or None: no pixel truth
+    has_mask: np.ndarray | None = None  # N bool: which rows of `masks` are real truth
+    notes: list[str] = field(default_factory=list)  # warnings for the user (skipped files, ...)
+
+    def __post_init__(self) -> None:
+        n = len(self.images)
+        if self.images.ndim != 4 or self.images.dtype != np.uint8:
+            raise ValueError("ImageSet.images must be an N x S x S x C uint8 array")
+        if not (len(self.labels) == len(self.paths) == len(self.kinds) == len(self.sizes) == n):
+            raise ValueError("ImageSet fields must all have one entry per image")
+        if self.masks is not None:
+            if self.masks.shape != self.images.shape[:3]:
+                raise ValueError("ImageSet.masks must be N x S x S, matching the images")
+            if self.has_mask is None:
+                self.has_mask = np.ones(n, dtype=bool)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def subset(self, index) -> "ImageSet":
+        index = np.asarray(index)
+        pick = lambda seq: [seq[i] for i in index]  # noqa: E731
+        return ImageSet(
+            images=self.images[index],
+            labels=self.labels[index],
+            paths=pick(self.paths),
+            kinds=pick(self.kinds),
+            sizes=self.sizes[index],
+            masks=None if self.masks is None else self.masks[index],
+            has_mask=None if self.has_mask is None else self.has_mask[index],
+            notes=list(self.notes),
+        )
+
+    @staticmethod
+    def concat(sets: list["ImageSet"]) -> "ImageSet":
+        any_masks = any(s.masks is not None for s in sets)
+        masks = has_mask = None
+        if any_masks:
+            masks = np.concatenate([s.masks if s.masks is not None
+                                    else np.zeros(s.images.shape[:3], bool) for s in sets])
+            has_mask = np.concatenate([s.has_mask if s.masks is not None
+                                       else np.zeros(len(s), bool) for s in sets])
+        return ImageSet(
+            images=np.concatenate([s.images for s in sets]),
+            labels=np.concatenate([s.labels for s in sets]),
+            paths=[p for s in sets for p in s.paths],
+            kinds=[k for s in sets for k in s.kinds],
+            sizes=np.concatenate([s.sizes for s in sets]),
+            masks=masks,
+            has_mask=has_mask,
+            notes=[n for s in sets for n in s.notes],
+        )
+
+
+@dataclass
+class Splits:
+    """What a data source yields. `val` is None when the source has no validation split; the
+    model then holds out `data.val_fraction` of the training normals for calibration."""
+
+    train: ImageSet  # normal images only
+    test: ImageSet | None = None
+    val: ImageSet | None = None
+
+
+def to_tensor(images: np.ndarray | torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
+    """uint8 N x S x S x C (array or tensor) -> float N x C x S x S in [-1, 1] on `device`."""
+    batch = torch.as_tensor(images).to(device, non_blocking=True)
+    return batch.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+
+
+def to_uint8(batch: torch.Tensor) -> np.ndarray:
+    """float N x C x S x S in [-1, 1] -> uint8 N x S x S x C."""
+    images = ((batch.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return images.permute(0, 2, 3, 1).cpu().numpy()
