@@ -1,0 +1,63 @@
+"""Checkpoints as safetensors: network weights, optimiser and RNG state as tensors, everything
+else (settings, step, thresholds) as JSON in the file's metadata. Loading never unpickles."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+
+from .files import atomic_write
+
+META_KEY = "funetgan"
+
+
+def save(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    text = json.dumps(meta)
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={META_KEY: text}))
+
+
+def load(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {}).get(META_KEY, "null"))
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not a readable funetgan checkpoint ({err})") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path}: not a funetgan checkpoint (no '{META_KEY}' metadata)")
+    return tensors, meta
+
+
+def prefixed(prefix: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {f"{prefix}.{k}": v for k, v in state.items()}
+
+
+def unprefixed(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    start = len(prefix) + 1
+    return {k[start:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+
+
+def optimizer_state(prefix: str, optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split an optimiser's state into tensors (for safetensors) and JSON (param groups)."""
+    state = optimizer.state_dict()
+    tensors = {f"{prefix}.{index}.{name}": value
+               for index, values in state["state"].items() for name, value in values.items()}
+    return tensors, {"param_groups": state["param_groups"]}
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, prefix: str, tensors: dict[str, torch.Tensor],
+                         meta: dict) -> None:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in unprefixed(prefix, tensors).items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    groups = [{**g, "betas": tuple(g["betas"])} if "betas" in g else g for g in meta["param_groups"]]
+    optimizer.load_state_dict({"state": state, "param_groups": groups})

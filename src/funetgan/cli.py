@@ -1,0 +1,271 @@
+"""`funetgan train | test | predict | demo`: parses arguments, calls the model, data and report
+modules, prints a summary. No training or metric logic lives here."""
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from . import __version__
+from .config import Config, apply_overrides
+from .data import DataError, check_batch, load_dataset, load_unlabelled, mvtec_categories
+from .data.demo import make_texture_dataset
+from .files import atomic_write_text
+from .metrics import evaluate
+from .model import CHECKPOINT_FILE, MODEL_FILE, FUNetGAN
+from .report import write_predictions, write_test_outputs
+
+CONFIG_FILE = "config.yaml"
+RUN_OUTPUTS = (MODEL_FILE, CHECKPOINT_FILE, CONFIG_FILE, "log.jsonl", "samples")
+RESULT_OUTPUTS = ("metrics.json", "predictions.csv")
+
+# The demo: 64x64 grey brick texture, sized to finish in about 8 minutes on a 2-core CPU.
+DEMO_SETTINGS = [
+    "model.image_size=64", "model.channels=1", "model.width=8", "batch_size=32",
+    "gan.iterations=100000", "gan.max_minutes=5.5", "encoder.iterations=100000", "encoder.max_minutes=1.5",
+    "gan.n_critic=1", "gan.lr_d=0.0004", "gan.gp_every=4", "sample_every=100", "checkpoint_every=100",
+]
+
+
+class UsageError(Exception):
+    pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (DataError, UsageError, ValueError, FileNotFoundError, FileExistsError) as err:
+        print(f"funetgan: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("funetgan: interrupted", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="funetgan", description="F-UNetGAN anomaly detection and segmentation.")
+    parser.add_argument("--version", action="version", version=f"funetgan {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train G and D, then E, on the normal training images")
+    train.add_argument("--data", required=True, help="dataset folder")
+    train.add_argument("--out", required=True, help="run folder for weights, settings, logs, samples")
+    _settings_arguments(train)
+    train.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    train.set_defaults(func=cmd_train)
+
+    test = commands.add_parser("test", help="score a labelled test set: metrics, maps, masks, report")
+    test.add_argument("--run", required=True, help="a trained run folder")
+    test.add_argument("--data", required=True, help="dataset folder")
+    test.add_argument("--out", required=True, help="folder for metrics.json, scores.csv, report.html, ...")
+    _data_arguments(test)
+    _threshold_arguments(test)
+    test.set_defaults(func=cmd_test)
+
+    predict = commands.add_parser("predict", help="anomaly maps, masks and scores for new images")
+    predict.add_argument("--run", required=True, help="a trained run folder")
+    predict.add_argument("--out", required=True, help="folder for predictions.csv, masks, overlays")
+    predict.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders or volumes")
+    _threshold_arguments(predict)
+    predict.set_defaults(func=cmd_predict)
+
+    demo = commands.add_parser("demo", help="make the built-in texture set, train and test on it")
+    demo.add_argument("--out", required=True, help="folder for the data, the run and the results")
+    _settings_arguments(demo, data=False)
+    demo.set_defaults(func=cmd_demo)
+    for command in (train, test, predict, demo):
+        command.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: best available)")
+        command.add_argument("--overwrite", action="store_true", help="replace earlier results in --out")
+    return parser
+
+
+def _settings_arguments(parser: argparse.ArgumentParser, data: bool = True) -> None:
+    parser.add_argument("--config", help="YAML settings file")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one setting, e.g. --set model.image_size=128 (repeatable)")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved settings and exit")
+    if data:
+        _data_arguments(parser)
+
+
+def _data_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--category", help="MVTec AD category when --data is the dataset root; 'all' for each")
+    parser.add_argument("--normal-class", type=int, help="the normal class of a labelled (IDX) set")
+
+
+def _threshold_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threshold", type=float, help="image-score threshold (default: the calibrated one)")
+    parser.add_argument("--pixel-threshold", type=float, help="anomaly-map threshold (default: calibrated)")
+
+
+# ---- settings and output folders --------------------------------------------------------
+def resolve_config(args, base: list[str] = ()) -> Config:
+    config = Config.load(args.config) if getattr(args, "config", None) else Config()
+    config = apply_overrides(config, [*base, *args.set])
+    if args.device:
+        config.device = args.device
+    if getattr(args, "category", None) is not None:
+        config.data.category = args.category
+    if getattr(args, "normal_class", None) is not None:
+        config.data.normal_class = args.normal_class
+    return config.validate()
+
+
+def claim_folder(folder: Path, outputs: tuple[str, ...], overwrite: bool) -> None:
+    """Refuse to write over earlier results unless --overwrite; with it, remove them first."""
+    existing = [folder / name for name in outputs if (folder / name).exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{folder} already holds results ({existing[0].name}); "
+                              f"use --overwrite to replace them" + (" or --resume to continue" if
+                                                                      CHECKPOINT_FILE in outputs else ""))
+    for path in existing:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    folder.mkdir(parents=True, exist_ok=True)
+
+
+def load_model(args) -> FUNetGAN:
+    return FUNetGAN.load(args.run, device=args.device)
+
+
+# ---- commands -------------------------------------------------------------------------------
+def cmd_train(args) -> int:
+    out = Path(args.out)
+    if args.resume:
+        if not (out / CONFIG_FILE).exists():
+            raise FileNotFoundError(f"{out / CONFIG_FILE}: nothing to resume")
+        args.config = str(out / CONFIG_FILE)
+    config = resolve_config(args)
+    if args.print_config:
+        print(config.to_yaml(), end="")
+        return 0
+    if config.data.category == "all":
+        return _each_category(args, config, train_one)
+    train_one(Path(args.data), out, config, args.resume, args.overwrite)
+    return 0
+
+
+def train_one(data: Path, out: Path, config: Config, resume: bool, overwrite: bool) -> FUNetGAN:
+    if not resume:
+        claim_folder(out, RUN_OUTPUTS, overwrite)
+    m = config.model
+    splits = load_dataset(data, m.image_size, m.channels, config.data)
+    check_batch(splits, config.batch_size)
+    _print_notes(splits.train.notes)
+    atomic_write_text(out / CONFIG_FILE, config.to_yaml())
+    started = time.monotonic()
+    model = FUNetGAN(config)
+    model.fit(splits.train, splits.val, run_dir=out, resume=resume)
+    if model.runtime.is_main:
+        print(f"trained in {(time.monotonic() - started) / 60:.1f} min on {model.runtime.device}; "
+              f"model: {out / MODEL_FILE}; image threshold {model.image_threshold:.4g}, "
+              f"pixel threshold {model.pixel_threshold:.4g} ({model.calibration['validation']['rule']})")
+    return model
+
+
+def _each_category(args, config: Config, one) -> int:
+    categories = mvtec_categories(args.data)
+    if not categories:
+        raise DataError(f"{args.data}: no MVTec AD categories (folders with train/good) found")
+    for name in categories:
+        print(f"== {name}")
+        config.data.category = name
+        one(Path(args.data), Path(args.out) / name, config, args.resume, args.overwrite)
+    return 0
+
+
+def cmd_test(args) -> int:
+    model = load_model(args)
+    config = model.config
+    if args.category is not None:
+        config.data.category = args.category
+    if args.normal_class is not None:
+        config.data.normal_class = args.normal_class
+    if config.data.category == "all":
+        categories = mvtec_categories(args.data)
+        for name in categories:
+            print(f"== {name}")
+            config.data.category = name
+            sub = argparse.Namespace(**{**vars(args), "run": str(Path(args.run) / name),
+                                        "out": str(Path(args.out) / name), "category": name})
+            cmd_test(sub)
+        return 0
+    return test_one(model, Path(args.data), Path(args.out), args)
+
+
+def test_one(model: FUNetGAN, data: Path, out: Path, args) -> int:
+    claim_folder(out, RESULT_OUTPUTS, args.overwrite)
+    m = model.config.model
+    splits = load_dataset(data, m.image_size, m.channels, model.config.data)
+    if splits.test is None or not len(splits.test):
+        raise DataError(f"{data}: no test images")
+    _print_notes(splits.test.notes)
+    started = time.monotonic()
+    result = model.score(splits.test)
+    seconds = time.monotonic() - started
+    image_t, pixel_t = _thresholds(model, args)
+    metrics = evaluate(result.scores, result.maps, splits.test, image_t, pixel_t)
+    metrics["timing"] = {"images": len(splits.test), "seconds": round(seconds, 3),
+                         "images_per_second": round(len(splits.test) / max(seconds, 1e-9), 1)}
+    write_test_outputs(out, splits.test, result.scores, result.maps, metrics, image_t, pixel_t,
+                       model.config.to_dict())
+    _print_metrics(metrics, out)
+    return 0
+
+
+def cmd_predict(args) -> int:
+    model = load_model(args)
+    out = Path(args.out)
+    claim_folder(out, RESULT_OUTPUTS, args.overwrite)
+    m = model.config.model
+    images = load_unlabelled(args.paths, m.image_size, m.channels, model.config.data)
+    _print_notes(images.notes)
+    result = model.score(images)
+    image_t, pixel_t = _thresholds(model, args)
+    write_predictions(out, images, result.scores, result.maps, image_t, pixel_t)
+    flagged = int((result.scores > image_t).sum())
+    print(f"{len(images)} image(s) scored, {flagged} above the threshold {image_t:.4g}; "
+          f"results in {out / 'predictions.csv'}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    config = resolve_config(args, DEMO_SETTINGS)
+    if args.print_config:
+        print(config.to_yaml(), end="")
+        return 0
+    out = Path(args.out)
+    claim_folder(out, RESULT_OUTPUTS, args.overwrite)
+    started = time.monotonic()
+    data = make_texture_dataset(out / "data", texture="brick", seed=config.seed)
+    print(f"demo data (real brick photo, synthetic defects with masks): {data}")
+    model = train_one(data, out / "run", config, resume=False, overwrite=True)
+    test_args = argparse.Namespace(threshold=None, pixel_threshold=None, overwrite=True)
+    test_one(model, data, out, test_args)
+    print(f"demo finished in {(time.monotonic() - started) / 60:.1f} min; open {out / 'report.html'}")
+    return 0
+
+
+def _thresholds(model: FUNetGAN, args) -> tuple[float, float]:
+    image_t = args.threshold if args.threshold is not None else model.image_threshold
+    pixel_t = args.pixel_threshold if args.pixel_threshold is not None else model.pixel_threshold
+    return image_t, pixel_t
+
+
+def _print_notes(notes: list[str]) -> None:
+    for note in notes:
+        print(f"note: {note}")
+
+
+def _print_metrics(metrics: dict, out: Path) -> None:
+    def line(name: str, values: dict, keys: tuple[str, ...]) -> str:
+        shown = [f"{k} {values[k]:.3f}" for k in keys if isinstance(values.get(k), (int, float))]
+        return f"{name}: " + ", ".join(shown)
+
+    print(line("image", metrics["image"], ("auroc", "ap", "f1", "f1_max", "sensitivity", "specificity")))
+    if metrics.get("pixel"):
+        print(line("pixel", metrics["pixel"], ("auroc", "ap", "aupro", "dice", "iou", "hausdorff")))
+    print(f"results in {out}: metrics.json, scores.csv, report.html")

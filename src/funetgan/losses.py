@@ -1,0 +1,104 @@
+"""Losses of both stages: WGAN-GP on the global and the per-pixel critic head, the per-pixel
+consistency regulariser (mixup or CutMix), the generator loss and the encoder's izi_f loss."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .config import GANConfig
+from .nn import CriticOutput
+
+
+def gradient_penalty(output: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+    """mean_b (||d output_b / d inputs_b||_2 - 1)^2 for a per-sample `output` (shape B)."""
+    (grad,) = torch.autograd.grad(output.sum(), inputs, create_graph=True)
+    return (grad.flatten(1).norm(dim=1) - 1).pow(2).mean()
+
+
+def per_sample_uniform(batch: int, like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One U(0,1) weight per sample, shaped B x 1 x 1 x 1."""
+    return torch.rand(batch, 1, 1, 1, device=like.device, dtype=like.dtype, generator=generator)
+
+
+def cutmix_masks(batch: int, like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Random boxes (1 = take the real image), B x 1 x S x S, box area ratio ~ U(0, 1) as in
+    U-Net GAN; the box is then the real part with probability 1/2 so both orders occur."""
+    size = like.shape[-1]
+    u = torch.rand(batch, 4, device=like.device, generator=generator)
+    side = (u[:, 0].sqrt() * size).round().clamp(1, size)  # area ratio = (side/size)^2 ~ U(0,1)
+    top = ((size - side) * u[:, 1]).floor()
+    left = ((size - side) * u[:, 2]).floor()
+    rows = torch.arange(size, device=like.device).view(1, size, 1)
+    cols = torch.arange(size, device=like.device).view(1, 1, size)
+    inside = ((rows >= top.view(-1, 1, 1)) & (rows < (top + side).view(-1, 1, 1))
+              & (cols >= left.view(-1, 1, 1)) & (cols < (left + side).view(-1, 1, 1)))
+    flip = (u[:, 3] < 0.5).view(-1, 1, 1)
+    return (inside ^ flip).unsqueeze(1).to(like.dtype)
+
+
+def critic_loss(critic, real: torch.Tensor, fake: torch.Tensor, cfg: GANConfig, penalise: bool,
+                generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """L_D for one critic step, with a single forward pass of D over real, fake and mixed
+    images. `penalise` adds the gradient penalties weighted by `cfg.gp_every` (lazy
+    regularisation: they are computed only on every gp_every-th step)."""
+    b = len(real)
+    lam = per_sample_uniform(b, real, generator)
+    # Mixup samples lam*x + (1-lam)*G(z) with lam ~ U(0,1) per sample are exactly WGAN-GP's
+    # interpolates, so with mixup one batch serves both the penalty and the consistency term.
+    interp = lam * real + (1 - lam) * fake
+    weight, mixed = lam, interp
+    if cfg.consistency == "cutmix":
+        weight = cutmix_masks(b, real, generator)
+        mixed = weight * real + (1 - weight) * fake
+    parts = [real, fake]
+    use_mix = cfg.consistency != "none"
+    if use_mix:
+        parts.append(mixed)
+    separate_interp = penalise and (cfg.consistency != "mixup")
+    if penalise:
+        interp.requires_grad_(True)
+    if separate_interp:
+        parts.append(interp)
+    out: CriticOutput = critic(torch.cat(parts))
+    scores, pixels = out.score.float().split(b), None if out.pixel is None else out.pixel.float().split(b)
+
+    stats = {"wd_global": (scores[0].mean() - scores[1].mean()).detach()}
+    loss = scores[1].mean() - scores[0].mean()
+    if pixels is not None:
+        wd_pixel = pixels[0].mean() - pixels[1].mean()
+        loss = loss - wd_pixel
+        stats["wd_pixel"] = wd_pixel.detach()
+        if use_mix:
+            target = (weight * pixels[0] + (1 - weight) * pixels[1]).detach()
+            consistency = (pixels[2] - target).pow(2).mean()
+            loss = loss + cfg.lambda_cons * consistency
+            stats["consistency"] = consistency.detach()
+    if penalise:
+        k = 3 if separate_interp and use_mix else 2
+        gp = gradient_penalty(scores[k], interp)
+        if pixels is not None:
+            gp = gp + gradient_penalty(pixels[k].mean((1, 2, 3)), interp)
+        loss = loss + cfg.lambda_gp * cfg.gp_every * gp
+        stats["gp"] = gp.detach()
+    stats["loss_d"] = loss.detach()
+    return loss, stats
+
+
+def generator_loss(out: CriticOutput) -> torch.Tensor:
+    """L_G = -mean D_g(G(z)) - mean D_p(G(z))."""
+    loss = -out.score.float().mean()
+    if out.pixel is not None:
+        loss = loss - out.pixel.float().mean()
+    return loss
+
+
+def encoder_loss(recon: torch.Tensor, real: torch.Tensor, out_recon: CriticOutput, out_real: CriticOutput,
+                 kappa: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """izi_f: mse(G(E(x)), x) + kappa * (mse of D's bottleneck features + mse of D's last
+    decoder features). `out_real` carries no gradient; gradients flow through `recon`."""
+    image = F.mse_loss(recon.float(), real.float())
+    features = F.mse_loss(out_recon.f_g.float(), out_real.f_g.float())
+    if out_recon.f_p is not None:
+        features = features + F.mse_loss(out_recon.f_p.float(), out_real.f_p.float())
+    loss = image + kappa * features
+    return loss, {"loss_e": loss.detach(), "mse_image": image.detach(), "mse_features": features.detach()}

@@ -1,0 +1,207 @@
+"""The public model object: fit (both training stages, then calibration), score, save, load."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import checkpoint
+from .config import Config
+from .data.base import ImageSet, to_tensor
+from .nn import Discriminator, Encoder, Generator
+from .runtime import Runtime, setup
+from .scoring import TERMS, Terms, combine, residual_terms
+from .thresholds import calibrate_image_threshold, calibrate_pixel_threshold
+from .train import Trainer
+
+MODEL_FILE = "model.safetensors"
+CHECKPOINT_FILE = "checkpoint.safetensors"
+
+
+@dataclass
+class Scores:
+    scores: np.ndarray  # N image anomaly scores, higher = more anomalous
+    maps: np.ndarray  # N x S x S float32 anomaly maps at the model's size
+
+
+class FUNetGAN:
+    """F-UNetGAN: G, U-Net D and E, trained on normal images only.
+
+    >>> model = FUNetGAN(config).fit(splits.train)      # doctest: +SKIP
+    >>> result = model.score(splits.test)                # doctest: +SKIP
+    """
+
+    def __init__(self, config: Config | None = None, runtime: Runtime | None = None):
+        self.config = cfg = (config or Config()).validate()
+        self.runtime = runtime or setup(cfg.device, cfg.amp, cfg.channels_last)
+        torch.manual_seed(cfg.seed)  # the same initial weights on every process
+        m = cfg.model
+        self.G = self.runtime.place(Generator(m.image_size, m.channels, m.width, m.z_dim, m.attn_max_size))
+        self.D = self.runtime.place(Discriminator(m.image_size, m.channels, m.width, m.variant, m.attn_max_size,
+                                                  pixel_head=m.critic_head == "unet"))
+        self.E = self.runtime.place(Encoder(m.image_size, m.channels, m.width, m.z_dim))
+        for net in (self.G, self.D, self.E):
+            self.runtime.sync_parameters(net)
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.gan.lr_g, betas=cfg.gan.betas)
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.gan.lr_d, betas=cfg.gan.betas)
+        self.opt_e = torch.optim.Adam(self.E.parameters(), lr=cfg.encoder.lr, betas=cfg.encoder.betas)
+        self.rng = torch.Generator(self.runtime.device).manual_seed(cfg.seed * 10_007 + self.runtime.rank)
+        self.state = {"stage": "gan", "step": 0, "seconds": 0.0, "critic_steps": 0}
+        self.calibration: dict = {}
+
+    # ---- training ------------------------------------------------------------------------
+    def latent(self, n: int) -> torch.Tensor:
+        return torch.randn(n, self.config.model.z_dim, device=self.runtime.device, generator=self.rng)
+
+    def freeze_gan(self) -> None:
+        for net in (self.G, self.D):
+            net.eval()
+            net.requires_grad_(False)
+
+    def fit(self, train: ImageSet, val: ImageSet | None = None, run_dir: str | Path | None = None,
+            resume: bool = False) -> "FUNetGAN":
+        """Train both stages on the normal images of `train`, then calibrate thresholds on
+        `val` (or, without one, on `data.val_fraction` of the training normals held out).
+        With `run_dir`, writes logs, samples and checkpoints there; `resume` continues from
+        its checkpoint."""
+        train, val = self._calibration_split(train, val)
+        if run_dir is not None:
+            Path(run_dir).mkdir(parents=True, exist_ok=True)
+            if resume:
+                self.load_checkpoint(Path(run_dir) / CHECKPOINT_FILE)
+        trainer = Trainer(self, train.images, val.images, run_dir)
+        trainer.fit()
+        self.calibrate(val)
+        if run_dir is not None and self.runtime.is_main:
+            self.save(Path(run_dir) / MODEL_FILE)
+        return self
+
+    def _calibration_split(self, train: ImageSet, val: ImageSet | None) -> tuple[ImageSet, ImageSet]:
+        normal = np.flatnonzero(train.labels == 0)
+        if len(normal) != len(train):
+            raise ValueError(f"training set has {len(train) - len(normal)} anomalous images; train on normals only")
+        if val is not None:
+            return train, val
+        order = np.random.default_rng(self.config.seed).permutation(len(train))
+        n_val = max(1, round(self.config.data.val_fraction * len(train)))
+        if len(train) - n_val < 1:
+            raise ValueError("too few training images to hold out a validation split")
+        return train.subset(np.sort(order[n_val:])), train.subset(np.sort(order[:n_val]))
+
+    # ---- scoring ---------------------------------------------------------------------------
+    @torch.inference_mode()
+    def _terms(self, images: np.ndarray, batch_size: int) -> Terms:
+        for net in (self.G, self.D, self.E):
+            net.eval()
+        rt, parts = self.runtime, []
+        for start in range(0, len(images), batch_size):
+            x = rt.prepare(to_tensor(images[start:start + batch_size], rt.device))
+            with rt.autocast():
+                recon = rt.prepare(self.G(self.E(x)))
+                parts.append(residual_terms(x.float(), recon.float(), self.D(x), self.D(recon)))
+        return Terms(*(torch.cat([getattr(p, name) for p in parts]) for name in TERMS))
+
+    def score(self, images: ImageSet | np.ndarray, batch_size: int | None = None) -> Scores:
+        """Image scores and anomaly maps; needs a calibrated model (after fit or load)."""
+        if not self.calibration:
+            raise RuntimeError("the model is not calibrated: fit it, or load a trained run")
+        array = images.images if isinstance(images, ImageSet) else images
+        self._check_images(array)
+        terms = self._terms(array, batch_size or max(self.config.batch_size, 64))
+        scores, maps = combine(terms, self.calibration["norms"], self.config.score, self.config.model.image_size)
+        return Scores(scores.cpu().numpy().astype(np.float64), maps.cpu().numpy().astype(np.float32))
+
+    def _check_images(self, images: np.ndarray) -> None:
+        m = self.config.model
+        expected = (m.image_size, m.image_size, m.channels)
+        if images.ndim != 4 or images.shape[1:] != expected or images.dtype != np.uint8:
+            raise ValueError(f"images must be uint8 N x {expected[0]} x {expected[1]} x {expected[2]}, "
+                             f"got {images.dtype} {tuple(images.shape)}")
+
+    def calibrate(self, val: ImageSet) -> dict:
+        """Normal levels of each residual term and the thresholds, from validation data only:
+        F1-optimal when `val` holds anomalies (and masks), else a quantile of normal scores."""
+        normal = val.subset(np.flatnonzero(val.labels == 0))
+        if len(normal) == 0:
+            raise ValueError("validation data has no normal images to calibrate on")
+        self.calibration = {"norms": self._terms(normal.images, max(self.config.batch_size, 64)).means()}
+        result = self.score(val)
+        q = self.config.score.normal_quantile
+        labelled = len(np.unique(val.labels)) == 2
+        self.calibration["image_threshold"] = calibrate_image_threshold(
+            result.scores, val.labels if labelled else None, q)
+        has_masks = labelled and val.masks is not None and val.has_mask[val.labels == 1].any()
+        with_truth = np.flatnonzero(val.has_mask) if has_masks else np.flatnonzero(val.labels == 0)
+        self.calibration["pixel_threshold"] = calibrate_pixel_threshold(
+            result.maps[with_truth], val.masks[with_truth] if has_masks else None, q)
+        self.calibration["validation"] = {"images": len(val), "anomalous": int((val.labels == 1).sum()),
+                                          "rule": "f1-optimal" if labelled else f"normal quantile {q}"}
+        return self.calibration
+
+    @property
+    def image_threshold(self) -> float:
+        return self.calibration["image_threshold"]
+
+    @property
+    def pixel_threshold(self) -> float:
+        return self.calibration["pixel_threshold"]
+
+    # ---- persistence ---------------------------------------------------------------------
+    def _weights(self) -> dict[str, torch.Tensor]:
+        tensors = {}
+        for name, net in (("G", self.G), ("D", self.D), ("E", self.E)):
+            tensors.update(checkpoint.prefixed(name, net.state_dict()))
+        return tensors
+
+    def _load_weights(self, tensors: dict[str, torch.Tensor], path: Path) -> None:
+        for name, net in (("G", self.G), ("D", self.D), ("E", self.E)):
+            try:
+                net.load_state_dict(checkpoint.unprefixed(name, tensors))
+            except RuntimeError as err:
+                first = str(err).strip().splitlines()[0]
+                raise ValueError(f"{path}: weights do not fit the settings ({first})") from None
+
+    def save(self, path: str | Path) -> None:
+        """Weights, settings and calibration in one safetensors file."""
+        checkpoint.save(path, self._weights(), {"config": self.config.to_dict(), "calibration": self.calibration})
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | None = None) -> "FUNetGAN":
+        """Load a trained model from a run folder or a model.safetensors file."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / MODEL_FILE
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no trained model here (did training finish?)")
+        tensors, meta = checkpoint.load(path)
+        config = Config.from_dict(meta["config"])
+        if device is not None:
+            config.device = device
+        model = cls(config)
+        model._load_weights(tensors, path)
+        model.calibration = meta.get("calibration") or {}
+        model.state["stage"] = "done"
+        return model
+
+    def save_checkpoint(self, path: str | Path) -> None:
+        tensors = self._weights()
+        meta = {"config": self.config.to_dict(), "state": self.state}
+        for name, opt in (("opt_g", self.opt_g), ("opt_d", self.opt_d), ("opt_e", self.opt_e)):
+            opt_tensors, opt_meta = checkpoint.optimizer_state(name, opt)
+            tensors.update(opt_tensors)
+            meta[name] = opt_meta
+        tensors["rng"] = self.rng.get_state()
+        checkpoint.save(path, tensors, meta)
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no checkpoint to resume from")
+        tensors, meta = checkpoint.load(path)
+        self._load_weights(tensors, path)
+        for name, opt in (("opt_g", self.opt_g), ("opt_d", self.opt_d), ("opt_e", self.opt_e)):
+            checkpoint.load_optimizer_state(opt, name, tensors, meta[name])
+        self.rng.set_state(tensors["rng"])
+        self.state = dict(meta["state"])

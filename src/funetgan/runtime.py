@@ -1,0 +1,113 @@
+"""Where and how the networks run: device choice, mixed precision, and data-parallel
+training under `torchrun` (gradients averaged across processes by all-reduce).
+
+DDP is done by hand rather than with `DistributedDataParallel` because the critic step needs
+double backward (gradient penalty) and several forward passes per backward, which DDP's
+reducer does not support; averaging gradients after `backward()` is exact and simple.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@dataclass
+class Runtime:
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+    amp: bool = False  # bf16 autocast
+    channels_last: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def autocast(self):
+        if not self.amp:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+
+    def prepare(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            return batch.contiguous(memory_format=torch.channels_last)
+        return batch
+
+    def place(self, module: nn.Module) -> nn.Module:
+        module.to(self.device)
+        if self.channels_last:
+            module.to(memory_format=torch.channels_last)
+        return module
+
+    def sync_parameters(self, module: nn.Module) -> None:
+        """Make every process start from rank 0's weights and buffers."""
+        if self.distributed:
+            for tensor in list(module.parameters()) + list(module.buffers()):
+                dist.broadcast(tensor.data, src=0)
+
+    def average_gradients(self, module: nn.Module) -> None:
+        if not self.distributed:
+            return
+        grads = [p.grad for p in module.parameters() if p.grad is not None]
+        flat = torch.cat([g.flatten() for g in grads])
+        dist.all_reduce(flat)
+        flat /= self.world_size
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset:offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+    def any_rank(self, flag: bool) -> bool:
+        """True on every process when `flag` is true on any (e.g. a time limit reached)."""
+        if not self.distributed:
+            return flag
+        value = torch.tensor([float(flag)], device=self.device)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return bool(value.item())
+
+
+def select_device(name: str = "auto") -> torch.device:
+    if name != "auto":
+        device = torch.device(name)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} asked for, but CUDA is not available in this torch build")
+        if device.type == "mps" and not torch.backends.mps.is_available():
+            raise ValueError(f"device {name!r} asked for, but MPS is not available")
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def setup(device: str = "auto", amp: bool = True, channels_last: bool = True) -> Runtime:
+    """One Runtime per process. Under torchrun (WORLD_SIZE > 1) joins the process group:
+    NCCL with one GPU per process on CUDA, gloo on the CPU."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    chosen = select_device(device)
+    if world_size > 1:
+        if chosen.type == "cuda":
+            chosen = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(chosen)
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if chosen.type == "cuda" else "gloo")
+    # bf16 autocast only where the hardware runs it natively; on CPUs without bf16 units it is
+    # ~15x slower than fp32 (measured on the 2-core EPYC this was built on).
+    use_amp = amp and chosen.type == "cuda" and torch.cuda.is_bf16_supported()
+    return Runtime(chosen, rank, world_size, use_amp, channels_last)
+
+
+def teardown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()

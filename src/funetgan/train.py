@@ -1,0 +1,202 @@
+"""The two training stages and the loop machinery they share (budget, progress, log,
+samples, checkpoints). Stage 1 trains G and D; stage 2 trains E with G and D frozen."""
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .data.base import to_tensor, to_uint8
+from .losses import critic_loss, encoder_loss, generator_loss
+from .runtime import Runtime
+
+
+class BatchSource:
+    """Random batches from an in-memory uint8 set, kept on the device once.
+
+    Batch `i` is a pure function of (seed, i): epoch e visits the permutation seeded by
+    (seed, e), each process taking every world_size-th index as DistributedSampler does; so a
+    resumed run sees exactly the batches an uninterrupted one would.
+    """
+
+    def __init__(self, images: np.ndarray, batch_size: int, seed: int, runtime: Runtime, flip: bool = False):
+        self.data = torch.from_numpy(np.ascontiguousarray(images)).to(runtime.device)
+        self.batch_size, self.seed, self.runtime, self.flip = batch_size, seed, runtime, flip
+        self.per_epoch = (len(images) // runtime.world_size) // batch_size
+        if self.per_epoch < 1:
+            raise ValueError(f"{len(images)} training images are fewer than one batch of {batch_size} "
+                             f"per process; lower batch_size")
+        self._epoch, self._order = -1, None
+
+    def batch(self, index: int) -> torch.Tensor:
+        epoch, position = divmod(index, self.per_epoch)
+        if epoch != self._epoch:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._order = torch.randperm(len(self.data), generator=g)[self.runtime.rank::self.runtime.world_size]
+            self._epoch = epoch
+        pick = self._order[position * self.batch_size:(position + 1) * self.batch_size]
+        batch = to_tensor(self.data[pick.to(self.data.device)], self.runtime.device)
+        if self.flip:
+            g = torch.Generator().manual_seed(self.seed * 7_919 + index)
+            flip = (torch.rand(len(batch), generator=g) < 0.5).to(batch.device).view(-1, 1, 1, 1)
+            batch = torch.where(flip, batch.flip(-1), batch)
+        return self.runtime.prepare(batch)
+
+
+class Stage:
+    """Runs `step_fn(step) -> stats` from the saved step to `total`, within `max_minutes`
+    (time already spent before a resume counts), with a progress bar, a JSONL log, periodic
+    samples and checkpoints. Ctrl-C saves a checkpoint before stopping."""
+
+    def __init__(self, name: str, total: int, max_minutes: float | None, trainer: "Trainer"):
+        self.name, self.total, self.max_minutes, self.trainer = name, total, max_minutes, trainer
+
+    def run(self, step_fn: Callable[[int], dict[str, torch.Tensor]], sample_fn: Callable[[int], None]) -> None:
+        t = self.trainer
+        state = t.model.state
+        cfg = t.model.config
+        start, spent = state["step"], state["seconds"]
+        began = time.monotonic()
+        bar = tqdm(total=self.total, initial=start, desc=self.name, disable=not t.runtime.is_main,
+                   dynamic_ncols=True, leave=True)
+        step = start
+        try:
+            while step < self.total:
+                elapsed = spent + time.monotonic() - began
+                if t.runtime.any_rank(self.max_minutes is not None and elapsed >= 60 * self.max_minutes):
+                    bar.write(f"{self.name}: time budget of {self.max_minutes} min reached at step {step}")
+                    break
+                stats = step_fn(step)
+                step += 1
+                state["step"], state["seconds"] = step, spent + time.monotonic() - began
+                bar.update(1)
+                if step % cfg.log_every == 0 or step == self.total:
+                    values = {k: round(float(v), 5) for k, v in stats.items()}
+                    bar.set_postfix({k: f"{v:.3g}" for k, v in values.items()}, refresh=False)
+                    t.log({"stage": self.name, "step": step, "seconds": round(state["seconds"], 2), **values})
+                if step % cfg.sample_every == 0:
+                    sample_fn(step)
+                if step % cfg.checkpoint_every == 0:
+                    t.checkpoint()
+        except KeyboardInterrupt:
+            t.checkpoint()
+            bar.write(f"interrupted: checkpoint saved at {self.name} step {step}; continue with --resume")
+            raise
+        finally:
+            bar.close()
+        sample_fn(step)
+
+
+class Trainer:
+    def __init__(self, model, train_images: np.ndarray, sample_images: np.ndarray, run_dir: str | Path | None):
+        self.model, self.runtime = model, model.runtime
+        cfg = model.config
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.source = BatchSource(train_images, cfg.batch_size, cfg.seed, self.runtime, cfg.data.augment_flip)
+        self.sample_real = self.runtime.prepare(to_tensor(sample_images[:16], self.runtime.device))
+        g = torch.Generator().manual_seed(cfg.seed + 12345)
+        self.sample_z = torch.randn(64, cfg.model.z_dim, generator=g).to(self.runtime.device)
+
+    def log(self, record: dict) -> None:
+        if self.run_dir is not None and self.runtime.is_main:
+            with open(self.run_dir / "log.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def checkpoint(self) -> None:
+        if self.run_dir is not None and self.runtime.is_main:
+            self.model.save_checkpoint(self.run_dir / "checkpoint.safetensors")
+
+    def fit(self) -> None:
+        state = self.model.state
+        if state["stage"] == "gan":
+            cfg = self.model.config.gan
+            Stage("gan", cfg.iterations, cfg.max_minutes, self).run(self.gan_step, self.save_gan_samples)
+            state.update(stage="encoder", step=0, seconds=0.0, critic_steps=0)
+            self.checkpoint()
+        if state["stage"] == "encoder":
+            cfg = self.model.config.encoder
+            self.model.freeze_gan()
+            Stage("encoder", cfg.iterations, cfg.max_minutes, self).run(self.encoder_step, self.save_reconstructions)
+            state.update(stage="done", step=0, seconds=0.0)
+            self.checkpoint()
+
+    def gan_step(self, step: int) -> dict[str, torch.Tensor]:
+        m, rt = self.model, self.runtime
+        cfg = m.config.gan
+        G, D = m.G, m.D
+        for _ in range(cfg.n_critic):
+            index = m.state["critic_steps"]
+            real = self.source.batch(index)
+            with torch.no_grad(), rt.autocast():
+                fake = rt.prepare(G(m.latent(len(real))).float())
+            with rt.autocast():
+                loss, stats = critic_loss(D, real, fake, cfg, penalise=index % cfg.gp_every == 0, generator=m.rng)
+            m.opt_d.zero_grad(set_to_none=True)
+            loss.backward()
+            rt.average_gradients(D)
+            m.opt_d.step()
+            m.state["critic_steps"] = index + 1
+        D.requires_grad_(False)  # the generator step needs gradients for G only
+        with rt.autocast():
+            loss_g = generator_loss(D(rt.prepare(G(m.latent(self.source.batch_size)))))
+        m.opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        rt.average_gradients(G)
+        m.opt_g.step()
+        D.requires_grad_(True)
+        return {**stats, "loss_g": loss_g.detach()}
+
+    def encoder_step(self, step: int) -> dict[str, torch.Tensor]:
+        m, rt = self.model, self.runtime
+        real = self.source.batch(step)
+        with rt.autocast():
+            with torch.no_grad():
+                out_real = m.D(real)
+            recon = rt.prepare(m.G(m.E(real)))
+            loss, stats = encoder_loss(recon, real, m.D(recon), out_real, m.config.encoder.kappa)
+        m.opt_e.zero_grad(set_to_none=True)
+        loss.backward()
+        rt.average_gradients(m.E)
+        m.opt_e.step()
+        return stats
+
+    @torch.no_grad()
+    def save_gan_samples(self, step: int) -> None:
+        if self.run_dir is None or not self.runtime.is_main:
+            return
+        was_training = self.model.G.training
+        self.model.G.eval()
+        with self.runtime.autocast():
+            images = self.model.G(self.sample_z).float()
+        self.model.G.train(was_training)
+        save_grid(self.run_dir / "samples" / f"gan_{step:06d}.png", to_uint8(images), columns=8)
+
+    @torch.no_grad()
+    def save_reconstructions(self, step: int) -> None:
+        if self.run_dir is None or not self.runtime.is_main:
+            return
+        with self.runtime.autocast():
+            recon = self.model.G(self.model.E(self.sample_real)).float()
+        pairs = torch.stack([self.sample_real.float(), recon], 1).flatten(0, 1)  # x, G(E(x)) side by side
+        save_grid(self.run_dir / "samples" / f"recon_{step:06d}.png", to_uint8(pairs), columns=8)
+
+
+def save_grid(path: Path, images: np.ndarray, columns: int) -> None:
+    """Tile N x S x S x C uint8 images into one PNG, 2-pixel gaps."""
+    from PIL import Image
+
+    from .files import atomic_write
+
+    n, s, _, c = images.shape
+    rows = -(-n // columns)
+    grid = np.full((rows * (s + 2), columns * (s + 2), c), 255, np.uint8)
+    for i, image in enumerate(images):
+        r, col = divmod(i, columns)
+        grid[r * (s + 2):r * (s + 2) + s, col * (s + 2):col * (s + 2) + s] = image
+    picture = Image.fromarray(grid[..., 0] if c == 1 else grid)
+    atomic_write(path, lambda tmp: picture.save(tmp, format="PNG"))
