@@ -1,0 +1,344 @@
+"""What a test or prediction run leaves on disk.
+
+    metrics.json, scores.csv (or predictions.csv)   numbers, one row per image
+    masks/<name>.png      predicted binary mask at the image's original size
+    overlays/<name>.png   image | heat map | predicted outline (| ground-truth outline)
+    plots/*.png           ROC, PR, PRO curves and the score histogram
+    report.html           one page linking all of the above by relative paths
+
+A pixel is predicted anomalous when its map value, bilinearly resized, is ``>= pixel
+threshold``; an image when its score is ``>= image threshold``.
+"""
+from __future__ import annotations
+
+import csv
+import html
+import io
+import json
+import os
+import re
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import yaml
+from matplotlib.figure import Figure
+from PIL import Image
+from skimage.segmentation import find_boundaries
+from sklearn.metrics import precision_recall_curve, roc_curve
+
+from .metrics import PRO_FPR_LIMIT, labelled, pixel_curves, pixel_truth
+
+DISPLAY_SIZE = 256  # overlay panel side, pixels
+COLOR_QUANTILE = 0.999  # heat-map scale: 0 .. this quantile of all maps, the same for all images
+COLORMAP = matplotlib.colormaps["turbo"]
+PREDICTED_COLOR = (255, 40, 40)
+TRUTH_COLOR = (40, 255, 40)
+N_EXAMPLES = 12  # images per example section of the report
+SCORE_COLUMNS = ["path", "label", "kind", "score", "predicted", "anomalous_fraction", "name"]
+PREDICTION_COLUMNS = ["path", "score", "predicted", "anomalous_fraction", "name"]
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def write_test_outputs(out_dir, imageset, scores, maps, metrics: dict, image_threshold: float,
+                       pixel_threshold: float, settings: dict) -> None:
+    """All outputs of a labelled test run (see the module docstring)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_text(out / "metrics.json", json.dumps(metrics, indent=2))
+    color_max = heat_scale(maps)
+    rows = _write_image_outputs(out, imageset, scores, maps, image_threshold, pixel_threshold,
+                                color_max)
+    _write_text(out / "scores.csv", _csv(rows, SCORE_COLUMNS))
+    plots = _write_plots(out / "plots", imageset, scores, maps, metrics)
+    page = _render_report(metrics, rows, plots, settings, imageset.notes, color_max)
+    _write_text(out / "report.html", page)
+
+
+def write_predictions(out_dir, imageset, scores, maps, image_threshold: float,
+                      pixel_threshold: float) -> None:
+    """Masks, overlays and predictions.csv for images without labels."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = _write_image_outputs(out, imageset, scores, maps, image_threshold, pixel_threshold,
+                                heat_scale(maps))
+    _write_text(out / "predictions.csv", _csv(rows, PREDICTION_COLUMNS))
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write via a temporary file and a rename, so readers never see a half-written file."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def _csv(rows: list[dict], columns: list[str]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def output_names(paths: list[str]) -> list[str]:
+    """Unique (also case-insensitively), file-system-safe names derived from image paths:
+    the path below the images' common folder, without extension, plus any "#slice" part
+    (".../test/crack/000.png" -> "crack_000", "ct/vol.nii.gz#z=12" -> "vol.nii_z_12")."""
+    files = [os.path.abspath(path.split("#")[0]) for path in paths]
+    root = os.path.commonpath([os.path.dirname(f) for f in files]) if files else ""
+    names, taken = [], set()
+    for path, file in zip(paths, files):
+        stem = os.path.splitext(os.path.relpath(file, root))[0]
+        part = path.partition("#")[2]
+        name = _UNSAFE.sub("_", f"{stem}_{part}" if part else stem).strip("._")[:120] or "image"
+        unique, n = name, 1
+        while unique.lower() in taken:
+            n += 1
+            unique = f"{name}-{n}"
+        taken.add(unique.lower())
+        names.append(unique)
+    return names
+
+
+def heat_scale(maps: np.ndarray) -> float:
+    """Top of the heat-map colour scale: a high quantile of all map values. Maps are smooth
+    (blurred), so every 4th pixel each way represents them at 1/16 of the sorting cost."""
+    top = float(np.quantile(np.asarray(maps)[:, ::4, ::4], COLOR_QUANTILE))
+    return top if top > 0 else 1.0
+
+
+def _resize(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of a 2-D float map to (height, width)."""
+    image = Image.fromarray(np.asarray(values, np.float32))
+    return np.asarray(image.resize((int(size[1]), int(size[0])), Image.Resampling.BILINEAR))
+
+
+def _write_image_outputs(out: Path, imageset, scores, maps, image_threshold, pixel_threshold,
+                         color_max) -> list[dict]:
+    """Predicted mask and overlay per image; returns one table row per image."""
+    (out / "masks").mkdir(exist_ok=True)
+    (out / "overlays").mkdir(exist_ok=True)
+    has_truth = pixel_truth(imageset)
+    rows = []
+    for i, name in enumerate(output_names(imageset.paths)):
+        mask = _resize(maps[i], imageset.sizes[i]) >= pixel_threshold
+        _save_png(Image.fromarray(mask.astype(np.uint8) * 255), out / "masks" / f"{name}.png")
+        truth = imageset.masks[i] if has_truth[i] else None
+        _save_png(overlay(imageset.images[i], maps[i], pixel_threshold, color_max, truth),
+                  out / "overlays" / f"{name}.png")
+        rows.append({
+            "path": imageset.paths[i], "label": int(imageset.labels[i]),
+            "kind": imageset.kinds[i], "score": float(scores[i]),
+            "predicted": int(scores[i] >= image_threshold),
+            "anomalous_fraction": float(mask.mean()), "name": name,
+        })
+    return rows
+
+
+def _save_png(image: Image.Image, path: Path) -> None:
+    image.save(path, compress_level=1)  # PNG compression dominates the run time otherwise
+
+
+def overlay(image: np.ndarray, anomaly_map: np.ndarray, threshold: float, color_max: float,
+            truth: np.ndarray | None = None) -> Image.Image:
+    """Panels side by side: image | heat map over it | predicted mask outline (red)
+    | ground-truth outline (green, when `truth` is given)."""
+    size = (DISPLAY_SIZE, DISPLAY_SIZE)
+    gray_or_rgb = Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image)
+    base = np.asarray(gray_or_rgb.convert("RGB").resize(size, Image.Resampling.BILINEAR))
+    values = _resize(anomaly_map, size)
+    heat = COLORMAP(np.clip(values / color_max, 0, 1))[..., :3] * 255
+    panels = [base, (0.5 * base + 0.5 * heat).astype(np.uint8),
+              _outline(base, values >= threshold, PREDICTED_COLOR)]
+    if truth is not None:
+        panels.append(_outline(base, _resize(truth, size) >= 0.5, TRUTH_COLOR))
+    gap = np.full((DISPLAY_SIZE, 4, 3), 255, np.uint8)
+    return Image.fromarray(np.hstack([p for panel in panels for p in (panel, gap)][:-1]))
+
+
+def _outline(base: np.ndarray, mask: np.ndarray, color: tuple[int, int, int]) -> np.ndarray:
+    drawn = base.copy()
+    drawn[find_boundaries(mask, mode="thick")] = color
+    return drawn
+
+
+# ---- plots -------------------------------------------------------------------------------
+
+def _write_plots(folder: Path, imageset, scores, maps, metrics: dict) -> list[tuple[str, str]]:
+    """The plots that the data allows; returns (title, path relative to the report)."""
+    folder.mkdir(exist_ok=True)
+    roc, pr, pro = {}, {}, {}
+    if metrics["image"]["auroc"] is not None:
+        known_scores, known_labels = labelled(scores, imageset.labels)
+        fpr, tpr, _ = roc_curve(known_labels, known_scores)
+        precision, recall, _ = precision_recall_curve(known_labels, known_scores)
+        roc[f"image (AUROC {metrics['image']['auroc']:.3f})"] = (fpr, tpr)
+        pr[f"image (AP {metrics['image']['ap']:.3f})"] = (recall, precision)
+    pixel = metrics.get("pixel")
+    if pixel and pixel["auroc"] is not None:
+        curves = pixel_curves(maps, imageset.masks, pixel_truth(imageset))
+        roc[f"pixel (AUROC {pixel['auroc']:.3f})"] = (np.r_[0, curves.fpr], np.r_[0, curves.tpr])
+        pr[f"pixel (AP {pixel['ap']:.3f})"] = (curves.tpr, curves.precision)
+        pro[f"pixel (AUPRO {pixel['aupro']:.3f})"] = (np.r_[0, curves.fpr],
+                                                      np.r_[0, curves.region_overlap])
+    histogram = _histogram(folder / "score_histogram.png", np.asarray(imageset.labels),
+                           np.asarray(scores, float), metrics["image"]["threshold"])
+    plots = [("Score histogram", histogram)]
+    if roc:
+        plots.append(("ROC curves", _curves(folder / "roc.png", roc, "false-positive rate",
+                                            "true-positive rate")))
+        plots.append(("Precision-recall curves", _curves(folder / "pr.png", pr, "recall",
+                                                         "precision")))
+    if pro:
+        plots.append((f"PRO curve (FPR up to {PRO_FPR_LIMIT:.0%})",
+                      _curves(folder / "pro.png", pro, "false-positive rate (pixels)",
+                              "per-region overlap", x_max=PRO_FPR_LIMIT)))
+    return [(title, path.relative_to(folder.parent).as_posix()) for title, path in plots]
+
+
+def _curves(path: Path, curves: dict, xlabel: str, ylabel: str, x_max: float = 1.0) -> Path:
+    figure = Figure(figsize=(5, 4.2), dpi=100, layout="tight")
+    axes = figure.subplots()
+    for name, (x, y) in curves.items():
+        axes.plot(x, y, label=name)
+    axes.set(xlabel=xlabel, ylabel=ylabel, xlim=(0, x_max), ylim=(0, 1.02))
+    axes.grid(alpha=0.3)
+    axes.legend(loc="lower right")
+    figure.savefig(path)
+    return path
+
+
+def _histogram(path: Path, labels: np.ndarray, scores: np.ndarray, threshold: float) -> Path:
+    figure = Figure(figsize=(5, 4.2), dpi=100, layout="tight")
+    axes = figure.subplots()
+    edges = np.histogram_bin_edges(scores, bins=40)
+    for value, name in ((0, "normal"), (1, "anomalous"), (-1, "unlabelled")):
+        if np.any(labels == value):
+            axes.hist(scores[labels == value], bins=edges, alpha=0.6, label=name)
+    axes.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.4g}")
+    axes.set(xlabel="image score", ylabel="images")
+    axes.legend()
+    figure.savefig(path)
+    return path
+
+
+# ---- report.html -------------------------------------------------------------------------
+
+_STYLE = """
+* { box-sizing: border-box; }
+body { font-family: system-ui, sans-serif; margin: 2em auto; padding: 0 1em; max-width: 1240px;
+       color: #222; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
+th, td { border: 1px solid #ccc; padding: 0.3em 0.7em; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+th { background: #f2f2f2; }
+.plots { display: grid; grid-template-columns: repeat(auto-fill, minmax(320px, 1fr)); gap: 0.5em; }
+.examples { display: grid; grid-template-columns: repeat(auto-fill, minmax(460px, 1fr)); gap: 1em; }
+.plots img { width: 100%; border: 1px solid #ddd; }
+figure { margin: 0; }
+figure img { width: 100%; border: 1px solid #ddd; }
+figcaption { font-size: 0.85em; word-break: break-all; }
+pre { background: #f6f6f6; padding: 1em; overflow-x: auto; }
+.note { color: #555; }
+"""
+_METRICS = [("auroc", "AUROC"), ("ap", "average precision"), ("f1_max", "F1 max"),
+            ("f1", "F1 at threshold"), ("precision", "precision"),
+            ("sensitivity", "sensitivity (recall)"), ("specificity", "specificity"),
+            ("aupro", f"AUPRO (FPR up to {PRO_FPR_LIMIT:.0%})"), ("dice", "Dice (micro)"),
+            ("iou", "IoU (micro)"), ("hausdorff", "Hausdorff (mean, original pixels)"),
+            ("threshold", "threshold")]
+_KIND_COLUMNS = [("image", "n_anomalous", "images"), ("image", "auroc", "image AUROC"),
+                 ("image", "ap", "image AP"), ("image", "sensitivity", "detected"),
+                 ("pixel", "auroc", "pixel AUROC"), ("pixel", "aupro", "AUPRO"),
+                 ("pixel", "dice", "Dice"), ("pixel", "hausdorff", "Hausdorff")]
+
+
+def _number(value) -> str:
+    if value is None:
+        return "–"
+    return str(value) if isinstance(value, int) else f"{value:.4g}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
+                   for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _metrics_table(metrics: dict) -> str:
+    levels = [level for level in ("image", "pixel") if level in metrics]
+    rows = [[title] + [_number(metrics[level].get(key)) for level in levels]
+            for key, title in _METRICS if any(key in metrics[level] for level in levels)]
+    return _table(["metric"] + levels, rows)
+
+
+def _per_kind_table(per_kind: dict) -> str:
+    columns = [column for column in _KIND_COLUMNS
+               if any(column[0] in entry for entry in per_kind.values())]
+    rows = [[kind] + [_number(entry.get(level, {}).get(key)) for level, key, _ in columns]
+            for kind, entry in per_kind.items()]
+    return _table(["kind (vs. normal)"] + [title for *_, title in columns], rows)
+
+
+def _examples(title: str, rows: list[dict]) -> str:
+    if not rows:
+        return f"<h3>{html.escape(title)} (none)</h3>"
+    figures = "".join(
+        f'<figure><a href="overlays/{row["name"]}.png"><img src="overlays/{row["name"]}.png" '
+        f'alt="{html.escape(row["name"])}" loading="lazy"></a><figcaption>'
+        f'{html.escape(row["path"])}<br>{html.escape(row["kind"])}, score '
+        f'{row["score"]:.4g}, anomalous area {row["anomalous_fraction"]:.1%}</figcaption></figure>'
+        for row in rows[:N_EXAMPLES])
+    shown = f" ({N_EXAMPLES} of {len(rows)})" if len(rows) > N_EXAMPLES else f" ({len(rows)})"
+    return f'<h3>{html.escape(title)}{shown}</h3><div class="examples">{figures}</div>'
+
+
+def _example_sections(rows: list[dict]) -> str:
+    def pick(label: int, predicted: int, highest_first: bool) -> list[dict]:
+        chosen = [r for r in rows if r["label"] == label and r["predicted"] == predicted]
+        return sorted(chosen, key=lambda r: r["score"], reverse=highest_first)
+
+    return "".join([
+        _examples("False positives: normal images flagged, highest score first", pick(0, 1, True)),
+        _examples("False negatives: anomalies missed, lowest score first", pick(1, 0, False)),
+        _examples("Clearest detections: anomalies with the highest scores", pick(1, 1, True)),
+        _examples("Clearest normals: normal images with the lowest scores", pick(0, 0, False)),
+    ])
+
+
+def _render_report(metrics: dict, rows: list[dict], plots: list[tuple[str, str]],
+                   settings: dict, notes: list[str], color_max: float) -> str:
+    image = metrics["image"]
+    counts = image["counts"]
+    # A JSON round trip turns tuples, paths and numbers into plain YAML-able values.
+    settings_yaml = yaml.safe_dump(json.loads(json.dumps(settings, default=str)),
+                                   sort_keys=False)
+    parts = [
+        f"<h1>Anomaly detection test report</h1><p>{len(rows)} images: "
+        f"{image['n_normal']} normal, {image['n_anomalous']} anomalous. At the image threshold "
+        f"{image['threshold']:.4g}: {counts['tp']} true positives, {counts['fp']} false "
+        f"positives, {counts['fn']} false negatives, {counts['tn']} true negatives. Files: "
+        '<a href="metrics.json">metrics.json</a>, <a href="scores.csv">scores.csv</a>, '
+        "masks/, overlays/.</p>",
+        "<h2>Metrics</h2>", _metrics_table(metrics),
+    ]
+    if metrics["per_kind"]:
+        parts += ["<h2>Per kind</h2>", _per_kind_table(metrics["per_kind"])]
+    parts += ["<h2>Plots</h2><div class=\"plots\">"]
+    parts += [f'<a href="{path}"><img src="{path}" alt="{html.escape(title)}" '
+              f'title="{html.escape(title)}"></a>' for title, path in plots]
+    parts += [
+        "</div><h2>Examples</h2>",
+        f'<p class="note">Panels: image | anomaly map (colour scale 0 to {color_max:.4g}, the '
+        "same for every image) | predicted mask (red) | ground truth (green, when known).</p>",
+        _example_sections(rows),
+    ]
+    if notes:
+        parts += ["<h2>Data notes</h2><ul>"]
+        parts += [f"<li>{html.escape(note)}</li>" for note in notes] + ["</ul>"]
+    parts += ["<h2>Settings</h2>", f"<pre>{html.escape(settings_yaml)}</pre>"]
+    body = "\n".join(parts)
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f"<title>funetgan test report</title><style>{_STYLE}</style></head>"
+            f"<body>\n{body}\n</body></html>\n")
