@@ -16,6 +16,7 @@ from .files import atomic_write_text
 from .metrics import evaluate
 from .model import CHECKPOINT_FILE, MODEL_FILE, FUNetGAN
 from .report import write_predictions, write_test_outputs
+from .runtime import is_main_process, teardown
 
 CONFIG_FILE = "config.yaml"
 RUN_OUTPUTS = (MODEL_FILE, CHECKPOINT_FILE, CONFIG_FILE, "log.jsonl", "samples")
@@ -44,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("funetgan: interrupted", file=sys.stderr)
         return 130
+    finally:
+        teardown()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -149,13 +152,15 @@ def cmd_train(args) -> int:
 
 
 def train_one(data: Path, out: Path, config: Config, resume: bool, overwrite: bool) -> FUNetGAN:
-    if not resume:
+    main_process = is_main_process()
+    if not resume and main_process:
         claim_folder(out, RUN_OUTPUTS, overwrite)
     m = config.model
     splits = load_dataset(data, m.image_size, m.channels, config.data)
     check_batch(splits, config.batch_size)
-    _print_notes(splits.train.notes)
-    atomic_write_text(out / CONFIG_FILE, config.to_yaml())
+    if main_process:
+        _print_notes(splits.train.notes)
+        atomic_write_text(out / CONFIG_FILE, config.to_yaml())
     started = time.monotonic()
     model = FUNetGAN(config)
     model.fit(splits.train, splits.val, run_dir=out, resume=resume)

@@ -75,6 +75,11 @@ class Runtime:
         return bool(value.item())
 
 
+def is_main_process() -> bool:
+    """Rank 0, or the only process; usable before the process group exists."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def select_device(name: str = "auto") -> torch.device:
     if name != "auto":
         device = torch.device(name)

@@ -1,0 +1,57 @@
+import pytest
+import torch
+
+from conftest import random_images, tiny_config
+from funetgan import checkpoint
+from funetgan.model import FUNetGAN
+
+
+def test_round_trip_keeps_tensors_and_metadata(tmp_path):
+    path = tmp_path / "c.safetensors"
+    tensors = {"a.w": torch.randn(3, 4), "b": torch.arange(5)}
+    checkpoint.save(path, tensors, {"step": 7, "nested": {"x": [1, 2]}})
+    loaded, meta = checkpoint.load(path)
+    assert meta == {"step": 7, "nested": {"x": [1, 2]}}
+    assert all(torch.equal(tensors[k], loaded[k]) for k in tensors)
+    assert not list(tmp_path.glob(".*tmp"))  # no temporary file left behind
+
+
+def test_optimizer_state_round_trip():
+    net = torch.nn.Linear(3, 2)
+    opt = torch.optim.Adam(net.parameters(), lr=0.01, betas=(0.0, 0.9))
+    net(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    tensors, meta = checkpoint.optimizer_state("opt", opt)
+    fresh = torch.optim.Adam(net.parameters(), lr=0.5)
+    checkpoint.load_optimizer_state(fresh, "opt", tensors, meta)
+    assert fresh.param_groups[0]["lr"] == 0.01 and fresh.param_groups[0]["betas"] == (0.0, 0.9)
+    for p in net.parameters():
+        assert torch.equal(fresh.state[p]["exp_avg"], opt.state[p]["exp_avg"])
+
+
+def test_unreadable_checkpoint_gives_one_line_error(tmp_path):
+    bad = tmp_path / "model.safetensors"
+    bad.write_bytes(b"this is not a safetensors file")
+    with pytest.raises(ValueError, match="not a readable funetgan checkpoint"):
+        checkpoint.load(bad)
+    with pytest.raises(FileNotFoundError, match="no such checkpoint"):
+        checkpoint.load(tmp_path / "missing.safetensors")
+
+
+def test_saved_model_loads_and_scores_identically(tmp_path):
+    images = random_images(12)
+    model = FUNetGAN(tiny_config()).fit(images, run_dir=tmp_path)
+    loaded = FUNetGAN.load(tmp_path)
+    a, b = model.score(images), loaded.score(images)
+    assert a.scores.tolist() == pytest.approx(b.scores.tolist())
+    assert loaded.image_threshold == model.image_threshold
+    assert loaded.config.to_dict() == model.config.to_dict()
+
+
+def test_weights_from_other_settings_are_refused(tmp_path):
+    FUNetGAN(tiny_config()).save(tmp_path / "m.safetensors")
+    tensors, meta = checkpoint.load(tmp_path / "m.safetensors")
+    meta["config"]["model"]["width"] = 8
+    checkpoint.save(tmp_path / "m.safetensors", tensors, meta)
+    with pytest.raises(ValueError, match="weights do not fit the settings"):
+        FUNetGAN.load(tmp_path / "m.safetensors")

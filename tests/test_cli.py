@@ -1,0 +1,76 @@
+"""A tiny end-to-end run through the command line: train, test, predict, resume, refusals."""
+import csv
+import json
+
+import pytest
+
+from funetgan.cli import main
+from funetgan.data.demo import make_texture_dataset
+
+TINY = ["--set", "model.image_size=32", "--set", "model.width=4", "--set", "model.z_dim=16",
+        "--set", "batch_size=4", "--set", "gan.iterations=2", "--set", "gan.n_critic=1",
+        "--set", "encoder.iterations=2", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    return make_texture_dataset(root / "brick", crop=64, n_train=12, n_test_good=3, n_per_defect=1)
+
+
+@pytest.fixture(scope="module")
+def run(dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    assert main(["train", "--data", str(dataset), "--out", str(out), *TINY]) == 0
+    return out
+
+
+def test_train_writes_weights_settings_and_log(run):
+    for name in ("model.safetensors", "checkpoint.safetensors", "config.yaml", "log.jsonl"):
+        assert (run / name).exists(), name
+    assert "image_size: 32" in (run / "config.yaml").read_text()
+
+
+def test_test_writes_metrics_for_both_levels(run, dataset, tmp_path, capsys):
+    assert main(["test", "--run", str(run), "--data", str(dataset), "--out", str(tmp_path)]) == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert 0 <= metrics["image"]["auroc"] <= 1 and 0 <= metrics["pixel"]["auroc"] <= 1
+    assert metrics["image"]["n_normal"] == 3 and metrics["image"]["n_anomalous"] == 5
+    rows = list(csv.DictReader((tmp_path / "scores.csv").open()))
+    assert len(rows) == 8
+    assert "image: auroc" in capsys.readouterr().out
+
+
+def test_predict_scores_unlabelled_files(run, dataset, tmp_path):
+    files = [str(dataset / "test" / "hole" / "000.png"), str(dataset / "test" / "good")]
+    assert main(["predict", "--run", str(run), "--out", str(tmp_path), *files]) == 0
+    rows = list(csv.DictReader((tmp_path / "predictions.csv").open()))
+    assert len(rows) == 4
+    assert len(list((tmp_path / "masks").glob("*.png"))) == 4
+
+
+def test_existing_results_are_not_overwritten(run, dataset, capsys):
+    assert main(["train", "--data", str(dataset), "--out", str(run), *TINY]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+
+
+def test_resume_of_a_finished_run_trains_nothing_more(run, dataset):
+    log = (run / "log.jsonl").read_text()
+    assert main(["train", "--data", str(dataset), "--out", str(run), "--resume", "--device", "cpu"]) == 0
+    assert (run / "log.jsonl").read_text() == log
+
+
+def test_print_config_shows_resolved_settings(capsys):
+    assert main(["train", "--data", "x", "--out", "y", "--print-config", "--set", "model.variant=conv"]) == 0
+    assert "variant: conv" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--data", "/nonexistent", "--out", "{tmp}/r"], "/nonexistent"),
+    (["train", "--data", "{tmp}", "--out", "{tmp}/r", "--set", "model.image_size=40"], "power of two"),
+    (["test", "--run", "{tmp}", "--data", "{tmp}", "--out", "{tmp}/o"], "no trained model"),
+])
+def test_bad_input_gives_one_line_error(argv, message, tmp_path, capsys):
+    assert main([a.replace("{tmp}", str(tmp_path)) for a in argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err

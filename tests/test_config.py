@@ -1,0 +1,42 @@
+import pytest
+
+from funetgan.config import Config, apply_overrides
+
+
+def test_yaml_round_trip(tmp_path):
+    cfg = apply_overrides(Config(), ["model.image_size=128", "gan.betas=[0.5, 0.99]", "gan.max_minutes=2.5"])
+    path = tmp_path / "c.yaml"
+    path.write_text(cfg.to_yaml())
+    loaded = Config.load(path)
+    assert loaded == cfg
+    assert loaded.gan.betas == (0.5, 0.99) and loaded.gan.max_minutes == 2.5
+
+
+def test_documented_defaults():
+    cfg = Config()
+    assert (cfg.gan.lr_g, cfg.gan.lr_d, cfg.gan.betas) == (1e-4, 1e-4, (0.0, 0.9))
+    assert (cfg.gan.n_critic, cfg.gan.lambda_gp, cfg.gan.lambda_cons) == (5, 10.0, 1.0)
+    assert (cfg.batch_size, cfg.model.z_dim, cfg.model.variant, cfg.encoder.kappa) == (64, 128, "res_attn", 1.0)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.image_size=48", "power of two"),
+    ("model.image_size=512", "power of two"),
+    ("model.channels=2", "1 or 3"),
+    ("model.variant=unet", "must be one of"),
+    ("gan.nope=1", "unknown setting 'gan.nope'"),
+    ("batch_size=abc", "must be a number"),
+    ("batch_size=2.5", "must be an integer"),
+    ("amp=maybe", "true or false"),
+    ("seed", "key=value"),
+])
+def test_bad_overrides_are_explained(override, message):
+    with pytest.raises((ValueError, KeyError), match=message):
+        apply_overrides(Config(), [override])
+
+
+def test_bad_settings_file_names_the_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("model: {image_size: 33}\n")
+    with pytest.raises(ValueError, match="bad.yaml"):
+        Config.load(path)

@@ -1,0 +1,76 @@
+import numpy as np
+import pytest
+import torch
+
+from conftest import random_images, tiny_config
+from funetgan.config import ScoreConfig
+from funetgan.model import FUNetGAN
+from funetgan.nn import CriticOutput
+from funetgan.scoring import Terms, blur_sigma, combine, gaussian_blur, residual_terms
+
+
+def test_blur_keeps_constants_and_spreads_a_point():
+    flat = torch.full((1, 16, 16), 3.0)
+    assert torch.allclose(gaussian_blur(flat, 2.0), flat)
+    point = torch.zeros(1, 33, 33)
+    point[0, 16, 16] = 1.0
+    blurred = gaussian_blur(point, 2.0)
+    assert blurred.sum().item() == pytest.approx(1.0, abs=1e-4)
+    assert blurred[0, 16, 16] < 0.1 and blurred[0, 16, 18] > 0
+    ys, xs = np.mgrid[:33, :33]
+    variance = (blurred[0].numpy() * ((ys - 16) ** 2)).sum()
+    assert variance == pytest.approx(4.0, rel=0.05)  # sigma^2
+
+
+def test_default_blur_scales_with_image_size():
+    assert blur_sigma(ScoreConfig(), 128) == 4.0 and blur_sigma(ScoreConfig(), 64) == 2.0
+
+
+def test_residual_terms_by_hand():
+    x = torch.zeros(1, 2, 2, 2)
+    r = torch.zeros(1, 2, 2, 2)
+    r[0, 0, 0, 0] = 1.0  # one channel of one pixel off by 1
+    f = lambda v: CriticOutput(None, None, torch.full((1, 1, 1, 1), v), torch.full((1, 3, 2, 2), v))  # noqa
+    terms = residual_terms(x, r, f(0.0), f(2.0))
+    assert terms.pixel_residual[0].tolist() == [[0.5, 0.0], [0.0, 0.0]]
+    assert terms.pixel_features[0].tolist() == [[2.0, 2.0], [2.0, 2.0]]
+    assert terms.image_residual.item() == pytest.approx(1 / 8)
+    assert terms.image_features.item() == pytest.approx(4.0)
+
+
+def test_combine_normalises_terms_by_their_normal_level():
+    terms = Terms(torch.full((1, 4, 4), 2.0), torch.full((1, 4, 4), 30.0), torch.tensor([0.5]), torch.tensor([6.0]))
+    norms = {"pixel_residual": 1.0, "pixel_features": 10.0, "image_residual": 0.25, "image_features": 3.0}
+    cfg = ScoreConfig(kappa=0.5, blur_sigma=0.0)
+    scores, maps = combine(terms, norms, cfg, 4)
+    assert torch.allclose(maps, torch.full((1, 4, 4), 2.0 + 0.5 * 3.0))
+    assert scores.item() == pytest.approx(2.0 + 0.5 * 2.0)
+    cfg.image_score = "max"
+    assert combine(terms, norms, cfg, 4)[0].item() == pytest.approx(3.5)
+
+
+def test_topk_score_is_the_mean_of_the_largest_values():
+    maps = torch.arange(100.0).view(1, 10, 10)
+    terms = Terms(maps, torch.zeros_like(maps), torch.zeros(1), torch.zeros(1))
+    cfg = ScoreConfig(kappa=0.0, blur_sigma=0.0, image_score="topk", topk_fraction=0.05)
+    norms = {k: 1.0 for k in ("pixel_residual", "pixel_features", "image_residual", "image_features")}
+    assert combine(terms, norms, cfg, 10)[0].item() == pytest.approx(np.mean([95, 96, 97, 98, 99]))
+
+
+def test_model_scores_have_the_documented_shapes_and_are_deterministic():
+    model = FUNetGAN(tiny_config()).fit(random_images(12))
+    images = random_images(5, seed=1)
+    first, second = model.score(images), model.score(images, batch_size=2)
+    assert first.scores.shape == (5,) and first.maps.shape == (5, 32, 32) and first.maps.dtype == np.float32
+    assert first.scores == pytest.approx(second.scores, rel=1e-4)
+
+
+def test_score_rejects_images_of_the_wrong_shape():
+    model = FUNetGAN(tiny_config()).fit(random_images(12))
+    with pytest.raises(ValueError, match="images must be uint8 N x 32 x 32 x 1"):
+        model.score(np.zeros((2, 64, 64, 1), np.uint8))
+
+
+def test_uncalibrated_model_refuses_to_score():
+    with pytest.raises(RuntimeError, match="not calibrated"):
+        FUNetGAN(tiny_config()).score(random_images(2))

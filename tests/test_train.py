@@ -1,0 +1,95 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import random_images, tiny_config
+from funetgan.model import FUNetGAN
+from funetgan.runtime import Runtime
+from funetgan.train import BatchSource, Trainer
+
+
+def state_of(net):
+    return {k: v.clone() for k, v in net.state_dict().items()}
+
+
+def same(a, b):
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_batches_are_a_function_of_the_index_and_shard_disjointly():
+    images = np.arange(24, dtype=np.uint8).reshape(24, 1, 1, 1).repeat(2, 1).repeat(2, 2)
+    one = BatchSource(images, 4, seed=3, runtime=Runtime(torch.device("cpu")))
+    again = BatchSource(images, 4, seed=3, runtime=Runtime(torch.device("cpu")))
+    assert torch.equal(one.batch(7), again.batch(7))
+    epoch = torch.cat([one.batch(i) for i in range(6)]).flatten(1)[:, 0]
+    assert len(epoch.unique()) == 24  # one epoch visits every image once
+    ranks = [BatchSource(images, 4, 3, Runtime(torch.device("cpu"), rank=r, world_size=2)) for r in (0, 1)]
+    seen = [set(torch.cat([s.batch(i) for i in range(3)]).flatten(1)[:, 0].tolist()) for s in ranks]
+    assert not seen[0] & seen[1] and len(seen[0] | seen[1]) == 24
+
+
+def test_gan_step_updates_g_and_d_only():
+    model = FUNetGAN(tiny_config())
+    trainer = Trainer(model, random_images(8).images, random_images(4).images, None)
+    before = {n: state_of(getattr(model, n)) for n in "GDE"}
+    stats = trainer.gan_step(0)
+    assert {"wd_global", "wd_pixel", "consistency", "gp", "loss_d", "loss_g"} <= set(stats)
+    assert model.state["critic_steps"] == model.config.gan.n_critic
+    assert not same(before["G"], state_of(model.G)) and not same(before["D"], state_of(model.D))
+    assert same(before["E"], state_of(model.E))
+
+
+def test_encoder_stage_trains_e_through_frozen_g_and_d():
+    model = FUNetGAN(tiny_config())
+    trainer = Trainer(model, random_images(8).images, random_images(4).images, None)
+    model.freeze_gan()
+    before = {n: state_of(getattr(model, n)) for n in "GDE"}
+    trainer.encoder_step(0)
+    assert same(before["G"], state_of(model.G)), "G (weights or batch-norm statistics) changed"
+    assert same(before["D"], state_of(model.D))
+    assert not same(before["E"], state_of(model.E))
+    assert all(p.grad is None for p in list(model.G.parameters()) + list(model.D.parameters()))
+    assert all(p.grad is not None for p in model.E.parameters())
+
+
+def test_fit_writes_logs_samples_and_model(tmp_path):
+    model = FUNetGAN(tiny_config()).fit(random_images(12), run_dir=tmp_path)
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in records] == ["gan"] * 3 + ["encoder"] * 3
+    assert all(np.isfinite(r["loss_d"]) for r in records[:3])
+    assert (tmp_path / "samples" / "gan_000003.png").exists()
+    assert (tmp_path / "samples" / "recon_000003.png").exists()
+    assert (tmp_path / "model.safetensors").exists()
+    assert model.calibration["validation"]["rule"].startswith("normal quantile")
+
+
+def test_time_budget_stops_a_stage(tmp_path):
+    cfg = tiny_config()
+    cfg.gan.iterations, cfg.gan.max_minutes = 1000, 0.0
+    model = FUNetGAN(cfg).fit(random_images(12), run_dir=tmp_path)
+    assert model.state["stage"] == "done"
+    assert not any(json.loads(line)["stage"] == "gan" for line in (tmp_path / "log.jsonl").read_text().splitlines())
+
+
+def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    images = random_images(12)
+    straight = FUNetGAN(tiny_config()).fit(images, run_dir=tmp_path / "a")
+
+    original = Trainer.encoder_step
+
+    def crash_at_second_step(self, step):
+        if step == 1:
+            raise KeyboardInterrupt
+        return original(self, step)
+
+    monkeypatch.setattr(Trainer, "encoder_step", crash_at_second_step)
+    with pytest.raises(KeyboardInterrupt):
+        FUNetGAN(tiny_config()).fit(images, run_dir=tmp_path / "b")
+    monkeypatch.setattr(Trainer, "encoder_step", original)
+    resumed = FUNetGAN(tiny_config()).fit(images, run_dir=tmp_path / "b", resume=True)
+    for name in "GDE":
+        assert same(state_of(getattr(straight, name)), state_of(getattr(resumed, name))), name
+    assert resumed.calibration["norms"] == pytest.approx(straight.calibration["norms"])
+    assert resumed.image_threshold == pytest.approx(straight.image_threshold)
