@@ -1,4 +1,84 @@
-"""Data sources: each reads one layout into the common in-memory form (`base.ImageSet`)."""
-from .base import DataError, ImageSet, Splits, to_tensor, to_uint8
+"""Data sources: each reads one layout into the common in-memory form (`base.ImageSet`).
 
-__all__ = ["DataError", "ImageSet", "Splits", "to_tensor", "to_uint8"]
+`load_dataset` finds the layout from what is on disk, reads and checks every file, and only
+then returns, so bad input stops a run before any training.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..config import DataConfig
+from .base import DataError, ImageSet, Splits, to_tensor, to_uint8
+from .checks import BadFiles, MissingDependency, check_batch
+from .ct import is_ct_dataset, load_ct, volume_slices
+from .folder import find_folder_dataset, load_folder, mvtec_categories
+from .idx import has_idx, load_idx
+from .images import Entry, fit_image, fit_mask, load_files, read_image, read_mask
+from .medical import is_nifti
+
+__all__ = [
+    "DataError", "ImageSet", "MissingDependency", "Splits", "check_batch", "fit_image",
+    "fit_mask", "load_dataset", "load_unlabelled", "mvtec_categories", "read_image",
+    "read_mask", "to_tensor", "to_uint8",
+]
+
+LAYOUTS = ("train/ (+ test/, val/, masks/ or ground_truth/), an MVTec AD category or root, "
+           "MNIST-style IDX files, or ct_scans/ + infection_mask/")
+
+
+def load_dataset(path: str | Path, image_size: int = 64, channels: int = 1,
+                 options: DataConfig | None = None) -> Splits:
+    """Read a dataset folder into train / test / val splits of images at the model's size."""
+    options = options or DataConfig()
+    _check_shape(image_size, channels)
+    root = Path(path)
+    if not root.is_dir():
+        raise DataError(f"{root}: {'not a folder' if root.exists() else 'no such folder'}; "
+                        f"a dataset is a folder with {LAYOUTS}")
+    if is_ct_dataset(root):
+        return load_ct(root, image_size, channels, options)
+    if has_idx(root):
+        return load_idx(root, image_size, channels, options)
+    folder = find_folder_dataset(root, options.category)
+    if folder is None:
+        raise DataError(f"{root}: no known dataset layout; expected {LAYOUTS}")
+    return load_folder(folder, image_size, channels, options)
+
+
+def load_unlabelled(paths: list[str], image_size: int, channels: int,
+                    options: DataConfig | None = None) -> ImageSet:
+    """Images to score without labels (labels -1, kinds "unknown"): image or DICOM files,
+    folders of them (searched recursively, so a DICOM series gives its slice files) and
+    NIfTI volumes (every axial slice). Image files come first, then each volume's slices."""
+    options = options or DataConfig()
+    _check_shape(image_size, channels)
+    files, volumes = [], []
+    for file in (file for path in paths for file in _files_under(Path(path))):
+        (volumes if is_nifti(file) else files).append(file)
+    if not files and not volumes:
+        raise DataError(f"no files to score in {', '.join(map(str, paths))}")
+    bad = BadFiles(options.on_bad_file)
+    entries = [Entry(file, label=-1, kind="unknown") for file in files]
+    sets = [load_files(entries, image_size, channels, "images", bad, False, options.hu_window)]
+    for volume in volumes:
+        sets.append(bad.attempt("images", volume,
+                                lambda: volume_slices(volume, image_size, channels, options.hu_window)))
+    images = ImageSet.concat([s for s in sets if s is not None])
+    bad.settle({"images": images})
+    if not len(images):
+        raise DataError(f"none of the files in {', '.join(map(str, paths))} could be read")
+    return images
+
+
+def _files_under(path: Path) -> list[Path]:
+    if not path.exists():
+        raise DataError(f"{path}: no such file or folder")
+    if not path.is_dir():
+        return [path]
+    return sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+
+
+def _check_shape(image_size: int, channels: int) -> None:
+    if image_size < 1 or channels not in (1, 3):
+        raise DataError(f"images must be at least 1 pixel with 1 or 3 channels, "
+                        f"got size {image_size}, channels {channels}")

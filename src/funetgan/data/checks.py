@@ -1,0 +1,84 @@
+"""Problems with input files, reported in one line before any training starts."""
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterable
+from typing import TypeVar
+
+from PIL import UnidentifiedImageError
+
+from .base import DataError, ImageSet, Splits
+
+MAX_LISTED = 10
+T = TypeVar("T")
+
+
+class MissingDependency(DataError):
+    """An optional package needed for this input is not installed (never a bad file)."""
+
+
+def file_list(items: Iterable[str]) -> str:
+    """'a, b, c' with at most MAX_LISTED items, then '... and N more'."""
+    items = list(items)
+    listed = ", ".join(str(item) for item in items[:MAX_LISTED])
+    more = len(items) - MAX_LISTED
+    return f"{listed}, ... and {more} more" if more > 0 else listed
+
+
+def describe(err: Exception) -> str:
+    """A short reason for a file that failed to decode."""
+    if isinstance(err, UnidentifiedImageError):
+        return "not an image, or corrupt"
+    if isinstance(err, DataError):
+        return str(err)
+    if isinstance(err, OSError) and err.strerror:
+        return f"unreadable: {err.strerror}"
+    return " ".join(f"unreadable: {type(err).__name__}: {err}".split())[:120]  # one line
+
+
+class BadFiles:
+    """Collects per-file problems (unreadable, not an image, mask mismatch, ...) while a
+    dataset is read, then applies `data.on_bad_file`: raise listing them, or skip them with
+    a note on their split and one warning."""
+
+    def __init__(self, policy: str):
+        if policy not in ("error", "skip"):
+            raise DataError(f"data.on_bad_file must be 'error' or 'skip', got {policy!r}")
+        self.policy = policy
+        self.found: list[tuple[str, str, str]] = []  # (split, file, problem)
+
+    def add(self, split: str, file: object, problem: str) -> None:
+        self.found.append((split, str(file), problem))
+
+    def attempt(self, split: str, file: object, read: Callable[[], T]) -> T | None:
+        """`read()`, or None with the failure recorded against `file`."""
+        try:
+            return read()
+        except MissingDependency:
+            raise
+        except Exception as err:  # any decoder failure is a problem with that one file
+            self.add(split, file, describe(err))
+            return None
+
+    def settle(self, splits: dict[str, ImageSet | None]) -> None:
+        if not self.found:
+            return
+        self.found.sort()  # files may fail on worker threads, in any order
+        described = [f"{file} ({problem})" for _, file, problem in self.found]
+        if self.policy == "error":
+            raise DataError(f"{len(self.found)} bad file(s) (data.on_bad_file=skip skips them): "
+                            f"{file_list(described)}")
+        for name, images in splits.items():
+            mine = [d for (split, _, _), d in zip(self.found, described) if split == name]
+            if mine and images is not None:
+                images.notes.append(f"skipped {len(mine)} bad file(s): {file_list(mine)}")
+        warnings.warn(f"skipped {len(self.found)} bad file(s); they are listed in the data notes",
+                      stacklevel=3)
+
+
+def check_batch(splits: Splits, batch_size: int) -> None:
+    """Raise if the training set cannot fill one batch."""
+    count = len(splits.train)
+    if count < batch_size:
+        raise DataError(f"only {count} training image(s), fewer than one batch of {batch_size}: "
+                        f"add images or lower batch_size")

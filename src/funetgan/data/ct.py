@@ -1,0 +1,198 @@
+"""Lung CT volumes with lesion masks, in the layout of the public "COVID-19 CT Lung and
+Infection Segmentation Dataset":
+
+    ct_scans/          one volume per patient: .nii / .nii.gz, or a folder of DICOM slices
+    infection_mask/    the lesion mask of each volume, matched by name (or metadata.csv)
+    lung_mask/         optional: slices without lung are left out; crop_to_lung crops to it
+
+Axial slices without lesion are normal, slices with lesion anomalous with the lesion as pixel
+truth. Train and test are split by volume (patient), never by slice: training volumes give
+only their normal slices, test volumes all of theirs.
+"""
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from ..config import DataConfig
+from .base import DataError, ImageSet, Splits
+from .checks import BadFiles, file_list
+from .images import empty_set, fit_images, fit_masks
+from .medical import is_nifti, read_volume, volume_to_uint8
+
+SCANS, LESIONS, LUNGS = "ct_scans", "infection_mask", "lung_mask"
+METADATA = "metadata.csv"  # the Kaggle copy names scans and masks differently and maps them here
+METADATA_SCAN = "ct_scan"  # its column of scans; the mask columns are named like the folders
+
+
+@dataclass(frozen=True)
+class Volume:
+    name: str
+    scan: Path
+    lesion: Path
+    lung: Path | None
+
+
+def is_ct_dataset(root: Path) -> bool:
+    return (root / SCANS).is_dir()
+
+
+def load_ct(root: Path, size: int, channels: int, options: DataConfig) -> Splits:
+    scans = _volume_files(root / SCANS)
+    if not scans:
+        raise DataError(f"{root / SCANS}: no CT volumes (.nii, .nii.gz or DICOM series folders)")
+    bad = BadFiles(options.on_bad_file)
+    volumes = pair_masks(root, scans, bad, options.crop_to_lung)
+    # Split on every scan present, so a volume skipped as bad never moves the others.
+    test_names = split_by_volume(list(scans), options.test_fraction, options.split_seed)
+    train, test = [], []
+    for volume in volumes:
+        split = "test" if volume.name in test_names else "train"
+        slices = bad.attempt(split, volume.scan, lambda: read_slices(volume, size, channels, options))
+        if slices is None:
+            continue
+        if split == "test":
+            test.append(slices)
+        else:
+            normal = slices.subset(np.flatnonzero(slices.labels == 0))
+            train.append(replace(normal, masks=None, has_mask=None))
+    splits = Splits(train=_concat(train, size, channels), test=_concat(test, size, channels))
+    bad.settle({"train": splits.train, "test": splits.test})
+    if not len(splits.train):
+        raise DataError(f"{root}: no normal (lesion-free) slices in the training volumes")
+    described = (f"split by patient (data.test_fraction={options.test_fraction}, data.split_seed="
+                 f"{options.split_seed}): test volumes {file_list(sorted(test_names))}")
+    for images in (splits.train, splits.test):
+        images.notes.append(described)
+    return splits
+
+
+def pair_masks(root: Path, scans: dict[str, Path], bad: BadFiles, need_lung: bool) -> list[Volume]:
+    """Each scan with its masks; scans without a lesion mask and masks without a scan are
+    bad files."""
+    if not (root / LESIONS).is_dir():
+        raise DataError(f"{root}: missing folder {LESIONS}/ (the lesion masks)")
+    if need_lung and not (root / LUNGS).is_dir():
+        raise DataError(f"{root}: data.crop_to_lung needs a {LUNGS}/ folder")
+    lesions = _volume_files(root / LESIONS)
+    lungs = _volume_files(root / LUNGS) if (root / LUNGS).is_dir() else {}
+    renamed = _metadata_names(root)
+    volumes = []
+    for name, scan in scans.items():
+        lesion = lesions.pop(renamed.get((LESIONS, name), name), None)
+        lung = lungs.pop(renamed.get((LUNGS, name), name), None)
+        if lesion is None:
+            bad.add("test", scan, f"no lesion mask in {LESIONS}/")
+        elif need_lung and lung is None:
+            bad.add("test", scan, f"no lung mask in {LUNGS}/ (needed by data.crop_to_lung)")
+        else:
+            volumes.append(Volume(name, scan, lesion, lung))
+    for mask in [*lesions.values(), *lungs.values()]:
+        bad.add("test", mask, "mask without a CT scan")
+    return volumes
+
+
+def split_by_volume(names: list[str], test_fraction: float, seed: int) -> set[str]:
+    """A seeded random `test_fraction` of the volumes (at least one, never all)."""
+    if not 0 < test_fraction < 1:
+        raise DataError(f"data.test_fraction must be between 0 and 1, got {test_fraction}")
+    if len(names) < 2:
+        raise DataError(f"{len(names)} CT volume(s): the split by patient needs at least 2")
+    count = min(max(round(len(names) * test_fraction), 1), len(names) - 1)
+    order = np.random.default_rng(seed).permutation(sorted(names))
+    return set(order[:count].tolist())
+
+
+def read_slices(volume: Volume, size: int, channels: int, options: DataConfig) -> ImageSet:
+    """All usable axial slices of one volume, labelled by its lesion mask."""
+    scan = read_volume(volume.scan)
+    lesion = _read_mask(volume.lesion, scan.shape)
+    keep = np.arange(len(scan))
+    if volume.lung is not None:
+        lung = _read_mask(volume.lung, scan.shape)
+        if not lung.any():
+            raise DataError(f"its lung mask {volume.lung.name} is empty")
+        keep = np.flatnonzero(lung.any(axis=(1, 2)))
+        if options.crop_to_lung:
+            rows, cols = _bounding_box(lung.any(axis=0))
+            scan, lesion = scan[:, rows, cols], lesion[:, rows, cols]
+    grey, in_hu = volume_to_uint8(scan, options.hu_window)
+    slices = slices_to_set(grey[keep], keep, volume.scan, size, channels)
+    slices.labels = lesion[keep].any(axis=(1, 2)).astype(np.int64)
+    slices.kinds = ["lesion" if label else "good" for label in slices.labels]
+    slices.masks = fit_masks(lesion[keep], size)
+    slices.has_mask = np.ones(len(keep), bool)
+    if not in_hu:
+        slices.notes.append(f"{volume.scan.name}: values in 0..255, not HU: "
+                            f"used as grey levels, without the HU window")
+    return slices
+
+
+def volume_slices(path: Path, size: int, channels: int, hu_window: tuple[float, float]) -> ImageSet:
+    """Every axial slice of one volume, unlabelled (for scoring)."""
+    grey, _ = volume_to_uint8(read_volume(path), hu_window)
+    return slices_to_set(grey, np.arange(len(grey)), path, size, channels)
+
+
+def slices_to_set(grey: np.ndarray, z: np.ndarray, source: Path, size: int, channels: int) -> ImageSet:
+    """uint8 slices Z x H x W -> an unlabelled ImageSet, paths `source#z=<index>`."""
+    return ImageSet(
+        images=fit_images(grey[..., None], size, channels),
+        labels=np.full(len(z), -1, np.int64),
+        paths=[f"{source}#z={i}" for i in z.tolist()],
+        kinds=["unknown"] * len(z),
+        sizes=np.tile(grey.shape[1:], (len(z), 1)),
+    )
+
+
+def _read_mask(path: Path, shape: tuple[int, ...]) -> np.ndarray:
+    mask = read_volume(path) > 0
+    if mask.shape != shape:
+        raise DataError(f"its mask {path.name} has shape {mask.shape}, the scan {shape}")
+    return mask
+
+
+def _bounding_box(mask: np.ndarray) -> tuple[slice, slice]:
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
+
+
+def _volume_files(folder: Path) -> dict[str, Path]:
+    """Volumes in `folder` by name: NIfTI files and DICOM series folders."""
+    volumes: dict[str, list[Path]] = {}
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith("."):
+            continue
+        if not (path.is_dir() or is_nifti(path)):
+            raise DataError(f"{folder}: {path.name} is neither a NIfTI file nor a DICOM series folder")
+        volumes.setdefault(volume_name(path), []).append(path)
+    duplicates = [" and ".join(p.name for p in paths) for paths in volumes.values() if len(paths) > 1]
+    if duplicates:
+        raise DataError(f"{folder}: duplicate volume names: {file_list(duplicates)}")
+    return {name: paths[0] for name, paths in volumes.items()}
+
+
+def volume_name(path: Path) -> str:
+    name = path.name
+    for suffix in (".nii.gz", ".nii"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _metadata_names(root: Path) -> dict[tuple[str, str], str]:
+    """(mask folder, scan name) -> mask name, from metadata.csv when there is one."""
+    if not (root / METADATA).is_file():
+        return {}
+    with open(root / METADATA, newline="") as file:
+        rows = list(csv.DictReader(file))
+    return {(folder, volume_name(Path(row[METADATA_SCAN]))): volume_name(Path(row[folder]))
+            for row in rows for folder in (LESIONS, LUNGS)
+            if row.get(METADATA_SCAN) and row.get(folder)}
+
+
+def _concat(sets: list[ImageSet], size: int, channels: int) -> ImageSet:
+    return ImageSet.concat(sets) if sets else empty_set(size, channels)

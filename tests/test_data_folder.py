@@ -1,0 +1,226 @@
+"""MVTec AD and generic folders, bad input, load_unlabelled and check_batch."""
+import re
+import warnings
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from funetgan.config import DataConfig
+from funetgan.data import (DataError, check_batch, load_dataset, load_unlabelled,
+                           mvtec_categories)
+
+
+def save(path, value, size=(16, 16), mode="L"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new(mode, size[::-1], value).save(path)
+    return path
+
+
+def save_mask(path, box, size=(16, 16)):
+    mask = np.zeros(size, np.uint8)
+    mask[box] = 255
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(mask).save(path)
+
+
+def mvtec_category(root, train=3):
+    for i in range(train):
+        save(root / "train/good" / f"{i:03d}.png", (100 + 10 * i, 0, 0), mode="RGB")
+    save(root / "test/good/000.png", (50, 0, 0), mode="RGB")
+    save(root / "test/crack/000.png", (200, 0, 0), mode="RGB")
+    save(root / "test/crack/001.png", (210, 0, 0), mode="RGB")
+    save(root / "test/hole/000.png", (220, 0, 0), mode="RGB")
+    save_mask(root / "ground_truth/crack/000_mask.png", np.s_[:8, :8])
+    save_mask(root / "ground_truth/hole/000_mask.png", np.s_[8:, 8:])
+    return root
+
+
+def generic(root, masks="masks"):
+    for i in range(4):
+        save(root / "train" / f"n{i}.png", 100)
+    save(root / "test/normal/t0.png", 90)
+    save(root / "test/abnormal/t1.png", 250)
+    save(root / "test/scratch/t2.png", 240)
+    save_mask(root / masks / "t1.png", np.s_[:4, :])
+    save_mask(root / masks / "t2_mask.png", np.s_[:, :2])
+    return root
+
+
+def test_mvtec_category(tmp_path):
+    splits = load_dataset(mvtec_category(tmp_path / "bottle"), 8, 1)
+    train, test = splits.train, splits.test
+    assert splits.val is None and train.masks is None
+    assert len(train) == 3 and set(train.labels) == {0} and train.kinds == ["good"] * 3
+    np.testing.assert_array_equal(train.images[:, 0, 0, 0], [30, 33, 36])  # 0.299 * red
+    by_path = {p.split("test/")[1]: i for i, p in enumerate(test.paths)}
+    order = [by_path[k] for k in ("good/000.png", "crack/000.png", "crack/001.png", "hole/000.png")]
+    np.testing.assert_array_equal(test.labels[order], [0, 1, 1, 1])
+    assert [test.kinds[i] for i in order] == ["good", "crack", "crack", "hole"]
+    np.testing.assert_array_equal(test.has_mask[order], [True, True, False, True])
+    np.testing.assert_array_equal(test.masks[order].sum((1, 2)), [0, 16, 0, 16])
+    assert test.masks[order[1]][:4, :4].all() and test.masks[order[3]][4:, 4:].all()
+    np.testing.assert_array_equal(test.sizes, [[16, 16]] * 4)
+    assert any("1 anomalous image(s) without a mask" in note for note in test.notes)
+
+
+def test_mvtec_root_needs_a_category(tmp_path):
+    mvtec_category(tmp_path / "bottle")
+    mvtec_category(tmp_path / "zipper")
+    (tmp_path / "license.txt").write_text("x")
+    assert mvtec_categories(tmp_path) == ["bottle", "zipper"]
+    assert len(load_dataset(tmp_path, 8, 3, DataConfig(category="zipper")).test) == 4
+    with pytest.raises(DataError, match="MVTec AD root: set data.category to one of bottle, zipper"):
+        load_dataset(tmp_path, 8, 1)
+    with pytest.raises(DataError, match="no MVTec AD category 'cable' .found bottle, zipper"):
+        load_dataset(tmp_path, 8, 1, DataConfig(category="cable"))
+
+
+def test_generic_folder_with_flat_masks(tmp_path):
+    splits = load_dataset(generic(tmp_path), 8, 3)
+    test = splits.test
+    assert splits.train.images.shape == (4, 8, 8, 3) and (splits.train.images == 100).all()
+    kinds = dict(zip([p.rsplit("/", 1)[1] for p in test.paths], test.kinds))
+    assert kinds == {"t0.png": "good", "t1.png": "abnormal", "t2.png": "scratch"}
+    t0, t1, t2 = (test.paths.index(str(tmp_path / f"test/{d}/{n}"))
+                  for d, n in [("normal", "t0.png"), ("abnormal", "t1.png"), ("scratch", "t2.png")])
+    np.testing.assert_array_equal(test.labels[[t0, t1, t2]], [0, 1, 1])
+    assert test.has_mask.all()
+    assert not test.masks[t0].any()
+    assert test.masks[t1][:2].all() and test.masks[t1].sum() == 16
+    assert test.masks[t2][:, :1].all() and test.masks[t2].sum() == 8
+    assert test.images[t1, 0, 0, 0] == 250
+
+
+def test_generic_folder_without_masks_and_with_val(tmp_path):
+    for i in range(2):
+        save(tmp_path / "train" / f"{i}.png", 10)
+    save(tmp_path / "test/good/a.png", 10)
+    save(tmp_path / "test/bad/b.png", 99)
+    save(tmp_path / "val/normal/c.png", 11)
+    save(tmp_path / "val/bad/d.png", 98)
+    splits = load_dataset(tmp_path, 16, 1)
+    assert splits.test.masks is None and splits.val.masks is None
+    assert "no pixel-level truth" in splits.test.notes[0]
+    assert sorted(zip(splits.val.kinds, splits.val.labels.tolist())) == [("bad", 1), ("good", 0)]
+
+
+# ----- bad input: every case stops before training with one line naming the files ------------
+
+def one_line_error(root, options=None, match=""):
+    with pytest.raises(DataError) as caught:
+        load_dataset(root, 8, 1, options or DataConfig())
+    message = str(caught.value)
+    assert "\n" not in message
+    assert re.search(match, message), message
+    return message
+
+
+def test_missing_or_unknown_folders(tmp_path):
+    one_line_error(tmp_path / "nope", match="nope: no such folder")
+    (tmp_path / "stuff").mkdir()
+    one_line_error(tmp_path / "stuff", match="stuff: no known dataset layout; expected train/")
+    mvtec_category(tmp_path / "cat")
+    import shutil
+    shutil.rmtree(tmp_path / "cat/train/good")
+    (tmp_path / "cat/train/good").mkdir()
+    one_line_error(tmp_path / "cat", match="cat/train/good: no training images")
+
+
+def test_unreadable_and_non_image_files(tmp_path):
+    root = generic(tmp_path)
+    (root / "train/notes.txt").write_text("not an image")
+    noise = np.random.default_rng(0).integers(0, 255, (64, 64), np.uint8)
+    Image.fromarray(noise).save(root / "train/n1.png")
+    png = (root / "train/n1.png").read_bytes()
+    (root / "train/n1.png").write_bytes(png[: len(png) // 2])  # cut inside the pixel data
+    message = one_line_error(root, match=r"^2 bad file\(s\) \(data.on_bad_file=skip skips them\): ")
+    assert "train/n1.png (unreadable: OSError: image file is truncated" in message
+    assert "train/notes.txt (not an image, or corrupt)" in message
+
+
+def test_mask_size_must_match_its_image(tmp_path):
+    root = generic(tmp_path)
+    save_mask(root / "masks/t1.png", np.s_[:2, :], size=(8, 16))
+    one_line_error(root, match=r"test/abnormal/t1.png \(its mask t1.png is 16x8, the image 16x16\)")
+
+
+def test_broken_mask_is_named(tmp_path):
+    root = generic(tmp_path)
+    (root / "masks/t2_mask.png").write_bytes(b"garbage")
+    one_line_error(root, match=r"test/scratch/t2.png \(its mask t2_mask.png: not an image, or corrupt\)")
+
+
+def test_masks_without_images(tmp_path):
+    root = generic(tmp_path)
+    save_mask(root / "masks/ghost_mask.png", np.s_[:2, :])
+    one_line_error(root, match=r"masks/ghost_mask.png \(mask without an image\)")
+
+
+def test_duplicate_names(tmp_path):
+    root = generic(tmp_path)
+    save(root / "train/n2.jpg", 100)
+    one_line_error(root, match=r"train: duplicate image names: n2.jpg and n2.png")
+
+
+def test_a_flat_mask_matching_two_images_is_ambiguous(tmp_path):
+    root = generic(tmp_path)
+    save(root / "test/other/t1.png", 30)
+    one_line_error(root, match=r"masks matching several images .*t1.png \(")
+
+
+def test_files_directly_in_test(tmp_path):
+    root = generic(tmp_path)
+    save(root / "test/loose.png", 1)
+    one_line_error(root, match=r"test: expected only sub-folders good/ .*found files loose.png")
+
+
+def test_long_lists_are_truncated(tmp_path):
+    root = generic(tmp_path)
+    for i in range(13):
+        (root / f"train/bad{i:02d}.png").write_text("x")
+    message = one_line_error(root, match=r"^13 bad file")
+    assert message.endswith("... and 3 more") and message.count("(not an image, or corrupt)") == 10
+
+
+def test_skip_mode_leaves_bad_files_out_with_a_note_and_one_warning(tmp_path):
+    root = generic(tmp_path)
+    (root / "train/a.txt").write_text("x")
+    (root / "train/b.txt").write_text("x")
+    save_mask(root / "masks/ghost.png", np.s_[:2, :])
+    with pytest.warns(UserWarning, match="skipped 3 bad file") as caught:
+        splits = load_dataset(root, 8, 1, DataConfig(on_bad_file="skip"))
+    assert len(caught) == 1
+    assert len(splits.train) == 4
+    assert splits.train.notes == [f"skipped 2 bad file(s): {root}/train/a.txt (not an image, or corrupt), "
+                                  f"{root}/train/b.txt (not an image, or corrupt)"]
+    assert any("ghost.png (mask without an image)" in note for note in splits.test.notes)
+
+
+def test_all_training_files_bad_is_an_error_even_when_skipping(tmp_path):
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train/a.png").write_text("x")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        one_line_error(tmp_path, DataConfig(on_bad_file="skip"), match="no readable training images")
+
+
+def test_check_batch(tmp_path):
+    splits = load_dataset(generic(tmp_path), 8, 1)
+    check_batch(splits, 4)
+    with pytest.raises(DataError, match="only 4 training image.s., fewer than one batch of 64"):
+        check_batch(splits, 64)
+
+
+def test_load_unlabelled(tmp_path):
+    save(tmp_path / "one.png", 7)
+    save(tmp_path / "dir/sub/two.jpg", (9, 9, 9), mode="RGB")
+    images = load_unlabelled([str(tmp_path / "one.png"), str(tmp_path / "dir")], 8, 1, DataConfig())
+    assert images.paths == [str(tmp_path / "one.png"), str(tmp_path / "dir/sub/two.jpg")]
+    assert images.labels.tolist() == [-1, -1] and images.kinds == ["unknown", "unknown"]
+    assert images.masks is None and images.images[0, 0, 0, 0] == 7
+    with pytest.raises(DataError, match="missing.png: no such file or folder"):
+        load_unlabelled([str(tmp_path / "missing.png")], 8, 1, DataConfig())
+    (tmp_path / "bad.png").write_text("x")
+    with pytest.raises(DataError, match=r"bad.png \(not an image, or corrupt\)"):
+        load_unlabelled([str(tmp_path / "bad.png")], 8, 1, DataConfig())
