@@ -1,0 +1,210 @@
+"""What the benchmark scripts share: command-line options, settings under a wall-clock
+budget, one fit + score + evaluate run, a description of the machine, tables, and the JSON
+results file."""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import math
+import os
+import platform
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from funetgan.config import Config, apply_overrides
+from funetgan.data import DataError, Splits, load_dataset
+from funetgan.data.demo import make_texture_dataset
+from funetgan.files import atomic_write_text
+from funetgan.metrics import evaluate
+from funetgan.model import FUNetGAN
+from funetgan.runtime import select_device
+
+# Share of each run's --minutes given to stage 1 (G and D); stage 2 (E) gets the rest. E
+# converges much faster than the GAN (the demo's tuned split is 5.5 / 1.5 min).
+GAN_SHARE = 0.75
+# Step counts so large that the time budget, not the count, ends each stage: variants then
+# compare at equal cost whatever their speed.
+UNBOUNDED = 1_000_000
+SMOKE_SETTINGS = ["model.image_size=32", "model.width=4", "model.z_dim=16", "batch_size=4",
+                  "gan.n_critic=1", "gan.iterations=2", "encoder.iterations=2"]
+HEADLINE = {"image_auroc": ("image", "auroc"), "pixel_auroc": ("pixel", "auroc"), "aupro": ("pixel", "aupro")}
+
+
+# ---- command line ------------------------------------------------------------------------
+def make_parser(script: str, description: str, minutes: float | None = None,
+                seeds: tuple[int, ...] = (0,)) -> argparse.ArgumentParser:
+    """The options every benchmark takes; `minutes` None for one that trains nothing."""
+    name = Path(script).stem
+    parser = argparse.ArgumentParser(prog=f"benchmarks/{name}.py", description=description)
+    if minutes is not None:
+        parser.add_argument("--minutes", type=float, default=minutes,
+                            help=f"training minutes per run, {GAN_SHARE * 100:.0f}%% GAN, the rest encoder "
+                                 "(default %(default)s)")
+        parser.add_argument("--seeds", type=int, nargs="+", default=list(seeds), help="one run per seed")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a setting in every run, e.g. --set gan.n_critic=5 (repeatable; wins "
+                             "over the script's own settings)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or mps (default: best available)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--out", default=f"results/{name}.json", help="JSON file of all results")
+    parser.add_argument("--smoke", action="store_true", help="tiny data and networks: a seconds-long check")
+    return parser
+
+
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser.parse_args(argv)
+    args.script, args.command = parser.prog, shlex.join(["python", parser.prog, *argv])
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return args
+
+
+# ---- settings ----------------------------------------------------------------------------
+def budget(minutes: float) -> list[str]:
+    return [f"gan.iterations={UNBOUNDED}", f"gan.max_minutes={GAN_SHARE * minutes:g}",
+            f"encoder.iterations={UNBOUNDED}", f"encoder.max_minutes={(1 - GAN_SHARE) * minutes:g}"]
+
+
+def run_settings(args: argparse.Namespace, *parts: list[str]) -> list[str]:
+    """The overrides of one run, later ones winning: `parts` (the script's base settings, the
+    variant measured), the time budget (scripts that train), --smoke, then the user's --set."""
+    timed = budget(args.minutes) if "minutes" in args else []
+    smoke = SMOKE_SETTINGS if args.smoke else []
+    return [*(item for part in parts for item in part), *timed, *smoke, *args.set]
+
+
+def make_config(overrides: list[str], device: str, seed: int = 0) -> Config:
+    return apply_overrides(Config(), [*overrides, f"device={device}", f"seed={seed}"])
+
+
+# ---- data --------------------------------------------------------------------------------
+@contextlib.contextmanager
+def data_folder(path: str | None) -> Iterator[Path]:
+    """`path`, or a temporary folder removed afterwards."""
+    if path is not None:
+        yield Path(path)
+        return
+    with tempfile.TemporaryDirectory(prefix="funetgan-bench-") as folder:
+        yield Path(folder)
+
+
+def texture_data(texture: str, folder: Path, smoke: bool) -> Path:
+    """The built-in texture set (fixed data seed 0: every run and variant sees the same files)."""
+    if smoke:
+        return make_texture_dataset(folder / f"{texture}-smoke", texture, crop=32, n_train=12,
+                                    n_test_good=4, n_per_defect=2)
+    return make_texture_dataset(folder / texture, texture)
+
+
+# ---- runs ----------------------------------------------------------------------------------
+def load(path: str | Path, config: Config) -> Splits:
+    m = config.model
+    splits = load_dataset(path, m.image_size, m.channels, config.data)
+    if splits.test is None or not len(splits.test):
+        raise DataError(f"{path}: no test images to benchmark on")
+    return splits
+
+
+def fit_and_test(config: Config, splits: Splits) -> dict:
+    """Train on `splits.train` (calibrating on `splits.val` or held-out training normals),
+    score `splits.test`, and evaluate with the calibrated thresholds."""
+    started = time.perf_counter()
+    model = FUNetGAN(config).fit(splits.train, splits.val)
+    trained = time.perf_counter()
+    result = model.score(splits.test)
+    scored = time.perf_counter()
+    metrics = evaluate(result.scores, result.maps, splits.test, model.image_threshold, model.pixel_threshold)
+    return {"seed": config.seed, **headline(metrics), "train_minutes": (trained - started) / 60,
+            "test_seconds": scored - trained, "test_images": len(splits.test),
+            "settings": config.to_dict(), "metrics": metrics}
+
+
+def run_group(args: argparse.Namespace, results: dict, name: str, settings: list[str], splits: Splits) -> dict:
+    """Train and test `settings` once per --seeds, kept as results["groups"][name] with their
+    summary; the results file is rewritten after every run, so a long benchmark that stops
+    keeps what it measured."""
+    group = results.setdefault("groups", {})[name] = {"runs": []}
+    for seed in args.seeds:
+        print(f"== {name}, seed {seed}", file=sys.stderr, flush=True)
+        group["runs"].append(fit_and_test(make_config(settings, args.device, seed), splits))
+        group["summary"] = summarise(group["runs"])
+        write_results(args, results)
+    return group
+
+
+def headline(metrics: dict) -> dict:
+    """Image AUROC, pixel AUROC and AUPRO (None where the data has no pixel truth)."""
+    return {name: metrics.get(level, {}).get(key) for name, (level, key) in HEADLINE.items()}
+
+
+def summarise(runs: list[dict], keys: tuple[str, ...] = (*HEADLINE, "train_minutes")) -> dict:
+    """Mean and sample standard deviation over runs (seeds) of each key; None where undefined."""
+    summary = {}
+    for key in keys:
+        values = [run[key] for run in runs if run[key] is not None]
+        summary[key] = {"mean": statistics.fmean(values) if values else None,
+                        "std": statistics.stdev(values) if len(values) > 1 else None, "n": len(values)}
+    return summary
+
+
+# ---- output --------------------------------------------------------------------------------
+def fmt(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+
+
+def mean_std(stat: dict, scale: float = 1.0, digits: int = 3) -> str:
+    """'mean ± std' of a `summarise` entry (just the mean for a single run)."""
+    if stat["mean"] is None:
+        return "-"
+    text = fmt(stat["mean"] * scale, digits)
+    return text if stat["std"] is None else f"{text} ± {fmt(stat['std'] * scale, digits)}"
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    """A plain-text table: first column left-aligned, the others right-aligned."""
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths)))
+
+    return "\n".join([line(headers), "  ".join("-" * w for w in widths), *map(line, rows)])
+
+
+def machine(device: str) -> dict:
+    chosen = select_device(device)
+    info = {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
+            "device": str(chosen)}
+    if chosen.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(chosen)
+    return info
+
+
+def cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def write_results(args: argparse.Namespace, results: dict) -> None:
+    """The JSON results file: when, where, how (command line and options) and what. Written
+    atomically, so it can be rewritten after every run of a long benchmark."""
+    options = {k: v for k, v in vars(args).items() if k not in ("script", "command")}
+    date = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    document = {"script": args.script, "date": date, "command": args.command, "machine": machine(args.device),
+                "options": options, "results": results}
+    atomic_write_text(args.out, json.dumps(document, indent=2) + "\n")
+

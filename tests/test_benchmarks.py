@@ -1,0 +1,97 @@
+"""Each benchmark script end to end with --smoke: it prints its table and writes a complete
+JSON results file of finite numbers."""
+import importlib
+import json
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.fixture
+def script(monkeypatch):
+    """Import a benchmark script as a module (they import their shared `common` module)."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    return importlib.import_module
+
+
+def run(module, tmp_path, *options) -> dict:
+    out = tmp_path / "results.json"
+    assert module.main(["--smoke", "--device", "cpu", "--out", str(out), *options]) == 0
+    return read_results(out)
+
+
+def read_results(path: Path) -> dict:
+    def reject(constant):
+        raise AssertionError(f"non-finite number {constant} in {path}")
+
+    document = json.loads(path.read_text(), parse_constant=reject)
+    assert {"script", "date", "command", "machine", "options", "results"} <= document.keys()
+    assert {"cpu", "cores", "torch", "device"} <= document["machine"].keys()
+    assert "--smoke" in document["command"] and document["options"]["smoke"] is True
+    return document
+
+
+def assert_unit(*values) -> None:
+    for value in values:
+        assert isinstance(value, float) and 0.0 <= value <= 1.0, value
+
+
+def test_speed(script, tmp_path, capsys):
+    speed = script("speed")
+    results = run(speed, tmp_path)["results"]
+    assert [row["option"] for row in results["training"]] == ["defaults", *speed.OPTIONS]
+    for row in [*results["training"], *results["reference"].values()]:
+        assert row["critic_step_s"] > 0 and row["critic_steps_per_s"] > 0 and "settings" in row
+        assert {"generator_update_s", "generator_step_s"} <= row.keys()  # intercepts: noisy at smoke size
+    off = results["reference"]["all_options_off"]["settings"]
+    assert off["channels_last"] is False and off["gan"]["gp_every"] == 1
+    assert [row["batch"] for row in results["scoring"]] == [1, 64]
+    assert all(row["images_per_second"] > 0 and row["peak_memory_mib"] > 0 for row in results["scoring"])
+    out = capsys.readouterr().out
+    assert "critic steps/s" in out and "images/s" in out and "reference critic step" in out
+
+
+@pytest.mark.skipif(not FASHION_MNIST.is_dir(), reason="Debian's fashion-mnist package is not installed")
+def test_fashion_mnist(script, tmp_path, capsys):
+    fashion = script("fashion_mnist")
+    results = run(fashion, tmp_path, "--classes", "3", "--minutes", "0.5")["results"]
+    (run_,) = results["groups"]["3"]["runs"]
+    assert_unit(run_["image_auroc"], results["mean_image_auroc"]["mean"])
+    assert run_["pixel_auroc"] is None  # image-level data
+    assert run_["settings"]["data"]["normal_class"] == 3 and run_["settings"]["gan"]["max_minutes"] == 0.375
+    assert results["published_mean_auroc_percent"]["GEOM"] == 93.5
+    out = capsys.readouterr().out
+    assert "dress" in out and "GEOM" in out and "F-UNetGAN" in out
+
+
+def test_fashion_class_ranges(script):
+    assert script("fashion_mnist").class_list("0-2,7") == [0, 1, 2, 7]
+
+
+def test_textures(script, tmp_path, capsys):
+    data = tmp_path / "data"
+    results = run(script("textures"), tmp_path, "--textures", "brick", "--data-dir", str(data))["results"]
+    group = results["groups"]["brick"]
+    assert_unit(group["runs"][0]["image_auroc"], group["runs"][0]["pixel_auroc"], group["runs"][0]["aupro"])
+    assert group["meets_targets"] in (True, False)
+    assert (data / "brick-smoke" / "ground_truth").is_dir()
+    out = capsys.readouterr().out
+    assert "pixel AUROC" in out and "target" in out
+
+
+def test_ablation(script, tmp_path, capsys):
+    ablation = script("ablation")
+    document = run(ablation, tmp_path, "--seeds", "0", "1", "--set", "gan.lambda_gp=5")
+    groups = document["results"]["groups"]
+    assert list(groups) == list(ablation.VARIANTS)
+    for name, group in groups.items():
+        assert [r["seed"] for r in group["runs"]] == [0, 1]
+        assert group["summary"]["image_auroc"]["n"] == 2 and group["summary"]["image_auroc"]["std"] is not None
+        assert_unit(group["summary"]["image_auroc"]["mean"], group["summary"]["aupro"]["mean"])
+        assert group["runs"][0]["settings"]["gan"]["lambda_gp"] == 5  # --set reaches every run
+    baseline = groups["f-AnoGAN"]["runs"][0]["settings"]
+    assert baseline["model"]["critic_head"] == "global" and baseline["gan"]["consistency"] == "none"
+    assert "± " in capsys.readouterr().out
