@@ -6,7 +6,7 @@ from torch import nn
 
 from funetgan.config import GANConfig
 from funetgan.losses import (critic_loss, cutmix_masks, encoder_loss, generator_loss, gradient_penalty,
-                             per_sample_uniform)
+                             per_sample_uniform, relative_mse)
 from funetgan.nn import CriticOutput
 
 
@@ -79,7 +79,7 @@ def test_critic_loss_terms_by_hand():
     """L_D = wasserstein terms of both heads + lambda_gp * (GP_g + GP_p) + lambda_cons * cons."""
     real, fake = torch.rand(3, 1, 4, 4), -torch.rand(3, 1, 4, 4)
     critic = PixelwiseCritic()
-    cfg = GANConfig(lambda_gp=10.0, lambda_cons=2.0)
+    cfg = GANConfig(lambda_gp=10.0, lambda_cons=2.0, drift=0.0)
     loss, stats = critic_loss(critic, real, fake, cfg, penalise=True, generator=torch.Generator().manual_seed(1))
     a, b = critic.a.item(), critic.b.item()
     wd_global = b * (real.sum() - fake.sum()).item() / 3
@@ -95,6 +95,15 @@ def test_critic_loss_terms_by_hand():
     assert loss.item() == pytest.approx(expected, rel=1e-5)
     loss.backward()
     assert critic.a.grad is not None and critic.b.grad is not None
+
+
+def test_drift_penalises_critic_values_on_real_images():
+    real, fake = torch.rand(2, 1, 4, 4), -torch.rand(2, 1, 4, 4)
+    critic = PixelwiseCritic()
+    losses = [critic_loss(critic, real, fake, GANConfig(drift=d, consistency="none"), False)[0].item()
+              for d in (0.0, 0.5)]
+    out = critic(real)
+    assert losses[1] - losses[0] == pytest.approx(0.5 * (out.score.pow(2).mean() + out.pixel.pow(2).mean()).item())
 
 
 def test_lazy_penalty_is_weighted_by_its_interval():
@@ -125,9 +134,15 @@ def test_generator_loss_uses_both_heads():
 def test_encoder_loss_by_hand():
     real = torch.zeros(1, 1, 2, 2)
     recon = torch.full((1, 1, 2, 2), 0.5)
-    out_real = CriticOutput(None, None, torch.zeros(1, 2, 1, 1), torch.zeros(1, 1, 2, 2))
-    out_recon = CriticOutput(None, None, torch.ones(1, 2, 1, 1), torch.full((1, 1, 2, 2), 2.0))
+    out_real = CriticOutput(None, None, torch.full((1, 2, 1, 1), 2.0), torch.full((1, 1, 2, 2), 10.0))
+    out_recon = CriticOutput(None, None, torch.ones(1, 2, 1, 1), torch.full((1, 1, 2, 2), 12.0))
     loss, stats = encoder_loss(recon, real, out_recon, out_real, kappa=0.5)
     assert stats["mse_image"].item() == pytest.approx(0.25)
-    assert stats["mse_features"].item() == pytest.approx(1.0 + 4.0)
-    assert loss.item() == pytest.approx(0.25 + 0.5 * 5.0)
+    # relative errors: (2-1)^2 / 2^2 and (12-10)^2 / 10^2
+    assert stats["feature_error"].item() == pytest.approx(0.25 + 0.04)
+    assert loss.item() == pytest.approx(0.25 + 0.5 * 0.29)
+
+
+def test_feature_error_does_not_depend_on_the_feature_scale():
+    a, b = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
+    assert relative_mse(1000 * a, 1000 * b).item() == pytest.approx(relative_mse(a, b).item(), rel=1e-5)

@@ -26,6 +26,9 @@ class ModelConfig:
     # resolution on a CPU (see README, "speed") for little gain.
     attn_max_size: int = 16
     critic_head: str = "unet"  # "unet" (F-UNetGAN) or "global" (f-AnoGAN baseline critic)
+    # Spectral norm in D on top of the gradient penalty. Off: with it, WGAN-GP plus the pixel
+    # consistency term diverged within 50 generator steps in every run we made (README, "design").
+    d_spectral_norm: bool = False
 
 
 @dataclass
@@ -40,6 +43,7 @@ class GANConfig:
     lambda_cons: float = 1.0
     consistency: str = "mixup"  # "mixup", "cutmix" or "none"
     gp_every: int = 1  # lazy regularisation: penalties every k-th critic step, weighted by k
+    drift: float = 1e-3  # weight of mean D(x)^2 on reals (ProGAN): keeps critic values near 0
 
 
 @dataclass

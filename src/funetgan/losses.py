@@ -63,10 +63,10 @@ def critic_loss(critic, real: torch.Tensor, fake: torch.Tensor, cfg: GANConfig, 
     scores, pixels = out.score.float().split(b), None if out.pixel is None else out.pixel.float().split(b)
 
     stats = {"wd_global": (scores[0].mean() - scores[1].mean()).detach()}
-    loss = scores[1].mean() - scores[0].mean()
+    loss = scores[1].mean() - scores[0].mean() + cfg.drift * scores[0].pow(2).mean()
     if pixels is not None:
         wd_pixel = pixels[0].mean() - pixels[1].mean()
-        loss = loss - wd_pixel
+        loss = loss - wd_pixel + cfg.drift * pixels[0].pow(2).mean()
         stats["wd_pixel"] = wd_pixel.detach()
         if use_mix:
             target = (weight * pixels[0] + (1 - weight) * pixels[1]).detach()
@@ -94,11 +94,20 @@ def generator_loss(out: CriticOutput) -> torch.Tensor:
 
 def encoder_loss(recon: torch.Tensor, real: torch.Tensor, out_recon: CriticOutput, out_real: CriticOutput,
                  kappa: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """izi_f: mse(G(E(x)), x) + kappa * (mse of D's bottleneck features + mse of D's last
-    decoder features). `out_real` carries no gradient; gradients flow through `recon`."""
+    """izi_f: mse(G(E(x)), x) + kappa * (error of D's bottleneck features + error of D's last
+    decoder features). `out_real` carries no gradient; gradients flow through `recon`.
+
+    Each feature error is relative, mse(f(r), f(x)) / mean(f(x)^2): D's feature scale is
+    arbitrary (a WGAN critic is free to grow it), and raw MSE let it swamp the image term by
+    orders of magnitude in our runs; relative errors keep kappa meaningful."""
     image = F.mse_loss(recon.float(), real.float())
-    features = F.mse_loss(out_recon.f_g.float(), out_real.f_g.float())
+    features = relative_mse(out_recon.f_g, out_real.f_g)
     if out_recon.f_p is not None:
-        features = features + F.mse_loss(out_recon.f_p.float(), out_real.f_p.float())
+        features = features + relative_mse(out_recon.f_p, out_real.f_p)
     loss = image + kappa * features
-    return loss, {"loss_e": loss.detach(), "mse_image": image.detach(), "mse_features": features.detach()}
+    return loss, {"loss_e": loss.detach(), "mse_image": image.detach(), "feature_error": features.detach()}
+
+
+def relative_mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    target = target.float()
+    return F.mse_loss(prediction.float(), target) / target.pow(2).mean().clamp_min(1e-12)

@@ -40,7 +40,7 @@ class FUNetGAN:
         m = cfg.model
         self.G = self.runtime.place(Generator(m.image_size, m.channels, m.width, m.z_dim, m.attn_max_size))
         self.D = self.runtime.place(Discriminator(m.image_size, m.channels, m.width, m.variant, m.attn_max_size,
-                                                  pixel_head=m.critic_head == "unet"))
+                                                  pixel_head=m.critic_head == "unet", sn=m.d_spectral_norm))
         self.E = self.runtime.place(Encoder(m.image_size, m.channels, m.width, m.z_dim))
         for net in (self.G, self.D, self.E):
             self.runtime.sync_parameters(net)

@@ -22,10 +22,11 @@ class CriticOutput(NamedTuple):
 class Discriminator(nn.Module):
     """`variant`: conv (two plain convs per block), conv_attn (+ CBAM after each encoder
     block), res (residual blocks, 1x1 shortcuts), res_attn (residual + CBAM).
-    `pixel_head=False` gives the ordinary global WGAN critic of the f-AnoGAN baseline."""
+    `pixel_head=False` gives the ordinary global WGAN critic of the f-AnoGAN baseline.
+    `sn` adds spectral norm to every layer (see `ModelConfig.d_spectral_norm`)."""
 
     def __init__(self, image_size: int, channels: int, width: int, variant: str = "res_attn",
-                 attn_max_size: int = 16, pixel_head: bool = True):
+                 attn_max_size: int = 16, pixel_head: bool = True, sn: bool = False):
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
@@ -33,23 +34,23 @@ class Discriminator(nn.Module):
         w = widths(image_size, width)
         encoder, in_ch, size = [], channels, image_size
         while size > 4:
-            encoder.append(Block(in_ch, w[size], resample="down", residual=residual, sn=True,
+            encoder.append(Block(in_ch, w[size], resample="down", residual=residual, sn=sn,
                                  attention=attention and size // 2 <= attn_max_size, preact=bool(encoder)))
             in_ch, size = w[size], size // 2
         self.encoder = nn.ModuleList(encoder)
         self.act = nn.LeakyReLU(0.2)
-        self.global_head = linear(in_ch, 1, sn=True)
+        self.global_head = linear(in_ch, 1, sn=sn)
         self.decoder = self.pixel_out = None
         if pixel_head:
             # Up-sample, concatenate the encoder's output at that size, block; last step to full size has no skip.
             skip_widths = [w[2 * s] for s in _sizes_between(8, image_size // 2)]
             decoder = []
             for skip_ch in skip_widths:
-                decoder.append(Block(in_ch + skip_ch, skip_ch, residual=residual, sn=True))
+                decoder.append(Block(in_ch + skip_ch, skip_ch, residual=residual, sn=sn))
                 in_ch = skip_ch
-            decoder.append(Block(in_ch, w[image_size], residual=residual, sn=True))
+            decoder.append(Block(in_ch, w[image_size], residual=residual, sn=sn))
             self.decoder = nn.ModuleList(decoder)
-            self.pixel_out = conv(w[image_size], 1, 1, sn=True)
+            self.pixel_out = conv(w[image_size], 1, 1, sn=sn)
 
     def forward(self, x: torch.Tensor) -> CriticOutput:
         skips, h = [], x
