@@ -63,6 +63,9 @@ def test_fit_writes_logs_samples_and_model(tmp_path):
     assert (tmp_path / "samples" / "recon_000003.png").exists()
     assert (tmp_path / "model.safetensors").exists()
     assert model.calibration["validation"]["rule"].startswith("normal quantile")
+    done = FUNetGAN.load(tmp_path).state["completed"]
+    assert done["gan"]["steps"] == 3 and done["gan"]["critic_steps"] == 3 * model.config.gan.n_critic
+    assert done["encoder"]["steps"] == 3
 
 
 def test_time_budget_stops_a_stage(tmp_path):

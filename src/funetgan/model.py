@@ -165,7 +165,8 @@ class FUNetGAN:
 
     def save(self, path: str | Path) -> None:
         """Weights, settings and calibration in one safetensors file."""
-        checkpoint.save(path, self._weights(), {"config": self.config.to_dict(), "calibration": self.calibration})
+        checkpoint.save(path, self._weights(), {"config": self.config.to_dict(), "calibration": self.calibration,
+                                                "training": self.state.get("completed", {})})
 
     @classmethod
     def load(cls, path: str | Path, device: str | None = None) -> "FUNetGAN":
@@ -182,7 +183,7 @@ class FUNetGAN:
         model = cls(config)
         model._load_weights(tensors, path)
         model.calibration = meta.get("calibration") or {}
-        model.state["stage"] = "done"
+        model.state.update(stage="done", completed=meta.get("training", {}))
         return model
 
     def save_checkpoint(self, path: str | Path) -> None:

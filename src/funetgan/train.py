@@ -116,40 +116,56 @@ class Trainer:
         if state["stage"] == "gan":
             cfg = self.model.config.gan
             Stage("gan", cfg.iterations, cfg.max_minutes, self).run(self.gan_step, self.save_gan_samples)
-            state.update(stage="encoder", step=0, seconds=0.0, critic_steps=0)
-            self.checkpoint()
+            self._finish_stage("encoder")
         if state["stage"] == "encoder":
             cfg = self.model.config.encoder
             self.model.freeze_gan()
             Stage("encoder", cfg.iterations, cfg.max_minutes, self).run(self.encoder_step, self.save_reconstructions)
-            state.update(stage="done", step=0, seconds=0.0)
-            self.checkpoint()
+            self._finish_stage("done")
 
-    def gan_step(self, step: int) -> dict[str, torch.Tensor]:
+    def _finish_stage(self, next_stage: str) -> None:
+        """Record what the stage did (steps, seconds) and move on to `next_stage`."""
+        state = self.model.state
+        state.setdefault("completed", {})[state["stage"]] = {
+            "steps": state["step"], "critic_steps": state["critic_steps"], "seconds": round(state["seconds"], 2)}
+        state.update(stage=next_stage, step=0, seconds=0.0, critic_steps=0)
+        self.checkpoint()
+
+    def critic_step(self) -> dict[str, torch.Tensor]:
+        """One update of D on a fresh real batch and G(z); the batch index is the running
+        count of critic steps, so resumed runs draw the same batches."""
         m, rt = self.model, self.runtime
         cfg = m.config.gan
-        G, D = m.G, m.D
-        for _ in range(cfg.n_critic):
-            index = m.state["critic_steps"]
-            real = self.source.batch(index)
-            with torch.no_grad(), rt.autocast():
-                fake = rt.prepare(G(m.latent(len(real))).float())
-            with rt.autocast():
-                loss, stats = critic_loss(D, real, fake, cfg, penalise=index % cfg.gp_every == 0, generator=m.rng)
-            m.opt_d.zero_grad(set_to_none=True)
-            loss.backward()
-            rt.average_gradients(D)
-            m.opt_d.step()
-            m.state["critic_steps"] = index + 1
-        D.requires_grad_(False)  # the generator step needs gradients for G only
+        index = m.state["critic_steps"]
+        real = self.source.batch(index)
+        with torch.no_grad(), rt.autocast():
+            fake = rt.prepare(m.G(m.latent(len(real))).float())
         with rt.autocast():
-            loss_g = generator_loss(D(rt.prepare(G(m.latent(self.source.batch_size)))))
+            loss, stats = critic_loss(m.D, real, fake, cfg, penalise=index % cfg.gp_every == 0, generator=m.rng)
+        m.opt_d.zero_grad(set_to_none=True)
+        loss.backward()
+        rt.average_gradients(m.D)
+        m.opt_d.step()
+        m.state["critic_steps"] = index + 1
+        return stats
+
+    def generator_step(self) -> dict[str, torch.Tensor]:
+        m, rt = self.model, self.runtime
+        m.D.requires_grad_(False)  # gradients for G only
+        with rt.autocast():
+            loss = generator_loss(m.D(rt.prepare(m.G(m.latent(self.source.batch_size)))))
         m.opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
-        rt.average_gradients(G)
+        loss.backward()
+        rt.average_gradients(m.G)
         m.opt_g.step()
-        D.requires_grad_(True)
-        return {**stats, "loss_g": loss_g.detach()}
+        m.D.requires_grad_(True)
+        return {"loss_g": loss.detach()}
+
+    def gan_step(self, step: int) -> dict[str, torch.Tensor]:
+        """`n_critic` critic steps, then one generator step."""
+        for _ in range(self.model.config.gan.n_critic):
+            stats = self.critic_step()
+        return {**stats, **self.generator_step()}
 
     def encoder_step(self, step: int) -> dict[str, torch.Tensor]:
         m, rt = self.model, self.runtime
