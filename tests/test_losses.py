@@ -6,7 +6,7 @@ from torch import nn
 
 from funetgan.config import GANConfig
 from funetgan.losses import (critic_loss, cutmix_masks, encoder_loss, generator_loss, gradient_penalty,
-                             per_sample_uniform, relative_mse)
+                             per_sample_uniform, pixel_projection, relative_mse)
 from funetgan.nn import CriticOutput
 
 
@@ -79,7 +79,7 @@ def test_critic_loss_terms_by_hand():
     """L_D = wasserstein terms of both heads + lambda_gp * (GP_g + GP_p) + lambda_cons * cons."""
     real, fake = torch.rand(3, 1, 4, 4), -torch.rand(3, 1, 4, 4)
     critic = PixelwiseCritic()
-    cfg = GANConfig(lambda_gp=10.0, lambda_cons=2.0, drift=0.0)
+    cfg = GANConfig(lambda_gp=10.0, lambda_cons=2.0, drift=0.0, pixel_gp="mean")
     loss, stats = critic_loss(critic, real, fake, cfg, penalise=True, generator=torch.Generator().manual_seed(1))
     a, b = critic.a.item(), critic.b.item()
     wd_global = b * (real.sum() - fake.sum()).item() / 3
@@ -95,6 +95,17 @@ def test_critic_loss_terms_by_hand():
     assert loss.item() == pytest.approx(expected, rel=1e-5)
     loss.backward()
     assert critic.a.grad is not None and critic.b.grad is not None
+
+
+def test_local_pixel_penalty_constrains_each_pixel():
+    """For D_p = a * x pixel by pixel, every pixel's gradient has norm a: the local GP_p is
+    (a - 1)^2 exactly, while the pixel mean's gradient has norm a / sqrt(HW)."""
+    x = torch.rand(2, 1, 8, 8, requires_grad=True)
+    pixel = 3.0 * x
+    local = gradient_penalty(pixel_projection(pixel, "local", torch.Generator().manual_seed(0)), x)
+    assert local.item() == pytest.approx((3.0 - 1) ** 2, rel=1e-5)
+    mean = gradient_penalty(pixel_projection(pixel, "mean", None), x)
+    assert mean.item() == pytest.approx((3.0 / 8 - 1) ** 2, rel=1e-5)
 
 
 def test_drift_penalises_critic_values_on_real_images():

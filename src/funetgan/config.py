@@ -43,6 +43,7 @@ class GANConfig:
     lambda_cons: float = 1.0
     consistency: str = "mixup"  # "mixup", "cutmix" or "none"
     gp_every: int = 1  # lazy regularisation: penalties every k-th critic step, weighted by k
+    pixel_gp: str = "local"  # GP_p on "mean" of D_p (METHOD.md) or "local": per-pixel (losses.py)
     drift: float = 1e-3  # weight of mean D(x)^2 on reals (ProGAN): keeps critic values near 0
 
 
@@ -105,6 +106,8 @@ class Config:
             raise ValueError(f"model.critic_head must be 'unet' or 'global', got {m.critic_head!r}")
         if self.gan.consistency not in ("mixup", "cutmix", "none"):
             raise ValueError(f"gan.consistency must be mixup, cutmix or none, got {self.gan.consistency!r}")
+        if self.gan.pixel_gp not in ("mean", "local"):
+            raise ValueError(f"gan.pixel_gp must be mean or local, got {self.gan.pixel_gp!r}")
         if self.score.image_score not in ("izif", "max", "topk"):
             raise ValueError(f"score.image_score must be izif, max or topk, got {self.score.image_score!r}")
         if self.data.on_bad_file not in ("error", "skip"):

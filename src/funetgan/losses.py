@@ -69,7 +69,10 @@ def critic_loss(critic, real: torch.Tensor, fake: torch.Tensor, cfg: GANConfig, 
         loss = loss - wd_pixel + cfg.drift * pixels[0].pow(2).mean()
         stats["wd_pixel"] = wd_pixel.detach()
         if use_mix:
-            target = (weight * pixels[0] + (1 - weight) * pixels[1]).detach()
+            # Not detached: with a detached target, D chased its own moving pixel maps and
+            # diverged within 30 generator steps in every run; as a function of D alone the
+            # term is a plain regulariser (README, "design choices").
+            target = weight * pixels[0] + (1 - weight) * pixels[1]
             consistency = (pixels[2] - target).pow(2).mean()
             loss = loss + cfg.lambda_cons * consistency
             stats["consistency"] = consistency.detach()
@@ -77,11 +80,24 @@ def critic_loss(critic, real: torch.Tensor, fake: torch.Tensor, cfg: GANConfig, 
         k = 3 if separate_interp and use_mix else 2
         gp = gradient_penalty(scores[k], interp)
         if pixels is not None:
-            gp = gp + gradient_penalty(pixels[k].mean((1, 2, 3)), interp)
+            gp = gp + gradient_penalty(pixel_projection(pixels[k], cfg.pixel_gp, generator), interp)
         loss = loss + cfg.lambda_gp * cfg.gp_every * gp
         stats["gp"] = gp.detach()
     stats["loss_d"] = loss.detach()
     return loss, stats
+
+
+def pixel_projection(pixel: torch.Tensor, mode: str, generator: torch.Generator | None) -> torch.Tensor:
+    """The per-sample scalar whose input gradient GP_p penalises.
+
+    "mean": the pixel mean of D_p (METHOD.md). It leaves single pixels unconstrained: their
+    gradients may cancel in the mean. "local": sum_ij e_ij D_p_ij / sqrt(HW) with random signs
+    e_ij = +-1, whose squared input-gradient norm is, in expectation, the mean over pixels of
+    each pixel's squared gradient norm: a one-backward estimate of per-pixel Lipschitzness."""
+    if mode == "mean":
+        return pixel.mean((1, 2, 3))
+    signs = torch.randint(0, 2, pixel.shape, device=pixel.device, generator=generator).to(pixel.dtype) * 2 - 1
+    return (pixel * signs).sum((1, 2, 3)) / pixel[0].numel() ** 0.5
 
 
 def generator_loss(out: CriticOutput) -> torch.Tensor:
