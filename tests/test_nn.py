@@ -29,7 +29,7 @@ def test_discriminator_shapes(size, channels, variant):
     out = D(torch.randn(2, channels, size, size))
     assert out.score.shape == (2,)
     assert out.pixel.shape == (2, 1, size, size)
-    assert out.f_g.shape == (2, widths(size, 4)[8], 4, 4)
+    assert out.f_g.shape == (2, widths(size, 4)[4], 4, 4)
     assert out.f_p.shape == (2, 4, size, size)
 
 

@@ -96,3 +96,30 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
         assert same(state_of(getattr(straight, name)), state_of(getattr(resumed, name))), name
     assert resumed.calibration["norms"] == pytest.approx(straight.calibration["norms"])
     assert resumed.image_threshold == pytest.approx(straight.image_threshold)
+
+
+def test_warmup_trains_g_and_e_as_an_autoencoder_and_leaves_d():
+    model = FUNetGAN(tiny_config(gan__warmup_iterations=2))
+    trainer = Trainer(model, random_images(8).images, random_images(4).images, None)
+    before = {n: state_of(getattr(model, n)) for n in "GDE"}
+    stats = trainer.warmup_step(0)
+    assert stats["loss_warmup"] > 0
+    assert not same(before["G"], state_of(model.G)) and not same(before["E"], state_of(model.E))
+    assert same(before["D"], state_of(model.D))
+
+
+def test_warmup_codes_have_the_prior_moments():
+    model = FUNetGAN(tiny_config())
+    trainer = Trainer(model, random_images(8).images, random_images(4).images, None)
+    z = trainer.warmup_codes(trainer.source.batch(0))
+    assert z.mean(0).abs().max() < 1e-5 and (z.std(0) - 1).abs().max() < 1e-3
+
+
+def test_reconstruction_term_in_stage_one_also_trains_e():
+    for weight, e_changes in ((0.0, False), (5.0, True)):
+        model = FUNetGAN(tiny_config(gan__recon_weight=weight))
+        trainer = Trainer(model, random_images(8).images, random_images(4).images, None)
+        before = state_of(model.E)
+        stats = trainer.gan_step(0)
+        assert ("loss_warmup" in stats) == e_changes
+        assert (not same(before, state_of(model.E))) == e_changes

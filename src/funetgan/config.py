@@ -34,6 +34,8 @@ class ModelConfig:
 @dataclass
 class GANConfig:
     iterations: int = 2000  # generator steps
+    warmup_iterations: int = 0  # G+E autoencoder steps before the adversarial stage (0: none)
+    recon_weight: float = 0.0  # G+E autoencoder loss added to L_G in stage 1 (0: pure GAN)
     max_minutes: float | None = None
     lr_g: float = 1e-4
     lr_d: float = 1e-4

@@ -127,3 +127,9 @@ def encoder_loss(recon: torch.Tensor, real: torch.Tensor, out_recon: CriticOutpu
 def relative_mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     target = target.float()
     return F.mse_loss(prediction.float(), target) / target.pow(2).mean().clamp_min(1e-12)
+
+
+def warmup_loss(recon: torch.Tensor, real: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """mse(G(E(x)), x) of the autoencoder warm-up."""
+    loss = F.mse_loss(recon.float(), real.float())
+    return loss, {"loss_warmup": loss.detach()}

@@ -48,7 +48,7 @@ class FUNetGAN:
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.gan.lr_d, betas=cfg.gan.betas)
         self.opt_e = torch.optim.Adam(self.E.parameters(), lr=cfg.encoder.lr, betas=cfg.encoder.betas)
         self.rng = torch.Generator(self.runtime.device).manual_seed(cfg.seed * 10_007 + self.runtime.rank)
-        self.state = {"stage": "gan", "step": 0, "seconds": 0.0, "critic_steps": 0}
+        self.state = {"stage": "warmup", "step": 0, "seconds": 0.0, "critic_steps": 0}
         self.calibration: dict = {}
 
     # ---- training ------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import torch
 from tqdm import tqdm
 
 from .data.base import to_tensor, to_uint8
-from .losses import critic_loss, encoder_loss, generator_loss
+from .losses import critic_loss, encoder_loss, generator_loss, warmup_loss
 from .runtime import Runtime
 
 
@@ -89,7 +89,8 @@ class Stage:
             raise
         finally:
             bar.close()
-        sample_fn(step)
+        if step > start:
+            sample_fn(step)
 
 
 class Trainer:
@@ -113,6 +114,10 @@ class Trainer:
 
     def fit(self) -> None:
         state = self.model.state
+        if state["stage"] == "warmup":
+            cfg = self.model.config.gan
+            Stage("warmup", cfg.warmup_iterations, None, self).run(self.warmup_step, self.save_reconstructions)
+            self._finish_stage("gan")
         if state["stage"] == "gan":
             cfg = self.model.config.gan
             Stage("gan", cfg.iterations, cfg.max_minutes, self).run(self.gan_step, self.save_gan_samples)
@@ -130,6 +135,28 @@ class Trainer:
             "steps": state["step"], "critic_steps": state["critic_steps"], "seconds": round(state["seconds"], 2)}
         state.update(stage=next_stage, step=0, seconds=0.0, critic_steps=0)
         self.checkpoint()
+
+    def warmup_step(self, step: int) -> dict[str, torch.Tensor]:
+        """G and E as an autoencoder, E's codes standardised over the batch: a cheap start that
+        gives G image structure before the adversarial stage (README, "design choices")."""
+        m, rt = self.model, self.runtime
+        real = self.source.batch(step)
+        with rt.autocast():
+            loss, stats = warmup_loss(rt.prepare(m.G(self.warmup_codes(real))), real)
+        m.opt_g.zero_grad(set_to_none=True)
+        m.opt_e.zero_grad(set_to_none=True)
+        loss.backward()
+        rt.average_gradients(m.G)
+        rt.average_gradients(m.E)
+        m.opt_g.step()
+        m.opt_e.step()
+        return stats
+
+    def warmup_codes(self, real: torch.Tensor) -> torch.Tensor:
+        """E(x) standardised over the batch, so G learns to decode codes with the prior's
+        per-dimension mean and variance."""
+        z = self.model.E(real)
+        return (z - z.mean(0)) / (z.std(0) + 1e-6)
 
     def critic_step(self) -> dict[str, torch.Tensor]:
         """One update of D on a fresh real batch and G(z); the batch index is the running
@@ -149,23 +176,35 @@ class Trainer:
         m.state["critic_steps"] = index + 1
         return stats
 
-    def generator_step(self) -> dict[str, torch.Tensor]:
+    def generator_step(self, step: int) -> dict[str, torch.Tensor]:
+        """L_G, plus `gan.recon_weight` x the autoencoder loss of G and E when that is on."""
         m, rt = self.model, self.runtime
+        weight = m.config.gan.recon_weight
         m.D.requires_grad_(False)  # gradients for G only
         with rt.autocast():
             loss = generator_loss(m.D(rt.prepare(m.G(m.latent(self.source.batch_size)))))
+            stats = {"loss_g": loss.detach()}
+            if weight:
+                real = self.source.batch(step)
+                recon_loss, recon_stats = warmup_loss(rt.prepare(m.G(self.warmup_codes(real))), real)
+                loss = loss + weight * recon_loss
+                stats.update(recon_stats)
         m.opt_g.zero_grad(set_to_none=True)
+        m.opt_e.zero_grad(set_to_none=True)
         loss.backward()
         rt.average_gradients(m.G)
         m.opt_g.step()
+        if weight:
+            rt.average_gradients(m.E)
+            m.opt_e.step()
         m.D.requires_grad_(True)
-        return {"loss_g": loss.detach()}
+        return stats
 
     def gan_step(self, step: int) -> dict[str, torch.Tensor]:
         """`n_critic` critic steps, then one generator step."""
         for _ in range(self.model.config.gan.n_critic):
             stats = self.critic_step()
-        return {**stats, **self.generator_step()}
+        return {**stats, **self.generator_step(step)}
 
     def encoder_step(self, step: int) -> dict[str, torch.Tensor]:
         m, rt = self.model, self.runtime
@@ -196,8 +235,9 @@ class Trainer:
     def save_reconstructions(self, step: int) -> None:
         if self.run_dir is None or not self.runtime.is_main:
             return
+        codes = self.warmup_codes if self.model.state["stage"] == "warmup" else self.model.E
         with self.runtime.autocast():
-            recon = self.model.G(self.model.E(self.sample_real)).float()
+            recon = self.model.G(codes(self.sample_real)).float()
         pairs = torch.stack([self.sample_real.float(), recon], 1).flatten(0, 1)  # x, G(E(x)) side by side
         save_grid(self.run_dir / "samples" / f"recon_{step:06d}.png", to_uint8(pairs), columns=8)
 

@@ -27,6 +27,13 @@ def linear(in_features: int, out_features: int, sn: bool) -> nn.Module:
     return spectral_norm(layer) if sn else layer
 
 
+def group_norm(channels: int) -> nn.GroupNorm:
+    """G's normalisation. Not batch norm: its running statistics differ from batch statistics
+    early in training, and G runs in eval mode in stage 2 and at scoring, where batch norm
+    made G(E(x)) noise in our runs. Group norm is the same in both modes."""
+    return nn.GroupNorm(max(1, min(8, channels // 4)), channels)
+
+
 class CBAM(nn.Module):
     """Convolutional block attention: channel attention (shared MLP on avg- and max-pooled
     features), then spatial attention (7x7 conv on channel-wise avg and max)."""
@@ -49,7 +56,7 @@ class Block(nn.Module):
     """Two 3x3 convs with pre-activation, optional x2 resampling and a residual shortcut
     (1x1 conv when the shape changes), optionally followed by CBAM.
 
-    G uses it with batch norm, ReLU and `resample="up"`; D and E with LeakyReLU, no norm and
+    G uses it with group norm, ReLU and `resample="up"`; D and E with LeakyReLU, no norm and
     `resample="down"`; D's `conv` variants with `residual=False`.
     """
 
@@ -62,8 +69,8 @@ class Block(nn.Module):
             raise ValueError(f"resample must be None, 'up' or 'down', got {resample!r}")
         self.resample = resample
         self.residual = residual
-        self.norm1 = nn.BatchNorm2d(in_ch) if norm else nn.Identity()
-        self.norm2 = nn.BatchNorm2d(out_ch) if norm else nn.Identity()
+        self.norm1 = group_norm(in_ch) if norm else nn.Identity()
+        self.norm2 = group_norm(out_ch) if norm else nn.Identity()
         self.act = nn.ReLU() if act == "relu" else nn.LeakyReLU(0.2)
         self.conv1 = conv(in_ch, out_ch, 3, sn)
         self.conv2 = conv(out_ch, out_ch, 3, sn)

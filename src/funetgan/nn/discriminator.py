@@ -34,16 +34,16 @@ class Discriminator(nn.Module):
         w = widths(image_size, width)
         encoder, in_ch, size = [], channels, image_size
         while size > 4:
-            encoder.append(Block(in_ch, w[size], resample="down", residual=residual, sn=sn,
+            encoder.append(Block(in_ch, w[size // 2], resample="down", residual=residual, sn=sn,
                                  attention=attention and size // 2 <= attn_max_size, preact=bool(encoder)))
-            in_ch, size = w[size], size // 2
+            in_ch, size = w[size // 2], size // 2
         self.encoder = nn.ModuleList(encoder)
         self.act = nn.LeakyReLU(0.2)
         self.global_head = linear(in_ch, 1, sn=sn)
         self.decoder = self.pixel_out = None
         if pixel_head:
             # Up-sample, concatenate the encoder's output at that size, block; last step to full size has no skip.
-            skip_widths = [w[2 * s] for s in _sizes_between(8, image_size // 2)]
+            skip_widths = [w[s] for s in _sizes_between(8, image_size // 2)]
             decoder = []
             for skip_ch in skip_widths:
                 decoder.append(Block(in_ch + skip_ch, skip_ch, residual=residual, sn=sn))

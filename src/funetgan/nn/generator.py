@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .blocks import Block, conv, linear, widths
+from .blocks import Block, conv, group_norm, linear, widths
 
 
 class Generator(nn.Module):
@@ -20,7 +20,7 @@ class Generator(nn.Module):
                                 attention=2 * size <= attn_max_size))
             size *= 2
         self.blocks = nn.Sequential(*blocks)
-        self.to_image = nn.Sequential(nn.BatchNorm2d(w[image_size]), nn.ReLU(),
+        self.to_image = nn.Sequential(group_norm(w[image_size]), nn.ReLU(),
                                       conv(w[image_size], channels, 3, sn=True), nn.Tanh())
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
