@@ -7,6 +7,7 @@ import torch
 from conftest import random_images, tiny_config
 from funetgan.model import FUNetGAN
 from funetgan.runtime import Runtime
+from funetgan.data.base import to_tensor
 from funetgan.train import BatchSource, Trainer
 
 
@@ -123,3 +124,13 @@ def test_reconstruction_term_in_stage_one_also_trains_e():
         stats = trainer.gan_step(0)
         assert ("loss_warmup" in stats) == e_changes
         assert (not same(before, state_of(model.E))) == e_changes
+
+
+def test_encoder_codes_are_standardised_before_stage_two():
+    model = FUNetGAN(tiny_config())
+    images = random_images(16).images
+    trainer = Trainer(model, images, images, None)
+    trainer.standardise_encoder()
+    with torch.no_grad():
+        z = model.E(to_tensor(images))
+    assert z.mean(0).abs().max() < 1e-4 and (z.std(0) - 1).abs().max() < 1e-3

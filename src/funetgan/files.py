@@ -22,4 +22,4 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(text))
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))

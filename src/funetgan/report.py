@@ -27,6 +27,7 @@ from PIL import Image
 from skimage.segmentation import find_boundaries
 from sklearn.metrics import precision_recall_curve, roc_curve
 
+from .files import atomic_write_text
 from .metrics import PRO_FPR_LIMIT, labelled, pixel_curves, pixel_truth
 
 DISPLAY_SIZE = 256  # overlay panel side, pixels
@@ -45,14 +46,14 @@ def write_test_outputs(out_dir, imageset, scores, maps, metrics: dict, image_thr
     """All outputs of a labelled test run (see the module docstring)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _write_text(out / "metrics.json", json.dumps(metrics, indent=2))
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
     color_max = heat_scale(maps)
     rows = _write_image_outputs(out, imageset, scores, maps, image_threshold, pixel_threshold,
                                 color_max)
-    _write_text(out / "scores.csv", _csv(rows, SCORE_COLUMNS))
+    atomic_write_text(out / "scores.csv", _csv(rows, SCORE_COLUMNS))
     plots = _write_plots(out / "plots", imageset, scores, maps, metrics)
     page = _render_report(metrics, rows, plots, settings, imageset.notes, color_max)
-    _write_text(out / "report.html", page)
+    atomic_write_text(out / "report.html", page)
 
 
 def write_predictions(out_dir, imageset, scores, maps, image_threshold: float,
@@ -62,14 +63,7 @@ def write_predictions(out_dir, imageset, scores, maps, image_threshold: float,
     out.mkdir(parents=True, exist_ok=True)
     rows = _write_image_outputs(out, imageset, scores, maps, image_threshold, pixel_threshold,
                                 heat_scale(maps))
-    _write_text(out / "predictions.csv", _csv(rows, PREDICTION_COLUMNS))
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Write via a temporary file and a rename, so readers never see a half-written file."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
+    atomic_write_text(out / "predictions.csv", _csv(rows, PREDICTION_COLUMNS))
 
 
 def _csv(rows: list[dict], columns: list[str]) -> str:

@@ -62,7 +62,10 @@ class Stage:
         cfg = t.model.config
         start, spent = state["step"], state["seconds"]
         began = time.monotonic()
-        bar = tqdm(total=self.total, initial=start, desc=self.name, disable=not t.runtime.is_main,
+        # Under a time budget the step count is rarely reached: show steps and rate, not an ETA.
+        timed = self.max_minutes is not None
+        bar = tqdm(total=None if timed else self.total, initial=start, disable=not t.runtime.is_main,
+                   desc=f"{self.name} (budget {self.max_minutes:g} min)" if timed else self.name,
                    dynamic_ncols=True, leave=True)
         step = start
         try:
@@ -125,6 +128,8 @@ class Trainer:
         if state["stage"] == "encoder":
             cfg = self.model.config.encoder
             self.model.freeze_gan()
+            if state["step"] == 0:
+                self.standardise_encoder()
             Stage("encoder", cfg.iterations, cfg.max_minutes, self).run(self.encoder_step, self.save_reconstructions)
             self._finish_stage("done")
 
@@ -151,6 +156,20 @@ class Trainer:
         m.opt_g.step()
         m.opt_e.step()
         return stats
+
+    @torch.no_grad()
+    def standardise_encoder(self, max_images: int = 1024) -> None:
+        """Give E's codes the prior's per-dimension mean and variance on the training images
+        before stage 2. A fresh E's outputs are far smaller than z ~ N(0, I), and after the
+        warm-up G has only seen standardised codes; unscaled, E started stage 2 decoding
+        every image to the same G output and did not recover within the CPU budget."""
+        m, rt = self.model, self.runtime
+        images = self.source.data[:max_images]
+        m.E.eval()
+        codes = torch.cat([m.E(rt.prepare(to_tensor(images[i:i + 256], rt.device)))
+                           for i in range(0, len(images), 256)]).float()
+        m.E.train()
+        m.E.standardise_output(codes.mean(0), codes.std(0).clamp_min(1e-6))
 
     def warmup_codes(self, real: torch.Tensor) -> torch.Tensor:
         """E(x) standardised over the batch, so G learns to decode codes with the prior's

@@ -21,3 +21,10 @@ class Encoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.blocks(self.stem(x)))
+
+    @torch.no_grad()
+    def standardise_output(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Fold z -> (z - mean) / std into the last linear layer."""
+        linear = self.head[-1]
+        linear.weight.div_(std.unsqueeze(1))
+        linear.bias.sub_(mean).div_(std)
