@@ -6,7 +6,7 @@ budget, over several seeds.
 
 Every variant trains for the same wall-clock budget (--minutes), so a slower variant gets
 fewer steps: the comparison is at equal cost. Model: the demo's settings
-(`funetgan.cli.DEMO_SETTINGS`: 64x64x1, its CPU training recipe); for another dataset set
+(`funetgan.cli.DEMO_SETTINGS`: 32x32x1, its CPU training recipe); for another dataset set
 its size with e.g. --set model.image_size=128 --set model.channels=3.
 """
 from __future__ import annotations
@@ -48,10 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(parser, argv)
     results = {"variants": {name: VARIANTS[name] for name in args.variants}}
     with data_folder(args.data_dir) as folder:
-        data = args.data
+        data, config = args.data, make_config(run_settings(args, DEMO_SETTINGS), args.device)
         if data.startswith(TEXTURE_PREFIX):
-            data = texture_data(data.removeprefix(TEXTURE_PREFIX), folder, args.smoke)
-        splits = load(data, make_config(run_settings(args, DEMO_SETTINGS), args.device))
+            data = texture_data(data.removeprefix(TEXTURE_PREFIX), folder, args.smoke, config.model.image_size)
+        splits = load(data, config)
         for name in args.variants:
             run_group(args, results, name, run_settings(args, DEMO_SETTINGS, VARIANTS[name]), splits)
     print_table(results["groups"])

@@ -98,12 +98,13 @@ def data_folder(path: str | None) -> Iterator[Path]:
         yield Path(folder)
 
 
-def texture_data(texture: str, folder: Path, smoke: bool) -> Path:
-    """The built-in texture set (fixed data seed 0: every run and variant sees the same files)."""
+def texture_data(texture: str, folder: Path, smoke: bool, image_size: int) -> Path:
+    """The built-in texture set (fixed data seed 0: every run and variant sees the same files),
+    crops at twice the model's size as in the demo."""
     if smoke:
         return make_texture_dataset(folder / f"{texture}-smoke", texture, crop=32, n_train=12,
                                     n_test_good=4, n_per_defect=2)
-    return make_texture_dataset(folder / texture, texture)
+    return make_texture_dataset(folder / texture, texture, crop=2 * image_size)
 
 
 # ---- runs ----------------------------------------------------------------------------------

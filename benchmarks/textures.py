@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = run_settings(args, DEMO_SETTINGS)
     with data_folder(args.data_dir) as folder:
         for texture in args.textures:
-            splits = load(texture_data(texture, folder, args.smoke), make_config(settings, args.device))
+            config = make_config(settings, args.device)
+            splits = load(texture_data(texture, folder, args.smoke, config.model.image_size), config)
             run_group(args, results, texture, settings, splits)
     for group in results["groups"].values():
         group["meets_targets"] = meets_targets(group["summary"])
