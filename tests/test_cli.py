@@ -74,3 +74,15 @@ def test_bad_input_gives_one_line_error(argv, message, tmp_path, capsys):
     assert main([a.replace("{tmp}", str(tmp_path)) for a in argv]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_every_mvtec_category_gets_its_own_run(tmp_path):
+    root = tmp_path / "mvtec"
+    for name in ("brick", "grass"):
+        make_texture_dataset(root / name, texture=name, crop=32, n_train=12, n_test_good=2, n_per_defect=1)
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    assert main(["train", "--data", str(root), "--category", "all", "--out", str(runs), *TINY]) == 0
+    assert main(["test", "--run", str(runs), "--data", str(root), "--category", "all", "--out", str(results)]) == 0
+    for name in ("brick", "grass"):
+        assert (runs / name / "model.safetensors").exists()
+        assert json.loads((results / name / "metrics.json").read_text())["image"]["n_anomalous"] == 5

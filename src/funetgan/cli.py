@@ -133,10 +133,6 @@ def claim_folder(folder: Path, outputs: tuple[str, ...], overwrite: bool) -> Non
     folder.mkdir(parents=True, exist_ok=True)
 
 
-def load_model(args) -> FUNetGAN:
-    return FUNetGAN.load(args.run, device=args.device)
-
-
 # ---- commands -------------------------------------------------------------------------------
 def cmd_train(args) -> int:
     out = Path(args.out)
@@ -149,7 +145,11 @@ def cmd_train(args) -> int:
         print(config.to_yaml(), end="")
         return 0
     if config.data.category == "all":
-        return _each_category(args, config, train_one)
+        for name in categories(args.data):
+            print(f"== {name}")
+            config.data.category = name
+            train_one(Path(args.data), out / name, config, args.resume, args.overwrite)
+        return 0
     train_one(Path(args.data), out, config, args.resume, args.overwrite)
     return 0
 
@@ -174,37 +174,33 @@ def train_one(data: Path, out: Path, config: Config, resume: bool, overwrite: bo
     return model
 
 
-def _each_category(args, config: Config, one) -> int:
-    categories = mvtec_categories(args.data)
-    if not categories:
-        raise DataError(f"{args.data}: no MVTec AD categories (folders with train/good) found")
-    for name in categories:
-        print(f"== {name}")
-        config.data.category = name
-        one(Path(args.data), Path(args.out) / name, config, args.resume, args.overwrite)
-    return 0
+def categories(data: str) -> list[str]:
+    found = mvtec_categories(data)
+    if not found:
+        raise DataError(f"{data}: no MVTec AD categories (folders with train/good) found")
+    return found
 
 
 def cmd_test(args) -> int:
-    model = load_model(args)
-    config = model.config
-    if args.category is not None:
-        config.data.category = args.category
-    if args.normal_class is not None:
-        config.data.normal_class = args.normal_class
-    if config.data.category == "all":
-        categories = mvtec_categories(args.data)
-        for name in categories:
+    if args.category == "all":
+        for name in categories(args.data):
             print(f"== {name}")
-            config.data.category = name
-            sub = argparse.Namespace(**{**vars(args), "run": str(Path(args.run) / name),
-                                        "out": str(Path(args.out) / name), "category": name})
-            cmd_test(sub)
+            test_run(Path(args.run) / name, Path(args.out) / name, args, name)
         return 0
-    return test_one(model, Path(args.data), Path(args.out), args)
+    test_run(Path(args.run), Path(args.out), args, args.category)
+    return 0
 
 
-def test_one(model: FUNetGAN, data: Path, out: Path, args) -> int:
+def test_run(run: Path, out: Path, args, category: str | None) -> None:
+    model = FUNetGAN.load(run, device=args.device)
+    if category is not None:
+        model.config.data.category = category
+    if args.normal_class is not None:
+        model.config.data.normal_class = args.normal_class
+    test_one(model, Path(args.data), out, args)
+
+
+def test_one(model: FUNetGAN, data: Path, out: Path, args) -> None:
     claim_folder(out, RESULT_OUTPUTS, args.overwrite)
     m = model.config.model
     splits = load_dataset(data, m.image_size, m.channels, model.config.data)
@@ -221,11 +217,10 @@ def test_one(model: FUNetGAN, data: Path, out: Path, args) -> int:
     write_test_outputs(out, splits.test, result.scores, result.maps, metrics, image_t, pixel_t,
                        model.config.to_dict())
     _print_metrics(metrics, out)
-    return 0
 
 
 def cmd_predict(args) -> int:
-    model = load_model(args)
+    model = FUNetGAN.load(args.run, device=args.device)
     out = Path(args.out)
     claim_folder(out, RESULT_OUTPUTS, args.overwrite)
     m = model.config.model
