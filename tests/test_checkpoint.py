@@ -55,3 +55,16 @@ def test_weights_from_other_settings_are_refused(tmp_path):
     checkpoint.save(tmp_path / "m.safetensors", tensors, meta)
     with pytest.raises(ValueError, match="weights do not fit the settings"):
         FUNetGAN.load(tmp_path / "m.safetensors")
+
+
+def test_atomic_writes_get_the_usual_file_mode(tmp_path):
+    import os
+
+    from funetgan.files import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "a.json", "{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
