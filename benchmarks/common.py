@@ -35,7 +35,7 @@ GAN_SHARE = 0.75
 # compare at equal cost whatever their speed.
 UNBOUNDED = 1_000_000
 SMOKE_SETTINGS = ["model.image_size=32", "model.width=4", "model.z_dim=16", "batch_size=4",
-                  "gan.n_critic=1", "gan.iterations=2", "encoder.iterations=2"]
+                  "gan.n_critic=1", "gan.iterations=2", "gan.warmup_iterations=2", "encoder.iterations=2"]
 HEADLINE = {"image_auroc": ("image", "auroc"), "pixel_auroc": ("pixel", "auroc"), "aupro": ("pixel", "aupro")}
 
 
