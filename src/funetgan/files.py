@@ -22,6 +22,11 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
         raise
 
 
+def atomic_save_png(path: str | Path, picture, compress_level: int = 6) -> None:
+    """Save a PIL image as PNG, atomically. Level 1 is several times faster for bulk outputs."""
+    atomic_write(path, lambda tmp: picture.save(tmp, format="PNG", compress_level=compress_level))
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 

@@ -27,7 +27,7 @@ from PIL import Image
 from skimage.segmentation import find_boundaries
 from sklearn.metrics import precision_recall_curve, roc_curve
 
-from .files import atomic_write_text
+from .files import atomic_save_png, atomic_write_text
 from .metrics import PRO_FPR_LIMIT, labelled, pixel_curves, pixel_truth
 
 DISPLAY_SIZE = 256  # overlay panel side, pixels
@@ -116,10 +116,11 @@ def _write_image_outputs(out: Path, imageset, scores, maps, image_threshold, pix
     rows = []
     for i, name in enumerate(output_names(imageset.paths)):
         mask = _resize(maps[i], imageset.sizes[i]) >= pixel_threshold
-        _save_png(Image.fromarray(mask.astype(np.uint8) * 255), out / "masks" / f"{name}.png")
+        # Level 1: PNG compression dominates the run time otherwise.
+        atomic_save_png(out / "masks" / f"{name}.png", Image.fromarray(mask.astype(np.uint8) * 255), 1)
         truth = imageset.masks[i] if has_truth[i] else None
-        _save_png(overlay(imageset.images[i], maps[i], pixel_threshold, color_max, truth),
-                  out / "overlays" / f"{name}.png")
+        atomic_save_png(out / "overlays" / f"{name}.png",
+                        overlay(imageset.images[i], maps[i], pixel_threshold, color_max, truth), 1)
         rows.append({
             "path": imageset.paths[i], "label": int(imageset.labels[i]),
             "kind": imageset.kinds[i], "score": float(scores[i]),
@@ -127,10 +128,6 @@ def _write_image_outputs(out: Path, imageset, scores, maps, image_threshold, pix
             "anomalous_fraction": float(mask.mean()), "name": name,
         })
     return rows
-
-
-def _save_png(image: Image.Image, path: Path) -> None:
-    image.save(path, compress_level=1)  # PNG compression dominates the run time otherwise
 
 
 def overlay(image: np.ndarray, anomaly_map: np.ndarray, threshold: float, color_max: float,

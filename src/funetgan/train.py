@@ -9,9 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from tqdm import tqdm
 
 from .data.base import to_tensor, to_uint8
+from .files import atomic_save_png
 from .losses import critic_loss, encoder_loss, generator_loss, warmup_loss
 from .runtime import Runtime
 
@@ -263,15 +265,10 @@ class Trainer:
 
 def save_grid(path: Path, images: np.ndarray, columns: int) -> None:
     """Tile N x S x S x C uint8 images into one PNG, 2-pixel gaps."""
-    from PIL import Image
-
-    from .files import atomic_write
-
     n, s, _, c = images.shape
     rows = -(-n // columns)
     grid = np.full((rows * (s + 2), columns * (s + 2), c), 255, np.uint8)
     for i, image in enumerate(images):
         r, col = divmod(i, columns)
         grid[r * (s + 2):r * (s + 2) + s, col * (s + 2):col * (s + 2) + s] = image
-    picture = Image.fromarray(grid[..., 0] if c == 1 else grid)
-    atomic_write(path, lambda tmp: picture.save(tmp, format="PNG"))
+    atomic_save_png(path, Image.fromarray(grid[..., 0] if c == 1 else grid))

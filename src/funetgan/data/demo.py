@@ -15,7 +15,7 @@ from scipy import ndimage
 from skimage import data as skdata
 from skimage import draw
 
-from ..files import atomic_write
+from ..files import atomic_save_png
 
 TEXTURES = ("brick", "grass")
 DEFECTS = ("scratch", "hole", "stain", "smudge", "foreign")
@@ -79,8 +79,7 @@ def add_defect(crop: np.ndarray, kind: str, rng: np.random.Generator, other: np.
 
 
 def save_png(path: Path, array: np.ndarray) -> None:
-    picture = Image.fromarray(np.clip(array, 0, 255).round().astype(np.uint8))
-    atomic_write(path, lambda tmp: picture.save(tmp, format="PNG"))
+    atomic_save_png(path, Image.fromarray(np.clip(array, 0, 255).round().astype(np.uint8)))
 
 
 def make_texture_dataset(root: str | Path, texture: str = "brick", crop: int = 128, n_train: int = 240,
