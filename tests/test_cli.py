@@ -86,3 +86,12 @@ def test_every_mvtec_category_gets_its_own_run(tmp_path):
     for name in ("brick", "grass"):
         assert (runs / name / "model.safetensors").exists()
         assert json.loads((results / name / "metrics.json").read_text())["image"]["n_anomalous"] == 5
+
+
+def test_overwrite_removes_earlier_per_image_outputs(run, dataset, tmp_path):
+    (tmp_path / "overlays").mkdir()
+    (tmp_path / "overlays" / "stale.png").write_bytes(b"old")
+    assert main(["test", "--run", str(run), "--data", str(dataset), "--out", str(tmp_path)]) == 2
+    assert main(["test", "--run", str(run), "--data", str(dataset), "--out", str(tmp_path), "--overwrite"]) == 0
+    assert not (tmp_path / "overlays" / "stale.png").exists()
+    assert len(list((tmp_path / "overlays").glob("*.png"))) == 8

@@ -20,7 +20,7 @@ from .runtime import is_main_process, teardown
 
 CONFIG_FILE = "config.yaml"
 RUN_OUTPUTS = (MODEL_FILE, CHECKPOINT_FILE, CONFIG_FILE, "log.jsonl", "samples")
-RESULT_OUTPUTS = ("metrics.json", "predictions.csv")
+RESULT_OUTPUTS = ("metrics.json", "predictions.csv", "scores.csv", "report.html", "masks", "overlays", "plots")
 
 # The demo: 32x32 grey brick texture on a 2-core CPU in about 8 minutes. Stage 1 starts from an
 # autoencoder warm-up and keeps a reconstruction term, with one critic step per generator step
@@ -125,9 +125,9 @@ def claim_folder(folder: Path, outputs: tuple[str, ...], overwrite: bool) -> Non
     """Refuse to write over earlier results unless --overwrite; with it, remove them first."""
     existing = [folder / name for name in outputs if (folder / name).exists()]
     if existing and not overwrite:
+        resume = " or --resume to continue" if CHECKPOINT_FILE in outputs else ""
         raise FileExistsError(f"{folder} already holds results ({existing[0].name}); "
-                              f"use --overwrite to replace them" + (" or --resume to continue" if
-                                                                      CHECKPOINT_FILE in outputs else ""))
+                              f"use --overwrite to replace them{resume}")
     for path in existing:
         shutil.rmtree(path) if path.is_dir() else path.unlink()
     folder.mkdir(parents=True, exist_ok=True)
