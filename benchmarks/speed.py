@@ -8,18 +8,22 @@ holds whole lazy-regularisation periods and lazy penalties are amortised exactly
 step is the slope, the generator update the intercept. Then each speed option alone against
 the defaults, and the issue's reference setting with every option off and with the defaults.
 Inference: images/s of `model.score` (E, G, D twice, maps, blur) at batch 1 and 64 on
-32/64/128 px RGB, and peak memory. The networks are untrained: speed does not depend on the
-weights. Every timing is the median of --repeats after --warmup.
+32/64/128 px RGB, and peak memory, each measured in a fresh process (a process keeps the
+heap it grew, so after the training measurements its peak would be theirs). The networks are
+untrained: speed does not depend on the weights. Every timing is the median of --repeats
+after --warmup.
 """
 from __future__ import annotations
 
 import contextlib
 import math
+import multiprocessing
 import resource
 import statistics
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +85,8 @@ def training_speed(overrides: list[str], args) -> dict:
 
 
 def scoring_speed(overrides: list[str], batch: int, args) -> dict:
+    if args.threads:
+        torch.set_num_threads(args.threads)
     config = make_config(overrides, args.device)
     model = FUNetGAN(config)
     m = config.model
@@ -99,18 +105,24 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def in_fresh_process(function: Callable, *args) -> dict:
+    """`function(*args)` in a new interpreter, so that its peak memory is its own."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(function, *args).result()
+
+
 def reset_peak_memory(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         return
-    # Linux: "5" resets the process's peak resident set size, which getrusage reports;
-    # elsewhere the peak stays the process's since it started.
+    # Linux: "5" resets the peak resident set size that getrusage reports to the current
+    # one, so the calibration before the timing does not count (elsewhere it does).
     with contextlib.suppress(OSError):
         Path("/proc/self/clear_refs").write_text("5")
 
 
 def peak_memory_mib(device: torch.device) -> float:
-    """Allocated tensors on CUDA; the process's resident set on the CPU."""
+    """Allocated tensors on CUDA; the process's peak resident set on the CPU."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     bytes_per_unit = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
@@ -136,7 +148,8 @@ def measure_scoring(args) -> list[dict]:
     for size in SCORE_SIZES[:1] if args.smoke else SCORE_SIZES:
         for batch in SCORE_BATCHES:
             settings = run_settings(args, [f"model.image_size={size}", "model.channels=3"])
-            rows.append({"shape": f"{size}x{size}x3", "batch": batch, **scoring_speed(settings, batch, args)})
+            rows.append({"shape": f"{size}x{size}x3", "batch": batch,
+                         **in_fresh_process(scoring_speed, settings, batch, args)})
     return rows
 
 

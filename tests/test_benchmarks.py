@@ -67,6 +67,23 @@ def test_fashion_mnist(script, tmp_path, capsys):
     assert "dress" in out and "GEOM" in out and "F-UNetGAN" in out
 
 
+@pytest.mark.skipif(not FASHION_MNIST.is_dir(), reason="Debian's fashion-mnist package is not installed")
+def test_recipes(script, tmp_path, capsys):
+    recipes = script("recipes")
+    results = run(recipes, tmp_path, "--classes", "3", "--budgets", "0.5", "1",
+                  "--recipes", "straightforward", "CPU recipe")["results"]
+    assert list(results["groups"]) == [f"{r} | {m} min | class 3" for m in ("0.5", "1") for r in
+                                       ("straightforward", "CPU recipe")]
+    straightforward = results["groups"]["straightforward | 1 min | class 3"]["runs"][0]["settings"]
+    assert straightforward["gan"]["gp_every"] == 1 and straightforward["channels_last"] is False
+    assert straightforward["gan"]["max_minutes"] == 0.75  # the budget reaches the run
+    recipe = results["groups"]["CPU recipe | 0.5 min | class 3"]["runs"][0]
+    assert_unit(recipe["image_auroc"])
+    assert recipe["settings"]["gan"]["recon_weight"] == 20
+    out = capsys.readouterr().out
+    assert "0.5 min" in out and "straightforward" in out
+
+
 def test_fashion_class_ranges(script):
     assert script("fashion_mnist").class_list("0-2,7") == [0, 1, 2, 7]
 
