@@ -8,6 +8,7 @@ from conftest import random_images, tiny_config
 from funetgan.model import FUNetGAN
 from funetgan.runtime import Runtime
 from funetgan.data.base import to_tensor
+from funetgan import train
 from funetgan.train import BatchSource, Trainer
 
 
@@ -75,6 +76,25 @@ def test_time_budget_stops_a_stage(tmp_path):
     model = FUNetGAN(cfg).fit(random_images(12), run_dir=tmp_path)
     assert model.state["stage"] == "done"
     assert not any(json.loads(line)["stage"] == "gan" for line in (tmp_path / "log.jsonl").read_text().splitlines())
+
+
+def test_warmup_counts_against_the_stage_1_budget(monkeypatch):
+    budgets = {}
+    stage_init = train.Stage.__init__
+
+    def record(self, name, total, max_minutes, trainer):
+        budgets[name] = max_minutes
+        stage_init(self, name, total, max_minutes, trainer)
+
+    monkeypatch.setattr(train.Stage, "__init__", record)
+    cfg = tiny_config(gan__warmup_iterations=100_000, gan__warmup_share=0.5)
+    cfg.gan.iterations, cfg.gan.max_minutes = 100_000, 0.01
+    model = FUNetGAN(cfg).fit(random_images(12))
+    done = model.state["completed"]
+    assert 0 < done["warmup"]["steps"] < 100_000  # stopped by its share of the budget
+    assert budgets["warmup"] == 0.005
+    assert budgets["gan"] == pytest.approx(0.01 - done["warmup"]["seconds"] / 60, abs=1e-4)
+    assert budgets["encoder"] is None and done["encoder"]["steps"] == 3
 
 
 def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch):

@@ -35,8 +35,9 @@ class ModelConfig:
 class GANConfig:
     iterations: int = 2000  # generator steps
     warmup_iterations: int = 0  # G+E autoencoder steps before the adversarial stage (0: none)
+    warmup_share: float = 0.4  # under max_minutes, the warm-up stops at this share of it
     recon_weight: float = 0.0  # G+E autoencoder loss added to L_G in stage 1 (0: pure GAN)
-    max_minutes: float | None = None
+    max_minutes: float | None = None  # wall-clock cap on stage 1, warm-up included
     lr_g: float = 1e-4
     lr_d: float = 1e-4
     betas: tuple[float, float] = (0.0, 0.9)
@@ -114,6 +115,8 @@ class Config:
             raise ValueError(f"score.image_score must be izif, max or topk, got {self.score.image_score!r}")
         if self.data.on_bad_file not in ("error", "skip"):
             raise ValueError(f"data.on_bad_file must be error or skip, got {self.data.on_bad_file!r}")
+        if not 0.0 <= self.gan.warmup_share <= 1.0:
+            raise ValueError(f"gan.warmup_share must lie in [0, 1], got {self.gan.warmup_share}")
         for name in ("batch_size", "gan.n_critic", "gan.gp_every", "gan.iterations", "encoder.iterations"):
             if get_key(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")

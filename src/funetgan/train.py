@@ -67,14 +67,14 @@ class Stage:
         # Under a time budget the step count is rarely reached: show steps and rate, not an ETA.
         timed = self.max_minutes is not None
         bar = tqdm(total=None if timed else self.total, initial=start, disable=not t.runtime.is_main,
-                   desc=f"{self.name} (budget {self.max_minutes:g} min)" if timed else self.name,
+                   desc=f"{self.name} (budget {self.max_minutes:.3g} min)" if timed else self.name,
                    dynamic_ncols=True, leave=True)
         step = start
         try:
             while step < self.total:
                 elapsed = spent + time.monotonic() - began
                 if t.runtime.any_rank(self.max_minutes is not None and elapsed >= 60 * self.max_minutes):
-                    bar.write(f"{self.name}: time budget of {self.max_minutes} min reached at step {step}")
+                    bar.write(f"{self.name}: time budget of {self.max_minutes:.3g} min reached at step {step}")
                     break
                 stats = step_fn(step)
                 step += 1
@@ -119,13 +119,13 @@ class Trainer:
 
     def fit(self) -> None:
         state = self.model.state
+        cfg = self.model.config.gan
         if state["stage"] == "warmup":
-            cfg = self.model.config.gan
-            Stage("warmup", cfg.warmup_iterations, None, self).run(self.warmup_step, self.save_reconstructions)
+            warmup_minutes = None if cfg.max_minutes is None else cfg.warmup_share * cfg.max_minutes
+            Stage("warmup", cfg.warmup_iterations, warmup_minutes, self).run(self.warmup_step, self.save_reconstructions)
             self._finish_stage("gan")
         if state["stage"] == "gan":
-            cfg = self.model.config.gan
-            Stage("gan", cfg.iterations, cfg.max_minutes, self).run(self.gan_step, self.save_gan_samples)
+            Stage("gan", cfg.iterations, self.minutes_after_warmup(), self).run(self.gan_step, self.save_gan_samples)
             self._finish_stage("encoder")
         if state["stage"] == "encoder":
             cfg = self.model.config.encoder
@@ -134,6 +134,15 @@ class Trainer:
                 self.standardise_encoder()
             Stage("encoder", cfg.iterations, cfg.max_minutes, self).run(self.encoder_step, self.save_reconstructions)
             self._finish_stage("done")
+
+    def minutes_after_warmup(self) -> float | None:
+        """Stage 1's budget (`gan.max_minutes`) less the warm-up's time: the warm-up is part of
+        stage 1, so recipes with and without one compare at equal cost."""
+        budget = self.model.config.gan.max_minutes
+        if budget is None:
+            return None
+        warmup = self.model.state.get("completed", {}).get("warmup", {"seconds": 0.0})
+        return max(budget - warmup["seconds"] / 60, 0.0)
 
     def _finish_stage(self, next_stage: str) -> None:
         """Record what the stage did (steps, seconds) and move on to `next_stage`."""
