@@ -12,6 +12,14 @@ def test_yaml_round_trip(tmp_path):
     assert loaded.gan.betas == (0.5, 0.99) and loaded.gan.max_minutes == 2.5
 
 
+def test_values_take_the_declared_type_not_the_current_one():
+    cfg = apply_overrides(Config(), ["gan.max_minutes=6", "encoder.max_minutes=1.5", "score.blur_sigma=2"])
+    assert cfg.gan.max_minutes == 6.0 and isinstance(cfg.gan.max_minutes, float)
+    assert isinstance(cfg.score.blur_sigma, float)
+    cfg = apply_overrides(cfg, ["gan.max_minutes=0.5", "gan.max_minutes=null", "data.category=bottle"])
+    assert cfg.gan.max_minutes is None and cfg.data.category == "bottle"
+
+
 def test_documented_defaults():
     cfg = Config()
     assert (cfg.gan.lr_g, cfg.gan.lr_d, cfg.gan.betas) == (1e-4, 1e-4, (0.0, 0.9))
@@ -28,6 +36,8 @@ def test_documented_defaults():
     ("batch_size=abc", "must be a number"),
     ("batch_size=2.5", "must be an integer"),
     ("amp=maybe", "true or false"),
+    ("batch_size=null", "must be set"),
+    ("gan.betas=[0.5]", "list of 2 numbers"),
     ("seed", "key=value"),
 ])
 def test_bad_overrides_are_explained(override, message):

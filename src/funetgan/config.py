@@ -6,6 +6,7 @@ command line can override any of them with ``--set key=value``.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -187,32 +188,42 @@ def get_key(config: Config, key: str) -> Any:
 
 def set_key(config: Config, key: str, value: Any) -> None:
     """Set a dotted key, converting ``value`` (a string from the command line, or a YAML
-    value) to the type of the default."""
+    value) to the setting's declared type."""
     node, leaf = _resolve(config, key)
-    current = getattr(node, leaf)
-    if isinstance(value, str) and not isinstance(current, str):
+    kind = typing.get_type_hints(type(node))[leaf]
+    if isinstance(value, str) and kind is not str:
         value = yaml.safe_load(value)
-    setattr(node, leaf, _coerce(key, current, value))
+    setattr(node, leaf, _coerce(key, kind, value))
 
 
-def _coerce(key: str, current: Any, value: Any) -> Any:
-    if value is None or current is None:
-        return value
-    if isinstance(current, bool):
+def _coerce(key: str, kind: Any, value: Any) -> Any:
+    """`value` as `kind`: bool, int, float, str, tuple[float, ...], or one of them | None."""
+    options = [t for t in typing.get_args(kind) if t is not type(None)] if _is_optional(kind) else [kind]
+    if value is None:
+        if len(options) == 1 and options[0] is not kind:
+            return None
+        raise ValueError(f"{key} must be set, got null")
+    (kind,) = options
+    if kind is bool:
         if not isinstance(value, bool):
             raise ValueError(f"{key} must be true or false, got {value!r}")
         return value
-    if isinstance(current, tuple):
-        if not isinstance(value, (list, tuple)) or len(value) != len(current):
-            raise ValueError(f"{key} must be a list of {len(current)} numbers, got {value!r}")
-        return tuple(float(v) for v in value)
-    if isinstance(current, (int, float)):
+    if typing.get_origin(kind) is tuple:
+        length = len(typing.get_args(kind))
+        if not isinstance(value, (list, tuple)) or len(value) != length:
+            raise ValueError(f"{key} must be a list of {length} numbers, got {value!r}")
+        return tuple(_coerce(key, float, v) for v in value)
+    if kind in (int, float):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"{key} must be a number, got {value!r}")
-        if isinstance(current, int) and not isinstance(current, bool) and float(value) != int(value):
+        if kind is int and float(value) != int(value):
             raise ValueError(f"{key} must be an integer, got {value!r}")
-        return type(current)(value)
+        return kind(value)
     return str(value)
+
+
+def _is_optional(kind: Any) -> bool:
+    return type(None) in typing.get_args(kind)
 
 
 def apply_overrides(config: Config, overrides: list[str]) -> Config:
