@@ -119,6 +119,21 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
     assert resumed.image_threshold == pytest.approx(straight.image_threshold)
 
 
+def test_resumed_ranks_draw_their_own_latents(tmp_path):
+    saved = FUNetGAN(tiny_config())
+    saved.latent(3)
+    saved.save_checkpoint(tmp_path / "c.safetensors")
+    expected = saved.latent(4)
+    ranks = []
+    for rank in (0, 1, 2):
+        model = FUNetGAN(tiny_config())
+        model.runtime = Runtime(torch.device("cpu"), rank=rank, world_size=3)
+        model.load_checkpoint(tmp_path / "c.safetensors")
+        ranks.append(model.latent(4))
+    assert torch.equal(ranks[0], expected)  # rank 0 (and a single process) continues exactly
+    assert not torch.equal(ranks[1], ranks[0]) and not torch.equal(ranks[2], ranks[1])
+
+
 def test_warmup_trains_g_and_e_as_an_autoencoder_and_leaves_d():
     model = FUNetGAN(tiny_config(gan__warmup_iterations=2))
     trainer = Trainer(model, random_images(8).images, random_images(4).images, None)

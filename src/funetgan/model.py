@@ -205,4 +205,9 @@ class FUNetGAN:
         for name, opt in (("opt_g", self.opt_g), ("opt_d", self.opt_d), ("opt_e", self.opt_e)):
             checkpoint.load_optimizer_state(opt, name, tensors, meta[name])
         self.rng.set_state(tensors["rng"])
+        if self.runtime.rank:
+            # Only rank 0's generator is saved: the other ranks derive their own stream from it,
+            # else every process would draw the same z for the rest of the run.
+            seed = torch.randint(2**62, (1,), generator=self.rng, device=self.rng.device)
+            self.rng.manual_seed(int(seed) + self.runtime.rank)
         self.state = dict(meta["state"])
