@@ -1,7 +1,7 @@
 """Speed per unit of quality: training recipes at equal wall-clock budgets on Fashion-MNIST
 one-class, from the straightforward implementation to the CPU recipe.
 
-    python benchmarks/recipes.py [--classes 0,4,6] [--budgets 2.5 5] [--seeds 0] [--recipes ...]
+    python benchmarks/recipes.py [--classes 0,4,6] [--budgets 2 4] [--seeds 0] [--recipes ...]
                                  [--out results/recipes.json]
 
 Every recipe trains for each budget in --budgets (minutes, split between the stages as
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = make_parser(__file__, "Training recipes at equal wall-clock budgets (Fashion-MNIST one-class).")
     parser.add_argument("--data", default=DATA, help=f"folder of the Fashion-MNIST IDX files (default {DATA})")
     parser.add_argument("--classes", type=class_list, default=[0, 4, 6], help="e.g. 0,4,6 or 0-9")
-    parser.add_argument("--budgets", type=float, nargs="+", default=[2.5, 5.0],
+    parser.add_argument("--budgets", type=float, nargs="+", default=[2.0, 4.0],
                         help="training minutes per run (each recipe runs at each)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="one run per seed")
     parser.add_argument("--recipes", nargs="+", choices=list(RECIPES), default=list(RECIPES))

@@ -3,6 +3,7 @@ import csv
 import json
 
 import pytest
+import yaml
 
 from funetgan.cli import main
 from funetgan.data.demo import make_texture_dataset
@@ -63,6 +64,16 @@ def test_resume_of_a_finished_run_trains_nothing_more(run, dataset):
 def test_print_config_shows_resolved_settings(capsys):
     assert main(["train", "--data", "x", "--out", "y", "--print-config", "--set", "model.variant=conv"]) == 0
     assert "variant: conv" in capsys.readouterr().out
+
+
+def test_recipe_lies_under_the_settings_file_and_set(tmp_path, capsys):
+    settings = tmp_path / "s.yaml"
+    settings.write_text("gan: {n_critic: 3, lr_g: 0.0002}\n")
+    argv = ["train", "--data", "x", "--out", "y", "--print-config", "--recipe", "cpu"]
+    assert main([*argv, "--config", str(settings), "--set", "gan.lr_g=0.0003"]) == 0
+    gan = yaml.safe_load(capsys.readouterr().out)["gan"]
+    assert gan["warmup_share"] == 0.4 and gan["gp_every"] == 4 and gan["max_minutes"] == 15  # the recipe
+    assert gan["n_critic"] == 3 and gan["lr_g"] == 0.0003  # the file over the recipe, --set over both
 
 
 @pytest.mark.parametrize("argv, message", [

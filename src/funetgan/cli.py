@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from . import __version__
-from .config import Config, apply_overrides
+from .config import RECIPES, Config, apply_overrides
 from .data import DataError, check_batch, load_dataset, load_unlabelled, mvtec_categories
 from .data.demo import make_texture_dataset
 from .files import atomic_write_text
@@ -22,16 +22,10 @@ CONFIG_FILE = "config.yaml"
 RUN_OUTPUTS = (MODEL_FILE, CHECKPOINT_FILE, CONFIG_FILE, "log.jsonl", "samples")
 RESULT_OUTPUTS = ("metrics.json", "predictions.csv", "scores.csv", "report.html", "masks", "overlays", "plots")
 
-# The demo: 32x32 grey brick texture on a 2-core CPU in about 8 minutes. The CPU recipe: stage 1
-# spends 40% of its budget on an autoencoder warm-up (10x cheaper per step than an adversarial
-# step), then keeps a reconstruction term, with one critic step per generator step at a 4x
-# critic learning rate and the penalties on every 4th critic step (README, "design choices").
+# The demo: 32x32 grey brick texture on a 2-core CPU in about 8 minutes, with the CPU recipe.
 DEMO_SETTINGS = [
-    "model.image_size=32", "model.channels=1", "model.width=8", "batch_size=16",
-    "gan.warmup_iterations=100000", "gan.warmup_share=0.4", "gan.recon_weight=20",
-    "gan.n_critic=1", "gan.lr_d=0.0004", "gan.gp_every=4",
-    "gan.iterations=100000", "gan.max_minutes=6", "encoder.iterations=100000", "encoder.max_minutes=1.5",
-    "sample_every=200", "checkpoint_every=200",
+    "model.image_size=32", "model.channels=1", "model.width=8", "batch_size=16", *RECIPES["cpu"],
+    "gan.max_minutes=6", "encoder.max_minutes=1.5", "sample_every=200", "checkpoint_every=200",
 ]
 
 
@@ -63,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--data", required=True, help="dataset folder")
     train.add_argument("--out", required=True, help="run folder for weights, settings, logs, samples")
     _settings_arguments(train)
+    train.add_argument("--recipe", choices=list(RECIPES),
+                       help="named settings under --config and --set: 'cpu' trains in minutes on a CPU "
+                            "(15 + 5 min budget; README, 'design choices')")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     train.set_defaults(func=cmd_train)
 
@@ -112,7 +109,10 @@ def _threshold_arguments(parser: argparse.ArgumentParser) -> None:
 
 # ---- settings and output folders --------------------------------------------------------
 def resolve_config(args, base: list[str] = ()) -> Config:
-    config = Config.load(args.config) if getattr(args, "config", None) else Config()
+    """Defaults < --recipe < --config file < `base` (the demo's settings) < --set."""
+    config = apply_overrides(Config(), RECIPES[args.recipe]) if getattr(args, "recipe", None) else Config()
+    if getattr(args, "config", None):
+        config = Config.load(args.config, config)
     config = apply_overrides(config, [*base, *args.set])
     if args.device:
         config.device = args.device

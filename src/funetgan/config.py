@@ -5,6 +5,7 @@ command line can override any of them with ``--set key=value``.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import typing
 from dataclasses import dataclass, field
@@ -14,6 +15,17 @@ from typing import Any
 import yaml
 
 VARIANTS = ("conv", "conv_attn", "res", "res_attn")
+
+# Named sets of settings (`funetgan train --recipe NAME`), applied under the settings file and --set.
+RECIPES = {
+    # Useful maps from minutes of CPU time (README, "design choices"): stage 1 spends 40% of its
+    # budget on an autoencoder warm-up (a tenth of an adversarial step's cost), then keeps a
+    # reconstruction term; one critic step per generator step at a 4x critic learning rate;
+    # penalties on every 4th critic step. The wall-clock budgets, not step counts, end the stages.
+    "cpu": ["gan.warmup_iterations=100000", "gan.warmup_share=0.4", "gan.recon_weight=20",
+            "gan.n_critic=1", "gan.lr_d=0.0004", "gan.gp_every=4", "gan.iterations=100000",
+            "gan.max_minutes=15", "encoder.iterations=100000", "encoder.max_minutes=5"],
+}
 
 
 @dataclass
@@ -130,14 +142,16 @@ class Config:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "Config":
-        config = cls()
+    def from_dict(cls, values: dict[str, Any], base: "Config | None" = None) -> "Config":
+        """`values` (nested, as in YAML) set on `base` (default: the defaults)."""
+        config = copy.deepcopy(base) if base is not None else cls()
         for key, value in _flatten(values).items():
             set_key(config, key, value)
         return config.validate()
 
     @classmethod
-    def load(cls, path: str | Path) -> "Config":
+    def load(cls, path: str | Path, base: "Config | None" = None) -> "Config":
+        """Settings from a YAML file, on top of `base` (default: the defaults)."""
         path = Path(path)
         try:
             values = yaml.safe_load(path.read_text()) or {}
@@ -146,7 +160,7 @@ class Config:
         if not isinstance(values, dict):
             raise ValueError(f"{path}: settings must be a mapping of keys to values")
         try:
-            return cls.from_dict(values)
+            return cls.from_dict(values, base)
         except (KeyError, ValueError, TypeError) as err:
             raise ValueError(f"{path}: {err}") from None
 
