@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime
 import json
 import math
@@ -21,7 +22,7 @@ from pathlib import Path
 import torch
 
 from funetgan.config import Config, apply_overrides
-from funetgan.data import DataError, Splits, load_dataset
+from funetgan.data import DataError, ImageSet, Splits, load_dataset
 from funetgan.data.demo import make_texture_dataset
 from funetgan.files import atomic_write_text
 from funetgan.metrics import evaluate
@@ -36,6 +37,12 @@ GAN_SHARE = 0.75
 UNBOUNDED = 1_000_000
 SMOKE_SETTINGS = ["model.image_size=32", "model.width=4", "model.z_dim=16", "batch_size=4",
                   "gan.n_critic=1", "gan.iterations=2", "gan.warmup_iterations=2", "encoder.iterations=2"]
+# Other scoring settings measured on every benchmark run, from the same networks' outputs:
+# D-feature residuals in the map and image score or not (kappa), and the image score.
+SCORING_ALTERNATIVES = {
+    f"kappa {kappa:g}, {name}": {"kappa": kappa, "image_score": score}
+    for kappa in (1.0, 0.0) for name, score in (("izif", "izif"), ("max of map", "max"), ("top 1% of map", "topk"))
+}
 HEADLINE = {"image_auroc": ("image", "auroc"), "pixel_auroc": ("pixel", "auroc"), "aupro": ("pixel", "aupro")}
 
 
@@ -127,7 +134,20 @@ def fit_and_test(config: Config, splits: Splits) -> dict:
     metrics = evaluate(result.scores, result.maps, splits.test, model.image_threshold, model.pixel_threshold)
     return {"seed": config.seed, **headline(metrics), "train_minutes": (trained - started) / 60,
             "test_seconds": scored - trained, "test_images": len(splits.test),
-            "settings": config.to_dict(), "metrics": metrics}
+            "settings": config.to_dict(), "metrics": metrics,
+            "scoring_alternatives": scoring_alternatives(model, splits.test)}
+
+
+def scoring_alternatives(model: FUNetGAN, test: ImageSet) -> dict:
+    """Headline figures of the same trained model under each of SCORING_ALTERNATIVES, from one
+    pass of the networks (threshold-free figures only: the thresholds belong to the default)."""
+    terms = model.residual_terms(test.images)
+    figures = {}
+    for name, changes in SCORING_ALTERNATIVES.items():
+        result = model.scores_from_terms(terms, dataclasses.replace(model.config.score, **changes))
+        metrics = evaluate(result.scores, result.maps, test, model.image_threshold, model.pixel_threshold)
+        figures[name] = headline(metrics)
+    return figures
 
 
 def run_group(args: argparse.Namespace, results: dict, name: str, settings: list[str], splits: Splits) -> dict:
@@ -180,6 +200,18 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
                          for i, (c, w) in enumerate(zip(cells, widths)))
 
     return "\n".join([line(headers), "  ".join("-" * w for w in widths), *map(line, rows)])
+
+
+def alternatives_table(groups: dict) -> str:
+    """Image / pixel AUROC of each scoring alternative (rows) in each group (columns), mean over
+    the group's runs."""
+    def cell(group: dict, name: str) -> str:
+        runs = [run["scoring_alternatives"][name] for run in group["runs"]]
+        return " / ".join(fmt(statistics.fmean(values)) if None not in values else "-"
+                          for values in ([r[key] for r in runs] for key in ("image_auroc", "pixel_auroc")))
+
+    return table(["scoring (image / pixel AUROC)", *groups],
+                 [[name, *(cell(g, name) for g in groups.values())] for name in SCORING_ALTERNATIVES])
 
 
 def machine(device: str) -> dict:

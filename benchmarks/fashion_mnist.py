@@ -17,8 +17,8 @@ import sys
 
 import numpy as np
 
-from common import (fmt, load, make_config, make_parser, mean_std, parse, run_group, run_settings, summarise,
-                    table, write_results)
+from common import (alternatives_table, fmt, load, make_config, make_parser, mean_std, parse, run_group,
+                    run_settings, summarise, table, write_results)
 from funetgan.cli import DEMO_SETTINGS
 from funetgan.data import Splits
 from funetgan.data.idx import FASHION_CLASSES
@@ -65,6 +65,8 @@ def print_tables(groups: dict, mean: dict) -> None:
     methods = [["F-UNetGAN (this run)", mean_std(mean, 100, 1)],
                *([name, f"{value:.1f}"] for name, value in PUBLISHED.items())]
     print(table(["method", f"mean AUROC % ({len(groups)} classes here, 10 published)"], methods))
+    print("\nthe same models under other scoring settings (default: kappa 1, izif)")
+    print(alternatives_table(groups))
 
 
 def main(argv: list[str] | None = None) -> int:

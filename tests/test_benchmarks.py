@@ -95,8 +95,13 @@ def test_textures(script, tmp_path, capsys):
     assert_unit(group["runs"][0]["image_auroc"], group["runs"][0]["pixel_auroc"], group["runs"][0]["aupro"])
     assert group["meets_targets"] in (True, False)
     assert (data / "brick-smoke" / "ground_truth").is_dir()
+    alternatives = group["runs"][0]["scoring_alternatives"]
+    default = alternatives["kappa 1, izif"]
+    assert default["image_auroc"] == group["runs"][0]["image_auroc"]  # the default is among them
+    assert default["pixel_auroc"] == group["runs"][0]["pixel_auroc"]
+    assert alternatives["kappa 0, max of map"]["pixel_auroc"] == alternatives["kappa 0, izif"]["pixel_auroc"]
     out = capsys.readouterr().out
-    assert "pixel AUROC" in out and "target" in out
+    assert "pixel AUROC" in out and "target" in out and "kappa 0, top 1% of map" in out
 
 
 def test_ablation(script, tmp_path, capsys):

@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -63,6 +65,17 @@ def test_model_scores_have_the_documented_shapes_and_are_deterministic():
     first, second = model.score(images), model.score(images, batch_size=2)
     assert first.scores.shape == (5,) and first.maps.shape == (5, 32, 32) and first.maps.dtype == np.float32
     assert first.scores == pytest.approx(second.scores, rel=1e-4)
+
+
+def test_other_scoring_settings_from_one_pass_of_the_networks():
+    model = FUNetGAN(tiny_config()).fit(random_images(12))
+    images = random_images(5, seed=1).images
+    terms = model.residual_terms(images)
+    same = model.scores_from_terms(terms)
+    np.testing.assert_allclose(same.scores, model.score(images).scores, rtol=1e-5)
+    top = model.scores_from_terms(terms, dataclasses.replace(model.config.score, kappa=0.0, image_score="max"))
+    np.testing.assert_allclose(top.scores, top.maps.reshape(5, -1).max(1), rtol=1e-6)
+    assert model.config.score.image_score == "izif"  # the model's own settings are left alone
 
 
 def test_score_rejects_images_of_the_wrong_shape():

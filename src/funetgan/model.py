@@ -8,11 +8,12 @@ import numpy as np
 import torch
 
 from . import checkpoint
-from .config import Config
+from .config import Config, ScoreConfig
 from .data.base import ImageSet, to_tensor
 from .nn import Discriminator, Encoder, Generator
 from .runtime import Runtime, setup
-from .scoring import TERMS, Terms, combine, residual_terms
+from . import scoring
+from .scoring import TERMS, Terms
 from .thresholds import calibrate_image_threshold, calibrate_pixel_threshold
 from .train import Trainer
 
@@ -92,15 +93,18 @@ class FUNetGAN:
 
     # ---- scoring ---------------------------------------------------------------------------
     @torch.inference_mode()
-    def _terms(self, images: np.ndarray, batch_size: int) -> Terms:
+    def residual_terms(self, images: np.ndarray, batch_size: int | None = None) -> Terms:
+        """The raw residual terms of E, G and D on uint8 `images`: what `score` combines, so
+        several scoring settings can be compared on one pass of the networks."""
         for net in (self.G, self.D, self.E):
             net.eval()
         rt, parts = self.runtime, []
+        batch_size = batch_size or max(self.config.batch_size, 64)
         for start in range(0, len(images), batch_size):
             x = rt.prepare(to_tensor(images[start:start + batch_size], rt.device))
             with rt.autocast():
                 recon = rt.prepare(self.G(self.E(x)))
-                parts.append(residual_terms(x.float(), recon.float(), self.D(x), self.D(recon)))
+                parts.append(scoring.residual_terms(x.float(), recon.float(), self.D(x), self.D(recon)))
         return Terms(*(torch.cat([getattr(p, name) for p in parts]) for name in TERMS))
 
     def score(self, images: ImageSet | np.ndarray, batch_size: int | None = None) -> Scores:
@@ -109,8 +113,12 @@ class FUNetGAN:
             raise RuntimeError("the model is not calibrated: fit it, or load a trained run")
         array = images.images if isinstance(images, ImageSet) else images
         self._check_images(array)
-        terms = self._terms(array, batch_size or max(self.config.batch_size, 64))
-        scores, maps = combine(terms, self.calibration["norms"], self.config.score, self.config.model.image_size)
+        return self.scores_from_terms(self.residual_terms(array, batch_size))
+
+    def scores_from_terms(self, terms: Terms, settings: ScoreConfig | None = None) -> Scores:
+        """Scores and maps from `residual_terms` under `settings` (default: the model's)."""
+        scores, maps = scoring.combine(terms, self.calibration["norms"], settings or self.config.score,
+                               self.config.model.image_size)
         return Scores(scores.cpu().numpy().astype(np.float64), maps.cpu().numpy().astype(np.float32))
 
     def _check_images(self, images: np.ndarray) -> None:
@@ -126,7 +134,7 @@ class FUNetGAN:
         normal = val.subset(np.flatnonzero(val.labels == 0))
         if len(normal) == 0:
             raise ValueError("validation data has no normal images to calibrate on")
-        self.calibration = {"norms": self._terms(normal.images, max(self.config.batch_size, 64)).means()}
+        self.calibration = {"norms": self.residual_terms(normal.images).means()}
         result = self.score(val)
         q = self.config.score.normal_quantile
         labelled = len(np.unique(val.labels)) == 2
