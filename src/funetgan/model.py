@@ -7,12 +7,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import checkpoint
+from . import checkpoint, scoring
 from .config import Config, ScoreConfig
 from .data.base import ImageSet, to_tensor
 from .nn import Discriminator, Encoder, Generator
 from .runtime import Runtime, setup
-from . import scoring
 from .scoring import TERMS, Terms
 from .thresholds import calibrate_image_threshold, calibrate_pixel_threshold
 from .train import Trainer
@@ -118,7 +117,7 @@ class FUNetGAN:
     def scores_from_terms(self, terms: Terms, settings: ScoreConfig | None = None) -> Scores:
         """Scores and maps from `residual_terms` under `settings` (default: the model's)."""
         scores, maps = scoring.combine(terms, self.calibration["norms"], settings or self.config.score,
-                               self.config.model.image_size)
+                                       self.config.model.image_size)
         return Scores(scores.cpu().numpy().astype(np.float64), maps.cpu().numpy().astype(np.float32))
 
     def _check_images(self, images: np.ndarray) -> None:
