@@ -19,9 +19,9 @@ VARIANTS = ("conv", "conv_attn", "res", "res_attn")
 # Named sets of settings (`funetgan train --recipe NAME`), applied under the settings file and --set.
 RECIPES = {
     # Useful maps from minutes of CPU time (README, "design choices"): stage 1 spends 40% of its
-    # budget on an autoencoder warm-up (a tenth of an adversarial step's cost), then keeps a
-    # reconstruction term; one critic step per generator step at a 4x critic learning rate;
-    # penalties on every 4th critic step. The wall-clock budgets, not step counts, end the stages.
+    # budget on an autoencoder warm-up (a step costs a fifth to a tenth of an adversarial one),
+    # then keeps a reconstruction term; one critic step per generator step at a 4x critic
+    # learning rate; penalties on every 4th critic step. Budgets, not step counts, end the stages.
     "cpu": ["gan.warmup_iterations=100000", "gan.warmup_share=0.4", "gan.recon_weight=20",
             "gan.n_critic=1", "gan.lr_d=0.0004", "gan.gp_every=4", "gan.iterations=100000",
             "gan.max_minutes=15", "encoder.iterations=100000", "encoder.max_minutes=5"],
