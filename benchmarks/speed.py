@@ -122,9 +122,14 @@ def reset_peak_memory(device: torch.device) -> None:
 
 
 def peak_memory_mib(device: torch.device) -> float:
-    """Allocated tensors on CUDA; the process's peak resident set on the CPU."""
+    """Allocated tensors on CUDA; the process's peak resident set on the CPU: VmHWM on Linux
+    (getrusage's peak survives exec, so a spawned process would report its parent's)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
     bytes_per_unit = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * bytes_per_unit / 2**20
 
@@ -154,28 +159,32 @@ def measure_scoring(args) -> list[dict]:
 
 
 def print_tables(training: list[dict], reference: dict, scoring: list[dict]) -> None:
-    print(table(["training", "option", "critic step s", "critic steps/s", "G update s", "s per G step"],
-                [[r["shape"], r["option"], fmt(r["critic_step_s"]), fmt(r["critic_steps_per_s"], 2),
-                  fmt(r["generator_update_s"]), f"{fmt(r['generator_step_s'], 2)} (n_critic {r['n_critic']})"]
-                 for r in training]))
-    off, defaults = reference["all_options_off"]["critic_step_s"], reference["defaults"]["critic_step_s"]
-    print(f"\nreference critic step, 32x32x1, width 8, batch 32: straightforward implementation "
-          f"{REFERENCE_SECONDS} s (issue); ours {fmt(off)} s with every speed option off, "
-          f"{fmt(defaults)} s with the defaults ({fmt(off / defaults, 2)}x)\n")
-    print(table(["scoring", "batch", "images/s", "peak MiB"],
-                [[r["shape"], str(r["batch"]), fmt(r["images_per_second"], 1), fmt(r["peak_memory_mib"], 0)]
-                 for r in scoring]))
+    if training:
+        print(table(["training", "option", "critic step s", "critic steps/s", "G update s", "s per G step"],
+                    [[r["shape"], r["option"], fmt(r["critic_step_s"]), fmt(r["critic_steps_per_s"], 2),
+                      fmt(r["generator_update_s"]), f"{fmt(r['generator_step_s'], 2)} (n_critic {r['n_critic']})"]
+                     for r in training]))
+        off, defaults = reference["all_options_off"]["critic_step_s"], reference["defaults"]["critic_step_s"]
+        print(f"\nreference critic step, 32x32x1, width 8, batch 32: straightforward implementation "
+              f"{REFERENCE_SECONDS} s (issue); ours {fmt(off)} s with every speed option off, "
+              f"{fmt(defaults)} s with the defaults ({fmt(off / defaults, 2)}x)\n")
+    if scoring:
+        print(table(["scoring", "batch", "images/s", "peak MiB"],
+                    [[r["shape"], str(r["batch"]), fmt(r["images_per_second"], 1), fmt(r["peak_memory_mib"], 0)]
+                     for r in scoring]))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = make_parser(__file__, "Training and inference speed, and the effect of each speed option.")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per measurement (median)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls first")
+    parser.add_argument("--parts", nargs="+", choices=("training", "scoring"), default=["training", "scoring"],
+                        help="what to measure (default: both)")
     args = parse(parser, argv)
     if args.smoke:
         args.repeats, args.warmup = 1, 1
-    training, reference = measure_training(args)
-    scoring = measure_scoring(args)
+    training, reference = measure_training(args) if "training" in args.parts else ([], {})
+    scoring = measure_scoring(args) if "scoring" in args.parts else []
     print_tables(training, reference, scoring)
     write_results(args, {"training": training, "reference": reference, "scoring": scoring})
     print(f"\nresults in {args.out}")

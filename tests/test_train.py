@@ -78,6 +78,12 @@ def test_time_budget_stops_a_stage(tmp_path):
     assert not any(json.loads(line)["stage"] == "gan" for line in (tmp_path / "log.jsonl").read_text().splitlines())
 
 
+def test_warmup_and_encoder_reconstructions_are_kept_apart(tmp_path):
+    FUNetGAN(tiny_config(gan__warmup_iterations=2)).fit(random_images(12), run_dir=tmp_path)
+    samples = sorted(p.name for p in (tmp_path / "samples").iterdir())
+    assert "warmup_000002.png" in samples and "recon_000003.png" in samples
+
+
 def test_warmup_counts_against_the_stage_1_budget(monkeypatch):
     budgets = {}
     stage_init = train.Stage.__init__

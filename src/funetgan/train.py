@@ -265,11 +265,13 @@ class Trainer:
     def save_reconstructions(self, step: int) -> None:
         if self.run_dir is None or not self.runtime.is_main:
             return
-        codes = self.warmup_codes if self.model.state["stage"] == "warmup" else self.model.E
+        warmup = self.model.state["stage"] == "warmup"
+        codes = self.warmup_codes if warmup else self.model.E
         with self.runtime.autocast():
             recon = self.model.G(codes(self.sample_real)).float()
         pairs = torch.stack([self.sample_real.float(), recon], 1).flatten(0, 1)  # x, G(E(x)) side by side
-        save_grid(self.run_dir / "samples" / f"recon_{step:06d}.png", to_uint8(pairs), columns=8)
+        name = f"{'warmup' if warmup else 'recon'}_{step:06d}.png"  # the stages' step counts overlap
+        save_grid(self.run_dir / "samples" / name, to_uint8(pairs), columns=8)
 
 
 def save_grid(path: Path, images: np.ndarray, columns: int) -> None:
