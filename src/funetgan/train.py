@@ -186,6 +186,8 @@ class Trainer:
         """E(x) standardised over the batch, so G learns to decode codes with the prior's
         per-dimension mean and variance."""
         z = self.model.E(real)
+        if len(z) < 2:  # a single image (e.g. a one-image preview set) has no spread to divide by
+            return z - z.mean(0)
         return (z - z.mean(0)) / (z.std(0) + 1e-6)
 
     def critic_step(self) -> dict[str, torch.Tensor]:
