@@ -28,6 +28,7 @@ from funetgan.files import atomic_write_text
 from funetgan.metrics import evaluate
 from funetgan.model import FUNetGAN
 from funetgan.runtime import select_device
+from funetgan.scoring import Terms
 
 # Share of each run's --minutes given to stage 1 (G and D); stage 2 (E) gets the rest. E
 # converges much faster than the GAN (the demo's tuned split is 5.5 / 1.5 min).
@@ -129,19 +130,20 @@ def fit_and_test(config: Config, splits: Splits) -> dict:
     started = time.perf_counter()
     model = FUNetGAN(config).fit(splits.train, splits.val)
     trained = time.perf_counter()
-    result = model.score(splits.test)
+    terms = model.residual_terms(splits.test.images)
+    result = model.scores_from_terms(terms)
     scored = time.perf_counter()
     metrics = evaluate(result.scores, result.maps, splits.test, model.image_threshold, model.pixel_threshold)
     return {"seed": config.seed, **headline(metrics), "train_minutes": (trained - started) / 60,
             "test_seconds": scored - trained, "test_images": len(splits.test),
             "settings": config.to_dict(), "metrics": metrics,
-            "scoring_alternatives": scoring_alternatives(model, splits.test)}
+            "scoring_alternatives": scoring_alternatives(model, terms, splits.test)}
 
 
-def scoring_alternatives(model: FUNetGAN, test: ImageSet) -> dict:
-    """Headline figures of the same trained model under each of SCORING_ALTERNATIVES, from one
-    pass of the networks (threshold-free figures only: the thresholds belong to the default)."""
-    terms = model.residual_terms(test.images)
+def scoring_alternatives(model: FUNetGAN, terms: Terms, test: ImageSet) -> dict:
+    """Headline figures of the same trained model under each of SCORING_ALTERNATIVES, from the
+    networks' outputs on `test` (`terms`; threshold-free figures only: the thresholds belong
+    to the default)."""
     figures = {}
     for name, changes in SCORING_ALTERNATIVES.items():
         result = model.scores_from_terms(terms, dataclasses.replace(model.config.score, **changes))

@@ -115,8 +115,8 @@ def reset_peak_memory(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         return
-    # Linux: "5" resets the peak resident set size that getrusage reports to the current
-    # one, so the calibration before the timing does not count (elsewhere it does).
+    # Linux: "5" resets the peak resident set size (VmHWM) to the current one, so the
+    # calibration before the timing does not count (elsewhere it does).
     with contextlib.suppress(OSError):
         Path("/proc/self/clear_refs").write_text("5")
 

@@ -212,12 +212,13 @@ def set_key(config: Config, key: str, value: Any) -> None:
 
 def _coerce(key: str, kind: Any, value: Any) -> Any:
     """`value` as `kind`: bool, int, float, str, tuple[float, ...], or one of them | None."""
-    options = [t for t in typing.get_args(kind) if t is not type(None)] if _is_optional(kind) else [kind]
+    optional = type(None) in typing.get_args(kind)
     if value is None:
-        if len(options) == 1 and options[0] is not kind:
+        if optional:
             return None
         raise ValueError(f"{key} must be set, got null")
-    (kind,) = options
+    if optional:
+        (kind,) = [t for t in typing.get_args(kind) if t is not type(None)]
     if kind is bool:
         if not isinstance(value, bool):
             raise ValueError(f"{key} must be true or false, got {value!r}")
@@ -234,10 +235,6 @@ def _coerce(key: str, kind: Any, value: Any) -> Any:
             raise ValueError(f"{key} must be an integer, got {value!r}")
         return kind(value)
     return str(value)
-
-
-def _is_optional(kind: Any) -> bool:
-    return type(None) in typing.get_args(kind)
 
 
 def apply_overrides(config: Config, overrides: list[str]) -> Config:

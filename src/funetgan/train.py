@@ -156,9 +156,8 @@ class Trainer:
         """G and E as an autoencoder, E's codes standardised over the batch: a cheap start that
         gives G image structure before the adversarial stage (README, "design choices")."""
         m, rt = self.model, self.runtime
-        real = self.source.batch(step)
         with rt.autocast():
-            loss, stats = warmup_loss(rt.prepare(m.G(self.warmup_codes(real))), real)
+            loss, stats = self.reconstruction_loss(step)
         m.opt_g.zero_grad(set_to_none=True)
         m.opt_e.zero_grad(set_to_none=True)
         loss.backward()
@@ -181,6 +180,11 @@ class Trainer:
                            for i in range(0, len(images), 256)]).float()
         m.E.train()
         m.E.standardise_output(codes.mean(0), codes.std(0).clamp_min(1e-6))
+
+    def reconstruction_loss(self, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """G and E as an autoencoder on batch `step` (the warm-up's loss and stage 1's extra term)."""
+        real = self.source.batch(step)
+        return warmup_loss(self.runtime.prepare(self.model.G(self.warmup_codes(real))), real)
 
     def warmup_codes(self, real: torch.Tensor) -> torch.Tensor:
         """E(x) standardised over the batch, so G learns to decode codes with the prior's
@@ -217,8 +221,7 @@ class Trainer:
             loss = generator_loss(m.D(rt.prepare(m.G(m.latent(self.source.batch_size)))))
             stats = {"loss_g": loss.detach()}
             if weight:
-                real = self.source.batch(step)
-                recon_loss, recon_stats = warmup_loss(rt.prepare(m.G(self.warmup_codes(real))), real)
+                recon_loss, recon_stats = self.reconstruction_loss(step)
                 loss = loss + weight * recon_loss
                 stats.update(recon_stats)
         m.opt_g.zero_grad(set_to_none=True)
