@@ -4,6 +4,7 @@ import json
 
 import pytest
 import yaml
+from PIL import Image
 
 from funetgan.cli import main
 from funetgan.data.demo import make_texture_dataset
@@ -106,3 +107,22 @@ def test_overwrite_removes_earlier_per_image_outputs(run, dataset, tmp_path):
     assert main(["test", "--run", str(run), "--data", str(dataset), "--out", str(tmp_path), "--overwrite"]) == 0
     assert not (tmp_path / "overlays" / "stale.png").exists()
     assert len(list((tmp_path / "overlays").glob("*.png"))) == 8
+
+
+def test_patch_training_then_tiled_test_and_predict_at_full_resolution(dataset, tmp_path):
+    run, results = tmp_path / "run", tmp_path / "results"
+    patches = [*TINY, "--set", "data.resolution=native", "--set", "score.tile_stride=16"]
+    assert main(["train", "--data", str(dataset), "--out", str(run), *patches]) == 0
+    assert main(["test", "--run", str(run), "--data", str(dataset), "--out", str(results)]) == 0
+    metrics = json.loads((results / "metrics.json").read_text())
+    assert 0 <= metrics["pixel"]["auroc"] <= 1
+    with Image.open(next((results / "masks").rglob("*.png"))) as mask:
+        assert mask.size == (64, 64)  # the crops' own size: scored at it, no resizing
+    assert main(["predict", "--run", str(run), "--out", str(tmp_path / "p"),
+                 str(dataset / "test" / "hole" / "000.png")]) == 0
+
+
+def test_a_patch_larger_than_the_working_resolution_is_one_line(dataset, tmp_path, capsys):
+    assert main(["train", "--data", str(dataset), "--out", str(tmp_path), *TINY,
+                 "--set", "data.resolution=16"]) == 2
+    assert "data.resolution (16) must be at least model.image_size (32)" in capsys.readouterr().err

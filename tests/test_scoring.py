@@ -8,19 +8,20 @@ from conftest import random_images, tiny_config
 from funetgan.config import ScoreConfig
 from funetgan.model import FUNetGAN
 from funetgan.nn import CriticOutput
-from funetgan.scoring import Terms, blur_sigma, combine, gaussian_blur, residual_terms
+from funetgan.nn.residuals import residual_terms
+from funetgan.scoring import Terms, blur_sigma, combine, gaussian_blur
 
 
 def test_blur_keeps_constants_and_spreads_a_point():
-    flat = torch.full((1, 16, 16), 3.0)
-    assert torch.allclose(gaussian_blur(flat, 2.0), flat)
-    point = torch.zeros(1, 33, 33)
+    flat = np.full((1, 16, 16), 3.0, np.float32)
+    np.testing.assert_allclose(gaussian_blur(flat, 2.0), flat, rtol=1e-6)
+    point = np.zeros((1, 33, 33), np.float32)
     point[0, 16, 16] = 1.0
     blurred = gaussian_blur(point, 2.0)
-    assert blurred.sum().item() == pytest.approx(1.0, abs=1e-4)
+    assert blurred.sum() == pytest.approx(1.0, abs=1e-4)
     assert blurred[0, 16, 16] < 0.1 and blurred[0, 16, 18] > 0
     ys, xs = np.mgrid[:33, :33]
-    variance = (blurred[0].numpy() * ((ys - 16) ** 2)).sum()
+    variance = (blurred[0] * ((ys - 16) ** 2)).sum()
     assert variance == pytest.approx(4.0, rel=0.05)  # sigma^2
 
 
@@ -33,27 +34,37 @@ def test_residual_terms_by_hand():
     r = torch.zeros(1, 2, 2, 2)
     r[0, 0, 0, 0] = 1.0  # one channel of one pixel off by 1
     f = lambda v: CriticOutput(None, None, torch.full((1, 1, 1, 1), v), torch.full((1, 3, 2, 2), v))  # noqa
-    terms = residual_terms(x, r, f(0.0), f(2.0))
-    assert terms.pixel_residual[0].tolist() == [[0.5, 0.0], [0.0, 0.0]]
-    assert terms.pixel_features[0].tolist() == [[2.0, 2.0], [2.0, 2.0]]
-    assert terms.image_residual.item() == pytest.approx(1 / 8)
-    assert terms.image_features.item() == pytest.approx(4.0)
+    pixel_residual, pixel_features, image_residual, image_features = residual_terms(x, r, f(0.0), f(2.0))
+    assert pixel_residual[0].tolist() == [[0.5, 0.0], [0.0, 0.0]]
+    assert pixel_features[0].tolist() == [[2.0, 2.0], [2.0, 2.0]]
+    assert image_residual.item() == pytest.approx(1 / 8)
+    assert image_features.item() == pytest.approx(4.0)
 
 
 def test_combine_normalises_terms_by_their_normal_level():
-    terms = Terms(torch.full((1, 4, 4), 2.0), torch.full((1, 4, 4), 30.0), torch.tensor([0.5]), torch.tensor([6.0]))
+    terms = Terms(np.full((1, 4, 4), 2.0), np.full((1, 4, 4), 30.0), np.array([[0.5]]), np.array([[6.0]]))
     norms = {"pixel_residual": 1.0, "pixel_features": 10.0, "image_residual": 0.25, "image_features": 3.0}
     cfg = ScoreConfig(kappa=0.5, blur_sigma=0.0)
     scores, maps = combine(terms, norms, cfg, 4)
-    assert torch.allclose(maps, torch.full((1, 4, 4), 2.0 + 0.5 * 3.0))
+    np.testing.assert_allclose(maps, np.full((1, 4, 4), 2.0 + 0.5 * 3.0))
     assert scores.item() == pytest.approx(2.0 + 0.5 * 2.0)
     cfg.image_score = "max"
     assert combine(terms, norms, cfg, 4)[0].item() == pytest.approx(3.5)
 
 
+def test_tile_values_reduce_to_one_image_score_by_max_or_mean():
+    tiles = np.array([[1.0, 3.0, 2.0]])  # one image, three tiles
+    terms = Terms(np.zeros((1, 4, 4)), np.zeros((1, 4, 4)), tiles, np.zeros((1, 3)))
+    norms = {"pixel_residual": 1.0, "pixel_features": 1.0, "image_residual": 1.0, "image_features": 1.0}
+    cfg = ScoreConfig(kappa=0.0, blur_sigma=0.0)
+    assert combine(terms, norms, cfg, 4)[0].item() == 3.0
+    cfg.tile_reduce = "mean"
+    assert combine(terms, norms, cfg, 4)[0].item() == 2.0
+
+
 def test_topk_score_is_the_mean_of_the_largest_values():
-    maps = torch.arange(100.0).view(1, 10, 10)
-    terms = Terms(maps, torch.zeros_like(maps), torch.zeros(1), torch.zeros(1))
+    maps = np.arange(100.0).reshape(1, 10, 10)
+    terms = Terms(maps, np.zeros_like(maps), np.zeros((1, 1)), np.zeros((1, 1)))
     cfg = ScoreConfig(kappa=0.0, blur_sigma=0.0, image_score="topk", topk_fraction=0.05)
     norms = {k: 1.0 for k in ("pixel_residual", "pixel_features", "image_residual", "image_features")}
     assert combine(terms, norms, cfg, 10)[0].item() == pytest.approx(np.mean([95, 96, 97, 98, 99]))

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from . import __version__
-from .config import RECIPES, Config, apply_overrides
+from .config import RECIPES, Config, apply_overrides, working_size
 from .data import DataError, check_batch, load_dataset, load_unlabelled, mvtec_categories
 from .data.demo import make_texture_dataset
 from .files import atomic_write_text
@@ -160,8 +160,7 @@ def train_one(data: Path, out: Path, config: Config, resume: bool, overwrite: bo
     main_process = is_main_process()
     if not resume and main_process:
         claim_folder(out, RUN_OUTPUTS, overwrite)
-    m = config.model
-    splits = load_dataset(data, m.image_size, m.channels, config.data)
+    splits = load_dataset(data, working_size(config), config.model.channels, config.data)
     check_batch(splits, config.batch_size)
     if main_process:
         _print_notes(splits.train.notes)
@@ -204,8 +203,7 @@ def test_run(run: Path, out: Path, args, category: str | None) -> None:
 
 def test_one(model: FUNetGAN, data: Path, out: Path, args) -> None:
     claim_folder(out, RESULT_OUTPUTS, args.overwrite)
-    m = model.config.model
-    splits = load_dataset(data, m.image_size, m.channels, model.config.data)
+    splits = load_dataset(data, working_size(model.config), model.config.model.channels, model.config.data)
     if splits.test is None or not len(splits.test):
         raise DataError(f"{data}: no test images")
     _print_notes(splits.test.notes)
@@ -225,8 +223,7 @@ def cmd_predict(args) -> int:
     model = FUNetGAN.load(args.run, device=args.device)
     out = Path(args.out)
     claim_folder(out, RESULT_OUTPUTS, args.overwrite)
-    m = model.config.model
-    images = load_unlabelled(args.paths, m.image_size, m.channels, model.config.data)
+    images = load_unlabelled(args.paths, working_size(model.config), model.config.model.channels, model.config.data)
     _print_notes(images.notes)
     result = model.score(images)
     image_t, pixel_t = _thresholds(model, args)

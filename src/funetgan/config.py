@@ -79,10 +79,20 @@ class ScoreConfig:
     topk_fraction: float = 0.01
     blur_sigma: float | None = None  # pixels at model size; None: 4 px at 128, scaled with size
     normal_quantile: float = 0.99  # threshold rule when validation has no anomalies
+    # Tiled scoring (with data.resolution): tiles start every tile_stride px (None: half the
+    # patch); image terms of the tiles become one per image by their max or mean.
+    tile_stride: int | None = None
+    tile_reduce: str = "max"
+    batch_size: int = 64  # images (or tiles) per pass of the networks: bounds scoring memory
 
 
 @dataclass
 class DataConfig:
+    # Working resolution: None resizes every image to model.image_size (whole images); a number
+    # N resizes to N x N and the networks see patches of model.image_size (training: random
+    # patches; scoring: overlapping tiles stitched back); "native" keeps each image's own size
+    # (all images of a set must share it).
+    resolution: str | None = None
     val_fraction: float = 0.1  # normal training images held out for calibration
     category: str | None = None  # MVTec AD category when --data is the dataset root
     normal_class: int | None = None  # one-class protocol for labelled sets (IDX)
@@ -124,13 +134,19 @@ class Config:
             raise ValueError(f"gan.consistency must be mixup, cutmix or none, got {self.gan.consistency!r}")
         if self.gan.pixel_gp not in ("mean", "local"):
             raise ValueError(f"gan.pixel_gp must be mean or local, got {self.gan.pixel_gp!r}")
+        working_size(self)  # checks data.resolution
+        stride = self.score.tile_stride
+        if stride is not None and not 0 < stride <= m.image_size:
+            raise ValueError(f"score.tile_stride must lie in 1..{m.image_size} (the patch size), got {stride}")
+        if self.score.tile_reduce not in ("max", "mean"):
+            raise ValueError(f"score.tile_reduce must be max or mean, got {self.score.tile_reduce!r}")
         if self.score.image_score not in ("izif", "max", "topk"):
             raise ValueError(f"score.image_score must be izif, max or topk, got {self.score.image_score!r}")
         if self.data.on_bad_file not in ("error", "skip"):
             raise ValueError(f"data.on_bad_file must be error or skip, got {self.data.on_bad_file!r}")
         if not 0.0 <= self.gan.warmup_share <= 1.0:
             raise ValueError(f"gan.warmup_share must lie in [0, 1], got {self.gan.warmup_share}")
-        for name in ("batch_size", "gan.n_critic", "gan.gp_every", "gan.iterations", "encoder.iterations"):
+        for name in ("batch_size", "score.batch_size", "gan.n_critic", "gan.gp_every", "gan.iterations", "encoder.iterations"):
             if get_key(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         return self
@@ -163,6 +179,29 @@ class Config:
             return cls.from_dict(values, base)
         except (KeyError, ValueError, TypeError) as err:
             raise ValueError(f"{path}: {err}") from None
+
+
+def working_size(config: Config) -> int | None:
+    """The size images are loaded at: the model's size without data.resolution, N for a
+    resolution of N, None for "native" (no resizing)."""
+    resolution, patch = config.data.resolution, config.model.image_size
+    if resolution is None:
+        return patch
+    if str(resolution).strip().lower() == "native":
+        return None
+    try:
+        size = int(str(resolution))
+    except ValueError:
+        raise ValueError(f"data.resolution must be a number of pixels or 'native', got {resolution!r}") from None
+    if size < patch:
+        raise ValueError(f"data.resolution ({size}) must be at least model.image_size ({patch}), "
+                         f"the patch the networks see")
+    return size
+
+
+def tile_stride(config: Config) -> int:
+    """Pixels between tile starts when scoring: score.tile_stride, else half a patch."""
+    return config.score.tile_stride or max(1, config.model.image_size // 2)
 
 
 def _plain(value: Any) -> Any:

@@ -7,12 +7,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import checkpoint, scoring
-from .config import Config, ScoreConfig
+from . import checkpoint, scoring, tiling
+from .config import Config, ScoreConfig, tile_stride, working_size
 from .data.base import ImageSet, to_tensor
 from .nn import Discriminator, Encoder, Generator
+from .nn.residuals import TERM_MAPS, TERM_VALUES, ScoringNetwork
 from .runtime import Runtime, setup
-from .scoring import TERMS, Terms
+from .scoring import Terms
 from .thresholds import calibrate_image_threshold, calibrate_pixel_threshold
 from .train import Trainer
 
@@ -23,7 +24,7 @@ CHECKPOINT_FILE = "checkpoint.safetensors"
 @dataclass
 class Scores:
     scores: np.ndarray  # N image anomaly scores, higher = more anomalous
-    maps: np.ndarray  # N x S x S float32 anomaly maps at the model's size
+    maps: np.ndarray  # N x H x W float32 anomaly maps at the working resolution
 
 
 class FUNetGAN:
@@ -91,20 +92,23 @@ class FUNetGAN:
         return train.subset(np.sort(order[n_val:])), train.subset(np.sort(order[:n_val]))
 
     # ---- scoring ---------------------------------------------------------------------------
-    @torch.inference_mode()
     def residual_terms(self, images: np.ndarray, batch_size: int | None = None) -> Terms:
         """The raw residual terms of E, G and D on uint8 `images`: what `score` combines, so
-        several scoring settings can be compared on one pass of the networks."""
-        for net in (self.G, self.D, self.E):
-            net.eval()
-        rt, parts = self.runtime, []
-        batch_size = batch_size or max(self.config.batch_size, 64)
-        for start in range(0, len(images), batch_size):
-            x = rt.prepare(to_tensor(images[start:start + batch_size], rt.device))
-            with rt.autocast():
-                recon = rt.prepare(self.G(self.E(x)))
-                parts.append(scoring.residual_terms(x.float(), recon.float(), self.D(x), self.D(recon)))
-        return Terms(*(torch.cat([getattr(p, name) for p in parts]) for name in TERMS))
+        several scoring settings can be compared on one pass of the networks. Images larger
+        than the model are scored tile by tile (`tiling`), `batch_size` tiles at a time."""
+        maps, values = tiling.score_tiled(images, self.config.model.image_size, tile_stride(self.config),
+                                          batch_size or self.config.score.batch_size, self._score_tiles)
+        return Terms(**maps, **values)
+
+    @torch.inference_mode()
+    def _score_tiles(self, tiles: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
+        """The residual terms of uint8 B x S x S x C tiles, as numpy (a `tiling.TileScorer`)."""
+        rt = self.runtime
+        network = ScoringNetwork(self.E, self.G, self.D,
+                                 torch.channels_last if rt.channels_last else torch.contiguous_format).eval()
+        with rt.autocast():
+            terms = [term.float().cpu().numpy() for term in network(rt.prepare(to_tensor(tiles, rt.device)))]
+        return {"maps": dict(zip(TERM_MAPS, terms)), "values": dict(zip(TERM_VALUES, terms[len(TERM_MAPS):]))}
 
     def score(self, images: ImageSet | np.ndarray, batch_size: int | None = None) -> Scores:
         """Image scores and anomaly maps; needs a calibrated model (after fit or load)."""
@@ -118,14 +122,17 @@ class FUNetGAN:
         """Scores and maps from `residual_terms` under `settings` (default: the model's)."""
         scores, maps = scoring.combine(terms, self.calibration["norms"], settings or self.config.score,
                                        self.config.model.image_size)
-        return Scores(scores.cpu().numpy().astype(np.float64), maps.cpu().numpy().astype(np.float32))
+        return Scores(scores, maps)
 
     def _check_images(self, images: np.ndarray) -> None:
-        m = self.config.model
-        expected = (m.image_size, m.image_size, m.channels)
-        if images.ndim != 4 or images.shape[1:] != expected or images.dtype != np.uint8:
-            raise ValueError(f"images must be uint8 N x {expected[0]} x {expected[1]} x {expected[2]}, "
-                             f"got {images.dtype} {tuple(images.shape)}")
+        """uint8 N x S x S x C at the working resolution; "native" takes any size the patch fits."""
+        size, channels, patch = working_size(self.config), self.config.model.channels, self.config.model.image_size
+        expected = f"N x {size} x {size} x {channels}" if size else f"N x H x W x {channels} (H, W >= {patch})"
+        shape = images.shape
+        fits = images.ndim == 4 and images.dtype == np.uint8 and shape[3] == channels and (
+            shape[1:3] == (size, size) if size else min(shape[1:3]) >= patch)
+        if not fits:
+            raise ValueError(f"images must be uint8 {expected}, got {images.dtype} {tuple(shape)}")
 
     def calibrate(self, val: ImageSet) -> dict:
         """Normal levels of each residual term and the thresholds, from validation data only:

@@ -1,4 +1,4 @@
-"""Anomaly maps and image scores from one pass of E, G and D (no latent optimisation).
+"""Anomaly maps and image scores from the raw residual terms of E, G and D.
 
 With r = G(E(x)):
   pixel map   A = |x - r| / m_r + kappa * |f_p(x) - f_p(r)| / m_f        (then Gaussian blur)
@@ -7,14 +7,17 @@ With r = G(E(x)):
 The m_* are the means of each term over validation normals. METHOD.md adds the raw terms;
 dividing by their normal level first makes kappa a relative weight whatever the scale D's
 features happen to have after training (which varies from run to run by orders of magnitude).
+
+Tiled images (`tiling`) have one izif value per tile; `score.tile_reduce` turns them into one
+per image. Numpy only, so the PyTorch and the ONNX runtime paths share it.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 
-import torch
-import torch.nn.functional as F
+import numpy as np
+from scipy import ndimage
 
 from .config import ScoreConfig
 
@@ -23,62 +26,51 @@ TERMS = ("pixel_residual", "pixel_features", "image_residual", "image_features")
 
 @dataclass
 class Terms:
-    """Raw residual terms for a batch: maps B x S x S, image terms B."""
+    """Raw residual terms: maps N x H x W (stitched at working resolution), image terms N x T
+    (one per tile; T = 1 for whole images)."""
 
-    pixel_residual: torch.Tensor
-    pixel_features: torch.Tensor
-    image_residual: torch.Tensor
-    image_features: torch.Tensor
+    pixel_residual: np.ndarray
+    pixel_features: np.ndarray
+    image_residual: np.ndarray
+    image_features: np.ndarray
 
     def means(self) -> dict[str, float]:
-        return {name: getattr(self, name).double().mean().item() for name in TERMS}
+        return {name: float(np.mean(getattr(self, name), dtype=np.float64)) for name in TERMS}
 
 
-def residual_terms(x: torch.Tensor, recon: torch.Tensor, out_x, out_r) -> Terms:
-    pixel_features = torch.zeros_like(x[:, 0])
-    if out_x.f_p is not None:
-        pixel_features = (out_x.f_p - out_r.f_p).abs().mean(1)
-    return Terms(
-        pixel_residual=(x - recon).abs().mean(1),
-        pixel_features=pixel_features.float(),
-        image_residual=(x - recon).pow(2).flatten(1).mean(1),
-        image_features=(out_x.f_g - out_r.f_g).float().pow(2).flatten(1).mean(1),
-    )
+def combine(terms: Terms, norms: dict[str, float], cfg: ScoreConfig, image_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(image scores N float64, anomaly maps N x H x W float32) from raw terms and the
+    normal-level means; `image_size` is the model's (the blur is in its pixels)."""
+    def scaled(name: str) -> np.ndarray:
+        return getattr(terms, name) / max(norms.get(name, 1.0), 1e-12)
 
-
-def combine(terms: Terms, norms: dict[str, float], cfg: ScoreConfig, image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(image scores B, anomaly maps B x S x S) from raw terms and the normal-level means."""
-    def scaled(name: str) -> torch.Tensor:
-        return getattr(terms, name).float() / max(norms.get(name, 1.0), 1e-12)
-
-    maps = scaled("pixel_residual")
+    maps = scaled("pixel_residual").astype(np.float32)
     if cfg.kappa:
-        maps = maps + cfg.kappa * scaled("pixel_features")
+        maps = maps + np.float32(cfg.kappa) * scaled("pixel_features").astype(np.float32)
     maps = gaussian_blur(maps, blur_sigma(cfg, image_size))
     if cfg.image_score == "izif":
-        scores = scaled("image_residual") + cfg.kappa * scaled("image_features")
+        per_tile = scaled("image_residual") + cfg.kappa * scaled("image_features")
+        scores = per_tile.max(1) if cfg.tile_reduce == "max" else per_tile.mean(1)
     elif cfg.image_score == "max":
-        scores = maps.flatten(1).amax(1)
+        scores = maps.reshape(len(maps), -1).max(1)
     else:
-        k = max(1, round(cfg.topk_fraction * maps[0].numel()))
-        scores = maps.flatten(1).topk(k, dim=1).values.mean(1)
-    return scores, maps
+        flat = maps.reshape(len(maps), -1)
+        k = max(1, round(cfg.topk_fraction * flat.shape[1]))
+        scores = np.partition(flat, flat.shape[1] - k, axis=1)[:, -k:].mean(1, dtype=np.float64)
+    return scores.astype(np.float64), maps
 
 
 def blur_sigma(cfg: ScoreConfig, image_size: int) -> float:
     return cfg.blur_sigma if cfg.blur_sigma is not None else 4.0 * image_size / 128
 
 
-def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of B x H x W maps (reflect padding, radius 3 sigma)."""
+def gaussian_blur(maps: np.ndarray, sigma: float) -> np.ndarray:
+    """Separable Gaussian blur of N x H x W maps (mirror padding, radius 3 sigma)."""
     if sigma <= 0:
         return maps
-    radius = max(1, math.ceil(3 * sigma))
-    radius = min(radius, maps.shape[-1] - 1)
-    offsets = torch.arange(-radius, radius + 1, device=maps.device, dtype=maps.dtype)
-    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
-    kernel = kernel / kernel.sum()
-    h = F.pad(maps.unsqueeze(1), (radius, radius, radius, radius), mode="reflect")
-    h = F.conv2d(h, kernel.view(1, 1, 1, -1))
-    h = F.conv2d(h, kernel.view(1, 1, -1, 1))
-    return h.squeeze(1)
+    radius = min(max(1, math.ceil(3 * sigma)), min(maps.shape[1:]) - 1)
+    offsets = np.arange(-radius, radius + 1, dtype=np.float64)
+    kernel = np.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = (kernel / kernel.sum()).astype(np.float32)
+    blurred = ndimage.correlate1d(maps, kernel, axis=2, mode="mirror")
+    return ndimage.correlate1d(blurred, kernel, axis=1, mode="mirror")

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from . import tiling
 from .data.base import to_tensor, to_uint8
 from .files import atomic_save_png
 from .losses import critic_loss, encoder_loss, generator_loss, warmup_loss
@@ -23,13 +24,19 @@ class BatchSource:
 
     Batch `i` is a pure function of (seed, i): epoch e visits the permutation seeded by
     (seed, e), each process taking every world_size-th index as DistributedSampler does; so a
-    resumed run sees exactly the batches an uninterrupted one would.
+    resumed run sees exactly the batches an uninterrupted one would. With `patch` smaller
+    than the images, each batch item is a random patch of its image (positions seeded by
+    (seed, i) too) and an epoch draws `tiling.patches_per_image` patches from every image.
     """
 
-    def __init__(self, images: np.ndarray, batch_size: int, seed: int, runtime: Runtime, flip: bool = False):
+    def __init__(self, images: np.ndarray, batch_size: int, seed: int, runtime: Runtime, flip: bool = False,
+                 patch: int | None = None):
         self.data = torch.from_numpy(np.ascontiguousarray(images)).to(runtime.device)
         self.batch_size, self.seed, self.runtime, self.flip = batch_size, seed, runtime, flip
-        self.per_epoch = (len(images) // runtime.world_size) // batch_size
+        height, width = images.shape[1:3]
+        self.patch = patch if patch is not None and (height, width) != (patch, patch) else None
+        self.draws = tiling.patches_per_image(height, width, self.patch) if self.patch else 1
+        self.per_epoch = (len(images) * self.draws // runtime.world_size) // batch_size
         if self.per_epoch < 1:
             raise ValueError(f"{len(images)} training images are fewer than one batch of {batch_size} "
                              f"per process; lower batch_size")
@@ -39,15 +46,37 @@ class BatchSource:
         epoch, position = divmod(index, self.per_epoch)
         if epoch != self._epoch:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._order = torch.randperm(len(self.data), generator=g)[self.runtime.rank::self.runtime.world_size]
+            order = torch.randperm(len(self.data) * self.draws, generator=g) % len(self.data)
+            self._order = order[self.runtime.rank::self.runtime.world_size]
             self._epoch = epoch
-        pick = self._order[position * self.batch_size:(position + 1) * self.batch_size]
-        batch = to_tensor(self.data[pick.to(self.data.device)], self.runtime.device)
+        pick = self._order[position * self.batch_size:(position + 1) * self.batch_size].to(self.data.device)
+        rng = np.random.default_rng((self.seed, index, self.runtime.rank))
+        batch = self._inputs(pick, rng)
         if self.flip:
             g = torch.Generator().manual_seed(self.seed * 7_919 + index)
             flip = (torch.rand(len(batch), generator=g) < 0.5).to(batch.device).view(-1, 1, 1, 1)
             batch = torch.where(flip, batch.flip(-1), batch)
         return self.runtime.prepare(batch)
+
+    def images(self, start: int, stop: int) -> torch.Tensor:
+        """Training images start..stop-1 in their stored order (a random patch of each where
+        the source draws patches), the same on every process."""
+        pick = torch.arange(start, min(stop, len(self.data)), device=self.data.device)
+        return self.runtime.prepare(self._inputs(pick, np.random.default_rng((self.seed, start))))
+
+    def _inputs(self, pick: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        """Images `pick` (or a random patch of each, gathered in one indexing operation) as a
+        float batch on the device."""
+        if self.patch is None:
+            images = self.data[pick]
+        else:
+            height, width = self.data.shape[1:3]
+            corners = torch.from_numpy(tiling.random_corners(len(pick), height, width, self.patch, rng))
+            offsets = torch.arange(self.patch)
+            rows = (corners[:, :1] + offsets).to(self.data.device)  # B x P
+            cols = (corners[:, 1:] + offsets).to(self.data.device)
+            images = self.data[pick[:, None, None], rows[:, :, None], cols[:, None, :]]
+        return to_tensor(images, self.runtime.device)
 
 
 class Stage:
@@ -103,8 +132,10 @@ class Trainer:
         self.model, self.runtime = model, model.runtime
         cfg = model.config
         self.run_dir = Path(run_dir) if run_dir is not None else None
-        self.source = BatchSource(train_images, cfg.batch_size, cfg.seed, self.runtime, cfg.data.augment_flip)
-        self.sample_real = self.runtime.prepare(to_tensor(sample_images[:16], self.runtime.device))
+        patch = cfg.model.image_size
+        self.source = BatchSource(train_images, cfg.batch_size, cfg.seed, self.runtime, cfg.data.augment_flip, patch)
+        previews = tiling.centre_crop(sample_images[:16], patch)  # whole images when they are the model's size
+        self.sample_real = self.runtime.prepare(to_tensor(previews, self.runtime.device))
         g = torch.Generator().manual_seed(cfg.seed + 12345)
         self.sample_z = torch.randn(64, cfg.model.z_dim, generator=g).to(self.runtime.device)
 
@@ -173,11 +204,10 @@ class Trainer:
         before stage 2. A fresh E's outputs are far smaller than z ~ N(0, I), and after the
         warm-up G has only seen standardised codes; unscaled, E started stage 2 decoding
         every image to the same G output and did not recover within the CPU budget."""
-        m, rt = self.model, self.runtime
-        images = self.source.data[:max_images]
+        m = self.model
         m.E.eval()
-        codes = torch.cat([m.E(rt.prepare(to_tensor(images[i:i + 256], rt.device)))
-                           for i in range(0, len(images), 256)]).float()
+        count = min(max_images, len(self.source.data))
+        codes = torch.cat([m.E(self.source.images(i, min(i + 256, count))) for i in range(0, count, 256)]).float()
         m.E.train()
         m.E.standardise_output(codes.mean(0), codes.std(0).clamp_min(1e-6))
 

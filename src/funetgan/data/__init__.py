@@ -26,9 +26,10 @@ LAYOUTS = ("train/ (+ test/, val/, masks/ or ground_truth/), an MVTec AD categor
            "MNIST-style IDX files, or ct_scans/ + infection_mask/")
 
 
-def load_dataset(path: str | Path, image_size: int = 64, channels: int = 1,
+def load_dataset(path: str | Path, image_size: int | None = 64, channels: int = 1,
                  options: DataConfig | None = None) -> Splits:
-    """Read a dataset folder into train / test / val splits of images at the model's size."""
+    """Read a dataset folder into train / test / val splits of images at `image_size` (the
+    working resolution; None: each image's own size)."""
     options = options or DataConfig()
     _check_shape(image_size, channels)
     root = Path(path)
@@ -45,7 +46,7 @@ def load_dataset(path: str | Path, image_size: int = 64, channels: int = 1,
     return load_folder(folder, image_size, channels, options)
 
 
-def load_unlabelled(paths: list[str], image_size: int, channels: int,
+def load_unlabelled(paths: list[str], image_size: int | None, channels: int,
                     options: DataConfig | None = None) -> ImageSet:
     """Images to score without labels (labels -1, kinds "unknown"): image or DICOM files,
     folders of them (searched recursively, so a DICOM series gives its slice files) and
@@ -78,7 +79,7 @@ def _files_under(path: Path) -> list[Path]:
     return sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
 
 
-def _check_shape(image_size: int, channels: int) -> None:
-    if image_size < 1 or channels not in (1, 3):
+def _check_shape(image_size: int | None, channels: int) -> None:
+    if (image_size is not None and image_size < 1) or channels not in (1, 3):
         raise DataError(f"images must be at least 1 pixel with 1 or 3 channels, "
                         f"got size {image_size}, channels {channels}")

@@ -1,6 +1,7 @@
 """The in-memory form every data source produces.
 
-Images are kept as uint8 at the model's size (small, and decoded only once); they become
+Images are kept as uint8 at the working resolution (the model's size unless
+`data.resolution` says otherwise; decoded only once); they become
 float tensors in [-1, 1] per batch, on the training device.
 """
 from __future__ import annotations
@@ -17,24 +18,24 @@ class DataError(ValueError):
 
 @dataclass
 class ImageSet:
-    images: np.ndarray  # N x S x S x C uint8, resized to the model's size
+    images: np.ndarray  # N x H x W x C uint8 at the working resolution (config.working_size)
     labels: np.ndarray  # N int64: 0 normal, 1 anomalous
     paths: list[str]  # where each image came from (file, or file#slice for volumes)
     kinds: list[str]  # "good" for normal images, else the defect type / class name
     sizes: np.ndarray  # N x 2 int: original (height, width), for outputs at that size
-    masks: np.ndarray | None = None  # N x S x S bool pixel truth, or None: no pixel truth
+    masks: np.ndarray | None = None  # N x H x W bool pixel truth, or None: no pixel truth
     has_mask: np.ndarray | None = None  # N bool: which rows of `masks` are real truth
     notes: list[str] = field(default_factory=list)  # warnings for the user (skipped files, ...)
 
     def __post_init__(self) -> None:
         n = len(self.images)
         if self.images.ndim != 4 or self.images.dtype != np.uint8:
-            raise ValueError("ImageSet.images must be an N x S x S x C uint8 array")
+            raise ValueError("ImageSet.images must be an N x H x W x C uint8 array")
         if not (len(self.labels) == len(self.paths) == len(self.kinds) == len(self.sizes) == n):
             raise ValueError("ImageSet fields must all have one entry per image")
         if self.masks is not None:
             if self.masks.shape != self.images.shape[:3]:
-                raise ValueError("ImageSet.masks must be N x S x S, matching the images")
+                raise ValueError("ImageSet.masks must be N x H x W, matching the images")
             if self.has_mask is None:
                 self.has_mask = np.ones(n, dtype=bool)
 
@@ -57,6 +58,7 @@ class ImageSet:
 
     @staticmethod
     def concat(sets: list["ImageSet"]) -> "ImageSet":
+        sets = [s for s in sets if len(s)] or sets[:1]  # an empty set's image size may be a placeholder
         any_masks = any(s.masks is not None for s in sets)
         masks = has_mask = None
         if any_masks:

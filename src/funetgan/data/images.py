@@ -52,29 +52,44 @@ def read_mask(path: str | Path) -> np.ndarray:
     return values[..., colour].any(axis=2)
 
 
-def fit_image(image: np.ndarray, size: int, channels: int) -> np.ndarray:
+def fit_image(image: np.ndarray, size: int | None, channels: int) -> np.ndarray:
     """uint8 H x W x C -> S x S x `channels`: grey repeated to RGB or RGB to luminance, then
-    a bilinear resize that PIL antialiases when shrinking (its filter widens with the scale)."""
+    a bilinear resize that PIL antialiases when shrinking (its filter widens with the scale).
+    `size` None keeps the image's own size (data.resolution "native")."""
     picture = Image.fromarray(image[..., 0] if image.shape[2] == 1 else image)
     picture = picture.convert("L" if channels == 1 else "RGB")
-    if picture.size != (size, size):
+    if size is not None and picture.size != (size, size):
         picture = picture.resize((size, size), Image.Resampling.BILINEAR)
-    return np.asarray(picture).reshape(size, size, channels)
+    return np.asarray(picture).reshape(picture.height, picture.width, channels)
 
 
-def fit_mask(mask: np.ndarray, size: int) -> np.ndarray:
+def fit_mask(mask: np.ndarray, size: int | None) -> np.ndarray:
     """bool H x W -> bool S x S by nearest neighbour, so truth stays binary."""
+    if size is None or mask.shape == (size, size):
+        return mask
     return np.asarray(Image.fromarray(mask).resize((size, size), Image.Resampling.NEAREST))
 
 
-def fit_images(images: Sequence[np.ndarray], size: int, channels: int) -> np.ndarray:
+def fit_images(images: Sequence[np.ndarray], size: int | None, channels: int) -> np.ndarray:
     fitted = parallel_map(lambda image: fit_image(image, size, channels), images)
-    return np.stack(fitted) if fitted else np.zeros((0, size, size, channels), np.uint8)
+    return stack_same_size(fitted, ["image"] * len(fitted)) if fitted else np.zeros((0, size or 0, size or 0, channels), np.uint8)
 
 
-def fit_masks(masks: Sequence[np.ndarray], size: int) -> np.ndarray:
+def fit_masks(masks: Sequence[np.ndarray], size: int | None) -> np.ndarray:
     fitted = [fit_mask(mask, size) for mask in masks]
-    return np.stack(fitted) if fitted else np.zeros((0, size, size), bool)
+    return stack_same_size(fitted, ["mask"] * len(fitted)) if fitted else np.zeros((0, size or 0, size or 0), bool)
+
+
+def stack_same_size(arrays: Sequence[np.ndarray], names: Sequence[str]) -> np.ndarray:
+    """np.stack, or a one-line error naming two items of different sizes: only at a working
+    resolution of "native" can sizes differ, and one set holds one size."""
+    first = arrays[0].shape[:2]
+    for array, name in zip(arrays, names):
+        if array.shape[:2] != first:
+            raise DataError(f"data.resolution=native needs images of one size, but {names[0]} is "
+                            f"{first[1]}x{first[0]} and {name} is {array.shape[1]}x{array.shape[0]}; "
+                            f"set data.resolution to a number of pixels")
+    return np.stack(arrays)
 
 
 def parallel_map(function: Callable[[T], R], items: Sequence[T]) -> list[R]:
@@ -85,8 +100,8 @@ def parallel_map(function: Callable[[T], R], items: Sequence[T]) -> list[R]:
         return list(pool.map(function, items))
 
 
-def empty_set(size: int, channels: int) -> ImageSet:
-    return ImageSet(images=np.zeros((0, size, size, channels), np.uint8),
+def empty_set(size: int | None, channels: int) -> ImageSet:
+    return ImageSet(images=np.zeros((0, size or 0, size or 0, channels), np.uint8),
                     labels=np.zeros(0, np.int64), paths=[], kinds=[],
                     sizes=np.zeros((0, 2), np.int64))
 
@@ -123,14 +138,14 @@ def load_files(entries: Sequence[Entry], size: int, channels: int, split: str, b
     if not kept:
         return empty_set(size, channels)
     images = ImageSet(
-        images=np.stack([item.image for _, item in kept]),
+        images=stack_same_size([item.image for _, item in kept], [str(entry.path) for entry, _ in kept]),
         labels=np.array([entry.label for entry, _ in kept], np.int64),
         paths=[str(entry.path) for entry, _ in kept],
         kinds=[entry.kind for entry, _ in kept],
         sizes=np.array([item.size for _, item in kept], np.int64),
     )
     if with_masks:
-        empty = np.zeros((size, size), bool)
+        empty = np.zeros(images.images.shape[1:3], bool)
         images.masks = np.stack([empty if item.mask is None else item.mask for _, item in kept])
         images.has_mask = np.array([entry.mask is not None or entry.label == 0
                                     for entry, _ in kept])

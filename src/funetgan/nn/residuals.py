@@ -1,0 +1,38 @@
+"""E, G and D as one scoring network: images in, the raw residual terms out.
+
+One module serves PyTorch scoring and ONNX export, so both compute the same terms.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .discriminator import CriticOutput
+
+TERM_MAPS = ("pixel_residual", "pixel_features")  # B x S x S each
+TERM_VALUES = ("image_residual", "image_features")  # B each
+
+
+def residual_terms(x: torch.Tensor, recon: torch.Tensor, out_x: CriticOutput,
+                   out_r: CriticOutput) -> tuple[torch.Tensor, ...]:
+    """|x - r| and the D-decoder feature residual per pixel (channel means), the image mse
+    and D's bottleneck feature mse per image; the order of TERM_MAPS + TERM_VALUES."""
+    pixel_features = torch.zeros_like(x[:, 0])
+    if out_x.f_p is not None:
+        pixel_features = (out_x.f_p - out_r.f_p).abs().mean(1)
+    return ((x - recon).abs().mean(1), pixel_features.float(), (x - recon).pow(2).flatten(1).mean(1),
+            (out_x.f_g - out_r.f_g).float().pow(2).flatten(1).mean(1))
+
+
+class ScoringNetwork(nn.Module):
+    """x (float B x C x S x S in [-1, 1]) -> r = G(E(x)) -> the residual terms of x and r."""
+
+    def __init__(self, encoder: nn.Module, generator: nn.Module, critic: nn.Module,
+                 memory_format: torch.memory_format = torch.contiguous_format):
+        super().__init__()
+        self.E, self.G, self.D = encoder, generator, critic
+        self.memory_format = memory_format  # channels-last speeds D up on CPUs and GPUs alike
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        recon = self.G(self.E(x)).contiguous(memory_format=self.memory_format)
+        return residual_terms(x.float(), recon.float(), self.D(x), self.D(recon))

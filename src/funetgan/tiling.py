@@ -1,0 +1,130 @@
+"""Patches and tiles: how networks of one size see images of another.
+
+With `data.resolution` set, images are kept at a working resolution larger than the model
+and the networks only ever see patches of `model.image_size`: training draws random patch
+positions (`patch_positions`), scoring covers each image with overlapping tiles
+(`TileGrid`) and blends the per-tile maps back with a smooth window, so no seams appear
+where tiles meet. Without it the grid has one tile, the whole image, and the same code runs.
+
+Numpy only: the PyTorch scorer and the ONNX runtime stitch through the same functions.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+# A tile scorer: uint8 B x P x P x C tiles -> {"maps": {name: B x P x P}, "values": {name: B}}.
+TileScorer = Callable[[np.ndarray], dict[str, dict[str, np.ndarray]]]
+
+
+def starts(length: int, patch: int, stride: int) -> np.ndarray:
+    """Tile offsets along one axis: every `stride` pixels, the last one flush with the end,
+    so every pixel is covered whatever the length."""
+    if patch > length:
+        raise ValueError(f"a tile of {patch} px does not fit an image side of {length} px")
+    offsets = list(range(0, length - patch + 1, stride))
+    if offsets[-1] != length - patch:
+        offsets.append(length - patch)
+    return np.array(offsets)
+
+
+def blend_window(patch: int) -> np.ndarray:
+    """P x P weights for stitching: a raised cosine, highest at the tile's centre and small
+    (never zero) at its edges, where a tile's view is cut off and its maps are least reliable.
+    Overlapping windows fade one tile into the next instead of meeting at a seam."""
+    ramp = np.sin(np.pi * (np.arange(patch) + 0.5) / patch) ** 2
+    return np.outer(ramp, ramp).astype(np.float32) + 1e-3
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """Where the tiles of one H x W image lie: tile t covers rows ys[t]:ys[t]+patch and columns
+    xs[t]:xs[t]+patch."""
+
+    height: int
+    width: int
+    patch: int
+    stride: int
+
+    def __post_init__(self) -> None:
+        if not 0 < self.stride <= self.patch:
+            raise ValueError(f"score.tile_stride must lie in 1..{self.patch} (the patch size), got {self.stride}")
+        starts(self.height, self.patch, self.stride), starts(self.width, self.patch, self.stride)
+
+    @property
+    def corners(self) -> list[tuple[int, int]]:
+        return [(y, x) for y in starts(self.height, self.patch, self.stride)
+                for x in starts(self.width, self.patch, self.stride)]
+
+    def __len__(self) -> int:
+        return len(self.corners)
+
+    def weight_sum(self) -> np.ndarray:
+        """H x W: the sum of the windows over all tiles, what stitching divides by."""
+        total = np.zeros((self.height, self.width), np.float32)
+        window = blend_window(self.patch)
+        for y, x in self.corners:
+            total[y:y + self.patch, x:x + self.patch] += window
+        return total
+
+
+def score_tiled(images: np.ndarray, patch: int, stride: int, batch_size: int,
+                scorer: TileScorer) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Run `scorer` over every tile of uint8 N x H x W x C `images`, `batch_size` tiles at a
+    time, and stitch its maps back to N x H x W (window-weighted mean of overlapping tiles).
+    Per-tile values come back as N x T (T tiles per image). Memory beyond the results is one
+    batch of tiles, whatever the image or set size."""
+    n, height, width = images.shape[:3]
+    grid = TileGrid(height, width, patch, stride)
+    corners, window = grid.corners, blend_window(patch)
+    maps: dict[str, np.ndarray] = {}
+    values: dict[str, np.ndarray] = {}
+    for index, tiles in _tile_batches(images, corners, patch, batch_size):
+        out = scorer(tiles)
+        for name, tile_maps in out["maps"].items():
+            target = maps.setdefault(name, np.zeros((n, height, width), np.float32))
+            for (i, t), tile_map in zip(index, tile_maps):
+                y, x = corners[t]
+                target[i, y:y + patch, x:x + patch] += window * tile_map
+        for name, tile_values in out["values"].items():
+            target = values.setdefault(name, np.zeros((n, len(corners)), np.float64))
+            for (i, t), value in zip(index, tile_values):
+                target[i, t] = value
+    total = grid.weight_sum()
+    for stitched in maps.values():
+        stitched /= total
+    return maps, values
+
+
+def _tile_batches(images: np.ndarray, corners: list[tuple[int, int]], patch: int,
+                  batch_size: int) -> Iterator[tuple[list[tuple[int, int]], np.ndarray]]:
+    """(image index, tile index) pairs and their B x P x P x C tiles, in batches."""
+    pairs = [(i, t) for i in range(len(images)) for t in range(len(corners))]
+    for start in range(0, len(pairs), batch_size):
+        index = pairs[start:start + batch_size]
+        tiles = np.stack([images[i, corners[t][0]:corners[t][0] + patch, corners[t][1]:corners[t][1] + patch]
+                          for i, t in index])
+        yield index, tiles
+
+
+def patches_per_image(height: int, width: int, patch: int) -> int:
+    """How many non-overlapping patches an image holds: training draws this many random
+    patches from each image per epoch, so an epoch sees about every pixel once."""
+    return max(1, (height // patch) * (width // patch))
+
+
+def random_corners(count: int, height: int, width: int, patch: int, generator: np.random.Generator) -> np.ndarray:
+    """`count` x 2 uniformly random top-left corners of P x P patches inside H x W."""
+    if patch > min(height, width):
+        raise ValueError(f"a patch of {patch} px does not fit images of {height}x{width} px")
+    return np.stack([generator.integers(0, height - patch + 1, count),
+                     generator.integers(0, width - patch + 1, count)], 1)
+
+
+def centre_crop(images: np.ndarray, patch: int) -> np.ndarray:
+    """The central P x P patch of each of N x H x W x C images (previews during training)."""
+    height, width = images.shape[1:3]
+    top, left = (height - patch) // 2, (width - patch) // 2
+    return images[:, top:top + patch, left:left + patch]
