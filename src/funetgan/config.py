@@ -79,6 +79,8 @@ class ScoreConfig:
     topk_fraction: float = 0.01
     blur_sigma: float | None = None  # pixels at model size; None: 4 px at 128, scaled with size
     normal_quantile: float = 0.99  # threshold rule when validation has no anomalies
+    lung_only: bool = True  # CT with lung masks: maps, scores, metrics and thresholds in the lung only
+    volume_top_slices: int = 1  # a volume's score: the mean of its k highest slice scores
 
 
 @dataclass
@@ -130,7 +132,7 @@ class Config:
             raise ValueError(f"data.on_bad_file must be error or skip, got {self.data.on_bad_file!r}")
         if not 0.0 <= self.gan.warmup_share <= 1.0:
             raise ValueError(f"gan.warmup_share must lie in [0, 1], got {self.gan.warmup_share}")
-        for name in ("batch_size", "gan.n_critic", "gan.gp_every", "gan.iterations", "encoder.iterations"):
+        for name in ("batch_size", "score.volume_top_slices", "gan.n_critic", "gan.gp_every", "gan.iterations", "encoder.iterations"):
             if get_key(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         return self
