@@ -41,6 +41,10 @@ def test_test_writes_per_patient_results_and_volumes(ct_run, tmp_path, capsys):
             written = nibabel.load(tmp_path / "volumes" / f"{row['volume']}_{suffix}.nii.gz")
             assert written.shape == scan.shape
             np.testing.assert_allclose(written.affine, scan.affine)
+            assert not written.get_fdata()[[0, -1]].any() and not written.get_fdata()[:, [0, -1]].any()
+        anomaly_map = nibabel.load(tmp_path / "volumes" / f"{row['volume']}_map.nii.gz").get_fdata()
+        assert anomaly_map[1:7, 1:7].all()  # and 0 outside the lung (1..6 x 1..6), checked above
+    assert metrics["scored_pixels"].startswith("lung")
     page = (tmp_path / "report.html").read_text()
     assert "Per patient (2 volumes)" in page and page.count("<h3>case") == 2
     assert "volume (2): auroc" not in capsys.readouterr().out  # one class only: no AUROC shown

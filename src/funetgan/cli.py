@@ -215,7 +215,9 @@ def test_one(model: FUNetGAN, data: Path, out: Path, args) -> None:
     result = model.score(splits.test)
     seconds = time.monotonic() - started
     image_t, pixel_t = _thresholds(model, args)
-    metrics = evaluate(result.scores, result.maps, splits.test, image_t, pixel_t)
+    region = model.scoring_region(splits.test)
+    metrics = evaluate(result.scores, result.maps, splits.test, image_t, pixel_t, region)
+    metrics["scored_pixels"] = "whole image" if region is None else "lung (lung masks, score.lung_only)"
     metrics["timing"] = {"images": len(splits.test), "seconds": round(seconds, 3),
                          "images_per_second": round(len(splits.test) / max(seconds, 1e-9), 1)}
     top = model.config.score.volume_top_slices
@@ -224,7 +226,7 @@ def test_one(model: FUNetGAN, data: Path, out: Path, args) -> None:
         metrics["volume"] = volume_metrics(volumes, image_t, top)
     write_test_outputs(out, splits.test, result.scores, result.maps, metrics, image_t, pixel_t,
                        model.config.to_dict(), volumes)
-    write_volumes(out, splits.test, result.maps, pixel_t, volumes)
+    write_volumes(out, splits.test, result.maps, pixel_t, volumes, region)
     _print_metrics(metrics, out)
 
 
@@ -242,7 +244,7 @@ def cmd_predict(args) -> int:
                              model.config.score.volume_top_slices)
     if volumes:
         write_volume_table(out, volumes)
-        write_volumes(out, images, result.maps, pixel_t, volumes)
+        write_volumes(out, images, result.maps, pixel_t, volumes, model.scoring_region(images))
     flagged = int((result.scores > image_t).sum())
     print(f"{len(images)} image(s) scored, {flagged} above the threshold {image_t:.4g}; "
           f"results in {out / 'predictions.csv'}")

@@ -92,27 +92,39 @@ class FUNetGAN:
 
     # ---- scoring ---------------------------------------------------------------------------
     @torch.inference_mode()
-    def residual_terms(self, images: np.ndarray, batch_size: int | None = None) -> Terms:
+    def residual_terms(self, images: np.ndarray, batch_size: int | None = None,
+                       region: np.ndarray | None = None) -> Terms:
         """The raw residual terms of E, G and D on uint8 `images`: what `score` combines, so
-        several scoring settings can be compared on one pass of the networks."""
+        several scoring settings can be compared on one pass of the networks. `region`
+        (N x S x S bool): the pixels that count (see `scoring_region`)."""
         for net in (self.G, self.D, self.E):
             net.eval()
         rt, parts = self.runtime, []
         batch_size = batch_size or max(self.config.batch_size, 64)
         for start in range(0, len(images), batch_size):
             x = rt.prepare(to_tensor(images[start:start + batch_size], rt.device))
+            pixels = None if region is None else torch.as_tensor(region[start:start + batch_size], device=rt.device)
             with rt.autocast():
                 recon = rt.prepare(self.G(self.E(x)))
-                parts.append(scoring.residual_terms(x.float(), recon.float(), self.D(x), self.D(recon)))
-        return Terms(*(torch.cat([getattr(p, name) for p in parts]) for name in TERMS))
+                parts.append(scoring.residual_terms(x.float(), recon.float(), self.D(x), self.D(recon), pixels))
+        terms = Terms(*(torch.cat([getattr(p, name) for p in parts]) for name in TERMS))
+        terms.region = None if region is None else torch.cat([p.region for p in parts])
+        return terms
+
+    def scoring_region(self, images: ImageSet) -> np.ndarray | None:
+        """The pixels that are scored: the lung of CT slices that have a lung mask, under
+        `score.lung_only`; None: every pixel."""
+        return images.lung if self.config.score.lung_only else None
 
     def score(self, images: ImageSet | np.ndarray, batch_size: int | None = None) -> Scores:
-        """Image scores and anomaly maps; needs a calibrated model (after fit or load)."""
+        """Image scores and anomaly maps; needs a calibrated model (after fit or load). For
+        an ImageSet with lung masks, only the lung is scored (`scoring_region`)."""
         if not self.calibration:
             raise RuntimeError("the model is not calibrated: fit it, or load a trained run")
         array = images.images if isinstance(images, ImageSet) else images
         self._check_images(array)
-        return self.scores_from_terms(self.residual_terms(array, batch_size))
+        region = self.scoring_region(images) if isinstance(images, ImageSet) else None
+        return self.scores_from_terms(self.residual_terms(array, batch_size, region))
 
     def scores_from_terms(self, terms: Terms, settings: ScoreConfig | None = None) -> Scores:
         """Scores and maps from `residual_terms` under `settings` (default: the model's)."""
@@ -133,7 +145,7 @@ class FUNetGAN:
         normal = val.subset(np.flatnonzero(val.labels == 0))
         if len(normal) == 0:
             raise ValueError("validation data has no normal images to calibrate on")
-        self.calibration = {"norms": self.residual_terms(normal.images).means()}
+        self.calibration = {"norms": self.residual_terms(normal.images, region=self.scoring_region(normal)).means()}
         result = self.score(val)
         q = self.config.score.normal_quantile
         labelled = len(np.unique(val.labels)) == 2
@@ -141,8 +153,10 @@ class FUNetGAN:
             result.scores, val.labels if labelled else None, q)
         has_masks = labelled and val.masks is not None and val.has_mask[val.labels == 1].any()
         with_truth = np.flatnonzero(val.has_mask) if has_masks else np.flatnonzero(val.labels == 0)
+        region = self.scoring_region(val)
         self.calibration["pixel_threshold"] = calibrate_pixel_threshold(
-            result.maps[with_truth], val.masks[with_truth] if has_masks else None, q)
+            result.maps[with_truth], val.masks[with_truth] if has_masks else None, q,
+            None if region is None else region[with_truth])
         self.calibration["validation"] = {"images": len(val), "anomalous": int((val.labels == 1).sum()),
                                           "rule": "f1-optimal" if labelled else f"normal quantile {q}"}
         return self.calibration

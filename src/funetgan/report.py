@@ -356,6 +356,8 @@ def _render_report(metrics: dict, rows: list[dict], plots: list[tuple[str, str]]
         "masks/, overlays/.</p>",
         "<h2>Metrics</h2>", _metrics_table(metrics),
     ]
+    if "scored_pixels" in metrics:
+        parts.append(f'<p class="note">Pixels scored: {html.escape(metrics["scored_pixels"])}.</p>')
     if metrics["per_kind"]:
         parts += ["<h2>Per kind</h2>", _per_kind_table(metrics["per_kind"])]
     parts += ["<h2>Plots</h2><div class=\"plots\">"]

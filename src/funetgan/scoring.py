@@ -4,6 +4,9 @@ With r = G(E(x)):
   pixel map   A = |x - r| / m_r + kappa * |f_p(x) - f_p(r)| / m_f        (then Gaussian blur)
   image score s = mse(x, r) / m_i + kappa * mse(f_g(x), f_g(r)) / m_g     ("izif"), or the max /
               top-k mean of A.
+With a scoring region (the lung of CT slices, `score.lung_only`), the pixel terms and the
+image residual count only its pixels and the map is 0 outside it; D's global features still
+see the whole image.
 The m_* are the means of each term over validation normals. METHOD.md adds the raw terms;
 dividing by their normal level first makes kappa a relative weight whatever the scale D's
 features happen to have after training (which varies from run to run by orders of magnitude).
@@ -29,21 +32,36 @@ class Terms:
     pixel_features: torch.Tensor
     image_residual: torch.Tensor
     image_features: torch.Tensor
+    region: torch.Tensor | None = None  # B x S x S, 1 where pixels count (None: everywhere)
 
     def means(self) -> dict[str, float]:
-        return {name: getattr(self, name).double().mean().item() for name in TERMS}
+        """Mean of each term; pixel terms over the region's pixels only."""
+        means = {name: getattr(self, name).double().mean().item() for name in TERMS}
+        if self.region is not None:
+            pixels = self.region.double().sum().clamp_min(1)
+            for name in ("pixel_residual", "pixel_features"):
+                means[name] = (getattr(self, name).double().sum() / pixels).item()
+        return means
 
 
-def residual_terms(x: torch.Tensor, recon: torch.Tensor, out_x, out_r) -> Terms:
+def residual_terms(x: torch.Tensor, recon: torch.Tensor, out_x, out_r,
+                   region: torch.Tensor | None = None) -> Terms:
     pixel_features = torch.zeros_like(x[:, 0])
     if out_x.f_p is not None:
         pixel_features = (out_x.f_p - out_r.f_p).abs().mean(1)
-    return Terms(
+    squared = (x - recon).pow(2).mean(1)
+    terms = Terms(
         pixel_residual=(x - recon).abs().mean(1),
         pixel_features=pixel_features.float(),
-        image_residual=(x - recon).pow(2).flatten(1).mean(1),
+        image_residual=squared.flatten(1).mean(1),
         image_features=(out_x.f_g - out_r.f_g).float().pow(2).flatten(1).mean(1),
     )
+    if region is not None:
+        terms.region = region.float()
+        terms.pixel_residual = terms.pixel_residual * terms.region
+        terms.pixel_features = terms.pixel_features * terms.region
+        terms.image_residual = (squared * terms.region).flatten(1).sum(1) / terms.region.flatten(1).sum(1).clamp_min(1)
+    return terms
 
 
 def combine(terms: Terms, norms: dict[str, float], cfg: ScoreConfig, image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,6 +73,8 @@ def combine(terms: Terms, norms: dict[str, float], cfg: ScoreConfig, image_size:
     if cfg.kappa:
         maps = maps + cfg.kappa * scaled("pixel_features")
     maps = gaussian_blur(maps, blur_sigma(cfg, image_size))
+    if terms.region is not None:
+        maps = maps * terms.region  # the blur spreads values over the region's edge
     if cfg.image_score == "izif":
         scores = scaled("image_residual") + cfg.kappa * scaled("image_features")
     elif cfg.image_score == "max":

@@ -105,16 +105,18 @@ def volume_names(sources: list[str]) -> list[str]:
     return names
 
 
-def write_volumes(out_dir, imageset: ImageSet, maps, pixel_threshold: float, results: list[dict]) -> list[Path]:
+def write_volumes(out_dir, imageset: ImageSet, maps, pixel_threshold: float, results: list[dict],
+                  region: np.ndarray | None = None) -> list[Path]:
     """`volumes/<volume>_map.nii.gz` (float32 anomaly map, 0 where nothing was scored) and
     `volumes/<volume>_mask.nii.gz` (uint8 0/1) per row of `volume_results`, on the scan's
-    voxel grid with its affine; slices are resized back to the scan's in-plane size."""
+    voxel grid with its affine; slices are resized back to the scan's in-plane size. With
+    `region` (the scored pixels, N x S x S bool) the maps stay 0 outside it at that size."""
     folder = Path(out_dir) / FOLDER
     written = []
     rows_of = imageset.volume_rows()
     for result in results:
         geometry = imageset.volumes[result["path"]]
-        volume = scan_map(imageset, maps, rows_of[result["path"]], geometry)
+        volume = scan_map(imageset, maps, rows_of[result["path"]], geometry, region)
         for suffix, values in (("map", volume), ("mask", (volume >= pixel_threshold).astype(np.uint8))):
             path = folder / f"{result['volume']}_{suffix}.nii.gz"
             save_nifti(path, to_scan_grid(values, geometry), geometry)
@@ -122,16 +124,21 @@ def write_volumes(out_dir, imageset: ImageSet, maps, pixel_threshold: float, res
     return written
 
 
-def scan_map(imageset: ImageSet, maps, rows: np.ndarray, geometry: Geometry) -> np.ndarray:
+def scan_map(imageset: ImageSet, maps, rows: np.ndarray, geometry: Geometry,
+             region: np.ndarray | None = None) -> np.ndarray:
     """The maps of one volume's slices as float32 Z x H x W in `read_scan`'s slice order,
-    each resized (bilinearly) to its slice's size and placed where the slice was cut from."""
+    each resized (bilinearly) to its slice's size and placed where the slice was cut from;
+    0 outside `region` resized by nearest neighbour (bilinear resizing blurs over its edge)."""
     volume = np.zeros(geometry.slice_shape, np.float32)
     top, left = (geometry.box[0], geometry.box[2]) if geometry.box else (0, 0)
     for i in rows:
         z = int(imageset.paths[i].rpartition(SLICE_MARK)[2])
         height, width = (int(v) for v in imageset.sizes[i])
-        picture = Image.fromarray(np.asarray(maps[i], np.float32))
-        volume[z, top:top + height, left:left + width] = picture.resize((width, height), Image.Resampling.BILINEAR)
+        values = np.asarray(Image.fromarray(np.asarray(maps[i], np.float32)).resize(
+            (width, height), Image.Resampling.BILINEAR))
+        if region is not None:
+            values = values * np.asarray(Image.fromarray(region[i]).resize((width, height), Image.Resampling.NEAREST))
+        volume[z, top:top + height, left:left + width] = values
     return volume
 
 
