@@ -15,6 +15,7 @@ from .folder import find_folder_dataset, load_folder, mvtec_categories
 from .idx import has_idx, load_idx
 from .images import Entry, fit_image, fit_mask, load_files, read_image, read_mask
 from .medical import is_dicom_series, is_nifti
+from .msd import is_msd_dataset, load_msd
 
 __all__ = [
     "DataError", "ImageSet", "MissingDependency", "Splits", "check_batch", "fit_image",
@@ -23,7 +24,8 @@ __all__ = [
 ]
 
 LAYOUTS = ("train/ (+ test/, val/, masks/ or ground_truth/), an MVTec AD category or root, "
-           "MNIST-style IDX files, or ct_scans/ + infection_mask/")
+           "MNIST-style IDX files, ct_scans/ + infection_mask/, or a Medical Segmentation Decathlon "
+           "task (dataset.json + imagesTr/ + labelsTr/)")
 
 
 def load_dataset(path: str | Path, image_size: int = 64, channels: int = 1,
@@ -37,6 +39,8 @@ def load_dataset(path: str | Path, image_size: int = 64, channels: int = 1,
                         f"a dataset is a folder with {LAYOUTS}")
     if is_ct_dataset(root):
         return load_ct(root, image_size, channels, options)
+    if is_msd_dataset(root):
+        return load_msd(root, image_size, channels, options)
     if has_idx(root):
         return load_idx(root, image_size, channels, options)
     folder = find_folder_dataset(root, options.category)
