@@ -15,12 +15,14 @@ from .data.demo import make_texture_dataset
 from .files import atomic_write_text
 from .metrics import evaluate
 from .model import CHECKPOINT_FILE, MODEL_FILE, FUNetGAN
-from .report import write_predictions, write_test_outputs
+from .report import write_predictions, write_test_outputs, write_volume_table
+from .volumes import volume_metrics, volume_results, write_volumes
 from .runtime import is_main_process, teardown
 
 CONFIG_FILE = "config.yaml"
 RUN_OUTPUTS = (MODEL_FILE, CHECKPOINT_FILE, CONFIG_FILE, "log.jsonl", "samples")
-RESULT_OUTPUTS = ("metrics.json", "predictions.csv", "scores.csv", "report.html", "masks", "overlays", "plots")
+RESULT_OUTPUTS = ("metrics.json", "predictions.csv", "scores.csv", "report.html", "masks", "overlays", "plots",
+                  "volumes.csv", "volumes")
 
 # The demo: 32x32 grey brick texture on a 2-core CPU in about 8 minutes, with the CPU recipe.
 DEMO_SETTINGS = [
@@ -211,11 +213,18 @@ def test_one(model: FUNetGAN, data: Path, out: Path, args) -> None:
     result = model.score(splits.test)
     seconds = time.monotonic() - started
     image_t, pixel_t = _thresholds(model, args)
-    metrics = evaluate(result.scores, result.maps, splits.test, image_t, pixel_t)
+    region = model.scoring_region(splits.test)
+    metrics = evaluate(result.scores, result.maps, splits.test, image_t, pixel_t, region)
+    metrics["scored_pixels"] = "whole image" if region is None else "lung (lung masks, score.lung_only)"
     metrics["timing"] = {"images": len(splits.test), "seconds": round(seconds, 3),
                          "images_per_second": round(len(splits.test) / max(seconds, 1e-9), 1)}
+    top = model.config.score.volume_top_slices
+    volumes = volume_results(splits.test, result.scores, result.maps, image_t, pixel_t, top)
+    if volumes:
+        metrics["volume"] = volume_metrics(volumes, image_t, top)
     write_test_outputs(out, splits.test, result.scores, result.maps, metrics, image_t, pixel_t,
-                       model.config.to_dict())
+                       model.config.to_dict(), volumes)
+    write_volumes(out, splits.test, result.maps, pixel_t, volumes, region)
     _print_metrics(metrics, out)
 
 
@@ -228,6 +237,11 @@ def cmd_predict(args) -> int:
     result = model.score(images)
     image_t, pixel_t = _thresholds(model, args)
     write_predictions(out, images, result.scores, result.maps, image_t, pixel_t)
+    volumes = volume_results(images, result.scores, result.maps, image_t, pixel_t,
+                             model.config.score.volume_top_slices)
+    if volumes:
+        write_volume_table(out, volumes)
+        write_volumes(out, images, result.maps, pixel_t, volumes, model.scoring_region(images))
     flagged = int((result.scores > image_t).sum())
     print(f"{len(images)} image(s) scored, {flagged} above the threshold {image_t:.4g}; "
           f"results in {out / 'predictions.csv'}")
@@ -271,4 +285,8 @@ def _print_metrics(metrics: dict, out: Path) -> None:
     print(line("image", metrics["image"], ("auroc", "ap", "f1", "f1_max", "sensitivity", "specificity")))
     if metrics.get("pixel"):
         print(line("pixel", metrics["pixel"], ("auroc", "ap", "aupro", "dice", "iou", "hausdorff")))
+    if metrics.get("volume"):
+        volume = metrics["volume"]
+        print(line(f"volume ({volume['n_volumes']})", {**volume["detection"], **volume},
+                   ("auroc", "sensitivity", "specificity", "dice_mean", "lesion_ml_abs_error_mean")))
     print(f"results in {out}: metrics.json, scores.csv, report.html")

@@ -84,6 +84,8 @@ class ScoreConfig:
     tile_stride: int | None = None
     tile_reduce: str = "max"
     batch_size: int = 64  # images (or tiles) per pass of the networks: bounds scoring memory
+    lung_only: bool = True  # CT with lung masks: maps, scores, metrics and thresholds in the lung only
+    volume_top_slices: int = 1  # a volume's score: the mean of its k highest slice scores
 
 
 @dataclass
@@ -146,7 +148,8 @@ class Config:
             raise ValueError(f"data.on_bad_file must be error or skip, got {self.data.on_bad_file!r}")
         if not 0.0 <= self.gan.warmup_share <= 1.0:
             raise ValueError(f"gan.warmup_share must lie in [0, 1], got {self.gan.warmup_share}")
-        for name in ("batch_size", "score.batch_size", "gan.n_critic", "gan.gp_every", "gan.iterations", "encoder.iterations"):
+        for name in ("batch_size", "score.batch_size", "score.volume_top_slices", "gan.n_critic", "gan.gp_every",
+                     "gan.iterations", "encoder.iterations"):
             if get_key(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         return self

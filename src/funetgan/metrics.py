@@ -156,9 +156,11 @@ def _region_weights(truth: np.ndarray) -> tuple[np.ndarray, int]:
 
 
 def pixel_curves(maps: np.ndarray, masks: np.ndarray | None = None,
-                 has_mask: np.ndarray | None = None, n_bins: int = N_BINS) -> PixelCurves:
+                 has_mask: np.ndarray | None = None, n_bins: int = N_BINS,
+                 region: np.ndarray | None = None) -> PixelCurves:
     """Binned ROC/PR/PRO curves of `maps` (N x S x S) against `masks` (N x S x S bool; None:
-    every pixel is normal), over the images where `has_mask` is true (None: all)."""
+    every pixel is normal), over the images where `has_mask` is true (None: all) and, with
+    `region` (N x S x S bool, e.g. the lung), over its pixels only."""
     rows = np.arange(len(maps)) if has_mask is None else np.flatnonzero(has_mask)
     if len(rows) == 0:
         raise ValueError("pixel curves need at least one image with pixel truth")
@@ -170,10 +172,12 @@ def pixel_curves(maps: np.ndarray, masks: np.ndarray | None = None,
     for chunk in _chunks(rows, maps[0].size):
         bins = np.minimum(((maps[chunk] - low) * bins_per_unit).astype(np.int64), n_bins - 1)
         truth = np.zeros(bins.shape, bool) if masks is None else masks[chunk].astype(bool)
-        counts += np.bincount((2 * bins + truth).ravel(), minlength=2 * n_bins)
-        weights, regions = _region_weights(truth)
-        overlap += np.bincount(bins.ravel(), weights=weights.ravel(), minlength=n_bins)
-        n_regions += regions
+        inside = np.ones(bins.shape, bool) if region is None else np.asarray(region[chunk], bool)
+        truth &= inside
+        counts += np.bincount((2 * bins + truth)[inside], minlength=2 * n_bins)
+        weights, found = _region_weights(truth)
+        overlap += np.bincount(bins[inside], weights=weights[inside], minlength=n_bins)
+        n_regions += found
     negatives, positives = counts[0::2], counts[1::2]
     top_down = slice(None, None, -1)
     return PixelCurves(
@@ -186,19 +190,20 @@ def pixel_curves(maps: np.ndarray, masks: np.ndarray | None = None,
     )
 
 
-def pixel_metrics(maps, masks, threshold: float, sizes=None, has_mask=None) -> dict:
+def pixel_metrics(maps, masks, threshold: float, sizes=None, has_mask=None, region=None) -> dict:
     """Segmentation metrics of anomaly maps against ground-truth masks.
 
-    Only images where `has_mask` is true count (None: all). Dice and IoU are micro-averaged:
+    Only images where `has_mask` is true count (None: all), and only the pixels of `region`
+    (N x S x S bool; None: all). Dice and IoU are micro-averaged:
     true/false positives and false negatives are summed over all pixels of those images,
     then combined once (normal images add only false positives). Hausdorff distance is the
     mean over anomalous images with a predicted region, in pixels of the original image
     (`sizes`, N x 2 (H, W); None: model-size pixels).
     """
     maps, masks = np.asarray(maps), np.asarray(masks, bool)
-    curves = pixel_curves(maps, masks, has_mask)
+    curves = pixel_curves(maps, masks, has_mask, region=region)
     rows = np.arange(len(maps)) if has_mask is None else np.flatnonzero(has_mask)
-    overlap = _overlap_at(maps, masks, rows, threshold, sizes)
+    overlap = _overlap_at(maps, masks, rows, threshold, sizes, region)
     defined = curves.defined
     return {
         "auroc": curves.auroc() if defined else None,
@@ -210,12 +215,14 @@ def pixel_metrics(maps, masks, threshold: float, sizes=None, has_mask=None) -> d
     }
 
 
-def _overlap_at(maps, masks, rows, threshold, sizes) -> dict:
+def _overlap_at(maps, masks, rows, threshold, sizes, region=None) -> dict:
     """Micro Dice and IoU, and mean Hausdorff distance, of the masks predicted at `threshold`."""
     tp = fp = fn = 0
     distances = []
     for chunk in _chunks(rows, maps[0].size):
         predicted, truth = maps[chunk] >= threshold, masks[chunk]
+        if region is not None:
+            predicted, truth = predicted & region[chunk], truth & region[chunk]
         tp += int(np.count_nonzero(predicted & truth))
         fp += int(np.count_nonzero(predicted & ~truth))
         fn += int(np.count_nonzero(~predicted & truth))
@@ -242,8 +249,10 @@ def hausdorff_distance(a: np.ndarray, b: np.ndarray, spacing=(1.0, 1.0)) -> floa
     return float(max(to_b[a].max(), to_a[b].max()))
 
 
-def evaluate(scores, maps, imageset, image_threshold: float, pixel_threshold: float) -> dict:
+def evaluate(scores, maps, imageset, image_threshold: float, pixel_threshold: float,
+             region=None) -> dict:
     """All metrics of a test set: overall, and each anomalous kind against the normals.
+    Pixel metrics count only the pixels of `region` (N x S x S bool, e.g. the lung; None: all).
 
     ``{"image": ..., "pixel": ..., "per_kind": {kind: {"image": ..., "pixel": ...}}}``; a
     "pixel" entry is there only when some of its anomalous images have pixel truth.
@@ -256,7 +265,7 @@ def evaluate(scores, maps, imageset, image_threshold: float, pixel_threshold: fl
         result = {"image": image_metrics(scores[rows], labels[rows], image_threshold)}
         if (truth & rows & (labels == 1)).any():
             result["pixel"] = pixel_metrics(maps, imageset.masks, pixel_threshold,
-                                            imageset.sizes, truth & rows)
+                                            imageset.sizes, truth & rows, region)
         return result
 
     result = metrics_of(np.ones(len(labels), bool))

@@ -92,13 +92,16 @@ class FUNetGAN:
         return train.subset(np.sort(order[n_val:])), train.subset(np.sort(order[:n_val]))
 
     # ---- scoring ---------------------------------------------------------------------------
-    def residual_terms(self, images: np.ndarray, batch_size: int | None = None) -> Terms:
+    def residual_terms(self, images: np.ndarray, batch_size: int | None = None,
+                       region: np.ndarray | None = None) -> Terms:
         """The raw residual terms of E, G and D on uint8 `images`: what `score` combines, so
         several scoring settings can be compared on one pass of the networks. Images larger
-        than the model are scored tile by tile (`tiling`), `batch_size` tiles at a time."""
+        than the model are scored tile by tile (`tiling`), `batch_size` tiles at a time.
+        `region` (N x H x W bool): the pixels that count (see `scoring_region`)."""
         maps, values = tiling.score_tiled(images, self.config.model.image_size, tile_stride(self.config),
                                           batch_size or self.config.score.batch_size, self._score_tiles)
-        return Terms(**maps, **values)
+        terms = Terms(**maps, **values)
+        return terms if region is None else scoring.restrict(terms, region)
 
     @torch.inference_mode()
     def _score_tiles(self, tiles: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
@@ -110,13 +113,20 @@ class FUNetGAN:
             terms = [term.float().cpu().numpy() for term in network(rt.prepare(to_tensor(tiles, rt.device)))]
         return {"maps": dict(zip(TERM_MAPS, terms)), "values": dict(zip(TERM_VALUES, terms[len(TERM_MAPS):]))}
 
+    def scoring_region(self, images: ImageSet) -> np.ndarray | None:
+        """The pixels that are scored: the lung of CT slices that have a lung mask, under
+        `score.lung_only`; None: every pixel."""
+        return images.lung if self.config.score.lung_only else None
+
     def score(self, images: ImageSet | np.ndarray, batch_size: int | None = None) -> Scores:
-        """Image scores and anomaly maps; needs a calibrated model (after fit or load)."""
+        """Image scores and anomaly maps; needs a calibrated model (after fit or load). For
+        an ImageSet with lung masks, only the lung is scored (`scoring_region`)."""
         if not self.calibration:
             raise RuntimeError("the model is not calibrated: fit it, or load a trained run")
         array = images.images if isinstance(images, ImageSet) else images
         self._check_images(array)
-        return self.scores_from_terms(self.residual_terms(array, batch_size))
+        region = self.scoring_region(images) if isinstance(images, ImageSet) else None
+        return self.scores_from_terms(self.residual_terms(array, batch_size, region))
 
     def scores_from_terms(self, terms: Terms, settings: ScoreConfig | None = None) -> Scores:
         """Scores and maps from `residual_terms` under `settings` (default: the model's)."""
@@ -140,7 +150,7 @@ class FUNetGAN:
         normal = val.subset(np.flatnonzero(val.labels == 0))
         if len(normal) == 0:
             raise ValueError("validation data has no normal images to calibrate on")
-        self.calibration = {"norms": self.residual_terms(normal.images).means()}
+        self.calibration = {"norms": self.residual_terms(normal.images, region=self.scoring_region(normal)).means()}
         result = self.score(val)
         q = self.config.score.normal_quantile
         labelled = len(np.unique(val.labels)) == 2
@@ -148,8 +158,10 @@ class FUNetGAN:
             result.scores, val.labels if labelled else None, q)
         has_masks = labelled and val.masks is not None and val.has_mask[val.labels == 1].any()
         with_truth = np.flatnonzero(val.has_mask) if has_masks else np.flatnonzero(val.labels == 0)
+        region = self.scoring_region(val)
         self.calibration["pixel_threshold"] = calibrate_pixel_threshold(
-            result.maps[with_truth], val.masks[with_truth] if has_masks else None, q)
+            result.maps[with_truth], val.masks[with_truth] if has_masks else None, q,
+            None if region is None else region[with_truth])
         self.calibration["validation"] = {"images": len(val), "anomalous": int((val.labels == 1).sum()),
                                           "rule": "f1-optimal" if labelled else f"normal quantile {q}"}
         return self.calibration

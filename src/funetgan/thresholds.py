@@ -29,11 +29,13 @@ def calibrate_image_threshold(val_scores, val_labels=None, normal_quantile: floa
     return float(np.quantile(normal, normal_quantile))
 
 
-def calibrate_pixel_threshold(val_maps, val_masks=None, normal_quantile: float = 0.99) -> float:
+def calibrate_pixel_threshold(val_maps, val_masks=None, normal_quantile: float = 0.99,
+                              region=None) -> float:
     """F1-optimal pixel threshold when `val_masks` (N x S x S bool; normal images all False)
     mark anomalous pixels, else the quantile of the pixel values (all normal). Both are read
-    from binned histograms, so accurate to one bin (1/10,000 of the value range)."""
-    curves = pixel_curves(np.asarray(val_maps), val_masks)
+    from binned histograms, so accurate to one bin (1/10,000 of the value range). With
+    `region` (N x S x S bool), only its pixels count."""
+    curves = pixel_curves(np.asarray(val_maps), val_masks, region=region)
     if curves.defined:
         return float(curves.thresholds[np.argmax(curves.f1)])
     # Lowest threshold that flags no more than 1 - normal_quantile of the normal pixels.
