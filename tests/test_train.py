@@ -175,3 +175,16 @@ def test_encoder_codes_are_standardised_before_stage_two():
     with torch.no_grad():
         z = model.E(to_tensor(images))
     assert z.mean(0).abs().max() < 1e-4 and (z.std(0) - 1).abs().max() < 1e-3
+
+
+def test_sampling_changes_no_weights_or_buffers(tmp_path):
+    """Sample grids (every step vs never) leave G, D and E exactly as training alone would:
+    in training mode each grid advanced G's spectral-norm power iteration."""
+    images = random_images(12)
+    trained = []
+    for every in (1, 1000):
+        cfg = tiny_config(gan__warmup_iterations=2, sample_every=every)
+        trained.append(FUNetGAN(cfg).fit(images, run_dir=tmp_path / str(every)))
+    assert (tmp_path / "1" / "samples" / "warmup_000001.png").exists()
+    for name in "GDE":
+        assert same(state_of(getattr(trained[0], name)), state_of(getattr(trained[1], name))), name

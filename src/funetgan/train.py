@@ -2,6 +2,7 @@
 samples, checkpoints). Stage 1 trains G and D; stage 2 trains E with G and D frozen."""
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -259,11 +260,8 @@ class Trainer:
     def save_gan_samples(self, step: int) -> None:
         if self.run_dir is None or not self.runtime.is_main:
             return
-        was_training = self.model.G.training
-        self.model.G.eval()
-        with self.runtime.autocast():
+        with evaluating(self.model.G), self.runtime.autocast():
             images = self.model.G(self.sample_z).float()
-        self.model.G.train(was_training)
         save_grid(self.run_dir / "samples" / f"gan_{step:06d}.png", to_uint8(images), columns=8)
 
     @torch.no_grad()
@@ -272,11 +270,27 @@ class Trainer:
             return
         warmup = self.model.state["stage"] == "warmup"
         codes = self.warmup_codes if warmup else self.model.E
-        with self.runtime.autocast():
+        with evaluating(self.model.G, self.model.E), self.runtime.autocast():
             recon = self.model.G(codes(self.sample_real)).float()
         pairs = torch.stack([self.sample_real.float(), recon], 1).flatten(0, 1)  # x, G(E(x)) side by side
         name = f"{'warmup' if warmup else 'recon'}_{step:06d}.png"  # the stages' step counts overlap
         save_grid(self.run_dir / "samples" / name, to_uint8(pairs), columns=8)
+
+
+@contextlib.contextmanager
+def evaluating(*nets: torch.nn.Module):
+    """The networks in eval mode, then back in the modes they were in. Samples are drawn this
+    way so that drawing them changes nothing: in training mode every forward pass of a
+    spectral-normed layer advances its power iteration, so results would depend on
+    `sample_every`, and under torchrun (only rank 0 samples) G's copies would drift apart."""
+    modes = [net.training for net in nets]
+    for net in nets:
+        net.eval()
+    try:
+        yield
+    finally:
+        for net, mode in zip(nets, modes):
+            net.train(mode)
 
 
 def save_grid(path: Path, images: np.ndarray, columns: int) -> None:
