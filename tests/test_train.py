@@ -188,3 +188,13 @@ def test_sampling_changes_no_weights_or_buffers(tmp_path):
     assert (tmp_path / "1" / "samples" / "warmup_000001.png").exists()
     for name in "GDE":
         assert same(state_of(getattr(trained[0], name)), state_of(getattr(trained[1], name))), name
+
+
+def test_building_a_model_leaves_the_callers_random_state_alone():
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    first = FUNetGAN(tiny_config(seed=1))
+    assert torch.equal(torch.rand(3), expected)
+    again = FUNetGAN(tiny_config(seed=1))  # still the seed's weights
+    assert same(state_of(first.G), state_of(again.G))

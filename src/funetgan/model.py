@@ -36,12 +36,15 @@ class FUNetGAN:
     def __init__(self, config: Config | None = None, runtime: Runtime | None = None):
         self.config = cfg = (config or Config()).validate()
         self.runtime = runtime or setup(cfg.device, cfg.amp, cfg.channels_last)
-        torch.manual_seed(cfg.seed)  # the same initial weights on every process
         m = cfg.model
-        self.G = self.runtime.place(Generator(m.image_size, m.channels, m.width, m.z_dim, m.attn_max_size))
-        self.D = self.runtime.place(Discriminator(m.image_size, m.channels, m.width, m.variant, m.attn_max_size,
-                                                  pixel_head=m.critic_head == "unet", sn=m.d_spectral_norm))
-        self.E = self.runtime.place(Encoder(m.image_size, m.channels, m.width, m.z_dim))
+        # The same initial weights on every process, from a seeded copy of torch's global
+        # generator: the caller's random state is left as it was.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            self.G = self.runtime.place(Generator(m.image_size, m.channels, m.width, m.z_dim, m.attn_max_size))
+            self.D = self.runtime.place(Discriminator(m.image_size, m.channels, m.width, m.variant, m.attn_max_size,
+                                                      pixel_head=m.critic_head == "unet", sn=m.d_spectral_norm))
+            self.E = self.runtime.place(Encoder(m.image_size, m.channels, m.width, m.z_dim))
         for net in (self.G, self.D, self.E):
             self.runtime.sync_parameters(net)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.gan.lr_g, betas=cfg.gan.betas)
