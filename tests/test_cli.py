@@ -106,3 +106,22 @@ def test_overwrite_removes_earlier_per_image_outputs(run, dataset, tmp_path):
     assert main(["test", "--run", str(run), "--data", str(dataset), "--out", str(tmp_path), "--overwrite"]) == 0
     assert not (tmp_path / "overlays" / "stale.png").exists()
     assert len(list((tmp_path / "overlays").glob("*.png"))) == 8
+
+
+def test_predict_counts_a_score_at_the_threshold_as_flagged(run, dataset, tmp_path, capsys):
+    """Flagged means score >= threshold, as in metrics.json and predictions.csv."""
+    image = str(dataset / "test" / "hole" / "000.png")
+    assert main(["predict", "--run", str(run), "--out", str(tmp_path / "a"), image]) == 0
+    (row,) = csv.DictReader((tmp_path / "a" / "predictions.csv").open())
+    capsys.readouterr()
+    assert main(["predict", "--run", str(run), "--out", str(tmp_path / "b"), "--threshold", row["score"], image]) == 0
+    assert "1 image(s) scored, 1 at or above" in capsys.readouterr().out
+    (row,) = csv.DictReader((tmp_path / "b" / "predictions.csv").open())
+    assert row["predicted"] == "1"
+
+
+def test_a_set_that_cannot_fill_a_batch_after_the_hold_out_is_refused_before_writing(dataset, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(dataset), "--out", str(out), *TINY, "--set", "batch_size=12"]) == 2
+    assert "only 11 training image(s) after holding out 1 for validation" in capsys.readouterr().err
+    assert not (out / "config.yaml").exists()

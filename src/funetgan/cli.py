@@ -16,7 +16,7 @@ from .files import atomic_write_text
 from .metrics import evaluate
 from .model import CHECKPOINT_FILE, MODEL_FILE, FUNetGAN
 from .report import write_predictions, write_test_outputs
-from .runtime import is_main_process, teardown
+from .runtime import is_main_process, teardown, world_size
 
 CONFIG_FILE = "config.yaml"
 RUN_OUTPUTS = (MODEL_FILE, CHECKPOINT_FILE, CONFIG_FILE, "log.jsonl", "samples")
@@ -162,7 +162,7 @@ def train_one(data: Path, out: Path, config: Config, resume: bool, overwrite: bo
         claim_folder(out, RUN_OUTPUTS, overwrite)
     m = config.model
     splits = load_dataset(data, m.image_size, m.channels, config.data)
-    check_batch(splits, config.batch_size)
+    check_batch(splits.train, splits.val, config.batch_size, config.data.val_fraction, world_size())
     if main_process:
         _print_notes(splits.train.notes)
         atomic_write_text(out / CONFIG_FILE, config.to_yaml())
@@ -231,8 +231,8 @@ def cmd_predict(args) -> int:
     result = model.score(images)
     image_t, pixel_t = _thresholds(model, args)
     write_predictions(out, images, result.scores, result.maps, image_t, pixel_t)
-    flagged = int((result.scores > image_t).sum())
-    print(f"{len(images)} image(s) scored, {flagged} above the threshold {image_t:.4g}; "
+    flagged = int((result.scores >= image_t).sum())  # the rule of metrics and report
+    print(f"{len(images)} image(s) scored, {flagged} at or above the threshold {image_t:.4g}; "
           f"results in {out / 'predictions.csv'}")
     return 0
 

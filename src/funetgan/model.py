@@ -9,6 +9,7 @@ import torch
 
 from . import checkpoint, scoring
 from .config import Config, ScoreConfig
+from .data import check_batch, held_out
 from .data.base import ImageSet, to_tensor
 from .nn import Discriminator, Encoder, Generator
 from .runtime import Runtime, setup
@@ -69,6 +70,7 @@ class FUNetGAN:
         `val` (or, without one, on `data.val_fraction` of the training normals held out).
         With `run_dir`, writes logs, samples and checkpoints there; `resume` continues from
         its checkpoint."""
+        check_batch(train, val, self.config.batch_size, self.config.data.val_fraction, self.runtime.world_size)
         train, val = self._calibration_split(train, val)
         if run_dir is not None:
             Path(run_dir).mkdir(parents=True, exist_ok=True)
@@ -88,9 +90,7 @@ class FUNetGAN:
         if val is not None:
             return train, val
         order = np.random.default_rng(self.config.seed).permutation(len(train))
-        n_val = max(1, round(self.config.data.val_fraction * len(train)))
-        if len(train) - n_val < 1:
-            raise ValueError("too few training images to hold out a validation split")
+        n_val = held_out(len(train), self.config.data.val_fraction)
         return train.subset(np.sort(order[n_val:])), train.subset(np.sort(order[:n_val]))
 
     # ---- scoring ---------------------------------------------------------------------------

@@ -30,10 +30,7 @@ class BatchSource:
     def __init__(self, images: np.ndarray, batch_size: int, seed: int, runtime: Runtime, flip: bool = False):
         self.data = torch.from_numpy(np.ascontiguousarray(images)).to(runtime.device)
         self.batch_size, self.seed, self.runtime, self.flip = batch_size, seed, runtime, flip
-        self.per_epoch = (len(images) // runtime.world_size) // batch_size
-        if self.per_epoch < 1:
-            raise ValueError(f"{len(images)} training images are fewer than one batch of {batch_size} "
-                             f"per process; lower batch_size")
+        self.per_epoch = (len(images) // runtime.world_size) // batch_size  # >= 1: data.check_batch
         self._epoch, self._order = -1, None
 
     def batch(self, index: int) -> torch.Tensor:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..config import DataConfig
 from .base import DataError, ImageSet, Splits, to_tensor, to_uint8
-from .checks import BadFiles, MissingDependency, check_batch
+from .checks import BadFiles, MissingDependency, check_batch, held_out
 from .ct import is_ct_dataset, load_ct, volume_slices
 from .folder import find_folder_dataset, load_folder, mvtec_categories
 from .idx import has_idx, load_idx
@@ -17,7 +17,7 @@ from .images import Entry, fit_image, fit_mask, load_files, read_image, read_mas
 from .medical import is_nifti
 
 __all__ = [
-    "DataError", "ImageSet", "MissingDependency", "Splits", "check_batch", "fit_image",
+    "DataError", "ImageSet", "MissingDependency", "Splits", "check_batch", "fit_image", "held_out",
     "fit_mask", "load_dataset", "load_unlabelled", "mvtec_categories", "read_image",
     "read_mask", "to_tensor", "to_uint8",
 ]
