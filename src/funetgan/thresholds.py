@@ -32,7 +32,8 @@ def calibrate_image_threshold(val_scores, val_labels=None, normal_quantile: floa
 def calibrate_pixel_threshold(val_maps, val_masks=None, normal_quantile: float = 0.99) -> float:
     """F1-optimal pixel threshold when `val_masks` (N x S x S bool; normal images all False)
     mark anomalous pixels, else the quantile of the pixel values (all normal). Both are read
-    from binned histograms, so accurate to one bin (1/10,000 of the value range)."""
+    from the binned curves of `pixel_curves`: exact up to 10,000 distinct values, else to
+    one bin of quantile edges (1/10,000 of the pixels), whatever the outliers."""
     curves = pixel_curves(np.asarray(val_maps), val_masks)
     if curves.defined:
         return float(curves.thresholds[np.argmax(curves.f1)])
