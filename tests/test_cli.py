@@ -80,6 +80,8 @@ def test_recipe_lies_under_the_settings_file_and_set(tmp_path, capsys):
     (["train", "--data", "/nonexistent", "--out", "{tmp}/r"], "/nonexistent"),
     (["train", "--data", "{tmp}", "--out", "{tmp}/r", "--set", "model.image_size=40"], "power of two"),
     (["test", "--run", "{tmp}", "--data", "{tmp}", "--out", "{tmp}/o"], "no trained model"),
+    (["train", "--data", "{tmp}", "--out", "{tmp}/r", "--set", "gan.lr_dd=1e-4"], "did you mean gan.lr_d"),
+    (["train", "--data", "{tmp}", "--out", "{tmp}/r", "--set", "gan.lr_d=fast"], "must be a number"),
 ])
 def test_bad_input_gives_one_line_error(argv, message, tmp_path, capsys):
     assert main([a.replace("{tmp}", str(tmp_path)) for a in argv]) == 2
