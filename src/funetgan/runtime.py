@@ -68,11 +68,15 @@ class Runtime:
 
     def any_rank(self, flag: bool) -> bool:
         """True on every process when `flag` is true on any (e.g. a time limit reached)."""
+        return bool(self.max_rank(int(flag)))
+
+    def max_rank(self, value: int) -> int:
+        """The largest of every process's `value`, on every process (e.g. a reason to stop)."""
         if not self.distributed:
-            return flag
-        value = torch.tensor([float(flag)], device=self.device)
-        dist.all_reduce(value, op=dist.ReduceOp.MAX)
-        return bool(value.item())
+            return value
+        tensor = torch.tensor([value], dtype=torch.int64, device=self.device)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        return int(tensor.item())
 
 
 def is_main_process() -> bool:

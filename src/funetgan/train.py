@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
+import signal
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -48,10 +51,57 @@ class BatchSource:
         return self.runtime.prepare(batch)
 
 
+class TrainingStopped(Exception):
+    """SIGTERM or SIGINT stopped training at a step boundary, after a checkpoint."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+
+
+class TrainingDiverged(ValueError):
+    """Losses or weights became NaN or infinite; nothing non-finite was saved."""
+
+
+# What each stage's optimisers step, for the advice when a stage diverges.
+LEARNING_RATES = {"warmup": "gan.lr_g and encoder.lr", "gan": "gan.lr_d and gan.lr_g", "encoder": "encoder.lr"}
+
+
+class StopSignals:
+    """While a stage runs, SIGTERM (what Slurm and Kubernetes send before killing a job) and
+    SIGINT (Ctrl-C) are noted rather than acted on, so the loop stops between two steps and
+    saves a checkpoint. A second signal gets the usual behaviour (a second Ctrl-C interrupts
+    at once). Signal handlers exist only in the main thread; elsewhere nothing changes."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __enter__(self) -> "StopSignals":
+        self.received = 0
+        self.previous = {}
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {s: signal.signal(s, self._note) for s in self.SIGNALS}
+        return self
+
+    def _note(self, signum: int, frame) -> None:
+        self.received = signum
+        self._restore()
+
+    def _restore(self) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+    def __exit__(self, *exc) -> None:
+        self._restore()
+
+
 class Stage:
     """Runs `step_fn(step) -> stats` from the saved step to `total`, within `max_minutes`
     (time already spent before a resume counts), with a progress bar, a JSONL log, periodic
-    samples and checkpoints. Ctrl-C saves a checkpoint before stopping."""
+    samples and checkpoints. SIGTERM or SIGINT (on any process) stops every process after the
+    same step, with a checkpoint. Non-finite losses or weights, checked at each log step, stop
+    training with `TrainingDiverged`."""
+
+    BUDGET = 1  # reasons to stop; a signal's number (2, 15) outranks the budget across ranks
 
     def __init__(self, name: str, total: int, max_minutes: float | None, trainer: "Trainer"):
         self.name, self.total, self.max_minutes, self.trainer = name, total, max_minutes, trainer
@@ -68,12 +118,19 @@ class Stage:
                    desc=f"{self.name} (budget {self.max_minutes:.3g} min)" if timed else self.name,
                    dynamic_ncols=True, leave=True)
         step = start
-        try:
+        with StopSignals() as signals, contextlib.closing(bar):
             while step < self.total:
                 elapsed = spent + time.monotonic() - began
-                if t.runtime.any_rank(self.max_minutes is not None and elapsed >= 60 * self.max_minutes):
+                over_budget = timed and elapsed >= 60 * self.max_minutes
+                stop = t.runtime.max_rank(signals.received or (self.BUDGET if over_budget else 0))
+                if stop == self.BUDGET:
                     bar.write(f"{self.name}: time budget of {self.max_minutes:.3g} min reached at step {step}")
                     break
+                if stop:
+                    t.checkpoint()
+                    saved = f"checkpoint saved in {t.run_dir}" if t.run_dir is not None else "no run folder"
+                    raise TrainingStopped(f"stopped by {signal.Signals(stop).name} at {self.name} step {step}; "
+                                          f"{saved}", stop)
                 stats = step_fn(step)
                 step += 1
                 state["step"], state["seconds"] = step, spent + time.monotonic() - began
@@ -82,18 +139,21 @@ class Stage:
                     values = {k: round(float(v), 5) for k, v in stats.items()}
                     bar.set_postfix({k: f"{v:.3g}" for k, v in values.items()}, refresh=False)
                     t.log({"stage": self.name, "step": step, "seconds": round(state["seconds"], 2), **values})
+                    self.check_finite(values)
                 if step % cfg.sample_every == 0:
                     sample_fn(step)
                 if step % cfg.checkpoint_every == 0:
                     t.checkpoint()
-        except KeyboardInterrupt:
-            t.checkpoint()
-            bar.write(f"interrupted: checkpoint saved at {self.name} step {step}; continue with --resume")
-            raise
-        finally:
-            bar.close()
         if step > start:
             sample_fn(step)
+
+    def check_finite(self, losses: dict[str, float]) -> None:
+        """Raise `TrainingDiverged` on every process when a loss (on any) or a weight is not finite."""
+        t = self.trainer
+        bad = [name for name, value in losses.items() if not math.isfinite(value)]
+        bad += [] if t.finite_weights() else ["weights"]
+        if t.runtime.any_rank(bool(bad)):
+            raise t.diverged(", ".join(bad) or "losses on another process")
 
 
 class Trainer:
@@ -112,8 +172,26 @@ class Trainer:
                 f.write(json.dumps(record) + "\n")
 
     def checkpoint(self) -> None:
-        if self.run_dir is not None and self.runtime.is_main:
+        """Save a checkpoint (rank 0), never one with non-finite weights: every process checks
+        (their weights are identical) and raises `TrainingDiverged` instead."""
+        if self.run_dir is None:
+            return
+        if not self.finite_weights():
+            raise self.diverged("weights")
+        if self.runtime.is_main:
             self.model.save_checkpoint(self.run_dir / "checkpoint.safetensors")
+
+    def finite_weights(self) -> bool:
+        return all(bool(torch.isfinite(p).all()) for net in (self.model.G, self.model.D, self.model.E)
+                   for p in net.parameters())
+
+    def diverged(self, what: str) -> TrainingDiverged:
+        state = self.model.state
+        saved = self.run_dir / "checkpoint.safetensors" if self.run_dir is not None else None
+        kept = f"; the last checkpoint ({saved}) keeps finite weights" if saved and saved.exists() else ""
+        return TrainingDiverged(f"training diverged in stage {state['stage']} at step {state['step']} "
+                                f"(non-finite {what}){kept}; start again with lower "
+                                f"{LEARNING_RATES[state['stage']]} (--overwrite)")
 
     def fit(self) -> None:
         state = self.model.state
