@@ -127,3 +127,34 @@ def test_a_set_that_cannot_fill_a_batch_after_the_hold_out_is_refused_before_wri
     assert main(["train", "--data", str(dataset), "--out", str(out), *TINY, "--set", "batch_size=12"]) == 2
     assert "only 11 training image(s) after holding out 1 for validation" in capsys.readouterr().err
     assert not (out / "config.yaml").exists()
+
+
+def test_a_full_disk_during_training_is_one_line_and_keeps_the_earlier_checkpoint(dataset, tmp_path, capsys,
+                                                                                  monkeypatch):
+    from safetensors import SafetensorError
+
+    from funetgan import checkpoint
+
+    saves, original = [], checkpoint.save_file
+
+    def second_save_finds_the_disk_full(tensors, path, metadata):
+        saves.append(path)
+        if len(saves) == 2:  # what safetensors raises on ENOSPC
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+        original(tensors, path, metadata=metadata)
+
+    monkeypatch.setattr(checkpoint, "save_file", second_save_finds_the_disk_full)
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(dataset), "--out", str(out), *TINY, "--set", "checkpoint_every=1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err
+    assert err.splitlines()[-1] == f"funetgan: error: {out / 'checkpoint.safetensors'}: cannot write (No space left on device)"
+    assert checkpoint.load(out / "checkpoint.safetensors")[1]["state"]["step"] == 0  # the first one, intact
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_a_read_only_output_folder_is_one_line(run, dataset, tmp_path, tmpfs, capsys):
+    out = tmpfs(tmp_path / "ro", "ro")
+    assert main(["test", "--run", str(run), "--data", str(dataset), "--out", str(out / "results")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"funetgan: error: {out / 'results'}: Read-only file system"

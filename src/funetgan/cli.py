@@ -41,8 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (DataError, UsageError, ValueError, FileNotFoundError, FileExistsError, FolderLocked) as err:
-        print(f"funetgan: error: {err}", file=sys.stderr)
+    except (DataError, UsageError, ValueError, FolderLocked, OSError) as err:
+        print(f"funetgan: error: {_one_line(err)}", file=sys.stderr)
         return 2
     except TrainingStopped as err:
         if is_main_process():
@@ -264,6 +264,14 @@ def cmd_demo(args) -> int:
     test_one(model, data, out, test_args)
     print(f"demo finished in {(time.monotonic() - started) / 60:.1f} min; open {out / 'report.html'}")
     return 0
+
+
+def _one_line(err: Exception) -> str:
+    """The message of an expected error; an OSError from outside our own messages names its
+    file and the reason ("[Errno 13] Permission denied: '...'" otherwise)."""
+    if isinstance(err, OSError) and err.strerror and err.filename:
+        return f"{err.filename}: {err.strerror}"
+    return str(err)
 
 
 def _thresholds(model: FUNetGAN, args) -> tuple[float, float]:

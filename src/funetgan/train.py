@@ -17,7 +17,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from .data.base import to_tensor, to_uint8
-from .files import atomic_save_png
+from .files import append_line, atomic_save_png
 from .losses import critic_loss, encoder_loss, generator_loss, warmup_loss
 from .runtime import Runtime
 
@@ -168,8 +168,7 @@ class Trainer:
 
     def log(self, record: dict) -> None:
         if self.run_dir is not None and self.runtime.is_main:
-            with open(self.run_dir / "log.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
+            append_line(self.run_dir / "log.jsonl", json.dumps(record))
 
     def checkpoint(self) -> None:
         """Save a checkpoint (rank 0), never one with non-finite weights: every process checks
