@@ -180,17 +180,28 @@ def test_encoder_codes_are_standardised_before_stage_two():
     assert z.mean(0).abs().max() < 1e-4 and (z.std(0) - 1).abs().max() < 1e-3
 
 
-def test_sampling_changes_no_weights_or_buffers(tmp_path):
-    """Sample grids (every step vs never) leave G, D and E exactly as training alone would:
-    in training mode each grid advanced G's spectral-norm power iteration."""
+def test_same_seed_and_steps_give_bit_identical_weights_and_metrics_on_the_cpu(tmp_path):
+    """What is logged, sampled and saved, and when, changes nothing: one run writes samples,
+    logs and checkpoints every step, the other writes nothing. (Sample grids drawn in
+    training mode advanced G's spectral-norm power iteration.)"""
+    from funetgan.metrics import evaluate
+
     images = random_images(12)
-    trained = []
-    for every in (1, 1000):
-        cfg = tiny_config(gan__warmup_iterations=2, sample_every=every)
-        trained.append(FUNetGAN(cfg).fit(images, run_dir=tmp_path / str(every)))
-    assert (tmp_path / "1" / "samples" / "warmup_000001.png").exists()
+    test = random_images(6, seed=1)
+    test.labels[:3] = 1
+    runs = []
+    for every, run_dir in ((1, tmp_path), (1000, None)):
+        cfg = tiny_config(gan__warmup_iterations=2, sample_every=every, checkpoint_every=every, log_every=every)
+        model = FUNetGAN(cfg).fit(images, run_dir=run_dir)
+        result = model.score(test)
+        runs.append((model, result, evaluate(result.scores, result.maps, test, model.image_threshold,
+                                             model.pixel_threshold)))
+    assert (tmp_path / "samples" / "warmup_000001.png").exists()
+    (a, result_a, metrics_a), (b, result_b, metrics_b) = runs
     for name in "GDE":
-        assert same(state_of(getattr(trained[0], name)), state_of(getattr(trained[1], name))), name
+        assert same(state_of(getattr(a, name)), state_of(getattr(b, name))), name
+    assert a.calibration == b.calibration and metrics_a == metrics_b
+    assert np.array_equal(result_a.scores, result_b.scores) and np.array_equal(result_a.maps, result_b.maps)
 
 
 def test_building_a_model_leaves_the_callers_random_state_alone():
