@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import shutil
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from . import __version__
@@ -37,6 +39,10 @@ class UsageError(Exception):
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Decoders' own warnings about the files they fail on ("Corrupt EXIF data", ...) would
+    # add lines to the one-line error that names those files.
+    warnings.filterwarnings("ignore", module=r"PIL\.")
+    logging.getLogger("nibabel").setLevel(logging.ERROR)  # "sizeof_hdr should be 348; set ..."
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
