@@ -181,8 +181,9 @@ class Trainer:
             self.model.save_checkpoint(self.run_dir / "checkpoint.safetensors")
 
     def finite_weights(self) -> bool:
-        return all(bool(torch.isfinite(p).all()) for net in (self.model.G, self.model.D, self.model.E)
-                   for p in net.parameters())
+        """One device-to-host sync for all parameters, not one per tensor."""
+        nets = (self.model.G, self.model.D, self.model.E)
+        return bool(torch.stack([torch.isfinite(p).all() for net in nets for p in net.parameters()]).all())
 
     def diverged(self, what: str) -> TrainingDiverged:
         state = self.model.state
