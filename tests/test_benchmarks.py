@@ -128,7 +128,8 @@ def test_resolution(script, tmp_path, capsys):
     whole, patches = (results["groups"][name]["runs"][0] for name in ("brick whole", "brick 64"))
     assert whole["settings"]["data"]["resolution"] is None and patches["settings"]["data"]["resolution"] == "64"
     for run_ in (whole, patches):
-        assert_unit(run_["image_auroc"], run_["pixel_auroc"], run_["aupro"], run_["image_auroc_tile_mean"])
-    assert whole["image_auroc_tile_mean"] == whole["image_auroc"]  # one tile: max and mean agree
+        assert_unit(run_["image_auroc"], run_["pixel_auroc"], run_["aupro"])
+        assert_unit(*(v for alt in run_["scoring_alternatives"].values() for v in alt.values()))
+    assert whole["scoring_alternatives"]["tile mean"]["image_auroc"] == whole["image_auroc"]  # one tile: max = mean
     out = capsys.readouterr().out
-    assert "report split" in out and "brick 64" in out and "64-px resolution" in out
+    assert "report split" in out and "brick 64" in out and "64-px resolution" in out and "kappa 0, blur 4 px" in out

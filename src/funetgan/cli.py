@@ -3,9 +3,12 @@ modules, prints a summary. No training or metric logic lives here."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import shutil
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from . import __version__
@@ -16,8 +19,10 @@ from .files import atomic_write_text
 from .metrics import evaluate
 from .model import CHECKPOINT_FILE, MODEL_FILE, FUNetGAN
 from .report import write_predictions, write_test_outputs, write_volume_table
+from .runlock import FolderLocked, folder_lock
+from .runtime import is_main_process, teardown, world_size
+from .train import TrainingStopped
 from .volumes import volume_metrics, volume_results, write_volumes
-from .runtime import is_main_process, teardown
 
 CONFIG_FILE = "config.yaml"
 RUN_OUTPUTS = (MODEL_FILE, CHECKPOINT_FILE, CONFIG_FILE, "log.jsonl", "samples")
@@ -36,13 +41,22 @@ class UsageError(Exception):
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Decoders' own warnings about the files they fail on ("Corrupt EXIF data", ...) would
+    # add lines to the one-line error that names those files.
+    warnings.filterwarnings("ignore", module=r"PIL\.")
+    logging.getLogger("nibabel").setLevel(logging.ERROR)  # "sizeof_hdr should be 348; set ..."
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (DataError, UsageError, ValueError, FileNotFoundError, FileExistsError) as err:
-        print(f"funetgan: error: {err}", file=sys.stderr)
+    except (DataError, UsageError, ValueError, FolderLocked, OSError) as err:
+        print(f"funetgan: error: {_one_line(err)}", file=sys.stderr)
         return 2
+    except TrainingStopped as err:
+        if is_main_process():
+            resume = f"funetgan train --data {args.data} --out {args.out} --resume" if args.command == "train" else ""
+            print(f"funetgan: {err}" + (f"; continue with: {resume}" if resume else ""), file=sys.stderr)
+        return 128 + err.signum
     except KeyboardInterrupt:
         print("funetgan: interrupted", file=sys.stderr)
         return 130
@@ -160,21 +174,23 @@ def cmd_train(args) -> int:
 
 def train_one(data: Path, out: Path, config: Config, resume: bool, overwrite: bool) -> FUNetGAN:
     main_process = is_main_process()
-    if not resume and main_process:
-        claim_folder(out, RUN_OUTPUTS, overwrite)
-    splits = load_dataset(data, working_size(config), config.model.channels, config.data)
-    check_batch(splits, config.batch_size)
-    if main_process:
-        _print_notes(splits.train.notes)
-        atomic_write_text(out / CONFIG_FILE, config.to_yaml())
-    started = time.monotonic()
-    model = FUNetGAN(config)
-    model.fit(splits.train, splits.val, run_dir=out, resume=resume)
-    if model.runtime.is_main:
-        print(f"trained in {(time.monotonic() - started) / 60:.1f} min on {model.runtime.device}; "
-              f"model: {out / MODEL_FILE}; image threshold {model.image_threshold:.4g}, "
-              f"pixel threshold {model.pixel_threshold:.4g} ({model.calibration['validation']['rule']})")
-    return model
+    with folder_lock(out) if main_process else contextlib.nullcontext():  # rank 0 writes for all
+        if not resume and main_process:
+            claim_folder(out, RUN_OUTPUTS, overwrite)
+        splits = load_dataset(data, working_size(config), config.model.channels, config.data)
+        check_batch(splits.train, splits.val, config.batch_size, config.data.val_fraction, world_size(),
+                    config.model.image_size)
+        if main_process:
+            _print_notes(splits.train.notes)
+            atomic_write_text(out / CONFIG_FILE, config.to_yaml())
+        started = time.monotonic()
+        model = FUNetGAN(config)
+        model.fit(splits.train, splits.val, run_dir=out, resume=resume)
+        if model.runtime.is_main:
+            print(f"trained in {(time.monotonic() - started) / 60:.1f} min on {model.runtime.device}; "
+                  f"model: {out / MODEL_FILE}; image threshold {model.image_threshold:.4g}, "
+                  f"pixel threshold {model.pixel_threshold:.4g} ({model.calibration['validation']['rule']})")
+        return model
 
 
 def categories(data: str) -> list[str]:
@@ -204,48 +220,50 @@ def test_run(run: Path, out: Path, args, category: str | None) -> None:
 
 
 def test_one(model: FUNetGAN, data: Path, out: Path, args) -> None:
-    claim_folder(out, RESULT_OUTPUTS, args.overwrite)
-    splits = load_dataset(data, working_size(model.config), model.config.model.channels, model.config.data)
-    if splits.test is None or not len(splits.test):
-        raise DataError(f"{data}: no test images")
-    _print_notes(splits.test.notes)
-    started = time.monotonic()
-    result = model.score(splits.test)
-    seconds = time.monotonic() - started
-    image_t, pixel_t = _thresholds(model, args)
-    region = model.scoring_region(splits.test)
-    metrics = evaluate(result.scores, result.maps, splits.test, image_t, pixel_t, region)
-    metrics["scored_pixels"] = "whole image" if region is None else "lung (lung masks, score.lung_only)"
-    metrics["timing"] = {"images": len(splits.test), "seconds": round(seconds, 3),
-                         "images_per_second": round(len(splits.test) / max(seconds, 1e-9), 1)}
-    top = model.config.score.volume_top_slices
-    volumes = volume_results(splits.test, result.scores, result.maps, image_t, pixel_t, top)
-    if volumes:
-        metrics["volume"] = volume_metrics(volumes, image_t, top)
-    write_test_outputs(out, splits.test, result.scores, result.maps, metrics, image_t, pixel_t,
-                       model.config.to_dict(), volumes)
-    write_volumes(out, splits.test, result.maps, pixel_t, volumes, region)
-    _print_metrics(metrics, out)
+    with folder_lock(out):
+        claim_folder(out, RESULT_OUTPUTS, args.overwrite)
+        splits = load_dataset(data, working_size(model.config), model.config.model.channels, model.config.data)
+        if splits.test is None or not len(splits.test):
+            raise DataError(f"{data}: no test images")
+        _print_notes(splits.test.notes)
+        started = time.monotonic()
+        result = model.score(splits.test)
+        seconds = time.monotonic() - started
+        image_t, pixel_t = _thresholds(model, args)
+        region = model.scoring_region(splits.test)
+        metrics = evaluate(result.scores, result.maps, splits.test, image_t, pixel_t, region)
+        metrics["scored_pixels"] = "whole image" if region is None else "lung (lung masks, score.lung_only)"
+        metrics["timing"] = {"images": len(splits.test), "seconds": round(seconds, 3),
+                             "images_per_second": round(len(splits.test) / max(seconds, 1e-9), 1)}
+        top = model.config.score.volume_top_slices
+        volumes = volume_results(splits.test, result.scores, result.maps, image_t, pixel_t, top)
+        if volumes:
+            metrics["volume"] = volume_metrics(volumes, image_t, top)
+        write_test_outputs(out, splits.test, result.scores, result.maps, metrics, image_t, pixel_t,
+                           model.config.to_dict(), volumes)
+        write_volumes(out, splits.test, result.maps, pixel_t, volumes, region)
+        _print_metrics(metrics, out)
 
 
 def cmd_predict(args) -> int:
     model = FUNetGAN.load(args.run, device=args.device)
     out = Path(args.out)
-    claim_folder(out, RESULT_OUTPUTS, args.overwrite)
-    images = load_unlabelled(args.paths, working_size(model.config), model.config.model.channels, model.config.data)
-    _print_notes(images.notes)
-    result = model.score(images)
-    image_t, pixel_t = _thresholds(model, args)
-    write_predictions(out, images, result.scores, result.maps, image_t, pixel_t)
-    volumes = volume_results(images, result.scores, result.maps, image_t, pixel_t,
-                             model.config.score.volume_top_slices)
-    if volumes:
-        write_volume_table(out, volumes)
-        write_volumes(out, images, result.maps, pixel_t, volumes, model.scoring_region(images))
-    flagged = int((result.scores > image_t).sum())
-    print(f"{len(images)} image(s) scored, {flagged} above the threshold {image_t:.4g}; "
-          f"results in {out / 'predictions.csv'}")
-    return 0
+    with folder_lock(out):
+        claim_folder(out, RESULT_OUTPUTS, args.overwrite)
+        images = load_unlabelled(args.paths, working_size(model.config), model.config.model.channels, model.config.data)
+        _print_notes(images.notes)
+        result = model.score(images)
+        image_t, pixel_t = _thresholds(model, args)
+        write_predictions(out, images, result.scores, result.maps, image_t, pixel_t)
+        volumes = volume_results(images, result.scores, result.maps, image_t, pixel_t,
+                                 model.config.score.volume_top_slices)
+        if volumes:
+            write_volume_table(out, volumes)
+            write_volumes(out, images, result.maps, pixel_t, volumes, model.scoring_region(images))
+        flagged = int((result.scores >= image_t).sum())  # the rule of metrics and report
+        print(f"{len(images)} image(s) scored, {flagged} at or above the threshold {image_t:.4g}; "
+              f"results in {out / 'predictions.csv'}")
+        return 0
 
 
 def cmd_demo(args) -> int:
@@ -264,6 +282,14 @@ def cmd_demo(args) -> int:
     test_one(model, data, out, test_args)
     print(f"demo finished in {(time.monotonic() - started) / 60:.1f} min; open {out / 'report.html'}")
     return 0
+
+
+def _one_line(err: Exception) -> str:
+    """The message of an expected error; an OSError from outside our own messages names its
+    file and the reason ("[Errno 13] Permission denied: '...'" otherwise)."""
+    if isinstance(err, OSError) and err.strerror and err.filename:
+        return f"{err.filename}: {err.strerror}"
+    return str(err)
 
 
 def _thresholds(model: FUNetGAN, args) -> tuple[float, float]:

@@ -4,9 +4,10 @@ Conventions: higher scores are more anomalous; a score (or pixel value) is predi
 anomalous when it is ``>= threshold``. Metrics that are undefined on the given data (one
 class absent, nothing predicted) are ``None``, so results stay JSON-serialisable.
 
-Pixel metrics are computed from histograms of the map values in ``N_BINS`` bins over the
-values' range, accumulated image chunk by image chunk: time is linear in the number of
-pixels and memory stays O(bins + chunk), whatever the size of the test set.
+Pixel metrics are computed from histograms of the map values in at most ``N_BINS`` bins
+whose edges are quantiles of the values (exact when there are no more distinct values than
+bins), accumulated image chunk by image chunk: time is O(pixels x log bins) and memory stays
+O(bins + chunk + sample), whatever the size of the test set.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from sklearn.metrics import auc, average_precision_score, precision_recall_curve
 
 N_BINS = 10_000
 CHUNK_PIXELS = 1 << 20  # pixels per chunk of images; bounds the working memory
+SAMPLE_PIXELS = 1 << 22  # map values (an even stride through all) that place the bin edges
 PRO_FPR_LIMIT = 0.3  # AUPRO is integrated up to this false-positive rate (MVTec AD)
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)  # MVTec AD's definition of a defect region
 
@@ -135,12 +137,25 @@ def _chunks(rows: np.ndarray, image_pixels: int):
     return (rows[i:i + step] for i in range(0, len(rows), step))
 
 
-def _value_range(maps: np.ndarray, rows: np.ndarray) -> tuple[float, float]:
-    lows, highs = zip(*((maps[c].min(), maps[c].max()) for c in _chunks(rows, maps[0].size)))
-    low, high = float(min(lows)), float(max(highs))
-    if not np.isfinite([low, high]).all():
-        raise ValueError("anomaly maps contain NaN or infinite values")
-    return low, high
+def _bin_edges(maps: np.ndarray, rows: np.ndarray, n_bins: int) -> np.ndarray:
+    """Ascending bin edges, each a map value, the first the minimum: every distinct value when
+    there are at most `n_bins`, else quantiles of the values. Edges spread evenly over the
+    range let one extreme pixel squeeze all others into a few bins (pixel AUROC 0.684 instead
+    of 0.717 in one case); quantile edges give every bin about as many pixels."""
+    total = len(rows) * maps[0].size
+    stride = -(-total // SAMPLE_PIXELS)
+    parts, low = [], np.inf
+    for chunk in _chunks(rows, maps[0].size):
+        values = maps[chunk].ravel()
+        if not np.isfinite(values).all():
+            raise ValueError("anomaly maps contain NaN or infinite values")
+        low = min(low, values.min())
+        parts.append(values[::stride])
+    sample = np.concatenate(parts)
+    edges = np.unique(sample)
+    if len(edges) > n_bins:
+        edges = np.unique(np.quantile(sample, np.linspace(0, 1, n_bins), method="lower"))
+    return np.unique(np.r_[np.asarray(low, edges.dtype), edges])  # the sample may miss the minimum
 
 
 def _region_weights(truth: np.ndarray) -> tuple[np.ndarray, int]:
@@ -160,17 +175,18 @@ def pixel_curves(maps: np.ndarray, masks: np.ndarray | None = None,
                  region: np.ndarray | None = None) -> PixelCurves:
     """Binned ROC/PR/PRO curves of `maps` (N x S x S) against `masks` (N x S x S bool; None:
     every pixel is normal), over the images where `has_mask` is true (None: all) and, with
-    `region` (N x S x S bool, e.g. the lung), over its pixels only."""
+    `region` (N x H x W bool, e.g. the lung), over its pixels only. The thresholds are the
+    bin edges (`_bin_edges`)."""
     rows = np.arange(len(maps)) if has_mask is None else np.flatnonzero(has_mask)
     if len(rows) == 0:
         raise ValueError("pixel curves need at least one image with pixel truth")
-    low, high = _value_range(maps, rows)
-    bins_per_unit = n_bins / ((high - low) or 1.0)
+    edges = _bin_edges(maps, rows, n_bins)
+    n_bins = len(edges)
     counts = np.zeros(2 * n_bins)  # (normal, anomalous) pixel counts per bin, interleaved
     overlap = np.zeros(n_bins)
     n_regions = 0
     for chunk in _chunks(rows, maps[0].size):
-        bins = np.minimum(((maps[chunk] - low) * bins_per_unit).astype(np.int64), n_bins - 1)
+        bins = np.searchsorted(edges, maps[chunk], side="right") - 1  # the last edge <= the value
         truth = np.zeros(bins.shape, bool) if masks is None else masks[chunk].astype(bool)
         inside = np.ones(bins.shape, bool) if region is None else np.asarray(region[chunk], bool)
         truth &= inside
@@ -181,7 +197,7 @@ def pixel_curves(maps: np.ndarray, masks: np.ndarray | None = None,
     negatives, positives = counts[0::2], counts[1::2]
     top_down = slice(None, None, -1)
     return PixelCurves(
-        thresholds=(low + np.arange(n_bins) / bins_per_unit)[top_down],
+        thresholds=edges[top_down].astype(np.float64),
         true_pos=np.cumsum(positives[top_down]),
         false_pos=np.cumsum(negatives[top_down]),
         region_overlap=np.cumsum(overlap[top_down]) / max(n_regions, 1),

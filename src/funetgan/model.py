@@ -9,6 +9,7 @@ import torch
 
 from . import checkpoint, scoring, tiling
 from .config import Config, ScoreConfig, tile_stride, working_size
+from .data import check_batch, held_out
 from .data.base import ImageSet, to_tensor
 from .nn import Discriminator, Encoder, Generator
 from .nn.residuals import TERM_MAPS, TERM_VALUES, ScoringNetwork
@@ -37,12 +38,15 @@ class FUNetGAN:
     def __init__(self, config: Config | None = None, runtime: Runtime | None = None):
         self.config = cfg = (config or Config()).validate()
         self.runtime = runtime or setup(cfg.device, cfg.amp, cfg.channels_last)
-        torch.manual_seed(cfg.seed)  # the same initial weights on every process
         m = cfg.model
-        self.G = self.runtime.place(Generator(m.image_size, m.channels, m.width, m.z_dim, m.attn_max_size))
-        self.D = self.runtime.place(Discriminator(m.image_size, m.channels, m.width, m.variant, m.attn_max_size,
-                                                  pixel_head=m.critic_head == "unet", sn=m.d_spectral_norm))
-        self.E = self.runtime.place(Encoder(m.image_size, m.channels, m.width, m.z_dim))
+        # The same initial weights on every process, from a seeded copy of torch's global
+        # generator: the caller's random state is left as it was.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            self.G = self.runtime.place(Generator(m.image_size, m.channels, m.width, m.z_dim, m.attn_max_size))
+            self.D = self.runtime.place(Discriminator(m.image_size, m.channels, m.width, m.variant, m.attn_max_size,
+                                                      pixel_head=m.critic_head == "unet", sn=m.d_spectral_norm))
+            self.E = self.runtime.place(Encoder(m.image_size, m.channels, m.width, m.z_dim))
         for net in (self.G, self.D, self.E):
             self.runtime.sync_parameters(net)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.gan.lr_g, betas=cfg.gan.betas)
@@ -67,6 +71,8 @@ class FUNetGAN:
         `val` (or, without one, on `data.val_fraction` of the training normals held out).
         With `run_dir`, writes logs, samples and checkpoints there; `resume` continues from
         its checkpoint."""
+        check_batch(train, val, self.config.batch_size, self.config.data.val_fraction, self.runtime.world_size,
+                    self.config.model.image_size)
         train, val = self._calibration_split(train, val)
         if run_dir is not None:
             Path(run_dir).mkdir(parents=True, exist_ok=True)
@@ -86,9 +92,7 @@ class FUNetGAN:
         if val is not None:
             return train, val
         order = np.random.default_rng(self.config.seed).permutation(len(train))
-        n_val = max(1, round(self.config.data.val_fraction * len(train)))
-        if len(train) - n_val < 1:
-            raise ValueError("too few training images to hold out a validation split")
+        n_val = held_out(len(train), self.config.data.val_fraction)
         return train.subset(np.sort(order[n_val:])), train.subset(np.sort(order[:n_val]))
 
     # ---- scoring ---------------------------------------------------------------------------
