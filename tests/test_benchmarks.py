@@ -117,3 +117,17 @@ def test_ablation(script, tmp_path, capsys):
     baseline = groups["f-AnoGAN"]["runs"][0]["settings"]
     assert baseline["model"]["critic_head"] == "global" and baseline["gan"]["consistency"] == "none"
     assert "± " in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_deploy_speed(script, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    results = run(script("deploy_speed"), tmp_path)["results"]
+    rows = {(r["runtime"], r["batch"]): r for r in results["scoring"]}
+    assert set(rows) == {(runtime, batch) for runtime in ("pytorch", "onnx") for batch in (1, 64)}
+    assert all(r["images_per_second"] > 0 and r["parity_max_rel"] < 1e-3 for r in rows.values())
+    assert not rows["onnx", 1]["torch_imported"] and rows["pytorch", 1]["torch_imported"]
+    tests = {r["runtime"]: r for r in results["test"]}
+    assert set(tests) == {"pytorch", "onnx"} and tests["onnx"]["images"] == tests["pytorch"]["images"] > 0
+    assert all(r["wall_seconds"] >= r["seconds"] >= 0 for r in tests.values())
+    assert "funetgan test" in capsys.readouterr().out

@@ -6,6 +6,10 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+# What a run folder holds (model.py writes them, the CLI guards them; no PyTorch needed to name them).
+MODEL_FILE = "model.safetensors"
+CHECKPOINT_FILE = "checkpoint.safetensors"
+
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
     """Call `write(tmp_path)` on a temporary file in the same folder, then rename it onto `path`."""
@@ -15,7 +19,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes owner-only files; give the usual mode
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes owner-only files; give the usual mode
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -35,3 +39,8 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+# Read once: reading it means setting it, and threads writing files at the same time would
+# otherwise see each other's temporary 0.
+_UMASK = _umask()

@@ -13,7 +13,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from . import tiling
-from .data.base import to_tensor, to_uint8
+from .nn.tensors import to_tensor, to_uint8
 from .files import atomic_save_png
 from .losses import critic_loss, encoder_loss, generator_loss, warmup_loss
 from .runtime import Runtime

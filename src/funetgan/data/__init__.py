@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import DataConfig
-from .base import DataError, ImageSet, Splits, to_tensor, to_uint8
+from .base import DataError, ImageSet, Splits
 from .checks import BadFiles, MissingDependency, check_batch
 from .ct import is_ct_dataset, load_ct, volume_slices
 from .folder import find_folder_dataset, load_folder, mvtec_categories
@@ -19,11 +19,18 @@ from .medical import is_nifti
 __all__ = [
     "DataError", "ImageSet", "MissingDependency", "Splits", "check_batch", "fit_image",
     "fit_mask", "load_dataset", "load_unlabelled", "mvtec_categories", "read_image",
-    "read_mask", "to_tensor", "to_uint8",
+    "read_mask",
 ]
 
 LAYOUTS = ("train/ (+ test/, val/, masks/ or ground_truth/), an MVTec AD category or root, "
            "MNIST-style IDX files, or ct_scans/ + infection_mask/")
+
+
+def __getattr__(name: str):
+    if name in ("to_tensor", "to_uint8"):  # PyTorch's side of the data (nn.tensors), on first use only
+        from . import base
+        return getattr(base, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def load_dataset(path: str | Path, image_size: int | None = 64, channels: int = 1,
