@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from funetgan.config import Config, apply_overrides
+from funetgan.config import Config, apply_overrides, working_size
 from funetgan.data import DataError, ImageSet, Splits, load_dataset
 from funetgan.data.demo import make_texture_dataset
 from funetgan.files import atomic_write_text
@@ -117,26 +117,31 @@ def texture_data(texture: str, folder: Path, smoke: bool, image_size: int) -> Pa
 
 # ---- runs ----------------------------------------------------------------------------------
 def load(path: str | Path, config: Config) -> Splits:
-    m = config.model
-    splits = load_dataset(path, m.image_size, m.channels, config.data)
+    """The set at `config`'s working resolution (the model's size unless data.resolution)."""
+    splits = load_dataset(path, working_size(config), config.model.channels, config.data)
     if splits.test is None or not len(splits.test):
         raise DataError(f"{path}: no test images to benchmark on")
     return splits
 
 
-def fit_and_test(config: Config, splits: Splits) -> dict:
-    """Train on `splits.train` (calibrating on `splits.val` or held-out training normals),
-    score `splits.test`, and evaluate with the calibrated thresholds."""
+def train_and_score(config: Config, splits: Splits) -> tuple[FUNetGAN, Terms, dict]:
+    """Train on `splits.train` (calibrating on `splits.val` or held-out training normals) and
+    run the networks once on `splits.test`: the model, its residual terms and the timings."""
     started = time.perf_counter()
     model = FUNetGAN(config).fit(splits.train, splits.val)
     trained = time.perf_counter()
     terms = model.residual_terms(splits.test.images)
-    result = model.scores_from_terms(terms)
     scored = time.perf_counter()
+    return model, terms, {"train_minutes": (trained - started) / 60, "test_seconds": scored - trained,
+                          "test_images": len(splits.test)}
+
+
+def fit_and_test(config: Config, splits: Splits) -> dict:
+    """`train_and_score`, then evaluate with the calibrated thresholds."""
+    model, terms, timings = train_and_score(config, splits)
+    result = model.scores_from_terms(terms)
     metrics = evaluate(result.scores, result.maps, splits.test, model.image_threshold, model.pixel_threshold)
-    return {"seed": config.seed, **headline(metrics), "train_minutes": (trained - started) / 60,
-            "test_seconds": scored - trained, "test_images": len(splits.test),
-            "settings": config.to_dict(), "metrics": metrics,
+    return {"seed": config.seed, **headline(metrics), **timings, "settings": config.to_dict(), "metrics": metrics,
             "scoring_alternatives": scoring_alternatives(model, terms, splits.test)}
 
 

@@ -10,7 +10,8 @@ the defaults, and the issue's reference setting with every option off and with t
 Inference: images/s of `model.score` (E, G, D twice, maps, blur) at batch 1 and 64 on
 32/64/128 px RGB, and peak memory, each measured in a fresh process (a process keeps the
 heap it grew, so after the training measurements its peak would be theirs). The networks are
-untrained: speed does not depend on the weights. Every timing is the median of --repeats
+untrained: speed does not depend on the weights. Tiled scoring: images/s, tiles/s and peak
+memory with 32-px patches at 256 and 1024 px working resolution, strides 16 and 32. Every timing is the median of --repeats
 after --warmup.
 """
 from __future__ import annotations
@@ -30,14 +31,21 @@ import numpy as np
 import torch
 
 from common import fmt, make_config, make_parser, parse, run_settings, table, write_results
+from funetgan.config import working_size
 from funetgan.data import ImageSet
 from funetgan.model import FUNetGAN
+from funetgan.tiling import TileGrid
 from funetgan.train import Trainer
 
 TRAIN_SHAPES = ((32, 1), (64, 3))
 SCORE_SIZES = (32, 64, 128)
 SCORE_BATCHES = (1, 64)
 SCORE_IMAGES = 64  # images scored per timing
+# Tiled scoring: 32-px patches over images at these working resolutions (images per timing),
+# tile strides, and 64 tiles per pass of the networks.
+TILED_SIZES = {256: 8, 1024: 1}
+TILED_STRIDES = (16, 32)
+TILED_BATCH = 64
 MIN_EXTRA_CRITIC_STEPS = 4
 # Each changes one speed option from the defaults (gp_every 1, channels_last on, CBAM on
 # feature maps of 16x16 or smaller).
@@ -84,15 +92,15 @@ def training_speed(overrides: list[str], args) -> dict:
             "n_critic": n_critic, "generator_step_s": n_critic * critic + generator, "settings": settings}
 
 
-def scoring_speed(overrides: list[str], batch: int, args) -> dict:
+def scoring_speed(overrides: list[str], batch: int, args, n_images: int = SCORE_IMAGES) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     config = make_config(overrides, args.device)
     model = FUNetGAN(config)
-    m = config.model
-    images = random_images(SCORE_IMAGES, m.image_size, m.channels)
+    size = working_size(config)
+    images = random_images(n_images, size, config.model.channels)
     model.calibrate(ImageSet(images, np.zeros(len(images), np.int64), [""] * len(images),
-                             ["good"] * len(images), np.full((len(images), 2), m.image_size)))
+                             ["good"] * len(images), np.full((len(images), 2), size)))
     device = model.runtime.device
     reset_peak_memory(device)
     seconds = median_seconds(lambda: model.score(images, batch), device, args.repeats, args.warmup)
@@ -158,7 +166,22 @@ def measure_scoring(args) -> list[dict]:
     return rows
 
 
-def print_tables(training: list[dict], reference: dict, scoring: list[dict]) -> None:
+def measure_tiled(args) -> list[dict]:
+    rows = []
+    sizes = {64: 1} if args.smoke else TILED_SIZES
+    for size, n_images in sizes.items():
+        for stride in TILED_STRIDES:
+            settings = run_settings(args, ["model.image_size=32", "model.channels=3", f"data.resolution={size}",
+                                           f"score.tile_stride={stride}"])
+            row = in_fresh_process(scoring_speed, settings, TILED_BATCH, args, n_images)
+            tiles = len(TileGrid(size, size, 32, stride))
+            rows.append({"working_resolution": size, "stride": stride, "batch": TILED_BATCH, "tiles_per_image": tiles,
+                         "tiles_per_second": row["images_per_second"] * tiles, **row})
+            print(f"measured tiled scoring {size} px, stride {stride}", file=sys.stderr, flush=True)
+    return rows
+
+
+def print_tables(training: list[dict], reference: dict, scoring: list[dict], tiled: list[dict]) -> None:
     if training:
         print(table(["training", "option", "critic step s", "critic steps/s", "G update s", "s per G step"],
                     [[r["shape"], r["option"], fmt(r["critic_step_s"]), fmt(r["critic_steps_per_s"], 2),
@@ -172,21 +195,27 @@ def print_tables(training: list[dict], reference: dict, scoring: list[dict]) -> 
         print(table(["scoring", "batch", "images/s", "peak MiB"],
                     [[r["shape"], str(r["batch"]), fmt(r["images_per_second"], 1), fmt(r["peak_memory_mib"], 0)]
                      for r in scoring]))
+    if tiled:
+        print(table(["tiled scoring (32-px patches, x3)", "stride", "tiles/image", "images/s", "tiles/s", "peak MiB"],
+                    [[f"{r['working_resolution']} px", str(r["stride"]), str(r["tiles_per_image"]),
+                      fmt(r["images_per_second"], 2), fmt(r["tiles_per_second"], 0), fmt(r["peak_memory_mib"], 0)]
+                     for r in tiled]))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = make_parser(__file__, "Training and inference speed, and the effect of each speed option.")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per measurement (median)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls first")
-    parser.add_argument("--parts", nargs="+", choices=("training", "scoring"), default=["training", "scoring"],
-                        help="what to measure (default: both)")
+    parser.add_argument("--parts", nargs="+", choices=("training", "scoring", "tiled"),
+                        default=["training", "scoring", "tiled"], help="what to measure (default: all)")
     args = parse(parser, argv)
     if args.smoke:
         args.repeats, args.warmup = 1, 1
     training, reference = measure_training(args) if "training" in args.parts else ([], {})
     scoring = measure_scoring(args) if "scoring" in args.parts else []
-    print_tables(training, reference, scoring)
-    write_results(args, {"training": training, "reference": reference, "scoring": scoring})
+    tiled = measure_tiled(args) if "tiled" in args.parts else []
+    print_tables(training, reference, scoring, tiled)
+    write_results(args, {"training": training, "reference": reference, "scoring": scoring, "tiled": tiled})
     print(f"\nresults in {args.out}")
     return 0
 

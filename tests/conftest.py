@@ -1,3 +1,5 @@
+import subprocess
+
 import numpy as np
 import pytest
 import torch
@@ -31,3 +33,23 @@ def random_images(n: int, size: int = 32, channels: int = 1, seed: int = 0) -> I
     images = (rng.random((n, size, size, channels)) * 255).astype(np.uint8)
     return ImageSet(images, np.zeros(n, np.int64), [f"img{i}.png" for i in range(n)], ["good"] * n,
                     np.full((n, 2), size))
+
+
+
+@pytest.fixture
+def tmpfs():
+    """`tmpfs(folder, options)` mounts a tmpfs with `options` ("size=64k", "ro") on a new
+    `folder` until the test ends; skips the test where mounting is not allowed (needs root)."""
+    mounted = []
+
+    def mount(folder, options: str):
+        folder.mkdir(parents=True)
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)],
+                          capture_output=True).returncode:
+            pytest.skip("cannot mount a tmpfs here (needs root)")
+        mounted.append(folder)
+        return folder
+
+    yield mount
+    for folder in reversed(mounted):
+        subprocess.run(["umount", "-l", str(folder)], check=True)

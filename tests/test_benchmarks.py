@@ -50,6 +50,8 @@ def test_speed(script, tmp_path, capsys):
     assert off["channels_last"] is False and off["gan"]["gp_every"] == 1
     assert [row["batch"] for row in results["scoring"]] == [1, 64]
     assert all(row["images_per_second"] > 0 and row["peak_memory_mib"] > 0 for row in results["scoring"])
+    assert [(r["working_resolution"], r["stride"], r["tiles_per_image"]) for r in results["tiled"]] == [
+        (64, 16, 9), (64, 32, 4)]
     out = capsys.readouterr().out
     assert "critic steps/s" in out and "images/s" in out and "reference critic step" in out
 
@@ -117,6 +119,20 @@ def test_ablation(script, tmp_path, capsys):
     baseline = groups["f-AnoGAN"]["runs"][0]["settings"]
     assert baseline["model"]["critic_head"] == "global" and baseline["gan"]["consistency"] == "none"
     assert "± " in capsys.readouterr().out
+
+
+def test_resolution(script, tmp_path, capsys):
+    data = tmp_path / "data"
+    results = run(script("resolution"), tmp_path, "--textures", "brick", "--data-dir", str(data))["results"]
+    assert list(results["groups"]) == ["brick whole", "brick 64"]
+    whole, patches = (results["groups"][name]["runs"][0] for name in ("brick whole", "brick 64"))
+    assert whole["settings"]["data"]["resolution"] is None and patches["settings"]["data"]["resolution"] == "64"
+    for run_ in (whole, patches):
+        assert_unit(run_["image_auroc"], run_["pixel_auroc"], run_["aupro"])
+        assert_unit(*(v for alt in run_["scoring_alternatives"].values() for v in alt.values()))
+    assert whole["scoring_alternatives"]["tile mean"]["image_auroc"] == whole["image_auroc"]  # one tile: max = mean
+    out = capsys.readouterr().out
+    assert "report split" in out and "brick 64" in out and "64-px resolution" in out and "kappa 0, blur 4 px" in out
 
 
 @pytest.mark.slow

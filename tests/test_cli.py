@@ -81,6 +81,8 @@ def test_recipe_lies_under_the_settings_file_and_set(tmp_path, capsys):
     (["train", "--data", "/nonexistent", "--out", "{tmp}/r"], "/nonexistent"),
     (["train", "--data", "{tmp}", "--out", "{tmp}/r", "--set", "model.image_size=40"], "power of two"),
     (["test", "--run", "{tmp}", "--data", "{tmp}", "--out", "{tmp}/o"], "no trained model"),
+    (["train", "--data", "{tmp}", "--out", "{tmp}/r", "--set", "gan.lr_dd=1e-4"], "did you mean gan.lr_d"),
+    (["train", "--data", "{tmp}", "--out", "{tmp}/r", "--set", "gan.lr_d=fast"], "must be a number"),
 ])
 def test_bad_input_gives_one_line_error(argv, message, tmp_path, capsys):
     assert main([a.replace("{tmp}", str(tmp_path)) for a in argv]) == 2
@@ -131,9 +133,59 @@ def test_a_patch_larger_than_the_working_resolution_is_one_line(dataset, tmp_pat
 def test_outputs_choose_what_test_writes(run, dataset, tmp_path, capsys):
     argv = ["test", "--run", str(run), "--data", str(dataset), "--out", str(tmp_path)]
     assert main([*argv, "--outputs", "scores", "overlays=worst:2"]) == 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["overlays", "scores.csv"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != ".funetgan.lock") == ["overlays", "scores.csv"]
     assert len(list((tmp_path / "overlays").glob("*.png"))) == 2
     out = capsys.readouterr().out
     assert "time: model" in out and "files" in out and "report" in out  # what each part cost
     assert main([*argv, "--overwrite", "--outputs", "overlays=some"]) == 2
     assert "--outputs: overlays=some" in capsys.readouterr().err
+
+
+def test_predict_counts_a_score_at_the_threshold_as_flagged(run, dataset, tmp_path, capsys):
+    """Flagged means score >= threshold, as in metrics.json and predictions.csv."""
+    image = str(dataset / "test" / "hole" / "000.png")
+    assert main(["predict", "--run", str(run), "--out", str(tmp_path / "a"), image]) == 0
+    (row,) = csv.DictReader((tmp_path / "a" / "predictions.csv").open())
+    capsys.readouterr()
+    assert main(["predict", "--run", str(run), "--out", str(tmp_path / "b"), "--threshold", row["score"], image]) == 0
+    assert "1 image(s) scored, 1 at or above" in capsys.readouterr().out
+    (row,) = csv.DictReader((tmp_path / "b" / "predictions.csv").open())
+    assert row["predicted"] == "1"
+
+
+def test_a_set_that_cannot_fill_a_batch_after_the_hold_out_is_refused_before_writing(dataset, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(dataset), "--out", str(out), *TINY, "--set", "batch_size=12"]) == 2
+    assert "only 11 training image(s) after holding out 1 for validation" in capsys.readouterr().err
+    assert not (out / "config.yaml").exists()
+
+
+def test_a_full_disk_during_training_is_one_line_and_keeps_the_earlier_checkpoint(dataset, tmp_path, capsys,
+                                                                                  monkeypatch):
+    from safetensors import SafetensorError
+
+    from funetgan import checkpoint
+
+    saves, original = [], checkpoint.save_file
+
+    def second_save_finds_the_disk_full(tensors, path, metadata):
+        saves.append(path)
+        if len(saves) == 2:  # what safetensors raises on ENOSPC
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+        original(tensors, path, metadata=metadata)
+
+    monkeypatch.setattr(checkpoint, "save_file", second_save_finds_the_disk_full)
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(dataset), "--out", str(out), *TINY, "--set", "checkpoint_every=1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err
+    assert err.splitlines()[-1] == f"funetgan: error: {out / 'checkpoint.safetensors'}: cannot write (No space left on device)"
+    assert checkpoint.load(out / "checkpoint.safetensors")[1]["state"]["step"] == 0  # the first one, intact
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_a_read_only_output_folder_is_one_line(run, dataset, tmp_path, tmpfs, capsys):
+    out = tmpfs(tmp_path / "ro", "ro")
+    assert main(["test", "--run", str(run), "--data", str(dataset), "--out", str(out / "results")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"funetgan: error: {out / 'results'}: Read-only file system"

@@ -207,9 +207,27 @@ def test_all_training_files_bad_is_an_error_even_when_skipping(tmp_path):
 
 def test_check_batch(tmp_path):
     splits = load_dataset(generic(tmp_path), 8, 1)
-    check_batch(splits, 4)
+    check_batch(splits.train, splits.train, 4, 0.1)
     with pytest.raises(DataError, match="only 4 training image.s., fewer than one batch of 64"):
-        check_batch(splits, 64)
+        check_batch(splits.train, splits.train, 64, 0.1)
+
+
+@pytest.mark.parametrize("n, batch, processes, fits", [
+    (4, 4, 1, False),  # one image held out leaves 3
+    (5, 4, 1, True),
+    (9, 4, 2, True),  # 8 left: 4 per process
+    (9, 5, 2, False),
+    (20, 4, 3, True),  # round(2.0) = 2 held out, 18 left: 6 per process
+])
+def test_check_batch_counts_the_hold_out_and_the_processes(n, batch, processes, fits):
+    from conftest import random_images
+
+    train = random_images(n, size=8)
+    if fits:
+        check_batch(train, None, batch, 0.1, processes)
+    else:
+        with pytest.raises(DataError, match="after holding out 1 for validation"):
+            check_batch(train, None, batch, 0.1, processes)
 
 
 def test_load_unlabelled(tmp_path):

@@ -3,7 +3,7 @@ import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from funetgan.data import ImageSet
-from funetgan.metrics import evaluate, hausdorff_distance, image_metrics, pixel_metrics
+from funetgan.metrics import evaluate, hausdorff_distance, image_metrics, pixel_curves, pixel_metrics
 
 # The classic 4-score example: of the 4 (anomalous, normal) pairs, 3 are ranked right.
 SCORES = [0.1, 0.4, 0.35, 0.8]
@@ -105,6 +105,21 @@ def test_binned_pixel_curves_match_sklearn():
     m = pixel_metrics(maps, masks, 0.5)
     assert m["auroc"] == pytest.approx(roc_auc_score(masks.ravel(), maps.ravel()), abs=1e-3)
     assert m["ap"] == pytest.approx(average_precision_score(masks.ravel(), maps.ravel()), abs=1e-3)
+
+
+@pytest.mark.parametrize("n_bins, tolerance", [(10_000, 1e-9), (200, 5e-3)])
+def test_pixel_curves_are_not_squeezed_by_an_outlier(n_bins, tolerance):
+    """One extreme pixel: bins spread linearly over the range held every other value in the
+    lowest bin (AUROC 0.5). With 2,048 distinct values and 10,000 bins the curve is exact."""
+    rng = np.random.default_rng(1)
+    maps = rng.random((2, 32, 32)).astype(np.float32)
+    masks = rng.random(maps.shape) < 0.2
+    maps[masks] += 0.3
+    maps[0, 0, 0] = 1e6
+    curves = pixel_curves(maps, masks, n_bins=n_bins)
+    assert len(curves.thresholds) <= n_bins
+    assert curves.auroc() == pytest.approx(roc_auc_score(masks.ravel(), maps.ravel()), abs=tolerance)
+    assert curves.ap() == pytest.approx(average_precision_score(masks.ravel(), maps.ravel()), abs=tolerance)
 
 
 def test_pixel_metrics_only_counts_images_with_truth():

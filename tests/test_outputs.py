@@ -77,7 +77,8 @@ def test_the_default_writes_overlays_for_the_reports_examples_only(tmp_path, ima
     scores = np.linspace(0, 1, len(imageset))
     maps = np.repeat(scores[:, None, None], 8, 1).repeat(8, 2).astype(np.float32)
     metrics = evaluate(scores, maps, imageset, 0.5, 0.5)
-    write_test_outputs(tmp_path, imageset, scores, maps, metrics, 0.5, 0.5, {}, Outputs.parse(list(TEST_DEFAULT)))
+    write_test_outputs(tmp_path, imageset, scores, maps, metrics, 0.5, 0.5, {},
+                       outputs=Outputs.parse(list(TEST_DEFAULT)))
     assert not (tmp_path / "masks").exists()
     overlays = {p.stem for p in (tmp_path / "overlays").glob("*.png")}
     assert 0 < len(overlays) < 30
@@ -94,7 +95,7 @@ def test_only_what_is_asked_for_is_written(tmp_path, imageset):
     maps = np.zeros((30, 8, 8), np.float32)
     metrics = evaluate(scores, maps, imageset, 0.5, 0.5)
     write_test_outputs(tmp_path, imageset, scores, maps, metrics, 0.5, 0.5, {},
-                       Outputs.parse(["scores", "overlays=worst:3"]))
+                       outputs=Outputs.parse(["scores", "overlays=worst:3"]))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["overlays", "scores.csv"]
     names = [row["name"] for row in csv.DictReader((tmp_path / "scores.csv").open())]
     assert sorted(p.stem for p in (tmp_path / "overlays").iterdir()) == sorted(names[-3:])

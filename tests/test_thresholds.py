@@ -30,15 +30,22 @@ def test_pixel_threshold_f1_optimal_with_masks():
     maps[1, 2, 2] = 0.7
     masks = np.zeros(maps.shape, bool)
     masks[0, 2] = True
-    threshold = calibrate_pixel_threshold(maps, masks)
-    assert 0.6 - 0.9 / 10_000 <= threshold <= 0.6 + 1e-7  # lower edge of 0.6's bin
+    assert calibrate_pixel_threshold(maps, masks) == pytest.approx(0.6)  # few values: exact
 
 
 def test_pixel_threshold_quantile_of_normal_pixels():
     maps = np.arange(1000, dtype=np.float32).reshape(10, 10, 10)  # values 0..999
     threshold = calibrate_pixel_threshold(maps, normal_quantile=0.99)
-    # At most 1% (10 pixels: 990..999) flagged, and as low as that allows (one bin, 0.0999).
-    assert np.count_nonzero(maps >= threshold) == 10
-    assert 989 < threshold <= 990
+    # At most 1% (10 pixels: 990..999) flagged, and as low as that allows.
+    assert np.count_nonzero(maps >= threshold) == 10 and threshold == 990
     # Empty masks mean all pixels are normal: the same rule.
     assert calibrate_pixel_threshold(maps, np.zeros(maps.shape, bool), 0.99) == threshold
+
+
+def test_pixel_threshold_quantile_ignores_an_outlier():
+    """100,000 values and one at 1e6: linear bins put the threshold near 1e6 and flagged one pixel."""
+    maps = np.random.default_rng(0).random((10, 100, 100)).astype(np.float32)
+    maps[0, 0, 0] = 1e6
+    threshold = calibrate_pixel_threshold(maps, normal_quantile=0.99)
+    assert threshold == pytest.approx(np.quantile(maps, 0.99), abs=1e-3)
+    assert np.count_nonzero(maps >= threshold) == pytest.approx(1000, abs=15)

@@ -1,4 +1,6 @@
 import json
+import os
+import signal
 
 import numpy as np
 import pytest
@@ -109,14 +111,15 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
 
     original = Trainer.encoder_step
 
-    def crash_at_second_step(self, step):
+    def ctrl_c_during_second_step(self, step):
         if step == 1:
-            raise KeyboardInterrupt
+            os.kill(os.getpid(), signal.SIGINT)  # noted; the loop stops once this step is done
         return original(self, step)
 
-    monkeypatch.setattr(Trainer, "encoder_step", crash_at_second_step)
-    with pytest.raises(KeyboardInterrupt):
+    monkeypatch.setattr(Trainer, "encoder_step", ctrl_c_during_second_step)
+    with pytest.raises(train.TrainingStopped, match="stopped by SIGINT at encoder step 2; checkpoint saved"):
         FUNetGAN(tiny_config()).fit(images, run_dir=tmp_path / "b")
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
     monkeypatch.setattr(Trainer, "encoder_step", original)
     resumed = FUNetGAN(tiny_config()).fit(images, run_dir=tmp_path / "b", resume=True)
     for name in "GDE":
@@ -175,3 +178,78 @@ def test_encoder_codes_are_standardised_before_stage_two():
     with torch.no_grad():
         z = model.E(to_tensor(images))
     assert z.mean(0).abs().max() < 1e-4 and (z.std(0) - 1).abs().max() < 1e-3
+
+
+def test_same_seed_and_steps_give_bit_identical_weights_and_metrics_on_the_cpu(tmp_path):
+    """What is logged, sampled and saved, and when, changes nothing: one run writes samples,
+    logs and checkpoints every step, the other writes nothing. (Sample grids drawn in
+    training mode advanced G's spectral-norm power iteration.)"""
+    from funetgan.metrics import evaluate
+
+    images = random_images(12)
+    test = random_images(6, seed=1)
+    test.labels[:3] = 1
+    runs = []
+    for every, run_dir in ((1, tmp_path), (1000, None)):
+        cfg = tiny_config(gan__warmup_iterations=2, sample_every=every, checkpoint_every=every, log_every=every)
+        model = FUNetGAN(cfg).fit(images, run_dir=run_dir)
+        result = model.score(test)
+        runs.append((model, result, evaluate(result.scores, result.maps, test, model.image_threshold,
+                                             model.pixel_threshold)))
+    assert (tmp_path / "samples" / "warmup_000001.png").exists()
+    (a, result_a, metrics_a), (b, result_b, metrics_b) = runs
+    for name in "GDE":
+        assert same(state_of(getattr(a, name)), state_of(getattr(b, name))), name
+    assert a.calibration == b.calibration and metrics_a == metrics_b
+    assert np.array_equal(result_a.scores, result_b.scores) and np.array_equal(result_a.maps, result_b.maps)
+
+
+def test_building_a_model_leaves_the_callers_random_state_alone():
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    first = FUNetGAN(tiny_config(seed=1))
+    assert torch.equal(torch.rand(3), expected)
+    again = FUNetGAN(tiny_config(seed=1))  # still the seed's weights
+    assert same(state_of(first.G), state_of(again.G))
+
+
+def _poison_after(monkeypatch, step_name: str, at: int, poison) -> None:
+    """Make `Trainer.<step_name>` call `poison(trainer, stats)` from step `at` on."""
+    original = getattr(Trainer, step_name)
+
+    def step(self, index):
+        stats = original(self, index)
+        if index >= at:
+            poison(self, stats)
+        return stats
+
+    monkeypatch.setattr(Trainer, step_name, step)
+
+
+@pytest.mark.parametrize("poison, what", [
+    (lambda trainer, stats: stats.update(loss_d=torch.tensor(float("nan"))), "loss_d"),
+    (lambda trainer, stats: next(trainer.model.D.parameters()).data.fill_(float("inf")), "weights"),
+])
+def test_divergence_stops_training_and_keeps_the_last_finite_checkpoint(tmp_path, monkeypatch, poison, what):
+    cfg = tiny_config(log_every=2, checkpoint_every=2)
+    cfg.gan.iterations = 50
+    _poison_after(monkeypatch, "gan_step", 3, poison)  # poisoned after step 4 is computed, before its log
+    with pytest.raises(train.TrainingDiverged, match=rf"stage gan at step 4 \(non-finite {what}\).*lower gan.lr_d"):
+        FUNetGAN(cfg).fit(random_images(12), run_dir=tmp_path)
+    saved = FUNetGAN(cfg)
+    saved.load_checkpoint(tmp_path / "checkpoint.safetensors")
+    assert saved.state["step"] == 2
+    assert all(torch.isfinite(p).all() for p in saved.D.parameters())
+    assert not (tmp_path / "model.safetensors").exists()
+
+
+def test_a_checkpoint_with_non_finite_weights_is_never_written(tmp_path, monkeypatch):
+    """Between log steps a checkpoint step checks the weights itself."""
+    cfg = tiny_config(log_every=100, checkpoint_every=1)
+    _poison_after(monkeypatch, "gan_step", 1, lambda trainer, stats: next(trainer.model.G.parameters()).data.fill_(float("nan")))
+    with pytest.raises(train.TrainingDiverged, match="at step 2 .non-finite weights"):
+        FUNetGAN(cfg).fit(random_images(12), run_dir=tmp_path)
+    saved = FUNetGAN(cfg)
+    saved.load_checkpoint(tmp_path / "checkpoint.safetensors")
+    assert saved.state["step"] == 1 and all(torch.isfinite(p).all() for p in saved.G.parameters())

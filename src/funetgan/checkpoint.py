@@ -10,7 +10,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
-from .files import atomic_write
+from .files import atomic_write, os_error
 
 META_KEY = "funetgan"
 
@@ -18,7 +18,14 @@ META_KEY = "funetgan"
 def save(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     text = json.dumps(meta)
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={META_KEY: text}))
+
+    def write(tmp: Path) -> None:
+        try:
+            save_file(tensors, str(tmp), metadata={META_KEY: text})
+        except SafetensorError as err:  # e.g. "I/O error: No space left on device (os error 28)"
+            raise os_error(err) from None
+
+    atomic_write(path, write)
 
 
 def load(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -6,9 +6,12 @@ predict with --run): `test` and `predict` with an exported --model run on onnxru
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import shutil
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,15 +22,18 @@ from .data.demo import make_texture_dataset
 from .files import CHECKPOINT_FILE, MODEL_FILE, atomic_write_text
 from .metrics import evaluate
 from .outputs import PREDICT_DEFAULT, TEST_DEFAULT, Outputs
-from .report import write_predictions, write_test_outputs
+from .report import write_predictions, write_test_outputs, write_volume_table
+from .runlock import FolderLocked, folder_lock
 from .scoring import Scorer
+from .volumes import volume_metrics, volume_results, write_volumes
 
 if TYPE_CHECKING:
     from .model import FUNetGAN
 
 CONFIG_FILE = "config.yaml"
 RUN_OUTPUTS = (MODEL_FILE, CHECKPOINT_FILE, CONFIG_FILE, "log.jsonl", "samples")
-RESULT_OUTPUTS = ("metrics.json", "predictions.csv", "scores.csv", "report.html", "masks", "overlays", "plots")
+RESULT_OUTPUTS = ("metrics.json", "predictions.csv", "scores.csv", "report.html", "masks", "overlays", "plots",
+                  "volumes.csv", "volumes")
 
 # The demo: 32x32 grey brick texture on a 2-core CPU in about 8 minutes, with the CPU recipe.
 DEMO_SETTINGS = [
@@ -41,19 +47,40 @@ class UsageError(Exception):
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Decoders' own warnings about the files they fail on ("Corrupt EXIF data", ...) would
+    # add lines to the one-line error that names those files.
+    warnings.filterwarnings("ignore", module=r"PIL\.")
+    logging.getLogger("nibabel").setLevel(logging.ERROR)  # "sizeof_hdr should be 348; set ..."
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (DataError, UsageError, ValueError, FileNotFoundError, FileExistsError) as err:
-        print(f"funetgan: error: {err}", file=sys.stderr)
+    except (DataError, UsageError, ValueError, FolderLocked, OSError) as err:
+        print(f"funetgan: error: {_one_line(err)}", file=sys.stderr)
         return 2
+    except _training_stopped() as err:
+        from .runtime import is_main_process
+        if is_main_process():
+            resume = f"funetgan train --data {args.data} --out {args.out} --resume" if args.command == "train" else ""
+            print(f"funetgan: {err}" + (f"; continue with: {resume}" if resume else ""), file=sys.stderr)
+        return 128 + err.signum
     except KeyboardInterrupt:
         print("funetgan: interrupted", file=sys.stderr)
         return 130
     finally:
         if "funetgan.runtime" in sys.modules:  # only a command that used PyTorch has a process group
             sys.modules["funetgan.runtime"].teardown()
+
+
+class _NeverRaised(Exception):
+    pass
+
+
+def _training_stopped() -> type[Exception]:
+    """train.TrainingStopped, once training code is loaded (only it raises it): importing it
+    up front would import PyTorch into every command, `predict --model` included."""
+    train = sys.modules.get("funetgan.train")
+    return train.TrainingStopped if train is not None else _NeverRaised
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -196,23 +223,25 @@ def cmd_train(args) -> int:
 
 def train_one(data: Path, out: Path, config: Config, resume: bool, overwrite: bool) -> FUNetGAN:
     from .model import FUNetGAN
-    from .runtime import is_main_process
+    from .runtime import is_main_process, world_size
     main_process = is_main_process()
-    if not resume and main_process:
-        claim_folder(out, RUN_OUTPUTS, overwrite)
-    splits = load_dataset(data, working_size(config), config.model.channels, config.data)
-    check_batch(splits, config.batch_size)
-    if main_process:
-        _print_notes(splits.train.notes)
-        atomic_write_text(out / CONFIG_FILE, config.to_yaml())
-    started = time.monotonic()
-    model = FUNetGAN(config)
-    model.fit(splits.train, splits.val, run_dir=out, resume=resume)
-    if model.runtime.is_main:
-        print(f"trained in {(time.monotonic() - started) / 60:.1f} min on {model.runtime.device}; "
-              f"model: {out / MODEL_FILE}; image threshold {model.image_threshold:.4g}, "
-              f"pixel threshold {model.pixel_threshold:.4g} ({model.calibration['validation']['rule']})")
-    return model
+    with folder_lock(out) if main_process else contextlib.nullcontext():  # rank 0 writes for all
+        if not resume and main_process:
+            claim_folder(out, RUN_OUTPUTS, overwrite)
+        splits = load_dataset(data, working_size(config), config.model.channels, config.data)
+        check_batch(splits.train, splits.val, config.batch_size, config.data.val_fraction, world_size(),
+                    config.model.image_size)
+        if main_process:
+            _print_notes(splits.train.notes)
+            atomic_write_text(out / CONFIG_FILE, config.to_yaml())
+        started = time.monotonic()
+        model = FUNetGAN(config)
+        model.fit(splits.train, splits.val, run_dir=out, resume=resume)
+        if model.runtime.is_main:
+            print(f"trained in {(time.monotonic() - started) / 60:.1f} min on {model.runtime.device}; "
+                  f"model: {out / MODEL_FILE}; image threshold {model.image_threshold:.4g}, "
+                  f"pixel threshold {model.pixel_threshold:.4g} ({model.calibration['validation']['rule']})")
+        return model
 
 
 def categories(data: str) -> list[str]:
@@ -260,41 +289,56 @@ def test_run(run: str | Path | None, out: Path, args, category: str | None) -> N
 
 def test_one(model: Scorer, data: Path, out: Path, args, load_seconds: float = 0.0) -> None:
     outputs = Outputs.parse(args.outputs)
-    claim_folder(out, RESULT_OUTPUTS, args.overwrite)
-    started = time.perf_counter()
-    splits = load_dataset(data, working_size(model.config), model.config.model.channels, model.config.data)
-    if splits.test is None or not len(splits.test):
-        raise DataError(f"{data}: no test images")
-    _print_notes(splits.test.notes)
-    loaded = time.perf_counter()
-    result = model.score(splits.test)
-    scored = time.perf_counter()
-    image_t, pixel_t = _thresholds(model, args)
-    metrics = evaluate(result.scores, result.maps, splits.test, image_t, pixel_t)
-    seconds = scored - loaded
-    metrics["timing"] = {"images": len(splits.test), "seconds": round(seconds, 3),
-                         "images_per_second": round(len(splits.test) / max(seconds, 1e-9), 1),
-                         "model_seconds": round(load_seconds, 3), "data_seconds": round(loaded - started, 3),
-                         "metrics_seconds": round(time.perf_counter() - scored, 3)}
-    write_test_outputs(out, splits.test, result.scores, result.maps, metrics, image_t, pixel_t,
-                       model.config.to_dict(), outputs)
-    _print_metrics(metrics, out, outputs)
+    with folder_lock(out):
+        claim_folder(out, RESULT_OUTPUTS, args.overwrite)
+        started = time.perf_counter()
+        splits = load_dataset(data, working_size(model.config), model.config.model.channels, model.config.data)
+        if splits.test is None or not len(splits.test):
+            raise DataError(f"{data}: no test images")
+        _print_notes(splits.test.notes)
+        loaded = time.perf_counter()
+        result = model.score(splits.test)
+        scored = time.perf_counter()
+        image_t, pixel_t = _thresholds(model, args)
+        region = model.scoring_region(splits.test)
+        metrics = evaluate(result.scores, result.maps, splits.test, image_t, pixel_t, region)
+        metrics["scored_pixels"] = "whole image" if region is None else "lung (lung masks, score.lung_only)"
+        top = model.config.score.volume_top_slices
+        volumes = volume_results(splits.test, result.scores, result.maps, image_t, pixel_t, top)
+        if volumes:
+            metrics["volume"] = volume_metrics(volumes, image_t, top)
+        seconds = scored - loaded
+        metrics["timing"] = {"images": len(splits.test), "seconds": round(seconds, 3),
+                             "images_per_second": round(len(splits.test) / max(seconds, 1e-9), 1),
+                             "model_seconds": round(load_seconds, 3), "data_seconds": round(loaded - started, 3),
+                             "metrics_seconds": round(time.perf_counter() - scored, 3)}
+        write_test_outputs(out, splits.test, result.scores, result.maps, metrics, image_t, pixel_t,
+                           model.config.to_dict(), volumes, outputs)
+        write_volumes(out, splits.test, result.maps, pixel_t, volumes, region)
+        _print_metrics(metrics, out, outputs)
 
 
 def cmd_predict(args) -> int:
     outputs = Outputs.parse(args.outputs, test=False)
     model = load_scorer(args)
     out = Path(args.out)
-    claim_folder(out, RESULT_OUTPUTS, args.overwrite)
-    images = load_unlabelled(args.paths, working_size(model.config), model.config.model.channels, model.config.data)
-    _print_notes(images.notes)
-    result = model.score(images)
-    image_t, pixel_t = _thresholds(model, args)
-    write_predictions(out, images, result.scores, result.maps, image_t, pixel_t, outputs)
-    flagged = int((result.scores > image_t).sum())
-    print(f"{len(images)} image(s) scored, {flagged} above the threshold {image_t:.4g}; "
-          f"results in {out / 'predictions.csv' if outputs.scores else out}")
-    return 0
+    with folder_lock(out):
+        claim_folder(out, RESULT_OUTPUTS, args.overwrite)
+        images = load_unlabelled(args.paths, working_size(model.config), model.config.model.channels, model.config.data)
+        _print_notes(images.notes)
+        result = model.score(images)
+        image_t, pixel_t = _thresholds(model, args)
+        write_predictions(out, images, result.scores, result.maps, image_t, pixel_t, outputs)
+        volumes = volume_results(images, result.scores, result.maps, image_t, pixel_t,
+                                 model.config.score.volume_top_slices)
+        if volumes:
+            if outputs.scores:
+                write_volume_table(out, volumes)
+            write_volumes(out, images, result.maps, pixel_t, volumes, model.scoring_region(images))
+        flagged = int((result.scores >= image_t).sum())  # the rule of metrics and report
+        print(f"{len(images)} image(s) scored, {flagged} at or above the threshold {image_t:.4g}; "
+              f"results in {out / 'predictions.csv' if outputs.scores else out}")
+        return 0
 
 
 def cmd_export(args) -> int:
@@ -340,6 +384,14 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def _one_line(err: Exception) -> str:
+    """The message of an expected error; an OSError from outside our own messages names its
+    file and the reason ("[Errno 13] Permission denied: '...'" otherwise)."""
+    if isinstance(err, OSError) and err.strerror and err.filename:
+        return f"{err.filename}: {err.strerror}"
+    return str(err)
+
+
 def _thresholds(model: Scorer, args) -> tuple[float, float]:
     image_t = args.threshold if args.threshold is not None else model.image_threshold
     pixel_t = args.pixel_threshold if args.pixel_threshold is not None else model.pixel_threshold
@@ -359,6 +411,10 @@ def _print_metrics(metrics: dict, out: Path, outputs: Outputs) -> None:
     print(line("image", metrics["image"], ("auroc", "ap", "f1", "f1_max", "sensitivity", "specificity")))
     if metrics.get("pixel"):
         print(line("pixel", metrics["pixel"], ("auroc", "ap", "aupro", "dice", "iou", "hausdorff")))
+    if metrics.get("volume"):
+        volume = metrics["volume"]
+        print(line(f"volume ({volume['n_volumes']})", {**volume["detection"], **volume},
+                   ("auroc", "sensitivity", "specificity", "dice_mean", "lesion_ml_abs_error_mean")))
     t = metrics["timing"]
     print(f"time: model {t['model_seconds']:.1f} s, data {t['data_seconds']:.1f} s, scoring {t['seconds']:.1f} s "
           f"({t['images_per_second']:.0f} images/s), metrics {t['metrics_seconds']:.1f} s, "

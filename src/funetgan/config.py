@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,6 +86,8 @@ class ScoreConfig:
     tile_stride: int | None = None
     tile_reduce: str = "max"
     batch_size: int = 64  # images (or tiles) per pass of the networks: bounds scoring memory
+    lung_only: bool = True  # CT with lung masks: maps, scores, metrics and thresholds in the lung only
+    volume_top_slices: int = 1  # a volume's score: the mean of its k highest slice scores
 
 
 @dataclass
@@ -146,7 +150,8 @@ class Config:
             raise ValueError(f"data.on_bad_file must be error or skip, got {self.data.on_bad_file!r}")
         if not 0.0 <= self.gan.warmup_share <= 1.0:
             raise ValueError(f"gan.warmup_share must lie in [0, 1], got {self.gan.warmup_share}")
-        for name in ("batch_size", "score.batch_size", "gan.n_critic", "gan.gp_every", "gan.iterations", "encoder.iterations"):
+        for name in ("batch_size", "score.batch_size", "score.volume_top_slices", "gan.n_critic", "gan.gp_every",
+                     "gan.iterations", "encoder.iterations"):
             if get_key(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         return self
@@ -222,15 +227,27 @@ def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def all_keys(section: type = None, prefix: str = "") -> list[str]:
+    """Every dotted setting key, e.g. ``model.image_size``."""
+    section = section or Config
+    hints = typing.get_type_hints(section)
+    keys = []
+    for f in dataclasses.fields(section):
+        kind = hints[f.name]
+        keys += all_keys(kind, f"{prefix}{f.name}.") if dataclasses.is_dataclass(kind) else [prefix + f.name]
+    return keys
+
+
 def _resolve(config: Config, key: str) -> tuple[Any, str]:
+    known = all_keys()
+    if key not in known:
+        close = difflib.get_close_matches(key, known, n=3)
+        hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+        raise ValueError(f"unknown setting {key!r}{hint}")
     *parents, leaf = key.split(".")
     node = config
     for part in parents:
-        if not dataclasses.is_dataclass(node) or not hasattr(node, part):
-            raise KeyError(f"unknown setting {key!r}")
         node = getattr(node, part)
-    if not dataclasses.is_dataclass(node) or leaf not in {f.name for f in dataclasses.fields(node)}:
-        raise KeyError(f"unknown setting {key!r}")
     return node, leaf
 
 
@@ -268,12 +285,27 @@ def _coerce(key: str, kind: Any, value: Any) -> Any:
             raise ValueError(f"{key} must be a list of {length} numbers, got {value!r}")
         return tuple(_coerce(key, float, v) for v in value)
     if kind in (int, float):
+        if isinstance(value, str):
+            value = _number(key, value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"{key} must be a number, got {value!r}")
         if kind is int and float(value) != int(value):
             raise ValueError(f"{key} must be an integer, got {value!r}")
         return kind(value)
     return str(value)
+
+
+def _number(key: str, text: str) -> int | float:
+    """Numbers as people type them, which YAML 1.1 reads as strings: 1e-4, 1E-4, 5e3, .5, 1_000."""
+    for parse in (int, float):
+        try:
+            value = parse(text.strip())
+        except ValueError:
+            continue
+        if math.isnan(value):
+            break
+        return value
+    raise ValueError(f"{key} must be a number, got {text!r}")
 
 
 def apply_overrides(config: Config, overrides: list[str]) -> Config:

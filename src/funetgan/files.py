@@ -1,8 +1,11 @@
-"""Atomic file writes: a crash or Ctrl-C never leaves a half-written result behind."""
+"""Atomic, durable file writes: a crash, Ctrl-C or power cut leaves the previous file or the
+new one, never a half-written or empty one; a failed write names the file."""
 from __future__ import annotations
 
+import errno
 import os
-import tempfile
+import re
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,19 +14,71 @@ MODEL_FILE = "model.safetensors"
 CHECKPOINT_FILE = "checkpoint.safetensors"
 
 
+class WriteError(OSError):
+    """A file could not be written (no space, permission denied, read-only folder, ...); the
+    message names the file and the reason in one line."""
+
+    def __init__(self, path: Path, err: OSError):
+        super().__init__(f"{path}: cannot write ({reason(err)})")
+
+
+def reason(err: OSError) -> str:
+    """The operating system's words for a failed write."""
+    return err.strerror or " ".join(str(err).split())
+
+
+def os_error(err: Exception) -> OSError:
+    """An OSError for a library's I/O error reported as text with "os error N" in it
+    (safetensors), so that it is reported like any other."""
+    code = re.search(r"os error (\d+)", str(err))
+    number = int(code.group(1)) if code else errno.EIO
+    return OSError(number, os.strerror(number))
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
-    """Call `write(tmp_path)` on a temporary file in the same folder, then rename it onto `path`."""
+    """Call `write(tmp_path)` on a temporary file in the same folder, flush it to disk, rename
+    it onto `path` and flush the folder, so that the rename itself survives a power cut.
+    An OSError on the way is reported as a `WriteError`; `path` is untouched then."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
     try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes owner-only files; give the usual mode
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _new_temporary(path)
+    except OSError as err:
+        raise WriteError(path, err) from None
+    try:
+        write(tmp)
+        _fsync(tmp, os.O_RDONLY)
         os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise WriteError(path, err) from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+    _fsync(path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+
+
+def _fsync(path: Path, flags: int) -> None:
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    except OSError as err:
+        if err.errno != errno.EINVAL:  # EINVAL: a file system that cannot sync folders
+            raise WriteError(path, err) from None
+    finally:
+        os.close(fd)
+
+
+def _new_temporary(path: Path) -> Path:
+    """An empty new file beside `path`, created with mode 0o666 so the kernel applies the
+    umask (mkstemp's files are owner-only, and reading the umask means setting it)."""
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
 
 
 def atomic_save_png(path: str | Path, picture, compress_level: int = 6) -> None:
@@ -35,12 +90,10 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-# Read once: reading it means setting it, and threads writing files at the same time would
-# otherwise see each other's temporary 0.
-_UMASK = _umask()
+def append_line(path: str | Path, line: str) -> None:
+    """Append one line to a log; a failure is a `WriteError` naming the file."""
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+    except OSError as err:
+        raise WriteError(Path(path), err) from None

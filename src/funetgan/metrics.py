@@ -4,9 +4,10 @@ Conventions: higher scores are more anomalous; a score (or pixel value) is predi
 anomalous when it is ``>= threshold``. Metrics that are undefined on the given data (one
 class absent, nothing predicted) are ``None``, so results stay JSON-serialisable.
 
-Pixel metrics are computed from histograms of the map values in ``N_BINS`` bins over the
-values' range, accumulated image chunk by image chunk: time is linear in the number of
-pixels and memory stays O(bins + chunk), whatever the size of the test set.
+Pixel metrics are computed from histograms of the map values in at most ``N_BINS`` bins
+whose edges are quantiles of the values (exact when there are no more distinct values than
+bins), accumulated image chunk by image chunk: time is O(pixels x log bins) and memory stays
+O(bins + chunk + sample), whatever the size of the test set.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from sklearn.metrics import auc, average_precision_score, precision_recall_curve
 
 N_BINS = 10_000
 CHUNK_PIXELS = 1 << 20  # pixels per chunk of images; bounds the working memory
+SAMPLE_PIXELS = 1 << 22  # map values (an even stride through all) that place the bin edges
 PRO_FPR_LIMIT = 0.3  # AUPRO is integrated up to this false-positive rate (MVTec AD)
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)  # MVTec AD's definition of a defect region
 
@@ -135,12 +137,25 @@ def _chunks(rows: np.ndarray, image_pixels: int):
     return (rows[i:i + step] for i in range(0, len(rows), step))
 
 
-def _value_range(maps: np.ndarray, rows: np.ndarray) -> tuple[float, float]:
-    lows, highs = zip(*((maps[c].min(), maps[c].max()) for c in _chunks(rows, maps[0].size)))
-    low, high = float(min(lows)), float(max(highs))
-    if not np.isfinite([low, high]).all():
-        raise ValueError("anomaly maps contain NaN or infinite values")
-    return low, high
+def _bin_edges(maps: np.ndarray, rows: np.ndarray, n_bins: int) -> np.ndarray:
+    """Ascending bin edges, each a map value, the first the minimum: every distinct value when
+    there are at most `n_bins`, else quantiles of the values. Edges spread evenly over the
+    range let one extreme pixel squeeze all others into a few bins (pixel AUROC 0.684 instead
+    of 0.717 in one case); quantile edges give every bin about as many pixels."""
+    total = len(rows) * maps[0].size
+    stride = -(-total // SAMPLE_PIXELS)
+    parts, low = [], np.inf
+    for chunk in _chunks(rows, maps[0].size):
+        values = maps[chunk].ravel()
+        if not np.isfinite(values).all():
+            raise ValueError("anomaly maps contain NaN or infinite values")
+        low = min(low, values.min())
+        parts.append(values[::stride])
+    sample = np.concatenate(parts)
+    edges = np.unique(sample)
+    if len(edges) > n_bins:
+        edges = np.unique(np.quantile(sample, np.linspace(0, 1, n_bins), method="lower"))
+    return np.unique(np.r_[np.asarray(low, edges.dtype), edges])  # the sample may miss the minimum
 
 
 def _region_weights(truth: np.ndarray) -> tuple[np.ndarray, int]:
@@ -156,28 +171,33 @@ def _region_weights(truth: np.ndarray) -> tuple[np.ndarray, int]:
 
 
 def pixel_curves(maps: np.ndarray, masks: np.ndarray | None = None,
-                 has_mask: np.ndarray | None = None, n_bins: int = N_BINS) -> PixelCurves:
+                 has_mask: np.ndarray | None = None, n_bins: int = N_BINS,
+                 region: np.ndarray | None = None) -> PixelCurves:
     """Binned ROC/PR/PRO curves of `maps` (N x S x S) against `masks` (N x S x S bool; None:
-    every pixel is normal), over the images where `has_mask` is true (None: all)."""
+    every pixel is normal), over the images where `has_mask` is true (None: all) and, with
+    `region` (N x H x W bool, e.g. the lung), over its pixels only. The thresholds are the
+    bin edges (`_bin_edges`)."""
     rows = np.arange(len(maps)) if has_mask is None else np.flatnonzero(has_mask)
     if len(rows) == 0:
         raise ValueError("pixel curves need at least one image with pixel truth")
-    low, high = _value_range(maps, rows)
-    bins_per_unit = n_bins / ((high - low) or 1.0)
+    edges = _bin_edges(maps, rows, n_bins)
+    n_bins = len(edges)
     counts = np.zeros(2 * n_bins)  # (normal, anomalous) pixel counts per bin, interleaved
     overlap = np.zeros(n_bins)
     n_regions = 0
     for chunk in _chunks(rows, maps[0].size):
-        bins = np.minimum(((maps[chunk] - low) * bins_per_unit).astype(np.int64), n_bins - 1)
+        bins = np.searchsorted(edges, maps[chunk], side="right") - 1  # the last edge <= the value
         truth = np.zeros(bins.shape, bool) if masks is None else masks[chunk].astype(bool)
-        counts += np.bincount((2 * bins + truth).ravel(), minlength=2 * n_bins)
-        weights, regions = _region_weights(truth)
-        overlap += np.bincount(bins.ravel(), weights=weights.ravel(), minlength=n_bins)
-        n_regions += regions
+        inside = np.ones(bins.shape, bool) if region is None else np.asarray(region[chunk], bool)
+        truth &= inside
+        counts += np.bincount((2 * bins + truth)[inside], minlength=2 * n_bins)
+        weights, found = _region_weights(truth)
+        overlap += np.bincount(bins[inside], weights=weights[inside], minlength=n_bins)
+        n_regions += found
     negatives, positives = counts[0::2], counts[1::2]
     top_down = slice(None, None, -1)
     return PixelCurves(
-        thresholds=(low + np.arange(n_bins) / bins_per_unit)[top_down],
+        thresholds=edges[top_down].astype(np.float64),
         true_pos=np.cumsum(positives[top_down]),
         false_pos=np.cumsum(negatives[top_down]),
         region_overlap=np.cumsum(overlap[top_down]) / max(n_regions, 1),
@@ -186,19 +206,20 @@ def pixel_curves(maps: np.ndarray, masks: np.ndarray | None = None,
     )
 
 
-def pixel_metrics(maps, masks, threshold: float, sizes=None, has_mask=None) -> dict:
+def pixel_metrics(maps, masks, threshold: float, sizes=None, has_mask=None, region=None) -> dict:
     """Segmentation metrics of anomaly maps against ground-truth masks.
 
-    Only images where `has_mask` is true count (None: all). Dice and IoU are micro-averaged:
+    Only images where `has_mask` is true count (None: all), and only the pixels of `region`
+    (N x S x S bool; None: all). Dice and IoU are micro-averaged:
     true/false positives and false negatives are summed over all pixels of those images,
     then combined once (normal images add only false positives). Hausdorff distance is the
     mean over anomalous images with a predicted region, in pixels of the original image
     (`sizes`, N x 2 (H, W); None: model-size pixels).
     """
     maps, masks = np.asarray(maps), np.asarray(masks, bool)
-    curves = pixel_curves(maps, masks, has_mask)
+    curves = pixel_curves(maps, masks, has_mask, region=region)
     rows = np.arange(len(maps)) if has_mask is None else np.flatnonzero(has_mask)
-    overlap = _overlap_at(maps, masks, rows, threshold, sizes)
+    overlap = _overlap_at(maps, masks, rows, threshold, sizes, region)
     defined = curves.defined
     return {
         "auroc": curves.auroc() if defined else None,
@@ -210,12 +231,14 @@ def pixel_metrics(maps, masks, threshold: float, sizes=None, has_mask=None) -> d
     }
 
 
-def _overlap_at(maps, masks, rows, threshold, sizes) -> dict:
+def _overlap_at(maps, masks, rows, threshold, sizes, region=None) -> dict:
     """Micro Dice and IoU, and mean Hausdorff distance, of the masks predicted at `threshold`."""
     tp = fp = fn = 0
     distances = []
     for chunk in _chunks(rows, maps[0].size):
         predicted, truth = maps[chunk] >= threshold, masks[chunk]
+        if region is not None:
+            predicted, truth = predicted & region[chunk], truth & region[chunk]
         tp += int(np.count_nonzero(predicted & truth))
         fp += int(np.count_nonzero(predicted & ~truth))
         fn += int(np.count_nonzero(~predicted & truth))
@@ -242,8 +265,10 @@ def hausdorff_distance(a: np.ndarray, b: np.ndarray, spacing=(1.0, 1.0)) -> floa
     return float(max(to_b[a].max(), to_a[b].max()))
 
 
-def evaluate(scores, maps, imageset, image_threshold: float, pixel_threshold: float) -> dict:
+def evaluate(scores, maps, imageset, image_threshold: float, pixel_threshold: float,
+             region=None) -> dict:
     """All metrics of a test set: overall, and each anomalous kind against the normals.
+    Pixel metrics count only the pixels of `region` (N x S x S bool, e.g. the lung; None: all).
 
     ``{"image": ..., "pixel": ..., "per_kind": {kind: {"image": ..., "pixel": ...}}}``; a
     "pixel" entry is there only when some of its anomalous images have pixel truth.
@@ -256,7 +281,7 @@ def evaluate(scores, maps, imageset, image_threshold: float, pixel_threshold: fl
         result = {"image": image_metrics(scores[rows], labels[rows], image_threshold)}
         if (truth & rows & (labels == 1)).any():
             result["pixel"] = pixel_metrics(maps, imageset.masks, pixel_threshold,
-                                            imageset.sizes, truth & rows)
+                                            imageset.sizes, truth & rows, region)
         return result
 
     result = metrics_of(np.ones(len(labels), bool))

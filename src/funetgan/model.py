@@ -8,6 +8,7 @@ import torch
 
 from . import checkpoint
 from .config import Config
+from .data import check_batch, held_out
 from .data.base import ImageSet
 from .export import PARITY_TOLERANCE, export_onnx
 from .files import CHECKPOINT_FILE, MODEL_FILE
@@ -30,12 +31,15 @@ class FUNetGAN(Scorer):
     def __init__(self, config: Config | None = None, runtime: Runtime | None = None):
         self.config = cfg = (config or Config()).validate()
         self.runtime = runtime or setup(cfg.device, cfg.amp, cfg.channels_last)
-        torch.manual_seed(cfg.seed)  # the same initial weights on every process
         m = cfg.model
-        self.G = self.runtime.place(Generator(m.image_size, m.channels, m.width, m.z_dim, m.attn_max_size))
-        self.D = self.runtime.place(Discriminator(m.image_size, m.channels, m.width, m.variant, m.attn_max_size,
-                                                  pixel_head=m.critic_head == "unet", sn=m.d_spectral_norm))
-        self.E = self.runtime.place(Encoder(m.image_size, m.channels, m.width, m.z_dim))
+        # The same initial weights on every process, from a seeded copy of torch's global
+        # generator: the caller's random state is left as it was.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            self.G = self.runtime.place(Generator(m.image_size, m.channels, m.width, m.z_dim, m.attn_max_size))
+            self.D = self.runtime.place(Discriminator(m.image_size, m.channels, m.width, m.variant, m.attn_max_size,
+                                                      pixel_head=m.critic_head == "unet", sn=m.d_spectral_norm))
+            self.E = self.runtime.place(Encoder(m.image_size, m.channels, m.width, m.z_dim))
         for net in (self.G, self.D, self.E):
             self.runtime.sync_parameters(net)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.gan.lr_g, betas=cfg.gan.betas)
@@ -60,6 +64,8 @@ class FUNetGAN(Scorer):
         `val` (or, without one, on `data.val_fraction` of the training normals held out).
         With `run_dir`, writes logs, samples and checkpoints there; `resume` continues from
         its checkpoint."""
+        check_batch(train, val, self.config.batch_size, self.config.data.val_fraction, self.runtime.world_size,
+                    self.config.model.image_size)
         train, val = self._calibration_split(train, val)
         if run_dir is not None:
             Path(run_dir).mkdir(parents=True, exist_ok=True)
@@ -79,9 +85,7 @@ class FUNetGAN(Scorer):
         if val is not None:
             return train, val
         order = np.random.default_rng(self.config.seed).permutation(len(train))
-        n_val = max(1, round(self.config.data.val_fraction * len(train)))
-        if len(train) - n_val < 1:
-            raise ValueError("too few training images to hold out a validation split")
+        n_val = held_out(len(train), self.config.data.val_fraction)
         return train.subset(np.sort(order[n_val:])), train.subset(np.sort(order[:n_val]))
 
     # ---- scoring (tiling, normalisation, blur, image scores: `Scorer`) ---------------------
@@ -101,7 +105,7 @@ class FUNetGAN(Scorer):
         normal = val.subset(np.flatnonzero(val.labels == 0))
         if len(normal) == 0:
             raise ValueError("validation data has no normal images to calibrate on")
-        self.calibration = {"norms": self.residual_terms(normal.images).means()}
+        self.calibration = {"norms": self.residual_terms(normal.images, region=self.scoring_region(normal)).means()}
         result = self.score(val)
         q = self.config.score.normal_quantile
         labelled = len(np.unique(val.labels)) == 2
@@ -109,8 +113,10 @@ class FUNetGAN(Scorer):
             result.scores, val.labels if labelled else None, q)
         has_masks = labelled and val.masks is not None and val.has_mask[val.labels == 1].any()
         with_truth = np.flatnonzero(val.has_mask) if has_masks else np.flatnonzero(val.labels == 0)
+        region = self.scoring_region(val)
         self.calibration["pixel_threshold"] = calibrate_pixel_threshold(
-            result.maps[with_truth], val.masks[with_truth] if has_masks else None, q)
+            result.maps[with_truth], val.masks[with_truth] if has_masks else None, q,
+            None if region is None else region[with_truth])
         self.calibration["validation"] = {"images": len(val), "anomalous": int((val.labels == 1).sum()),
                                           "rule": "f1-optimal" if labelled else f"normal quantile {q}"}
         return self.calibration

@@ -42,15 +42,20 @@ TRUTH_COLOR = (40, 255, 40)
 N_EXAMPLES = 12  # images per example section of the report
 SCORE_COLUMNS = ["path", "label", "kind", "score", "predicted", "anomalous_fraction", "name"]
 PREDICTION_COLUMNS = ["path", "score", "predicted", "anomalous_fraction", "name"]
+VOLUME_COLUMNS = ["volume", "path", "slices", "label", "score", "predicted", "lesion_ml", "predicted_ml",
+                  "dice", "iou"]
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 def write_test_outputs(out_dir, imageset, scores, maps, metrics: dict, image_threshold: float,
-                       pixel_threshold: float, settings: dict, outputs: Outputs | None = None) -> dict:
+                       pixel_threshold: float, settings: dict, volumes: list[dict] | None = None,
+                       outputs: Outputs | None = None) -> dict:
     """The outputs of a labelled test run that `outputs` asks for (default: all of them, for
-    every image; see the module docstring). The seconds spent on the per-image files and the
-    table ("files_seconds") and on the plots and report ("report_seconds") are added to
-    `metrics["timing"]`, and metrics.json is written last, with them. Returns `metrics`."""
+    every image; see the module docstring); with `volumes` (rows of volumes.volume_results),
+    also volumes.csv and a per-patient section in the report. The seconds spent on the
+    per-image files and the tables ("files_seconds") and on the plots and report
+    ("report_seconds") are added to `metrics["timing"]`, and metrics.json is written last,
+    with them. Returns `metrics`."""
     outputs = outputs or Outputs()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -58,25 +63,35 @@ def write_test_outputs(out_dir, imageset, scores, maps, metrics: dict, image_thr
     color_max = heat_scale(maps)
     scores = np.asarray(scores, float)
     groups = example_groups(imageset.labels, scores, image_threshold) if outputs.report else []
-    examples = np.concatenate([shown for _, shown, _ in groups]).astype(int) if groups else None
+    examples = None
+    if outputs.report:  # what the report shows: its examples and each volume's top slices
+        shown = [index for _, index, _ in groups] + [np.asarray(v["top_rows"], int) for v in volumes or []]
+        examples = np.unique(np.concatenate(shown).astype(int))
     overlays = outputs.images("overlays", scores, image_threshold, examples)
-    if examples is not None:  # the report shows these: their overlays come with it
+    if examples is not None:  # their overlays come with the report
         overlays = np.union1d(overlays, examples)
     rows = _write_image_outputs(out, imageset, scores, maps, image_threshold, pixel_threshold, color_max,
                                 outputs.images("masks", scores, image_threshold, examples), overlays)
     if outputs.scores:
         atomic_write_text(out / "scores.csv", _csv(rows, SCORE_COLUMNS))
+        if volumes:
+            write_volume_table(out, volumes)
     timing = metrics.setdefault("timing", {})
     timing["files_seconds"] = round(time.perf_counter() - started, 3)
     started = time.perf_counter()
     if outputs.report:
         plots = _write_plots(out / "plots", imageset, scores, maps, metrics)
-        page = _render_report(metrics, rows, plots, settings, imageset.notes, color_max, groups, outputs)
+        page = _render_report(metrics, rows, plots, settings, imageset.notes, color_max, groups, outputs, volumes)
         atomic_write_text(out / "report.html", page)
     timing["report_seconds"] = round(time.perf_counter() - started, 3)
     if outputs.metrics:
         atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
     return metrics
+
+
+def write_volume_table(out_dir, volumes: list[dict]) -> None:
+    """volumes.csv: one row per volume (patient)."""
+    atomic_write_text(Path(out_dir) / "volumes.csv", _csv(volumes, VOLUME_COLUMNS))
 
 
 def write_predictions(out_dir, imageset, scores, maps, image_threshold: float,
@@ -370,9 +385,41 @@ def _file_links(outputs: Outputs) -> str:
     return ", ".join(links)
 
 
+_VOLUME_METRICS = [("auroc", "AUROC"), ("ap", "average precision"), ("f1", "F1 at threshold"),
+                   ("sensitivity", "sensitivity"), ("specificity", "specificity")]
+
+
+def _volume_section(summary: dict, volumes: list[dict], rows: list[dict]) -> str:
+    """Per patient: detection over volumes, then each volume's figures and a strip of its
+    most anomalous slices, most anomalous volume first."""
+    detection = summary.get("detection", {})
+    overall = [[title, _number(detection.get(key))] for key, title in _VOLUME_METRICS]
+    overall += [["3-D Dice (mean over volumes with lesion)", _number(summary.get("dice_mean"))],
+                ["3-D IoU (mean over volumes with lesion)", _number(summary.get("iou_mean"))],
+                ["lesion volume |predicted - true|, mean ml", _number(summary.get("lesion_ml_abs_error_mean"))]]
+    parts = [f"<h2>Per patient ({len(volumes)} volumes)</h2>",
+             f'<p class="note">Volume score: {html.escape(summary.get("score", ""))}. Files: '
+             '<a href="volumes.csv">volumes.csv</a>, volumes/ (NIfTI maps and masks on each '
+             "scan's grid).</p>", _table(["metric", "volumes"], overall)]
+    for volume in sorted(volumes, key=lambda v: v["score"], reverse=True):
+        label = {1: "lesion", 0: "no lesion", -1: "unlabelled"}[volume["label"]]
+        parts.append(
+            f"<h3>{html.escape(volume['volume'])}: score {volume['score']:.4g} "
+            f"({'flagged' if volume['predicted'] else 'not flagged'}), {label}, {volume['slices']} slices, "
+            f"lesion {_number(volume['lesion_ml'])} ml true / {volume['predicted_ml']:.4g} ml predicted, "
+            f"Dice {_number(volume['dice'])}</h3>")
+        parts.append('<div class="examples">' + "".join(
+            f'<figure><a href="overlays/{rows[i]["name"]}.png"><img src="overlays/{rows[i]["name"]}.png" '
+            f'alt="{html.escape(rows[i]["name"])}" loading="lazy"></a><figcaption>'
+            f'{html.escape(rows[i]["path"])}, score {rows[i]["score"]:.4g}</figcaption></figure>'
+            for i in volume["top_rows"]) + "</div>")
+    return "\n".join(parts)
+
+
 def _render_report(metrics: dict, rows: list[dict], plots: list[tuple[str, str]],
                    settings: dict, notes: list[str], color_max: float,
-                   groups: list[tuple[str, np.ndarray, int]], outputs: Outputs) -> str:
+                   groups: list[tuple[str, np.ndarray, int]], outputs: Outputs,
+                   volumes: list[dict] | None = None) -> str:
     image = metrics["image"]
     counts = image["counts"]
     # A JSON round trip turns tuples, paths and numbers into plain YAML-able values.
@@ -386,6 +433,8 @@ def _render_report(metrics: dict, rows: list[dict], plots: list[tuple[str, str]]
         f"{_file_links(outputs)}.</p>",
         "<h2>Metrics</h2>", _metrics_table(metrics),
     ]
+    if "scored_pixels" in metrics:
+        parts.append(f'<p class="note">Pixels scored: {html.escape(metrics["scored_pixels"])}.</p>')
     if metrics["per_kind"]:
         parts += ["<h2>Per kind</h2>", _per_kind_table(metrics["per_kind"])]
     parts += ["<h2>Plots</h2><div class=\"plots\">"]
@@ -397,6 +446,8 @@ def _render_report(metrics: dict, rows: list[dict], plots: list[tuple[str, str]]
         "same for every image) | predicted mask (red) | ground truth (green, when known).</p>",
         _example_sections(rows, groups),
     ]
+    if volumes:
+        parts += [_volume_section(metrics.get("volume", {}), volumes, rows)]
     if notes:
         parts += ["<h2>Data notes</h2><ul>"]
         parts += [f"<li>{html.escape(note)}</li>" for note in notes] + ["</ul>"]

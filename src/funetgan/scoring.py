@@ -4,6 +4,9 @@ With r = G(E(x)):
   pixel map   A = |x - r| / m_r + kappa * |f_p(x) - f_p(r)| / m_f        (then Gaussian blur)
   image score s = mse(x, r) / m_i + kappa * mse(f_g(x), f_g(r)) / m_g     ("izif"), or the max /
               top-k mean of A.
+With a scoring region (the lung of CT slices, `score.lung_only`), the pixel terms and the
+image residual count only its pixels and the map is 0 outside it; D's global features still
+see the whole image.
 The m_* are the means of each term over validation normals. METHOD.md adds the raw terms;
 dividing by their normal level first makes kappa a relative weight whatever the scale D's
 features happen to have after training (which varies from run to run by orders of magnitude).
@@ -37,9 +40,27 @@ class Terms:
     pixel_features: np.ndarray
     image_residual: np.ndarray
     image_features: np.ndarray
+    region: np.ndarray | None = None  # N x H x W bool: the pixels that count (None: all)
 
     def means(self) -> dict[str, float]:
-        return {name: float(np.mean(getattr(self, name), dtype=np.float64)) for name in TERMS}
+        """Mean of each term; pixel terms over the region's pixels only."""
+        means = {name: float(np.mean(getattr(self, name), dtype=np.float64)) for name in TERMS}
+        if self.region is not None:
+            pixels = max(int(self.region.sum()), 1)
+            for name in ("pixel_residual", "pixel_features"):
+                means[name] = float(getattr(self, name).sum(dtype=np.float64) / pixels)
+        return means
+
+
+def restrict(terms: Terms, region: np.ndarray) -> Terms:
+    """`terms` counting only `region`'s pixels: pixel terms 0 outside it and the image residual
+    the mean squared residual inside it (one value per image; for grey images, as CT is, the
+    squared per-pixel residual is exactly the image mse's summand)."""
+    inside = region.astype(np.float32)
+    area = np.maximum(inside.reshape(len(inside), -1).sum(1), 1)
+    squared = (terms.pixel_residual ** 2 * inside).reshape(len(inside), -1).sum(1, dtype=np.float64)
+    return Terms(pixel_residual=terms.pixel_residual * inside, pixel_features=terms.pixel_features * inside,
+                 image_residual=(squared / area)[:, None], image_features=terms.image_features, region=region)
 
 
 @dataclass
@@ -60,21 +81,31 @@ class Scorer:
         """The raw residual terms of uint8 B x S x S x C tiles (a `tiling.TileScorer`)."""
         raise NotImplementedError
 
-    def residual_terms(self, images: np.ndarray, batch_size: int | None = None) -> Terms:
+    def residual_terms(self, images: np.ndarray, batch_size: int | None = None,
+                       region: np.ndarray | None = None) -> Terms:
         """The raw residual terms of E, G and D on uint8 `images`: what `score` combines, so
         several scoring settings can be compared on one pass of the networks. Images larger
-        than the model are scored tile by tile (`tiling`), `batch_size` tiles at a time."""
+        than the model are scored tile by tile (`tiling`), `batch_size` tiles at a time.
+        `region` (N x H x W bool): the pixels that count (see `scoring_region`)."""
         maps, values = tiling.score_tiled(images, self.config.model.image_size, tile_stride(self.config),
                                           batch_size or self.config.score.batch_size, self._score_tiles)
-        return Terms(**maps, **values)
+        terms = Terms(**maps, **values)
+        return terms if region is None else restrict(terms, region)
+
+    def scoring_region(self, images: ImageSet) -> np.ndarray | None:
+        """The pixels that are scored: the lung of CT slices that have a lung mask, under
+        `score.lung_only`; None: every pixel."""
+        return images.lung if self.config.score.lung_only else None
 
     def score(self, images: ImageSet | np.ndarray, batch_size: int | None = None) -> Scores:
-        """Image scores and anomaly maps; needs a calibrated model (after fit or load)."""
+        """Image scores and anomaly maps; needs a calibrated model (after fit or load). For
+        an ImageSet with lung masks, only the lung is scored (`scoring_region`)."""
         if not self.calibration:
             raise RuntimeError("the model is not calibrated: fit it, or load a trained run")
         array = images.images if isinstance(images, ImageSet) else images
         self._check_images(array)
-        return self.scores_from_terms(self.residual_terms(array, batch_size))
+        region = self.scoring_region(images) if isinstance(images, ImageSet) else None
+        return self.scores_from_terms(self.residual_terms(array, batch_size, region))
 
     def scores_from_terms(self, terms: Terms, settings: ScoreConfig | None = None) -> Scores:
         """Scores and maps from `residual_terms` under `settings` (default: the model's)."""
@@ -111,6 +142,8 @@ def combine(terms: Terms, norms: dict[str, float], cfg: ScoreConfig, image_size:
     if cfg.kappa:
         maps = maps + np.float32(cfg.kappa) * scaled("pixel_features").astype(np.float32)
     maps = gaussian_blur(maps, blur_sigma(cfg, image_size))
+    if terms.region is not None:
+        maps = maps * terms.region  # the blur spreads values over the region's edge
     if cfg.image_score == "izif":
         per_tile = scaled("image_residual") + cfg.kappa * scaled("image_features")
         scores = per_tile.max(1) if cfg.tile_reduce == "max" else per_tile.mean(1)

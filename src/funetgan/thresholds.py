@@ -29,14 +29,18 @@ def calibrate_image_threshold(val_scores, val_labels=None, normal_quantile: floa
     return float(np.quantile(normal, normal_quantile))
 
 
-def calibrate_pixel_threshold(val_maps, val_masks=None, normal_quantile: float = 0.99) -> float:
+def calibrate_pixel_threshold(val_maps, val_masks=None, normal_quantile: float = 0.99,
+                              region=None) -> float:
     """F1-optimal pixel threshold when `val_masks` (N x S x S bool; normal images all False)
     mark anomalous pixels, else the quantile of the pixel values (all normal). Both are read
-    from binned histograms, so accurate to one bin (1/10,000 of the value range)."""
-    curves = pixel_curves(np.asarray(val_maps), val_masks)
+    from the binned curves of `pixel_curves`: exact up to 10,000 distinct values, else to
+    one bin of quantile edges (1/10,000 of the pixels), whatever the outliers.
+    With `region` (N x H x W bool), only its pixels count."""
+    curves = pixel_curves(np.asarray(val_maps), val_masks, region=region)
     if curves.defined:
         return float(curves.thresholds[np.argmax(curves.f1)])
     # Lowest threshold that flags no more than 1 - normal_quantile of the normal pixels.
     # (thresholds descend, so the allowed ones are a prefix; the top bin when none is).
-    allowed = curves.false_pos <= (1 - normal_quantile) * curves.negatives
+    # (1 - 0.9) * 50 is 4.999...: round the allowance so that exactly 10 % counts as allowed.
+    allowed = curves.false_pos <= round((1 - normal_quantile) * curves.negatives, 9)
     return float(curves.thresholds[max(np.count_nonzero(allowed) - 1, 0)])

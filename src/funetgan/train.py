@@ -2,7 +2,11 @@
 samples, checkpoints). Stage 1 trains G and D; stage 2 trains E with G and D frozen."""
 from __future__ import annotations
 
+import contextlib
 import json
+import math
+import signal
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,9 +17,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from . import tiling
-from .nn.tensors import to_tensor, to_uint8
-from .files import atomic_save_png
+from .files import append_line, atomic_save_png
 from .losses import critic_loss, encoder_loss, generator_loss, warmup_loss
+from .nn.tensors import to_tensor, to_uint8
 from .runtime import Runtime
 
 
@@ -36,10 +40,7 @@ class BatchSource:
         height, width = images.shape[1:3]
         self.patch = patch if patch is not None and (height, width) != (patch, patch) else None
         self.draws = tiling.patches_per_image(height, width, self.patch) if self.patch else 1
-        self.per_epoch = (len(images) * self.draws // runtime.world_size) // batch_size
-        if self.per_epoch < 1:
-            raise ValueError(f"{len(images)} training images are fewer than one batch of {batch_size} "
-                             f"per process; lower batch_size")
+        self.per_epoch = (len(images) * self.draws // runtime.world_size) // batch_size  # >= 1: data.check_batch
         self._epoch, self._order = -1, None
 
     def batch(self, index: int) -> torch.Tensor:
@@ -79,10 +80,57 @@ class BatchSource:
         return to_tensor(images, self.runtime.device)
 
 
+class TrainingStopped(Exception):
+    """SIGTERM or SIGINT stopped training at a step boundary, after a checkpoint."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+
+
+class TrainingDiverged(ValueError):
+    """Losses or weights became NaN or infinite; nothing non-finite was saved."""
+
+
+# What each stage's optimisers step, for the advice when a stage diverges.
+LEARNING_RATES = {"warmup": "gan.lr_g and encoder.lr", "gan": "gan.lr_d and gan.lr_g", "encoder": "encoder.lr"}
+
+
+class StopSignals:
+    """While a stage runs, SIGTERM (what Slurm and Kubernetes send before killing a job) and
+    SIGINT (Ctrl-C) are noted rather than acted on, so the loop stops between two steps and
+    saves a checkpoint. A second signal gets the usual behaviour (a second Ctrl-C interrupts
+    at once). Signal handlers exist only in the main thread; elsewhere nothing changes."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __enter__(self) -> "StopSignals":
+        self.received = 0
+        self.previous = {}
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {s: signal.signal(s, self._note) for s in self.SIGNALS}
+        return self
+
+    def _note(self, signum: int, frame) -> None:
+        self.received = signum
+        self._restore()
+
+    def _restore(self) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+    def __exit__(self, *exc) -> None:
+        self._restore()
+
+
 class Stage:
     """Runs `step_fn(step) -> stats` from the saved step to `total`, within `max_minutes`
     (time already spent before a resume counts), with a progress bar, a JSONL log, periodic
-    samples and checkpoints. Ctrl-C saves a checkpoint before stopping."""
+    samples and checkpoints. SIGTERM or SIGINT (on any process) stops every process after the
+    same step, with a checkpoint. Non-finite losses or weights, checked at each log step, stop
+    training with `TrainingDiverged`."""
+
+    BUDGET = 1  # reasons to stop; a signal's number (2, 15) outranks the budget across ranks
 
     def __init__(self, name: str, total: int, max_minutes: float | None, trainer: "Trainer"):
         self.name, self.total, self.max_minutes, self.trainer = name, total, max_minutes, trainer
@@ -99,12 +147,19 @@ class Stage:
                    desc=f"{self.name} (budget {self.max_minutes:.3g} min)" if timed else self.name,
                    dynamic_ncols=True, leave=True)
         step = start
-        try:
+        with StopSignals() as signals, contextlib.closing(bar):
             while step < self.total:
                 elapsed = spent + time.monotonic() - began
-                if t.runtime.any_rank(self.max_minutes is not None and elapsed >= 60 * self.max_minutes):
+                over_budget = timed and elapsed >= 60 * self.max_minutes
+                stop = t.runtime.max_rank(signals.received or (self.BUDGET if over_budget else 0))
+                if stop == self.BUDGET:
                     bar.write(f"{self.name}: time budget of {self.max_minutes:.3g} min reached at step {step}")
                     break
+                if stop:
+                    t.checkpoint()
+                    saved = f"checkpoint saved in {t.run_dir}" if t.run_dir is not None else "no run folder"
+                    raise TrainingStopped(f"stopped by {signal.Signals(stop).name} at {self.name} step {step}; "
+                                          f"{saved}", stop)
                 stats = step_fn(step)
                 step += 1
                 state["step"], state["seconds"] = step, spent + time.monotonic() - began
@@ -113,18 +168,21 @@ class Stage:
                     values = {k: round(float(v), 5) for k, v in stats.items()}
                     bar.set_postfix({k: f"{v:.3g}" for k, v in values.items()}, refresh=False)
                     t.log({"stage": self.name, "step": step, "seconds": round(state["seconds"], 2), **values})
+                    self.check_finite(values)
                 if step % cfg.sample_every == 0:
                     sample_fn(step)
                 if step % cfg.checkpoint_every == 0:
                     t.checkpoint()
-        except KeyboardInterrupt:
-            t.checkpoint()
-            bar.write(f"interrupted: checkpoint saved at {self.name} step {step}; continue with --resume")
-            raise
-        finally:
-            bar.close()
         if step > start:
             sample_fn(step)
+
+    def check_finite(self, losses: dict[str, float]) -> None:
+        """Raise `TrainingDiverged` on every process when a loss (on any) or a weight is not finite."""
+        t = self.trainer
+        bad = [name for name, value in losses.items() if not math.isfinite(value)]
+        bad += [] if t.finite_weights() else ["weights"]
+        if t.runtime.any_rank(bool(bad)):
+            raise t.diverged(", ".join(bad) or "losses on another process")
 
 
 class Trainer:
@@ -141,12 +199,30 @@ class Trainer:
 
     def log(self, record: dict) -> None:
         if self.run_dir is not None and self.runtime.is_main:
-            with open(self.run_dir / "log.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
+            append_line(self.run_dir / "log.jsonl", json.dumps(record))
 
     def checkpoint(self) -> None:
-        if self.run_dir is not None and self.runtime.is_main:
+        """Save a checkpoint (rank 0), never one with non-finite weights: every process checks
+        (their weights are identical) and raises `TrainingDiverged` instead."""
+        if self.run_dir is None:
+            return
+        if not self.finite_weights():
+            raise self.diverged("weights")
+        if self.runtime.is_main:
             self.model.save_checkpoint(self.run_dir / "checkpoint.safetensors")
+
+    def finite_weights(self) -> bool:
+        """One device-to-host sync for all parameters, not one per tensor."""
+        nets = (self.model.G, self.model.D, self.model.E)
+        return bool(torch.stack([torch.isfinite(p).all() for net in nets for p in net.parameters()]).all())
+
+    def diverged(self, what: str) -> TrainingDiverged:
+        state = self.model.state
+        saved = self.run_dir / "checkpoint.safetensors" if self.run_dir is not None else None
+        kept = f"; the last checkpoint ({saved}) keeps finite weights" if saved and saved.exists() else ""
+        return TrainingDiverged(f"training diverged in stage {state['stage']} at step {state['step']} "
+                                f"(non-finite {what}){kept}; start again with lower "
+                                f"{LEARNING_RATES[state['stage']]} (--overwrite)")
 
     def fit(self) -> None:
         state = self.model.state
@@ -289,11 +365,8 @@ class Trainer:
     def save_gan_samples(self, step: int) -> None:
         if self.run_dir is None or not self.runtime.is_main:
             return
-        was_training = self.model.G.training
-        self.model.G.eval()
-        with self.runtime.autocast():
+        with evaluating(self.model.G), self.runtime.autocast():
             images = self.model.G(self.sample_z).float()
-        self.model.G.train(was_training)
         save_grid(self.run_dir / "samples" / f"gan_{step:06d}.png", to_uint8(images), columns=8)
 
     @torch.no_grad()
@@ -302,11 +375,27 @@ class Trainer:
             return
         warmup = self.model.state["stage"] == "warmup"
         codes = self.warmup_codes if warmup else self.model.E
-        with self.runtime.autocast():
+        with evaluating(self.model.G, self.model.E), self.runtime.autocast():
             recon = self.model.G(codes(self.sample_real)).float()
         pairs = torch.stack([self.sample_real.float(), recon], 1).flatten(0, 1)  # x, G(E(x)) side by side
         name = f"{'warmup' if warmup else 'recon'}_{step:06d}.png"  # the stages' step counts overlap
         save_grid(self.run_dir / "samples" / name, to_uint8(pairs), columns=8)
+
+
+@contextlib.contextmanager
+def evaluating(*nets: torch.nn.Module):
+    """The networks in eval mode, then back in the modes they were in. Samples are drawn this
+    way so that drawing them changes nothing: in training mode every forward pass of a
+    spectral-normed layer advances its power iteration, so results would depend on
+    `sample_every`, and under torchrun (only rank 0 samples) G's copies would drift apart."""
+    modes = [net.training for net in nets]
+    for net in nets:
+        net.eval()
+    try:
+        yield
+    finally:
+        for net, mode in zip(nets, modes):
+            net.train(mode)
 
 
 def save_grid(path: Path, images: np.ndarray, columns: int) -> None:

@@ -9,21 +9,23 @@ from pathlib import Path
 
 from ..config import DataConfig
 from .base import DataError, ImageSet, Splits
-from .checks import BadFiles, MissingDependency, check_batch
+from .checks import BadFiles, MissingDependency, check_batch, held_out
 from .ct import is_ct_dataset, load_ct, volume_slices
 from .folder import find_folder_dataset, load_folder, mvtec_categories
 from .idx import has_idx, load_idx
 from .images import Entry, fit_image, fit_mask, load_files, read_image, read_mask
-from .medical import is_nifti
+from .medical import is_dicom_series, is_nifti
+from .msd import is_msd_dataset, load_msd
 
 __all__ = [
-    "DataError", "ImageSet", "MissingDependency", "Splits", "check_batch", "fit_image",
+    "DataError", "ImageSet", "MissingDependency", "Splits", "check_batch", "fit_image", "held_out",
     "fit_mask", "load_dataset", "load_unlabelled", "mvtec_categories", "read_image",
     "read_mask",
 ]
 
 LAYOUTS = ("train/ (+ test/, val/, masks/ or ground_truth/), an MVTec AD category or root, "
-           "MNIST-style IDX files, or ct_scans/ + infection_mask/")
+           "MNIST-style IDX files, ct_scans/ + infection_mask/, or a Medical Segmentation Decathlon "
+           "task (dataset.json + imagesTr/ + labelsTr/)")
 
 
 def __getattr__(name: str):
@@ -45,6 +47,8 @@ def load_dataset(path: str | Path, image_size: int | None = 64, channels: int = 
                         f"a dataset is a folder with {LAYOUTS}")
     if is_ct_dataset(root):
         return load_ct(root, image_size, channels, options)
+    if is_msd_dataset(root):
+        return load_msd(root, image_size, channels, options)
     if has_idx(root):
         return load_idx(root, image_size, channels, options)
     folder = find_folder_dataset(root, options.category)
@@ -57,12 +61,14 @@ def load_unlabelled(paths: list[str], image_size: int | None, channels: int,
                     options: DataConfig | None = None) -> ImageSet:
     """Images to score without labels (labels -1, kinds "unknown"): image or DICOM files,
     folders of them (searched recursively, so a DICOM series gives its slice files) and
-    NIfTI volumes (every axial slice). Image files come first, then each volume's slices."""
+    NIfTI volumes and DICOM series folders (every axial slice of each). Image files come
+    first, then each volume's slices."""
     options = options or DataConfig()
     _check_shape(image_size, channels)
     files, volumes = [], []
-    for file in (file for path in paths for file in _files_under(Path(path))):
-        (volumes if is_nifti(file) else files).append(file)
+    for path in paths:
+        for file in _files_under(Path(path)):
+            (volumes if is_nifti(file) or file.is_dir() else files).append(file)
     if not files and not volumes:
         raise DataError(f"no files to score in {', '.join(map(str, paths))}")
     bad = BadFiles(options.on_bad_file)
@@ -79,11 +85,15 @@ def load_unlabelled(paths: list[str], image_size: int | None, channels: int,
 
 
 def _files_under(path: Path) -> list[Path]:
+    """Files under `path`, with each DICOM series folder in place of its files."""
     if not path.exists():
         raise DataError(f"{path}: no such file or folder")
     if not path.is_dir():
         return [path]
-    return sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+    series = [folder for folder in [path, *path.rglob("*")] if folder.is_dir() and is_dicom_series(folder)]
+    files = (p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")
+             and p.parent not in series)
+    return sorted([*files, *series])
 
 
 def _check_shape(image_size: int | None, channels: int) -> None:

@@ -8,9 +8,14 @@ reading data for the ONNX runtime path must not need it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+if TYPE_CHECKING:
+    from .medical import Geometry
+
+SLICE_MARK = "#z="  # paths of volume slices: "<volume file or folder>#z=<slice index>"
 
 class DataError(ValueError):
     """Bad or missing input data; the message names the file(s) and the problem."""
@@ -26,6 +31,10 @@ class ImageSet:
     masks: np.ndarray | None = None  # N x H x W bool pixel truth, or None: no pixel truth
     has_mask: np.ndarray | None = None  # N bool: which rows of `masks` are real truth
     notes: list[str] = field(default_factory=list)  # warnings for the user (skipped files, ...)
+    # Slices of volumes: each volume's geometry by its source path (the part of `paths`
+    # before "#z="), and where known the lung, N x S x S bool (the region that is scored).
+    volumes: dict[str, Geometry] = field(default_factory=dict)
+    lung: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.images)
@@ -38,22 +47,37 @@ class ImageSet:
                 raise ValueError("ImageSet.masks must be N x H x W, matching the images")
             if self.has_mask is None:
                 self.has_mask = np.ones(n, dtype=bool)
+        if self.lung is not None and self.lung.shape != self.images.shape[:3]:
+            raise ValueError("ImageSet.lung must be N x S x S, matching the images")
 
     def __len__(self) -> int:
         return len(self.images)
 
+    def volume_rows(self) -> dict[str, np.ndarray]:
+        """The rows of each volume's slices, by source path, in slice order."""
+        rows: dict[str, list[tuple[int, int]]] = {}
+        for i, path in enumerate(self.paths):
+            source, mark, z = path.rpartition(SLICE_MARK)
+            if mark and source in self.volumes:
+                rows.setdefault(source, []).append((int(z), i))
+        return {source: np.array([i for _, i in sorted(pairs)]) for source, pairs in rows.items()}
+
     def subset(self, index) -> "ImageSet":
         index = np.asarray(index)
         pick = lambda seq: [seq[i] for i in index]  # noqa: E731
+        paths = pick(self.paths)
+        sources = {path.rpartition(SLICE_MARK)[0] for path in paths}
         return ImageSet(
             images=self.images[index],
             labels=self.labels[index],
-            paths=pick(self.paths),
+            paths=paths,
             kinds=pick(self.kinds),
             sizes=self.sizes[index],
             masks=None if self.masks is None else self.masks[index],
             has_mask=None if self.has_mask is None else self.has_mask[index],
             notes=list(self.notes),
+            volumes={s: g for s, g in self.volumes.items() if s in sources},
+            lung=None if self.lung is None else self.lung[index],
         )
 
     @staticmethod
@@ -75,6 +99,10 @@ class ImageSet:
             masks=masks,
             has_mask=has_mask,
             notes=[n for s in sets for n in s.notes],
+            volumes={k: g for s in sets for k, g in s.volumes.items()},
+            # Images without a lung mask are scored whole.
+            lung=None if all(s.lung is None for s in sets) else np.concatenate(
+                [s.lung if s.lung is not None else np.ones(s.images.shape[:3], bool) for s in sets]),
         )
 
 

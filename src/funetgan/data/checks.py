@@ -7,6 +7,7 @@ from typing import TypeVar
 
 from PIL import UnidentifiedImageError
 
+from ..tiling import patches_per_image
 from .base import DataError, ImageSet, Splits
 
 MAX_LISTED = 10
@@ -76,9 +77,21 @@ class BadFiles:
                       stacklevel=3)
 
 
-def check_batch(splits: Splits, batch_size: int) -> None:
-    """Raise if the training set cannot fill one batch."""
-    count = len(splits.train)
-    if count < batch_size:
-        raise DataError(f"only {count} training image(s), fewer than one batch of {batch_size}: "
-                        f"add images or lower batch_size")
+def held_out(n_train: int, val_fraction: float) -> int:
+    """How many training normals are held out for calibration when there is no validation split."""
+    return max(1, round(val_fraction * n_train))
+
+
+def check_batch(train: ImageSet, val: ImageSet | None, batch_size: int, val_fraction: float,
+                world_size: int = 1, patch: int | None = None) -> None:
+    """Raise unless the training images left after the validation hold-out fill one batch on
+    each of `world_size` processes (the one rule; the CLI checks it before writing anything).
+    Images larger than the model's `patch` count once per patch they hold (`train.BatchSource`
+    draws that many patches from each per epoch)."""
+    count = len(train) - (0 if val is not None else held_out(len(train), val_fraction))
+    draws = patches_per_image(*train.images.shape[1:3], patch) if patch else 1
+    if count * draws // world_size < batch_size:
+        kept = "" if val is not None else f" after holding out {len(train) - count} for validation"
+        processes = f" on each of {world_size} processes" if world_size > 1 else ""
+        raise DataError(f"only {count} training image(s){kept}, fewer than one batch of {batch_size}"
+                        f"{processes}: add images or lower batch_size")

@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from ..config import DataConfig
-from .base import DataError, ImageSet, Splits
+from .base import SLICE_MARK, DataError, ImageSet, Splits
 from .checks import BadFiles, file_list
 from .images import empty_set, fit_images, fit_masks
-from .medical import is_nifti, read_volume, volume_to_uint8
+from .medical import Geometry, is_nifti, read_scan, read_volume, volume_to_uint8
 
 SCANS, LESIONS, LUNGS = "ct_scans", "infection_mask", "lung_mask"
 METADATA = "metadata.csv"  # the Kaggle copy names scans and masks differently and maps them here
@@ -46,8 +46,15 @@ def load_ct(root: Path, size: int, channels: int, options: DataConfig) -> Splits
         raise DataError(f"{root / SCANS}: no CT volumes (.nii, .nii.gz or DICOM series folders)")
     bad = BadFiles(options.on_bad_file)
     volumes = pair_masks(root, scans, bad, options.crop_to_lung)
-    # Split on every scan present, so a volume skipped as bad never moves the others.
-    test_names = split_by_volume(list(scans), options.test_fraction, options.split_seed)
+    return split_volumes(root, volumes, list(scans), size, channels, options, bad)
+
+
+def split_volumes(root: Path, volumes: list[Volume], names: list[str], size: int, channels: int,
+                  options: DataConfig, bad: BadFiles) -> Splits:
+    """Read `volumes` into a train split (the normal slices of the training patients) and a
+    test split (every slice of the test patients). The split is drawn on `names`, every
+    volume present, so a volume skipped as bad never moves the others."""
+    test_names = split_by_volume(names, options.test_fraction, options.split_seed)
     train, test = [], []
     for volume in volumes:
         split = "test" if volume.name in test_names else "train"
@@ -108,9 +115,10 @@ def split_by_volume(names: list[str], test_fraction: float, seed: int) -> set[st
 
 def read_slices(volume: Volume, size: int, channels: int, options: DataConfig) -> ImageSet:
     """All usable axial slices of one volume, labelled by its lesion mask."""
-    scan = read_volume(volume.scan)
+    scan, geometry = read_scan(volume.scan)
     lesion = _read_mask(volume.lesion, scan.shape)
     keep = np.arange(len(scan))
+    lung = None
     if volume.lung is not None:
         lung = _read_mask(volume.lung, scan.shape)
         if not lung.any():
@@ -118,9 +126,12 @@ def read_slices(volume: Volume, size: int, channels: int, options: DataConfig) -
         keep = np.flatnonzero(lung.any(axis=(1, 2)))
         if options.crop_to_lung:
             rows, cols = _bounding_box(lung.any(axis=0))
-            scan, lesion = scan[:, rows, cols], lesion[:, rows, cols]
+            scan, lesion, lung = scan[:, rows, cols], lesion[:, rows, cols], lung[:, rows, cols]
+            geometry = replace(geometry, box=(rows.start, rows.stop, cols.start, cols.stop))
     grey, in_hu = volume_to_uint8(scan, options.hu_window)
-    slices = slices_to_set(grey[keep], keep, volume.scan, size, channels)
+    slices = slices_to_set(grey[keep], keep, volume.scan, geometry, size, channels)
+    if lung is not None:
+        slices.lung = fit_masks(lung[keep], size)
     slices.labels = lesion[keep].any(axis=(1, 2)).astype(np.int64)
     slices.kinds = ["lesion" if label else "good" for label in slices.labels]
     slices.masks = fit_masks(lesion[keep], size)
@@ -133,18 +144,21 @@ def read_slices(volume: Volume, size: int, channels: int, options: DataConfig) -
 
 def volume_slices(path: Path, size: int, channels: int, hu_window: tuple[float, float]) -> ImageSet:
     """Every axial slice of one volume, unlabelled (for scoring)."""
-    grey, _ = volume_to_uint8(read_volume(path), hu_window)
-    return slices_to_set(grey, np.arange(len(grey)), path, size, channels)
+    scan, geometry = read_scan(path)
+    grey, _ = volume_to_uint8(scan, hu_window)
+    return slices_to_set(grey, np.arange(len(grey)), path, geometry, size, channels)
 
 
-def slices_to_set(grey: np.ndarray, z: np.ndarray, source: Path, size: int, channels: int) -> ImageSet:
+def slices_to_set(grey: np.ndarray, z: np.ndarray, source: Path, geometry: Geometry, size: int,
+                  channels: int) -> ImageSet:
     """uint8 slices Z x H x W -> an unlabelled ImageSet, paths `source#z=<index>`."""
     return ImageSet(
         images=fit_images(grey[..., None], size, channels),
         labels=np.full(len(z), -1, np.int64),
-        paths=[f"{source}#z={i}" for i in z.tolist()],
+        paths=[f"{source}{SLICE_MARK}{i}" for i in z.tolist()],
         kinds=["unknown"] * len(z),
         sizes=np.tile(grey.shape[1:], (len(z), 1)),
+        volumes={str(source): geometry},
     )
 
 

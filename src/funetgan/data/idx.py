@@ -44,6 +44,8 @@ def read_idx(path: Path) -> np.ndarray:
     if len(data) < 4 or data[:2] != b"\0\0" or data[2] != UNSIGNED_BYTE:
         raise DataError(f"{path}: not an IDX file of unsigned bytes")
     ndim = data[3]
+    if len(data) < 4 + 4 * ndim:
+        raise DataError(f"{path}: IDX header cut short (truncated?)")
     shape = tuple(int(d) for d in np.frombuffer(data, ">u4", ndim, offset=4))
     values = np.frombuffer(data, np.uint8, offset=4 + 4 * ndim)
     if values.size != np.prod(shape):

@@ -33,6 +33,11 @@ def read_image(path: str | Path, hu_window: tuple[float, float] = DEFAULT_HU_WIN
     if is_dicom(path):
         return read_dicom(path, hu_window)
     with Image.open(path) as image:
+        # PIL refuses more than twice this many pixels and only warns below that; a file of a
+        # few hundred kB could still take gigabytes on every decoding thread.
+        if image.width * image.height > Image.MAX_IMAGE_PIXELS:
+            raise DataError(f"{image.width}x{image.height} pixels, more than the limit of "
+                            f"{Image.MAX_IMAGE_PIXELS} (a decompression bomb?)")
         ImageOps.exif_transpose(image, in_place=True)
         if image.mode in SIXTEEN_BIT_MODES:
             # The full 16-bit range onto 8 bits: one scale for every image, so intensities

@@ -7,6 +7,7 @@ way: anterior at the top, the patient's right on the image's left.
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
@@ -18,6 +19,7 @@ from .checks import MissingDependency
 
 DEFAULT_HU_WINDOW = (-1000.0, 400.0)  # lung window, as DataConfig.hu_window
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+RAS = np.array([[0, 1], [1, 1], [2, 1]])  # nibabel's orientation of canonical (RAS+) voxel axes
 
 
 def require(package: str) -> ModuleType:
@@ -38,6 +40,20 @@ def is_dicom(path: str | Path) -> bool:
         return False
     with open(path, "rb") as file:
         return file.read(132)[128:] == b"DICM"
+
+
+def is_dicom_series(folder: Path) -> bool:
+    """A folder of two or more DICOM slice files of one series, with their positions."""
+    files = [p for p in folder.iterdir() if not p.name.startswith(".")]
+    if len(files) < 2 or not all(p.is_file() and is_dicom(p) for p in files):
+        return False
+    pydicom = require("pydicom")
+    try:
+        headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in files]
+    except pydicom.errors.InvalidDicomError:
+        return False  # reported as a bad file when read as single images
+    series = {h.get("SeriesInstanceUID") for h in headers}
+    return len(series) == 1 and all("ImagePositionPatient" in h for h in headers)
 
 
 def is_nifti(path: str | Path) -> bool:
@@ -87,32 +103,94 @@ def read_dicom(path: str | Path, hu_window: tuple[float, float] = DEFAULT_HU_WIN
     return grey[..., None]
 
 
+@dataclass(frozen=True, eq=False)
+class Geometry:
+    """Where a volume's voxels lie, so that maps computed on its slices can be written back
+    over the scan (in a viewer, voxel for voxel)."""
+
+    affine: np.ndarray  # 4 x 4: voxel (i, j, k) of the stored grid -> RAS+ millimetres
+    shape: tuple[int, int, int]  # the stored voxel grid
+    box: tuple[int, int, int, int] | None = None  # slices cropped to rows r0:r1, columns c0:c1
+
+    @property
+    def slice_shape(self) -> tuple[int, int, int]:
+        """(Z, H, W) of the slices `read_scan` returns, before any crop."""
+        nibabel = require("nibabel")
+        axes = nibabel.orientations.io_orientation(self.affine)[:, 0].astype(int)
+        canonical = [0, 0, 0]
+        for stored, ras in enumerate(axes):
+            canonical[ras] = self.shape[stored]
+        return canonical[2], canonical[1], canonical[0]
+
+    @property
+    def voxel_ml(self) -> float:
+        return abs(float(np.linalg.det(self.affine[:3, :3]))) / 1000.0
+
+
 def read_volume(path: str | Path) -> np.ndarray:
     """A NIfTI file or a folder holding one DICOM series -> float32 Z x H x W (see top)."""
+    return read_scan(path)[0]
+
+
+def read_scan(path: str | Path) -> tuple[np.ndarray, Geometry]:
+    """A volume as float32 slices Z x H x W (see top) and its geometry."""
     path = Path(path)
-    if path.is_dir():
-        return _read_dicom_series(path)
     nibabel = require("nibabel")
-    image = nibabel.as_closest_canonical(nibabel.load(path))
-    data = image.get_fdata(dtype=np.float32)
-    if data.ndim == 4 and data.shape[3] == 1:
-        data = data[..., 0]
-    if data.ndim != 3:
-        raise DataError(f"expected a 3-D volume, got shape {data.shape}")
+    image = _dicom_series(path) if path.is_dir() else nibabel.load(path)
+    if image.ndim == 4 and image.shape[3] == 1:
+        image = image.slicer[..., 0]
+    if image.ndim != 3:
+        raise DataError(f"expected a 3-D volume, got shape {image.shape}")
+    data = nibabel.as_closest_canonical(image).get_fdata(dtype=np.float32)
     # Canonical RAS+ voxel axes (x to the patient's right, y anterior, z superior) -> slices
     # [z, row, column] with row = anterior first and column = patient's right first.
-    return np.flip(data, (0, 1)).transpose(2, 1, 0)
+    slices = np.flip(data, (0, 1)).transpose(2, 1, 0)
+    return slices, Geometry(np.asarray(image.affine, float), tuple(image.shape))
 
 
-def _read_dicom_series(folder: Path) -> np.ndarray:
-    pydicom = require("pydicom")
+def to_scan_grid(slices: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """Slices Z x H x W in `read_scan`'s order -> an array on the scan's stored voxel grid
+    (the inverse of `read_scan`: `geometry.affine` places it)."""
+    orientations = require("nibabel").orientations
+    ras = np.flip(slices.transpose(2, 1, 0), (0, 1))
+    stored = orientations.io_orientation(geometry.affine)
+    return orientations.apply_orientation(ras, orientations.ornt_transform(RAS, stored))
+
+
+def _dicom_series(folder: Path):
+    """A DICOM series folder as a NIfTI image in memory: pixels on the voxel grid (column,
+    row, slice) and the affine from the series' position and orientation tags."""
+    pydicom, nibabel = require("pydicom"), require("nibabel")
     from pydicom.pixels import apply_modality_lut
 
     files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
     if not files:
         raise DataError("empty DICOM series folder")
     slices = sorted((pydicom.dcmread(file) for file in files), key=_slice_position)
-    return np.stack([apply_modality_lut(s.pixel_array, s).astype(np.float32) for s in slices])
+    pixels = np.stack([apply_modality_lut(s.pixel_array, s).astype(np.float32) for s in slices])
+    return nibabel.Nifti1Image(pixels.transpose(2, 1, 0), series_affine(slices))
+
+
+def series_affine(slices: list) -> np.ndarray:
+    """Voxel (column, row, slice) -> RAS+ mm for DICOM slices sorted along their normal.
+    DICOM's patient axes are LPS (x to the left, y posterior), NIfTI's RAS: x and y flip.
+    Missing tags fall back to an axial grid of 1 mm."""
+    first = slices[0]
+    orientation = np.asarray(first.get("ImageOrientationPatient", [1, 0, 0, 0, 1, 0]), float)
+    row_spacing, column_spacing = (float(v) for v in first.get("PixelSpacing", [1, 1]))
+    along_row, along_column = orientation[:3], orientation[3:]
+    normal = np.cross(along_row, along_column)
+    positions = [s.get("ImagePositionPatient") for s in slices]
+    if len(slices) > 1 and all(p is not None for p in positions):
+        step = (np.asarray(positions[-1], float) - np.asarray(positions[0], float)) / (len(slices) - 1)
+        if np.linalg.norm(step) == 0:
+            raise DataError("DICOM series with all slices at one position")
+    else:
+        step = normal * float(first.get("SliceThickness", 1) or 1)
+    lps = np.eye(4)
+    lps[:3, 0], lps[:3, 1], lps[:3, 2] = along_row * column_spacing, along_column * row_spacing, step
+    lps[:3, 3] = np.asarray(positions[0] if positions[0] is not None else [0, 0, 0], float)
+    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
 
 
 def _slice_position(dataset) -> float:

@@ -1,0 +1,150 @@
+"""Per-patient results of slice-level scoring, for images that are slices of CT volumes.
+
+    volume_results   one row per volume: its score (the mean of its `top_slices` highest
+                     slice scores), label (anomalous when any slice holds lesion), lesion
+                     volume in millilitres, true and predicted, and 3-D Dice / IoU
+    volume_metrics   detection metrics over volumes and the means of the per-volume figures
+    write_volumes    each volume's anomaly map and predicted mask as NIfTI on the scan's own
+                     voxel grid and affine, so they overlay the scan in 3D Slicer or ITK-SNAP
+
+Lesion volumes and overlaps are counted on the slices at the working size; each working pixel
+stands for its share of the slice's original area times the voxel size. A slice's predicted
+mask follows report.py's rule: map value ``>= pixel threshold``.
+"""
+from __future__ import annotations
+
+import gzip
+import re
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .data.base import SLICE_MARK, ImageSet
+from .data.ct import volume_name
+from .data.medical import Geometry, require, to_scan_grid
+from .files import atomic_write
+from .metrics import image_metrics
+
+STRIP_SLICES = 3  # most anomalous slices per volume shown in the report
+FOLDER = "volumes"
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def volume_results(imageset: ImageSet, scores, maps, image_threshold: float, pixel_threshold: float,
+                   top_slices: int = 1) -> list[dict]:
+    """One row per volume of `imageset` (none when it holds no volume slices)."""
+    by_volume = imageset.volume_rows()
+    results = []
+    for (source, rows), name in zip(by_volume.items(), volume_names(list(by_volume))):
+        slice_scores = np.asarray(scores, float)[rows]
+        score = float(np.sort(slice_scores)[-top_slices:].mean())
+        predicted = np.asarray(maps)[rows] >= pixel_threshold
+        pixel_ml = _pixel_ml(imageset, rows, imageset.volumes[source], predicted.shape[1:])
+        labels = imageset.labels[rows]
+        result = {
+            "volume": name, "path": source, "slices": len(rows),
+            "label": -1 if (labels < 0).any() else int((labels == 1).any()),
+            "score": score, "predicted": int(score >= image_threshold),
+            "predicted_ml": float(predicted.sum((1, 2)) @ pixel_ml),
+            "lesion_ml": None, "dice": None, "iou": None,
+            "top_rows": rows[np.argsort(-slice_scores, kind="stable")[:STRIP_SLICES]].tolist(),
+        }
+        if imageset.masks is not None and imageset.has_mask[rows].all():
+            result.update(_overlap(predicted, imageset.masks[rows], pixel_ml))
+        results.append(result)
+    return results
+
+
+def _pixel_ml(imageset: ImageSet, rows: np.ndarray, geometry: Geometry, size: tuple[int, int]) -> np.ndarray:
+    """Millilitres one working pixel stands for, per slice."""
+    return geometry.voxel_ml * imageset.sizes[rows].prod(1) / (size[0] * size[1])
+
+
+def _overlap(predicted: np.ndarray, truth: np.ndarray, pixel_ml: np.ndarray) -> dict:
+    tp = int((predicted & truth).sum())
+    fp, fn = int((predicted & ~truth).sum()), int((~predicted & truth).sum())
+    both_empty = tp + fp + fn == 0  # no lesion, none predicted: overlap undefined
+    return {"lesion_ml": float(truth.sum((1, 2)) @ pixel_ml),
+            "dice": None if both_empty else 2 * tp / (2 * tp + fp + fn),
+            "iou": None if both_empty else tp / (tp + fp + fn)}
+
+
+def volume_metrics(results: list[dict], image_threshold: float, top_slices: int = 1) -> dict:
+    """Detection over volumes (labels: any lesion slice) and the means, over volumes with a
+    lesion, of 3-D Dice, IoU and the absolute error of the predicted lesion volume."""
+    with_lesion = [r for r in results if r["lesion_ml"]]
+
+    def mean(values) -> float | None:
+        values = list(values)
+        return float(np.mean(values)) if values else None
+
+    return {
+        "n_volumes": len(results),
+        "score": f"mean of the {top_slices} highest slice score(s)" if top_slices > 1 else "highest slice score",
+        "detection": image_metrics([r["score"] for r in results], np.array([r["label"] for r in results]),
+                                   image_threshold),
+        "dice_mean": mean(r["dice"] for r in with_lesion),
+        "iou_mean": mean(r["iou"] for r in with_lesion),
+        "lesion_ml_abs_error_mean": mean(abs(r["predicted_ml"] - r["lesion_ml"]) for r in with_lesion),
+        "n_with_lesion": len(with_lesion),
+    }
+
+
+def volume_names(sources: list[str]) -> list[str]:
+    """Unique (also case-insensitively), file-system-safe names of volume files or folders."""
+    names, taken = [], set()
+    for source in sources:
+        name = _UNSAFE.sub("_", volume_name(Path(source))).strip("._")[:120] or "volume"
+        unique, n = name, 1
+        while unique.lower() in taken:
+            n += 1
+            unique = f"{name}-{n}"
+        taken.add(unique.lower())
+        names.append(unique)
+    return names
+
+
+def write_volumes(out_dir, imageset: ImageSet, maps, pixel_threshold: float, results: list[dict],
+                  region: np.ndarray | None = None) -> list[Path]:
+    """`volumes/<volume>_map.nii.gz` (float32 anomaly map, 0 where nothing was scored) and
+    `volumes/<volume>_mask.nii.gz` (uint8 0/1) per row of `volume_results`, on the scan's
+    voxel grid with its affine; slices are resized back to the scan's in-plane size. With
+    `region` (the scored pixels, N x S x S bool) the maps stay 0 outside it at that size."""
+    folder = Path(out_dir) / FOLDER
+    written = []
+    rows_of = imageset.volume_rows()
+    for result in results:
+        geometry = imageset.volumes[result["path"]]
+        volume = scan_map(imageset, maps, rows_of[result["path"]], geometry, region)
+        for suffix, values in (("map", volume), ("mask", (volume >= pixel_threshold).astype(np.uint8))):
+            path = folder / f"{result['volume']}_{suffix}.nii.gz"
+            save_nifti(path, to_scan_grid(values, geometry), geometry)
+            written.append(path)
+    return written
+
+
+def scan_map(imageset: ImageSet, maps, rows: np.ndarray, geometry: Geometry,
+             region: np.ndarray | None = None) -> np.ndarray:
+    """The maps of one volume's slices as float32 Z x H x W in `read_scan`'s slice order,
+    each resized (bilinearly) to its slice's size and placed where the slice was cut from;
+    0 outside `region` resized by nearest neighbour (bilinear resizing blurs over its edge)."""
+    volume = np.zeros(geometry.slice_shape, np.float32)
+    top, left = (geometry.box[0], geometry.box[2]) if geometry.box else (0, 0)
+    for i in rows:
+        z = int(imageset.paths[i].rpartition(SLICE_MARK)[2])
+        height, width = (int(v) for v in imageset.sizes[i])
+        values = np.asarray(Image.fromarray(np.asarray(maps[i], np.float32)).resize(
+            (width, height), Image.Resampling.BILINEAR))
+        if region is not None:
+            values = values * np.asarray(Image.fromarray(region[i]).resize((width, height), Image.Resampling.NEAREST))
+        volume[z, top:top + height, left:left + width] = values
+    return volume
+
+
+def save_nifti(path: Path, data: np.ndarray, geometry: Geometry) -> None:
+    """An array on `geometry`'s voxel grid as a gzipped NIfTI file, written atomically."""
+    nibabel = require("nibabel")
+    image = nibabel.Nifti1Image(data, geometry.affine)
+    image.header.set_xyzt_units("mm")
+    atomic_write(path, lambda tmp: tmp.write_bytes(gzip.compress(image.to_bytes(), compresslevel=1)))

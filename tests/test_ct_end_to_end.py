@@ -1,0 +1,60 @@
+"""The CT workflow through the command line: train on a lung CT layout, test (per-patient
+metrics, volumes.csv, NIfTI maps on each scan's grid), predict on a volume."""
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from funetgan.cli import main
+
+nibabel = pytest.importorskip("nibabel")
+pytest.importorskip("pydicom")
+from test_cli import TINY  # noqa: E402
+from test_data_medical import ct_dataset, save_nifti  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def ct_run(tmp_path_factory):
+    data = ct_dataset(tmp_path_factory.mktemp("ct"), volumes=5, slices=6, lesion_from=3)
+    for v in range(5):
+        lung = np.zeros((8, 8, 6), np.uint8)
+        lung[1:7, 1:7] = 1
+        save_nifti(data / "lung_mask" / f"case{v}.nii.gz", lung)
+    run = tmp_path_factory.mktemp("run")
+    assert main(["train", "--data", str(data), "--out", str(run), *TINY]) == 0
+    return data, run
+
+
+def test_test_writes_per_patient_results_and_volumes(ct_run, tmp_path, capsys):
+    data, run = ct_run
+    assert main(["test", "--run", str(run), "--data", str(data), "--out", str(tmp_path)]) == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    volume = metrics["volume"]
+    assert volume["n_volumes"] == 2 and volume["n_with_lesion"] == 2  # every case has a lesion
+    assert volume["detection"]["n_anomalous"] == 2 and 0 <= volume["dice_mean"] <= 1
+    rows = list(csv.DictReader((tmp_path / "volumes.csv").open()))
+    assert [r["label"] for r in rows] == ["1", "1"] and float(rows[0]["lesion_ml"]) == pytest.approx(0.048)
+    for row in rows:
+        scan = nibabel.load(data / "ct_scans" / f"{row['volume']}.nii.gz")
+        for suffix in ("map", "mask"):
+            written = nibabel.load(tmp_path / "volumes" / f"{row['volume']}_{suffix}.nii.gz")
+            assert written.shape == scan.shape
+            np.testing.assert_allclose(written.affine, scan.affine)
+            assert not written.get_fdata()[[0, -1]].any() and not written.get_fdata()[:, [0, -1]].any()
+        anomaly_map = nibabel.load(tmp_path / "volumes" / f"{row['volume']}_map.nii.gz").get_fdata()
+        assert anomaly_map[1:7, 1:7].all()  # and 0 outside the lung (1..6 x 1..6), checked above
+    assert metrics["scored_pixels"].startswith("lung")
+    page = (tmp_path / "report.html").read_text()
+    assert "Per patient (2 volumes)" in page and page.count("<h3>case") == 2
+    assert "volume (2): auroc" not in capsys.readouterr().out  # one class only: no AUROC shown
+
+
+def test_predict_writes_a_volume_per_input_volume(ct_run, tmp_path):
+    data, run = ct_run
+    scan = data / "ct_scans" / "case0.nii.gz"
+    assert main(["predict", "--run", str(run), "--out", str(tmp_path), str(scan)]) == 0
+    rows = list(csv.DictReader((tmp_path / "volumes.csv").open()))
+    assert len(rows) == 1 and rows[0]["volume"] == "case0" and rows[0]["label"] == "-1"
+    written = nibabel.load(tmp_path / "volumes" / "case0_mask.nii.gz")
+    assert written.shape == (8, 8, 6)

@@ -1,0 +1,56 @@
+"""Lung-only scoring: pixel metrics, the pixel threshold, the maps and the image residual
+count only the lung (score.lung_only), against hand-computed values."""
+import numpy as np
+import pytest
+
+from funetgan.config import ScoreConfig
+from funetgan.metrics import pixel_metrics
+from funetgan.scoring import Terms, combine, restrict
+from funetgan.thresholds import calibrate_pixel_threshold
+
+# One 4 x 4 slice. Lung: the two left columns. In the lung, the lesion (0,0), (1,0) has the
+# two highest values; outside, a rib at 0.95 and a lesion pixel at 0 would spoil the ranking.
+MAP = np.array([[0.9, 0.1, 0.2, 0.95],
+                [0.8, 0.2, 0.1, 0.1],
+                [0.3, 0.1, 0.2, 0.0],
+                [0.1, 0.4, 0.1, 0.1]])
+TRUTH = np.zeros((4, 4), bool)
+TRUTH[0:2, 0] = TRUTH[2, 3] = True
+LUNG = np.zeros((4, 4), bool)
+LUNG[:, :2] = True
+
+
+def test_pixel_metrics_inside_the_lung_only():
+    inside = pixel_metrics(MAP[None], TRUTH[None], 0.5, region=LUNG[None])
+    assert inside["auroc"] == pytest.approx(1.0) and inside["ap"] == pytest.approx(1.0)
+    assert inside["dice"] == pytest.approx(1.0) and inside["iou"] == pytest.approx(1.0)
+    whole = pixel_metrics(MAP[None], TRUTH[None], 0.5)
+    # Flagged (>= 0.5): (0,0), (1,0), (0,3): tp 2, fp 1; the pixel at (2,3) missed: fn 1.
+    assert whole["dice"] == pytest.approx(4 / 6) and whole["iou"] == pytest.approx(2 / 4)
+    # Of 13 normal pixels, 0.95 ranks above both lesion pixels; all 13 rank above (2,3) = 0.0.
+    assert whole["auroc"] == pytest.approx((12 + 12 + 0) / (3 * 13), abs=1e-3)
+
+
+def test_pixel_threshold_from_lung_pixels_only():
+    maps = np.full((1, 10, 10), 10.0)  # outside the lung: large values (table, ribs)
+    maps[0, :5] = np.arange(50).reshape(5, 10) / 100  # the lung: 0.00 .. 0.49
+    lung = np.zeros((1, 10, 10), bool)
+    lung[0, :5] = True
+    # The 0.9 quantile of the 50 lung values flags at most 5: the threshold is 0.45 (one bin).
+    assert calibrate_pixel_threshold(maps, None, 0.9, lung) == pytest.approx(0.45, abs=2e-3)
+    assert calibrate_pixel_threshold(maps, None, 0.9) > 9
+
+
+def test_map_and_image_residual_use_lung_pixels_only():
+    residual = np.array([[[1.0, 2.0], [3.0, 4.0]]], np.float32)  # |x - G(E(x))| of one grey 2 x 2 image
+    lung = np.array([[[True, False], [True, False]]])
+    whole = Terms(residual, np.ones_like(residual), np.array([[7.5]]), np.array([[1.0]]))
+    terms = restrict(whole, lung)
+    assert terms.pixel_residual[0].tolist() == [[1.0, 0.0], [3.0, 0.0]]
+    assert terms.pixel_features[0].tolist() == [[1.0, 0.0], [1.0, 0.0]]
+    assert terms.image_residual.item() == pytest.approx((1 + 9) / 2)  # mean squared residual over lung pixels
+    assert terms.means()["pixel_residual"] == pytest.approx(2.0)  # over lung pixels too
+    norms = dict.fromkeys(("pixel_residual", "pixel_features", "image_residual", "image_features"), 1.0)
+    scores, maps = combine(terms, norms, ScoreConfig(kappa=0.0, blur_sigma=1.0, image_score="max"), 2)
+    assert np.abs(maps[0, :, 1]).sum() == 0 and (maps[0, :, 0] > 0).all()  # 0 outside after the blur
+    assert scores.item() == pytest.approx(maps.max())

@@ -1,0 +1,75 @@
+"""SIGTERM mid-training and divergence through the command line, in real processes."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from funetgan.data.demo import make_texture_dataset
+from funetgan import checkpoint
+
+TINY = ["--device", "cpu", "--set", "model.image_size=32", "--set", "model.width=4", "--set", "model.z_dim=16",
+        "--set", "batch_size=4", "--set", "gan.n_critic=1", "--set", "encoder.iterations=2", "--set", "log_every=1"]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return make_texture_dataset(tmp_path_factory.mktemp("data") / "brick", crop=64, n_train=12, n_test_good=2,
+                                n_per_defect=1)
+
+
+def funetgan(*args: str, **popen) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "funetgan", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, **popen)
+
+
+def logged_steps(run) -> list[int]:
+    path = run / "log.jsonl"
+    return [json.loads(line)["step"] for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_sigterm_saves_a_checkpoint_and_the_run_resumes(dataset, tmp_path):
+    run = tmp_path / "run"
+    process = funetgan("train", "--data", str(dataset), "--out", str(run), *TINY, "--set", "gan.iterations=100000")
+    deadline = time.monotonic() + 120
+    while len(logged_steps(run)) < 3:
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1][-2000:]
+        time.sleep(0.1)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGTERM
+    message = err.strip().splitlines()[-1]
+    assert message.startswith("funetgan: stopped by SIGTERM at gan step ") and "Traceback" not in err
+    assert message.endswith(f"continue with: funetgan train --data {dataset} --out {run} --resume")
+    stopped_at = int(message.split("gan step ")[1].split(";")[0])
+    _, meta = checkpoint.load(run / "checkpoint.safetensors")
+    assert meta["state"]["stage"] == "gan" and meta["state"]["step"] == stopped_at == logged_steps(run)[-1]
+
+    # Resume with the rest of stage 1's budget set to nothing: stage 2, calibration, model.
+    resumed = funetgan("train", "--data", str(dataset), "--out", str(run), "--resume", "--device", "cpu",
+                       "--set", "gan.max_minutes=0")
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err[-2000:]
+    assert (run / "model.safetensors").exists() and "trained in" in out
+    steps = logged_steps(run)
+    assert steps[:stopped_at] == list(range(1, stopped_at + 1)) and steps[stopped_at:] == [1, 2]  # then stage 2
+
+
+def test_a_diverging_run_stops_early_in_one_line_and_keeps_a_finite_checkpoint(dataset, tmp_path):
+    run = tmp_path / "run"
+    process = funetgan("train", "--data", str(dataset), "--out", str(run), *TINY, "--set", "gan.iterations=200",
+                       "--set", "gan.lr_d=1e3", "--set", "gan.lr_g=1e3")
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 2
+    message = err.strip().splitlines()[-1]
+    assert message.startswith("funetgan: error: training diverged in stage gan at step ") and "Traceback" not in err
+    assert "lower gan.lr_d and gan.lr_g" in message
+    assert logged_steps(run)[-1] < 50  # caught within a few steps, not at the end of the budget
+    tensors, _ = checkpoint.load(run / "checkpoint.safetensors")
+    assert all(torch.isfinite(t).all() for t in tensors.values() if t.is_floating_point())
+    assert not (run / "model.safetensors").exists()
