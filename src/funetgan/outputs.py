@@ -11,10 +11,11 @@ WHICH picks images, joined by "+": all, none, flagged (score >= the image thresh
 worst:N (the N highest scores), best:N (the N lowest), examples (test: the images the
 report shows). "masks" alone means masks=all. Items not named are not written.
 
-The per-image files are what made a large test slow: an overlay costs ~5-10 ms, and even a
-28 px mask ~0.7 ms, nearly all of it creating the file, against ~1 ms to score a 32 px image.
-So the test default writes the numbers, the report and the overlays of the report's examples
-(about 50 files whatever the test set's size); `masks`, `overlays=flagged` or `all` ask for more.
+The per-image files are what made a large test slow: written durably, an overlay costs ~9 ms
+and a 28 px mask 0.5 ms even with 8 writer threads (7 and 22 ms one at a time), against ~1 ms
+to score a 32 px image (README, "Deployment"). So the test default writes the numbers, the
+report and the overlays of the report's examples (about 50 files whatever the test set's
+size); `masks`, `overlays=flagged` or `all` ask for more.
 """
 from __future__ import annotations
 

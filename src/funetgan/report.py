@@ -20,6 +20,7 @@ import json
 import os
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import matplotlib
@@ -40,6 +41,7 @@ COLORMAP = matplotlib.colormaps["turbo"]
 PREDICTED_COLOR = (255, 40, 40)
 TRUTH_COLOR = (40, 255, 40)
 N_EXAMPLES = 12  # images per example section of the report
+WRITERS = 8  # threads writing per-image files (see _write_image_outputs)
 SCORE_COLUMNS = ["path", "label", "kind", "score", "predicted", "anomalous_fraction", "name"]
 PREDICTION_COLUMNS = ["path", "score", "predicted", "anomalous_fraction", "name"]
 VOLUME_COLUMNS = ["volume", "path", "slices", "label", "score", "predicted", "lesion_ml", "predicted_ml",
@@ -152,9 +154,10 @@ def _resize(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def _write_image_outputs(out: Path, imageset, scores, maps, image_threshold, pixel_threshold,
                          color_max, masks=None, overlays=None) -> list[dict]:
     """One table row per image; writes the predicted masks of images `masks` and the overlays
-    of images `overlays` (indices; None: every image). One image at a time: on the 2-core VM
-    this was built on, 2 or 4 writer threads were no faster than one (creating a file costs
-    ~0.7 ms there, encoding a small mask 0.03 ms; drawing an overlay holds the GIL)."""
+    of images `overlays` (indices; None: every image), WRITERS files at a time: each durable
+    write waits on the disk (fsync), and the waits overlap. Measured on the 2-core VM this was
+    built on: 7 ms per 28 px mask one at a time, 0.5 ms with 4 or 8 writers; 22 ms per overlay,
+    14 ms with 8."""
     n = len(imageset)
     write_mask = _flags(n, masks)
     write_overlay = _flags(n, overlays)
@@ -163,9 +166,8 @@ def _write_image_outputs(out: Path, imageset, scores, maps, image_threshold, pix
     if write_overlay.any():
         (out / "overlays").mkdir(exist_ok=True)
     has_truth = pixel_truth(imageset)
-    rows = []
-    for i, name in enumerate(output_names(imageset.paths)):
-        mask = _resize(maps[i], imageset.sizes[i]) >= pixel_threshold
+
+    def write(i: int, name: str, mask: np.ndarray) -> None:
         if write_mask[i]:
             # Level 1: PNG compression dominates the run time otherwise.
             atomic_save_png(out / "masks" / f"{name}.png", Image.fromarray(mask.astype(np.uint8) * 255), 1)
@@ -173,12 +175,24 @@ def _write_image_outputs(out: Path, imageset, scores, maps, image_threshold, pix
             truth = imageset.masks[i] if has_truth[i] else None
             atomic_save_png(out / "overlays" / f"{name}.png",
                             overlay(imageset.images[i], maps[i], pixel_threshold, color_max, truth), 1)
-        rows.append({
-            "path": imageset.paths[i], "label": int(imageset.labels[i]),
-            "kind": imageset.kinds[i], "score": float(scores[i]),
-            "predicted": int(scores[i] >= image_threshold),
-            "anomalous_fraction": float(mask.mean()), "name": name,
-        })
+
+    rows, pending = [], []
+    with ThreadPoolExecutor(WRITERS) as pool:
+        try:
+            for i, name in enumerate(output_names(imageset.paths)):
+                mask = _resize(maps[i], imageset.sizes[i]) >= pixel_threshold
+                if write_mask[i] or write_overlay[i]:
+                    pending.append(pool.submit(write, i, name, mask))
+                rows.append({
+                    "path": imageset.paths[i], "label": int(imageset.labels[i]),
+                    "kind": imageset.kinds[i], "score": float(scores[i]),
+                    "predicted": int(scores[i] >= image_threshold),
+                    "anomalous_fraction": float(mask.mean()), "name": name,
+                })
+            for job in pending:
+                job.result()  # the first failed write, if any, as it was raised
+        finally:
+            pool.shutdown(cancel_futures=True)  # after a failure (or Ctrl-C) write no more
     return rows
 
 
