@@ -105,9 +105,11 @@ def test_warmup_counts_against_the_stage_1_budget(monkeypatch):
     assert budgets["encoder"] is None and done["encoder"]["steps"] == 3
 
 
-def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
-    images = random_images(12)
-    straight = FUNetGAN(tiny_config()).fit(images, run_dir=tmp_path / "a")
+@pytest.mark.parametrize("size, settings", [(32, {}), (48, {"data__resolution": "48"})], ids=["whole", "patches"])
+def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch, size, settings):
+    images = random_images(12, size=size)
+    config = lambda: tiny_config(**settings)  # noqa: E731
+    straight = FUNetGAN(config()).fit(images, run_dir=tmp_path / "a")
 
     original = Trainer.encoder_step
 
@@ -118,10 +120,10 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Trainer, "encoder_step", ctrl_c_during_second_step)
     with pytest.raises(train.TrainingStopped, match="stopped by SIGINT at encoder step 2; checkpoint saved"):
-        FUNetGAN(tiny_config()).fit(images, run_dir=tmp_path / "b")
+        FUNetGAN(config()).fit(images, run_dir=tmp_path / "b")
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
     monkeypatch.setattr(Trainer, "encoder_step", original)
-    resumed = FUNetGAN(tiny_config()).fit(images, run_dir=tmp_path / "b", resume=True)
+    resumed = FUNetGAN(config()).fit(images, run_dir=tmp_path / "b", resume=True)
     for name in "GDE":
         assert same(state_of(getattr(straight, name)), state_of(getattr(resumed, name))), name
     assert resumed.calibration["norms"] == pytest.approx(straight.calibration["norms"])
