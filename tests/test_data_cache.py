@@ -111,3 +111,10 @@ def test_a_cache_inside_the_dataset_is_not_part_of_its_fingerprint(data, monkeyp
     load_dataset(data, 8, 1, settings)
     monkeypatch.setattr(ct, "read_scan", lambda path: pytest.fail("decoded again"))
     load_dataset(data, 8, 1, settings)
+
+
+def test_a_damaged_cache_is_rebuilt(data, tmp_path):
+    expected = np.array(load_dataset(data, 8, 1, options(tmp_path)).test.images)  # a copy: the file is cut
+    (folder,) = (tmp_path / "cache").iterdir()
+    (folder / "test.images.u8").write_bytes(b"\0")  # shorter than the index says
+    np.testing.assert_array_equal(load_dataset(data, 8, 1, options(tmp_path)).test.images, expected)

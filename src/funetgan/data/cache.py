@@ -50,6 +50,8 @@ def cached_splits(root: Path, layout: str, size: int | None, channels: int, opti
     if splits is None:
         _build(folder, fingerprint, read, settle, [size or 0, size or 0, channels])
         splits = _open(folder, fingerprint)
+    if splits is None:  # changed again while it was built, or unreadable
+        raise DataError(f"{folder}: the slice cache just built cannot be read back; is {root} being changed?")
     return splits
 
 
@@ -74,14 +76,14 @@ def _key(root: Path, layout: str, size: int | None, channels: int, options: Data
 
 
 def _open(folder: Path, fingerprint: str) -> Splits | None:
-    """The cached splits, or None when the cache is missing or stale."""
+    """The cached splits, or None when the cache is missing, stale or damaged (then rebuilt)."""
     try:
         index = json.loads((folder / INDEX).read_text())
-    except (OSError, ValueError):
+        if index.get("version") != VERSION or index.get("fingerprint") != fingerprint:
+            return None
+        return Splits(**{split: _set(folder, split, index[split]) for split in SPLITS})
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
-    if index.get("version") != VERSION or index.get("fingerprint") != fingerprint:
-        return None
-    return Splits(**{split: _set(folder, split, index[split]) for split in SPLITS})
 
 
 def _set(folder: Path, split: str, entry: dict) -> ImageSet:
