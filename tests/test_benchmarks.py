@@ -133,3 +133,17 @@ def test_resolution(script, tmp_path, capsys):
     assert whole["scoring_alternatives"]["tile mean"]["image_auroc"] == whole["image_auroc"]  # one tile: max = mean
     out = capsys.readouterr().out
     assert "report split" in out and "brick 64" in out and "64-px resolution" in out and "kappa 0, blur 4 px" in out
+
+
+@pytest.mark.slow
+def test_deploy_speed(script, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    results = run(script("deploy_speed"), tmp_path)["results"]
+    rows = {(r["runtime"], r["batch"]): r for r in results["scoring"]}
+    assert set(rows) == {(runtime, batch) for runtime in ("pytorch", "onnx") for batch in (1, 64)}
+    assert all(r["images_per_second"] > 0 and r["parity_max_rel"] < 1e-3 for r in rows.values())
+    assert not rows["onnx", 1]["torch_imported"] and rows["pytorch", 1]["torch_imported"]
+    tests = {r["runtime"]: r for r in results["test"]}
+    assert set(tests) == {"pytorch", "onnx"} and tests["onnx"]["images"] == tests["pytorch"]["images"] > 0
+    assert all(r["wall_seconds"] >= r["seconds"] >= 0 for r in tests.values())
+    assert "funetgan test" in capsys.readouterr().out

@@ -115,7 +115,7 @@ def test_patch_training_then_tiled_test_and_predict_at_full_resolution(dataset, 
     run, results = tmp_path / "run", tmp_path / "results"
     patches = [*TINY, "--set", "data.resolution=native", "--set", "score.tile_stride=16"]
     assert main(["train", "--data", str(dataset), "--out", str(run), *patches]) == 0
-    assert main(["test", "--run", str(run), "--data", str(dataset), "--out", str(results)]) == 0
+    assert main(["test", "--run", str(run), "--data", str(dataset), "--out", str(results), "--outputs", "all"]) == 0
     metrics = json.loads((results / "metrics.json").read_text())
     assert 0 <= metrics["pixel"]["auroc"] <= 1
     with Image.open(next((results / "masks").rglob("*.png"))) as mask:
@@ -128,6 +128,17 @@ def test_a_patch_larger_than_the_working_resolution_is_one_line(dataset, tmp_pat
     assert main(["train", "--data", str(dataset), "--out", str(tmp_path), *TINY,
                  "--set", "data.resolution=16"]) == 2
     assert "data.resolution (16) must be at least model.image_size (32)" in capsys.readouterr().err
+
+
+def test_outputs_choose_what_test_writes(run, dataset, tmp_path, capsys):
+    argv = ["test", "--run", str(run), "--data", str(dataset), "--out", str(tmp_path)]
+    assert main([*argv, "--outputs", "scores", "overlays=worst:2"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != ".funetgan.lock") == ["overlays", "scores.csv"]
+    assert len(list((tmp_path / "overlays").glob("*.png"))) == 2
+    out = capsys.readouterr().out
+    assert "time: model" in out and "files" in out and "report" in out  # what each part cost
+    assert main([*argv, "--overwrite", "--outputs", "overlays=some"]) == 2
+    assert "--outputs: overlays=some" in capsys.readouterr().err
 
 
 def test_predict_counts_a_score_at_the_threshold_as_flagged(run, dataset, tmp_path, capsys):

@@ -9,7 +9,7 @@ import torch
 from conftest import random_images, tiny_config
 from funetgan.model import FUNetGAN
 from funetgan.runtime import Runtime
-from funetgan.data.base import to_tensor
+from funetgan.nn.tensors import to_tensor
 from funetgan import train
 from funetgan.train import BatchSource, Trainer
 

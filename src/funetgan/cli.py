@@ -1,5 +1,8 @@
-"""`funetgan train | test | predict | demo`: parses arguments, calls the model, data and report
-modules, prints a summary. No training or metric logic lives here."""
+"""`funetgan train | test | predict | export | demo`: parses arguments, calls the model, data
+and report modules, prints a summary. No training or metric logic lives here.
+
+PyTorch is imported only by the commands that need it (train, demo, export, and test or
+predict with --run): `test` and `predict` with an exported --model run on onnxruntime alone."""
 from __future__ import annotations
 
 import argparse
@@ -10,19 +13,22 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .config import RECIPES, Config, apply_overrides, working_size
 from .data import DataError, check_batch, load_dataset, load_unlabelled, mvtec_categories
 from .data.demo import make_texture_dataset
-from .files import atomic_write_text
+from .files import CHECKPOINT_FILE, MODEL_FILE, atomic_write_text
 from .metrics import evaluate
-from .model import CHECKPOINT_FILE, MODEL_FILE, FUNetGAN
+from .outputs import PREDICT_DEFAULT, TEST_DEFAULT, Outputs
 from .report import write_predictions, write_test_outputs, write_volume_table
 from .runlock import FolderLocked, folder_lock
-from .runtime import is_main_process, teardown, world_size
-from .train import TrainingStopped
+from .scoring import Scorer
 from .volumes import volume_metrics, volume_results, write_volumes
+
+if TYPE_CHECKING:
+    from .model import FUNetGAN
 
 CONFIG_FILE = "config.yaml"
 RUN_OUTPUTS = (MODEL_FILE, CHECKPOINT_FILE, CONFIG_FILE, "log.jsonl", "samples")
@@ -52,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, UsageError, ValueError, FolderLocked, OSError) as err:
         print(f"funetgan: error: {_one_line(err)}", file=sys.stderr)
         return 2
-    except TrainingStopped as err:
+    except _training_stopped() as err:
+        from .runtime import is_main_process
         if is_main_process():
             resume = f"funetgan train --data {args.data} --out {args.out} --resume" if args.command == "train" else ""
             print(f"funetgan: {err}" + (f"; continue with: {resume}" if resume else ""), file=sys.stderr)
@@ -61,7 +68,19 @@ def main(argv: list[str] | None = None) -> int:
         print("funetgan: interrupted", file=sys.stderr)
         return 130
     finally:
-        teardown()
+        if "funetgan.runtime" in sys.modules:  # only a command that used PyTorch has a process group
+            sys.modules["funetgan.runtime"].teardown()
+
+
+class _NeverRaised(Exception):
+    pass
+
+
+def _training_stopped() -> type[Exception]:
+    """train.TrainingStopped, once training code is loaded (only it raises it): importing it
+    up front would import PyTorch into every command, `predict --model` included."""
+    train = sys.modules.get("funetgan.train")
+    return train.TrainingStopped if train is not None else _NeverRaised
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,28 +99,58 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=cmd_train)
 
     test = commands.add_parser("test", help="score a labelled test set: metrics, maps, masks, report")
-    test.add_argument("--run", required=True, help="a trained run folder")
+    _model_arguments(test)
     test.add_argument("--data", required=True, help="dataset folder")
     test.add_argument("--out", required=True, help="folder for metrics.json, scores.csv, report.html, ...")
     _data_arguments(test)
     _threshold_arguments(test)
+    _outputs_argument(test, TEST_DEFAULT)
     test.set_defaults(func=cmd_test)
 
     predict = commands.add_parser("predict", help="anomaly maps, masks and scores for new images")
-    predict.add_argument("--run", required=True, help="a trained run folder")
+    _model_arguments(predict)
     predict.add_argument("--out", required=True, help="folder for predictions.csv, masks, overlays")
     predict.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders or volumes")
     _threshold_arguments(predict)
+    _outputs_argument(predict, PREDICT_DEFAULT)
     predict.set_defaults(func=cmd_predict)
+
+    export = commands.add_parser("export", help="the trained networks as one ONNX graph, checked against PyTorch")
+    export.add_argument("--run", required=True, help="a trained run folder")
+    export.add_argument("--out", required=True, help="the .onnx file to write")
+    export.add_argument("--data", help="dataset folder: the parity check scores the run's validation images "
+                                       "(default: generated images)")
+    _data_arguments(export)
+    export.add_argument("--tolerance", type=float,
+                        help="largest relative error of maps and scores against PyTorch (default 1e-3)")
+    export.add_argument("--exporter", choices=("torchscript", "dynamo"), default="torchscript",
+                        help="PyTorch's ONNX exporter (default: torchscript; dynamo needs onnxscript)")
+    export.set_defaults(func=cmd_export)
 
     demo = commands.add_parser("demo", help="make the built-in texture set, train and test on it")
     demo.add_argument("--out", required=True, help="folder for the data, the run and the results")
     _settings_arguments(demo, data=False)
     demo.set_defaults(func=cmd_demo)
-    for command in (train, test, predict, demo):
-        command.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: best available)")
+    for command in (train, test, predict, export, demo):
+        command.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: best available; "
+                                              "export: cpu)")
         command.add_argument("--overwrite", action="store_true", help="replace earlier results in --out")
     return parser
+
+
+def _model_arguments(parser: argparse.ArgumentParser) -> None:
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--run", help="a trained run folder (scored with PyTorch)")
+    which.add_argument("--model", help="an exported .onnx model (scored with onnxruntime, no PyTorch)")
+    parser.add_argument("--threads", type=int, help="CPU threads for scoring (default: the runtime's choice; "
+                                                    "1 is faster when other processes hold the cores)")
+
+
+def _outputs_argument(parser: argparse.ArgumentParser, default: tuple[str, ...]) -> None:
+    parser.add_argument("--outputs", nargs="+", default=list(default), metavar="ITEM",
+                        help=f"what to write: metrics, scores, report, masks[=WHICH], overlays[=WHICH] or all; "
+                             f"WHICH: all, none, flagged, examples, worst:N, best:N, joined by + "
+                             f"(default: {' '.join(default)})")
 
 
 def _settings_arguments(parser: argparse.ArgumentParser, data: bool = True) -> None:
@@ -173,6 +222,8 @@ def cmd_train(args) -> int:
 
 
 def train_one(data: Path, out: Path, config: Config, resume: bool, overwrite: bool) -> FUNetGAN:
+    from .model import FUNetGAN
+    from .runtime import is_main_process, world_size
     main_process = is_main_process()
     with folder_lock(out) if main_process else contextlib.nullcontext():  # rank 0 writes for all
         if not resume and main_process:
@@ -200,53 +251,76 @@ def categories(data: str) -> list[str]:
     return found
 
 
+def load_scorer(args, run: str | Path | None = None) -> Scorer:
+    """The trained run (`run`, else --run) on PyTorch, or --model on onnxruntime (and then
+    PyTorch is never imported)."""
+    if args.model is not None:
+        from .onnx_scorer import OnnxScorer
+        return OnnxScorer.load(args.model, threads=args.threads)
+    import torch
+
+    from .model import FUNetGAN
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return FUNetGAN.load(run or args.run, device=args.device)
+
+
 def cmd_test(args) -> int:
     if args.category == "all":
+        if args.model:
+            raise UsageError("--category all needs --run (a folder of runs), not one exported --model")
         for name in categories(args.data):
             print(f"== {name}")
             test_run(Path(args.run) / name, Path(args.out) / name, args, name)
         return 0
-    test_run(Path(args.run), Path(args.out), args, args.category)
+    test_run(args.run, Path(args.out), args, args.category)
     return 0
 
 
-def test_run(run: Path, out: Path, args, category: str | None) -> None:
-    model = FUNetGAN.load(run, device=args.device)
+def test_run(run: str | Path | None, out: Path, args, category: str | None) -> None:
+    started = time.perf_counter()
+    model = load_scorer(args, run)
     if category is not None:
         model.config.data.category = category
     if args.normal_class is not None:
         model.config.data.normal_class = args.normal_class
-    test_one(model, Path(args.data), out, args)
+    test_one(model, Path(args.data), out, args, load_seconds=time.perf_counter() - started)
 
 
-def test_one(model: FUNetGAN, data: Path, out: Path, args) -> None:
+def test_one(model: Scorer, data: Path, out: Path, args, load_seconds: float = 0.0) -> None:
+    outputs = Outputs.parse(args.outputs)
     with folder_lock(out):
         claim_folder(out, RESULT_OUTPUTS, args.overwrite)
+        started = time.perf_counter()
         splits = load_dataset(data, working_size(model.config), model.config.model.channels, model.config.data)
         if splits.test is None or not len(splits.test):
             raise DataError(f"{data}: no test images")
         _print_notes(splits.test.notes)
-        started = time.monotonic()
+        loaded = time.perf_counter()
         result = model.score(splits.test)
-        seconds = time.monotonic() - started
+        scored = time.perf_counter()
         image_t, pixel_t = _thresholds(model, args)
         region = model.scoring_region(splits.test)
         metrics = evaluate(result.scores, result.maps, splits.test, image_t, pixel_t, region)
         metrics["scored_pixels"] = "whole image" if region is None else "lung (lung masks, score.lung_only)"
-        metrics["timing"] = {"images": len(splits.test), "seconds": round(seconds, 3),
-                             "images_per_second": round(len(splits.test) / max(seconds, 1e-9), 1)}
         top = model.config.score.volume_top_slices
         volumes = volume_results(splits.test, result.scores, result.maps, image_t, pixel_t, top)
         if volumes:
             metrics["volume"] = volume_metrics(volumes, image_t, top)
+        seconds = scored - loaded
+        metrics["timing"] = {"images": len(splits.test), "seconds": round(seconds, 3),
+                             "images_per_second": round(len(splits.test) / max(seconds, 1e-9), 1),
+                             "model_seconds": round(load_seconds, 3), "data_seconds": round(loaded - started, 3),
+                             "metrics_seconds": round(time.perf_counter() - scored, 3)}
         write_test_outputs(out, splits.test, result.scores, result.maps, metrics, image_t, pixel_t,
-                           model.config.to_dict(), volumes)
+                           model.config.to_dict(), volumes, outputs)
         write_volumes(out, splits.test, result.maps, pixel_t, volumes, region)
-        _print_metrics(metrics, out)
+        _print_metrics(metrics, out, outputs)
 
 
 def cmd_predict(args) -> int:
-    model = FUNetGAN.load(args.run, device=args.device)
+    outputs = Outputs.parse(args.outputs, test=False)
+    model = load_scorer(args)
     out = Path(args.out)
     with folder_lock(out):
         claim_folder(out, RESULT_OUTPUTS, args.overwrite)
@@ -254,16 +328,41 @@ def cmd_predict(args) -> int:
         _print_notes(images.notes)
         result = model.score(images)
         image_t, pixel_t = _thresholds(model, args)
-        write_predictions(out, images, result.scores, result.maps, image_t, pixel_t)
+        write_predictions(out, images, result.scores, result.maps, image_t, pixel_t, outputs)
         volumes = volume_results(images, result.scores, result.maps, image_t, pixel_t,
                                  model.config.score.volume_top_slices)
         if volumes:
-            write_volume_table(out, volumes)
+            if outputs.scores:
+                write_volume_table(out, volumes)
             write_volumes(out, images, result.maps, pixel_t, volumes, model.scoring_region(images))
         flagged = int((result.scores >= image_t).sum())  # the rule of metrics and report
         print(f"{len(images)} image(s) scored, {flagged} at or above the threshold {image_t:.4g}; "
-              f"results in {out / 'predictions.csv'}")
+              f"results in {out / 'predictions.csv' if outputs.scores else out}")
         return 0
+
+
+def cmd_export(args) -> int:
+    from .export import PARITY_TOLERANCE, export_onnx, validation_images
+    from .model import FUNetGAN
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise FileExistsError(f"{out} already exists; use --overwrite to replace it")
+    model = FUNetGAN.load(args.run, device=args.device or "cpu")
+    images = source = None
+    if args.data is not None:
+        if args.category is not None:
+            model.config.data.category = args.category
+        if args.normal_class is not None:
+            model.config.data.normal_class = args.normal_class
+        images, source = validation_images(model, Path(args.data))
+    else:
+        print("note: no --data: the parity check scores generated images; pass the training data to check "
+              "on the run's validation images")
+    tolerance = args.tolerance if args.tolerance is not None else PARITY_TOLERANCE
+    parity = export_onnx(model, out, images, tolerance, args.exporter, source)
+    print("\n".join(parity.lines()))
+    print(f"model: {out} (score it with: funetgan predict --model {out} --out DIR PATH...)")
+    return 0
 
 
 def cmd_demo(args) -> int:
@@ -278,7 +377,8 @@ def cmd_demo(args) -> int:
     data = make_texture_dataset(out / "data", texture="brick", crop=2 * config.model.image_size, seed=config.seed)
     print(f"demo data (real brick photo, synthetic defects with masks): {data}")
     model = train_one(data, out / "run", config, resume=False, overwrite=True)
-    test_args = argparse.Namespace(threshold=None, pixel_threshold=None, overwrite=True)
+    # Every output for every image: the demo's test set is small, and shows everything.
+    test_args = argparse.Namespace(threshold=None, pixel_threshold=None, overwrite=True, outputs=["all"])
     test_one(model, data, out, test_args)
     print(f"demo finished in {(time.monotonic() - started) / 60:.1f} min; open {out / 'report.html'}")
     return 0
@@ -292,7 +392,7 @@ def _one_line(err: Exception) -> str:
     return str(err)
 
 
-def _thresholds(model: FUNetGAN, args) -> tuple[float, float]:
+def _thresholds(model: Scorer, args) -> tuple[float, float]:
     image_t = args.threshold if args.threshold is not None else model.image_threshold
     pixel_t = args.pixel_threshold if args.pixel_threshold is not None else model.pixel_threshold
     return image_t, pixel_t
@@ -303,7 +403,7 @@ def _print_notes(notes: list[str]) -> None:
         print(f"note: {note}")
 
 
-def _print_metrics(metrics: dict, out: Path) -> None:
+def _print_metrics(metrics: dict, out: Path, outputs: Outputs) -> None:
     def line(name: str, values: dict, keys: tuple[str, ...]) -> str:
         shown = [f"{k} {values[k]:.3f}" for k in keys if isinstance(values.get(k), (int, float))]
         return f"{name}: " + ", ".join(shown)
@@ -315,4 +415,10 @@ def _print_metrics(metrics: dict, out: Path) -> None:
         volume = metrics["volume"]
         print(line(f"volume ({volume['n_volumes']})", {**volume["detection"], **volume},
                    ("auroc", "sensitivity", "specificity", "dice_mean", "lesion_ml_abs_error_mean")))
-    print(f"results in {out}: metrics.json, scores.csv, report.html")
+    t = metrics["timing"]
+    print(f"time: model {t['model_seconds']:.1f} s, data {t['data_seconds']:.1f} s, scoring {t['seconds']:.1f} s "
+          f"({t['images_per_second']:.0f} images/s), metrics {t['metrics_seconds']:.1f} s, "
+          f"files {t['files_seconds']:.1f} s, report {t['report_seconds']:.1f} s")
+    written = [name for name, wanted in (("metrics.json", outputs.metrics), ("scores.csv", outputs.scores),
+                                         ("report.html", outputs.report)) if wanted]
+    print(f"results in {out}" + (f": {', '.join(written)}" if written else ""))

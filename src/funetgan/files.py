@@ -9,6 +9,10 @@ import secrets
 from collections.abc import Callable
 from pathlib import Path
 
+# What a run folder holds (model.py writes them, the CLI guards them; no PyTorch needed to name them).
+MODEL_FILE = "model.safetensors"
+CHECKPOINT_FILE = "checkpoint.safetensors"
+
 
 class WriteError(OSError):
     """A file could not be written (no space, permission denied, read-only folder, ...); the

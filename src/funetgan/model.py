@@ -1,34 +1,27 @@
 """The public model object: fit (both training stages, then calibration), score, save, load."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from . import checkpoint, scoring, tiling
-from .config import Config, ScoreConfig, tile_stride, working_size
+from . import checkpoint
+from .config import Config
 from .data import check_batch, held_out
-from .data.base import ImageSet, to_tensor
+from .data.base import ImageSet
+from .export import PARITY_TOLERANCE, export_onnx
+from .files import CHECKPOINT_FILE, MODEL_FILE
 from .nn import Discriminator, Encoder, Generator
 from .nn.residuals import TERM_MAPS, TERM_VALUES, ScoringNetwork
+from .nn.tensors import to_tensor
 from .runtime import Runtime, setup
-from .scoring import Terms
+from .scoring import Scorer, Scores  # noqa: F401  (Scores: also importable from here)
 from .thresholds import calibrate_image_threshold, calibrate_pixel_threshold
 from .train import Trainer
 
-MODEL_FILE = "model.safetensors"
-CHECKPOINT_FILE = "checkpoint.safetensors"
 
-
-@dataclass
-class Scores:
-    scores: np.ndarray  # N image anomaly scores, higher = more anomalous
-    maps: np.ndarray  # N x H x W float32 anomaly maps at the working resolution
-
-
-class FUNetGAN:
+class FUNetGAN(Scorer):
     """F-UNetGAN: G, U-Net D and E, trained on normal images only.
 
     >>> model = FUNetGAN(config).fit(splits.train)      # doctest: +SKIP
@@ -97,18 +90,7 @@ class FUNetGAN:
         n_val = held_out(len(train), self.config.data.val_fraction)
         return np.sort(order[n_val:]), train.subset(np.sort(order[:n_val]))
 
-    # ---- scoring ---------------------------------------------------------------------------
-    def residual_terms(self, images: np.ndarray, batch_size: int | None = None,
-                       region: np.ndarray | None = None) -> Terms:
-        """The raw residual terms of E, G and D on uint8 `images`: what `score` combines, so
-        several scoring settings can be compared on one pass of the networks. Images larger
-        than the model are scored tile by tile (`tiling`), `batch_size` tiles at a time.
-        `region` (N x H x W bool): the pixels that count (see `scoring_region`)."""
-        maps, values = tiling.score_tiled(images, self.config.model.image_size, tile_stride(self.config),
-                                          batch_size or self.config.score.batch_size, self._score_tiles)
-        terms = Terms(**maps, **values)
-        return terms if region is None else scoring.restrict(terms, region)
-
+    # ---- scoring (tiling, normalisation, blur, image scores: `Scorer`) ---------------------
     @torch.inference_mode()
     def _score_tiles(self, tiles: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
         """The residual terms of uint8 B x S x S x C tiles, as numpy (a `tiling.TileScorer`)."""
@@ -118,37 +100,6 @@ class FUNetGAN:
         with rt.autocast():
             terms = [term.float().cpu().numpy() for term in network(rt.prepare(to_tensor(tiles, rt.device)))]
         return {"maps": dict(zip(TERM_MAPS, terms)), "values": dict(zip(TERM_VALUES, terms[len(TERM_MAPS):]))}
-
-    def scoring_region(self, images: ImageSet) -> np.ndarray | None:
-        """The pixels that are scored: the lung of CT slices that have a lung mask, under
-        `score.lung_only`; None: every pixel."""
-        return images.lung if self.config.score.lung_only else None
-
-    def score(self, images: ImageSet | np.ndarray, batch_size: int | None = None) -> Scores:
-        """Image scores and anomaly maps; needs a calibrated model (after fit or load). For
-        an ImageSet with lung masks, only the lung is scored (`scoring_region`)."""
-        if not self.calibration:
-            raise RuntimeError("the model is not calibrated: fit it, or load a trained run")
-        array = images.images if isinstance(images, ImageSet) else images
-        self._check_images(array)
-        region = self.scoring_region(images) if isinstance(images, ImageSet) else None
-        return self.scores_from_terms(self.residual_terms(array, batch_size, region))
-
-    def scores_from_terms(self, terms: Terms, settings: ScoreConfig | None = None) -> Scores:
-        """Scores and maps from `residual_terms` under `settings` (default: the model's)."""
-        scores, maps = scoring.combine(terms, self.calibration["norms"], settings or self.config.score,
-                                       self.config.model.image_size)
-        return Scores(scores, maps)
-
-    def _check_images(self, images: np.ndarray) -> None:
-        """uint8 N x S x S x C at the working resolution; "native" takes any size the patch fits."""
-        size, channels, patch = working_size(self.config), self.config.model.channels, self.config.model.image_size
-        expected = f"N x {size} x {size} x {channels}" if size else f"N x H x W x {channels} (H, W >= {patch})"
-        shape = images.shape
-        fits = images.ndim == 4 and images.dtype == np.uint8 and shape[3] == channels and (
-            shape[1:3] == (size, size) if size else min(shape[1:3]) >= patch)
-        if not fits:
-            raise ValueError(f"images must be uint8 {expected}, got {images.dtype} {tuple(shape)}")
 
     def calibrate(self, val: ImageSet) -> dict:
         """Normal levels of each residual term and the thresholds, from validation data only:
@@ -172,15 +123,16 @@ class FUNetGAN:
                                           "rule": "f1-optimal" if labelled else f"normal quantile {q}"}
         return self.calibration
 
-    @property
-    def image_threshold(self) -> float:
-        return self.calibration["image_threshold"]
-
-    @property
-    def pixel_threshold(self) -> float:
-        return self.calibration["pixel_threshold"]
-
     # ---- persistence ---------------------------------------------------------------------
+    def export(self, path: str | Path, check_images: ImageSet | np.ndarray | None = None,
+               tolerance: float | None = None, exporter: str = "torchscript"):
+        """Write the scoring networks as one ONNX graph, with the settings and calibration in
+        its metadata, for `OnnxScorer` (onnxruntime, no PyTorch). Checked first: the ONNX
+        checker, then maps and scores of `check_images` (default: generated images) against
+        PyTorch's within `tolerance`; raises `export.ParityError` and writes nothing otherwise.
+        Returns the `export.Parity` figures. Needs `pip install funetgan[onnx]`."""
+        return export_onnx(self, path, check_images, PARITY_TOLERANCE if tolerance is None else tolerance, exporter)
+
     def _weights(self) -> dict[str, torch.Tensor]:
         tensors = {}
         for name, net in (("G", self.G), ("D", self.D), ("E", self.E)):

@@ -6,6 +6,8 @@
     plots/*.png           ROC, PR, PRO curves and the score histogram
     report.html           one page linking all of the above by relative paths
 
+`outputs.Outputs` chooses which of them are written, and for which images (`--outputs`).
+
 A pixel is predicted anomalous when its map value, bilinearly resized, is ``>= pixel
 threshold``; an image when its score is ``>= image threshold``.
 """
@@ -17,6 +19,8 @@ import io
 import json
 import os
 import re
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import matplotlib
@@ -29,6 +33,7 @@ from sklearn.metrics import precision_recall_curve, roc_curve
 
 from .files import atomic_save_png, atomic_write_text
 from .metrics import PRO_FPR_LIMIT, labelled, pixel_curves, pixel_truth
+from .outputs import Outputs
 
 DISPLAY_SIZE = 256  # overlay panel side, pixels
 COLOR_QUANTILE = 0.999  # heat-map scale: 0 .. this quantile of all maps, the same for all images
@@ -36,6 +41,7 @@ COLORMAP = matplotlib.colormaps["turbo"]
 PREDICTED_COLOR = (255, 40, 40)
 TRUTH_COLOR = (40, 255, 40)
 N_EXAMPLES = 12  # images per example section of the report
+WRITERS = 8  # threads writing per-image files (see _write_image_outputs)
 SCORE_COLUMNS = ["path", "label", "kind", "score", "predicted", "anomalous_fraction", "name"]
 PREDICTION_COLUMNS = ["path", "score", "predicted", "anomalous_fraction", "name"]
 VOLUME_COLUMNS = ["volume", "path", "slices", "label", "score", "predicted", "lesion_ml", "predicted_ml",
@@ -44,21 +50,45 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 def write_test_outputs(out_dir, imageset, scores, maps, metrics: dict, image_threshold: float,
-                       pixel_threshold: float, settings: dict, volumes: list[dict] | None = None) -> None:
-    """All outputs of a labelled test run (see the module docstring); with `volumes` (rows of
-    volumes.volume_results), also volumes.csv and a per-patient section in the report."""
+                       pixel_threshold: float, settings: dict, volumes: list[dict] | None = None,
+                       outputs: Outputs | None = None) -> dict:
+    """The outputs of a labelled test run that `outputs` asks for (default: all of them, for
+    every image; see the module docstring); with `volumes` (rows of volumes.volume_results),
+    also volumes.csv and a per-patient section in the report. The seconds spent on the
+    per-image files and the tables ("files_seconds") and on the plots and report
+    ("report_seconds") are added to `metrics["timing"]`, and metrics.json is written last,
+    with them. Returns `metrics`."""
+    outputs = outputs or Outputs()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
+    started = time.perf_counter()
     color_max = heat_scale(maps)
-    rows = _write_image_outputs(out, imageset, scores, maps, image_threshold, pixel_threshold,
-                                color_max)
-    atomic_write_text(out / "scores.csv", _csv(rows, SCORE_COLUMNS))
-    plots = _write_plots(out / "plots", imageset, scores, maps, metrics)
-    page = _render_report(metrics, rows, plots, settings, imageset.notes, color_max, volumes)
-    atomic_write_text(out / "report.html", page)
-    if volumes:
-        write_volume_table(out, volumes)
+    scores = np.asarray(scores, float)
+    groups = example_groups(imageset.labels, scores, image_threshold) if outputs.report else []
+    examples = None
+    if outputs.report:  # what the report shows: its examples and each volume's top slices
+        shown = [index for _, index, _ in groups] + [np.asarray(v["top_rows"], int) for v in volumes or []]
+        examples = np.unique(np.concatenate(shown).astype(int))
+    overlays = outputs.images("overlays", scores, image_threshold, examples)
+    if examples is not None:  # their overlays come with the report
+        overlays = np.union1d(overlays, examples)
+    rows = _write_image_outputs(out, imageset, scores, maps, image_threshold, pixel_threshold, color_max,
+                                outputs.images("masks", scores, image_threshold, examples), overlays)
+    if outputs.scores:
+        atomic_write_text(out / "scores.csv", _csv(rows, SCORE_COLUMNS))
+        if volumes:
+            write_volume_table(out, volumes)
+    timing = metrics.setdefault("timing", {})
+    timing["files_seconds"] = round(time.perf_counter() - started, 3)
+    started = time.perf_counter()
+    if outputs.report:
+        plots = _write_plots(out / "plots", imageset, scores, maps, metrics)
+        page = _render_report(metrics, rows, plots, settings, imageset.notes, color_max, groups, outputs, volumes)
+        atomic_write_text(out / "report.html", page)
+    timing["report_seconds"] = round(time.perf_counter() - started, 3)
+    if outputs.metrics:
+        atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
+    return metrics
 
 
 def write_volume_table(out_dir, volumes: list[dict]) -> None:
@@ -67,13 +97,17 @@ def write_volume_table(out_dir, volumes: list[dict]) -> None:
 
 
 def write_predictions(out_dir, imageset, scores, maps, image_threshold: float,
-                      pixel_threshold: float) -> None:
-    """Masks, overlays and predictions.csv for images without labels."""
+                      pixel_threshold: float, outputs: Outputs | None = None) -> None:
+    """Masks, overlays and predictions.csv for images without labels (as `outputs` says;
+    default: all of them, for every image)."""
+    outputs = outputs or Outputs()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = _write_image_outputs(out, imageset, scores, maps, image_threshold, pixel_threshold,
-                                heat_scale(maps))
-    atomic_write_text(out / "predictions.csv", _csv(rows, PREDICTION_COLUMNS))
+                                heat_scale(maps), outputs.images("masks", scores, image_threshold),
+                                outputs.images("overlays", scores, image_threshold))
+    if outputs.scores:
+        atomic_write_text(out / "predictions.csv", _csv(rows, PREDICTION_COLUMNS))
 
 
 def _csv(rows: list[dict], columns: list[str]) -> str:
@@ -118,26 +152,54 @@ def _resize(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def _write_image_outputs(out: Path, imageset, scores, maps, image_threshold, pixel_threshold,
-                         color_max) -> list[dict]:
-    """Predicted mask and overlay per image; returns one table row per image."""
-    (out / "masks").mkdir(exist_ok=True)
-    (out / "overlays").mkdir(exist_ok=True)
+                         color_max, masks=None, overlays=None) -> list[dict]:
+    """One table row per image; writes the predicted masks of images `masks` and the overlays
+    of images `overlays` (indices; None: every image), WRITERS files at a time: each durable
+    write waits on the disk (fsync), and the waits overlap. Measured on the 2-core VM this was
+    built on: 7 ms per 28 px mask one at a time, 0.5 ms with 4 or 8 writers; 22 ms per overlay,
+    14 ms with 8."""
+    n = len(imageset)
+    write_mask = _flags(n, masks)
+    write_overlay = _flags(n, overlays)
+    if write_mask.any():
+        (out / "masks").mkdir(exist_ok=True)
+    if write_overlay.any():
+        (out / "overlays").mkdir(exist_ok=True)
     has_truth = pixel_truth(imageset)
-    rows = []
-    for i, name in enumerate(output_names(imageset.paths)):
-        mask = _resize(maps[i], imageset.sizes[i]) >= pixel_threshold
-        # Level 1: PNG compression dominates the run time otherwise.
-        atomic_save_png(out / "masks" / f"{name}.png", Image.fromarray(mask.astype(np.uint8) * 255), 1)
-        truth = imageset.masks[i] if has_truth[i] else None
-        atomic_save_png(out / "overlays" / f"{name}.png",
-                        overlay(imageset.images[i], maps[i], pixel_threshold, color_max, truth), 1)
-        rows.append({
-            "path": imageset.paths[i], "label": int(imageset.labels[i]),
-            "kind": imageset.kinds[i], "score": float(scores[i]),
-            "predicted": int(scores[i] >= image_threshold),
-            "anomalous_fraction": float(mask.mean()), "name": name,
-        })
+
+    def write(i: int, name: str, mask: np.ndarray) -> None:
+        if write_mask[i]:
+            # Level 1: PNG compression dominates the run time otherwise.
+            atomic_save_png(out / "masks" / f"{name}.png", Image.fromarray(mask.astype(np.uint8) * 255), 1)
+        if write_overlay[i]:
+            truth = imageset.masks[i] if has_truth[i] else None
+            atomic_save_png(out / "overlays" / f"{name}.png",
+                            overlay(imageset.images[i], maps[i], pixel_threshold, color_max, truth), 1)
+
+    rows, pending = [], []
+    with ThreadPoolExecutor(WRITERS) as pool:
+        try:
+            for i, name in enumerate(output_names(imageset.paths)):
+                mask = _resize(maps[i], imageset.sizes[i]) >= pixel_threshold
+                if write_mask[i] or write_overlay[i]:
+                    pending.append(pool.submit(write, i, name, mask))
+                rows.append({
+                    "path": imageset.paths[i], "label": int(imageset.labels[i]),
+                    "kind": imageset.kinds[i], "score": float(scores[i]),
+                    "predicted": int(scores[i] >= image_threshold),
+                    "anomalous_fraction": float(mask.mean()), "name": name,
+                })
+            for job in pending:
+                job.result()  # the first failed write, if any, as it was raised
+        finally:
+            pool.shutdown(cancel_futures=True)  # after a failure (or Ctrl-C) write no more
     return rows
+
+
+def _flags(n: int, index) -> np.ndarray:
+    flags = np.zeros(n, bool)
+    flags[np.arange(n) if index is None else np.asarray(index, int)] = True
+    return flags
 
 
 def overlay(image: np.ndarray, anomaly_map: np.ndarray, threshold: float, color_max: float,
@@ -282,7 +344,29 @@ def _per_kind_table(per_kind: dict) -> str:
     return _table(["kind (vs. normal)"] + [title for *_, title in columns], rows)
 
 
-def _examples(title: str, rows: list[dict]) -> str:
+# The report's example sections: title, label, predicted, highest score first.
+EXAMPLE_SECTIONS = [
+    ("False positives: normal images flagged, highest score first", 0, 1, True),
+    ("False negatives: anomalies missed, lowest score first", 1, 0, False),
+    ("Clearest detections: anomalies with the highest scores", 1, 1, True),
+    ("Clearest normals: normal images with the lowest scores", 0, 0, False),
+]
+
+
+def example_groups(labels, scores, image_threshold: float) -> list[tuple[str, np.ndarray, int]]:
+    """The report's examples: (title, indices of the images shown, how many qualified) per
+    section of EXAMPLE_SECTIONS, at most N_EXAMPLES images each."""
+    labels, scores = np.asarray(labels), np.asarray(scores, float)
+    predicted = (scores >= image_threshold).astype(int)
+    groups = []
+    for title, label, flagged, highest_first in EXAMPLE_SECTIONS:
+        chosen = np.flatnonzero((labels == label) & (predicted == flagged))
+        order = np.argsort(-scores[chosen] if highest_first else scores[chosen], kind="stable")
+        groups.append((title, chosen[order[:N_EXAMPLES]], len(chosen)))
+    return groups
+
+
+def _examples(title: str, rows: list[dict], total: int) -> str:
     if not rows:
         return f"<h3>{html.escape(title)} (none)</h3>"
     figures = "".join(
@@ -290,22 +374,29 @@ def _examples(title: str, rows: list[dict]) -> str:
         f'alt="{html.escape(row["name"])}" loading="lazy"></a><figcaption>'
         f'{html.escape(row["path"])}<br>{html.escape(row["kind"])}, score '
         f'{row["score"]:.4g}, anomalous area {row["anomalous_fraction"]:.1%}</figcaption></figure>'
-        for row in rows[:N_EXAMPLES])
-    shown = f" ({N_EXAMPLES} of {len(rows)})" if len(rows) > N_EXAMPLES else f" ({len(rows)})"
+        for row in rows)
+    shown = f" ({len(rows)} of {total})" if total > len(rows) else f" ({total})"
     return f'<h3>{html.escape(title)}{shown}</h3><div class="examples">{figures}</div>'
 
 
-def _example_sections(rows: list[dict]) -> str:
-    def pick(label: int, predicted: int, highest_first: bool) -> list[dict]:
-        chosen = [r for r in rows if r["label"] == label and r["predicted"] == predicted]
-        return sorted(chosen, key=lambda r: r["score"], reverse=highest_first)
+def _example_sections(rows: list[dict], groups: list[tuple[str, np.ndarray, int]]) -> str:
+    return "".join(_examples(title, [rows[i] for i in shown], total) for title, shown, total in groups)
 
-    return "".join([
-        _examples("False positives: normal images flagged, highest score first", pick(0, 1, True)),
-        _examples("False negatives: anomalies missed, lowest score first", pick(1, 0, False)),
-        _examples("Clearest detections: anomalies with the highest scores", pick(1, 1, True)),
-        _examples("Clearest normals: normal images with the lowest scores", pick(0, 0, False)),
-    ])
+
+def _file_links(outputs: Outputs) -> str:
+    """What this run wrote besides the report, for the report's first paragraph."""
+    def which(parts: tuple[str, ...], extra: list[str]) -> str:
+        if "all" in parts:
+            return "every image"
+        named = [part.replace("examples", "the examples below") for part in parts if part != "none"]
+        return " + ".join(dict.fromkeys([*named, *extra]))
+
+    links = [f'<a href="{name}">{name}</a>' for name, wanted in
+             (("metrics.json", outputs.metrics), ("scores.csv", outputs.scores)) if wanted]
+    if outputs.masks != ("none",):
+        links.append(f"masks/ ({html.escape(which(outputs.masks, []))})")
+    links.append(f"overlays/ ({html.escape(which(outputs.overlays, ['the examples below']))})")
+    return ", ".join(links)
 
 
 _VOLUME_METRICS = [("auroc", "AUROC"), ("ap", "average precision"), ("f1", "F1 at threshold"),
@@ -341,6 +432,7 @@ def _volume_section(summary: dict, volumes: list[dict], rows: list[dict]) -> str
 
 def _render_report(metrics: dict, rows: list[dict], plots: list[tuple[str, str]],
                    settings: dict, notes: list[str], color_max: float,
+                   groups: list[tuple[str, np.ndarray, int]], outputs: Outputs,
                    volumes: list[dict] | None = None) -> str:
     image = metrics["image"]
     counts = image["counts"]
@@ -352,8 +444,7 @@ def _render_report(metrics: dict, rows: list[dict], plots: list[tuple[str, str]]
         f"{image['n_normal']} normal, {image['n_anomalous']} anomalous. At the image threshold "
         f"{image['threshold']:.4g}: {counts['tp']} true positives, {counts['fp']} false "
         f"positives, {counts['fn']} false negatives, {counts['tn']} true negatives. Files: "
-        '<a href="metrics.json">metrics.json</a>, <a href="scores.csv">scores.csv</a>, '
-        "masks/, overlays/.</p>",
+        f"{_file_links(outputs)}.</p>",
         "<h2>Metrics</h2>", _metrics_table(metrics),
     ]
     if "scored_pixels" in metrics:
@@ -367,7 +458,7 @@ def _render_report(metrics: dict, rows: list[dict], plots: list[tuple[str, str]]
         "</div><h2>Examples</h2>",
         f'<p class="note">Panels: image | anomaly map (colour scale 0 to {color_max:.4g}, the '
         "same for every image) | predicted mask (red) | ground truth (green, when known).</p>",
-        _example_sections(rows),
+        _example_sections(rows, groups),
     ]
     if volumes:
         parts += [_volume_section(metrics.get("volume", {}), volumes, rows)]

@@ -12,7 +12,9 @@ dividing by their normal level first makes kappa a relative weight whatever the 
 features happen to have after training (which varies from run to run by orders of magnitude).
 
 Tiled images (`tiling`) have one izif value per tile; `score.tile_reduce` turns them into one
-per image. Numpy only, so the PyTorch and the ONNX runtime paths share it.
+per image. Numpy only, so the PyTorch and the ONNX runtime paths share it: `Scorer` is all of
+scoring except the networks' forward pass, which each runtime supplies as a tile scorer
+(`FUNetGAN` with PyTorch, `OnnxScorer` with onnxruntime).
 """
 from __future__ import annotations
 
@@ -22,7 +24,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from .config import ScoreConfig
+from . import tiling
+from .config import Config, ScoreConfig, tile_stride, working_size
+from .data.base import ImageSet
 
 TERMS = ("pixel_residual", "pixel_features", "image_residual", "image_features")
 
@@ -57,6 +61,75 @@ def restrict(terms: Terms, region: np.ndarray) -> Terms:
     squared = (terms.pixel_residual ** 2 * inside).reshape(len(inside), -1).sum(1, dtype=np.float64)
     return Terms(pixel_residual=terms.pixel_residual * inside, pixel_features=terms.pixel_features * inside,
                  image_residual=(squared / area)[:, None], image_features=terms.image_features, region=region)
+
+
+@dataclass
+class Scores:
+    scores: np.ndarray  # N image anomaly scores, higher = more anomalous
+    maps: np.ndarray  # N x H x W float32 anomaly maps at the working resolution
+
+
+class Scorer:
+    """Scores images with a trained detector: its settings (`config`), its calibration (normal
+    levels and thresholds) and a tile scorer (`_score_tiles`: the networks, in whatever
+    runtime). Tiling, normalisation, blur and image scores are the same code for every runtime."""
+
+    config: Config
+    calibration: dict
+
+    def _score_tiles(self, tiles: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
+        """The raw residual terms of uint8 B x S x S x C tiles (a `tiling.TileScorer`)."""
+        raise NotImplementedError
+
+    def residual_terms(self, images: np.ndarray, batch_size: int | None = None,
+                       region: np.ndarray | None = None) -> Terms:
+        """The raw residual terms of E, G and D on uint8 `images`: what `score` combines, so
+        several scoring settings can be compared on one pass of the networks. Images larger
+        than the model are scored tile by tile (`tiling`), `batch_size` tiles at a time.
+        `region` (N x H x W bool): the pixels that count (see `scoring_region`)."""
+        maps, values = tiling.score_tiled(images, self.config.model.image_size, tile_stride(self.config),
+                                          batch_size or self.config.score.batch_size, self._score_tiles)
+        terms = Terms(**maps, **values)
+        return terms if region is None else restrict(terms, region)
+
+    def scoring_region(self, images: ImageSet) -> np.ndarray | None:
+        """The pixels that are scored: the lung of CT slices that have a lung mask, under
+        `score.lung_only`; None: every pixel."""
+        return images.lung if self.config.score.lung_only else None
+
+    def score(self, images: ImageSet | np.ndarray, batch_size: int | None = None) -> Scores:
+        """Image scores and anomaly maps; needs a calibrated model (after fit or load). For
+        an ImageSet with lung masks, only the lung is scored (`scoring_region`)."""
+        if not self.calibration:
+            raise RuntimeError("the model is not calibrated: fit it, or load a trained run")
+        array = images.images if isinstance(images, ImageSet) else images
+        self._check_images(array)
+        region = self.scoring_region(images) if isinstance(images, ImageSet) else None
+        return self.scores_from_terms(self.residual_terms(array, batch_size, region))
+
+    def scores_from_terms(self, terms: Terms, settings: ScoreConfig | None = None) -> Scores:
+        """Scores and maps from `residual_terms` under `settings` (default: the model's)."""
+        scores, maps = combine(terms, self.calibration["norms"], settings or self.config.score,
+                               self.config.model.image_size)
+        return Scores(scores, maps)
+
+    def _check_images(self, images: np.ndarray) -> None:
+        """uint8 N x S x S x C at the working resolution; "native" takes any size the patch fits."""
+        size, channels, patch = working_size(self.config), self.config.model.channels, self.config.model.image_size
+        expected = f"N x {size} x {size} x {channels}" if size else f"N x H x W x {channels} (H, W >= {patch})"
+        shape = images.shape
+        fits = images.ndim == 4 and images.dtype == np.uint8 and shape[3] == channels and (
+            shape[1:3] == (size, size) if size else min(shape[1:3]) >= patch)
+        if not fits:
+            raise ValueError(f"images must be uint8 {expected}, got {images.dtype} {tuple(shape)}")
+
+    @property
+    def image_threshold(self) -> float:
+        return self.calibration["image_threshold"]
+
+    @property
+    def pixel_threshold(self) -> float:
+        return self.calibration["pixel_threshold"]
 
 
 def combine(terms: Terms, norms: dict[str, float], cfg: ScoreConfig, image_size: int) -> tuple[np.ndarray, np.ndarray]:

@@ -17,9 +17,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from . import tiling
-from .data.base import to_tensor, to_uint8
 from .files import append_line, atomic_save_png
 from .losses import critic_loss, encoder_loss, generator_loss, warmup_loss
+from .nn.tensors import to_tensor, to_uint8
 from .runtime import Runtime
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import DataConfig
-from .base import DataError, ImageSet, Splits, to_tensor, to_uint8
+from .base import DataError, ImageSet, Splits
 from .checks import BadFiles, MissingDependency, check_batch, held_out
 from .ct import is_ct_dataset, load_ct, volume_slices
 from .folder import find_folder_dataset, load_folder, mvtec_categories
@@ -21,12 +21,19 @@ from .msd import is_msd_dataset, load_msd
 __all__ = [
     "DataError", "ImageSet", "MissingDependency", "Splits", "check_batch", "fit_image", "held_out",
     "fit_mask", "load_dataset", "load_unlabelled", "mvtec_categories", "read_image",
-    "read_mask", "to_tensor", "to_uint8",
+    "read_mask",
 ]
 
 LAYOUTS = ("train/ (+ test/, val/, masks/ or ground_truth/), an MVTec AD category or root, "
            "MNIST-style IDX files, ct_scans/ + infection_mask/, or a Medical Segmentation Decathlon "
            "task (dataset.json + imagesTr/ + labelsTr/)")
+
+
+def __getattr__(name: str):
+    if name in ("to_tensor", "to_uint8"):  # PyTorch's side of the data (nn.tensors), on first use only
+        from . import base
+        return getattr(base, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def load_dataset(path: str | Path, image_size: int | None = 64, channels: int = 1,

@@ -2,7 +2,8 @@
 
 Images are kept as uint8 at the working resolution (the model's size unless
 `data.resolution` says otherwise; decoded only once); they become
-float tensors in [-1, 1] per batch, on the training device.
+float tensors in [-1, 1] per batch, on the training device (`nn.tensors`). No PyTorch here:
+reading data for the ONNX runtime path must not need it.
 """
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 if TYPE_CHECKING:
     from .medical import Geometry
@@ -116,13 +116,9 @@ class Splits:
     val: ImageSet | None = None
 
 
-def to_tensor(images: np.ndarray | torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
-    """uint8 N x S x S x C (array or tensor) -> float N x C x S x S in [-1, 1] on `device`."""
-    batch = torch.as_tensor(images).to(device, non_blocking=True)
-    return batch.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
-
-
-def to_uint8(batch: torch.Tensor) -> np.ndarray:
-    """float N x C x S x S in [-1, 1] -> uint8 N x S x S x C."""
-    images = ((batch.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return images.permute(0, 2, 3, 1).cpu().numpy()
+def __getattr__(name: str):
+    # to_tensor / to_uint8 live with PyTorch in nn.tensors; imported from here on first use only.
+    if name in ("to_tensor", "to_uint8"):
+        from ..nn import tensors
+        return getattr(tensors, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -24,5 +24,5 @@ class Generator(nn.Module):
                                       conv(w[image_size], channels, 3, sn=True), nn.Tanh())
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        h = self.fc(z).view(len(z), self.base, 4, 4)
+        h = self.fc(z).view(-1, self.base, 4, 4)  # -1, not len(z): a traced graph keeps any batch size
         return self.to_image(self.blocks(h))

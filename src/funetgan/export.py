@@ -1,0 +1,265 @@
+"""ONNX export with a parity check: a model file is only written once it passes the ONNX
+checker and scores like PyTorch.
+
+What the graph holds: uint8 tiles B x S x S x C (B dynamic) -> E, G, D -> the four raw
+residual terms (`nn.residuals.ScoringNetwork`). What it does not: tiling, the normal-level
+normalisation, the blur and the image score. Those run in `scoring.Scorer`, the same numpy
+code for PyTorch and onnxruntime, configured from the settings and calibration stored in the
+graph's metadata (README, "Design choices": with tiling the blur must run on the stitched
+map, so an in-graph blur would be a second implementation beside the tiled one, and two
+implementations are what drift apart after an export).
+
+The check scores the same images with PyTorch (float32, CPU) and with onnxruntime through
+that shared code and compares the final maps and image scores: the largest error relative
+to the largest reference value must stay within `tolerance` (PARITY_TOLERANCE, below).
+"""
+from __future__ import annotations
+
+import copy
+import io
+import json
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from torch.nn.utils import parametrize
+
+from . import __version__
+from .config import Config, tile_stride, working_size
+from .data import ImageSet, load_dataset
+from .files import atomic_write
+from .nn.residuals import TERM_MAPS, TERM_VALUES, ScoringNetwork
+from .nn.tensors import uint8_to_float
+from .onnx_scorer import FORMAT, INPUT, MAP_OUTPUTS, META_KEY, VALUE_OUTPUTS, OnnxScorer, require
+from .scoring import Scorer, blur_sigma
+
+# Largest accepted error of the ONNX model's maps and scores, relative to the largest value of
+# each in PyTorch. Measured (README, "Deployment"): 1e-6 to 1e-5 on trained models (float32 on
+# both sides, other kernels and summation orders), up to a few 1e-4 on untrained networks, where
+# D's features of x and of G(E(x)) nearly cancel. A broken export (weights without their
+# spectral norm, another resampling rule, a batch size frozen into the graph) is off by 1e-2 to
+# 1. At 1e-3 a score can move by 0.1 % of the largest score, so a decision changes only for an
+# image that close to the threshold.
+PARITY_TOLERANCE = 1e-3
+OPSET = 17  # onnxruntime >= 1.14, OpenVINO, TensorRT 8.6 all read it
+EXPORTERS = ("torchscript", "dynamo")
+CHECK_IMAGES = 256  # at most this many images are scored twice by the check
+
+
+class ParityError(ValueError):
+    """The exported graph does not score like PyTorch; nothing was written."""
+
+
+class ExportGraph(nn.Module):
+    """What the ONNX graph computes: uint8 tiles B x S x S x C -> the residual terms."""
+
+    def __init__(self, network: ScoringNetwork):
+        super().__init__()
+        self.network = network
+
+    def forward(self, tiles: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.network(uint8_to_float(tiles))
+
+
+@dataclass
+class Parity:
+    """How far the exported model's outputs are from PyTorch's on the same images."""
+
+    images: int
+    source: str  # where the images came from
+    maps_max_abs: float
+    maps_max_rel: float  # max |onnx - torch| / max |torch|
+    scores_max_abs: float
+    scores_max_rel: float
+    decisions_changed: int  # images on the other side of the image threshold
+    mask_pixels_changed: int  # map pixels on the other side of the pixel threshold
+    tolerance: float
+    runtime: str
+
+    @property
+    def passed(self) -> bool:
+        return max(self.maps_max_rel, self.scores_max_rel) <= self.tolerance
+
+    def lines(self) -> list[str]:
+        verdict = "passed" if self.passed else "FAILED"
+        return [f"parity check on {self.images} {self.source} ({self.runtime}):",
+                f"  maps:   max abs error {self.maps_max_abs:.3g}, max relative error {self.maps_max_rel:.3g}",
+                f"  scores: max abs error {self.scores_max_abs:.3g}, max relative error {self.scores_max_rel:.3g}",
+                f"  decisions changed: {self.decisions_changed} of {self.images} images, "
+                f"{self.mask_pixels_changed} mask pixels",
+                f"  tolerance: relative error <= {self.tolerance:g}: {verdict}"]
+
+
+def export_onnx(model, path: str | Path, check_images: ImageSet | np.ndarray | None = None,
+                tolerance: float = PARITY_TOLERANCE, exporter: str = "torchscript",
+                source: str | None = None) -> Parity:
+    """Write `model` (a calibrated FUNetGAN) to `path` as ONNX after checking it: the ONNX
+    checker, then parity with PyTorch on `check_images` (uint8 N x H x W x C at the working
+    resolution; None: generated images, which test the arithmetic, not the data). Raises
+    ParityError, and writes nothing, when the outputs differ by more than `tolerance`."""
+    if not model.calibration:
+        raise RuntimeError("the model is not calibrated: fit it, or load a trained run")
+    if exporter not in EXPORTERS:
+        raise ValueError(f"exporter must be one of {EXPORTERS}, got {exporter!r}")
+    onnx = require("onnx")
+    if check_images is None:
+        images, source = generated_images(model.config), "generated images (no data given: pass validation images)"
+    else:
+        images = check_images.images if isinstance(check_images, ImageSet) else np.asarray(check_images)
+        images, source = images[:CHECK_IMAGES], source or "check images"
+    model._check_images(images)
+    if not len(images):
+        raise ValueError("the parity check needs at least one image")
+
+    proto = onnx.load_from_string(_trace(export_graph(model), model.config, exporter))
+    meta = metadata(model)
+    _set_metadata(proto, meta, model.config)
+    onnx.checker.check_model(proto, full_check=True)
+    parity = check_parity(model, proto.SerializeToString(), images, tolerance, source)
+    if not parity.passed:
+        raise ParityError("the exported model does not score like PyTorch, nothing written:\n"
+                          + "\n".join(parity.lines()))
+    _set_metadata(proto, {**meta, "parity": {**asdict(parity), "passed": True}}, model.config)
+    atomic_write(path, lambda tmp: tmp.write_bytes(proto.SerializeToString()))
+    return parity
+
+
+def export_graph(model) -> ExportGraph:
+    """The scoring network on float32 CPU copies of E, G and D, with spectral norm folded into
+    the weights (in eval mode it is a fixed rescaling; ONNX has no op for its vdot)."""
+    return ExportGraph(ScoringNetwork(*(_plain_copy(net) for net in (model.E, model.G, model.D)))).eval()
+
+
+def _plain_copy(net: nn.Module) -> nn.Module:
+    """A float32 CPU eval-mode copy of `net` whose parametrized weights are plain parameters
+    holding their current values. By hand rather than `remove_parametrizations`: a deep copy
+    shares its parametrized classes with the original, and that function edits the class."""
+    net = copy.deepcopy(net).float().cpu().eval().to(memory_format=torch.contiguous_format)
+    for module in net.modules():
+        if parametrize.is_parametrized(module):
+            values = {name: getattr(module, name).detach().clone() for name in module.parametrizations}
+            module.__class__ = module.__class__.__bases__[0]  # the layer's own class (Conv2d, Linear)
+            del module._modules["parametrizations"]
+            for name, value in values.items():
+                module.register_parameter(name, nn.Parameter(value))
+    return net.requires_grad_(False)
+
+
+def _trace(graph: ExportGraph, config, exporter: str) -> bytes:
+    patch, channels = config.model.image_size, config.model.channels
+    example = torch.randint(0, 256, (2, patch, patch, channels), dtype=torch.uint8)
+    outputs = [*MAP_OUTPUTS, *VALUE_OUTPUTS]
+    assert tuple(outputs) == (*TERM_MAPS, *TERM_VALUES)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice; tracer notes
+        if exporter == "dynamo":
+            require("onnxscript")
+            # optimize=False: onnxscript's constant folding fails on CBAM's split over a dynamic
+            # batch. Its own opset (18): converting down to OPSET fails on the Split node too.
+            program = torch.onnx.export(graph, (example,), dynamo=True, optimize=False, verbose=False,
+                                        input_names=[INPUT], output_names=outputs,
+                                        dynamic_shapes=({0: torch.export.Dim.DYNAMIC},))
+            return program.model_proto.SerializeToString()
+        buffer = io.BytesIO()
+        torch.onnx.export(graph, (example,), buffer, dynamo=False, opset_version=OPSET, input_names=[INPUT],
+                          output_names=outputs, dynamic_axes={name: {0: "batch"} for name in [INPUT, *outputs]})
+        return buffer.getvalue()
+
+
+def metadata(model) -> dict:
+    return {"format": FORMAT, "funetgan": __version__, "torch": torch.__version__,
+            "config": model.config.to_dict(), "calibration": model.calibration,
+            "training": model.state.get("completed", {})}
+
+
+def _set_metadata(proto, meta: dict, config: Config) -> None:
+    """The full settings and calibration as JSON (what OnnxScorer reads), plus flat entries
+    for tools that only show key/value pairs, and the graph's contract in its doc string."""
+    calibration, score = meta["calibration"], config.score
+    entries = {
+        META_KEY: json.dumps(meta),
+        "image_size": config.model.image_size, "channels": config.model.channels,
+        "working_resolution": config.data.resolution or config.model.image_size,
+        "image_threshold": calibration["image_threshold"], "pixel_threshold": calibration["pixel_threshold"],
+        "normal_levels": json.dumps(calibration["norms"]), "kappa": score.kappa,
+        "blur_sigma": blur_sigma(score, config.model.image_size), "image_score": score.image_score,
+        "tile_stride": tile_stride(config), "tile_reduce": score.tile_reduce,
+    }
+    del proto.metadata_props[:]
+    for key, value in entries.items():
+        proto.metadata_props.add(key=key, value=str(value))
+    proto.producer_name, proto.producer_version = "funetgan", __version__
+    proto.doc_string = (
+        "F-UNetGAN scoring network. Input 'images': uint8 B x S x S x C tiles (S = image_size). Outputs: "
+        "pixel_residual, pixel_features (B x S x S), image_residual, image_features (B): the raw terms. "
+        "Anomaly map = blur(pixel_residual / m_pixel_residual + kappa * pixel_features / m_pixel_features); "
+        "image score (izif) = image_residual / m_image_residual + kappa * image_features / m_image_features; "
+        "m_*: normal_levels. funetgan's OnnxScorer (onnxruntime + numpy) does this and the tiling.")
+
+
+class _TorchGraph(Scorer):
+    """The exported module run by PyTorch (float32, CPU): the reference for a model that runs
+    on a GPU, where bf16 autocast is not what the graph computes."""
+
+    def __init__(self, model):
+        self.config, self.calibration, self.graph = model.config, model.calibration, export_graph(model)
+
+    @torch.inference_mode()
+    def _score_tiles(self, tiles: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
+        terms = [t.numpy() for t in self.graph(torch.from_numpy(np.ascontiguousarray(tiles)))]
+        return {"maps": dict(zip(TERM_MAPS, terms)), "values": dict(zip(TERM_VALUES, terms[len(TERM_MAPS):]))}
+
+
+def reference(model) -> Scorer:
+    """PyTorch's side of the check: the model itself where it runs float32 on the CPU."""
+    runtime = model.runtime
+    return model if runtime.device.type == "cpu" and not runtime.amp else _TorchGraph(model)
+
+
+def check_parity(model, graph: bytes, images: np.ndarray, tolerance: float, source: str) -> Parity:
+    """Final maps and scores of `images` from PyTorch and from onnxruntime, compared."""
+    onnx_model = OnnxScorer.load(graph)
+    ours, theirs = onnx_model.score(images), reference(model).score(images)
+    ort = require("onnxruntime")
+
+    def errors(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+        diff = float(np.max(np.abs(a.astype(np.float64) - b)))
+        return diff, diff / max(float(np.max(np.abs(b))), 1e-12)
+
+    maps_abs, maps_rel = errors(ours.maps, theirs.maps)
+    scores_abs, scores_rel = errors(ours.scores, theirs.scores)
+    image_t, pixel_t = model.image_threshold, model.pixel_threshold
+    return Parity(
+        images=len(images), source=source, maps_max_abs=maps_abs, maps_max_rel=maps_rel,
+        scores_max_abs=scores_abs, scores_max_rel=scores_rel,
+        decisions_changed=int(np.sum((ours.scores >= image_t) != (theirs.scores >= image_t))),
+        mask_pixels_changed=int(np.sum((ours.maps >= pixel_t) != (theirs.maps >= pixel_t))),
+        tolerance=tolerance, runtime=f"onnxruntime {ort.__version__} vs PyTorch {torch.__version__}, float32, CPU")
+
+
+def validation_images(model, data: Path) -> tuple[np.ndarray, str]:
+    """The run's own validation images from its dataset folder: its val/ split, or the share of
+    training normals that training held out (the same draw: it depends on the run's seed only)."""
+    config = model.config
+    splits = load_dataset(data, working_size(config), config.model.channels, config.data)
+    _, val = model._calibration_split(splits.train, splits.val)
+    shown = f"the first {CHECK_IMAGES} of {len(val)}" if len(val) > CHECK_IMAGES else f"{len(val)}"
+    return val.images[:CHECK_IMAGES], f"validation images of {data} ({shown})"
+
+
+def generated_images(config, n: int = 32, seed: int = 0) -> np.ndarray:
+    """Inputs of the right shape when no data is given: half uniform noise, half smooth random
+    images (the two ends of what the maps see). "native" runs get images of two patches a side,
+    so that tiling and stitching are part of the check."""
+    patch, channels = config.model.image_size, config.model.channels
+    size = working_size(config) or 2 * patch
+    rng = np.random.default_rng(seed)
+    noise = rng.integers(0, 256, (n - n // 2, size, size, channels), dtype=np.uint8)
+    coarse = rng.integers(0, 256, (n // 2, 6, 6, channels), dtype=np.uint8)
+    smooth = np.stack([np.stack([np.asarray(Image.fromarray(c[..., k]).resize((size, size), Image.Resampling.BICUBIC))
+                                 for k in range(channels)], -1) for c in coarse])
+    return np.concatenate([noise, smooth])

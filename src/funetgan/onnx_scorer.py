@@ -1,0 +1,93 @@
+"""Scoring with an exported model: onnxruntime and numpy, no PyTorch.
+
+    scorer = OnnxScorer.load("model.onnx")
+    result = scorer.score(images)        # the same `Scores` as FUNetGAN.score
+
+The ONNX graph (written by `funetgan export`, see `export.py`) is the networks' part of
+scoring: uint8 tiles B x S x S x C (any B) -> the four raw residual terms. Everything around
+it (tiling and stitching, normal-level normalisation, blur, image scores, thresholds) is the
+same numpy code the PyTorch model runs (`scoring.Scorer`), configured from the settings and
+calibration stored in the graph's metadata. onnxruntime is the optional `onnx` extra.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+
+from .config import Config
+from .data.checks import MissingDependency
+from .scoring import TERMS, Scorer
+
+META_KEY = "funetgan"  # metadata entry holding settings, calibration and parity as JSON
+FORMAT = 1  # version of what the graph computes and of META_KEY's content
+INPUT = "images"  # uint8 B x S x S x C tiles
+MAP_OUTPUTS, VALUE_OUTPUTS = TERMS[:2], TERMS[2:]  # B x S x S each, B each (nn.residuals' order)
+
+
+def require(package: str) -> ModuleType:
+    try:
+        return importlib.import_module(package)
+    except ImportError:
+        raise MissingDependency(f"ONNX export and scoring need {package}: pip install funetgan[onnx]") from None
+
+
+class OnnxScorer(Scorer):
+    """An exported F-UNetGAN detector, scored with onnxruntime: `score`, `residual_terms`,
+    `scores_from_terms`, `image_threshold`, `pixel_threshold` and `config` as on FUNetGAN."""
+
+    def __init__(self, session, meta: dict, source: str = "<bytes>"):
+        self.session = session
+        self.source = source
+        self.config = Config.from_dict(meta["config"])
+        self.calibration = meta["calibration"]
+        self.training = meta.get("training", {})
+        self.parity = meta.get("parity", {})
+        names = [output.name for output in session.get_outputs()]
+        if [i.name for i in session.get_inputs()] != [INPUT] or set(names) != {*MAP_OUTPUTS, *VALUE_OUTPUTS}:
+            raise ValueError(f"{source}: not a funetgan graph (inputs {[i.name for i in session.get_inputs()]}, "
+                             f"outputs {names})")
+        self._names = names
+
+    @classmethod
+    def load(cls, path: str | Path | bytes, threads: int | None = None,
+             providers: list[str] | None = None) -> "OnnxScorer":
+        """An exported model from a .onnx file (or its bytes). `threads`: onnxruntime's
+        intra-op threads (default: its choice, one per physical core); `providers`: its
+        execution providers (default: the CPU)."""
+        ort = require("onnxruntime")
+        source = "<bytes>" if isinstance(path, bytes) else str(path)
+        if not isinstance(path, bytes) and not Path(path).is_file():
+            raise FileNotFoundError(f"{path}: no such model file")
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            session = ort.InferenceSession(path if isinstance(path, bytes) else str(path), options,
+                                           providers=providers or ["CPUExecutionProvider"])
+        except Exception as err:  # onnxruntime raises its own exception types
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ValueError(f"{source}: not a readable ONNX model ({first})") from None
+        return cls(session, read_metadata(session.get_modelmeta().custom_metadata_map, source), source)
+
+    def _score_tiles(self, tiles: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
+        outputs = dict(zip(self._names, self.session.run(self._names, {INPUT: np.ascontiguousarray(tiles)})))
+        return {"maps": {name: outputs[name] for name in MAP_OUTPUTS},
+                "values": {name: outputs[name] for name in VALUE_OUTPUTS}}
+
+
+def read_metadata(entries: dict[str, str], source: str) -> dict:
+    """The funetgan entry of an ONNX model's metadata, checked for the format this code reads."""
+    if META_KEY not in entries:
+        raise ValueError(f"{source}: not a funetgan model (no '{META_KEY}' metadata; export it with funetgan export)")
+    try:
+        meta = json.loads(entries[META_KEY])
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{source}: unreadable funetgan metadata ({err})") from None
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{source}: exported in format {meta.get('format')}, this funetgan reads format "
+                         f"{FORMAT}; export the run again")
+    return meta

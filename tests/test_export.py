@@ -1,0 +1,212 @@
+"""ONNX export: the checks it makes, parity with PyTorch (whole images and tiles, any batch
+size), scoring with onnxruntime alone, and the command line."""
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import random_images, tiny_config
+from funetgan import export
+from funetgan.cli import main
+from funetgan.data.demo import make_texture_dataset
+from funetgan.model import FUNetGAN
+
+onnxruntime = pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+from funetgan.onnx_scorer import OnnxScorer  # noqa: E402
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+TINY = ["--set", "model.image_size=32", "--set", "model.width=4", "--set", "model.z_dim=16",
+        "--set", "batch_size=4", "--set", "gan.iterations=2", "--set", "gan.n_critic=1",
+        "--set", "encoder.iterations=2", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def trained():
+    torch.set_num_threads(1)
+    images = random_images(12, seed=1)
+    return FUNetGAN(tiny_config()).fit(images), images
+
+
+@pytest.fixture(scope="module")
+def exported(trained, tmp_path_factory):
+    model, images = trained
+    path = tmp_path_factory.mktemp("onnx") / "model.onnx"
+    parity = model.export(path, check_images=images)
+    return path, parity
+
+
+def test_export_passes_the_checker_and_agrees_with_pytorch(trained, exported):
+    model, images = trained
+    path, parity = exported
+    assert parity.passed and parity.images == len(images)
+    assert parity.maps_max_rel < 1e-4 and parity.scores_max_rel < 1e-4  # float32 on both sides: ~1e-6
+    onnx = pytest.importorskip("onnx")
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+    ours, theirs = OnnxScorer.load(path).score(images), model.score(images)
+    np.testing.assert_allclose(ours.maps, theirs.maps, rtol=1e-4, atol=1e-4 * np.abs(theirs.maps).max())
+    np.testing.assert_allclose(ours.scores, theirs.scores, rtol=1e-4)
+
+
+def test_metadata_holds_settings_calibration_and_parity(trained, exported):
+    model, _ = trained
+    path, _ = exported
+    scorer = OnnxScorer.load(path)
+    assert scorer.config.to_dict() == model.config.to_dict()
+    assert scorer.image_threshold == model.image_threshold and scorer.pixel_threshold == model.pixel_threshold
+    assert scorer.calibration["norms"] == model.calibration["norms"]
+    assert scorer.parity["passed"] and scorer.parity["maps_max_rel"] <= scorer.parity["tolerance"]
+    flat = onnxruntime.InferenceSession(str(path)).get_modelmeta().custom_metadata_map
+    assert float(flat["image_threshold"]) == pytest.approx(model.image_threshold)
+    assert flat["image_size"] == "32" and flat["channels"] == "1" and "kappa" in flat
+
+
+def test_any_batch_size_gives_the_same_terms(trained, exported):
+    _, images = trained
+    scorer = OnnxScorer.load(exported[0])
+    one, five = scorer.residual_terms(images.images, batch_size=1), scorer.residual_terms(images.images, 5)
+    np.testing.assert_allclose(one.pixel_residual, five.pixel_residual, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(one.image_features, five.image_features, rtol=1e-5, atol=1e-9)
+
+
+def test_the_model_still_scores_after_export(trained, exported):
+    model, images = trained  # export folds spectral norm into copies, never into the model
+    assert np.isfinite(model.score(images).scores).all()
+    assert torch.nn.utils.parametrize.is_parametrized(model.G.fc)
+
+
+def test_a_broken_export_is_refused_and_nothing_is_written(trained, tmp_path, monkeypatch):
+    model, images = trained
+    graph = export.export_graph
+
+    def skewed(m):
+        g = graph(m)
+        with torch.no_grad():
+            g.network.G.to_image[2].weight.mul_(1.05)  # what a mistranslated layer looks like
+        return g
+
+    monkeypatch.setattr(export, "export_graph", skewed)
+    with pytest.raises(export.ParityError, match="does not score like PyTorch"):
+        model.export(tmp_path / "bad.onnx", check_images=images)
+    assert not (tmp_path / "bad.onnx").exists()
+
+
+def test_tiled_runs_export_and_stitch_in_the_same_code(tmp_path):
+    model = FUNetGAN(tiny_config(data__resolution="48", score__tile_stride=16))
+    model.fit(random_images(8, size=48))
+    parity = model.export(tmp_path / "tiled.onnx")  # generated 48 px images: 4 tiles each
+    assert parity.passed and "generated" in parity.source
+    images = random_images(3, size=48, seed=2).images
+    ours, theirs = OnnxScorer.load(tmp_path / "tiled.onnx").score(images), model.score(images)
+    assert ours.maps.shape == (3, 48, 48)
+    np.testing.assert_allclose(ours.maps, theirs.maps, rtol=1e-4, atol=1e-4 * np.abs(theirs.maps).max())
+
+
+def test_a_model_in_bf16_is_checked_against_float32_on_the_cpu(trained, tmp_path, monkeypatch):
+    model, images = trained
+    monkeypatch.setattr(model.runtime, "amp", True)  # as on a GPU: autocast is not what the graph computes
+    assert isinstance(export.reference(model), export._TorchGraph)
+    assert model.export(tmp_path / "m.onnx", check_images=images).passed
+
+
+@pytest.mark.slow
+def test_the_dynamo_exporter_agrees_too(trained, tmp_path):
+    pytest.importorskip("onnxscript")
+    model, images = trained
+    assert model.export(tmp_path / "dynamo.onnx", check_images=images, exporter="dynamo").passed
+
+
+def test_other_files_are_refused_in_one_line(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        OnnxScorer.load(tmp_path / "missing.onnx")
+    (tmp_path / "junk.onnx").write_bytes(b"not a model")
+    with pytest.raises(ValueError, match="not a readable ONNX model"):
+        OnnxScorer.load(tmp_path / "junk.onnx")
+
+
+def test_scoring_an_exported_model_never_imports_torch(trained, exported, tmp_path):
+    """The deployment path: onnxruntime, numpy and the data and report code only. torch is
+    made unimportable in a fresh interpreter; the command line and the Python API must work."""
+    _, images = trained
+    folder = tmp_path / "images"
+    folder.mkdir()
+    from PIL import Image
+    for i, image in enumerate(images.images[:3]):
+        Image.fromarray(image[..., 0]).save(folder / f"{i}.png")
+    script = f"""
+import sys
+
+class NoTorch:  # as if torch were not installed: any `import torch...` fails
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ModuleNotFoundError(f"No module named {{name!r}} (blocked)")
+
+sys.meta_path.insert(0, NoTorch())
+from funetgan.cli import main
+code = main(["predict", "--model", {str(exported[0])!r}, "--out", {str(tmp_path / "out")!r}, {str(folder)!r}])
+import numpy as np
+from funetgan import OnnxScorer
+result = OnnxScorer.load({str(exported[0])!r}).score(np.zeros((2, 32, 32, 1), np.uint8))
+assert result.maps.shape == (2, 32, 32) and "torch" not in sys.modules
+try:
+    import torch  # the block works: the PyTorch path would have failed
+except ModuleNotFoundError:
+    print("exit", code, "torch-free")
+"""
+    env = {"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "exit 0 torch-free" in done.stdout
+    assert len(list(csv.DictReader((tmp_path / "out" / "predictions.csv").open()))) == 3
+
+
+# ---- command line ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    return make_texture_dataset(root / "brick", crop=64, n_train=12, n_test_good=3, n_per_defect=1)
+
+
+@pytest.fixture(scope="module")
+def run(dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    assert main(["train", "--data", str(dataset), "--out", str(out), *TINY]) == 0
+    return out
+
+
+def test_export_command_checks_on_the_runs_validation_images(run, dataset, tmp_path, capsys):
+    model = tmp_path / "m.onnx"
+    assert main(["export", "--run", str(run), "--out", str(model), "--data", str(dataset)]) == 0
+    out = capsys.readouterr().out
+    assert "validation images" in out and "max relative error" in out and "passed" in out
+    held_out = OnnxScorer.load(model).parity["images"]
+    assert held_out == 1  # 10 % of the 12 training crops: the run's own validation split
+    assert main(["export", "--run", str(run), "--out", str(model)]) == 2  # no silent overwrite
+    assert "--overwrite" in capsys.readouterr().err
+
+
+def test_predict_and_test_with_the_exported_model_match_pytorch(run, dataset, tmp_path):
+    model = tmp_path / "m.onnx"
+    assert main(["export", "--run", str(run), "--out", str(model)]) == 0
+    files = [str(dataset / "test" / "hole" / "000.png"), str(dataset / "test" / "good")]
+    for option, value, out in (("--run", run, "torch"), ("--model", model, "onnx")):
+        assert main(["predict", option, str(value), "--out", str(tmp_path / out), *files]) == 0
+        assert main(["test", option, str(value), "--data", str(dataset), "--out", str(tmp_path / f"t-{out}")]) == 0
+    rows = {out: list(csv.DictReader((tmp_path / out / "predictions.csv").open())) for out in ("torch", "onnx")}
+    assert [r["name"] for r in rows["torch"]] == [r["name"] for r in rows["onnx"]]
+    np.testing.assert_allclose([float(r["score"]) for r in rows["onnx"]],
+                               [float(r["score"]) for r in rows["torch"]], rtol=1e-4)
+    metrics = {out: json.loads((tmp_path / f"t-{out}" / "metrics.json").read_text()) for out in ("torch", "onnx")}
+    assert metrics["onnx"]["image"]["auroc"] == pytest.approx(metrics["torch"]["image"]["auroc"], abs=1e-6)
+    assert metrics["onnx"]["pixel"]["auroc"] == pytest.approx(metrics["torch"]["pixel"]["auroc"], abs=1e-3)
+
+
+def test_run_and_model_are_one_or_the_other(run, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["predict", "--run", str(run), "--model", "m.onnx", "--out", str(tmp_path), "x.png"])
+    assert "not allowed with" in capsys.readouterr().err
