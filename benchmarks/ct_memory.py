@@ -1,9 +1,11 @@
 """Peak memory and loading time of a lung CT set: generates N volumes of 512 x 512 x Z int16
 HU (.nii.gz, with lesion and lung masks) in the COVID-19 CT layout, then in a fresh process
-each: loads it (`load_dataset`) and, with --train, trains a few steps on it. Prints and writes
-peak resident memory (VmHWM) and seconds.
+each: loads it (`load_dataset`, with --cache through the slice cache), with --train trains a
+few steps on it, with --test also scores and evaluates the test set. Prints and writes, per
+phase, seconds, peak resident memory (VmHWM: file pages of the memory-mapped cache count,
+though the kernel can drop them) and peak anonymous memory (sampled every 50 ms).
 
-    python benchmarks/ct_memory.py --volumes 40 --slices 100 --data /tmp/ct-bench
+    python benchmarks/ct_memory.py --volumes 40 --slices 100 --data /tmp/ct-bench --cache /tmp/ct-cache
 """
 from __future__ import annotations
 
@@ -17,24 +19,49 @@ from pathlib import Path
 import numpy as np
 
 PROBE = """
-import json, sys, time
+import json, sys, threading, time
 from funetgan.config import Config
 from funetgan.data import load_dataset
+
+def status(key):
+    return [int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(key)][0]
+
+anon = [0]  # peak anonymous memory (not file pages: mapped cache pages are reclaimable)
+def sample():
+    while True:
+        anon[0] = max(anon[0], status("RssAnon:"))
+        time.sleep(0.05)
+threading.Thread(target=sample, daemon=True).start()
+phases = {{}}
+def phase(name, since):
+    time.sleep(0.1)
+    phases[name] = {{"seconds": round(time.monotonic() - since, 1), "peak_rss_mib": round(status("VmHWM:") / 1024),
+                    "peak_anon_mib": round(max(anon[0], status("RssAnon:")) / 1024)}}
+    open("/proc/self/clear_refs", "w").write("5")  # reset VmHWM for the next phase
+    anon[0] = 0
+    return time.monotonic()
+
 started = time.monotonic()
 config = Config()
 config.model.image_size = {size}
+config.data.cache_dir = {cache!r}
 splits = load_dataset({data!r}, config.model.image_size, 1, config.data)
-loaded = time.monotonic() - started
+mark = phase("load", started)
 if {train}:
     from funetgan.model import FUNetGAN
     for key, value in (("gan", 5), ("encoder", 5)):
         getattr(config, key).iterations = value
     config.gan.n_critic, config.batch_size, config.device = 1, 16, "cpu"
-    FUNetGAN(config).fit(splits.train)
-peak = [int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM")][0]
-print(json.dumps({{"load_seconds": round(loaded, 1), "total_seconds": round(time.monotonic() - started, 1),
-                  "peak_rss_mib": round(peak / 1024), "train_slices": len(splits.train),
-                  "test_slices": len(splits.test)}}))
+    model = FUNetGAN(config).fit(splits.train)
+    mark = phase("train", mark)
+    if {test}:
+        from funetgan.metrics import evaluate
+        result = model.score(splits.test)
+        region = model.scoring_region(splits.test)
+        evaluate(result.scores, result.maps, splits.test, model.image_threshold, model.pixel_threshold, region)
+        mark = phase("test", mark)
+print(json.dumps({{"phases": phases, "total_seconds": round(time.monotonic() - started, 1),
+                  "train_slices": len(splits.train), "test_slices": len(splits.test)}}))
 """
 
 
@@ -73,7 +100,9 @@ def main() -> None:
     parser.add_argument("--slices", type=int, default=100)
     parser.add_argument("--size", type=int, default=64, help="model.image_size (working size)")
     parser.add_argument("--data", default="/tmp/ct-bench", help="where the set is generated (kept)")
+    parser.add_argument("--cache", help="data.cache_dir (default: none, slices in memory)")
     parser.add_argument("--train", action="store_true", help="also train 5 + 5 steps")
+    parser.add_argument("--test", action="store_true", help="with --train: also score and evaluate the test set")
     parser.add_argument("--out", default="results/ct_memory.json")
     args = parser.parse_args()
     data = Path(args.data)
@@ -81,12 +110,12 @@ def main() -> None:
     generate(data, args.volumes, args.slices)
     print(f"data: {args.volumes} volumes of 512 x 512 x {args.slices} in {data} "
           f"(generated in {time.monotonic() - started:.0f} s)")
-    code = PROBE.format(size=args.size, data=str(data), train=args.train)
+    code = PROBE.format(size=args.size, data=str(data), cache=args.cache, train=args.train, test=args.test)
     probe = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if probe.returncode:
         sys.exit(f"the measured run failed:\n{probe.stderr[-2000:]}")
     result = json.loads(probe.stdout.strip().splitlines()[-1])
-    result.update(volumes=args.volumes, slices=args.slices, image_size=args.size, train=args.train,
+    result.update(volumes=args.volumes, slices=args.slices, image_size=args.size, cache=args.cache,
                   command=" ".join(sys.argv))
     print(json.dumps(result))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

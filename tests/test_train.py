@@ -255,3 +255,18 @@ def test_a_checkpoint_with_non_finite_weights_is_never_written(tmp_path, monkeyp
     saved = FUNetGAN(cfg)
     saved.load_checkpoint(tmp_path / "checkpoint.safetensors")
     assert saved.state["step"] == 1 and all(torch.isfinite(p).all() for p in saved.G.parameters())
+
+
+@pytest.mark.parametrize("patch", [None, 32])
+def test_a_memory_mapped_set_gives_the_same_batches_as_in_memory(tmp_path, patch):
+    images = random_images(10, size=64).images
+    mapped = np.lib.format.open_memmap(tmp_path / "x.npy", "w+", np.uint8, images.shape)
+    mapped[:] = images
+    rows = np.array([0, 2, 3, 5, 6, 7, 9])  # a calibration split's training rows
+    cpu = Runtime(torch.device("cpu"))
+    memory = BatchSource(images[rows], 4, 3, cpu, flip=True, patch=patch)
+    disk = BatchSource(np.load(tmp_path / "x.npy", mmap_mode="c"), 4, 3, cpu, flip=True, patch=patch, rows=rows)
+    assert disk.mapped is not None and len(disk) == len(memory) == 7
+    for i in range(5):  # past the end of the first epoch
+        assert torch.equal(memory.batch(i), disk.batch(i))
+    assert torch.equal(memory.images(2, 6), disk.images(2, 6))

@@ -106,6 +106,9 @@ class DataConfig:
     test_fraction: float = 0.3  # CT volumes (patients) held out for testing; split by volume
     split_seed: int = 0  # seed of that patient split, fixed so the test set never changes
     augment_flip: bool = False
+    # Volume sets (CT, MSD): a folder for the memory-mapped slice cache (data/cache.py), so
+    # volumes are decoded once and slices are read from disk; None: decoded into memory.
+    cache_dir: str | None = None
 
 
 @dataclass

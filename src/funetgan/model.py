@@ -66,27 +66,29 @@ class FUNetGAN(Scorer):
         its checkpoint."""
         check_batch(train, val, self.config.batch_size, self.config.data.val_fraction, self.runtime.world_size,
                     self.config.model.image_size)
-        train, val = self._calibration_split(train, val)
+        rows, val = self._calibration_split(train, val)
         if run_dir is not None:
             Path(run_dir).mkdir(parents=True, exist_ok=True)
             if resume:
                 self.load_checkpoint(Path(run_dir) / CHECKPOINT_FILE)
-        trainer = Trainer(self, train.images, val.images, run_dir)
+        trainer = Trainer(self, train.images, val.images, run_dir, rows)
         trainer.fit()
         self.calibrate(val)
         if run_dir is not None and self.runtime.is_main:
             self.save(Path(run_dir) / MODEL_FILE)
         return self
 
-    def _calibration_split(self, train: ImageSet, val: ImageSet | None) -> tuple[ImageSet, ImageSet]:
+    def _calibration_split(self, train: ImageSet, val: ImageSet | None) -> tuple[np.ndarray | None, ImageSet]:
+        """The rows of `train` to train on (None: all) and the calibration set. Rows rather
+        than a copy, so a memory-mapped training set stays on disk."""
         normal = np.flatnonzero(train.labels == 0)
         if len(normal) != len(train):
             raise ValueError(f"training set has {len(train) - len(normal)} anomalous images; train on normals only")
         if val is not None:
-            return train, val
+            return None, val
         order = np.random.default_rng(self.config.seed).permutation(len(train))
         n_val = held_out(len(train), self.config.data.val_fraction)
-        return train.subset(np.sort(order[n_val:])), train.subset(np.sort(order[:n_val]))
+        return np.sort(order[n_val:]), train.subset(np.sort(order[:n_val]))
 
     # ---- scoring (tiling, normalisation, blur, image scores: `Scorer`) ---------------------
     @torch.inference_mode()

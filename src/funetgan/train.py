@@ -24,7 +24,11 @@ from .runtime import Runtime
 
 
 class BatchSource:
-    """Random batches from an in-memory uint8 set, kept on the device once.
+    """Random batches from a uint8 set: rows `rows` of `images` (all rows by default).
+
+    An in-memory set is copied to the device once; a memory-mapped one (`np.memmap`, the
+    slice cache of `data.cache`) stays on disk and each batch's rows are read from it, so
+    memory holds one batch whatever the set's size. Both give the same batches.
 
     Batch `i` is a pure function of (seed, i): epoch e visits the permutation seeded by
     (seed, e), each process taking every world_size-th index as DistributedSampler does; so a
@@ -34,23 +38,34 @@ class BatchSource:
     """
 
     def __init__(self, images: np.ndarray, batch_size: int, seed: int, runtime: Runtime, flip: bool = False,
-                 patch: int | None = None):
-        self.data = torch.from_numpy(np.ascontiguousarray(images)).to(runtime.device)
+                 patch: int | None = None, rows: np.ndarray | None = None):
+        self.mapped = images if isinstance(images, np.memmap) else None
+        if self.mapped is not None:
+            self.rows = np.arange(len(images)) if rows is None else np.asarray(rows)
+            self.data_device = torch.device("cpu")  # where `pick` indexes
+        else:
+            chosen = images if rows is None else images[rows]
+            self.data = torch.from_numpy(np.ascontiguousarray(chosen)).to(runtime.device)
+            self.data_device = self.data.device
+        self.count = len(images) if rows is None else len(rows)
         self.batch_size, self.seed, self.runtime, self.flip = batch_size, seed, runtime, flip
         height, width = images.shape[1:3]
         self.patch = patch if patch is not None and (height, width) != (patch, patch) else None
         self.draws = tiling.patches_per_image(height, width, self.patch) if self.patch else 1
-        self.per_epoch = (len(images) * self.draws // runtime.world_size) // batch_size  # >= 1: data.check_batch
+        self.per_epoch = (self.count * self.draws // runtime.world_size) // batch_size  # >= 1: data.check_batch
         self._epoch, self._order = -1, None
+
+    def __len__(self) -> int:
+        return self.count
 
     def batch(self, index: int) -> torch.Tensor:
         epoch, position = divmod(index, self.per_epoch)
         if epoch != self._epoch:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            order = torch.randperm(len(self.data) * self.draws, generator=g) % len(self.data)
+            order = torch.randperm(self.count * self.draws, generator=g) % self.count
             self._order = order[self.runtime.rank::self.runtime.world_size]
             self._epoch = epoch
-        pick = self._order[position * self.batch_size:(position + 1) * self.batch_size].to(self.data.device)
+        pick = self._order[position * self.batch_size:(position + 1) * self.batch_size].to(self.data_device)
         rng = np.random.default_rng((self.seed, index, self.runtime.rank))
         batch = self._inputs(pick, rng)
         if self.flip:
@@ -62,22 +77,30 @@ class BatchSource:
     def images(self, start: int, stop: int) -> torch.Tensor:
         """Training images start..stop-1 in their stored order (a random patch of each where
         the source draws patches), the same on every process."""
-        pick = torch.arange(start, min(stop, len(self.data)), device=self.data.device)
+        pick = torch.arange(start, min(stop, self.count), device=self.data_device)
         return self.runtime.prepare(self._inputs(pick, np.random.default_rng((self.seed, start))))
 
     def _inputs(self, pick: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
         """Images `pick` (or a random patch of each, gathered in one indexing operation) as a
         float batch on the device."""
-        if self.patch is None:
-            images = self.data[pick]
+        if self.mapped is None:
+            data = self.data
         else:
-            height, width = self.data.shape[1:3]
+            data, pick = self._read(pick), torch.arange(len(pick))  # the batch's rows, just read
+        if self.patch is None:
+            images = data[pick]
+        else:
+            height, width = data.shape[1:3]
             corners = torch.from_numpy(tiling.random_corners(len(pick), height, width, self.patch, rng))
             offsets = torch.arange(self.patch)
-            rows = (corners[:, :1] + offsets).to(self.data.device)  # B x P
-            cols = (corners[:, 1:] + offsets).to(self.data.device)
-            images = self.data[pick[:, None, None], rows[:, :, None], cols[:, None, :]]
+            rows = (corners[:, :1] + offsets).to(data.device)  # B x P
+            cols = (corners[:, 1:] + offsets).to(data.device)
+            images = data[pick[:, None, None], rows[:, :, None], cols[:, None, :]]
         return to_tensor(images, self.runtime.device)
+
+    def _read(self, pick: torch.Tensor) -> torch.Tensor:
+        """The rows `pick` of the memory-mapped set, read from disk (the page cache)."""
+        return torch.from_numpy(self.mapped[self.rows[pick.numpy()]])
 
 
 class TrainingStopped(Exception):
@@ -186,12 +209,15 @@ class Stage:
 
 
 class Trainer:
-    def __init__(self, model, train_images: np.ndarray, sample_images: np.ndarray, run_dir: str | Path | None):
+    def __init__(self, model, train_images: np.ndarray, sample_images: np.ndarray, run_dir: str | Path | None,
+                 train_rows: np.ndarray | None = None):
+        """Trains on rows `train_rows` of `train_images` (all by default; see BatchSource)."""
         self.model, self.runtime = model, model.runtime
         cfg = model.config
         self.run_dir = Path(run_dir) if run_dir is not None else None
         patch = cfg.model.image_size
-        self.source = BatchSource(train_images, cfg.batch_size, cfg.seed, self.runtime, cfg.data.augment_flip, patch)
+        self.source = BatchSource(train_images, cfg.batch_size, cfg.seed, self.runtime, cfg.data.augment_flip, patch,
+                                  train_rows)
         previews = tiling.centre_crop(sample_images[:16], patch)  # whole images when they are the model's size
         self.sample_real = self.runtime.prepare(to_tensor(previews, self.runtime.device))
         g = torch.Generator().manual_seed(cfg.seed + 12345)
@@ -282,7 +308,7 @@ class Trainer:
         every image to the same G output and did not recover within the CPU budget."""
         m = self.model
         m.E.eval()
-        count = min(max_images, len(self.source.data))
+        count = min(max_images, len(self.source))
         codes = torch.cat([m.E(self.source.images(i, min(i + 256, count))) for i in range(0, count, 256)]).float()
         m.E.train()
         m.E.standardise_output(codes.mean(0), codes.std(0).clamp_min(1e-6))

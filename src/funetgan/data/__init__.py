@@ -1,4 +1,5 @@
-"""Data sources: each reads one layout into the common in-memory form (`base.ImageSet`).
+"""Data sources: each reads one layout into the common in-memory form (`base.ImageSet`;
+volume sets memory-mapped from the slice cache, `cache`, with `data.cache_dir`).
 
 `load_dataset` finds the layout from what is on disk, reads and checks every file, and only
 then returns, so bad input stops a run before any training.

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import DataConfig
+from . import cache
 from .base import SLICE_MARK, DataError, ImageSet, Splits
 from .checks import BadFiles, file_list
 from .images import empty_set, fit_images, fit_masks
@@ -46,28 +47,37 @@ def load_ct(root: Path, size: int, channels: int, options: DataConfig) -> Splits
         raise DataError(f"{root / SCANS}: no CT volumes (.nii, .nii.gz or DICOM series folders)")
     bad = BadFiles(options.on_bad_file)
     volumes = pair_masks(root, scans, bad, options.crop_to_lung)
-    return split_volumes(root, volumes, list(scans), size, channels, options, bad)
+    return split_volumes(root, "ct", volumes, list(scans), size, channels, options, bad)
 
 
-def split_volumes(root: Path, volumes: list[Volume], names: list[str], size: int, channels: int,
+def split_volumes(root: Path, layout: str, volumes: list[Volume], names: list[str], size: int, channels: int,
                   options: DataConfig, bad: BadFiles) -> Splits:
     """Read `volumes` into a train split (the normal slices of the training patients) and a
-    test split (every slice of the test patients). The split is drawn on `names`, every
-    volume present, so a volume skipped as bad never moves the others."""
+    test split (every slice of the test patients): in memory, or with `data.cache_dir`
+    through the slice cache (decoded once, memory-mapped). The split is drawn on `names`,
+    every volume present, so a volume skipped as bad never moves the others."""
     test_names = split_by_volume(names, options.test_fraction, options.split_seed)
-    train, test = [], []
-    for volume in volumes:
-        split = "test" if volume.name in test_names else "train"
-        slices = bad.attempt(split, volume.scan, lambda: read_slices(volume, size, channels, options))
-        if slices is None:
-            continue
-        if split == "test":
-            test.append(slices)
-        else:
-            normal = slices.subset(np.flatnonzero(slices.labels == 0))
-            train.append(replace(normal, masks=None, has_mask=None))
-    splits = Splits(train=_concat(train, size, channels), test=_concat(test, size, channels))
-    bad.settle({"train": splits.train, "test": splits.test})
+
+    def read(add) -> None:
+        for volume in volumes:
+            split = "test" if volume.name in test_names else "train"
+            slices = bad.attempt(split, volume.scan, lambda: read_slices(volume, size, channels, options))
+            if slices is None:
+                continue
+            if split == "train":
+                slices = replace(slices.subset(np.flatnonzero(slices.labels == 0)), masks=None, has_mask=None)
+            add(split, slices)
+
+    def settle(splits: Splits) -> None:
+        bad.settle({"train": splits.train, "test": splits.test})
+
+    if options.cache_dir is not None:
+        splits = cache.cached_splits(root, layout, size, channels, options, read, settle)
+    else:
+        pieces: dict[str, list[ImageSet]] = {"train": [], "test": []}
+        read(lambda split, slices: pieces[split].append(slices))
+        splits = Splits(**{split: _concat(sets, size, channels) for split, sets in pieces.items()})
+        settle(splits)
     if not len(splits.train):
         raise DataError(f"{root}: no normal (lesion-free) slices in the training volumes")
     described = (f"split by patient (data.test_fraction={options.test_fraction}, data.split_seed="

@@ -43,7 +43,7 @@ def load_msd(root: Path, size: int, channels: int, options: DataConfig) -> Split
             if path.resolve() not in known:
                 bad.add("test", path, f"not listed in {INDEX}")
     names = [volume_name(image) for image, _ in listed]
-    return split_volumes(root, volumes, names, size, channels, options, bad)
+    return split_volumes(root, "msd", volumes, names, size, channels, options, bad)
 
 
 def _training_entries(root: Path) -> list[tuple[Path, Path]]:
