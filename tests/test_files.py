@@ -66,3 +66,8 @@ def test_a_full_disk_during_a_checkpoint_is_one_line_and_leaves_no_file(tmp_path
         checkpoint.save(small_filesystem / "c.safetensors", {"w": torch.zeros(100_000)}, {"step": 2})
     assert checkpoint.load(small_filesystem / "c.safetensors")[1] == {"step": 1}  # the earlier one, intact
     assert [p.name for p in small_filesystem.iterdir()] == ["c.safetensors"]
+
+
+def test_safe_names_are_unique_case_insensitively_and_file_system_safe():
+    from funetgan.files import safe_names
+    assert safe_names(["a b/c", "A_b_c", "", "..x.."], "image") == ["a_b_c", "A_b_c-2", "image", "x"]

@@ -6,7 +6,7 @@ import errno
 import os
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 # What a run folder holds (model.py writes them, the CLI guards them; no PyTorch needed to name them).
@@ -97,3 +97,21 @@ def append_line(path: str | Path, line: str) -> None:
             f.write(line + "\n")
     except OSError as err:
         raise WriteError(Path(path), err) from None
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_names(raw: Iterable[str], fallback: str) -> list[str]:
+    """File-system-safe versions of `raw` names (other characters become "_", at most 120),
+    made unique also case-insensitively ("a", "A" -> "a", "A-2"); `fallback` for an empty one."""
+    names, taken = [], set()
+    for text in raw:
+        name = _UNSAFE.sub("_", text).strip("._")[:120] or fallback
+        unique, n = name, 1
+        while unique.lower() in taken:
+            n += 1
+            unique = f"{name}-{n}"
+        taken.add(unique.lower())
+        names.append(unique)
+    return names

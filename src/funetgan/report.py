@@ -18,7 +18,6 @@ import html
 import io
 import json
 import os
-import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -31,7 +30,7 @@ from PIL import Image
 from skimage.segmentation import find_boundaries
 from sklearn.metrics import precision_recall_curve, roc_curve
 
-from .files import atomic_save_png, atomic_write_text
+from .files import atomic_save_png, atomic_write_text, safe_names
 from .metrics import PRO_FPR_LIMIT, labelled, pixel_curves, pixel_truth
 from .outputs import Outputs
 
@@ -46,7 +45,6 @@ SCORE_COLUMNS = ["path", "label", "kind", "score", "predicted", "anomalous_fract
 PREDICTION_COLUMNS = ["path", "score", "predicted", "anomalous_fraction", "name"]
 VOLUME_COLUMNS = ["volume", "path", "slices", "label", "score", "predicted", "lesion_ml", "predicted_ml",
                   "dice", "iou"]
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 def write_test_outputs(out_dir, imageset, scores, maps, metrics: dict, image_threshold: float,
@@ -124,18 +122,13 @@ def output_names(paths: list[str]) -> list[str]:
     (".../test/crack/000.png" -> "crack_000", "ct/vol.nii.gz#z=12" -> "vol.nii_z_12")."""
     files = [os.path.abspath(path.split("#")[0]) for path in paths]
     root = os.path.commonpath([os.path.dirname(f) for f in files]) if files else ""
-    names, taken = [], set()
-    for path, file in zip(paths, files):
+
+    def raw(path: str, file: str) -> str:
         stem = os.path.splitext(os.path.relpath(file, root))[0]
         part = path.partition("#")[2]
-        name = _UNSAFE.sub("_", f"{stem}_{part}" if part else stem).strip("._")[:120] or "image"
-        unique, n = name, 1
-        while unique.lower() in taken:
-            n += 1
-            unique = f"{name}-{n}"
-        taken.add(unique.lower())
-        names.append(unique)
-    return names
+        return f"{stem}_{part}" if part else stem
+
+    return safe_names((raw(path, file) for path, file in zip(paths, files)), "image")
 
 
 def heat_scale(maps: np.ndarray) -> float:

@@ -14,7 +14,6 @@ mask follows report.py's rule: map value ``>= pixel threshold``.
 from __future__ import annotations
 
 import gzip
-import re
 from pathlib import Path
 
 import numpy as np
@@ -23,12 +22,11 @@ from PIL import Image
 from .data.base import SLICE_MARK, ImageSet
 from .data.ct import volume_name
 from .data.medical import Geometry, require, to_scan_grid
-from .files import atomic_write
+from .files import atomic_write, safe_names
 from .metrics import image_metrics
 
 STRIP_SLICES = 3  # most anomalous slices per volume shown in the report
 FOLDER = "volumes"
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 def volume_results(imageset: ImageSet, scores, maps, image_threshold: float, pixel_threshold: float,
@@ -93,16 +91,7 @@ def volume_metrics(results: list[dict], image_threshold: float, top_slices: int 
 
 def volume_names(sources: list[str]) -> list[str]:
     """Unique (also case-insensitively), file-system-safe names of volume files or folders."""
-    names, taken = [], set()
-    for source in sources:
-        name = _UNSAFE.sub("_", volume_name(Path(source))).strip("._")[:120] or "volume"
-        unique, n = name, 1
-        while unique.lower() in taken:
-            n += 1
-            unique = f"{name}-{n}"
-        taken.add(unique.lower())
-        names.append(unique)
-    return names
+    return safe_names((volume_name(Path(source)) for source in sources), "volume")
 
 
 def write_volumes(out_dir, imageset: ImageSet, maps, pixel_threshold: float, results: list[dict],
