@@ -13,17 +13,14 @@ import torch
 from conftest import random_images, tiny_config
 from funetgan import export
 from funetgan.cli import main
-from funetgan.data.demo import make_texture_dataset
 from funetgan.model import FUNetGAN
 
 onnxruntime = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 from funetgan.onnx_scorer import OnnxScorer  # noqa: E402
+from test_cli import TINY, dataset, run  # noqa: E402, F401 (test_cli's module fixtures, instantiated here too)
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-TINY = ["--set", "model.image_size=32", "--set", "model.width=4", "--set", "model.z_dim=16",
-        "--set", "batch_size=4", "--set", "gan.iterations=2", "--set", "gan.n_critic=1",
-        "--set", "encoder.iterations=2", "--device", "cpu"]
 
 
 @pytest.fixture(scope="module")
@@ -165,20 +162,7 @@ except ModuleNotFoundError:
     assert len(list(csv.DictReader((tmp_path / "out" / "predictions.csv").open()))) == 3
 
 
-# ---- command line ---------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    return make_texture_dataset(root / "brick", crop=64, n_train=12, n_test_good=3, n_per_defect=1)
-
-
-@pytest.fixture(scope="module")
-def run(dataset, tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
-    assert main(["train", "--data", str(dataset), "--out", str(out), *TINY]) == 0
-    return out
-
-
+# ---- command line (on test_cli's tiny brick set and run) --------------------------------------
 def test_export_command_checks_on_the_runs_validation_images(run, dataset, tmp_path, capsys):
     model = tmp_path / "m.onnx"
     assert main(["export", "--run", str(run), "--out", str(model), "--data", str(dataset)]) == 0
