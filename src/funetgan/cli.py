@@ -40,6 +40,11 @@ DEMO_SETTINGS = [
     "model.image_size=32", "model.channels=1", "model.width=8", "batch_size=16", *RECIPES["cpu"],
     "gan.max_minutes=6", "encoder.max_minutes=1.5", "sample_every=200", "checkpoint_every=200",
 ]
+# The demo keeps its 64-px crops as they are and trains on 32-px patches of them: on brick at
+# the same budget this gave image / pixel AUROC / AUPRO 0.820 / 0.953 / 0.865 against whole
+# crops' 0.665 / 0.746 / 0.503 (data seed 1, the selection split; README, "Demo results").
+# The benchmarks build on DEMO_SETTINGS alone and choose their resolution themselves.
+DEMO_RESOLUTION = "data.resolution=native"
 
 
 class UsageError(Exception):
@@ -366,14 +371,14 @@ def cmd_export(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    config = resolve_config(args, DEMO_SETTINGS)
+    config = resolve_config(args, [*DEMO_SETTINGS, DEMO_RESOLUTION])
     if args.print_config:
         print(config.to_yaml(), end="")
         return 0
     out = Path(args.out)
     claim_folder(out, RESULT_OUTPUTS, args.overwrite)
     started = time.monotonic()
-    # Crops at twice the model's size: outputs (masks, overlays) come back at that size.
+    # Crops at twice the model's size, scored at it in tiles; outputs come back at that size.
     data = make_texture_dataset(out / "data", texture="brick", crop=2 * config.model.image_size, seed=config.seed)
     print(f"demo data (real brick photo, synthetic defects with masks): {data}")
     model = train_one(data, out / "run", config, resume=False, overwrite=True)
