@@ -9,6 +9,7 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
 from conftest import random_images, tiny_config
+from funetgan.data.demo import make_texture_dataset
 from funetgan.model import FUNetGAN
 from funetgan.runtime import setup, teardown
 
@@ -32,18 +33,24 @@ def test_two_processes_stay_in_sync(tmp_path):
     assert [k for k in a if not torch.equal(a[k], b[k])] == []  # G, D, E and G's spectral-norm state
 
 
-def test_torchrun_trains_and_only_rank_zero_writes(tmp_path):
-    from funetgan.data.demo import make_texture_dataset
+TORCHRUN_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
-    data = make_texture_dataset(tmp_path / "data", crop=64, n_train=20, n_test_good=2, n_per_defect=1)
+
+def _torchrun_train(data, out, *settings: str) -> list[str]:
+    """`funetgan train` of tiny networks in two processes under torchrun, on a small brick set
+    written to `data`; `settings` are extra --set values."""
+    make_texture_dataset(data, crop=64, n_train=20, n_test_good=2, n_per_defect=1)
+    tiny = ["model.image_size=32", "model.width=4", "model.z_dim=16", "batch_size=4", "gan.n_critic=1",
+            "encoder.iterations=2", *settings]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+            "-m", "funetgan", "train", "--data", str(data), "--out", str(out), "--device", "cpu",
+            *(item for setting in tiny for item in ("--set", setting))]
+
+
+def test_torchrun_trains_and_only_rank_zero_writes(tmp_path):
     out = tmp_path / "run"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "funetgan", "train", "--data", str(data), "--out", str(out), "--device", "cpu",
-               "--set", "model.image_size=32", "--set", "model.width=4", "--set", "model.z_dim=16",
-               "--set", "batch_size=4", "--set", "gan.iterations=2", "--set", "gan.n_critic=1",
-               "--set", "encoder.iterations=2"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    command = _torchrun_train(tmp_path / "data", out, "gan.iterations=2")
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=TORCHRUN_ENV)
     assert result.returncode == 0, result.stderr[-2000:]
     assert (out / "model.safetensors").exists()
     assert result.stdout.count("trained in") == 1  # one summary: rank 0's
@@ -77,17 +84,10 @@ def test_sigterm_to_one_rank_stops_every_rank_at_the_same_step(tmp_path):
     import time
 
     from funetgan import checkpoint
-    from funetgan.data.demo import make_texture_dataset
 
-    data = make_texture_dataset(tmp_path / "data", crop=64, n_train=20, n_test_good=2, n_per_defect=1)
     out = tmp_path / "run"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "funetgan", "train", "--data", str(data), "--out", str(out), "--device", "cpu",
-               "--set", "model.image_size=32", "--set", "model.width=4", "--set", "model.z_dim=16",
-               "--set", "batch_size=4", "--set", "gan.iterations=100000", "--set", "gan.n_critic=1",
-               "--set", "encoder.iterations=2", "--set", "log_every=1"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    agent = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    command = _torchrun_train(tmp_path / "data", out, "gan.iterations=100000", "log_every=1")
+    agent = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=TORCHRUN_ENV)
     deadline = time.monotonic() + 180
     log = out / "log.jsonl"
     while not log.exists() or len(log.read_text().splitlines()) < 3:
