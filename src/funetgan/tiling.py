@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -40,8 +41,8 @@ def blend_window(patch: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class TileGrid:
-    """Where the tiles of one H x W image lie: tile t covers rows ys[t]:ys[t]+patch and columns
-    xs[t]:xs[t]+patch."""
+    """Where the tiles of one H x W image lie: tile t covers rows y:y+patch and columns x:x+patch
+    of its corner (y, x) = corners[t]."""
 
     height: int
     width: int
@@ -51,9 +52,9 @@ class TileGrid:
     def __post_init__(self) -> None:
         if not 0 < self.stride <= self.patch:
             raise ValueError(f"score.tile_stride must lie in 1..{self.patch} (the patch size), got {self.stride}")
-        starts(self.height, self.patch, self.stride), starts(self.width, self.patch, self.stride)
+        self.corners  # noqa: B018 (computed now, so a patch that does not fit is an error at once)
 
-    @property
+    @cached_property
     def corners(self) -> list[tuple[int, int]]:
         return [(y, x) for y in starts(self.height, self.patch, self.stride)
                 for x in starts(self.width, self.patch, self.stride)]
