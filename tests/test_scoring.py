@@ -33,16 +33,32 @@ def test_residual_terms_by_hand():
     x = torch.zeros(1, 2, 2, 2)
     r = torch.zeros(1, 2, 2, 2)
     r[0, 0, 0, 0] = 1.0  # one channel of one pixel off by 1
-    f = lambda v: CriticOutput(None, None, torch.full((1, 1, 1, 1), v), torch.full((1, 3, 2, 2), v))  # noqa
-    pixel_residual, pixel_features, image_residual, image_features = residual_terms(x, r, f(0.0), f(2.0))
+    verdict = torch.tensor([[[[1.0, -2.0], [0.5, 0.0]]]])  # D_p(x): B x 1 x S x S
+    f = lambda v: CriticOutput(None, verdict, torch.full((1, 1, 1, 1), v), torch.full((1, 3, 2, 2), v))  # noqa
+    pixel_residual, pixel_features, pixel_critic, image_residual, image_features = residual_terms(
+        x, r, f(0.0), f(2.0))
     assert pixel_residual[0].tolist() == [[0.5, 0.0], [0.0, 0.0]]
     assert pixel_features[0].tolist() == [[2.0, 2.0], [2.0, 2.0]]
+    assert pixel_critic[0].tolist() == [[-1.0, 2.0], [-0.5, 0.0]]  # less real = higher
     assert image_residual.item() == pytest.approx(1 / 8)
     assert image_features.item() == pytest.approx(4.0)
 
 
+def test_global_critic_has_no_per_pixel_terms():
+    x, r = torch.zeros(1, 1, 2, 2), torch.ones(1, 1, 2, 2)
+    out = CriticOutput(torch.zeros(1), None, torch.zeros(1, 3, 1, 1), None)
+    _, pixel_features, pixel_critic, _, _ = residual_terms(x, r, out, out)
+    assert pixel_features.abs().sum() == 0 and pixel_critic.abs().sum() == 0
+
+
+def zeros_terms(maps: np.ndarray, image_residual: np.ndarray) -> Terms:
+    """Terms with `maps` as the pixel residual, `image_residual` per tile and zeros elsewhere."""
+    return Terms(maps, np.zeros_like(maps), np.zeros_like(maps), image_residual, np.zeros_like(image_residual))
+
+
 def test_combine_normalises_terms_by_their_normal_level():
-    terms = Terms(np.full((1, 4, 4), 2.0), np.full((1, 4, 4), 30.0), np.array([[0.5]]), np.array([[6.0]]))
+    terms = Terms(np.full((1, 4, 4), 2.0), np.full((1, 4, 4), 30.0), np.zeros((1, 4, 4)), np.array([[0.5]]),
+                  np.array([[6.0]]))
     norms = {"pixel_residual": 1.0, "pixel_features": 10.0, "image_residual": 0.25, "image_features": 3.0}
     cfg = ScoreConfig(kappa=0.5, blur_sigma=0.0)
     scores, maps = combine(terms, norms, cfg, 4)
@@ -52,9 +68,30 @@ def test_combine_normalises_terms_by_their_normal_level():
     assert combine(terms, norms, cfg, 4)[0].item() == pytest.approx(3.5)
 
 
+def test_critic_term_is_standardised_by_its_normal_mean_and_spread():
+    critic = np.array([[[3.0, 1.0], [-1.0, 1.0]]])
+    terms = Terms(np.ones((1, 2, 2)), np.zeros((1, 2, 2)), critic, np.array([[1.0]]), np.array([[0.0]]))
+    levels = terms.normal_levels()
+    assert levels["pixel_critic"] == pytest.approx(1.0)  # mean of 3, 1, -1, 1
+    assert levels["pixel_critic_std"] == pytest.approx(2 ** 0.5)  # sqrt((4 + 0 + 4 + 0) / 4)
+    norms = {**levels, "pixel_residual": 2.0}
+    _, maps = combine(terms, norms, ScoreConfig(kappa=0.0, critic_weight=0.5, blur_sigma=0.0), 2)
+    expected = 0.5 + 0.5 * (critic - 1.0) / 2 ** 0.5
+    np.testing.assert_allclose(maps, expected, rtol=1e-6)
+    without = combine(terms, norms, ScoreConfig(kappa=0.0, blur_sigma=0.0), 2)[1]
+    np.testing.assert_allclose(without, np.full((1, 2, 2), 0.5))  # weight 0: the term is off
+
+
+def test_critic_weight_needs_a_model_calibrated_with_the_critic_level():
+    terms = zeros_terms(np.ones((1, 2, 2)), np.ones((1, 1)))
+    norms = dict.fromkeys(("pixel_residual", "pixel_features", "image_residual", "image_features"), 1.0)
+    with pytest.raises(ValueError, match="critic_weight=0"):
+        combine(terms, norms, ScoreConfig(critic_weight=1.0), 2)
+
+
 def test_tile_values_reduce_to_one_image_score_by_max_or_mean():
     tiles = np.array([[1.0, 3.0, 2.0]])  # one image, three tiles
-    terms = Terms(np.zeros((1, 4, 4)), np.zeros((1, 4, 4)), tiles, np.zeros((1, 3)))
+    terms = zeros_terms(np.zeros((1, 4, 4)), tiles)
     norms = {"pixel_residual": 1.0, "pixel_features": 1.0, "image_residual": 1.0, "image_features": 1.0}
     cfg = ScoreConfig(kappa=0.0, blur_sigma=0.0)
     assert combine(terms, norms, cfg, 4)[0].item() == 3.0
@@ -64,7 +101,7 @@ def test_tile_values_reduce_to_one_image_score_by_max_or_mean():
 
 def test_topk_score_is_the_mean_of_the_largest_values():
     maps = np.arange(100.0).reshape(1, 10, 10)
-    terms = Terms(maps, np.zeros_like(maps), np.zeros((1, 1)), np.zeros((1, 1)))
+    terms = zeros_terms(maps, np.zeros((1, 1)))
     cfg = ScoreConfig(kappa=0.0, blur_sigma=0.0, image_score="topk", topk_fraction=0.05)
     norms = {k: 1.0 for k in ("pixel_residual", "pixel_features", "image_residual", "image_features")}
     assert combine(terms, norms, cfg, 10)[0].item() == pytest.approx(np.mean([95, 96, 97, 98, 99]))

@@ -1,7 +1,7 @@
 """ONNX export with a parity check: a model file is only written once it passes the ONNX
 checker and scores like PyTorch.
 
-What the graph holds: uint8 tiles B x S x S x C (B dynamic) -> E, G, D -> the four raw
+What the graph holds: uint8 tiles B x S x S x C (B dynamic) -> E, G, D -> the raw
 residual terms (`nn.residuals.ScoringNetwork`). What it does not: tiling, the normal-level
 normalisation, the blur and the image score. Those run in `scoring.Scorer`, the same numpy
 code for PyTorch and onnxruntime, configured from the settings and calibration stored in the
@@ -186,6 +186,7 @@ def _set_metadata(proto, meta: dict, config: Config) -> None:
         "working_resolution": config.data.resolution or config.model.image_size,
         "image_threshold": calibration["image_threshold"], "pixel_threshold": calibration["pixel_threshold"],
         "normal_levels": json.dumps(calibration["norms"]), "kappa": score.kappa,
+        "critic_weight": score.critic_weight,
         "blur_sigma": blur_sigma(score, config.model.image_size), "image_score": score.image_score,
         "tile_stride": tile_stride(config), "tile_reduce": score.tile_reduce,
     }
@@ -195,8 +196,9 @@ def _set_metadata(proto, meta: dict, config: Config) -> None:
     proto.producer_name, proto.producer_version = "funetgan", __version__
     proto.doc_string = (
         "F-UNetGAN scoring network. Input 'images': uint8 B x S x S x C tiles (S = image_size). Outputs: "
-        "pixel_residual, pixel_features (B x S x S), image_residual, image_features (B): the raw terms. "
-        "Anomaly map = blur(pixel_residual / m_pixel_residual + kappa * pixel_features / m_pixel_features); "
+        "pixel_residual, pixel_features, pixel_critic (B x S x S), image_residual, image_features (B): the raw "
+        "terms. Anomaly map = blur(pixel_residual / m_pixel_residual + kappa * pixel_features / m_pixel_features"
+        " + critic_weight * (pixel_critic - m_pixel_critic) / pixel_critic_std); "
         "image score (izif) = image_residual / m_image_residual + kappa * image_features / m_image_features; "
         "m_*: normal_levels. funetgan's OnnxScorer (onnxruntime + numpy) does this and the tiling.")
 

@@ -107,7 +107,7 @@ class FUNetGAN(Scorer):
         normal = val.subset(np.flatnonzero(val.labels == 0))
         if len(normal) == 0:
             raise ValueError("validation data has no normal images to calibrate on")
-        self.calibration = {"norms": self.residual_terms(normal.images, region=self.scoring_region(normal)).means()}
+        self.calibration = {"norms": self.residual_terms(normal.images, region=self.scoring_region(normal)).normal_levels()}
         result = self.score(val)
         q = self.config.score.normal_quantile
         labelled = len(np.unique(val.labels)) == 2

@@ -4,7 +4,7 @@
     result = scorer.score(images)        # the same `Scores` as FUNetGAN.score
 
 The ONNX graph (written by `funetgan export`, see `export.py`) is the networks' part of
-scoring: uint8 tiles B x S x S x C (any B) -> the four raw residual terms. Everything around
+scoring: uint8 tiles B x S x S x C (any B) -> the raw residual terms. Everything around
 it (tiling and stitching, normal-level normalisation, blur, image scores, thresholds) is the
 same numpy code the PyTorch model runs (`scoring.Scorer`), configured from the settings and
 calibration stored in the graph's metadata. onnxruntime is the optional `onnx` extra.
@@ -20,12 +20,12 @@ import numpy as np
 
 from .config import Config
 from .data.checks import MissingDependency
-from .scoring import TERMS, Scorer
+from .scoring import MAP_TERMS, VALUE_TERMS, Scorer
 
 META_KEY = "funetgan"  # metadata entry holding settings, calibration and parity as JSON
-FORMAT = 1  # version of what the graph computes and of META_KEY's content
+FORMAT = 2  # version of what the graph computes and of META_KEY's content (2: + pixel_critic)
 INPUT = "images"  # uint8 B x S x S x C tiles
-MAP_OUTPUTS, VALUE_OUTPUTS = TERMS[:2], TERMS[2:]  # B x S x S each, B each (nn.residuals' order)
+MAP_OUTPUTS, VALUE_OUTPUTS = MAP_TERMS, VALUE_TERMS  # B x S x S each, B each (nn.residuals' order)
 
 
 def require(package: str) -> ModuleType:

@@ -1,7 +1,8 @@
 """Anomaly maps and image scores from the raw residual terms of E, G and D.
 
 With r = G(E(x)):
-  pixel map   A = |x - r| / m_r + kappa * |f_p(x) - f_p(r)| / m_f        (then Gaussian blur)
+  pixel map   A = |x - r| / m_r + kappa * |f_p(x) - f_p(r)| / m_f
+                  + critic_weight * (-D_p(x) - mu_c) / sd_c                 (then Gaussian blur)
   image score s = mse(x, r) / m_i + kappa * mse(f_g(x), f_g(r)) / m_g     ("izif"), or the max /
               top-k mean of A.
 With a scoring region (the lung of CT slices, `score.lung_only`), the pixel terms and the
@@ -10,6 +11,8 @@ see the whole image.
 The m_* are the means of each term over validation normals. METHOD.md adds the raw terms;
 dividing by their normal level first makes kappa a relative weight whatever the scale D's
 features happen to have after training (which varies from run to run by orders of magnitude).
+The critic's verdict D_p(x) is a WGAN critic value, of either sign and with no fixed zero, so
+it is standardised instead (mu_c, sd_c: its mean and spread over validation normals' pixels).
 
 Tiled images (`tiling`) have one izif value per tile; `score.tile_reduce` turns them into one
 per image. Numpy only, so the PyTorch and the ONNX runtime paths share it: `Scorer` is all of
@@ -28,7 +31,9 @@ from . import tiling
 from .config import Config, ScoreConfig, tile_stride, working_size
 from .data.base import ImageSet
 
-TERMS = ("pixel_residual", "pixel_features", "image_residual", "image_features")
+MAP_TERMS = ("pixel_residual", "pixel_features", "pixel_critic")  # nn.residuals' TERM_MAPS
+VALUE_TERMS = ("image_residual", "image_features")  # and TERM_VALUES (numpy only: no torch here)
+TERMS = (*MAP_TERMS, *VALUE_TERMS)
 
 
 @dataclass
@@ -38,18 +43,21 @@ class Terms:
 
     pixel_residual: np.ndarray
     pixel_features: np.ndarray
+    pixel_critic: np.ndarray
     image_residual: np.ndarray
     image_features: np.ndarray
     region: np.ndarray | None = None  # N x H x W bool: the pixels that count (None: all)
 
-    def means(self) -> dict[str, float]:
-        """Mean of each term; pixel terms over the region's pixels only."""
-        means = {name: float(np.mean(getattr(self, name), dtype=np.float64)) for name in TERMS}
-        if self.region is not None:
-            pixels = max(int(self.region.sum()), 1)
-            for name in ("pixel_residual", "pixel_features"):
-                means[name] = float(getattr(self, name).sum(dtype=np.float64) / pixels)
-        return means
+    def normal_levels(self) -> dict[str, float]:
+        """Mean of each term, and the critic's standard deviation ("pixel_critic_std"); pixel
+        terms over the region's pixels only (they are 0 outside it)."""
+        pixels = self.pixel_residual.size if self.region is None else max(int(self.region.sum()), 1)
+        levels = {name: float(np.mean(getattr(self, name), dtype=np.float64)) for name in VALUE_TERMS}
+        for name in MAP_TERMS:
+            levels[name] = float(getattr(self, name).sum(dtype=np.float64) / pixels)
+        square = float(np.square(self.pixel_critic, dtype=np.float64).sum() / pixels)
+        levels["pixel_critic_std"] = math.sqrt(max(square - levels["pixel_critic"] ** 2, 0.0))
+        return levels
 
 
 def restrict(terms: Terms, region: np.ndarray) -> Terms:
@@ -60,7 +68,8 @@ def restrict(terms: Terms, region: np.ndarray) -> Terms:
     area = np.maximum(inside.reshape(len(inside), -1).sum(1), 1)
     squared = (terms.pixel_residual ** 2 * inside).reshape(len(inside), -1).sum(1, dtype=np.float64)
     return Terms(pixel_residual=terms.pixel_residual * inside, pixel_features=terms.pixel_features * inside,
-                 image_residual=(squared / area)[:, None], image_features=terms.image_features, region=region)
+                 pixel_critic=terms.pixel_critic * inside, image_residual=(squared / area)[:, None],
+                 image_features=terms.image_features, region=region)
 
 
 @dataclass
@@ -141,6 +150,8 @@ def combine(terms: Terms, norms: dict[str, float], cfg: ScoreConfig, image_size:
     maps = scaled("pixel_residual").astype(np.float32)
     if cfg.kappa:
         maps = maps + np.float32(cfg.kappa) * scaled("pixel_features").astype(np.float32)
+    if cfg.critic_weight:
+        maps = maps + np.float32(cfg.critic_weight) * standardised_critic(terms, norms)
     maps = gaussian_blur(maps, blur_sigma(cfg, image_size))
     if terms.region is not None:
         maps = maps * terms.region  # the blur spreads values over the region's edge
@@ -154,6 +165,16 @@ def combine(terms: Terms, norms: dict[str, float], cfg: ScoreConfig, image_size:
         k = max(1, round(cfg.topk_fraction * flat.shape[1]))
         scores = np.partition(flat, flat.shape[1] - k, axis=1)[:, -k:].mean(1, dtype=np.float64)
     return scores.astype(np.float64), maps
+
+
+def standardised_critic(terms: Terms, norms: dict[str, float]) -> np.ndarray:
+    """(-D_p(x) - mu_c) / sd_c, 0 outside the scoring region (so the blur spreads nothing in)."""
+    if "pixel_critic_std" not in norms:
+        raise ValueError("this model was calibrated without the critic's normal level (trained by an older "
+                         "funetgan): score it with score.critic_weight=0, or train it again")
+    critic = (terms.pixel_critic - norms["pixel_critic"]) / max(norms["pixel_critic_std"], 1e-12)
+    critic = critic.astype(np.float32)
+    return critic if terms.region is None else critic * terms.region
 
 
 def blur_sigma(cfg: ScoreConfig, image_size: int) -> float:

@@ -9,19 +9,23 @@ from torch import nn
 
 from .discriminator import CriticOutput
 
-TERM_MAPS = ("pixel_residual", "pixel_features")  # B x S x S each
+TERM_MAPS = ("pixel_residual", "pixel_features", "pixel_critic")  # B x S x S each
 TERM_VALUES = ("image_residual", "image_features")  # B each
 
 
 def residual_terms(x: torch.Tensor, recon: torch.Tensor, out_x: CriticOutput,
                    out_r: CriticOutput) -> tuple[torch.Tensor, ...]:
-    """|x - r| and the D-decoder feature residual per pixel (channel means), the image mse
-    and D's bottleneck feature mse per image; the order of TERM_MAPS + TERM_VALUES."""
-    pixel_features = torch.zeros_like(x[:, 0])
+    """|x - r|, the D-decoder feature residual per pixel (channel means) and the critic's
+    per-pixel verdict on x, negated (-D_p(x): higher = less like real normal pixels); the
+    image mse and D's bottleneck feature mse per image; the order of TERM_MAPS + TERM_VALUES.
+    A global-only critic has no per-pixel terms: zeros."""
+    pixel_features, pixel_critic = torch.zeros_like(x[:, 0]), torch.zeros_like(x[:, 0])
     if out_x.f_p is not None:
         pixel_features = (out_x.f_p - out_r.f_p).abs().mean(1)
-    return ((x - recon).abs().mean(1), pixel_features.float(), (x - recon).pow(2).flatten(1).mean(1),
-            (out_x.f_g - out_r.f_g).float().pow(2).flatten(1).mean(1))
+    if out_x.pixel is not None:
+        pixel_critic = -out_x.pixel[:, 0]
+    return ((x - recon).abs().mean(1), pixel_features.float(), pixel_critic.float(),
+            (x - recon).pow(2).flatten(1).mean(1), (out_x.f_g - out_r.f_g).float().pow(2).flatten(1).mean(1))
 
 
 class ScoringNetwork(nn.Module):
