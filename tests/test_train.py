@@ -10,7 +10,7 @@ from conftest import random_images, tiny_config
 from funetgan.model import FUNetGAN
 from funetgan.runtime import Runtime
 from funetgan.nn.tensors import to_tensor
-from funetgan import train
+from funetgan import checkpoint, train
 from funetgan.train import BatchSource, Trainer
 
 
@@ -105,30 +105,91 @@ def test_warmup_counts_against_the_stage_1_budget(monkeypatch):
     assert budgets["encoder"] is None and done["encoder"]["steps"] == 3
 
 
-@pytest.mark.parametrize("size, settings", [(32, {}), (48, {"data__resolution": "48"})], ids=["whole", "patches"])
-def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch, size, settings):
+EMA = {"gan__ema": 0.9, "encoder__ema": 0.9}
+
+
+@pytest.mark.parametrize("size, settings, stage", [(32, {}, "encoder"), (48, {"data__resolution": "48"}, "encoder"),
+                                                   (32, EMA, "encoder"), (32, EMA, "gan")],
+                         ids=["whole", "patches", "ema-stopped-in-stage-2", "ema-stopped-in-stage-1"])
+def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch, size, settings, stage):
     images = random_images(12, size=size)
     config = lambda: tiny_config(**settings)  # noqa: E731
     straight = FUNetGAN(config()).fit(images, run_dir=tmp_path / "a")
 
-    original = Trainer.encoder_step
+    step_name = f"{stage}_step"
+    original = getattr(Trainer, step_name)
 
     def ctrl_c_during_second_step(self, step):
         if step == 1:
             os.kill(os.getpid(), signal.SIGINT)  # noted; the loop stops once this step is done
         return original(self, step)
 
-    monkeypatch.setattr(Trainer, "encoder_step", ctrl_c_during_second_step)
+    monkeypatch.setattr(Trainer, step_name, ctrl_c_during_second_step)
     before = signal.getsignal(signal.SIGINT)  # SIG_IGN where the suite runs in the background
-    with pytest.raises(train.TrainingStopped, match="stopped by SIGINT at encoder step 2; checkpoint saved"):
+    with pytest.raises(train.TrainingStopped, match=f"stopped by SIGINT at {stage} step 2; checkpoint saved"):
         FUNetGAN(config()).fit(images, run_dir=tmp_path / "b")
     assert signal.getsignal(signal.SIGINT) is before  # handlers restored
-    monkeypatch.setattr(Trainer, "encoder_step", original)
+    if settings.get(f"{stage}__ema"):
+        _, meta = checkpoint.load(tmp_path / "b" / "checkpoint.safetensors")
+        assert meta["averages"] == {"G" if stage == "gan" else "E": {"decay": 0.9, "count": 2}}
+    monkeypatch.setattr(Trainer, step_name, original)
     resumed = FUNetGAN(config()).fit(images, run_dir=tmp_path / "b", resume=True)
     for name in "GDE":
         assert same(state_of(getattr(straight, name)), state_of(getattr(resumed, name))), name
     assert resumed.calibration["norms"] == pytest.approx(straight.calibration["norms"])
     assert resumed.image_threshold == pytest.approx(straight.image_threshold)
+
+
+def test_weight_average_by_hand():
+    net = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        net.weight.fill_(0.0)
+    average = train.WeightAverage(net, decay=0.15)
+    assert average.rate() == pytest.approx(0.1)  # (1 + 0) / (10 + 0): the start is soon forgotten
+    with torch.no_grad():
+        net.weight.fill_(1.0)
+    average.update(net)  # 0.1 * 0 + 0.9 * 1
+    assert average.shadow["weight"].item() == pytest.approx(0.9) and average.count == 1
+    assert average.rate() == pytest.approx(0.15)  # min(0.15, 2 / 11)
+    with torch.no_grad():
+        net.weight.fill_(3.0)
+    average.update(net)  # 0.15 * 0.9 + 0.85 * 3
+    assert average.shadow["weight"].item() == pytest.approx(2.685)
+    assert net.weight.item() == 3.0  # the network itself is untouched until copy_to
+    average.copy_to(net)
+    assert net.weight.item() == pytest.approx(2.685)
+    assert train.WeightAverage(net, 0.999).rate() == pytest.approx(0.1)
+    big = train.WeightAverage(net, 0.999)
+    big.count = 90
+    assert big.rate() == pytest.approx(0.91)  # the cap binds only from n = 8990 on
+
+
+@pytest.mark.parametrize("stage, name", [("gan", "G"), ("encoder", "E")])
+def test_a_stage_with_ema_ends_with_the_average_of_its_steps(monkeypatch, stage, name):
+    """G (E) after training is the hand-computed average of its weights after each step of
+    stage 1 (2), starting from the weights at the stage's start; without ema, the last step's."""
+    seen = []
+    original = getattr(Trainer, f"{stage}_step")
+
+    def record(self, step):
+        if not seen:
+            seen.append(state_of(getattr(self.model, name)))
+        stats = original(self, step)
+        seen.append(state_of(getattr(self.model, name)))
+        return stats
+
+    monkeypatch.setattr(Trainer, f"{stage}_step", record)
+    model = FUNetGAN(tiny_config(**{f"{stage}__ema": 0.5, f"{stage}__iterations": 4})).fit(random_images(12))
+    assert len(seen) == 5
+    params = dict(getattr(model, name).named_parameters())
+    for key, value in params.items():
+        expected = seen[0][key].clone()
+        for n, weights in enumerate(seen[1:]):
+            decay = min(0.5, (1 + n) / (10 + n))
+            expected = decay * expected + (1 - decay) * weights[key]
+        assert torch.allclose(value.detach(), expected, atol=1e-6), key
+        assert not torch.allclose(value.detach(), seen[-1][key]), key  # not simply the last weights
+    assert not model.averages  # used up at the end of its stage
 
 
 def test_resumed_ranks_draw_their_own_latents(tmp_path):

@@ -63,6 +63,11 @@ class GANConfig:
     gp_every: int = 1  # lazy regularisation: penalties every k-th critic step, weighted by k
     pixel_gp: str = "local"  # GP_p on "mean" of D_p (METHOD.md) or "local": per-pixel (losses.py)
     drift: float = 1e-3  # weight of mean D(x)^2 on reals (ProGAN): keeps critic values near 0
+    # Exponential moving average of G's weights over the adversarial steps (0: off); G takes the
+    # average at the end of stage 1, so stage 2 and scoring use it. Step n's decay is
+    # min(ema, (1 + n) / (10 + n)): under short budgets the average spans about the last tenth
+    # of the stage's steps whatever their number (train.WeightAverage; README, "A longer budget").
+    ema: float = 0.0
 
 
 @dataclass
@@ -72,6 +77,7 @@ class EncoderConfig:
     lr: float = 1e-4
     betas: tuple[float, float] = (0.5, 0.999)
     kappa: float = 1.0
+    ema: float = 0.0  # the same average for E's weights over stage 2 (see gan.ema)
 
 
 @dataclass
@@ -154,6 +160,9 @@ class Config:
             raise ValueError(f"score.image_score must be izif, max or topk, got {self.score.image_score!r}")
         if self.data.on_bad_file not in ("error", "skip"):
             raise ValueError(f"data.on_bad_file must be error or skip, got {self.data.on_bad_file!r}")
+        for name in ("gan.ema", "encoder.ema"):
+            if not 0.0 <= get_key(self, name) < 1.0:
+                raise ValueError(f"{name} must lie in [0, 1), got {get_key(self, name)}")
         if not 0.0 <= self.gan.warmup_share <= 1.0:
             raise ValueError(f"gan.warmup_share must lie in [0, 1], got {self.gan.warmup_share}")
         for name in ("batch_size", "score.batch_size", "score.volume_top_slices", "gan.n_critic", "gan.gp_every",

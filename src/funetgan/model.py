@@ -18,7 +18,7 @@ from .nn.tensors import to_tensor
 from .runtime import Runtime, setup
 from .scoring import Scorer, Scores  # noqa: F401  (Scores: also importable from here)
 from .thresholds import calibrate_image_threshold, calibrate_pixel_threshold
-from .train import Trainer
+from .train import Trainer, WeightAverage
 
 
 class FUNetGAN(Scorer):
@@ -47,6 +47,7 @@ class FUNetGAN(Scorer):
         self.opt_e = torch.optim.Adam(self.E.parameters(), lr=cfg.encoder.lr, betas=cfg.encoder.betas)
         self.rng = torch.Generator(self.runtime.device).manual_seed(cfg.seed * 10_007 + self.runtime.rank)
         self.state = {"stage": "warmup", "step": 0, "seconds": 0.0, "critic_steps": 0}
+        self.averages: dict[str, WeightAverage] = {}  # gan.ema / encoder.ema, during their stage
         self.calibration: dict = {}
 
     # ---- training ------------------------------------------------------------------------
@@ -178,6 +179,9 @@ class FUNetGAN(Scorer):
             tensors.update(opt_tensors)
             meta[name] = opt_meta
         tensors["rng"] = self.rng.get_state()
+        for name, average in self.averages.items():
+            tensors.update(checkpoint.prefixed(f"ema.{name}", average.shadow))
+        meta["averages"] = {name: {"decay": a.decay, "count": a.count} for name, a in self.averages.items()}
         checkpoint.save(path, tensors, meta)
 
     def load_checkpoint(self, path: str | Path) -> None:
@@ -189,6 +193,13 @@ class FUNetGAN(Scorer):
         for name, opt in (("opt_g", self.opt_g), ("opt_d", self.opt_d), ("opt_e", self.opt_e)):
             checkpoint.load_optimizer_state(opt, name, tensors, meta[name])
         self.rng.set_state(tensors["rng"])
+        self.averages = {}
+        for name, saved in meta.get("averages", {}).items():
+            average = WeightAverage(getattr(self, name), saved["decay"])
+            shadow = checkpoint.unprefixed(f"ema.{name}", tensors)
+            average.shadow = {k: v.to(self.runtime.device) for k, v in shadow.items()}
+            average.count = saved["count"]
+            self.averages[name] = average
         if self.runtime.rank:
             # Only rank 0's generator is saved: the other ranks derive their own stream from it,
             # else every process would draw the same z for the rest of the run.

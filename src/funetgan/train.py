@@ -103,6 +103,34 @@ class BatchSource:
         return torch.from_numpy(self.mapped[self.rows[pick.numpy()]])
 
 
+class WeightAverage:
+    """Exponential moving average of a network's parameters (buffers are not averaged: the
+    network's own are used with the averaged weights). The n-th update (n = 0, 1, ...) uses the
+    decay min(decay, (1 + n) / (10 + n)), so the average forgets the weights it started from
+    and, until (1 + n) / (10 + n) reaches `decay`, spans about the last tenth of the steps: the
+    same share of a stage at any time budget. Deterministic, so resumed runs match."""
+
+    def __init__(self, net: torch.nn.Module, decay: float):
+        self.decay, self.count = decay, 0
+        self.shadow = {name: p.detach().clone() for name, p in net.named_parameters()}
+
+    def rate(self) -> float:
+        """The decay of the next update."""
+        return min(self.decay, (1 + self.count) / (10 + self.count))
+
+    @torch.no_grad()
+    def update(self, net: torch.nn.Module) -> None:
+        weight = 1.0 - self.rate()
+        for name, p in net.named_parameters():
+            self.shadow[name].lerp_(p.detach(), weight)
+        self.count += 1
+
+    @torch.no_grad()
+    def copy_to(self, net: torch.nn.Module) -> None:
+        for name, p in net.named_parameters():
+            p.copy_(self.shadow[name])
+
+
 class TrainingStopped(Exception):
     """SIGTERM or SIGINT stopped training at a step boundary, after a checkpoint."""
 
@@ -258,6 +286,7 @@ class Trainer:
             Stage("warmup", cfg.warmup_iterations, warmup_minutes, self).run(self.warmup_step, self.save_reconstructions)
             self._finish_stage("gan")
         if state["stage"] == "gan":
+            self.start_average("G", cfg.ema)
             Stage("gan", cfg.iterations, self.minutes_after_warmup(), self).run(self.gan_step, self.save_gan_samples)
             self._finish_stage("encoder")
         if state["stage"] == "encoder":
@@ -265,6 +294,7 @@ class Trainer:
             self.model.freeze_gan()
             if state["step"] == 0:
                 self.standardise_encoder()
+            self.start_average("E", cfg.ema)
             Stage("encoder", cfg.iterations, cfg.max_minutes, self).run(self.encoder_step, self.save_reconstructions)
             self._finish_stage("done")
 
@@ -277,9 +307,18 @@ class Trainer:
         warmup = self.model.state.get("completed", {}).get("warmup", {"seconds": 0.0})
         return max(budget - warmup["seconds"] / 60, 0.0)
 
+    def start_average(self, name: str, decay: float) -> None:
+        """Keep an average of network `name`'s weights over this stage (unless one was resumed)."""
+        if decay and name not in self.model.averages:
+            self.model.averages[name] = WeightAverage(getattr(self.model, name), decay)
+
     def _finish_stage(self, next_stage: str) -> None:
-        """Record what the stage did (steps, seconds) and move on to `next_stage`."""
+        """Give the networks averaged over the stage their averages, record what the stage did
+        (steps, seconds) and move on to `next_stage`."""
         state = self.model.state
+        for name, average in self.model.averages.items():
+            average.copy_to(getattr(self.model, name))
+        self.model.averages.clear()
         state.setdefault("completed", {})[state["stage"]] = {
             "steps": state["step"], "critic_steps": state["critic_steps"], "seconds": round(state["seconds"], 2)}
         state.update(stage=next_stage, step=0, seconds=0.0, critic_steps=0)
@@ -371,7 +410,10 @@ class Trainer:
         """`n_critic` critic steps, then one generator step."""
         for _ in range(self.model.config.gan.n_critic):
             stats = self.critic_step()
-        return {**stats, **self.generator_step(step)}
+        stats = {**stats, **self.generator_step(step)}
+        if "G" in self.model.averages:
+            self.model.averages["G"].update(self.model.G)
+        return stats
 
     def encoder_step(self, step: int) -> dict[str, torch.Tensor]:
         m, rt = self.model, self.runtime
@@ -385,6 +427,8 @@ class Trainer:
         loss.backward()
         rt.average_gradients(m.E)
         m.opt_e.step()
+        if "E" in m.averages:
+            m.averages["E"].update(m.E)
         return stats
 
     @torch.no_grad()
