@@ -86,6 +86,37 @@ def test_recipes(script, tmp_path, capsys):
     assert "0.5 min" in out and "straightforward" in out
 
 
+@pytest.mark.skipif(not FASHION_MNIST.is_dir(), reason="Debian's fashion-mnist package is not installed")
+def test_budgets(script, tmp_path, capsys):
+    budgets = script("budgets")
+    keep = tmp_path / "runs"
+    results = run(budgets, tmp_path, "--classes", "3", "--budgets", "0.5", "1", "--seeds", "0", "1",
+                  "--variants", "CPU recipe", "EMA", "--keep", str(keep))["results"]
+    runs = results["runs"]
+    assert [(r["variant"], r["minutes"], r["seed"]) for r in runs] == [
+        (v, m, s) for s in (0, 1) for m in (0.5, 1.0) for v in ("CPU recipe", "EMA")]
+    for r in runs:
+        assert_unit(r["image_auroc"])
+        assert r["steps"].keys() == {"warmup", "gan", "encoder"} and r["val_normal"]["image_residual"] > 0
+        assert r["settings"]["gan"]["ema"] == r["settings"]["encoder"]["ema"] == (0.999 if r["variant"] == "EMA" else 0)
+    assert runs[2]["settings"]["gan"]["max_minutes"] == 0.75  # the budget reaches the run
+    assert (keep / "EMA-1min-class3-seed1" / "test_reconstructions.png").is_file()
+    out = capsys.readouterr().out
+    assert "EMA, class 3" in out and "1 min" in out
+
+
+def test_budgets_test_subset_keeps_every_normal(script):
+    from funetgan.data.base import ImageSet
+    import numpy as np
+    labels = np.r_[np.zeros(5, np.int64), np.ones(20, np.int64)]
+    test = ImageSet(np.zeros((25, 2, 2, 1), np.uint8), labels, [f"{i}" for i in range(25)], ["x"] * 25,
+                    np.full((25, 2), 2))
+    subset = script("budgets").test_subset(test, 12)
+    assert len(subset) == 12 and (subset.labels == 0).sum() == 5
+    assert subset.paths == script("budgets").test_subset(test, 12).paths  # the same draw every time
+    assert script("budgets").test_subset(test, None) is test
+
+
 def test_fashion_class_ranges(script):
     assert script("fashion_mnist").class_list("0-2,7") == [0, 1, 2, 7]
 
