@@ -202,10 +202,11 @@ def full_resolution_metrics(model: FUNetGAN, terms: Terms, truth: ImageSet,
 
 
 def run_crop_group(args: argparse.Namespace, results: dict, name: str, settings: list[str], data: Path,
-                   alternatives: dict[str, dict]) -> dict:
+                   alternatives: dict[str, dict], look=None) -> dict:
     """`settings` on the set in `data`, once per --seeds, judged at the crops' own resolution,
     with the same networks' figures under each scoring setting of `alternatives` (name ->
-    ScoreConfig changes); kept as results["groups"][name], rewritten after every run."""
+    ScoreConfig changes); kept as results["groups"][name], rewritten after every run.
+    `look(name, seed, model, terms, truth)`, when given, is called after each run (previews)."""
     config = make_config(settings, args.device)
     splits = load(data, config)
     truth = load_dataset(data, None, config.model.channels, config.data).test  # crops at their own size
@@ -214,6 +215,8 @@ def run_crop_group(args: argparse.Namespace, results: dict, name: str, settings:
         print(f"== {name}, seed {seed}", file=sys.stderr, flush=True)
         model, terms, timings = train_and_score(make_config(settings, args.device, seed), splits)
         metrics = full_resolution_metrics(model, terms, truth)
+        if look is not None:
+            look(name, seed, model, terms, truth)
         figures = {alternative: headline(full_resolution_metrics(
             model, terms, truth, dataclasses.replace(model.config.score, **changes)))
             for alternative, changes in alternatives.items()}

@@ -19,10 +19,15 @@ has no per-pixel head, those rows equal its default.
 """
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import sys
+from pathlib import Path
 
-from common import (CROP, SPLIT_SEEDS, crop_alternatives_table, data_folder, fmt, make_parser, mean_std, parse,
+import numpy as np
+from PIL import Image
+
+from common import (CROP, SPLIT_SEEDS, at_resolution, crop_alternatives_table, data_folder, fmt, make_parser, mean_std, parse,
                     run_crop_group, run_settings, table, texture_set)
 from funetgan.cli import DEMO_SETTINGS
 from funetgan.data.demo import TEXTURES
@@ -44,6 +49,29 @@ ALTERNATIVES = {
     "critic 4, kappa 0": {"critic_weight": 4.0, "kappa": 0.0},
     "top 1% of map as image score": {"image_score": "topk"},
 }
+
+
+def preview_writer(folder: str | None):
+    """A `run_crop_group` look-hook writing, per run, a strip of test crops with defects (rows:
+    crop, true mask, default map, critic-only map), or None without --previews."""
+    if folder is None:
+        return None
+
+    def write(name: str, seed: int, model, terms, truth) -> None:
+        rows = np.flatnonzero(truth.labels == 1)[::12][:8]  # a crop of each defect kind
+        critic = dataclasses.replace(model.config.score, kappa=0.0, critic_weight=1.0)
+        only_critic = dataclasses.replace(terms, pixel_residual=np.zeros_like(terms.pixel_residual))
+        size = truth.images.shape[1:3]
+        strips = [truth.images[rows, ..., 0].astype(np.float32), truth.masks[rows].astype(np.float32) * 255]
+        for settings, source in ((None, terms), (critic, only_critic)):
+            maps = at_resolution(model.scores_from_terms(source, settings).maps[rows], size)
+            low, high = np.percentile(maps, [1, 99])
+            strips.append(np.clip((maps - low) / max(high - low, 1e-12), 0, 1) * 255)
+        grid = np.concatenate([np.concatenate(list(strip), axis=1) for strip in strips], axis=0)
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(grid.astype(np.uint8)).save(Path(folder) / f"{name.replace(' ', '-')}-seed{seed}.png")
+
+    return write
 
 
 def comparison(groups: dict, texture: str, models: list[str]) -> list[str] | None:
@@ -92,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", choices=list(SPLIT_SEEDS), default="report",
                         help="selection: the set settings are chosen on; report: the set the README reports")
     parser.add_argument("--data-dir", help="folder for the generated data (default: a temporary one)")
+    parser.add_argument("--previews", help="folder for a PNG per run: defective test crops, their "
+                                                      "masks, the default map and the critic-only map")
     args = parse(parser, argv)
     resolution = "64" if args.smoke and args.resolution != "whole" else args.resolution
     results = {"split": args.split, "resolution": resolution, "models": {m: MODELS[m] for m in args.models},
@@ -102,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
             data = texture_set(folder, texture, args.split, args.smoke)
             for model in args.models:
                 settings = run_settings(args, DEMO_SETTINGS, working, MODELS[model])
-                run_crop_group(args, results, f"{texture} {model}", settings, data, ALTERNATIVES)
+                run_crop_group(args, results, f"{texture} {model}", settings, data, ALTERNATIVES,
+                               preview_writer(args.previews))
     print(f"{args.split} split; working resolution {resolution}; pixel metrics at the crops' own size")
     print_tables(results["groups"], args.textures, args.models)
     print("\nthe same models under other scoring settings")

@@ -137,7 +137,9 @@ def test_resolution(script, tmp_path, capsys):
 
 def test_localisation(script, tmp_path, capsys):
     localisation = script("localisation")
-    results = run(localisation, tmp_path, "--textures", "gravel", "--seeds", "0", "1", "--split", "selection")["results"]
+    results = run(localisation, tmp_path, "--textures", "gravel", "--seeds", "0", "1", "--split", "selection",
+                  "--previews", str(tmp_path / "looks"))["results"]
+    assert len(list((tmp_path / "looks").glob("gravel-F-UNetGAN-seed*.png"))) == 2
     assert list(results["groups"]) == ["gravel F-UNetGAN", "gravel f-AnoGAN"]
     ours, baseline = (results["groups"][name]["runs"] for name in results["groups"])
     assert baseline[0]["settings"]["model"]["critic_head"] == "global" and ours[0]["settings"]["score"]["kappa"] == 1
