@@ -41,6 +41,8 @@ MARGIN = {"pixel_auroc": 0.02, "aupro": 0.03}
 ABSOLUTE = {"brick": {"pixel_auroc": 0.97, "image_auroc": 0.95}, "grass": {"pixel_auroc": 0.92, "image_auroc": 0.85}}
 ALTERNATIVES = {
     "kappa 0 (residual map)": {"kappa": 0.0},
+    "kappa 2": {"kappa": 2.0},
+    "kappa 4": {"kappa": 4.0},
     "critic 0.5": {"critic_weight": 0.5},
     "critic 1": {"critic_weight": 1.0},
     "critic 2": {"critic_weight": 2.0},
