@@ -3,7 +3,8 @@ texture sets, at equal training budgets, over several seeds (issue 10's table).
 
     python benchmarks/localisation.py [--textures brick grass gravel] [--models F-UNetGAN f-AnoGAN]
                                       [--resolution 256] [--minutes 6] [--seeds 0 1 2]
-                                      [--split report|selection]
+                                      [--split report|selection] [--previews DIR]
+    python benchmarks/localisation.py --show results/a.json results/b.json   # tables of earlier runs
 
 Data: `common.texture_set` (256-px crops of scikit-image's brick, grass and gravel photos,
 training crops from the top half, test crops from the bottom half, half of the defects at a
@@ -20,6 +21,7 @@ has no per-pixel head, those rows equal its default.
 from __future__ import annotations
 
 import dataclasses
+import json
 import statistics
 import sys
 from pathlib import Path
@@ -112,6 +114,21 @@ def print_tables(groups: dict, textures: list[str], models: list[str]) -> None:
         print(table(["texture", "pixel AUROC", "apart", "met", "AUPRO", "apart", "met"], rows))
 
 
+def show(paths: list[str]) -> int:
+    """The tables of earlier results files, their groups merged in the order given."""
+    documents = [json.loads(Path(path).read_text()) for path in paths]
+    groups = {name: group for d in documents for name, group in d["results"].get("groups", {}).items()}
+    models = list(dict.fromkeys(m for d in documents for m in d["results"]["models"]))
+    textures = list(dict.fromkeys(name.split()[0] for name in groups))
+    for path, d in zip(paths, documents):
+        print(f"{path}: {d['date']}, {d['results']['split']} split, working resolution "
+              f"{d['results']['resolution']}; {d['command']}")
+    print_tables(groups, textures, models)
+    print("\nthe same models under other scoring settings")
+    print(crop_alternatives_table(groups, ALTERNATIVES))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = make_parser(__file__, "F-UNetGAN's maps against the f-AnoGAN baseline's on three textures.",
                          minutes=6, seeds=(0, 1, 2))
@@ -122,9 +139,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", choices=list(SPLIT_SEEDS), default="report",
                         help="selection: the set settings are chosen on; report: the set the README reports")
     parser.add_argument("--data-dir", help="folder for the generated data (default: a temporary one)")
+    parser.add_argument("--show", nargs="+", metavar="JSON",
+                        help="train nothing: print the tables of earlier results files together (e.g. one "
+                             "per model, run side by side)")
     parser.add_argument("--previews", help="folder for a PNG per run: defective test crops, their "
                                                       "masks, the default map and the critic-only map")
     args = parse(parser, argv)
+    if args.show:
+        return show(args.show)
     resolution = "64" if args.smoke and args.resolution != "whole" else args.resolution
     results = {"split": args.split, "resolution": resolution, "models": {m: MODELS[m] for m in args.models},
                "margin_target": MARGIN, "absolute_targets": ABSOLUTE}

@@ -152,6 +152,15 @@ def test_localisation(script, tmp_path, capsys):
                                                                ("image_auroc", "pixel_auroc", "aupro")}
     out = capsys.readouterr().out
     assert "F-UNetGAN minus f-AnoGAN" in out and "gravel" in out and "critic 1, kappa 0" in out
+    # the same tables from two results files, one per model (as when they run side by side)
+    ours_file, theirs_file = tmp_path / "ours.json", tmp_path / "theirs.json"
+    for name, target in (("F-UNetGAN", ours_file), ("f-AnoGAN", theirs_file)):
+        document = json.loads((tmp_path / "results.json").read_text())
+        document["results"]["models"] = {name: localisation.MODELS[name]}
+        document["results"]["groups"] = {f"gravel {name}": document["results"]["groups"][f"gravel {name}"]}
+        target.write_text(json.dumps(document))
+    assert localisation.main(["--show", str(ours_file), str(theirs_file)]) == 0
+    assert capsys.readouterr().out.count("F-UNetGAN minus f-AnoGAN") == 1
 
 
 @pytest.mark.slow
