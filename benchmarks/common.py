@@ -51,6 +51,7 @@ HEADLINE = {"image_auroc": ("image", "auroc"), "pixel_auroc": ("pixel", "auroc")
 # CROP px, two data seeds: "selection" (where settings are chosen) and "report" (the README's).
 CROP = 256
 SPLIT_SEEDS = {"report": 0, "selection": 1}
+SUMMARY_KEYS = (*HEADLINE, "train_minutes", "small_defects_pixel_auroc")  # of a crop-resolution group
 
 
 # ---- command line ------------------------------------------------------------------------
@@ -225,8 +226,7 @@ def run_crop_group(args: argparse.Namespace, results: dict, name: str, settings:
             "steps": model.state.get("completed", {}), "small_defects_pixel_auroc": small_defects(metrics),
             "scoring_alternatives": figures,
         })
-        group["summary"] = summarise(group["runs"], ("image_auroc", "pixel_auroc", "aupro", "train_minutes",
-                                                     "small_defects_pixel_auroc"))
+        group["summary"] = summarise(group["runs"], SUMMARY_KEYS)
         write_results(args, results)
     return group
 
@@ -279,10 +279,14 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
 
 def crop_alternatives_table(groups: dict, alternatives: dict) -> str:
     """Image / pixel AUROC / AUPRO of each scoring setting (rows) in each group of
-    `run_crop_group` (columns), mean over the group's runs."""
+    `run_crop_group` (columns), mean over the group's runs that measured it (with their count
+    when not all did: results of an older benchmark version may lack a setting)."""
     def cell(group: dict, name: str) -> str:
-        runs = [run["scoring_alternatives"][name] for run in group["runs"]]
-        return " / ".join(fmt(statistics.fmean(r[key] for r in runs)) for key in ("image_auroc", "pixel_auroc", "aupro"))
+        runs = [run["scoring_alternatives"][name] for run in group["runs"] if name in run["scoring_alternatives"]]
+        if not runs:
+            return "-"
+        text = " / ".join(fmt(statistics.fmean(r[key] for r in runs)) for key in ("image_auroc", "pixel_auroc", "aupro"))
+        return text if len(runs) == len(group["runs"]) else f"{text} ({len(runs)} runs)"
 
     return table(["scoring (image / pixel AUROC / AUPRO, mean)", *groups],
                  [[name, *(cell(g, name) for g in groups.values())] for name in alternatives])

@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from common import (CROP, SPLIT_SEEDS, at_resolution, crop_alternatives_table, data_folder, fmt, make_parser, mean_std, parse,
-                    run_crop_group, run_settings, table, texture_set)
+from common import (CROP, SPLIT_SEEDS, SUMMARY_KEYS, at_resolution, crop_alternatives_table, data_folder, fmt,
+                    make_parser, mean_std, parse, run_crop_group, run_settings, summarise, table, texture_set)
 from funetgan.cli import DEMO_SETTINGS
 from funetgan.data.demo import TEXTURES
 
@@ -115,9 +115,14 @@ def print_tables(groups: dict, textures: list[str], models: list[str]) -> None:
 
 
 def show(paths: list[str]) -> int:
-    """The tables of earlier results files, their groups merged in the order given."""
+    """The tables of earlier results files: groups of the same name (other seeds) pooled."""
     documents = [json.loads(Path(path).read_text()) for path in paths]
-    groups = {name: group for d in documents for name, group in d["results"].get("groups", {}).items()}
+    groups: dict[str, dict] = {}
+    for document in documents:
+        for name, group in document["results"].get("groups", {}).items():
+            groups.setdefault(name, {"runs": []})["runs"] += group["runs"]
+    for group in groups.values():
+        group["summary"] = summarise(group["runs"], SUMMARY_KEYS)
     models = list(dict.fromkeys(m for d in documents for m in d["results"]["models"]))
     textures = list(dict.fromkeys(name.split()[0] for name in groups))
     for path, d in zip(paths, documents):
