@@ -16,16 +16,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import __version__
+from .chunked import run_predict, run_test
 from .config import RECIPES, Config, apply_overrides, working_size
 from .data import DataError, check_batch, load_dataset, load_unlabelled, mvtec_categories
 from .data.demo import make_texture_dataset
 from .files import CHECKPOINT_FILE, MODEL_FILE, atomic_write_text
-from .metrics import evaluate
 from .outputs import PREDICT_DEFAULT, TEST_DEFAULT, Outputs
-from .report import write_predictions, write_test_outputs, write_volume_table
 from .runlock import FolderLocked, folder_lock
 from .scoring import Scorer
-from .volumes import volume_metrics, volume_results, write_volumes
 
 if TYPE_CHECKING:
     from .model import FUNetGAN
@@ -302,24 +300,10 @@ def test_one(model: Scorer, data: Path, out: Path, args, load_seconds: float = 0
             raise DataError(f"{data}: no test images")
         _print_notes(splits.test.notes)
         loaded = time.perf_counter()
-        result = model.score(splits.test)
-        scored = time.perf_counter()
         image_t, pixel_t = _thresholds(model, args)
-        region = model.scoring_region(splits.test)
-        metrics = evaluate(result.scores, result.maps, splits.test, image_t, pixel_t, region)
-        metrics["scored_pixels"] = "whole image" if region is None else "lung (lung masks, score.lung_only)"
-        top = model.config.score.volume_top_slices
-        volumes = volume_results(splits.test, result.scores, result.maps, image_t, pixel_t, top)
-        if volumes:
-            metrics["volume"] = volume_metrics(volumes, image_t, top)
-        seconds = scored - loaded
-        metrics["timing"] = {"images": len(splits.test), "seconds": round(seconds, 3),
-                             "images_per_second": round(len(splits.test) / max(seconds, 1e-9), 1),
-                             "model_seconds": round(load_seconds, 3), "data_seconds": round(loaded - started, 3),
-                             "metrics_seconds": round(time.perf_counter() - scored, 3)}
-        write_test_outputs(out, splits.test, result.scores, result.maps, metrics, image_t, pixel_t,
-                           model.config.to_dict(), volumes, outputs)
-        write_volumes(out, splits.test, result.maps, pixel_t, volumes, region)
+        # Volume by volume: the whole set's maps are never held (chunked.py).
+        metrics = run_test(model, splits.test, out, outputs, image_t, pixel_t,
+                           {"model_seconds": round(load_seconds, 3), "data_seconds": round(loaded - started, 3)})
         _print_metrics(metrics, out, outputs)
 
 
@@ -331,16 +315,9 @@ def cmd_predict(args) -> int:
         claim_folder(out, RESULT_OUTPUTS, args.overwrite)
         images = load_unlabelled(args.paths, working_size(model.config), model.config.model.channels, model.config.data)
         _print_notes(images.notes)
-        result = model.score(images)
         image_t, pixel_t = _thresholds(model, args)
-        write_predictions(out, images, result.scores, result.maps, image_t, pixel_t, outputs)
-        volumes = volume_results(images, result.scores, result.maps, image_t, pixel_t,
-                                 model.config.score.volume_top_slices)
-        if volumes:
-            if outputs.scores:
-                write_volume_table(out, volumes)
-            write_volumes(out, images, result.maps, pixel_t, volumes, model.scoring_region(images))
-        flagged = int((result.scores >= image_t).sum())  # the rule of metrics and report
+        scores = run_predict(model, images, out, outputs, image_t, pixel_t)  # volume by volume, as test
+        flagged = int((scores >= image_t).sum())  # the rule of metrics and report
         print(f"{len(images)} image(s) scored, {flagged} at or above the threshold {image_t:.4g}; "
               f"results in {out / 'predictions.csv' if outputs.scores else out}")
         return 0
