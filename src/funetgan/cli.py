@@ -45,6 +45,12 @@ DEMO_SETTINGS = [
 DEMO_RESOLUTION = "data.resolution=native"
 
 
+# The settings `test` and `predict` may change with --set: where and how data is read, and how
+# much is scored at once. The others are the trained run's: its normal levels and thresholds
+# were calibrated under them.
+TEST_SETTINGS = ("data.cache_dir", "data.on_bad_file", "score.batch_size", "score.volume_top_slices")
+
+
 class UsageError(Exception):
     pass
 
@@ -107,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("--out", required=True, help="folder for metrics.json, scores.csv, report.html, ...")
     _data_arguments(test)
     _threshold_arguments(test)
+    _test_settings_argument(test)
     _outputs_argument(test, TEST_DEFAULT)
     test.set_defaults(func=cmd_test)
 
@@ -115,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--out", required=True, help="folder for predictions.csv, masks, overlays")
     predict.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders or volumes")
     _threshold_arguments(predict)
+    _test_settings_argument(predict)
     _outputs_argument(predict, PREDICT_DEFAULT)
     predict.set_defaults(func=cmd_predict)
 
@@ -168,6 +176,12 @@ def _settings_arguments(parser: argparse.ArgumentParser, data: bool = True) -> N
 def _data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--category", help="MVTec AD category when --data is the dataset root; 'all' for each")
     parser.add_argument("--normal-class", type=int, help="the normal class of a labelled (IDX) set")
+
+
+def _test_settings_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help=f"change one of the run's settings for this command: {', '.join(TEST_SETTINGS)} "
+                             f"(repeatable), e.g. --set data.cache_dir=/scratch/cache")
 
 
 def _threshold_arguments(parser: argparse.ArgumentParser) -> None:
@@ -268,6 +282,16 @@ def load_scorer(args, run: str | Path | None = None) -> Scorer:
     return FUNetGAN.load(run or args.run, device=args.device)
 
 
+def apply_test_settings(model: Scorer, items: list[str]) -> None:
+    """--set of test and predict: only TEST_SETTINGS."""
+    for item in items:
+        key = item.partition("=")[0].strip()
+        if key not in TEST_SETTINGS:
+            raise UsageError(f"--set {key}: test and predict can change only {', '.join(TEST_SETTINGS)} "
+                             f"(the others are the trained run's)")
+    apply_overrides(model.config, items)
+
+
 def cmd_test(args) -> int:
     if args.category == "all":
         if args.model:
@@ -283,6 +307,7 @@ def cmd_test(args) -> int:
 def test_run(run: str | Path | None, out: Path, args, category: str | None) -> None:
     started = time.perf_counter()
     model = load_scorer(args, run)
+    apply_test_settings(model, args.set)
     if category is not None:
         model.config.data.category = category
     if args.normal_class is not None:
@@ -310,6 +335,7 @@ def test_one(model: Scorer, data: Path, out: Path, args, load_seconds: float = 0
 def cmd_predict(args) -> int:
     outputs = Outputs.parse(args.outputs, test=False)
     model = load_scorer(args)
+    apply_test_settings(model, args.set)
     out = Path(args.out)
     with folder_lock(out):
         claim_folder(out, RESULT_OUTPUTS, args.overwrite)
