@@ -193,8 +193,11 @@ class PixelHistogram:
             self._add(values, truth_chunk & inside_chunk, inside_chunk, groups[chunk])
 
     def _add(self, values, truth, inside, groups) -> None:
-        weights, found = _region_weights(truth)
-        self.regions += np.bincount(groups, weights=found, minlength=self.groups).astype(np.int64)
+        if truth.any():
+            weights, found = _region_weights(truth)
+            self.regions += np.bincount(groups, weights=found, minlength=self.groups).astype(np.int64)
+        else:  # no regions (normal images, or no truth at all): labelling them would find none
+            weights = np.zeros(values.shape)
         group = np.broadcast_to(groups[:, None, None], values.shape)[inside]
         values, truth, weights = values[inside], truth[inside], weights[inside]
         if not len(values):
