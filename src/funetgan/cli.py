@@ -282,17 +282,22 @@ def load_scorer(args, run: str | Path | None = None) -> Scorer:
     return FUNetGAN.load(run or args.run, device=args.device)
 
 
-def apply_test_settings(model: Scorer, items: list[str]) -> None:
-    """--set of test and predict: only TEST_SETTINGS."""
+def check_test_settings(items: list[str]) -> None:
+    """--set of test and predict: only TEST_SETTINGS (checked before any work)."""
     for item in items:
         key = item.partition("=")[0].strip()
         if key not in TEST_SETTINGS:
             raise UsageError(f"--set {key}: test and predict can change only {', '.join(TEST_SETTINGS)} "
                              f"(the others are the trained run's)")
-    apply_overrides(model.config, items)
+
+
+def apply_test_settings(model: Scorer, items: list[str]) -> None:
+    if items:
+        apply_overrides(model.config, items)
 
 
 def cmd_test(args) -> int:
+    check_test_settings(args.set)
     if args.category == "all":
         if args.model:
             raise UsageError("--category all needs --run (a folder of runs), not one exported --model")
@@ -334,6 +339,7 @@ def test_one(model: Scorer, data: Path, out: Path, args, load_seconds: float = 0
 
 def cmd_predict(args) -> int:
     outputs = Outputs.parse(args.outputs, test=False)
+    check_test_settings(args.set)
     model = load_scorer(args)
     apply_test_settings(model, args.set)
     out = Path(args.out)

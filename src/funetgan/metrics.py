@@ -193,18 +193,18 @@ class PixelHistogram:
             self._add(values, truth_chunk & inside_chunk, inside_chunk, groups[chunk])
 
     def _add(self, values, truth, inside, groups) -> None:
+        weights = None  # no truth regions (normal images, or no truth at all): no PRO weights
         if truth.any():
             weights, found = _region_weights(truth)
             self.regions += np.bincount(groups, weights=found, minlength=self.groups).astype(np.int64)
-        else:  # no regions (normal images, or no truth at all): labelling them would find none
-            weights = np.zeros(values.shape)
-        group = np.broadcast_to(groups[:, None, None], values.shape)[inside]
-        values, truth, weights = values[inside], truth[inside], weights[inside]
+            weights = weights[inside]
+        code = (np.broadcast_to(groups[:, None, None] * 2, values.shape) + truth)[inside]  # group, class
+        values = values[inside]
         if not len(values):
             return
         keys = _sort_keys(values) >> self.shift
         order = np.argsort(keys, kind="stable")
-        keys, values, truth, weights, group = keys[order], values[order], truth[order], weights[order], group[order]
+        keys, values, code = keys[order], values[order], code[order]
         coarser = 0  # merge this chunk's values first when they alone need more bins than allowed
         while np.count_nonzero(np.diff(keys >> coarser)) >= self.max_bins:
             coarser += 1
@@ -215,8 +215,9 @@ class PixelHistogram:
         first = np.r_[True, keys[1:] != keys[:-1]]
         starts, run = np.flatnonzero(first), np.cumsum(first) - 1
         n, g = len(starts), self.groups
-        counts = np.bincount(run * 2 * g + group * 2 + truth, minlength=n * 2 * g).reshape(n, g, 2)
-        overlap = np.bincount(run * g + group, weights=weights, minlength=n * g).reshape(n, g)
+        counts = np.bincount(run * 2 * g + code, minlength=n * 2 * g).reshape(n, g, 2)
+        overlap = np.zeros((n, g)) if weights is None else np.bincount(
+            run * g + code // 2, weights=weights[order], minlength=n * g).reshape(n, g)
         self._merge(keys[starts], np.minimum.reduceat(values, starts), counts, overlap)
 
     def _merge(self, keys, lows, counts, overlap) -> None:
