@@ -42,7 +42,7 @@ def in_memory(model: Scorer, images: ImageSet, out, outputs: Outputs) -> dict:
     region = model.scoring_region(images)
     image_t, pixel_t = model.image_threshold, model.pixel_threshold
     found = evaluate(result.scores, result.maps, images, image_t, pixel_t, region)
-    found["scored_pixels"] = "whole image" if region is None else "lung (lung masks, score.lung_only)"
+    found["scored_pixels"] = "whole image" if region is None else chunked.LUNG_SCORED
     volumes = volume_results(images, result.scores, result.maps, image_t, pixel_t)
     if volumes:
         found["volume"] = volume_metrics(volumes, image_t)

@@ -23,6 +23,7 @@ from .scoring import Scorer
 from .volumes import volume_metrics, volume_names, volume_result, write_volume
 
 CHUNK_PIXELS = 1 << 22  # working-size pixels of 2-D images per chunk (16 MiB per float32 map array)
+LUNG_SCORED = "lung (lung masks or data.lung_threshold, score.lung_only)"  # metrics.json scored_pixels
 
 
 def chunks(images: ImageSet) -> Iterator[tuple[np.ndarray, str | None]]:
@@ -39,7 +40,8 @@ def chunks(images: ImageSet) -> Iterator[tuple[np.ndarray, str | None]]:
 
 
 def score_in_chunks(model: Scorer, images: ImageSet, out, files: ImageFiles, image_threshold: float,
-                    pixel_threshold: float, evaluation: Evaluation | None = None) -> tuple[np.ndarray, list[dict], dict]:
+                    pixel_threshold: float, evaluation: Evaluation | None = None
+                    ) -> tuple[np.ndarray, list[dict], dict]:
     """Scores `images` chunk by chunk, handing each chunk to `evaluation` (if any), `files`
     and, for a volume, its row of volumes.csv and its NIfTI files in `out`. Returns the image
     scores, the volumes' rows and the seconds spent scoring and on metrics (`files.seconds`
@@ -92,7 +94,7 @@ def run_test(model: Scorer, test: ImageSet, out: Path, outputs: Outputs, image_t
         started = time.perf_counter()
         metrics = evaluation.result(scores)
         whole = model.scoring_region(test) is None
-        metrics["scored_pixels"] = "whole image" if whole else "lung (lung masks, score.lung_only)"
+        metrics["scored_pixels"] = "whole image" if whole else LUNG_SCORED
         if volumes:
             metrics["volume"] = volume_metrics(volumes, image_threshold, model.config.score.volume_top_slices)
         metrics["timing"] = {"images": len(test), "seconds": round(seconds["scoring"], 3),

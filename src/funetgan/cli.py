@@ -45,10 +45,11 @@ DEMO_SETTINGS = [
 DEMO_RESOLUTION = "data.resolution=native"
 
 
-# The settings `test` and `predict` may change with --set: where and how data is read, and how
-# much is scored at once. The others are the trained run's: its normal levels and thresholds
-# were calibrated under them.
-TEST_SETTINGS = ("data.cache_dir", "data.on_bad_file", "score.batch_size", "score.volume_top_slices")
+# The settings `test` and `predict` may change with --set: where and how data is read (a lung
+# found by data.lung_threshold where a scan has no lung mask), and how much is scored at once.
+# The others are the trained run's: its normal levels and thresholds were calibrated under them.
+TEST_SETTINGS = ("data.cache_dir", "data.on_bad_file", "data.lung_threshold", "score.batch_size",
+                 "score.volume_top_slices")
 
 
 class UsageError(Exception):

@@ -94,7 +94,8 @@ def _volume_sets(volumes: list[Path], image_size: int | None, channels: int, opt
         def read(add) -> None:
             for volume in volumes:
                 slices = problems.attempt("images", volume,
-                                          lambda: volume_slices(volume, image_size, channels, options.hu_window))
+                                          lambda: volume_slices(volume, image_size, channels, options.hu_window,
+                                                                options.lung_threshold))
                 if slices is not None:
                     add("test", slices)
         return read

@@ -92,6 +92,8 @@ def _key(source: str | list[str], name: str, layout: str, size: int | None, chan
     """The cache folder's name: the data (`source`) and every setting that changes the slices."""
     settings = [VERSION, source, layout, size, channels, list(options.hu_window),
                 options.crop_to_lung, options.test_fraction, options.split_seed, options.on_bad_file]
+    if options.lung_threshold is not None:  # appended only when set: caches built without it stay valid
+        settings.append(options.lung_threshold)
     digest = hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:16]
     return f"{name}-{digest}"
 
