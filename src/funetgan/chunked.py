@@ -87,8 +87,8 @@ def run_test(model: Scorer, test: ImageSet, out: Path, outputs: Outputs, image_t
     metrics (`timing`: seconds measured before, to report with the rest)."""
     evaluation = Evaluation(test, image_threshold, pixel_threshold)
     store = MapStore(out)
+    files = ImageFiles(out, test, outputs, image_threshold, pixel_threshold, store)
     try:
-        files = ImageFiles(out, test, outputs, image_threshold, pixel_threshold, store)
         scores, volumes, seconds = score_in_chunks(model, test, out, files, image_threshold, pixel_threshold,
                                                    evaluation)
         started = time.perf_counter()
@@ -103,7 +103,8 @@ def run_test(model: Scorer, test: ImageSet, out: Path, outputs: Outputs, image_t
                              "metrics_seconds": round(seconds["metrics"] + time.perf_counter() - started, 3)}
         curves = evaluation.curves() if metrics.get("pixel") else None
         return finish_test_outputs(files, metrics, model.config.to_dict(), volumes, curves)
-    finally:
+    finally:  # after an error too: no more files written, the kept maps gone
+        files.close()
         store.close()
 
 
@@ -111,11 +112,12 @@ def run_predict(model: Scorer, images: ImageSet, out: Path, outputs: Outputs, im
                 pixel_threshold: float) -> np.ndarray:
     """Everything `funetgan predict` writes, chunk by chunk; returns the image scores."""
     store = MapStore(out)
+    files = ImageFiles(out, images, outputs, image_threshold, pixel_threshold, store)
     try:
-        files = ImageFiles(out, images, outputs, image_threshold, pixel_threshold, store)
         scores, volumes, _ = score_in_chunks(model, images, out, files, image_threshold, pixel_threshold)
         finish_predictions(files)
     finally:
+        files.close()
         store.close()
     if volumes and outputs.scores:
         write_volume_table(out, volumes)

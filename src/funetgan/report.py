@@ -260,13 +260,17 @@ class ImageFiles:
                 self.writers.submit(self._write_overlay, row, self.store[row].copy(), color_max)
             self.writers.wait()
         finally:
-            self.writers.close()
+            self.close()
         labelled = self.imageset
         rows = [{"path": labelled.paths[i], "label": int(labelled.labels[i]), "kind": labelled.kinds[i],
                  "score": float(scores[i]), "predicted": int(scores[i] >= threshold),
                  "anomalous_fraction": float(self.fraction[i]), "name": self.names[i]} for i in range(len(scores))]
         self.seconds += time.perf_counter() - started
         return rows
+
+    def close(self) -> None:
+        """Stop writing (after an error: the files still waiting are not written)."""
+        self.writers.close()
 
     def _write_mask(self, row: int, mask: np.ndarray) -> None:
         (self.out / "masks").mkdir(exist_ok=True)
