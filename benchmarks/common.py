@@ -292,6 +292,14 @@ def crop_alternatives_table(groups: dict, alternatives: dict) -> str:
                  [[name, *(cell(g, name) for g in groups.values())] for name in alternatives])
 
 
+def print_crop_alternatives(groups: dict, alternatives: dict, out: str | None = None) -> None:
+    """`crop_alternatives_table` under its heading, then where the results file is."""
+    print("\nthe same models under other scoring settings")
+    print(crop_alternatives_table(groups, alternatives))
+    if out:
+        print(f"\nresults in {out}")
+
+
 def alternatives_table(groups: dict) -> str:
     """Image / pixel AUROC of each scoring alternative (rows) in each group (columns), mean over
     the group's runs."""

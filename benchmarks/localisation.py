@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from common import (CROP, SPLIT_SEEDS, SUMMARY_KEYS, at_resolution, crop_alternatives_table, data_folder, fmt,
-                    make_parser, mean_std, parse, run_crop_group, run_settings, summarise, table, texture_set)
+from common import (CROP, SPLIT_SEEDS, SUMMARY_KEYS, at_resolution, data_folder, fmt, make_parser, mean_std, parse,
+                    print_crop_alternatives, run_crop_group, run_settings, summarise, table, texture_set)
 from funetgan.cli import DEMO_SETTINGS
 from funetgan.data.demo import TEXTURES
 
@@ -129,8 +129,7 @@ def show(paths: list[str]) -> int:
         print(f"{path}: {d['date']}, {d['results']['split']} split, working resolution "
               f"{d['results']['resolution']}; {d['command']}")
     print_tables(groups, textures, models)
-    print("\nthe same models under other scoring settings")
-    print(crop_alternatives_table(groups, ALTERNATIVES))
+    print_crop_alternatives(groups, ALTERNATIVES)
     return 0
 
 
@@ -165,9 +164,7 @@ def main(argv: list[str] | None = None) -> int:
                                preview_writer(args.previews))
     print(f"{args.split} split; working resolution {resolution}; pixel metrics at the crops' own size")
     print_tables(results["groups"], args.textures, args.models)
-    print("\nthe same models under other scoring settings")
-    print(crop_alternatives_table(results["groups"], ALTERNATIVES))
-    print(f"\nresults in {args.out}")
+    print_crop_alternatives(results["groups"], ALTERNATIVES, args.out)
     return 0
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import sys
 
-from common import (CROP, SPLIT_SEEDS, crop_alternatives_table, data_folder, fmt, make_parser, mean_std, parse,
+from common import (CROP, SPLIT_SEEDS, data_folder, fmt, make_parser, mean_std, parse, print_crop_alternatives,
                     run_crop_group, run_settings, table, texture_set)
 from funetgan.cli import DEMO_SETTINGS
 from funetgan.data.demo import TEXTURES
@@ -67,9 +67,7 @@ def main(argv: list[str] | None = None) -> int:
                 run_crop_group(args, results, f"{texture} {resolution}", settings, data, ALTERNATIVES)
     print(f"{args.split} split; pixel metrics at the crops' own {results['crop']}-px resolution")
     print_table(results["groups"])
-    print("\nthe same models under other scoring settings")
-    print(crop_alternatives_table(results["groups"], ALTERNATIVES))
-    print(f"\nresults in {args.out}")
+    print_crop_alternatives(results["groups"], ALTERNATIVES, args.out)
     return 0
 
 
