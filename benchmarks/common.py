@@ -19,9 +19,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 
-from funetgan.config import Config, apply_overrides, working_size
+from funetgan.config import Config, ScoreConfig, apply_overrides, working_size
 from funetgan.data import DataError, ImageSet, Splits, load_dataset
 from funetgan.data.demo import make_texture_dataset
 from funetgan.files import atomic_write_text
@@ -45,6 +47,11 @@ SCORING_ALTERNATIVES = {
     for kappa in (1.0, 0.0) for name, score in (("izif", "izif"), ("max of map", "max"), ("top 1% of map", "topk"))
 }
 HEADLINE = {"image_auroc": ("image", "auroc"), "pixel_auroc": ("pixel", "auroc"), "aupro": ("pixel", "aupro")}
+# Texture sets at full crop size (benchmarks of working resolution and localisation): crops of
+# CROP px, two data seeds: "selection" (where settings are chosen) and "report" (the README's).
+CROP = 256
+SPLIT_SEEDS = {"report": 0, "selection": 1}
+SUMMARY_KEYS = (*HEADLINE, "train_minutes", "small_defects_pixel_auroc")  # of a crop-resolution group
 
 
 # ---- command line ------------------------------------------------------------------------
@@ -115,6 +122,16 @@ def texture_data(texture: str, folder: Path, smoke: bool, image_size: int) -> Pa
     return make_texture_dataset(folder / texture, texture, crop=2 * image_size)
 
 
+def texture_set(folder: Path, texture: str, split: str, smoke: bool) -> Path:
+    """CROP-px crops of `texture` (training from the top half of the photo, tests from the
+    bottom half; half of the defects at a quarter size, as `<kind>_small`) for `split`."""
+    if smoke:
+        return make_texture_dataset(folder / f"{texture}-smoke", texture, crop=64, n_train=8, n_test_good=4,
+                                    n_per_defect=1, train_rows=0.5, small_defects=0.5)
+    return make_texture_dataset(folder / f"{texture}-{split}", texture, crop=CROP, n_train=120, n_test_good=40,
+                                n_per_defect=12, seed=SPLIT_SEEDS[split], train_rows=0.5, small_defects=0.5)
+
+
 # ---- runs ----------------------------------------------------------------------------------
 def load(path: str | Path, config: Config) -> Splits:
     """The set at `config`'s working resolution (the model's size unless data.resolution)."""
@@ -170,6 +187,57 @@ def run_group(args: argparse.Namespace, results: dict, name: str, settings: list
     return group
 
 
+def at_resolution(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of N x h x w maps to `size`, as the masks written at original size."""
+    if maps.shape[1:] == size:
+        return maps
+    return np.stack([np.asarray(Image.fromarray(m).resize(size[::-1], Image.Resampling.BILINEAR)) for m in maps])
+
+
+def full_resolution_metrics(model: FUNetGAN, terms: Terms, truth: ImageSet,
+                            settings: ScoreConfig | None = None) -> dict:
+    """Metrics with the pixel part on `truth`'s own (crop) resolution."""
+    result = model.scores_from_terms(terms, settings)
+    maps = at_resolution(result.maps, truth.images.shape[1:3])
+    return evaluate(result.scores, maps, truth, model.image_threshold, model.pixel_threshold)
+
+
+def run_crop_group(args: argparse.Namespace, results: dict, name: str, settings: list[str], data: Path,
+                   alternatives: dict[str, dict], look=None) -> dict:
+    """`settings` on the set in `data`, once per --seeds, judged at the crops' own resolution,
+    with the same networks' figures under each scoring setting of `alternatives` (name ->
+    ScoreConfig changes); kept as results["groups"][name], rewritten after every run.
+    `look(name, seed, model, terms, truth)`, when given, is called after each run (previews)."""
+    config = make_config(settings, args.device)
+    splits = load(data, config)
+    truth = load_dataset(data, None, config.model.channels, config.data).test  # crops at their own size
+    group = results.setdefault("groups", {})[name] = {"runs": []}
+    for seed in args.seeds:
+        print(f"== {name}, seed {seed}", file=sys.stderr, flush=True)
+        model, terms, timings = train_and_score(make_config(settings, args.device, seed), splits)
+        metrics = full_resolution_metrics(model, terms, truth)
+        if look is not None:
+            look(name, seed, model, terms, truth)
+        figures = {alternative: headline(full_resolution_metrics(
+            model, terms, truth, dataclasses.replace(model.config.score, **changes)))
+            for alternative, changes in alternatives.items()}
+        group["runs"].append({
+            "seed": seed, **headline(metrics), **timings, "settings": model.config.to_dict(), "metrics": metrics,
+            "steps": model.state.get("completed", {}), "small_defects_pixel_auroc": small_defects(metrics),
+            "scoring_alternatives": figures,
+        })
+        group["summary"] = summarise(group["runs"], SUMMARY_KEYS)
+        write_results(args, results)
+    return group
+
+
+def small_defects(metrics: dict) -> float | None:
+    """Pixel AUROC over the small defects' kinds (`<kind>_small` folders), mean of kinds."""
+    values = [v["pixel"]["auroc"] for k, v in metrics["per_kind"].items()
+              if k.endswith("_small") and v.get("pixel", {}).get("auroc") is not None]
+    return float(np.mean(values)) if values else None
+
+
 def headline(metrics: dict) -> dict:
     """Image AUROC, pixel AUROC and AUPRO (None where the data has no pixel truth)."""
     return {name: metrics.get(level, {}).get(key) for name, (level, key) in HEADLINE.items()}
@@ -207,6 +275,29 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
                          for i, (c, w) in enumerate(zip(cells, widths)))
 
     return "\n".join([line(headers), "  ".join("-" * w for w in widths), *map(line, rows)])
+
+
+def crop_alternatives_table(groups: dict, alternatives: dict) -> str:
+    """Image / pixel AUROC / AUPRO of each scoring setting (rows) in each group of
+    `run_crop_group` (columns), mean over the group's runs that measured it (with their count
+    when not all did: results of an older benchmark version may lack a setting)."""
+    def cell(group: dict, name: str) -> str:
+        runs = [run["scoring_alternatives"][name] for run in group["runs"] if name in run["scoring_alternatives"]]
+        if not runs:
+            return "-"
+        text = " / ".join(fmt(statistics.fmean(r[key] for r in runs)) for key in ("image_auroc", "pixel_auroc", "aupro"))
+        return text if len(runs) == len(group["runs"]) else f"{text} ({len(runs)} runs)"
+
+    return table(["scoring (image / pixel AUROC / AUPRO, mean)", *groups],
+                 [[name, *(cell(g, name) for g in groups.values())] for name in alternatives])
+
+
+def print_crop_alternatives(groups: dict, alternatives: dict, out: str | None = None) -> None:
+    """`crop_alternatives_table` under its heading, then where the results file is."""
+    print("\nthe same models under other scoring settings")
+    print(crop_alternatives_table(groups, alternatives))
+    if out:
+        print(f"\nresults in {out}")
 
 
 def alternatives_table(groups: dict) -> str:

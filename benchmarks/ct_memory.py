@@ -1,7 +1,8 @@
 """Peak memory and loading time of a lung CT set: generates N volumes of 512 x 512 x Z int16
 HU (.nii.gz, with lesion and lung masks) in the COVID-19 CT layout, then in a fresh process
 each: loads it (`load_dataset`, with --cache through the slice cache), with --train trains a
-few steps on it, with --test also scores and evaluates the test set. Prints and writes, per
+few steps on it, with --test also runs `funetgan test` on it (its work after loading the model:
+the data again, scoring, metrics, the default files into --results). Prints and writes, per
 phase, seconds, peak resident memory (VmHWM: file pages of the memory-mapped cache count,
 though the kernel can drop them) and peak anonymous memory (sampled every 50 ms).
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -55,10 +57,14 @@ if {train}:
     model = FUNetGAN(config).fit(splits.train)
     mark = phase("train", mark)
     if {test}:
-        from funetgan.metrics import evaluate
-        result = model.score(splits.test)
-        region = model.scoring_region(splits.test)
-        evaluate(result.scores, result.maps, splits.test, model.image_threshold, model.pixel_threshold, region)
+        # All of `funetgan test` after the model is loaded: data (cache), scoring, metrics and
+        # its default files (report, example overlays, volumes' NIfTI maps and masks).
+        import argparse
+        from pathlib import Path
+        from funetgan.cli import test_one
+        from funetgan.outputs import TEST_DEFAULT
+        args = argparse.Namespace(outputs=list(TEST_DEFAULT), overwrite=True, threshold=None, pixel_threshold=None)
+        test_one(model, Path({data!r}), Path({results!r}), args)
         mark = phase("test", mark)
 print(json.dumps({{"phases": phases, "total_seconds": round(time.monotonic() - started, 1),
                   "train_slices": len(splits.train), "test_slices": len(splits.test)}}))
@@ -102,7 +108,8 @@ def main() -> None:
     parser.add_argument("--data", default="/tmp/ct-bench", help="where the set is generated (kept)")
     parser.add_argument("--cache", help="data.cache_dir (default: none, slices in memory)")
     parser.add_argument("--train", action="store_true", help="also train 5 + 5 steps")
-    parser.add_argument("--test", action="store_true", help="with --train: also score and evaluate the test set")
+    parser.add_argument("--test", action="store_true", help="with --train: also run `funetgan test` on the set")
+    parser.add_argument("--results", default="/tmp/ct-memory-test", help="--test's output folder (replaced)")
     parser.add_argument("--out", default="results/ct_memory.json")
     args = parser.parse_args()
     data = Path(args.data)
@@ -110,13 +117,15 @@ def main() -> None:
     generate(data, args.volumes, args.slices)
     print(f"data: {args.volumes} volumes of 512 x 512 x {args.slices} in {data} "
           f"(generated in {time.monotonic() - started:.0f} s)")
-    code = PROBE.format(size=args.size, data=str(data), cache=args.cache, train=args.train, test=args.test)
+    code = PROBE.format(size=args.size, data=str(data), cache=args.cache, train=args.train, test=args.test,
+                        results=args.results)
+    load_before = os.getloadavg()
     probe = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if probe.returncode:
         sys.exit(f"the measured run failed:\n{probe.stderr[-2000:]}")
     result = json.loads(probe.stdout.strip().splitlines()[-1])
     result.update(volumes=args.volumes, slices=args.slices, image_size=args.size, cache=args.cache,
-                  command=" ".join(sys.argv))
+                  command=" ".join(sys.argv), load_average_1min={"start": load_before[0], "end": os.getloadavg()[0]})
     print(json.dumps(result))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))

@@ -166,6 +166,34 @@ def test_resolution(script, tmp_path, capsys):
     assert "report split" in out and "brick 64" in out and "64-px resolution" in out and "kappa 0, blur 4 px" in out
 
 
+def test_localisation(script, tmp_path, capsys):
+    localisation = script("localisation")
+    results = run(localisation, tmp_path, "--textures", "gravel", "--seeds", "0", "1", "--split", "selection",
+                  "--previews", str(tmp_path / "looks"))["results"]
+    assert len(list((tmp_path / "looks").glob("gravel-F-UNetGAN-seed*.png"))) == 2
+    assert list(results["groups"]) == ["gravel F-UNetGAN", "gravel f-AnoGAN"]
+    ours, baseline = (results["groups"][name]["runs"] for name in results["groups"])
+    assert baseline[0]["settings"]["model"]["critic_head"] == "global" and ours[0]["settings"]["score"]["kappa"] == 1
+    assert ours[0]["settings"]["data"]["resolution"] == "64" and results["split"] == "selection"
+    for run_ in (*ours, *baseline):
+        assert_unit(run_["pixel_auroc"], run_["aupro"], *(v for a in run_["scoring_alternatives"].values()
+                                                          for v in a.values()))
+    # the baseline's critic has no per-pixel verdict: adding it changes nothing
+    assert baseline[0]["scoring_alternatives"]["critic 2"] == {k: baseline[0][k] for k in
+                                                               ("image_auroc", "pixel_auroc", "aupro")}
+    out = capsys.readouterr().out
+    assert "F-UNetGAN minus f-AnoGAN" in out and "gravel" in out and "critic 1, kappa 0" in out
+    # the same tables from two results files, one per model (as when they run side by side)
+    ours_file, theirs_file = tmp_path / "ours.json", tmp_path / "theirs.json"
+    for name, target in (("F-UNetGAN", ours_file), ("f-AnoGAN", theirs_file)):
+        document = json.loads((tmp_path / "results.json").read_text())
+        document["results"]["models"] = {name: localisation.MODELS[name]}
+        document["results"]["groups"] = {f"gravel {name}": document["results"]["groups"][f"gravel {name}"]}
+        target.write_text(json.dumps(document))
+    assert localisation.main(["--show", str(ours_file), str(theirs_file)]) == 0
+    assert capsys.readouterr().out.count("F-UNetGAN minus f-AnoGAN") == 1
+
+
 @pytest.mark.slow
 def test_deploy_speed(script, tmp_path, capsys):
     pytest.importorskip("onnxruntime")

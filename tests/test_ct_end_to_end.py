@@ -77,3 +77,34 @@ def test_train_and_test_through_the_slice_cache_match_the_in_memory_run(ct_run, 
     for key in ("image", "pixel", "volume"):
         assert memory[key] == cached[key]
     assert (tmp_path / "memory" / "volumes.csv").read_text() == (tmp_path / "cached" / "volumes.csv").read_text()
+
+
+def test_predict_and_test_read_volumes_through_the_slice_cache(ct_run, tmp_path, monkeypatch):
+    """--set data.cache_dir on a run trained without it: predict caches its list of volumes,
+    test the test set; the second time neither decodes a volume, and the results are the same."""
+    data, run = ct_run
+    cache = ["--set", f"data.cache_dir={tmp_path / 'cache'}"]
+    scans = [str(data / "ct_scans" / f"case{v}.nii.gz") for v in (0, 1)]
+
+    def both(name: str) -> None:
+        assert main(["predict", "--run", str(run), "--out", str(tmp_path / name / "predict"), *cache, *scans]) == 0
+        assert main(["test", "--run", str(run), "--data", str(data), "--out", str(tmp_path / name / "test"),
+                     *cache]) == 0
+
+    assert main(["predict", "--run", str(run), "--out", str(tmp_path / "memory" / "predict"), *scans]) == 0
+    assert main(["test", "--run", str(run), "--data", str(data), "--out", str(tmp_path / "memory" / "test")]) == 0
+    both("built")
+    assert len(list((tmp_path / "cache").iterdir())) == 2  # predict's volumes, the test set
+    from funetgan.data import ct
+    monkeypatch.setattr(ct, "read_scan", lambda path: pytest.fail("decoded the volumes again"))
+    both("mapped")
+    for name in ("built", "mapped"):
+        for table in ("predict/predictions.csv", "predict/volumes.csv", "test/scores.csv", "test/volumes.csv"):
+            assert (tmp_path / name / table).read_text() == (tmp_path / "memory" / table).read_text()
+
+
+def test_test_and_predict_refuse_training_settings(ct_run, tmp_path, capsys):
+    data, run = ct_run
+    assert main(["test", "--run", str(run), "--data", str(data), "--out", str(tmp_path), "--set", "score.kappa=2"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--set score.kappa: test and predict can change only data.cache_dir" in err

@@ -3,7 +3,8 @@ import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from funetgan.data import ImageSet
-from funetgan.metrics import evaluate, hausdorff_distance, image_metrics, pixel_curves, pixel_metrics
+from funetgan.metrics import (N_BINS, PixelHistogram, evaluate, hausdorff_distance, image_metrics, pixel_curves,
+                              pixel_metrics)
 
 # The classic 4-score example: of the 4 (anomalous, normal) pairs, 3 are ranked right.
 SCORES = [0.1, 0.4, 0.35, 0.8]
@@ -160,3 +161,44 @@ def test_evaluate_pixel_level():
                       0.5, 0.5)
     assert result["pixel"]["dice"] == pytest.approx(6 / 8)
     assert result["per_kind"]["crack"]["pixel"]["iou"] == pytest.approx(3 / 5)
+
+
+def test_more_distinct_values_than_bins_chunked_or_not():
+    """1.2 million distinct values, 65,536 bins at most: within 1e-4 of the exact figures
+    (measured: 6e-8 AUROC, 2e-5 AP), and the same counts whatever the chunks."""
+    rng = np.random.default_rng(0)
+    maps = rng.gamma(2, 1, (300, 64, 64)).astype(np.float32)
+    masks = np.zeros(maps.shape, bool)
+    masks[150:, 20:30, 20:34] = True
+    maps[masks] *= 1.3
+    m = pixel_metrics(maps, masks, 2.0)
+    assert m["auroc"] == pytest.approx(roc_auc_score(masks.ravel(), maps.ravel()), abs=1e-4)
+    assert m["ap"] == pytest.approx(average_precision_score(masks.ravel(), maps.ravel()), abs=1e-4)
+    whole, pieces = PixelHistogram(), PixelHistogram()
+    whole.add(maps, masks)
+    for rows in rng.permutation(300).reshape(-1, 12):
+        pieces.add(maps[rows], masks[rows])
+    assert len(whole.keys) <= N_BINS and whole.shift > 0
+    np.testing.assert_array_equal(whole.keys, pieces.keys)
+    np.testing.assert_array_equal(whole.counts, pieces.counts)
+    np.testing.assert_allclose(whole.overlap, pieces.overlap, rtol=1e-12)
+
+
+def test_histogram_quantile_is_numpys_while_exact():
+    values = np.array([[[0.5, 0.1], [0.3, 0.3]], [[0.9, 0.2], [0.4, 0.6]]], np.float32)
+    histogram = PixelHistogram()
+    histogram.add(values)
+    for q in (0, 0.3, 0.5, 0.999, 1):
+        assert histogram.quantile(q) == pytest.approx(np.quantile(values, q), rel=1e-6)
+
+
+def test_negative_values_sort_below_positive_ones():
+    """Maps with the critic's standardised verdict can be negative; -0.0 is 0.0."""
+    maps = np.array([[[-2.0, -0.5, -0.0, 0.0], [0.25, 1.0, -1e-30, 3.0]]], np.float32)
+    masks = np.array([[[False, True, False, True], [False, True, False, True]]])
+    curves = pixel_curves(maps, masks)
+    expected = np.array([3.0, 1.0, 0.25, 0.0, -1e-30, -0.5, -2.0], np.float32)  # 0.0 and -0.0: one bin
+    np.testing.assert_array_equal(curves.thresholds, expected)
+    assert curves.true_pos.tolist() == [1, 2, 2, 3, 3, 4, 4]
+    assert curves.auroc() == pytest.approx(roc_auc_score(masks.ravel(), maps.ravel()))
+    assert curves.ap() == pytest.approx(average_precision_score(masks.ravel(), maps.ravel()))

@@ -16,16 +16,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import __version__
+from .chunked import run_predict, run_test
 from .config import RECIPES, Config, apply_overrides, working_size
 from .data import DataError, check_batch, load_dataset, load_unlabelled, mvtec_categories
 from .data.demo import make_texture_dataset
 from .files import CHECKPOINT_FILE, MODEL_FILE, atomic_write_text
-from .metrics import evaluate
 from .outputs import PREDICT_DEFAULT, TEST_DEFAULT, Outputs
-from .report import write_predictions, write_test_outputs, write_volume_table
 from .runlock import FolderLocked, folder_lock
 from .scoring import Scorer
-from .volumes import volume_metrics, volume_results, write_volumes
 
 if TYPE_CHECKING:
     from .model import FUNetGAN
@@ -45,6 +43,13 @@ DEMO_SETTINGS = [
 # crops' 0.665 / 0.746 / 0.503 (data seed 1, the selection split; README, "Demo results").
 # The benchmarks build on DEMO_SETTINGS alone and choose their resolution themselves.
 DEMO_RESOLUTION = "data.resolution=native"
+
+
+# The settings `test` and `predict` may change with --set: where and how data is read (a lung
+# found by data.lung_threshold where a scan has no lung mask), and how much is scored at once.
+# The others are the trained run's: its normal levels and thresholds were calibrated under them.
+TEST_SETTINGS = ("data.cache_dir", "data.on_bad_file", "data.lung_threshold", "score.batch_size",
+                 "score.volume_top_slices")
 
 
 class UsageError(Exception):
@@ -109,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("--out", required=True, help="folder for metrics.json, scores.csv, report.html, ...")
     _data_arguments(test)
     _threshold_arguments(test)
+    _test_settings_argument(test)
     _outputs_argument(test, TEST_DEFAULT)
     test.set_defaults(func=cmd_test)
 
@@ -117,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--out", required=True, help="folder for predictions.csv, masks, overlays")
     predict.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders or volumes")
     _threshold_arguments(predict)
+    _test_settings_argument(predict)
     _outputs_argument(predict, PREDICT_DEFAULT)
     predict.set_defaults(func=cmd_predict)
 
@@ -170,6 +177,12 @@ def _settings_arguments(parser: argparse.ArgumentParser, data: bool = True) -> N
 def _data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--category", help="MVTec AD category when --data is the dataset root; 'all' for each")
     parser.add_argument("--normal-class", type=int, help="the normal class of a labelled (IDX) set")
+
+
+def _test_settings_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help=f"change one of the run's settings for this command: {', '.join(TEST_SETTINGS)} "
+                             f"(repeatable), e.g. --set data.cache_dir=/scratch/cache")
 
 
 def _threshold_arguments(parser: argparse.ArgumentParser) -> None:
@@ -270,7 +283,22 @@ def load_scorer(args, run: str | Path | None = None) -> Scorer:
     return FUNetGAN.load(run or args.run, device=args.device)
 
 
+def check_test_settings(items: list[str]) -> None:
+    """--set of test and predict: only TEST_SETTINGS (checked before any work)."""
+    for item in items:
+        key = item.partition("=")[0].strip()
+        if key not in TEST_SETTINGS:
+            raise UsageError(f"--set {key}: test and predict can change only {', '.join(TEST_SETTINGS)} "
+                             f"(the others are the trained run's)")
+
+
+def apply_test_settings(model: Scorer, items: list[str]) -> None:
+    if items:
+        apply_overrides(model.config, items)
+
+
 def cmd_test(args) -> int:
+    check_test_settings(args.set)
     if args.category == "all":
         if args.model:
             raise UsageError("--category all needs --run (a folder of runs), not one exported --model")
@@ -285,6 +313,7 @@ def cmd_test(args) -> int:
 def test_run(run: str | Path | None, out: Path, args, category: str | None) -> None:
     started = time.perf_counter()
     model = load_scorer(args, run)
+    apply_test_settings(model, args.set)
     if category is not None:
         model.config.data.category = category
     if args.normal_class is not None:
@@ -302,45 +331,26 @@ def test_one(model: Scorer, data: Path, out: Path, args, load_seconds: float = 0
             raise DataError(f"{data}: no test images")
         _print_notes(splits.test.notes)
         loaded = time.perf_counter()
-        result = model.score(splits.test)
-        scored = time.perf_counter()
         image_t, pixel_t = _thresholds(model, args)
-        region = model.scoring_region(splits.test)
-        metrics = evaluate(result.scores, result.maps, splits.test, image_t, pixel_t, region)
-        metrics["scored_pixels"] = "whole image" if region is None else "lung (lung masks, score.lung_only)"
-        top = model.config.score.volume_top_slices
-        volumes = volume_results(splits.test, result.scores, result.maps, image_t, pixel_t, top)
-        if volumes:
-            metrics["volume"] = volume_metrics(volumes, image_t, top)
-        seconds = scored - loaded
-        metrics["timing"] = {"images": len(splits.test), "seconds": round(seconds, 3),
-                             "images_per_second": round(len(splits.test) / max(seconds, 1e-9), 1),
-                             "model_seconds": round(load_seconds, 3), "data_seconds": round(loaded - started, 3),
-                             "metrics_seconds": round(time.perf_counter() - scored, 3)}
-        write_test_outputs(out, splits.test, result.scores, result.maps, metrics, image_t, pixel_t,
-                           model.config.to_dict(), volumes, outputs)
-        write_volumes(out, splits.test, result.maps, pixel_t, volumes, region)
+        # Volume by volume: the whole set's maps are never held (chunked.py).
+        metrics = run_test(model, splits.test, out, outputs, image_t, pixel_t,
+                           {"model_seconds": round(load_seconds, 3), "data_seconds": round(loaded - started, 3)})
         _print_metrics(metrics, out, outputs)
 
 
 def cmd_predict(args) -> int:
     outputs = Outputs.parse(args.outputs, test=False)
+    check_test_settings(args.set)
     model = load_scorer(args)
+    apply_test_settings(model, args.set)
     out = Path(args.out)
     with folder_lock(out):
         claim_folder(out, RESULT_OUTPUTS, args.overwrite)
         images = load_unlabelled(args.paths, working_size(model.config), model.config.model.channels, model.config.data)
         _print_notes(images.notes)
-        result = model.score(images)
         image_t, pixel_t = _thresholds(model, args)
-        write_predictions(out, images, result.scores, result.maps, image_t, pixel_t, outputs)
-        volumes = volume_results(images, result.scores, result.maps, image_t, pixel_t,
-                                 model.config.score.volume_top_slices)
-        if volumes:
-            if outputs.scores:
-                write_volume_table(out, volumes)
-            write_volumes(out, images, result.maps, pixel_t, volumes, model.scoring_region(images))
-        flagged = int((result.scores >= image_t).sum())  # the rule of metrics and report
+        scores = run_predict(model, images, out, outputs, image_t, pixel_t)  # volume by volume, as test
+        flagged = int((scores >= image_t).sum())  # the rule of metrics and report
         print(f"{len(images)} image(s) scored, {flagged} at or above the threshold {image_t:.4g}; "
               f"results in {out / 'predictions.csv' if outputs.scores else out}")
         return 0

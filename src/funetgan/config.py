@@ -112,6 +112,9 @@ class DataConfig:
     on_bad_file: str = "error"  # "error" or "skip" (skipped files are listed)
     hu_window: tuple[float, float] = (-1000.0, 400.0)  # CT lung window
     crop_to_lung: bool = False
+    # CT volumes without a lung mask: the lung found as the air-like voxels inside the body
+    # (HU below this, e.g. -320; data/lungs.py) and scored as a lung mask would be; None: none.
+    lung_threshold: float | None = None
     test_fraction: float = 0.3  # CT volumes (patients) held out for testing; split by volume
     split_seed: int = 0  # seed of that patient split, fixed so the test set never changes
     augment_flip: bool = False

@@ -4,10 +4,12 @@ Conventions: higher scores are more anomalous; a score (or pixel value) is predi
 anomalous when it is ``>= threshold``. Metrics that are undefined on the given data (one
 class absent, nothing predicted) are ``None``, so results stay JSON-serialisable.
 
-Pixel metrics are computed from histograms of the map values in at most ``N_BINS`` bins
-whose edges are quantiles of the values (exact when there are no more distinct values than
-bins), accumulated image chunk by image chunk: time is O(pixels x log bins) and memory stays
-O(bins + chunk + sample), whatever the size of the test set.
+Pixel metrics are computed from histograms of the map values (`PixelHistogram`): one bin per
+distinct value up to ``N_BINS`` of them (exact), else bins of a fixed relative width, the
+finest that fit (2^-11 of the value, about 0.05 %, for values spread over 16 octaves),
+accumulated image chunk by image chunk. The bins do not depend on the chunking, so a test set
+scored volume by volume (`Evaluation`) gives the same figures as the whole set in memory;
+time is O(pixels x log chunk) and memory O(bins + chunk), whatever the size of the test set.
 """
 from __future__ import annotations
 
@@ -17,9 +19,8 @@ import numpy as np
 from scipy import ndimage
 from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_auc_score
 
-N_BINS = 10_000
+N_BINS = 1 << 16  # most histogram bins (values are merged beyond): 2 MiB of counts per group
 CHUNK_PIXELS = 1 << 20  # pixels per chunk of images; bounds the working memory
-SAMPLE_PIXELS = 1 << 22  # map values (an even stride through all) that place the bin edges
 PRO_FPR_LIMIT = 0.3  # AUPRO is integrated up to this false-positive rate (MVTec AD)
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)  # MVTec AD's definition of a defect region
 
@@ -137,37 +138,132 @@ def _chunks(rows: np.ndarray, image_pixels: int):
     return (rows[i:i + step] for i in range(0, len(rows), step))
 
 
-def _bin_edges(maps: np.ndarray, rows: np.ndarray, n_bins: int) -> np.ndarray:
-    """Ascending bin edges, each a map value, the first the minimum: every distinct value when
-    there are at most `n_bins`, else quantiles of the values. Edges spread evenly over the
-    range let one extreme pixel squeeze all others into a few bins (pixel AUROC 0.684 instead
-    of 0.717 in one case); quantile edges give every bin about as many pixels."""
-    total = len(rows) * maps[0].size
-    stride = -(-total // SAMPLE_PIXELS)
-    parts, low = [], np.inf
-    for chunk in _chunks(rows, maps[0].size):
-        values = maps[chunk].ravel()
-        if not np.isfinite(values).all():
-            raise ValueError("anomaly maps contain NaN or infinite values")
-        low = min(low, values.min())
-        parts.append(values[::stride])
-    sample = np.concatenate(parts)
-    edges = np.unique(sample)
-    if len(edges) > n_bins:
-        edges = np.unique(np.quantile(sample, np.linspace(0, 1, n_bins), method="lower"))
-    return np.unique(np.r_[np.asarray(low, edges.dtype), edges])  # the sample may miss the minimum
+def _sort_keys(values: np.ndarray) -> np.ndarray:
+    """int64 keys in the order of float32 `values`: the float's bits, negated for negative
+    numbers (-0.0 counts as 0.0). Dropping s low bits of a key (key >> s) merges neighbouring
+    values into bins of 2^s representable floats: the same relative width (2^(s-23)) at every
+    scale, so neither an outlier nor a pile of tiny values squeezes the others."""
+    bits = (np.asarray(values, np.float32) + np.float32(0)).view(np.int32).astype(np.int64)
+    return np.where(bits < 0, -(bits & 0x7FFFFFFF), bits)
 
 
-def _region_weights(truth: np.ndarray) -> tuple[np.ndarray, int]:
+def _region_weights(truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-pixel weight 1/|region| of each connected truth region (0 off regions), and the
-    number of regions, for a chunk of masks. A pixel weighted so counts its region's overlap
-    fraction, which makes PRO a weighted histogram instead of a regions x thresholds table."""
+    number of regions of each image, for a chunk of masks. A pixel weighted so counts its
+    region's overlap fraction, which makes PRO a weighted histogram instead of a regions x
+    thresholds table."""
     structure = np.zeros((3, 3, 3), dtype=bool)
     structure[1] = _EIGHT_CONNECTED  # connect within an image, never across images
-    regions, n_regions = ndimage.label(truth, structure)
+    regions, _ = ndimage.label(truth, structure)
     sizes = np.bincount(regions.ravel()).astype(float)
     sizes[0] = np.inf
-    return 1.0 / sizes[regions], n_regions
+    image_of_region = [box[0].start for box in ndimage.find_objects(regions)]
+    return 1.0 / sizes[regions], np.bincount(image_of_region, minlength=len(truth))
+
+
+class PixelHistogram:
+    """Counts of normal and anomalous pixels by map value, per group of images (e.g. the
+    normals and each anomalous kind), added chunk by chunk; `curves` reads the ROC/PR/PRO
+    curves of any union of groups off it, `quantile` a quantile of all counted values.
+
+    Bins: each distinct float32 value has its own while there are at most `max_bins`; beyond
+    that, neighbouring values are merged one key bit at a time (`_sort_keys`) until they fit.
+    The bins depend on the set of values seen, not on their order or chunking (the final
+    number of dropped bits is the least that fits them all), so chunked and whole-set counts
+    are the same. Memory: O(max_bins x groups) plus one chunk of images."""
+
+    def __init__(self, groups: int = 1, max_bins: int = N_BINS):
+        self.groups, self.max_bins, self.shift = groups, max_bins, 0
+        self.keys = np.zeros(0, np.int64)
+        self.lows = np.zeros(0, np.float32)  # each bin's lowest value: its threshold
+        self.counts = np.zeros((0, groups, 2), np.int64)  # (normal, anomalous) pixels per bin and group
+        self.overlap = np.zeros((0, groups))  # PRO weights (`_region_weights`) per bin and group
+        self.regions = np.zeros(groups, np.int64)  # connected truth regions per group
+
+    def add(self, maps, truth=None, inside=None, groups=None) -> None:
+        """Count N x H x W `maps` against `truth` (bool; None: all normal), only the pixels
+        `inside` (bool; None: all), image i in group `groups[i]` (None: group 0)."""
+        groups = np.zeros(len(maps), np.int64) if groups is None else np.asarray(groups, np.int64)
+        for chunk in _chunks(np.arange(len(maps)), np.asarray(maps[0]).size):
+            values = np.asarray(maps[chunk], np.float32)
+            if not np.isfinite(values).all():
+                raise ValueError("anomaly maps contain NaN or infinite values")
+            inside_chunk = np.ones(values.shape, bool) if inside is None else np.asarray(inside[chunk], bool)
+            truth_chunk = np.zeros(values.shape, bool) if truth is None else np.asarray(truth[chunk], bool)
+            self._add(values, truth_chunk & inside_chunk, inside_chunk, groups[chunk])
+
+    def _add(self, values, truth, inside, groups) -> None:
+        weights = None  # no truth regions (normal images, or no truth at all): no PRO weights
+        if truth.any():
+            weights, found = _region_weights(truth)
+            self.regions += np.bincount(groups, weights=found, minlength=self.groups).astype(np.int64)
+            weights = weights[inside]
+        code = (np.broadcast_to(groups[:, None, None] * 2, values.shape) + truth)[inside]  # group, class
+        values = values[inside]
+        if not len(values):
+            return
+        keys = _sort_keys(values) >> self.shift
+        order = np.argsort(keys, kind="stable")
+        keys, values, code = keys[order], values[order], code[order]
+        coarser = 0  # merge this chunk's values first when they alone need more bins than allowed
+        while np.count_nonzero(np.diff(keys >> coarser)) >= self.max_bins:
+            coarser += 1
+        if coarser:
+            keys = keys >> coarser
+            self.shift += coarser
+            self._combine(self.keys >> coarser, self.lows, self.counts, self.overlap)
+        first = np.r_[True, keys[1:] != keys[:-1]]
+        starts, run = np.flatnonzero(first), np.cumsum(first) - 1
+        n, g = len(starts), self.groups
+        counts = np.bincount(run * 2 * g + code, minlength=n * 2 * g).reshape(n, g, 2)
+        overlap = np.zeros((n, g)) if weights is None else np.bincount(
+            run * g + code // 2, weights=weights[order], minlength=n * g).reshape(n, g)
+        self._merge(keys[starts], np.minimum.reduceat(values, starts), counts, overlap)
+
+    def _merge(self, keys, lows, counts, overlap) -> None:
+        keys = np.r_[self.keys, keys]
+        order = np.argsort(keys, kind="stable")
+        self._combine(keys[order], np.r_[self.lows, lows][order], np.r_[self.counts, counts][order],
+                      np.r_[self.overlap, overlap][order])
+        while len(self.keys) > self.max_bins:
+            self.shift += 1
+            self._combine(self.keys >> 1, self.lows, self.counts, self.overlap)
+
+    def _combine(self, keys, lows, counts, overlap) -> None:
+        """Sorted `keys`' rows, those of equal keys summed into one bin."""
+        starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]]) if len(keys) else np.zeros(0, int)
+        if not len(starts):
+            return
+        self.keys, self.lows = keys[starts], np.minimum.reduceat(lows, starts)
+        self.counts, self.overlap = np.add.reduceat(counts, starts), np.add.reduceat(overlap, starts)
+
+    def curves(self, groups=None) -> PixelCurves:
+        """The curves of the pixels of `groups` (group indices; None: all), one point per
+        non-empty bin, its threshold the bin's lowest value."""
+        chosen = slice(None) if groups is None else list(groups)
+        counts, overlap = self.counts[:, chosen].sum(1), self.overlap[:, chosen].sum(1)
+        keep = counts.sum(1) > 0
+        negatives, positives = counts[keep, 0].astype(float), counts[keep, 1].astype(float)
+        top_down = slice(None, None, -1)
+        return PixelCurves(
+            thresholds=self.lows[keep][top_down].astype(np.float64),
+            true_pos=np.cumsum(positives[top_down]),
+            false_pos=np.cumsum(negatives[top_down]),
+            region_overlap=np.cumsum(overlap[keep][top_down]) / max(int(self.regions[chosen].sum()), 1),
+            positives=int(positives.sum()),
+            negatives=int(negatives.sum()),
+        )
+
+    def quantile(self, q: float) -> float:
+        """The `q` quantile of every counted value (numpy's default: linear between the two
+        nearest ranks); exact while each distinct value has its own bin, else within a bin."""
+        ends = np.cumsum(self.counts.sum((1, 2)))
+        if not len(ends):
+            raise ValueError("no values counted")
+        position = q * (ends[-1] - 1)
+        low, high = (float(self.lows[np.searchsorted(ends, rank, side="right")])
+                     for rank in (np.floor(position), np.ceil(position)))
+        return low + (high - low) * (position - np.floor(position))
 
 
 def pixel_curves(maps: np.ndarray, masks: np.ndarray | None = None,
@@ -175,35 +271,65 @@ def pixel_curves(maps: np.ndarray, masks: np.ndarray | None = None,
                  region: np.ndarray | None = None) -> PixelCurves:
     """Binned ROC/PR/PRO curves of `maps` (N x S x S) against `masks` (N x S x S bool; None:
     every pixel is normal), over the images where `has_mask` is true (None: all) and, with
-    `region` (N x H x W bool, e.g. the lung), over its pixels only. The thresholds are the
-    bin edges (`_bin_edges`)."""
+    `region` (N x H x W bool, e.g. the lung), over its pixels only; at most `n_bins` bins
+    (`PixelHistogram`)."""
     rows = np.arange(len(maps)) if has_mask is None else np.flatnonzero(has_mask)
     if len(rows) == 0:
         raise ValueError("pixel curves need at least one image with pixel truth")
-    edges = _bin_edges(maps, rows, n_bins)
-    n_bins = len(edges)
-    counts = np.zeros(2 * n_bins)  # (normal, anomalous) pixel counts per bin, interleaved
-    overlap = np.zeros(n_bins)
-    n_regions = 0
+    histogram = PixelHistogram(max_bins=n_bins)
     for chunk in _chunks(rows, maps[0].size):
-        bins = np.searchsorted(edges, maps[chunk], side="right") - 1  # the last edge <= the value
-        truth = np.zeros(bins.shape, bool) if masks is None else masks[chunk].astype(bool)
-        inside = np.ones(bins.shape, bool) if region is None else np.asarray(region[chunk], bool)
-        truth &= inside
-        counts += np.bincount((2 * bins + truth)[inside], minlength=2 * n_bins)
-        weights, found = _region_weights(truth)
-        overlap += np.bincount(bins[inside], weights=weights[inside], minlength=n_bins)
-        n_regions += found
-    negatives, positives = counts[0::2], counts[1::2]
-    top_down = slice(None, None, -1)
-    return PixelCurves(
-        thresholds=edges[top_down].astype(np.float64),
-        true_pos=np.cumsum(positives[top_down]),
-        false_pos=np.cumsum(negatives[top_down]),
-        region_overlap=np.cumsum(overlap[top_down]) / max(n_regions, 1),
-        positives=int(positives.sum()),
-        negatives=int(negatives.sum()),
-    )
+        histogram.add(maps[chunk], None if masks is None else masks[chunk],
+                      None if region is None else region[chunk])
+    return histogram.curves()
+
+
+class PixelTally:
+    """What the pixel metrics need, added chunk by chunk, per group of images: the value
+    histogram (`PixelHistogram`) and, at `threshold`, the pixel confusion counts and each
+    image's Hausdorff distance."""
+
+    def __init__(self, threshold: float, groups: int = 1):
+        self.threshold = threshold
+        self.histogram = PixelHistogram(groups)
+        self.confusion = np.zeros((groups, 3), np.int64)  # tp, fp, fn
+        self.distances: list[list[tuple[int, float]]] = [[] for _ in range(groups)]  # (row, distance)
+
+    def add(self, rows, maps, masks, region=None, groups=None, spacing=None) -> None:
+        """Images `rows` (their numbers: they order the Hausdorff mean) with their maps and
+        masks; `spacing` (N x 2): their pixels' size in original pixels (None: 1)."""
+        groups = np.zeros(len(rows), np.int64) if groups is None else np.asarray(groups)
+        self.histogram.add(maps, masks, region, groups)
+        for chunk in _chunks(np.arange(len(rows)), np.asarray(maps[0]).size):
+            predicted, truth = np.asarray(maps[chunk]) >= self.threshold, np.asarray(masks[chunk], bool)
+            if region is not None:
+                inside = np.asarray(region[chunk], bool)
+                predicted, truth = predicted & inside, truth & inside
+            counts = np.stack([np.count_nonzero(predicted & truth, axis=(1, 2)),
+                               np.count_nonzero(predicted & ~truth, axis=(1, 2)),
+                               np.count_nonzero(~predicted & truth, axis=(1, 2))], 1)
+            np.add.at(self.confusion, groups[chunk], counts)
+            for i, pred, true in zip(chunk, predicted, truth):
+                if pred.any() and true.any():
+                    step = (1.0, 1.0) if spacing is None else spacing[i]
+                    self.distances[groups[i]].append((int(rows[i]), hausdorff_distance(pred, true, step)))
+
+    def metrics(self, groups=None) -> dict:
+        """The pixel metrics of the images of `groups` (indices; None: all)."""
+        chosen = range(len(self.distances)) if groups is None else groups
+        curves = self.histogram.curves(groups)
+        tp, fp, fn = (int(v) for v in self.confusion[list(chosen)].sum(0))
+        distances = [d for _, d in sorted(pair for g in chosen for pair in self.distances[g])]
+        defined = curves.defined
+        return {
+            "auroc": curves.auroc() if defined else None,
+            "ap": curves.ap() if defined else None,
+            "aupro": curves.aupro() if defined else None,
+            "dice": _ratio(2 * tp, 2 * tp + fp + fn),
+            "iou": _ratio(tp, tp + fp + fn),
+            "hausdorff": float(np.mean(distances)) if distances else None,
+            "f1_max": float(curves.f1.max()) if defined else None,
+            "threshold": float(self.threshold),
+        }
 
 
 def pixel_metrics(maps, masks, threshold: float, sizes=None, has_mask=None, region=None) -> dict:
@@ -217,40 +343,13 @@ def pixel_metrics(maps, masks, threshold: float, sizes=None, has_mask=None, regi
     (`sizes`, N x 2 (H, W); None: model-size pixels).
     """
     maps, masks = np.asarray(maps), np.asarray(masks, bool)
-    curves = pixel_curves(maps, masks, has_mask, region=region)
     rows = np.arange(len(maps)) if has_mask is None else np.flatnonzero(has_mask)
-    overlap = _overlap_at(maps, masks, rows, threshold, sizes, region)
-    defined = curves.defined
-    return {
-        "auroc": curves.auroc() if defined else None,
-        "ap": curves.ap() if defined else None,
-        "aupro": curves.aupro() if defined else None,
-        **overlap,
-        "f1_max": float(curves.f1.max()) if defined else None,
-        "threshold": float(threshold),
-    }
-
-
-def _overlap_at(maps, masks, rows, threshold, sizes, region=None) -> dict:
-    """Micro Dice and IoU, and mean Hausdorff distance, of the masks predicted at `threshold`."""
-    tp = fp = fn = 0
-    distances = []
-    for chunk in _chunks(rows, maps[0].size):
-        predicted, truth = maps[chunk] >= threshold, masks[chunk]
-        if region is not None:
-            predicted, truth = predicted & region[chunk], truth & region[chunk]
-        tp += int(np.count_nonzero(predicted & truth))
-        fp += int(np.count_nonzero(predicted & ~truth))
-        fn += int(np.count_nonzero(~predicted & truth))
-        for i, pred, true in zip(chunk, predicted, truth):
-            if pred.any() and true.any():
-                spacing = (1.0, 1.0) if sizes is None else np.asarray(sizes[i]) / pred.shape
-                distances.append(hausdorff_distance(pred, true, spacing))
-    return {
-        "dice": _ratio(2 * tp, 2 * tp + fp + fn),
-        "iou": _ratio(tp, tp + fp + fn),
-        "hausdorff": float(np.mean(distances)) if distances else None,
-    }
+    if len(rows) == 0:
+        raise ValueError("pixel metrics need at least one image with pixel truth")
+    tally = PixelTally(threshold)
+    tally.add(rows, maps[rows], masks[rows], None if region is None else np.asarray(region)[rows],
+              spacing=None if sizes is None else np.asarray(sizes)[rows] / maps.shape[1:])
+    return tally.metrics()
 
 
 def hausdorff_distance(a: np.ndarray, b: np.ndarray, spacing=(1.0, 1.0)) -> float:
@@ -265,6 +364,59 @@ def hausdorff_distance(a: np.ndarray, b: np.ndarray, spacing=(1.0, 1.0)) -> floa
     return float(max(to_b[a].max(), to_a[b].max()))
 
 
+class Evaluation:
+    """`evaluate` chunk by chunk, for test sets too large to hold every anomaly map: `add`
+    each image's map once, in any order and chunking, then `result(scores)`. Memory: the
+    pixel histograms (`PixelTally`) and one number per image, whatever the set's size."""
+
+    def __init__(self, imageset, image_threshold: float, pixel_threshold: float):
+        self.imageset, self.image_threshold = imageset, image_threshold
+        self.labels = np.asarray(imageset.labels)
+        self.kinds = np.asarray(imageset.kinds, dtype=object)
+        self.truth = pixel_truth(imageset)
+        self.anomalous_kinds = sorted(set(self.kinds[self.labels == 1]))
+        # Pixel groups: 0 the normals, k the images of the k-th anomalous kind, the last the
+        # rest (unlabelled images of other kinds: in the overall figures only).
+        self.group = np.full(len(self.labels), len(self.anomalous_kinds) + 1)
+        for k, kind in enumerate(self.anomalous_kinds, 1):
+            self.group[(self.kinds == kind) & (self.labels != 0)] = k
+        self.group[self.labels == 0] = 0
+        self.tally = PixelTally(pixel_threshold, len(self.anomalous_kinds) + 2)
+
+    def add(self, rows, maps, region=None) -> None:
+        """The anomaly maps of images `rows` of the set (N x S x S), `region` the pixels that
+        count (N x S x S bool; None: all)."""
+        counted = self.truth[np.asarray(rows)]
+        if not counted.any():
+            return
+        rows, maps = np.asarray(rows)[counted], np.asarray(maps)[counted]
+        sizes = np.asarray(self.imageset.sizes)[rows]
+        self.tally.add(rows, maps, np.asarray(self.imageset.masks[rows], bool),
+                       None if region is None else np.asarray(region)[counted], self.group[rows],
+                       sizes / maps.shape[1:])
+
+    def result(self, scores) -> dict:
+        """All metrics, as `evaluate` returns them, once every image has been added."""
+        scores = np.asarray(scores, float)
+        labels = self.labels
+
+        def metrics_of(rows: np.ndarray, groups) -> dict:
+            result = {"image": image_metrics(scores[rows], labels[rows], self.image_threshold)}
+            if (self.truth & rows & (labels == 1)).any():
+                result["pixel"] = self.tally.metrics(groups)
+            return result
+
+        result = metrics_of(np.ones(len(labels), bool), None)
+        normal = labels == 0
+        result["per_kind"] = {kind: metrics_of(normal | (self.kinds == kind), [0, k])
+                              for k, kind in enumerate(self.anomalous_kinds, 1)}
+        return result
+
+    def curves(self) -> PixelCurves:
+        """The overall pixel curves (for the report's plots)."""
+        return self.tally.histogram.curves()
+
+
 def evaluate(scores, maps, imageset, image_threshold: float, pixel_threshold: float,
              region=None) -> dict:
     """All metrics of a test set: overall, and each anomalous kind against the normals.
@@ -272,23 +424,11 @@ def evaluate(scores, maps, imageset, image_threshold: float, pixel_threshold: fl
 
     ``{"image": ..., "pixel": ..., "per_kind": {kind: {"image": ..., "pixel": ...}}}``; a
     "pixel" entry is there only when some of its anomalous images have pixel truth.
+    (`Evaluation` with the whole set as one chunk.)
     """
-    scores, labels = np.asarray(scores, float), np.asarray(imageset.labels)
-    kinds = np.asarray(imageset.kinds, dtype=object)
-    truth = pixel_truth(imageset)
-
-    def metrics_of(rows: np.ndarray) -> dict:
-        result = {"image": image_metrics(scores[rows], labels[rows], image_threshold)}
-        if (truth & rows & (labels == 1)).any():
-            result["pixel"] = pixel_metrics(maps, imageset.masks, pixel_threshold,
-                                            imageset.sizes, truth & rows, region)
-        return result
-
-    result = metrics_of(np.ones(len(labels), bool))
-    normal = labels == 0
-    anomalous_kinds = sorted(set(kinds[labels == 1]))
-    result["per_kind"] = {kind: metrics_of(normal | (kinds == kind)) for kind in anomalous_kinds}
-    return result
+    evaluation = Evaluation(imageset, image_threshold, pixel_threshold)
+    evaluation.add(np.arange(len(imageset)), maps, region)
+    return evaluation.result(scores)
 
 
 def pixel_truth(imageset) -> np.ndarray:

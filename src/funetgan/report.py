@@ -13,11 +13,14 @@ threshold``; an image when its score is ``>= image threshold``.
 """
 from __future__ import annotations
 
+import collections
 import csv
 import html
 import io
 import json
+import math
 import os
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -31,7 +34,7 @@ from skimage.segmentation import find_boundaries
 from sklearn.metrics import precision_recall_curve, roc_curve
 
 from .files import atomic_save_png, atomic_write_text, safe_names
-from .metrics import PRO_FPR_LIMIT, labelled, pixel_curves, pixel_truth
+from .metrics import PRO_FPR_LIMIT, PixelCurves, PixelHistogram, labelled, pixel_curves, pixel_truth
 from .outputs import Outputs
 
 DISPLAY_SIZE = 256  # overlay panel side, pixels
@@ -40,7 +43,8 @@ COLORMAP = matplotlib.colormaps["turbo"]
 PREDICTED_COLOR = (255, 40, 40)
 TRUTH_COLOR = (40, 255, 40)
 N_EXAMPLES = 12  # images per example section of the report
-WRITERS = 8  # threads writing per-image files (see _write_image_outputs)
+WRITERS = 8  # threads writing per-image files (see _Writers)
+PENDING = 4 * WRITERS  # files waiting for a writer, at most
 SCORE_COLUMNS = ["path", "label", "kind", "score", "predicted", "anomalous_fraction", "name"]
 PREDICTION_COLUMNS = ["path", "score", "predicted", "anomalous_fraction", "name"]
 VOLUME_COLUMNS = ["volume", "path", "slices", "label", "score", "predicted", "lesion_ml", "predicted_ml",
@@ -51,41 +55,46 @@ def write_test_outputs(out_dir, imageset, scores, maps, metrics: dict, image_thr
                        pixel_threshold: float, settings: dict, volumes: list[dict] | None = None,
                        outputs: Outputs | None = None) -> dict:
     """The outputs of a labelled test run that `outputs` asks for (default: all of them, for
-    every image; see the module docstring); with `volumes` (rows of volumes.volume_results),
-    also volumes.csv and a per-patient section in the report. The seconds spent on the
-    per-image files and the tables ("files_seconds") and on the plots and report
-    ("report_seconds") are added to `metrics["timing"]`, and metrics.json is written last,
-    with them. Returns `metrics`."""
-    outputs = outputs or Outputs()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    every image; see the module docstring), from the whole set's `maps` in memory (`ImageFiles`
+    and `finish_test_outputs` with one chunk); with `volumes` (rows of volumes.volume_results),
+    also volumes.csv and a per-patient section in the report. Returns `metrics`."""
+    files = ImageFiles(out_dir, imageset, outputs or Outputs(), image_threshold, pixel_threshold, InMemory(maps))
+    files.add(np.arange(len(imageset)), scores, maps, [row for v in volumes or [] for row in v["top_rows"]])
+    curves = None
+    if metrics.get("pixel") and metrics["pixel"]["auroc"] is not None:
+        curves = pixel_curves(np.asarray(maps), imageset.masks, pixel_truth(imageset))
+    return finish_test_outputs(files, metrics, settings, volumes, curves)
+
+
+def finish_test_outputs(files: "ImageFiles", metrics: dict, settings: dict, volumes: list[dict] | None = None,
+                        curves: PixelCurves | None = None) -> dict:
+    """The rest of a test run's outputs once every image is in `files`: the files that
+    needed all scores (examples, worst/best), scores.csv and volumes.csv, the plots (the pixel
+    curves: `curves`) and report.html, and metrics.json last, with the seconds spent on files
+    ("files_seconds", added to what `files` spent so far) and on the report ("report_seconds")."""
     started = time.perf_counter()
-    color_max = heat_scale(maps)
-    scores = np.asarray(scores, float)
-    groups = example_groups(imageset.labels, scores, image_threshold) if outputs.report else []
+    outputs, imageset, scores = files.outputs, files.imageset, files.scores
+    groups = example_groups(imageset.labels, scores, files.image_threshold) if outputs.report else []
     examples = None
     if outputs.report:  # what the report shows: its examples and each volume's top slices
         shown = [index for _, index, _ in groups] + [np.asarray(v["top_rows"], int) for v in volumes or []]
         examples = np.unique(np.concatenate(shown).astype(int))
-    overlays = outputs.images("overlays", scores, image_threshold, examples)
-    if examples is not None:  # their overlays come with the report
-        overlays = np.union1d(overlays, examples)
-    rows = _write_image_outputs(out, imageset, scores, maps, image_threshold, pixel_threshold, color_max,
-                                outputs.images("masks", scores, image_threshold, examples), overlays)
+    rows = files.finish(examples)
     if outputs.scores:
-        atomic_write_text(out / "scores.csv", _csv(rows, SCORE_COLUMNS))
+        atomic_write_text(files.out / "scores.csv", _csv(rows, SCORE_COLUMNS))
         if volumes:
-            write_volume_table(out, volumes)
+            write_volume_table(files.out, volumes)
     timing = metrics.setdefault("timing", {})
-    timing["files_seconds"] = round(time.perf_counter() - started, 3)
+    timing["files_seconds"] = round(files.seconds + time.perf_counter() - started, 3)
     started = time.perf_counter()
     if outputs.report:
-        plots = _write_plots(out / "plots", imageset, scores, maps, metrics)
-        page = _render_report(metrics, rows, plots, settings, imageset.notes, color_max, groups, outputs, volumes)
-        atomic_write_text(out / "report.html", page)
+        plots = _write_plots(files.out / "plots", imageset, scores, curves, metrics)
+        page = _render_report(metrics, rows, plots, settings, imageset.notes, files.color_max(), groups, outputs,
+                              volumes)
+        atomic_write_text(files.out / "report.html", page)
     timing["report_seconds"] = round(time.perf_counter() - started, 3)
     if outputs.metrics:
-        atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
+        atomic_write_text(files.out / "metrics.json", json.dumps(metrics, indent=2))
     return metrics
 
 
@@ -97,15 +106,16 @@ def write_volume_table(out_dir, volumes: list[dict]) -> None:
 def write_predictions(out_dir, imageset, scores, maps, image_threshold: float,
                       pixel_threshold: float, outputs: Outputs | None = None) -> None:
     """Masks, overlays and predictions.csv for images without labels (as `outputs` says;
-    default: all of them, for every image)."""
-    outputs = outputs or Outputs()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    rows = _write_image_outputs(out, imageset, scores, maps, image_threshold, pixel_threshold,
-                                heat_scale(maps), outputs.images("masks", scores, image_threshold),
-                                outputs.images("overlays", scores, image_threshold))
-    if outputs.scores:
-        atomic_write_text(out / "predictions.csv", _csv(rows, PREDICTION_COLUMNS))
+    default: all of them, for every image), from the whole set's `maps` in memory."""
+    files = ImageFiles(out_dir, imageset, outputs or Outputs(), image_threshold, pixel_threshold, InMemory(maps))
+    files.add(np.arange(len(imageset)), scores, maps)
+    finish_predictions(files)
+
+
+def finish_predictions(files: "ImageFiles") -> None:
+    rows = files.finish()
+    if files.outputs.scores:
+        atomic_write_text(files.out / "predictions.csv", _csv(rows, PREDICTION_COLUMNS))
 
 
 def _csv(rows: list[dict], columns: list[str]) -> str:
@@ -131,68 +141,205 @@ def output_names(paths: list[str]) -> list[str]:
     return safe_names((raw(path, file) for path, file in zip(paths, files)), "image")
 
 
-def heat_scale(maps: np.ndarray) -> float:
-    """Top of the heat-map colour scale: a high quantile of all map values. Maps are smooth
-    (blurred), so every 4th pixel each way represents them at 1/16 of the sorting cost."""
-    top = float(np.quantile(np.asarray(maps)[:, ::4, ::4], COLOR_QUANTILE))
-    return top if top > 0 else 1.0
-
-
 def _resize(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Bilinear resize of a 2-D float map to (height, width)."""
     image = Image.fromarray(np.asarray(values, np.float32))
     return np.asarray(image.resize((int(size[1]), int(size[0])), Image.Resampling.BILINEAR))
 
 
-def _write_image_outputs(out: Path, imageset, scores, maps, image_threshold, pixel_threshold,
-                         color_max, masks=None, overlays=None) -> list[dict]:
-    """One table row per image; writes the predicted masks of images `masks` and the overlays
-    of images `overlays` (indices; None: every image), WRITERS files at a time: each durable
-    write waits on the disk (fsync), and the waits overlap. Measured on the 2-core VM this was
-    built on: 7 ms per 28 px mask one at a time, 0.5 ms with 4 or 8 writers; 22 ms per overlay,
-    14 ms with 8."""
-    n = len(imageset)
-    write_mask = _flags(n, masks)
-    write_overlay = _flags(n, overlays)
-    if write_mask.any():
-        (out / "masks").mkdir(exist_ok=True)
-    if write_overlay.any():
-        (out / "overlays").mkdir(exist_ok=True)
-    has_truth = pixel_truth(imageset)
+class InMemory:
+    """The maps of a whole set held by the caller: `ImageFiles` keeps nothing itself."""
 
-    def write(i: int, name: str, mask: np.ndarray) -> None:
-        if write_mask[i]:
-            # Level 1: PNG compression dominates the run time otherwise.
-            atomic_save_png(out / "masks" / f"{name}.png", Image.fromarray(mask.astype(np.uint8) * 255), 1)
-        if write_overlay[i]:
-            truth = imageset.masks[i] if has_truth[i] else None
-            atomic_save_png(out / "overlays" / f"{name}.png",
-                            overlay(imageset.images[i], maps[i], pixel_threshold, color_max, truth), 1)
+    def __init__(self, maps):
+        self.maps = maps
 
-    rows, pending = [], []
-    with ThreadPoolExecutor(WRITERS) as pool:
+    def put(self, rows, maps) -> None:
+        pass
+
+    def __getitem__(self, row: int) -> np.ndarray:
+        return np.asarray(self.maps[row])
+
+
+class MapStore:
+    """The maps `ImageFiles` needs after scoring, by image row, in an unnamed temporary file
+    in `folder` (gone when closed or when the process ends): memory stays one map."""
+
+    def __init__(self, folder):
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        self.file = tempfile.TemporaryFile(dir=folder)
+        self.where: dict[int, tuple[int, tuple[int, ...]]] = {}
+
+    def put(self, rows, maps) -> None:
+        for row, values in zip(rows, maps):
+            if int(row) not in self.where:
+                self.file.seek(0, os.SEEK_END)
+                self.where[int(row)] = (self.file.tell(), values.shape)
+                self.file.write(np.ascontiguousarray(values, np.float32).tobytes())
+
+    def __getitem__(self, row: int) -> np.ndarray:
+        offset, shape = self.where[int(row)]
+        self.file.seek(offset)
+        return np.frombuffer(self.file.read(4 * math.prod(shape)), np.float32).reshape(shape)
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class ImageFiles:
+    """The per-image outputs (masks/, overlays/, the table rows) of a set scored chunk by
+    chunk: `add` each chunk's scores and maps, then `finish`. A mask whose selection the
+    image decides alone (all, flagged) is written at once; everything else waits for the
+    whole set: overlays for the colour scale (a quantile of all maps, counted as they pass:
+    `PixelHistogram`), ranked selections (worst:N, best:N, the report's examples) for all
+    scores. The maps these may need go to `store`: those of images already chosen, and the
+    top of each ranking so far (a bounded number, whatever the set's size)."""
+
+    def __init__(self, out_dir, imageset, outputs: Outputs, image_threshold: float, pixel_threshold: float,
+                 store):
+        self.out, self.imageset, self.outputs, self.store = Path(out_dir), imageset, outputs, store
+        self.image_threshold, self.pixel_threshold = image_threshold, pixel_threshold
+        self.out.mkdir(parents=True, exist_ok=True)
+        n = len(imageset)
+        self.names = output_names(imageset.paths)
+        self.scores, self.fraction = np.zeros(n), np.zeros(n)
+        self.masks_written = np.zeros(n, bool)
+        self.heat = PixelHistogram()
+        self.rankings = _rankings(outputs)
+        self.top: list[np.ndarray] = [np.zeros(0, int) for _ in self.rankings]
+        self.writers = _Writers()
+        self.seconds = 0.0  # spent in add and finish
+
+    def add(self, rows, scores, maps, keep=()) -> None:
+        """Images `rows` of the set with their scores and maps (N x S x S); `keep`: rows of
+        these whose maps are needed later anyway (the report's volume strips)."""
+        started = time.perf_counter()
+        rows, scores = np.asarray(rows, int), np.asarray(scores, float)
+        self.scores[rows] = scores
+        self.heat.add(np.asarray(maps)[:, ::4, ::4])  # maps are smooth: every 4th pixel each way
+        now = self._now(self.outputs.masks, scores)
+        for k, row in enumerate(rows):
+            mask = _resize(maps[k], self.imageset.sizes[row]) >= self.pixel_threshold
+            self.fraction[row] = mask.mean()
+            if now[k]:
+                self.writers.submit(self._write_mask, row, mask)
+        self.masks_written[rows[now]] = True
+        wanted = self._now(self.outputs.overlays, scores) | np.isin(rows, np.asarray(keep, int))
+        for i, ranking in enumerate(self.rankings):
+            self.top[i] = _best_of(self.top[i], rows[_ranked(ranking, self.imageset.labels[rows], scores,
+                                                             self.image_threshold)], self.scores, ranking)
+        wanted |= np.isin(rows, np.concatenate([np.zeros(0, int), *self.top]))
+        self.store.put(rows[wanted], np.asarray(maps)[wanted])
+        self.seconds += time.perf_counter() - started
+
+    def _now(self, selection: tuple[str, ...], scores: np.ndarray) -> np.ndarray:
+        """Which of these images `selection` (masks or overlays) picks on their own scores."""
+        chosen = np.full(len(scores), "all" in selection)
+        return chosen | (scores >= self.image_threshold) if "flagged" in selection else chosen
+
+    def color_max(self) -> float:
+        """Top of the heat-map colour scale: COLOR_QUANTILE of all maps' values."""
+        top = self.heat.quantile(COLOR_QUANTILE)
+        return top if top > 0 else 1.0
+
+    def finish(self, examples: np.ndarray | None = None) -> list[dict]:
+        """Writes the masks and overlays that waited for the whole set (the report's
+        `examples` with their overlays) and returns one table row per image."""
+        started = time.perf_counter()
+        scores, threshold = self.scores, self.image_threshold
+        masks = np.setdiff1d(self.outputs.images("masks", scores, threshold, examples),
+                             np.flatnonzero(self.masks_written))
+        overlays = self.outputs.images("overlays", scores, threshold, examples)
+        if examples is not None:  # their overlays come with the report
+            overlays = np.union1d(overlays, examples)
+        color_max = self.color_max()
         try:
-            for i, name in enumerate(output_names(imageset.paths)):
-                mask = _resize(maps[i], imageset.sizes[i]) >= pixel_threshold
-                if write_mask[i] or write_overlay[i]:
-                    pending.append(pool.submit(write, i, name, mask))
-                rows.append({
-                    "path": imageset.paths[i], "label": int(imageset.labels[i]),
-                    "kind": imageset.kinds[i], "score": float(scores[i]),
-                    "predicted": int(scores[i] >= image_threshold),
-                    "anomalous_fraction": float(mask.mean()), "name": name,
-                })
-            for job in pending:
-                job.result()  # the first failed write, if any, as it was raised
+            for row in masks:
+                mask = _resize(self.store[row], self.imageset.sizes[row]) >= self.pixel_threshold
+                self.writers.submit(self._write_mask, row, mask)
+            for row in overlays:
+                self.writers.submit(self._write_overlay, row, self.store[row].copy(), color_max)
+            self.writers.wait()
         finally:
-            pool.shutdown(cancel_futures=True)  # after a failure (or Ctrl-C) write no more
-    return rows
+            self.close()
+        labelled = self.imageset
+        rows = [{"path": labelled.paths[i], "label": int(labelled.labels[i]), "kind": labelled.kinds[i],
+                 "score": float(scores[i]), "predicted": int(scores[i] >= threshold),
+                 "anomalous_fraction": float(self.fraction[i]), "name": self.names[i]} for i in range(len(scores))]
+        self.seconds += time.perf_counter() - started
+        return rows
+
+    def close(self) -> None:
+        """Stop writing (after an error: the files still waiting are not written)."""
+        self.writers.close()
+
+    def _write_mask(self, row: int, mask: np.ndarray) -> None:
+        (self.out / "masks").mkdir(exist_ok=True)
+        # Level 1: PNG compression dominates the run time otherwise.
+        atomic_save_png(self.out / "masks" / f"{self.names[row]}.png", Image.fromarray(mask.astype(np.uint8) * 255), 1)
+
+    def _write_overlay(self, row: int, anomaly_map: np.ndarray, color_max: float) -> None:
+        (self.out / "overlays").mkdir(exist_ok=True)
+        images = self.imageset
+        truth = images.masks[row] if pixel_truth(images)[row] else None
+        atomic_save_png(self.out / "overlays" / f"{self.names[row]}.png",
+                        overlay(images.images[row], anomaly_map, self.pixel_threshold, color_max, truth), 1)
 
 
-def _flags(n: int, index) -> np.ndarray:
-    flags = np.zeros(n, bool)
-    flags[np.arange(n) if index is None else np.asarray(index, int)] = True
-    return flags
+class _Writers:
+    """WRITERS threads writing files: each durable write waits on the disk (fsync), and the
+    waits overlap. Measured on the 2-core VM this was built on: 7 ms per 28 px mask one at a
+    time, 0.5 ms with 4 or 8 writers; 22 ms per overlay, 14 ms with 8. At most PENDING jobs
+    wait, so the arrays they hold stay bounded; the first failure is raised as it was."""
+
+    def __init__(self):
+        self.pool, self.pending = ThreadPoolExecutor(WRITERS), collections.deque()
+
+    def submit(self, write, *args) -> None:
+        while len(self.pending) >= PENDING:
+            self.pending.popleft().result()
+        self.pending.append(self.pool.submit(write, *args))
+
+    def wait(self) -> None:
+        while self.pending:
+            self.pending.popleft().result()
+
+    def close(self) -> None:
+        self.pool.shutdown(cancel_futures=True)  # after a failure (or Ctrl-C) write no more
+
+
+# A ranking: (label or None, flagged or None: which images compete; highest first; how many;
+# ties: earlier row first (1) or later (-1), as outputs.images and example_groups break them).
+Ranking = tuple
+
+
+def _rankings(outputs: Outputs) -> list[Ranking]:
+    """The rankings whose top images may get a file: the report's example sections, and
+    worst:N / best:N of masks and overlays."""
+    rankings = [(label, flagged, highest, N_EXAMPLES, 1) for _, label, flagged, highest in EXAMPLE_SECTIONS] \
+        if outputs.report else []
+    for part in (*outputs.masks, *outputs.overlays):
+        if part.startswith(("worst:", "best:")):
+            worst = part.startswith("worst")
+            rankings.append((None, None, worst, int(part.partition(":")[2]), 1 if worst else -1))
+    return rankings
+
+
+def _ranked(ranking: Ranking, labels: np.ndarray, scores: np.ndarray, threshold: float) -> np.ndarray:
+    label, flagged, *_ = ranking
+    competing = np.ones(len(scores), bool)
+    if label is not None:
+        competing &= np.asarray(labels) == label
+    if flagged is not None:
+        competing &= (scores >= threshold) == bool(flagged)
+    return competing
+
+
+def _best_of(top: np.ndarray, new: np.ndarray, scores: np.ndarray, ranking: Ranking) -> np.ndarray:
+    """The first `how many` of `top` and `new` rows in `ranking`'s order."""
+    *_, highest, count, ties = ranking
+    rows = np.r_[top, new].astype(int)
+    order = np.lexsort((ties * rows, -scores[rows] if highest else scores[rows]))
+    return rows[order[:count]]
 
 
 def overlay(image: np.ndarray, anomaly_map: np.ndarray, threshold: float, color_max: float,
@@ -220,8 +367,9 @@ def _outline(base: np.ndarray, mask: np.ndarray, color: tuple[int, int, int]) ->
 
 # ---- plots -------------------------------------------------------------------------------
 
-def _write_plots(folder: Path, imageset, scores, maps, metrics: dict) -> list[tuple[str, str]]:
-    """The plots that the data allows; returns (title, path relative to the report)."""
+def _write_plots(folder: Path, imageset, scores, curves: PixelCurves | None, metrics: dict) -> list[tuple[str, str]]:
+    """The plots that the data allows (`curves`: the pixel curves, when there are pixel
+    metrics); returns (title, path relative to the report)."""
     folder.mkdir(exist_ok=True)
     roc, pr, pro = {}, {}, {}
     if metrics["image"]["auroc"] is not None:
@@ -231,8 +379,7 @@ def _write_plots(folder: Path, imageset, scores, maps, metrics: dict) -> list[tu
         roc[f"image (AUROC {metrics['image']['auroc']:.3f})"] = (fpr, tpr)
         pr[f"image (AP {metrics['image']['ap']:.3f})"] = (recall, precision)
     pixel = metrics.get("pixel")
-    if pixel and pixel["auroc"] is not None:
-        curves = pixel_curves(maps, imageset.masks, pixel_truth(imageset))
+    if pixel and pixel["auroc"] is not None and curves is not None:
         roc[f"pixel (AUROC {pixel['auroc']:.3f})"] = (np.r_[0, curves.fpr], np.r_[0, curves.tpr])
         pr[f"pixel (AP {pixel['ap']:.3f})"] = (curves.tpr, curves.precision)
         pro[f"pixel (AUPRO {pixel['aupro']:.3f})"] = (np.r_[0, curves.fpr],

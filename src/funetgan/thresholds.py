@@ -33,8 +33,9 @@ def calibrate_pixel_threshold(val_maps, val_masks=None, normal_quantile: float =
                               region=None) -> float:
     """F1-optimal pixel threshold when `val_masks` (N x S x S bool; normal images all False)
     mark anomalous pixels, else the quantile of the pixel values (all normal). Both are read
-    from the binned curves of `pixel_curves`: exact up to 10,000 distinct values, else to
-    one bin of quantile edges (1/10,000 of the pixels), whatever the outliers.
+    from the binned curves of `pixel_curves`: exact up to 65,536 distinct values, else to
+    one bin (values merged into bins of one relative width, the finest that fit), whatever
+    the outliers.
     With `region` (N x H x W bool), only its pixels count."""
     curves = pixel_curves(np.asarray(val_maps), val_masks, region=region)
     if curves.defined:

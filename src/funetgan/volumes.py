@@ -1,10 +1,10 @@
 """Per-patient results of slice-level scoring, for images that are slices of CT volumes.
 
-    volume_results   one row per volume: its score (the mean of its `top_slices` highest
+    volume_results   one row per volume (volume_result: one): its score (the mean of its `top_slices` highest
                      slice scores), label (anomalous when any slice holds lesion), lesion
                      volume in millilitres, true and predicted, and 3-D Dice / IoU
     volume_metrics   detection metrics over volumes and the means of the per-volume figures
-    write_volumes    each volume's anomaly map and predicted mask as NIfTI on the scan's own
+    write_volumes    (write_volume: one) each volume's anomaly map and predicted mask as NIfTI on the scan's own
                      voxel grid and affine, so they overlay the scan in 3D Slicer or ITK-SNAP
 
 Lesion volumes and overlaps are counted on the slices at the working size; each working pixel
@@ -33,25 +33,30 @@ def volume_results(imageset: ImageSet, scores, maps, image_threshold: float, pix
                    top_slices: int = 1) -> list[dict]:
     """One row per volume of `imageset` (none when it holds no volume slices)."""
     by_volume = imageset.volume_rows()
-    results = []
-    for (source, rows), name in zip(by_volume.items(), volume_names(list(by_volume))):
-        slice_scores = np.asarray(scores, float)[rows]
-        score = float(np.sort(slice_scores)[-top_slices:].mean())
-        predicted = np.asarray(maps)[rows] >= pixel_threshold
-        pixel_ml = _pixel_ml(imageset, rows, imageset.volumes[source], predicted.shape[1:])
-        labels = imageset.labels[rows]
-        result = {
-            "volume": name, "path": source, "slices": len(rows),
-            "label": -1 if (labels < 0).any() else int((labels == 1).any()),
-            "score": score, "predicted": int(score >= image_threshold),
-            "predicted_ml": float(predicted.sum((1, 2)) @ pixel_ml),
-            "lesion_ml": None, "dice": None, "iou": None,
-            "top_rows": rows[np.argsort(-slice_scores, kind="stable")[:STRIP_SLICES]].tolist(),
-        }
-        if imageset.masks is not None and imageset.has_mask[rows].all():
-            result.update(_overlap(predicted, imageset.masks[rows], pixel_ml))
-        results.append(result)
-    return results
+    return [volume_result(imageset, source, name, rows, np.asarray(scores, float)[rows], np.asarray(maps)[rows],
+                          image_threshold, pixel_threshold, top_slices)
+            for (source, rows), name in zip(by_volume.items(), volume_names(list(by_volume)))]
+
+
+def volume_result(imageset: ImageSet, source: str, name: str, rows: np.ndarray, slice_scores: np.ndarray, maps,
+                  image_threshold: float, pixel_threshold: float, top_slices: int = 1) -> dict:
+    """The row of one volume, `source`, from the scores and maps of its slices `rows` (in
+    slice order, as `ImageSet.volume_rows` gives them)."""
+    score = float(np.sort(slice_scores)[-top_slices:].mean())
+    predicted = np.asarray(maps) >= pixel_threshold
+    pixel_ml = _pixel_ml(imageset, rows, imageset.volumes[source], predicted.shape[1:])
+    labels = imageset.labels[rows]
+    result = {
+        "volume": name, "path": source, "slices": len(rows),
+        "label": -1 if (labels < 0).any() else int((labels == 1).any()),
+        "score": score, "predicted": int(score >= image_threshold),
+        "predicted_ml": float(predicted.sum((1, 2)) @ pixel_ml),
+        "lesion_ml": None, "dice": None, "iou": None,
+        "top_rows": rows[np.argsort(-slice_scores, kind="stable")[:STRIP_SLICES]].tolist(),
+    }
+    if imageset.masks is not None and imageset.has_mask[rows].all():
+        result.update(_overlap(predicted, np.asarray(imageset.masks[rows], bool), pixel_ml))
+    return result
 
 
 def _pixel_ml(imageset: ImageSet, rows: np.ndarray, geometry: Geometry, size: tuple[int, int]) -> np.ndarray:
@@ -96,37 +101,47 @@ def volume_names(sources: list[str]) -> list[str]:
 
 def write_volumes(out_dir, imageset: ImageSet, maps, pixel_threshold: float, results: list[dict],
                   region: np.ndarray | None = None) -> list[Path]:
-    """`volumes/<volume>_map.nii.gz` (float32 anomaly map, 0 where nothing was scored) and
-    `volumes/<volume>_mask.nii.gz` (uint8 0/1) per row of `volume_results`, on the scan's
-    voxel grid with its affine; slices are resized back to the scan's in-plane size. With
-    `region` (the scored pixels, N x S x S bool) the maps stay 0 outside it at that size."""
-    folder = Path(out_dir) / FOLDER
-    written = []
+    """`write_volume` for each row of `volume_results`, from the whole set's maps."""
     rows_of = imageset.volume_rows()
-    for result in results:
-        geometry = imageset.volumes[result["path"]]
-        volume = scan_map(imageset, maps, rows_of[result["path"]], geometry, region)
-        for suffix, values in (("map", volume), ("mask", (volume >= pixel_threshold).astype(np.uint8))):
-            path = folder / f"{result['volume']}_{suffix}.nii.gz"
-            save_nifti(path, to_scan_grid(values, geometry), geometry)
-            written.append(path)
+    return [path for result in results for path in write_volume(
+        out_dir, imageset, result, rows_of[result["path"]], np.asarray(maps)[rows_of[result["path"]]],
+        pixel_threshold, None if region is None else region[rows_of[result["path"]]])]
+
+
+def write_volume(out_dir, imageset: ImageSet, result: dict, rows: np.ndarray, maps, pixel_threshold: float,
+                 region: np.ndarray | None = None) -> list[Path]:
+    """`volumes/<volume>_map.nii.gz` (float32 anomaly map, 0 where nothing was scored) and
+    `volumes/<volume>_mask.nii.gz` (uint8 0/1) of one volume (`result`, a `volume_result`),
+    from the maps of its slices `rows`, on the scan's voxel grid with its affine; slices are
+    resized back to the scan's in-plane size. With `region` (the scored pixels of those slices,
+    bool) the maps stay 0 outside it at that size."""
+    folder = Path(out_dir) / FOLDER
+    geometry = imageset.volumes[result["path"]]
+    volume = scan_map(imageset, maps, rows, geometry, region)
+    written = []
+    for suffix, values in (("map", volume), ("mask", (volume >= pixel_threshold).astype(np.uint8))):
+        path = folder / f"{result['volume']}_{suffix}.nii.gz"
+        save_nifti(path, to_scan_grid(values, geometry), geometry)
+        written.append(path)
     return written
 
 
 def scan_map(imageset: ImageSet, maps, rows: np.ndarray, geometry: Geometry,
              region: np.ndarray | None = None) -> np.ndarray:
-    """The maps of one volume's slices as float32 Z x H x W in `read_scan`'s slice order,
-    each resized (bilinearly) to its slice's size and placed where the slice was cut from;
-    0 outside `region` resized by nearest neighbour (bilinear resizing blurs over its edge)."""
+    """The maps of one volume's slices `rows` (`maps` and `region`: one per row, in that
+    order) as float32 Z x H x W in `read_scan`'s slice order, each resized (bilinearly) to its
+    slice's size and placed where the slice was cut from; 0 outside `region` resized by nearest
+    neighbour (bilinear resizing blurs over its edge)."""
     volume = np.zeros(geometry.slice_shape, np.float32)
     top, left = (geometry.box[0], geometry.box[2]) if geometry.box else (0, 0)
-    for i in rows:
+    for k, i in enumerate(rows):
         z = int(imageset.paths[i].rpartition(SLICE_MARK)[2])
         height, width = (int(v) for v in imageset.sizes[i])
-        values = np.asarray(Image.fromarray(np.asarray(maps[i], np.float32)).resize(
+        values = np.asarray(Image.fromarray(np.asarray(maps[k], np.float32)).resize(
             (width, height), Image.Resampling.BILINEAR))
         if region is not None:
-            values = values * np.asarray(Image.fromarray(region[i]).resize((width, height), Image.Resampling.NEAREST))
+            values = values * np.asarray(Image.fromarray(np.asarray(region[k])).resize(
+                (width, height), Image.Resampling.NEAREST))
         volume[z, top:top + height, left:left + width] = values
     return volume
 

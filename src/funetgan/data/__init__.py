@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import DataConfig
+from . import cache
 from .base import DataError, ImageSet, Splits
 from .checks import BadFiles, MissingDependency, check_batch, held_out
 from .ct import is_ct_dataset, load_ct, volume_slices
@@ -75,14 +76,38 @@ def load_unlabelled(paths: list[str], image_size: int | None, channels: int,
     bad = BadFiles(options.on_bad_file)
     entries = [Entry(file, label=-1, kind="unknown") for file in files]
     sets = [load_files(entries, image_size, channels, "images", bad, False, options.hu_window)]
-    for volume in volumes:
-        sets.append(bad.attempt("images", volume,
-                                lambda: volume_slices(volume, image_size, channels, options.hu_window)))
-    images = ImageSet.concat([s for s in sets if s is not None])
+    sets += _volume_sets(volumes, image_size, channels, options, bad)
+    # One set (only volumes, or only images) is used as it is: slices mapped from the cache stay on disk.
+    sets = [s for s in sets if len(s)] or sets[:1]
+    images = sets[0] if len(sets) == 1 else ImageSet.concat(sets)
     bad.settle({"images": images})
     if not len(images):
         raise DataError(f"none of the files in {', '.join(map(str, paths))} could be read")
     return images
+
+
+def _volume_sets(volumes: list[Path], image_size: int | None, channels: int, options: DataConfig,
+                 bad: BadFiles) -> list[ImageSet]:
+    """Every slice of each volume: decoded here, or with `data.cache_dir` memory-mapped from
+    the slice cache (`cache.cached_volumes`: decoded once per list of volumes)."""
+    def reader(problems: BadFiles):
+        def read(add) -> None:
+            for volume in volumes:
+                slices = problems.attempt("images", volume,
+                                          lambda: volume_slices(volume, image_size, channels, options.hu_window,
+                                                                options.lung_threshold))
+                if slices is not None:
+                    add("test", slices)
+        return read
+
+    if options.cache_dir is None or not volumes:
+        found: list[ImageSet] = []
+        reader(bad)(lambda _, slices: found.append(slices))
+        return found
+    # A build's bad volumes are settled into the cached notes (or raise, leaving no cache).
+    build = BadFiles(options.on_bad_file)
+    return [cache.cached_volumes(volumes, image_size, channels, options, reader(build),
+                                 lambda splits: build.settle({"images": splits.test}))]
 
 
 def _files_under(path: Path) -> list[Path]:

@@ -43,36 +43,59 @@ def cached_splits(root: Path, layout: str, size: int | None, channels: int, opti
     """The splits of the volume set at `root`, from the cache when it is current, else
     decoded by `read`, written to the cache and mapped from there. `settle(splits)` runs
     after a build, before the index is written (it adds notes, or raises for bad files)."""
-    cache = Path(options.cache_dir)
-    folder = cache / _key(root, layout, size, channels, options)
-    fingerprint = source_fingerprint(root, cache)
+    resolved = root.resolve()
+    key = _key(str(resolved), resolved.name, layout, size, channels, options)
+    return _cached(Path(options.cache_dir), key, [root], read, settle, [size or 0, size or 0, channels])
+
+
+def cached_volumes(sources: list[Path], size: int | None, channels: int, options: DataConfig,
+                   read: Reader, settle: Callable[[Splits], None]) -> ImageSet:
+    """`cached_splits` for a list of volume files and DICOM series folders (the volumes
+    `predict` scores): one cache folder per list, its slices in the "test" split."""
+    resolved = [source.resolve() for source in sources]
+    name = resolved[0].name + (f"+{len(sources) - 1}" if len(sources) > 1 else "")
+    key = _key([str(source) for source in resolved], name, "volumes", size, channels, options)
+    return _cached(Path(options.cache_dir), key, sources, read, settle, [size or 0, size or 0, channels]).test
+
+
+def _cached(cache: Path, key: str, sources: list[Path], read: Reader, settle: Callable[[Splits], None],
+            empty_shape: list[int]) -> Splits:
+    folder = cache / key
+    fingerprint = source_fingerprint(sources, cache)
     splits = _open(folder, fingerprint)
     if splits is None:
-        _build(folder, fingerprint, read, settle, [size or 0, size or 0, channels])
+        _build(folder, fingerprint, read, settle, empty_shape)
         splits = _open(folder, fingerprint)
     if splits is None:  # changed again while it was built, or unreadable
-        raise DataError(f"{folder}: the slice cache just built cannot be read back; is {root} being changed?")
+        names = ", ".join(str(source) for source in sources)
+        raise DataError(f"{folder}: the slice cache just built cannot be read back; is {names} being changed?")
     return splits
 
 
-def source_fingerprint(root: Path, cache: Path) -> str:
-    """A digest of every file under `root` (but not in `cache`, which may lie inside it):
-    relative path, size, modification time."""
+def source_fingerprint(sources: list[Path], cache: Path) -> str:
+    """A digest of every file of `sources` (files, or folders: every file under them but
+    not in `cache`, which may lie inside): relative path, size, modification time."""
     digest = hashlib.sha256()
     cache = cache.resolve()
-    for path in sorted(root.rglob("*")):
-        if path.is_file() and not path.resolve().is_relative_to(cache):
-            stat = path.stat()
-            digest.update(f"{path.relative_to(root)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    for source in sources:
+        files = sorted(source.rglob("*")) if source.is_dir() else [source]
+        for path in files:
+            if path.is_file() and not path.resolve().is_relative_to(cache):
+                stat = path.stat()
+                name = path.relative_to(source) if source.is_dir() else path.name
+                digest.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()
 
 
-def _key(root: Path, layout: str, size: int | None, channels: int, options: DataConfig) -> str:
-    """The cache folder's name: the dataset and every setting that changes the slices."""
-    settings = [VERSION, str(root.resolve()), layout, size, channels, list(options.hu_window),
+def _key(source: str | list[str], name: str, layout: str, size: int | None, channels: int,
+         options: DataConfig) -> str:
+    """The cache folder's name: the data (`source`) and every setting that changes the slices."""
+    settings = [VERSION, source, layout, size, channels, list(options.hu_window),
                 options.crop_to_lung, options.test_fraction, options.split_seed, options.on_bad_file]
+    if options.lung_threshold is not None:  # appended only when set: caches built without it stay valid
+        settings.append(options.lung_threshold)
     digest = hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:16]
-    return f"{root.resolve().name}-{digest}"
+    return f"{name}-{digest}"
 
 
 def _open(folder: Path, fingerprint: str) -> Splits | None:

@@ -4,6 +4,7 @@ Infection Segmentation Dataset":
     ct_scans/          one volume per patient: .nii / .nii.gz, or a folder of DICOM slices
     infection_mask/    the lesion mask of each volume, matched by name (or metadata.csv)
     lung_mask/         optional: slices without lung are left out; crop_to_lung crops to it
+                       (without it, data.lung_threshold finds the lung: lungs.py)
 
 Axial slices without lesion are normal, slices with lesion anomalous with the lesion as pixel
 truth. Train and test are split by volume (patient), never by slice: training volumes give
@@ -22,6 +23,7 @@ from . import cache
 from .base import SLICE_MARK, DataError, ImageSet, Splits
 from .checks import BadFiles, file_list
 from .images import empty_set, fit_images, fit_masks
+from .lungs import segment_lung
 from .medical import Geometry, is_nifti, read_scan, read_volume, volume_to_uint8
 
 SCANS, LESIONS, LUNGS = "ct_scans", "infection_mask", "lung_mask"
@@ -133,6 +135,9 @@ def read_slices(volume: Volume, size: int, channels: int, options: DataConfig) -
         lung = _read_mask(volume.lung, scan.shape)
         if not lung.any():
             raise DataError(f"its lung mask {volume.lung.name} is empty")
+    elif options.lung_threshold is not None:
+        lung = lung_by_threshold(scan, options.lung_threshold)
+    if lung is not None:
         keep = np.flatnonzero(lung.any(axis=(1, 2)))
         if options.crop_to_lung:
             rows, cols = _bounding_box(lung.any(axis=0))
@@ -152,11 +157,26 @@ def read_slices(volume: Volume, size: int, channels: int, options: DataConfig) -
     return slices
 
 
-def volume_slices(path: Path, size: int, channels: int, hu_window: tuple[float, float]) -> ImageSet:
-    """Every axial slice of one volume, unlabelled (for scoring)."""
+def volume_slices(path: Path, size: int, channels: int, hu_window: tuple[float, float],
+                  lung_threshold: float | None = None) -> ImageSet:
+    """Every axial slice of one volume, unlabelled (for scoring); with `lung_threshold`, with
+    the lung found by it (`lungs.segment_lung`)."""
     scan, geometry = read_scan(path)
     grey, _ = volume_to_uint8(scan, hu_window)
-    return slices_to_set(grey, np.arange(len(grey)), path, geometry, size, channels)
+    slices = slices_to_set(grey, np.arange(len(grey)), path, geometry, size, channels)
+    if lung_threshold is not None:
+        slices.lung = fit_masks(lung_by_threshold(scan, lung_threshold), size)
+    return slices
+
+
+def lung_by_threshold(scan: np.ndarray, threshold: float) -> np.ndarray:
+    """The lung of a scan in HU without a lung mask (data.lung_threshold)."""
+    if scan.min() >= 0 and scan.max() <= 255:  # as volume_to_uint8 tells grey levels from HU
+        raise DataError("values in 0..255, not HU: data.lung_threshold needs HU")
+    lung = segment_lung(scan, threshold)
+    if not lung.any():
+        raise DataError(f"no lung found (no air inside the body below data.lung_threshold={threshold:g} HU)")
+    return lung
 
 
 def slices_to_set(grey: np.ndarray, z: np.ndarray, source: Path, geometry: Geometry, size: int,

@@ -1,5 +1,6 @@
 """Built-in demo data: an MVTec-AD-layout set made from scikit-image's real texture photos
-(no download), with synthetic defects of several kinds and their exact masks.
+(brick, grass, gravel; 512 x 512 grey, shipped with scikit-image, no download), with
+synthetic defects of several kinds and their exact masks.
 
 Training and normal test crops come from different parts of the photo (top rows for
 training, bottom rows for testing), so the test measures generalisation to unseen texture.
@@ -17,7 +18,7 @@ from skimage import draw
 
 from ..files import atomic_save_png
 
-TEXTURES = ("brick", "grass")
+TEXTURES = ("brick", "grass", "gravel")
 DEFECTS = ("scratch", "hole", "stain", "smudge", "foreign")
 TRAIN_ROWS = 0.62  # fraction of the photo's rows used for training crops
 

@@ -1,0 +1,124 @@
+"""Scoring a set chunk by chunk, so that `test` and `predict` need memory for one chunk and
+not for the whole set's anomaly maps: each volume's slices together (its 3-D figures and NIfTI
+files need them all), other images CHUNK_PIXELS at a time. Each chunk's maps go to the metrics
+(`metrics.Evaluation`), the per-image files (`report.ImageFiles`) and the volume's outputs
+(`volumes.volume_result`, `write_volume`) as soon as it is scored, and are dropped.
+
+Every image is scored on its own (tiles, blur and normal levels are per image), so the maps do
+not depend on the chunking; the metrics' histograms do not either (`metrics.PixelHistogram`).
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from .data.base import ImageSet
+from .metrics import Evaluation
+from .outputs import Outputs
+from .report import ImageFiles, MapStore, finish_predictions, finish_test_outputs, write_volume_table
+from .scoring import Scorer
+from .volumes import volume_metrics, volume_names, volume_result, write_volume
+
+CHUNK_PIXELS = 1 << 22  # working-size pixels of 2-D images per chunk (16 MiB per float32 map array)
+LUNG_SCORED = "lung (lung masks or data.lung_threshold, score.lung_only)"  # metrics.json scored_pixels
+
+
+def chunks(images: ImageSet) -> Iterator[tuple[np.ndarray, str | None]]:
+    """(rows, source): each volume's slices in slice order with its source path, then the
+    other images in chunks of at most CHUNK_PIXELS pixels (source None)."""
+    in_volume = np.zeros(len(images), bool)
+    for source, rows in images.volume_rows().items():
+        in_volume[rows] = True
+        yield rows, source
+    rest = np.flatnonzero(~in_volume)
+    step = max(1, CHUNK_PIXELS // max(int(np.prod(images.images.shape[1:3])), 1))
+    for start in range(0, len(rest), step):
+        yield rest[start:start + step], None
+
+
+def score_in_chunks(model: Scorer, images: ImageSet, out, files: ImageFiles, image_threshold: float,
+                    pixel_threshold: float, evaluation: Evaluation | None = None
+                    ) -> tuple[np.ndarray, list[dict], dict]:
+    """Scores `images` chunk by chunk, handing each chunk to `evaluation` (if any), `files`
+    and, for a volume, its row of volumes.csv and its NIfTI files in `out`. Returns the image
+    scores, the volumes' rows and the seconds spent scoring and on metrics (`files.seconds`
+    counts those spent on files, the volumes' included)."""
+    scores = np.zeros(len(images))
+    sources = list(images.volume_rows())
+    names = dict(zip(sources, volume_names(sources)))
+    top_slices = model.config.score.volume_top_slices
+    volumes, seconds = [], {"scoring": 0.0, "metrics": 0.0}
+    clock = time.perf_counter()
+
+    def lap(phase: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        seconds[phase] += now - clock
+        clock = now
+
+    for rows, source in chunks(images):
+        part = images.subset(rows)
+        result = model.score(part)
+        region = model.scoring_region(part)
+        scores[rows] = result.scores
+        lap("scoring")
+        if evaluation is not None:
+            evaluation.add(rows, result.maps, region)
+        volume = None if source is None else volume_result(
+            images, source, names[source], rows, result.scores, result.maps, image_threshold, pixel_threshold,
+            top_slices)
+        lap("metrics")
+        files.add(rows, result.scores, result.maps, [] if volume is None else volume["top_rows"])
+        if volume is not None:
+            started = time.perf_counter()
+            write_volume(out, images, volume, rows, result.maps, pixel_threshold, region)
+            volumes.append(volume)
+            files.seconds += time.perf_counter() - started
+        clock = time.perf_counter()
+    return scores, volumes, seconds
+
+
+def run_test(model: Scorer, test: ImageSet, out: Path, outputs: Outputs, image_threshold: float,
+             pixel_threshold: float, timing: dict | None = None) -> dict:
+    """Everything `funetgan test` writes for a labelled set, chunk by chunk; returns the
+    metrics (`timing`: seconds measured before, to report with the rest)."""
+    evaluation = Evaluation(test, image_threshold, pixel_threshold)
+    store = MapStore(out)
+    files = ImageFiles(out, test, outputs, image_threshold, pixel_threshold, store)
+    try:
+        scores, volumes, seconds = score_in_chunks(model, test, out, files, image_threshold, pixel_threshold,
+                                                   evaluation)
+        started = time.perf_counter()
+        metrics = evaluation.result(scores)
+        whole = model.scoring_region(test) is None
+        metrics["scored_pixels"] = "whole image" if whole else LUNG_SCORED
+        if volumes:
+            metrics["volume"] = volume_metrics(volumes, image_threshold, model.config.score.volume_top_slices)
+        metrics["timing"] = {"images": len(test), "seconds": round(seconds["scoring"], 3),
+                             "images_per_second": round(len(test) / max(seconds["scoring"], 1e-9), 1),
+                             **(timing or {}),
+                             "metrics_seconds": round(seconds["metrics"] + time.perf_counter() - started, 3)}
+        curves = evaluation.curves() if metrics.get("pixel") else None
+        return finish_test_outputs(files, metrics, model.config.to_dict(), volumes, curves)
+    finally:  # after an error too: no more files written, the kept maps gone
+        files.close()
+        store.close()
+
+
+def run_predict(model: Scorer, images: ImageSet, out: Path, outputs: Outputs, image_threshold: float,
+                pixel_threshold: float) -> np.ndarray:
+    """Everything `funetgan predict` writes, chunk by chunk; returns the image scores."""
+    store = MapStore(out)
+    files = ImageFiles(out, images, outputs, image_threshold, pixel_threshold, store)
+    try:
+        scores, volumes, _ = score_in_chunks(model, images, out, files, image_threshold, pixel_threshold)
+        finish_predictions(files)
+    finally:
+        files.close()
+        store.close()
+    if volumes and outputs.scores:
+        write_volume_table(out, volumes)
+    return scores
