@@ -386,13 +386,16 @@ class Evaluation:
     def add(self, rows, maps, region=None) -> None:
         """The anomaly maps of images `rows` of the set (N x S x S), `region` the pixels that
         count (N x S x S bool; None: all)."""
-        counted = self.truth[np.asarray(rows)]
+        rows = np.asarray(rows)
+        counted = self.truth[rows]
         if not counted.any():
             return
-        rows, maps = np.asarray(rows)[counted], np.asarray(maps)[counted]
+        if not counted.all():  # a copy only of a part: `evaluate`'s whole set is taken as it is
+            rows, maps = rows[counted], np.asarray(maps)[counted]
+            region = None if region is None else np.asarray(region)[counted]
+        maps = np.asarray(maps)
         sizes = np.asarray(self.imageset.sizes)[rows]
-        self.tally.add(rows, maps, np.asarray(self.imageset.masks[rows], bool),
-                       None if region is None else np.asarray(region)[counted], self.group[rows],
+        self.tally.add(rows, maps, np.asarray(self.imageset.masks[rows], bool), region, self.group[rows],
                        sizes / maps.shape[1:])
 
     def result(self, scores) -> dict:
