@@ -45,7 +45,8 @@ def test_map_and_image_residual_use_lung_pixels_only():
     residual = np.array([[[1.0, 2.0], [3.0, 4.0]]], np.float32)  # |x - G(E(x))| of one grey 2 x 2 image
     lung = np.array([[[True, False], [True, False]]])
     critic = np.array([[[2.0, 9.0], [4.0, 9.0]]], np.float32)
-    whole = Terms(residual, np.ones_like(residual), critic, np.array([[7.5]]), np.array([[1.0]]))
+    density = np.array([[[1.0, 8.0], [3.0, 8.0]]], np.float32)
+    whole = Terms(residual, np.ones_like(residual), critic, density, np.array([[7.5]]), np.array([[1.0]]))
     terms = restrict(whole, lung)
     assert terms.pixel_residual[0].tolist() == [[1.0, 0.0], [3.0, 0.0]]
     assert terms.pixel_features[0].tolist() == [[1.0, 0.0], [1.0, 0.0]]
@@ -53,6 +54,8 @@ def test_map_and_image_residual_use_lung_pixels_only():
     levels = terms.normal_levels()
     assert levels["pixel_residual"] == pytest.approx(2.0)  # over lung pixels too
     assert (levels["pixel_critic"], levels["pixel_critic_std"]) == pytest.approx((3.0, 1.0))  # of 2 and 4
+    assert levels["pixel_density"] == pytest.approx(2.0)  # of 1 and 3
+    assert terms.pixel_density[0].tolist() == [[1.0, 0.0], [3.0, 0.0]]
     norms = {**dict.fromkeys(("pixel_residual", "pixel_features", "image_residual", "image_features"), 1.0),
              "pixel_critic": 3.0, "pixel_critic_std": 1.0}
     settings = ScoreConfig(kappa=0.0, critic_weight=1.0, blur_sigma=1.0, image_score="max")

@@ -131,7 +131,7 @@ def export_onnx(model, path: str | Path, check_images: ImageSet | np.ndarray | N
 def export_graph(model) -> ExportGraph:
     """The scoring network on float32 CPU copies of E, G and D, with spectral norm folded into
     the weights (in eval mode it is a fixed rescaling; ONNX has no op for its vdot)."""
-    return ExportGraph(ScoringNetwork(*(_plain_copy(net) for net in (model.E, model.G, model.D)))).eval()
+    return ExportGraph(ScoringNetwork(*(_plain_copy(net) for net in (model.E, model.G, model.D, model.density)))).eval()
 
 
 def _plain_copy(net: nn.Module) -> nn.Module:
@@ -186,7 +186,7 @@ def _set_metadata(proto, meta: dict, config: Config) -> None:
         "working_resolution": config.data.resolution or config.model.image_size,
         "image_threshold": calibration["image_threshold"], "pixel_threshold": calibration["pixel_threshold"],
         "normal_levels": json.dumps(calibration["norms"]), "kappa": score.kappa,
-        "critic_weight": score.critic_weight,
+        "critic_weight": score.critic_weight, "density_weight": score.density_weight,
         "blur_sigma": blur_sigma(score, config.model.image_size), "image_score": score.image_score,
         "tile_stride": tile_stride(config), "tile_reduce": score.tile_reduce,
     }
@@ -196,9 +196,10 @@ def _set_metadata(proto, meta: dict, config: Config) -> None:
     proto.producer_name, proto.producer_version = "funetgan", __version__
     proto.doc_string = (
         "F-UNetGAN scoring network. Input 'images': uint8 B x S x S x C tiles (S = image_size). Outputs: "
-        "pixel_residual, pixel_features, pixel_critic (B x S x S), image_residual, image_features (B): the raw "
-        "terms. Anomaly map = blur(pixel_residual / m_pixel_residual + kappa * pixel_features / m_pixel_features"
-        " + critic_weight * (pixel_critic - m_pixel_critic) / pixel_critic_std); "
+        "pixel_residual, pixel_features, pixel_critic, pixel_density (B x S x S), image_residual, image_features "
+        "(B): the raw terms. Anomaly map = blur(pixel_residual / m_pixel_residual + kappa * pixel_features / "
+        "m_pixel_features + critic_weight * (pixel_critic - m_pixel_critic) / pixel_critic_std + density_weight "
+        "* pixel_density / m_pixel_density); "
         "image score (izif) = image_residual / m_image_residual + kappa * image_features / m_image_features; "
         "m_*: normal_levels. funetgan's OnnxScorer (onnxruntime + numpy) does this and the tiling.")
 

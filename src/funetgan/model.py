@@ -6,13 +6,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import checkpoint
-from .config import Config
+from . import checkpoint, tiling
+from .config import Config, tile_stride
 from .data import check_batch, held_out
 from .data.base import ImageSet
 from .export import PARITY_TOLERANCE, export_onnx
 from .files import CHECKPOINT_FILE, MODEL_FILE
 from .nn import Discriminator, Encoder, Generator
+from .nn.density import DensityStatistics, FeatureDensity
 from .nn.residuals import TERM_MAPS, TERM_VALUES, ScoringNetwork
 from .nn.tensors import to_tensor
 from .runtime import Runtime, setup
@@ -40,6 +41,7 @@ class FUNetGAN(Scorer):
             self.D = self.runtime.place(Discriminator(m.image_size, m.channels, m.width, m.variant, m.attn_max_size,
                                                       pixel_head=m.critic_head == "unet", sn=m.d_spectral_norm))
             self.E = self.runtime.place(Encoder(m.image_size, m.channels, m.width, m.z_dim))
+        self.density = self.runtime.place(FeatureDensity(self.D.level_widths))  # set by calibrate
         for net in (self.G, self.D, self.E):
             self.runtime.sync_parameters(net)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.gan.lr_g, betas=cfg.gan.betas)
@@ -96,7 +98,7 @@ class FUNetGAN(Scorer):
     def _score_tiles(self, tiles: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
         """The residual terms of uint8 B x S x S x C tiles, as numpy (a `tiling.TileScorer`)."""
         rt = self.runtime
-        network = ScoringNetwork(self.E, self.G, self.D,
+        network = ScoringNetwork(self.E, self.G, self.D, self.density,
                                  torch.channels_last if rt.channels_last else torch.contiguous_format).eval()
         with rt.autocast():
             terms = [term.float().cpu().numpy() for term in network(rt.prepare(to_tensor(tiles, rt.device)))]
@@ -108,6 +110,7 @@ class FUNetGAN(Scorer):
         normal = val.subset(np.flatnonzero(val.labels == 0))
         if len(normal) == 0:
             raise ValueError("validation data has no normal images to calibrate on")
+        self.fit_density(normal.images)
         self.calibration = {"norms": self.residual_terms(normal.images, region=self.scoring_region(normal)).normal_levels()}
         result = self.score(val)
         q = self.config.score.normal_quantile
@@ -124,6 +127,22 @@ class FUNetGAN(Scorer):
                                           "rule": "f1-optimal" if labelled else f"normal quantile {q}"}
         return self.calibration
 
+    @torch.inference_mode()
+    def fit_density(self, images: np.ndarray) -> None:
+        """D's feature Gaussians (`nn.density`) from normal uint8 `images`, tiled as they are
+        scored. Every pixel counts, also outside a CT scoring region: the density describes
+        what D sees in a normal tile, and its normal level is then taken inside the region."""
+        statistics, rt = DensityStatistics(), self.runtime
+
+        def collect(tiles: np.ndarray) -> dict:
+            with rt.autocast():
+                statistics.add(self.D(rt.prepare(to_tensor(tiles, rt.device))).levels)
+            return {"maps": {}, "values": {}}
+
+        tiling.score_tiled(images, self.config.model.image_size, tile_stride(self.config),
+                           self.config.score.batch_size, collect)
+        statistics.fit(self.density)
+
     # ---- persistence ---------------------------------------------------------------------
     def export(self, path: str | Path, check_images: ImageSet | np.ndarray | None = None,
                tolerance: float | None = None, exporter: str = "torchscript"):
@@ -136,7 +155,7 @@ class FUNetGAN(Scorer):
 
     def _weights(self) -> dict[str, torch.Tensor]:
         tensors = {}
-        for name, net in (("G", self.G), ("D", self.D), ("E", self.E)):
+        for name, net in (("G", self.G), ("D", self.D), ("E", self.E), ("density", self.density)):
             tensors.update(checkpoint.prefixed(name, net.state_dict()))
         return tensors
 
@@ -147,6 +166,9 @@ class FUNetGAN(Scorer):
             except RuntimeError as err:
                 first = str(err).strip().splitlines()[0]
                 raise ValueError(f"{path}: weights do not fit the settings ({first})") from None
+        density = checkpoint.unprefixed("density", tensors)
+        if density:  # files from before the density term have none: it then stays unused
+            self.density.load_state_dict(density)
 
     def save(self, path: str | Path) -> None:
         """Weights, settings and calibration in one safetensors file."""

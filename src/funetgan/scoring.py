@@ -2,7 +2,8 @@
 
 With r = G(E(x)):
   pixel map   A = |x - r| / m_r + kappa * |f_p(x) - f_p(r)| / m_f
-                  + critic_weight * (-D_p(x) - mu_c) / sd_c                 (then Gaussian blur)
+                  + critic_weight * (-D_p(x) - mu_c) / sd_c
+                  + density_weight * d(x) / m_d                              (then Gaussian blur)
   image score s = mse(x, r) / m_i + kappa * mse(f_g(x), f_g(r)) / m_g     ("izif"), or the max /
               top-k mean of A.
 With a scoring region (the lung of CT slices, `score.lung_only`), the pixel terms and the
@@ -13,6 +14,8 @@ dividing by their normal level first makes kappa a relative weight whatever the 
 features happen to have after training (which varies from run to run by orders of magnitude).
 The critic's verdict D_p(x) is a WGAN critic value, of either sign and with no fixed zero, so
 it is standardised instead (mu_c, sd_c: its mean and spread over validation normals' pixels).
+d(x) is how unlike normal images D's features of x are at each pixel (`nn.density`: squared
+Mahalanobis distances to Gaussians of D's features of validation normals, at every depth).
 
 Tiled images (`tiling`) have one izif value per tile; `score.tile_reduce` turns them into one
 per image. Numpy only, so the PyTorch and the ONNX runtime paths share it: `Scorer` is all of
@@ -31,7 +34,7 @@ from . import tiling
 from .config import Config, ScoreConfig, tile_stride, working_size
 from .data.base import ImageSet
 
-MAP_TERMS = ("pixel_residual", "pixel_features", "pixel_critic")  # nn.residuals' TERM_MAPS
+MAP_TERMS = ("pixel_residual", "pixel_features", "pixel_critic", "pixel_density")  # nn.residuals' TERM_MAPS
 VALUE_TERMS = ("image_residual", "image_features")  # and TERM_VALUES (numpy only: no torch here)
 TERMS = (*MAP_TERMS, *VALUE_TERMS)
 
@@ -44,6 +47,7 @@ class Terms:
     pixel_residual: np.ndarray
     pixel_features: np.ndarray
     pixel_critic: np.ndarray
+    pixel_density: np.ndarray
     image_residual: np.ndarray
     image_features: np.ndarray
     region: np.ndarray | None = None  # N x H x W bool: the pixels that count (None: all)
@@ -68,7 +72,8 @@ def restrict(terms: Terms, region: np.ndarray) -> Terms:
     area = np.maximum(inside.reshape(len(inside), -1).sum(1), 1)
     squared = (terms.pixel_residual ** 2 * inside).reshape(len(inside), -1).sum(1, dtype=np.float64)
     return Terms(pixel_residual=terms.pixel_residual * inside, pixel_features=terms.pixel_features * inside,
-                 pixel_critic=terms.pixel_critic * inside, image_residual=(squared / area)[:, None],
+                 pixel_critic=terms.pixel_critic * inside, pixel_density=terms.pixel_density * inside,
+                 image_residual=(squared / area)[:, None],
                  image_features=terms.image_features, region=region)
 
 
@@ -152,6 +157,8 @@ def combine(terms: Terms, norms: dict[str, float], cfg: ScoreConfig, image_size:
         maps = maps + np.float32(cfg.kappa) * scaled("pixel_features").astype(np.float32)
     if cfg.critic_weight:
         maps = maps + np.float32(cfg.critic_weight) * standardised_critic(terms, norms)
+    if cfg.density_weight:
+        maps = maps + np.float32(cfg.density_weight) * density_term(terms, norms)
     maps = gaussian_blur(maps, blur_sigma(cfg, image_size))
     if terms.region is not None:
         maps = maps * terms.region  # the blur spreads values over the region's edge
@@ -175,6 +182,14 @@ def standardised_critic(terms: Terms, norms: dict[str, float]) -> np.ndarray:
     critic = (terms.pixel_critic - norms["pixel_critic"]) / max(norms["pixel_critic_std"], 1e-12)
     critic = critic.astype(np.float32)
     return critic if terms.region is None else critic * terms.region
+
+
+def density_term(terms: Terms, norms: dict[str, float]) -> np.ndarray:
+    """The feature-density term over its normal level."""
+    if "pixel_density" not in norms:
+        raise ValueError("this model was calibrated without the feature-density term (trained by an older "
+                         "funetgan): score it with score.density_weight=0, or train it again")
+    return (terms.pixel_density / max(norms["pixel_density"], 1e-12)).astype(np.float32)
 
 
 def blur_sigma(cfg: ScoreConfig, image_size: int) -> float:

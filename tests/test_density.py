@@ -1,0 +1,93 @@
+"""The feature-density term (nn.density): hand-computed Mahalanobis values, statistics equal
+to numpy's, the mean over depths, calibration, persistence and the scoring weight."""
+import numpy as np
+import pytest
+import torch
+
+from conftest import random_images, tiny_config
+from funetgan.config import ScoreConfig, apply_overrides
+from funetgan.model import FUNetGAN
+from funetgan.nn.density import SHRINKAGE, DensityStatistics, FeatureDensity, LevelGaussian
+from funetgan.scoring import Terms, combine
+
+
+def test_a_level_gives_the_squared_mahalanobis_distance_over_the_channels():
+    gaussian = LevelGaussian(2)
+    gaussian.mean.copy_(torch.tensor([1.0, 0.0]))
+    gaussian.precision.copy_(torch.tensor([[1.0, 0.0], [0.0, 4.0]]))
+    features = torch.tensor([1.0, 2.0]).reshape(1, 2, 1, 1).repeat(1, 1, 2, 3)
+    # ((1 - 1)^2 * 1 + (2 - 0)^2 * 4) / 2 channels = 8 at every pixel
+    assert torch.equal(gaussian(features), torch.full((1, 2, 3), 8.0))
+    gaussian.precision.copy_(torch.tensor([[1.0, 0.5], [0.5, 1.0]]))  # cross terms: 2 * 0.5 * 0 * 2
+    assert gaussian(features)[0, 0, 0].item() == pytest.approx(2.0)  # (0 + 0 + 4) / 2
+
+
+def test_statistics_are_the_mean_and_shrunk_covariance_of_all_pixels():
+    rng = np.random.default_rng(0)
+    scale, shift = np.array([1.0, 3.0])[:, None, None], np.array([5.0, -1.0])[:, None, None]
+    batches = [torch.tensor(rng.normal(size=(3, 2, 4, 4)) * scale + shift, dtype=torch.float32)  # B x C x h x w
+               for _ in range(2)]
+    statistics = DensityStatistics()
+    for batch in batches:
+        statistics.add((batch,))
+    density = statistics.fit(FeatureDensity([2]))
+    rows = np.concatenate([b.permute(0, 2, 3, 1).reshape(-1, 2).numpy() for b in batches]).astype(np.float64)
+    covariance = np.cov(rows, rowvar=False, bias=True)
+    covariance += SHRINKAGE * np.trace(covariance) / 2 * np.eye(2)
+    np.testing.assert_allclose(density.levels[0].mean.numpy(), rows.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(density.levels[0].precision.numpy(), np.linalg.inv(covariance), rtol=1e-4)
+    # Over the pixels it was fitted on, the term's mean is trace(precision @ covariance) / C:
+    # 1 / (1 + shrinkage) per channel for independent channels of equal spread, here near it.
+    mean_term = torch.cat([density.levels[0](b).flatten() for b in batches]).mean().item()
+    unshrunk = np.cov(rows, rowvar=False, bias=True)
+    assert mean_term == pytest.approx(np.trace(np.linalg.inv(covariance) @ unshrunk) / 2, rel=1e-4)
+
+
+def test_depths_are_up_sampled_and_averaged():
+    density = FeatureDensity([1, 1])  # standard normal: the term is the squared feature
+    coarse, fine = torch.full((1, 1, 2, 2), 2.0), torch.full((1, 1, 4, 4), 1.0)
+    assert torch.allclose(density((coarse, fine), 4), torch.full((1, 4, 4), 2.5))  # (4 + 1) / 2
+
+
+def test_statistics_need_every_depth():
+    statistics = DensityStatistics()
+    statistics.add((torch.zeros(1, 2, 2, 2),))
+    with pytest.raises(ValueError, match="every depth"):
+        statistics.fit(FeatureDensity([2, 3]))
+
+
+@pytest.fixture(scope="module")
+def trained():
+    torch.set_num_threads(1)
+    images = random_images(12, seed=3)
+    config = apply_overrides(tiny_config(), ["score.density_weight=1.0"])
+    return FUNetGAN(config).fit(images), images
+
+
+def test_calibration_fits_the_density_and_its_normal_level(trained):
+    model, images = trained
+    assert not torch.equal(model.density.levels[0].precision, torch.eye(len(model.density.levels[0].mean)))
+    assert 0 < model.calibration["norms"]["pixel_density"] < 2  # ~1 on the normals it was fitted on
+    terms = model.residual_terms(images.images)
+    assert terms.pixel_density.shape == terms.pixel_residual.shape and (terms.pixel_density >= 0).all()
+
+
+def test_the_density_is_saved_with_the_weights(trained, tmp_path):
+    model, images = trained
+    model.save(tmp_path / "model.safetensors")
+    loaded = FUNetGAN.load(tmp_path / "model.safetensors")
+    np.testing.assert_allclose(loaded.score(images).maps, model.score(images).maps, rtol=1e-6, atol=1e-6)
+
+
+def test_the_weight_adds_the_term_over_its_normal_level():
+    ones = np.ones((1, 2, 2), np.float32)
+    terms = Terms(pixel_residual=ones, pixel_features=ones * 0, pixel_critic=ones * 0,
+                  pixel_density=np.array([[[2.0, 4.0], [0.0, 2.0]]], np.float32),
+                  image_residual=np.ones((1, 1)), image_features=np.ones((1, 1)))
+    norms = {"pixel_residual": 1.0, "pixel_features": 1.0, "pixel_density": 2.0,
+             "image_residual": 1.0, "image_features": 1.0}
+    _, maps = combine(terms, norms, ScoreConfig(kappa=0.0, density_weight=0.5, blur_sigma=0.0), 2)
+    assert maps[0].tolist() == [[1.5, 2.0], [1.0, 1.5]]  # 1 + 0.5 * density / 2
+    del norms["pixel_density"]  # calibrated by an older funetgan
+    with pytest.raises(ValueError, match="density_weight=0"):
+        combine(terms, norms, ScoreConfig(density_weight=1.0), 2)
