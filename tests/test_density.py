@@ -1,5 +1,5 @@
 """The feature-density term (nn.density): hand-computed Mahalanobis values, statistics equal
-to numpy's, the mean over depths, calibration, persistence and the scoring weight."""
+to numpy's, up-sampling, calibration, persistence and the scoring weight."""
 import numpy as np
 import pytest
 import torch
@@ -7,19 +7,27 @@ import torch
 from conftest import random_images, tiny_config
 from funetgan.config import ScoreConfig, apply_overrides
 from funetgan.model import FUNetGAN
-from funetgan.nn.density import SHRINKAGE, DensityStatistics, FeatureDensity, LevelGaussian
+from funetgan.nn.density import SHRINKAGE, DensityStatistics, FeatureDensity
 from funetgan.scoring import Terms, combine
 
 
-def test_a_level_gives_the_squared_mahalanobis_distance_over_the_channels():
-    gaussian = LevelGaussian(2)
-    gaussian.mean.copy_(torch.tensor([1.0, 0.0]))
-    gaussian.precision.copy_(torch.tensor([[1.0, 0.0], [0.0, 4.0]]))
-    features = torch.tensor([1.0, 2.0]).reshape(1, 2, 1, 1).repeat(1, 1, 2, 3)
-    # ((1 - 1)^2 * 1 + (2 - 0)^2 * 4) / 2 channels = 8 at every pixel
-    assert torch.equal(gaussian(features), torch.full((1, 2, 3), 8.0))
-    gaussian.precision.copy_(torch.tensor([[1.0, 0.5], [0.5, 1.0]]))  # cross terms: 2 * 0.5 * 0 * 2
-    assert gaussian(features)[0, 0, 0].item() == pytest.approx(2.0)  # (0 + 0 + 4) / 2
+def test_the_term_is_the_squared_mahalanobis_distance_over_the_channels():
+    density = FeatureDensity(2)
+    density.mean.copy_(torch.tensor([1.0, 0.0]))
+    density.precision.copy_(torch.tensor([[1.0, 0.0], [0.0, 4.0]]))
+    features = torch.tensor([1.0, 2.0]).reshape(1, 2, 1, 1).repeat(1, 1, 2, 2)
+    # ((1 - 1)^2 * 1 + (2 - 0)^2 * 4) / 2 channels = 8 at every location
+    assert torch.equal(density(features, 2), torch.full((1, 2, 2), 8.0))
+    density.precision.copy_(torch.tensor([[1.0, 3.0], [3.0, 1.0]]))  # cross terms: 2 * 3 * 0 * 2
+    assert density(features, 2)[0, 0, 0].item() == pytest.approx(2.0)  # (0 + 0 + 4) / 2
+
+
+def test_the_term_is_up_sampled_bilinearly_to_the_tile():
+    density = FeatureDensity(1)  # standard normal: the term is the squared feature
+    features = torch.tensor([[[[1.0, 2.0], [1.0, 2.0]]]])  # 1 x 1 x 2 x 2: squares 1 and 4
+    term = density(features, 4)
+    assert term.shape == (1, 4, 4)
+    assert term[0, 0].tolist() == [1.0, 1.75, 3.25, 4.0]  # 1 + 3 * (0, 1/4, 3/4, 1), edges clamped
 
 
 def test_statistics_are_the_mean_and_shrunk_covariance_of_all_pixels():
@@ -29,31 +37,23 @@ def test_statistics_are_the_mean_and_shrunk_covariance_of_all_pixels():
                for _ in range(2)]
     statistics = DensityStatistics()
     for batch in batches:
-        statistics.add((batch,))
-    density = statistics.fit(FeatureDensity([2]))
+        statistics.add(batch)
+    density = statistics.fit(FeatureDensity(2))
     rows = np.concatenate([b.permute(0, 2, 3, 1).reshape(-1, 2).numpy() for b in batches]).astype(np.float64)
     covariance = np.cov(rows, rowvar=False, bias=True)
     covariance += SHRINKAGE * np.trace(covariance) / 2 * np.eye(2)
-    np.testing.assert_allclose(density.levels[0].mean.numpy(), rows.mean(0), rtol=1e-5)
-    np.testing.assert_allclose(density.levels[0].precision.numpy(), np.linalg.inv(covariance), rtol=1e-4)
+    np.testing.assert_allclose(density.mean.numpy(), rows.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(density.precision.numpy(), np.linalg.inv(covariance), rtol=1e-4)
     # Over the pixels it was fitted on, the term's mean is trace(precision @ covariance) / C:
     # 1 / (1 + shrinkage) per channel for independent channels of equal spread, here near it.
-    mean_term = torch.cat([density.levels[0](b).flatten() for b in batches]).mean().item()
+    mean_term = torch.cat([density(b, 4).flatten() for b in batches]).mean().item()
     unshrunk = np.cov(rows, rowvar=False, bias=True)
     assert mean_term == pytest.approx(np.trace(np.linalg.inv(covariance) @ unshrunk) / 2, rel=1e-4)
 
 
-def test_depths_are_up_sampled_and_averaged():
-    density = FeatureDensity([1, 1])  # standard normal: the term is the squared feature
-    coarse, fine = torch.full((1, 1, 2, 2), 2.0), torch.full((1, 1, 4, 4), 1.0)
-    assert torch.allclose(density((coarse, fine), 4), torch.full((1, 4, 4), 2.5))  # (4 + 1) / 2
-
-
-def test_statistics_need_every_depth():
-    statistics = DensityStatistics()
-    statistics.add((torch.zeros(1, 2, 2, 2),))
-    with pytest.raises(ValueError, match="every depth"):
-        statistics.fit(FeatureDensity([2, 3]))
+def test_statistics_need_features():
+    with pytest.raises(ValueError, match="no normal features"):
+        DensityStatistics().fit(FeatureDensity(2))
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +66,7 @@ def trained():
 
 def test_calibration_fits_the_density_and_its_normal_level(trained):
     model, images = trained
-    assert not torch.equal(model.density.levels[0].precision, torch.eye(len(model.density.levels[0].mean)))
+    assert not torch.equal(model.density.precision, torch.eye(len(model.density.mean)))
     assert 0 < model.calibration["norms"]["pixel_density"] < 2  # ~1 on the normals it was fitted on
     terms = model.residual_terms(images.images)
     assert terms.pixel_density.shape == terms.pixel_residual.shape and (terms.pixel_density >= 0).all()

@@ -71,6 +71,13 @@ def test_any_batch_size_gives_the_same_terms(trained, exported):
     np.testing.assert_allclose(one.image_features, five.image_features, rtol=1e-5, atol=1e-9)
 
 
+def test_the_feature_density_is_in_the_graph(trained, exported):
+    model, images = trained
+    ours, theirs = OnnxScorer.load(exported[0]).residual_terms(images.images), model.residual_terms(images.images)
+    assert theirs.pixel_density.max() > 0
+    np.testing.assert_allclose(ours.pixel_density, theirs.pixel_density, rtol=1e-4, atol=1e-4 * theirs.pixel_density.max())
+
+
 def test_the_model_still_scores_after_export(trained, exported):
     model, images = trained  # export folds spectral norm into copies, never into the model
     assert np.isfinite(model.score(images).scores).all()

@@ -86,8 +86,8 @@ class ScoreConfig:
     # Weight of the critic's standardised per-pixel verdict -D_p(x) in the map (0: off; a
     # global-only critic has none). See README, "Localisation" benchmark, for its effect.
     critic_weight: float = 0.0
-    # Weight of the feature-density term (nn/density.py: how unlike validation normals D's
-    # features are at each pixel) in the map. See README, "Localisation" benchmark.
+    # Weight of the feature-density term in the map (nn/density.py: how unlike validation
+    # normals' D's bottleneck features are at each location). README, "Localisation".
     density_weight: float = 0.0
     image_score: str = "izif"  # "izif" (f-AnoGAN mse terms), "max" or "topk" of the pixel map
     topk_fraction: float = 0.01

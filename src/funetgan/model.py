@@ -41,7 +41,7 @@ class FUNetGAN(Scorer):
             self.D = self.runtime.place(Discriminator(m.image_size, m.channels, m.width, m.variant, m.attn_max_size,
                                                       pixel_head=m.critic_head == "unet", sn=m.d_spectral_norm))
             self.E = self.runtime.place(Encoder(m.image_size, m.channels, m.width, m.z_dim))
-        self.density = self.runtime.place(FeatureDensity(self.D.level_widths))  # set by calibrate
+        self.density = self.runtime.place(FeatureDensity(self.D.bottleneck_width))  # set by calibrate
         for net in (self.G, self.D, self.E):
             self.runtime.sync_parameters(net)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.gan.lr_g, betas=cfg.gan.betas)
@@ -129,14 +129,15 @@ class FUNetGAN(Scorer):
 
     @torch.inference_mode()
     def fit_density(self, images: np.ndarray) -> None:
-        """D's feature Gaussians (`nn.density`) from normal uint8 `images`, tiled as they are
-        scored. Every pixel counts, also outside a CT scoring region: the density describes
-        what D sees in a normal tile, and its normal level is then taken inside the region."""
+        """The Gaussian of D's bottleneck features (`nn.density`) over normal uint8 `images`,
+        tiled as they are scored. Every location counts, also outside a CT scoring region: the
+        density describes what D sees in a normal tile; its normal level is then taken inside
+        the region."""
         statistics, rt = DensityStatistics(), self.runtime
 
         def collect(tiles: np.ndarray) -> dict:
             with rt.autocast():
-                statistics.add(self.D(rt.prepare(to_tensor(tiles, rt.device))).levels)
+                statistics.add(self.D(rt.prepare(to_tensor(tiles, rt.device))).f_g)
             return {"maps": {}, "values": {}}
 
         tiling.score_tiled(images, self.config.model.image_size, tile_stride(self.config),

@@ -14,8 +14,8 @@ dividing by their normal level first makes kappa a relative weight whatever the 
 features happen to have after training (which varies from run to run by orders of magnitude).
 The critic's verdict D_p(x) is a WGAN critic value, of either sign and with no fixed zero, so
 it is standardised instead (mu_c, sd_c: its mean and spread over validation normals' pixels).
-d(x) is how unlike normal images D's features of x are at each pixel (`nn.density`: squared
-Mahalanobis distances to Gaussians of D's features of validation normals, at every depth).
+d(x) is how unlike normal images D's bottleneck features of x are (`nn.density`: the squared
+Mahalanobis distance to a Gaussian of validation normals' features, up-sampled to pixels).
 
 Tiled images (`tiling`) have one izif value per tile; `score.tile_reduce` turns them into one
 per image. Numpy only, so the PyTorch and the ONNX runtime paths share it: `Scorer` is all of

@@ -17,7 +17,6 @@ class CriticOutput(NamedTuple):
     pixel: torch.Tensor | None  # B x 1 x S x S: per-pixel critic map D_p (None: global-only critic)
     f_g: torch.Tensor  # B x C x 4 x 4: bottleneck features after the activation, before the head
     f_p: torch.Tensor | None  # B x ch x S x S: last decoder features, before the 1x1 output conv
-    levels: tuple[torch.Tensor, ...] = ()  # every block's output, encoder then decoder (nn.density)
 
 
 class Discriminator(nn.Module):
@@ -54,9 +53,9 @@ class Discriminator(nn.Module):
             self.pixel_out = conv(w[image_size], 1, 1, sn=sn)
 
     @property
-    def level_widths(self) -> list[int]:
-        """Channels of each block's output, in the order of `CriticOutput.levels`."""
-        return [block.conv2.out_channels for block in (*self.encoder, *(self.decoder or ()))]
+    def bottleneck_width(self) -> int:
+        """Channels of f_g."""
+        return self.global_head.in_features
 
     def forward(self, x: torch.Tensor) -> CriticOutput:
         skips, h = [], x
@@ -66,14 +65,12 @@ class Discriminator(nn.Module):
         f_g = self.act(h)
         score = self.global_head(f_g.sum((2, 3))).squeeze(1)
         if self.decoder is None:
-            return CriticOutput(score, None, f_g, None, tuple(skips))
-        levels = list(skips)
+            return CriticOutput(score, None, f_g, None)
         skips = skips[-2::-1]  # encoder outputs from 8x8 up to S/2, deepest first
         for i, block in enumerate(self.decoder):
             h = F.interpolate(h, scale_factor=2, mode="nearest")
             h = block(torch.cat([h, skips[i]], 1) if i < len(skips) else h)
-            levels.append(h)
-        return CriticOutput(score, self.pixel_out(self.act(h)), f_g, h, tuple(levels))
+        return CriticOutput(score, self.pixel_out(self.act(h)), f_g, h)
 
 
 def _sizes_between(low: int, high: int) -> list[int]:

@@ -31,8 +31,8 @@ def residual_terms(x: torch.Tensor, recon: torch.Tensor, out_x: CriticOutput,
 
 class ScoringNetwork(nn.Module):
     """x (float B x C x S x S in [-1, 1]) -> r = G(E(x)) -> the residual terms of x and r,
-    and the density term of D's features of x (`nn.density`; meaningless until calibration
-    has fitted it, and then used only by a calibration that has its normal level)."""
+    and the density term of D's bottleneck features of x (`nn.density`; meaningless until
+    calibration has fitted it, and then used only by a calibration that has its normal level)."""
 
     def __init__(self, encoder: nn.Module, generator: nn.Module, critic: nn.Module, density: FeatureDensity,
                  memory_format: torch.memory_format = torch.contiguous_format):
@@ -44,5 +44,5 @@ class ScoringNetwork(nn.Module):
         recon = self.G(self.E(x)).contiguous(memory_format=self.memory_format)
         out_x = self.D(x)
         terms = residual_terms(x.float(), recon.float(), out_x, self.D(recon))
-        density = self.density(out_x.levels, x.shape[-1]).float()
+        density = self.density(out_x.f_g, x.shape[-1]).float()
         return (*terms[:len(TERM_MAPS) - 1], density, *terms[len(TERM_MAPS) - 1:])
