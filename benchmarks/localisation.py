@@ -12,11 +12,13 @@ quarter size); `--split selection` (data seed 1) is where scoring settings are c
 `--split report` (data seed 0) is what the README reports. Models: the demo's settings
 (`funetgan.cli.DEMO_SETTINGS`, 32x32x1 networks, the CPU recipe) with `--resolution`
 (working resolution: 32-px patches and tiles; "whole" resizes crops to 32 px); f-AnoGAN is
-the same recipe with the ordinary global ResNet critic and no consistency term. Pixel
-metrics at the crops' own resolution. Every run also reports the same networks under the
-scoring settings of ALTERNATIVES (one pass of the networks), among them the critic's
-per-pixel verdict D_p(x) in the map (`score.critic_weight`); for the baseline, whose critic
-has no per-pixel head, those rows equal its default.
+the same recipe with the ordinary global ResNet critic and no consistency term. The baseline scores
+as published (residual maps only: `score.density_weight=0`). Pixel metrics at the crops' own
+resolution. Every run also reports the same networks under the scoring settings of
+ALTERNATIVES (one pass of the networks): the feature-density term at several weights (for the
+baseline, on its own critic's bottleneck), and the margin table is printed a second time
+against the baseline given the default's density weight, which says how much of the margin
+the U-Net critic itself brings.
 """
 from __future__ import annotations
 
@@ -36,38 +38,32 @@ from funetgan.data.demo import TEXTURES
 
 MODELS = {
     "F-UNetGAN": [],  # the library's defaults: res_attn U-Net critic, consistency term
-    "f-AnoGAN": ["model.variant=res", "model.critic_head=global", "gan.consistency=none"],
+    "f-AnoGAN": ["model.variant=res", "model.critic_head=global", "gan.consistency=none", "score.density_weight=0"],
 }
 # Targets of issue 10: the default's margin over the baseline, and absolute levels.
 MARGIN = {"pixel_auroc": 0.02, "aupro": 0.03}
 ABSOLUTE = {"brick": {"pixel_auroc": 0.97, "image_auroc": 0.95}, "grass": {"pixel_auroc": 0.92, "image_auroc": 0.85}}
 ALTERNATIVES = {
-    "kappa 0 (residual map)": {"kappa": 0.0},
-    "kappa 2": {"kappa": 2.0},
-    "kappa 4": {"kappa": 4.0},
-    "critic 0.5": {"critic_weight": 0.5},
-    "critic 1": {"critic_weight": 1.0},
-    "critic 2": {"critic_weight": 2.0},
-    "critic 1, kappa 0": {"critic_weight": 1.0, "kappa": 0.0},
-    "critic 1, top 1% of map as image score": {"critic_weight": 1.0, "image_score": "topk"},
-    "critic 4, kappa 0": {"critic_weight": 4.0, "kappa": 0.0},
-    "top 1% of map as image score": {"image_score": "topk"},
+    "density 0 (residual maps only)": {"density_weight": 0.0},
+    **{f"density {w:g}": {"density_weight": w} for w in (1.0, 2.0, 4.0, 8.0)},
+    "density 2, kappa 0": {"density_weight": 2.0, "kappa": 0.0},
+    "density 2, top 1% of map as image score": {"density_weight": 2.0, "image_score": "topk"},
 }
 
 
 def preview_writer(folder: str | None):
     """A `run_crop_group` look-hook writing, per run, a strip of test crops with defects (rows:
-    crop, true mask, default map, critic-only map), or None without --previews."""
+    crop, true mask, default map, density-only map), or None without --previews."""
     if folder is None:
         return None
 
     def write(name: str, seed: int, model, terms, truth) -> None:
         rows = np.flatnonzero(truth.labels == 1)[::12][:8]  # a crop of each defect kind
-        critic = dataclasses.replace(model.config.score, kappa=0.0, critic_weight=1.0)
-        only_critic = dataclasses.replace(terms, pixel_residual=np.zeros_like(terms.pixel_residual))
+        density = dataclasses.replace(model.config.score, kappa=0.0, density_weight=1.0)
+        only_density = dataclasses.replace(terms, pixel_residual=np.zeros_like(terms.pixel_residual))
         size = truth.images.shape[1:3]
         strips = [truth.images[rows, ..., 0].astype(np.float32), truth.masks[rows].astype(np.float32) * 255]
-        for settings, source in ((None, terms), (critic, only_critic)):
+        for settings, source in ((None, terms), (density, only_density)):
             maps = at_resolution(model.scores_from_terms(source, settings).maps[rows], size)
             low, high = np.percentile(maps, [1, 99])
             strips.append(np.clip((maps - low) / max(high - low, 1e-12), 0, 1) * 255)
@@ -78,12 +74,17 @@ def preview_writer(folder: str | None):
     return write
 
 
-def comparison(groups: dict, texture: str, models: list[str]) -> list[str] | None:
+def comparison(groups: dict, texture: str, models: list[str], scoring: str | None = None) -> list[str] | None:
     """Margin of the first model over the second on `texture` (pixel AUROC, AUPRO), and
-    whether the seed ranges (min..max) are apart and the targets met."""
+    whether the seed ranges (min..max) are apart and the targets met; with `scoring` (an
+    ALTERNATIVES name), the second model's figures under that scoring setting."""
     if len(models) < 2 or any(f"{texture} {m}" not in groups for m in models[:2]):
         return None
     first, second = (groups[f"{texture} {m}"]["runs"] for m in models[:2])
+    if scoring is not None:
+        second = [run["scoring_alternatives"][scoring] for run in second if scoring in run["scoring_alternatives"]]
+        if not second:
+            return None
     cells = [texture]
     for key, margin in MARGIN.items():
         ours, theirs = [r[key] for r in first], [r[key] for r in second]
@@ -107,11 +108,21 @@ def print_tables(groups: dict, textures: list[str], models: list[str]) -> None:
                   mean_std(s["small_defects_pixel_auroc"]), fmt(s["train_minutes"]["mean"], 1),
                   str(s["image_auroc"]["n"]), absolute(name.split()[0], s)]
                  for name, s in ((name, g["summary"]) for name, g in groups.items())]))
-    rows = [row for row in (comparison(groups, t, models) for t in textures) if row]
-    if rows:
-        print(f"\n{models[0]} minus {models[1]} (target: >= {MARGIN['pixel_auroc']} pixel AUROC and "
-              f">= {MARGIN['aupro']} AUPRO, seed ranges apart)")
-        print(table(["texture", "pixel AUROC", "apart", "met", "AUPRO", "apart", "met"], rows))
+    for scoring in (None, same_density(groups, models[0])):
+        rows = [row for row in (comparison(groups, t, models, scoring) for t in textures) if row]
+        if rows:
+            against = models[1] if scoring is None else f"{models[1]} scored with '{scoring}'"
+            print(f"\n{models[0]} minus {against} (target: >= {MARGIN['pixel_auroc']} pixel AUROC and "
+                  f">= {MARGIN['aupro']} AUPRO, seed ranges apart)")
+            print(table(["texture", "pixel AUROC", "apart", "met", "AUPRO", "apart", "met"], rows))
+
+
+def same_density(groups: dict, model: str) -> str | None:
+    """The ALTERNATIVES name of `model`'s density weight, when it has one and it is not 0."""
+    weights = {run["settings"]["score"].get("density_weight", 0.0) for name, group in groups.items()
+               if name.endswith(f" {model}") for run in group["runs"]}
+    name = f"density {weights.pop():g}" if len(weights) == 1 else None
+    return name if name in ALTERNATIVES else None
 
 
 def show(paths: list[str]) -> int:
@@ -147,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="train nothing: print the tables of earlier results files together (e.g. one "
                              "per model, run side by side)")
     parser.add_argument("--previews", help="folder for a PNG per run: defective test crops, their "
-                                                      "masks, the default map and the critic-only map")
+                                                      "masks, the default map and the density-only map")
     args = parse(parser, argv)
     if args.show:
         return show(args.show)

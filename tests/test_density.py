@@ -1,5 +1,7 @@
 """The feature-density term (nn.density): hand-computed Mahalanobis values, statistics equal
 to numpy's, up-sampling, calibration, persistence and the scoring weight."""
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -77,6 +79,21 @@ def test_the_density_is_saved_with_the_weights(trained, tmp_path):
     model.save(tmp_path / "model.safetensors")
     loaded = FUNetGAN.load(tmp_path / "model.safetensors")
     np.testing.assert_allclose(loaded.score(images).maps, model.score(images).maps, rtol=1e-6, atol=1e-6)
+
+
+def test_a_run_calibrated_before_the_density_term_is_scored_as_it_was(trained, tmp_path):
+    model, images = trained
+    old = FUNetGAN(tiny_config())  # a file of that time: no density norm (its settings then had no weight)
+    assert old.config.score.density_weight > 0
+    old.G, old.D, old.E = model.G, model.D, model.E
+    old.calibration = {**model.calibration, "norms": {k: v for k, v in model.calibration["norms"].items()
+                                                      if k != "pixel_density"}}
+    old.save(tmp_path / "old.safetensors")
+    loaded = FUNetGAN.load(tmp_path / "old.safetensors")
+    assert loaded.config.score.density_weight == 0
+    residual_only = dataclasses.replace(model.config.score, density_weight=0.0)
+    expected = model.scores_from_terms(model.residual_terms(images.images), residual_only)
+    np.testing.assert_allclose(loaded.score(images).maps, expected.maps, rtol=1e-6, atol=1e-6)
 
 
 def test_the_weight_adds_the_term_over_its_normal_level():

@@ -57,7 +57,7 @@ def test_map_and_image_residual_use_lung_pixels_only():
     assert levels["pixel_density"] == pytest.approx(2.0)  # of 1 and 3
     assert terms.pixel_density[0].tolist() == [[1.0, 0.0], [3.0, 0.0]]
     norms = {**dict.fromkeys(("pixel_residual", "pixel_features", "image_residual", "image_features"), 1.0),
-             "pixel_critic": 3.0, "pixel_critic_std": 1.0}
+             "pixel_critic": 3.0, "pixel_critic_std": 1.0, "pixel_density": 2.0}
     settings = ScoreConfig(kappa=0.0, critic_weight=1.0, blur_sigma=1.0, image_score="max")
     scores, maps = combine(terms, norms, settings, 2)
     assert np.abs(maps[0, :, 1]).sum() == 0 and (maps[0, :, 0] > 0).all()  # 0 outside after the blur

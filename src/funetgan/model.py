@@ -191,6 +191,9 @@ class FUNetGAN(Scorer):
         model = cls(config)
         model._load_weights(tensors, path)
         model.calibration = meta.get("calibration") or {}
+        if "pixel_density" not in model.calibration.get("norms", {"pixel_density": None}):
+            # A run from before the density term was calibrated without it: score it as it was.
+            model.config.score.density_weight = 0.0
         model.state.update(stage="done", completed=meta.get("training", {}))
         return model
 
