@@ -129,8 +129,9 @@ def export_onnx(model, path: str | Path, check_images: ImageSet | np.ndarray | N
 
 
 def export_graph(model) -> ExportGraph:
-    """The scoring network on float32 CPU copies of E, G and D, with spectral norm folded into
-    the weights (in eval mode it is a fixed rescaling; ONNX has no op for its vdot)."""
+    """The scoring network on float32 CPU copies of E, G, D and the feature density, with
+    spectral norm folded into the weights (in eval mode it is a fixed rescaling; ONNX has no
+    op for its vdot)."""
     return ExportGraph(ScoringNetwork(*(_plain_copy(net) for net in (model.E, model.G, model.D, model.density)))).eval()
 
 
