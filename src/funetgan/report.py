@@ -203,6 +203,7 @@ class ImageFiles:
         self.names = output_names(imageset.paths)
         self.scores, self.fraction = np.zeros(n), np.zeros(n)
         self.masks_written = np.zeros(n, bool)
+        self.has_truth = pixel_truth(imageset)
         self.heat = PixelHistogram()
         self.rankings = _rankings(outputs)
         self.top: list[np.ndarray] = [np.zeros(0, int) for _ in self.rankings]
@@ -280,7 +281,7 @@ class ImageFiles:
     def _write_overlay(self, row: int, anomaly_map: np.ndarray, color_max: float) -> None:
         (self.out / "overlays").mkdir(exist_ok=True)
         images = self.imageset
-        truth = images.masks[row] if pixel_truth(images)[row] else None
+        truth = images.masks[row] if self.has_truth[row] else None
         atomic_save_png(self.out / "overlays" / f"{self.names[row]}.png",
                         overlay(images.images[row], anomaly_map, self.pixel_threshold, color_max, truth), 1)
 
