@@ -24,7 +24,7 @@ from .base import SLICE_MARK, DataError, ImageSet, Splits
 from .checks import BadFiles, file_list
 from .images import empty_set, fit_images, fit_masks
 from .lungs import segment_lung
-from .medical import Geometry, is_nifti, read_scan, read_volume, volume_to_uint8
+from .medical import Geometry, is_grey_levels, is_nifti, read_scan, read_volume, volume_to_uint8
 
 SCANS, LESIONS, LUNGS = "ct_scans", "infection_mask", "lung_mask"
 METADATA = "metadata.csv"  # the Kaggle copy names scans and masks differently and maps them here
@@ -171,7 +171,7 @@ def volume_slices(path: Path, size: int, channels: int, hu_window: tuple[float, 
 
 def lung_by_threshold(scan: np.ndarray, threshold: float) -> np.ndarray:
     """The lung of a scan in HU without a lung mask (data.lung_threshold)."""
-    if scan.min() >= 0 and scan.max() <= 255:  # as volume_to_uint8 tells grey levels from HU
+    if is_grey_levels(scan):
         raise DataError("values in 0..255, not HU: data.lung_threshold needs HU")
     lung = segment_lung(scan, threshold)
     if not lung.any():

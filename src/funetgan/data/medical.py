@@ -202,11 +202,16 @@ def _slice_position(dataset) -> float:
     return float(dataset.get("InstanceNumber", 0))
 
 
+def is_grey_levels(volume: np.ndarray) -> bool:
+    """Whether a CT volume holds grey levels rather than HU: all its values lie in 0..255
+    (some public sets, e.g. the Radiopaedia cases of the COVID-19 CT segmentation set, were
+    converted from JPEG); real HU volumes always hold air at about -1000."""
+    return bool(volume.min() >= 0 and volume.max() <= 255)
+
+
 def volume_to_uint8(volume: np.ndarray, hu_window: tuple[float, float]) -> tuple[np.ndarray, bool]:
-    """CT volume -> (uint8 volume, whether it was in HU). Volumes whose values all lie in
-    0..255 are taken as grey levels already (some public sets, e.g. the Radiopaedia cases of
-    the COVID-19 CT segmentation set, were converted from JPEG): real HU volumes always
-    hold air at about -1000."""
-    if volume.min() >= 0 and volume.max() <= 255:
+    """CT volume -> (uint8 volume, whether it was in HU); grey levels (`is_grey_levels`) are
+    taken as they are."""
+    if is_grey_levels(volume):
         return np.rint(volume).astype(np.uint8), False
     return window(volume, *hu_window), True
