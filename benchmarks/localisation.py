@@ -13,12 +13,12 @@ quarter size); `--split selection` (data seed 1) is where scoring settings are c
 (`funetgan.cli.DEMO_SETTINGS`, 32x32x1 networks, the CPU recipe) with `--resolution`
 (working resolution: 32-px patches and tiles; "whole" resizes crops to 32 px); f-AnoGAN is
 the same recipe with the ordinary global ResNet critic and no consistency term. The baseline scores
-as published (residual maps only: `score.density_weight=0`). Pixel metrics at the crops' own
-resolution. Every run also reports the same networks under the scoring settings of
-ALTERNATIVES (one pass of the networks): the feature-density term at several weights (for the
-baseline, on its own critic's bottleneck), and the margin table is printed a second time
-against the baseline given the default's density weight, which says how much of the margin
-the U-Net critic itself brings.
+as published (residual maps only: `score.density_weight=0`, `score.smoothness_weight=0`).
+Pixel metrics at the crops' own resolution. Every run also reports the same networks under the
+scoring settings of ALTERNATIVES (one pass of the networks): the feature-density and the
+smoothness terms at several weights (for the baseline, the density on its own critic's
+bottleneck), and the margin table is printed a second time against the baseline given the
+default's map terms, which says how much of the margin the U-Net critic itself brings.
 """
 from __future__ import annotations
 
@@ -38,32 +38,39 @@ from funetgan.data.demo import TEXTURES
 
 MODELS = {
     "F-UNetGAN": [],  # the library's defaults: res_attn U-Net critic, consistency term
-    "f-AnoGAN": ["model.variant=res", "model.critic_head=global", "gan.consistency=none", "score.density_weight=0"],
+    "f-AnoGAN": ["model.variant=res", "model.critic_head=global", "gan.consistency=none", "score.density_weight=0",
+                 "score.smoothness_weight=0"],
 }
 # Targets of issue 10: the default's margin over the baseline, and absolute levels.
 MARGIN = {"pixel_auroc": 0.02, "aupro": 0.03}
 ABSOLUTE = {"brick": {"pixel_auroc": 0.97, "image_auroc": 0.95}, "grass": {"pixel_auroc": 0.92, "image_auroc": 0.85}}
 ALTERNATIVES = {
-    "density 0 (residual maps only)": {"density_weight": 0.0},
-    **{f"density {w:g}": {"density_weight": w} for w in (1.0, 2.0, 4.0, 8.0)},
-    "density 2, kappa 0": {"density_weight": 2.0, "kappa": 0.0},
-    "density 2, top 1% of map as image score": {"density_weight": 2.0, "image_score": "topk"},
+    "density 0, smoothness 0 (residual maps only)": {"density_weight": 0.0, "smoothness_weight": 0.0},
+    **{f"density {w:g}, smoothness 0": {"density_weight": w, "smoothness_weight": 0.0} for w in (1.0, 2.0)},
+    **{f"density 1, smoothness {w:g}": {"density_weight": 1.0, "smoothness_weight": w} for w in (1.0, 2.0, 4.0)},
+    "density 0, smoothness 2": {"density_weight": 0.0, "smoothness_weight": 2.0},
+    "density 2, smoothness 2": {"density_weight": 2.0, "smoothness_weight": 2.0},
+    "density 1, smoothness 2, kappa 0": {"density_weight": 1.0, "smoothness_weight": 2.0, "kappa": 0.0},
+    "density 1, smoothness 2, top 1% of map as image score": {"density_weight": 1.0, "smoothness_weight": 2.0,
+                                                               "image_score": "topk"},
 }
 
 
 def preview_writer(folder: str | None):
     """A `run_crop_group` look-hook writing, per run, a strip of test crops with defects (rows:
-    crop, true mask, default map, density-only map), or None without --previews."""
+    crop, true mask, default map, density-only map, smoothness-only map), or None without
+    --previews."""
     if folder is None:
         return None
 
     def write(name: str, seed: int, model, terms, truth) -> None:
         rows = np.flatnonzero(truth.labels == 1)[::12][:8]  # a crop of each defect kind
-        density = dataclasses.replace(model.config.score, kappa=0.0, density_weight=1.0)
-        only_density = dataclasses.replace(terms, pixel_residual=np.zeros_like(terms.pixel_residual))
+        alone = dataclasses.replace(terms, pixel_residual=np.zeros_like(terms.pixel_residual))
+        density, smoothness = (dataclasses.replace(model.config.score, kappa=0.0, density_weight=d, smoothness_weight=s)
+                               for d, s in ((1.0, 0.0), (0.0, 1.0)))
         size = truth.images.shape[1:3]
         strips = [truth.images[rows, ..., 0].astype(np.float32), truth.masks[rows].astype(np.float32) * 255]
-        for settings, source in ((None, terms), (density, only_density)):
+        for settings, source in ((None, terms), (density, alone), (smoothness, alone)):
             maps = at_resolution(model.scores_from_terms(source, settings).maps[rows], size)
             low, high = np.percentile(maps, [1, 99])
             strips.append(np.clip((maps - low) / max(high - low, 1e-12), 0, 1) * 255)
@@ -108,7 +115,7 @@ def print_tables(groups: dict, textures: list[str], models: list[str]) -> None:
                   mean_std(s["small_defects_pixel_auroc"]), fmt(s["train_minutes"]["mean"], 1),
                   str(s["image_auroc"]["n"]), absolute(name.split()[0], s)]
                  for name, s in ((name, g["summary"]) for name, g in groups.items())]))
-    for scoring in (None, same_density(groups, models[0])):
+    for scoring in (None, same_map(groups, models[0])):
         rows = [row for row in (comparison(groups, t, models, scoring) for t in textures) if row]
         if rows:
             against = models[1] if scoring is None else f"{models[1]} scored with '{scoring}'"
@@ -117,11 +124,12 @@ def print_tables(groups: dict, textures: list[str], models: list[str]) -> None:
             print(table(["texture", "pixel AUROC", "apart", "met", "AUPRO", "apart", "met"], rows))
 
 
-def same_density(groups: dict, model: str) -> str | None:
-    """The ALTERNATIVES name of `model`'s density weight, when it has one and it is not 0."""
-    weights = {run["settings"]["score"].get("density_weight", 0.0) for name, group in groups.items()
-               if name.endswith(f" {model}") for run in group["runs"]}
-    name = f"density {weights.pop():g}" if len(weights) == 1 else None
+def same_map(groups: dict, model: str) -> str | None:
+    """The ALTERNATIVES name of `model`'s map weights (density and smoothness), when all its
+    runs share them, they are not both 0 and ALTERNATIVES has them."""
+    weights = {(run["settings"]["score"].get("density_weight", 0.0), run["settings"]["score"].get("smoothness_weight", 0.0))
+               for name, group in groups.items() if name.endswith(f" {model}") for run in group["runs"]}
+    name = "density {:g}, smoothness {:g}".format(*weights.pop()) if len(weights) == 1 else None
     return name if name in ALTERNATIVES else None
 
 
@@ -158,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="train nothing: print the tables of earlier results files together (e.g. one "
                              "per model, run side by side)")
     parser.add_argument("--previews", help="folder for a PNG per run: defective test crops, their "
-                                                      "masks, the default map and the density-only map")
+                                                      "masks, the default map, the density-only and the smoothness-only map")
     args = parse(parser, argv)
     if args.show:
         return show(args.show)

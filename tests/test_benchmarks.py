@@ -179,11 +179,11 @@ def test_localisation(script, tmp_path, capsys):
         assert_unit(run_["pixel_auroc"], run_["aupro"], *(v for a in run_["scoring_alternatives"].values()
                                                           for v in a.values()))
     # the baseline scores as published: its residual maps only
-    assert baseline[0]["settings"]["score"]["density_weight"] == 0
-    assert baseline[0]["scoring_alternatives"]["density 0 (residual maps only)"] == {
+    assert baseline[0]["settings"]["score"]["density_weight"] == baseline[0]["settings"]["score"]["smoothness_weight"] == 0
+    assert baseline[0]["scoring_alternatives"]["density 0, smoothness 0 (residual maps only)"] == {
         k: baseline[0][k] for k in ("image_auroc", "pixel_auroc", "aupro")}
     out = capsys.readouterr().out
-    assert "F-UNetGAN minus f-AnoGAN" in out and "gravel" in out and "density 2, kappa 0" in out
+    assert "F-UNetGAN minus f-AnoGAN" in out and "gravel" in out and "density 1, smoothness 2, kappa 0" in out
     # the same tables from two results files, one per model (as when they run side by side)
     ours_file, theirs_file = tmp_path / "ours.json", tmp_path / "theirs.json"
     for name, target in (("F-UNetGAN", ours_file), ("f-AnoGAN", theirs_file)):
@@ -192,8 +192,8 @@ def test_localisation(script, tmp_path, capsys):
         document["results"]["groups"] = {f"gravel {name}": document["results"]["groups"][f"gravel {name}"]}
         target.write_text(json.dumps(document))
     assert localisation.main(["--show", str(ours_file), str(theirs_file)]) == 0
-    out = capsys.readouterr().out  # the margin, then the margin against the baseline given the density term
-    assert out.count("F-UNetGAN minus f-AnoGAN") == 2 and "minus f-AnoGAN scored with 'density 2'" in out
+    out = capsys.readouterr().out  # the margin, then the margin against the baseline given the default's map terms
+    assert out.count("F-UNetGAN minus f-AnoGAN") == 2 and "minus f-AnoGAN scored with 'density 1, smoothness 2'" in out
 
 
 @pytest.mark.slow

@@ -61,6 +61,7 @@ def test_metadata_holds_settings_calibration_and_parity(trained, exported):
     flat = onnxruntime.InferenceSession(str(path)).get_modelmeta().custom_metadata_map
     assert float(flat["image_threshold"]) == pytest.approx(model.image_threshold)
     assert flat["image_size"] == "32" and flat["channels"] == "1" and "kappa" in flat
+    assert float(flat["smoothness_weight"]) == model.config.score.smoothness_weight
 
 
 def test_any_batch_size_gives_the_same_terms(trained, exported):
@@ -76,6 +77,12 @@ def test_the_feature_density_is_in_the_graph(trained, exported):
     ours, theirs = OnnxScorer.load(exported[0]).residual_terms(images.images), model.residual_terms(images.images)
     assert theirs.pixel_density.max() > 0
     np.testing.assert_allclose(ours.pixel_density, theirs.pixel_density, rtol=1e-4, atol=1e-4 * theirs.pixel_density.max())
+
+
+def test_the_onnx_scorer_computes_the_local_contrast_as_pytorch_does(trained, exported):
+    model, images = trained  # numpy on the images on both sides (scoring.local_contrast)
+    ours, theirs = OnnxScorer.load(exported[0]).residual_terms(images.images), model.residual_terms(images.images)
+    assert theirs.pixel_contrast.max() > 0 and np.array_equal(ours.pixel_contrast, theirs.pixel_contrast)
 
 
 def test_the_model_still_scores_after_export(trained, exported):

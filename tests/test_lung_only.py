@@ -46,7 +46,9 @@ def test_map_and_image_residual_use_lung_pixels_only():
     lung = np.array([[[True, False], [True, False]]])
     critic = np.array([[[2.0, 9.0], [4.0, 9.0]]], np.float32)
     density = np.array([[[1.0, 8.0], [3.0, 8.0]]], np.float32)
-    whole = Terms(residual, np.ones_like(residual), critic, density, np.array([[7.5]]), np.array([[1.0]]))
+    contrast = np.array([[[0.0, 5.0], [1.0, 5.0]]], np.float32)
+    whole = Terms(residual, np.ones_like(residual), critic, density, np.array([[7.5]]), np.array([[1.0]]),
+                  pixel_contrast=contrast)
     terms = restrict(whole, lung)
     assert terms.pixel_residual[0].tolist() == [[1.0, 0.0], [3.0, 0.0]]
     assert terms.pixel_features[0].tolist() == [[1.0, 0.0], [1.0, 0.0]]
@@ -57,7 +59,8 @@ def test_map_and_image_residual_use_lung_pixels_only():
     assert levels["pixel_density"] == pytest.approx(2.0)  # of 1 and 3
     assert terms.pixel_density[0].tolist() == [[1.0, 0.0], [3.0, 0.0]]
     norms = {**dict.fromkeys(("pixel_residual", "pixel_features", "image_residual", "image_features"), 1.0),
-             "pixel_critic": 3.0, "pixel_critic_std": 1.0, "pixel_density": 2.0}
+             "pixel_critic": 3.0, "pixel_critic_std": 1.0, "pixel_density": 2.0,
+             "pixel_contrast": 2.0, "pixel_contrast_std": 1.0}  # smoothness 2 and 1 in the lung, 0 outside
     settings = ScoreConfig(kappa=0.0, critic_weight=1.0, blur_sigma=1.0, image_score="max")
     scores, maps = combine(terms, norms, settings, 2)
     assert np.abs(maps[0, :, 1]).sum() == 0 and (maps[0, :, 0] > 0).all()  # 0 outside after the blur

@@ -61,7 +61,7 @@ def test_combine_normalises_terms_by_their_normal_level():
     terms = Terms(np.full((1, 4, 4), 2.0), np.full((1, 4, 4), 30.0), np.zeros((1, 4, 4)), np.zeros((1, 4, 4)),
                   np.array([[0.5]]), np.array([[6.0]]))
     norms = {"pixel_residual": 1.0, "pixel_features": 10.0, "image_residual": 0.25, "image_features": 3.0}
-    cfg = ScoreConfig(kappa=0.5, blur_sigma=0.0, density_weight=0.0)
+    cfg = ScoreConfig(kappa=0.5, blur_sigma=0.0, density_weight=0.0, smoothness_weight=0.0)
     scores, maps = combine(terms, norms, cfg, 4)
     np.testing.assert_allclose(maps, np.full((1, 4, 4), 2.0 + 0.5 * 3.0))
     assert scores.item() == pytest.approx(2.0 + 0.5 * 2.0)
@@ -77,10 +77,10 @@ def test_critic_term_is_standardised_by_its_normal_mean_and_spread():
     assert levels["pixel_critic"] == pytest.approx(1.0)  # mean of 3, 1, -1, 1
     assert levels["pixel_critic_std"] == pytest.approx(2 ** 0.5)  # sqrt((4 + 0 + 4 + 0) / 4)
     norms = {**levels, "pixel_residual": 2.0}
-    _, maps = combine(terms, norms, ScoreConfig(kappa=0.0, critic_weight=0.5, blur_sigma=0.0, density_weight=0.0), 2)
+    _, maps = combine(terms, norms, ScoreConfig(kappa=0.0, critic_weight=0.5, blur_sigma=0.0, density_weight=0.0, smoothness_weight=0.0), 2)
     expected = 0.5 + 0.5 * (critic - 1.0) / 2 ** 0.5
     np.testing.assert_allclose(maps, expected, rtol=1e-6)
-    without = combine(terms, norms, ScoreConfig(kappa=0.0, blur_sigma=0.0, density_weight=0.0), 2)[1]
+    without = combine(terms, norms, ScoreConfig(kappa=0.0, blur_sigma=0.0, density_weight=0.0, smoothness_weight=0.0), 2)[1]
     np.testing.assert_allclose(without, np.full((1, 2, 2), 0.5))  # weight 0: the term is off
 
 
@@ -95,7 +95,7 @@ def test_tile_values_reduce_to_one_image_score_by_max_or_mean():
     tiles = np.array([[1.0, 3.0, 2.0]])  # one image, three tiles
     terms = zeros_terms(np.zeros((1, 4, 4)), tiles)
     norms = {"pixel_residual": 1.0, "pixel_features": 1.0, "image_residual": 1.0, "image_features": 1.0}
-    cfg = ScoreConfig(kappa=0.0, blur_sigma=0.0, density_weight=0.0)
+    cfg = ScoreConfig(kappa=0.0, blur_sigma=0.0, density_weight=0.0, smoothness_weight=0.0)
     assert combine(terms, norms, cfg, 4)[0].item() == 3.0
     cfg.tile_reduce = "mean"
     assert combine(terms, norms, cfg, 4)[0].item() == 2.0
@@ -104,7 +104,7 @@ def test_tile_values_reduce_to_one_image_score_by_max_or_mean():
 def test_topk_score_is_the_mean_of_the_largest_values():
     maps = np.arange(100.0).reshape(1, 10, 10)
     terms = zeros_terms(maps, np.zeros((1, 1)))
-    cfg = ScoreConfig(kappa=0.0, blur_sigma=0.0, image_score="topk", topk_fraction=0.05, density_weight=0.0)
+    cfg = ScoreConfig(kappa=0.0, blur_sigma=0.0, image_score="topk", topk_fraction=0.05, density_weight=0.0, smoothness_weight=0.0)
     norms = {k: 1.0 for k in ("pixel_residual", "pixel_features", "image_residual", "image_features")}
     assert combine(terms, norms, cfg, 10)[0].item() == pytest.approx(np.mean([95, 96, 97, 98, 99]))
 

@@ -87,10 +87,17 @@ class ScoreConfig:
     # global-only critic has none). See README, "Localisation" benchmark, for its effect.
     critic_weight: float = 0.0
     # Weight of the feature-density term in the map (nn/density.py: how unlike validation
-    # normals' D's bottleneck features are at each location). 2 was chosen on the selection
-    # split: it raised pixel AUROC and AUPRO on grass and gravel by 0.09-0.22 and cost brick
-    # 0.05 AUPRO (README, "Localisation"). 0: residual maps only, as METHOD.md.
-    density_weight: float = 2.0
+    # normals' D's bottleneck features are at each location). With the smoothness term
+    # beside it, 1 beat 2 on all three selection textures (pixel AUROC and AUPRO; README,
+    # "Localisation"). 0: residual maps only, as METHOD.md.
+    density_weight: float = 1.0
+    # Weight of the smoothness term: how far below validation normals' local contrast (the
+    # standard deviation in a 5 x 5 window of the image itself) each pixel's is, in their
+    # spreads (scoring.smoothness_term): a smooth defect on a stochastic texture is rebuilt
+    # well by G and missed by the residual. 2 was chosen on the selection split: it raised
+    # pixel AUROC / AUPRO on grass and gravel by 0.1-0.2 and cost brick little (README,
+    # "Localisation"). 0: off.
+    smoothness_weight: float = 2.0
     image_score: str = "izif"  # "izif" (f-AnoGAN mse terms), "max" or "topk" of the pixel map
     topk_fraction: float = 0.01
     blur_sigma: float | None = None  # pixels at model size; None: 4 px at 128, scaled with size

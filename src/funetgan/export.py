@@ -188,6 +188,7 @@ def _set_metadata(proto, meta: dict, config: Config) -> None:
         "image_threshold": calibration["image_threshold"], "pixel_threshold": calibration["pixel_threshold"],
         "normal_levels": json.dumps(calibration["norms"]), "kappa": score.kappa,
         "critic_weight": score.critic_weight, "density_weight": score.density_weight,
+        "smoothness_weight": score.smoothness_weight,
         "blur_sigma": blur_sigma(score, config.model.image_size), "image_score": score.image_score,
         "tile_stride": tile_stride(config), "tile_reduce": score.tile_reduce,
     }
@@ -200,7 +201,8 @@ def _set_metadata(proto, meta: dict, config: Config) -> None:
         "pixel_residual, pixel_features, pixel_critic, pixel_density (B x S x S), image_residual, image_features "
         "(B): the raw terms. Anomaly map = blur(pixel_residual / m_pixel_residual + kappa * pixel_features / "
         "m_pixel_features + critic_weight * (pixel_critic - m_pixel_critic) / pixel_critic_std + density_weight "
-        "* pixel_density / m_pixel_density); "
+        "* pixel_density / m_pixel_density + smoothness_weight * max(m_pixel_contrast - c, 0) / pixel_contrast_std, "
+        "c: the standard deviation of the image's pixels in a 5 x 5 window, from the images, not the graph); "
         "image score (izif) = image_residual / m_image_residual + kappa * image_features / m_image_features; "
         "m_*: normal_levels. funetgan's OnnxScorer (onnxruntime + numpy) does this and the tiling.")
 

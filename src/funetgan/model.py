@@ -17,7 +17,7 @@ from .nn.density import DensityStatistics, FeatureDensity
 from .nn.residuals import TERM_MAPS, TERM_VALUES, ScoringNetwork
 from .nn.tensors import to_tensor
 from .runtime import Runtime, setup
-from .scoring import Scorer, Scores  # noqa: F401  (Scores: also importable from here)
+from .scoring import Scorer, Scores, without_uncalibrated_terms  # noqa: F401  (Scores: also importable from here)
 from .thresholds import calibrate_image_threshold, calibrate_pixel_threshold
 from .train import Trainer, WeightAverage
 
@@ -191,9 +191,8 @@ class FUNetGAN(Scorer):
         model = cls(config)
         model._load_weights(tensors, path)
         model.calibration = meta.get("calibration") or {}
-        if "pixel_density" not in model.calibration.get("norms", {"pixel_density": None}):
-            # A run from before the density term was calibrated without it: score it as it was.
-            model.config.score.density_weight = 0.0
+        if model.calibration:
+            without_uncalibrated_terms(model.config.score, model.calibration.get("norms", {}))
         model.state.update(stage="done", completed=meta.get("training", {}))
         return model
 

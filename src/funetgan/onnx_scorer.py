@@ -20,7 +20,7 @@ import numpy as np
 
 from .config import Config
 from .data.checks import MissingDependency
-from .scoring import MAP_TERMS, VALUE_TERMS, Scorer
+from .scoring import MAP_TERMS, VALUE_TERMS, Scorer, without_uncalibrated_terms
 
 META_KEY = "funetgan"  # metadata entry holding settings, calibration and parity as JSON
 FORMAT = 3  # version of what the graph computes and of META_KEY's content (2: + pixel_critic, 3: + pixel_density)
@@ -44,6 +44,7 @@ class OnnxScorer(Scorer):
         self.source = source
         self.config = Config.from_dict(meta["config"])
         self.calibration = meta["calibration"]
+        without_uncalibrated_terms(self.config.score, self.calibration["norms"])
         self.training = meta.get("training", {})
         self.parity = meta.get("parity", {})
         names = [output.name for output in session.get_outputs()]

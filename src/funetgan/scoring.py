@@ -3,7 +3,8 @@
 With r = G(E(x)):
   pixel map   A = |x - r| / m_r + kappa * |f_p(x) - f_p(r)| / m_f
                   + critic_weight * (-D_p(x) - mu_c) / sd_c
-                  + density_weight * d(x) / m_d                              (then Gaussian blur)
+                  + density_weight * d(x) / m_d
+                  + smoothness_weight * max(mu_l - l(x), 0) / sd_l               (then Gaussian blur)
   image score s = mse(x, r) / m_i + kappa * mse(f_g(x), f_g(r)) / m_g     ("izif"), or the max /
               top-k mean of A.
 With a scoring region (the lung of CT slices, `score.lung_only`), the pixel terms and the
@@ -16,6 +17,10 @@ The critic's verdict D_p(x) is a WGAN critic value, of either sign and with no f
 it is standardised instead (mu_c, sd_c: its mean and spread over validation normals' pixels).
 d(x) is how unlike normal images D's bottleneck features of x are (`nn.density`: the squared
 Mahalanobis distance to a Gaussian of validation normals' features, up-sampled to pixels).
+l(x) is the local contrast of x itself (the standard deviation of its pixels in a 5 x 5
+window; no network): where it falls below normal images' (mu_l, sd_l: its mean and spread over
+validation normals' pixels), the texture is smoother than normal, which is what a smudge or a
+flat foreign object on a stochastic texture looks like, and what G rebuilds all too well.
 
 Tiled images (`tiling`) have one izif value per tile; `score.tile_reduce` turns them into one
 per image. Numpy only, so the PyTorch and the ONNX runtime paths share it: `Scorer` is all of
@@ -51,16 +56,20 @@ class Terms:
     image_residual: np.ndarray
     image_features: np.ndarray
     region: np.ndarray | None = None  # N x H x W bool: the pixels that count (None: all)
+    pixel_contrast: np.ndarray | None = None  # N x H x W: `local_contrast` of the images (None: not computed)
 
     def normal_levels(self) -> dict[str, float]:
-        """Mean of each term, and the critic's standard deviation ("pixel_critic_std"); pixel
-        terms over the region's pixels only (they are 0 outside it)."""
+        """Mean of each term, and the standard deviations of the critic's verdict and the
+        local contrast ("pixel_critic_std", "pixel_contrast_std"); pixel terms over the
+        region's pixels only (they are 0 outside it)."""
         pixels = self.pixel_residual.size if self.region is None else max(int(self.region.sum()), 1)
         levels = {name: float(np.mean(getattr(self, name), dtype=np.float64)) for name in VALUE_TERMS}
-        for name in MAP_TERMS:
+        spread = ("pixel_critic",) if self.pixel_contrast is None else ("pixel_critic", "pixel_contrast")
+        for name in (*MAP_TERMS, *spread[1:]):
             levels[name] = float(getattr(self, name).sum(dtype=np.float64) / pixels)
-        square = float(np.square(self.pixel_critic, dtype=np.float64).sum() / pixels)
-        levels["pixel_critic_std"] = math.sqrt(max(square - levels["pixel_critic"] ** 2, 0.0))
+        for name in spread:
+            square = float(np.square(getattr(self, name), dtype=np.float64).sum() / pixels)
+            levels[f"{name}_std"] = math.sqrt(max(square - levels[name] ** 2, 0.0))
         return levels
 
 
@@ -74,7 +83,8 @@ def restrict(terms: Terms, region: np.ndarray) -> Terms:
     return Terms(pixel_residual=terms.pixel_residual * inside, pixel_features=terms.pixel_features * inside,
                  pixel_critic=terms.pixel_critic * inside, pixel_density=terms.pixel_density * inside,
                  image_residual=(squared / area)[:, None],
-                 image_features=terms.image_features, region=region)
+                 image_features=terms.image_features, region=region,
+                 pixel_contrast=None if terms.pixel_contrast is None else terms.pixel_contrast * inside)
 
 
 @dataclass
@@ -103,7 +113,7 @@ class Scorer:
         `region` (N x H x W bool): the pixels that count (see `scoring_region`)."""
         maps, values = tiling.score_tiled(images, self.config.model.image_size, tile_stride(self.config),
                                           batch_size or self.config.score.batch_size, self._score_tiles)
-        terms = Terms(**maps, **values)
+        terms = Terms(**maps, **values, pixel_contrast=local_contrast(images))
         return terms if region is None else restrict(terms, region)
 
     def scoring_region(self, images: ImageSet) -> np.ndarray | None:
@@ -159,6 +169,8 @@ def combine(terms: Terms, norms: dict[str, float], cfg: ScoreConfig, image_size:
         maps = maps + np.float32(cfg.critic_weight) * standardised_critic(terms, norms)
     if cfg.density_weight:
         maps = maps + np.float32(cfg.density_weight) * density_term(terms, norms)
+    if cfg.smoothness_weight:
+        maps = maps + np.float32(cfg.smoothness_weight) * smoothness_term(terms, norms)
     maps = gaussian_blur(maps, blur_sigma(cfg, image_size))
     if terms.region is not None:
         maps = maps * terms.region  # the blur spreads values over the region's edge
@@ -172,6 +184,19 @@ def combine(terms: Terms, norms: dict[str, float], cfg: ScoreConfig, image_size:
         k = max(1, round(cfg.topk_fraction * flat.shape[1]))
         scores = np.partition(flat, flat.shape[1] - k, axis=1)[:, -k:].mean(1, dtype=np.float64)
     return scores.astype(np.float64), maps
+
+
+# Map terms added after the first release, each with the normal level its calibration needs:
+# a run calibrated before a term existed has no level for it and is scored without it.
+LATER_TERMS = {"density_weight": "pixel_density", "smoothness_weight": "pixel_contrast_std"}
+
+
+def without_uncalibrated_terms(cfg: ScoreConfig, norms: dict[str, float]) -> None:
+    """Set to 0 the weight of each map term whose normal level `norms` lacks (a run
+    calibrated by an older funetgan), so it scores as it did when it was calibrated."""
+    for weight, level in LATER_TERMS.items():
+        if level not in norms:
+            setattr(cfg, weight, 0.0)
 
 
 def standardised_critic(terms: Terms, norms: dict[str, float]) -> np.ndarray:
@@ -190,6 +215,30 @@ def density_term(terms: Terms, norms: dict[str, float]) -> np.ndarray:
         raise ValueError("this model was calibrated without the feature-density term (trained by an older "
                          "funetgan): score it with score.density_weight=0, or train it again")
     return (terms.pixel_density / max(norms["pixel_density"], 1e-12)).astype(np.float32)
+
+
+def smoothness_term(terms: Terms, norms: dict[str, float]) -> np.ndarray:
+    """max(mu_l - l(x), 0) / sd_l: how far below normal images' local contrast each pixel's
+    is, in their spreads; 0 outside the scoring region."""
+    if "pixel_contrast_std" not in norms:
+        raise ValueError("this model was calibrated without the local contrast's normal level (trained by an older "
+                         "funetgan): score it with score.smoothness_weight=0, or train it again")
+    if terms.pixel_contrast is None:
+        raise ValueError("score.smoothness_weight needs the local contrast of the images (Terms.pixel_contrast)")
+    smoother = (norms["pixel_contrast"] - terms.pixel_contrast) / max(norms["pixel_contrast_std"], 1e-12)
+    smoother = np.maximum(smoother, 0).astype(np.float32)
+    return smoother if terms.region is None else smoother * terms.region
+
+
+def local_contrast(images: np.ndarray, window: int = 5) -> np.ndarray:
+    """N x H x W float32: the standard deviation of uint8 N x H x W x C `images`' pixels (on
+    the networks' [-1, 1] scale, channels averaged) in a `window` x `window` neighbourhood,
+    mirrored at the edges."""
+    x = images.astype(np.float32) / np.float32(127.5) - np.float32(1)
+    size = (1, window, window, 1)
+    mean = ndimage.uniform_filter(x, size, mode="mirror")
+    variance = ndimage.uniform_filter(x * x, size, mode="mirror") - mean * mean
+    return np.sqrt(np.maximum(variance, 0)).mean(3)
 
 
 def blur_sigma(cfg: ScoreConfig, image_size: int) -> float:
