@@ -64,12 +64,15 @@ class Terms:
         region's pixels only (they are 0 outside it)."""
         pixels = self.pixel_residual.size if self.region is None else max(int(self.region.sum()), 1)
         levels = {name: float(np.mean(getattr(self, name), dtype=np.float64)) for name in VALUE_TERMS}
-        spread = ("pixel_critic",) if self.pixel_contrast is None else ("pixel_critic", "pixel_contrast")
-        for name in (*MAP_TERMS, *spread[1:]):
-            levels[name] = float(getattr(self, name).sum(dtype=np.float64) / pixels)
-        for name in spread:
-            square = float(np.square(getattr(self, name), dtype=np.float64).sum() / pixels)
-            levels[f"{name}_std"] = math.sqrt(max(square - levels[name] ** 2, 0.0))
+        maps = {name: getattr(self, name) for name in MAP_TERMS}
+        if self.pixel_contrast is not None:
+            maps["pixel_contrast"] = self.pixel_contrast
+        for name, values in maps.items():
+            levels[name] = float(values.sum(dtype=np.float64) / pixels)
+        for name in ("pixel_critic", "pixel_contrast"):  # the terms standardised by their spread
+            if name in maps:
+                square = float(np.square(maps[name], dtype=np.float64).sum() / pixels)
+                levels[f"{name}_std"] = math.sqrt(max(square - levels[name] ** 2, 0.0))
         return levels
 
 
