@@ -1,6 +1,7 @@
 """ONNX export: the checks it makes, parity with PyTorch (whole images and tiles, any batch
 size), scoring with onnxruntime alone, and the command line."""
 import csv
+import dataclasses
 import json
 import subprocess
 import sys
@@ -83,6 +84,24 @@ def test_the_onnx_scorer_computes_the_local_contrast_as_pytorch_does(trained, ex
     model, images = trained  # numpy on the images on both sides (scoring.local_contrast)
     ours, theirs = OnnxScorer.load(exported[0]).residual_terms(images.images), model.residual_terms(images.images)
     assert theirs.pixel_contrast.max() > 0 and np.array_equal(ours.pixel_contrast, theirs.pixel_contrast)
+
+
+def test_a_file_calibrated_before_the_smoothness_term_is_scored_without_it(trained, exported, tmp_path):
+    import onnx
+    from funetgan.onnx_scorer import META_KEY
+    model, images = trained
+    proto = onnx.load(str(exported[0]))
+    entry = next(e for e in proto.metadata_props if e.key == META_KEY)
+    meta = json.loads(entry.value)
+    meta["calibration"]["norms"] = {k: v for k, v in meta["calibration"]["norms"].items()
+                                    if not k.startswith("pixel_contrast")}  # as exported before the term
+    entry.value = json.dumps(meta)
+    onnx.save(proto, str(tmp_path / "old.onnx"))
+    old = OnnxScorer.load(tmp_path / "old.onnx")
+    assert model.config.score.smoothness_weight > 0 and old.config.score.smoothness_weight == 0
+    expected = model.scores_from_terms(model.residual_terms(images.images),
+                                       dataclasses.replace(model.config.score, smoothness_weight=0.0))
+    np.testing.assert_allclose(old.score(images).maps, expected.maps, rtol=1e-4, atol=1e-4 * np.abs(expected.maps).max())
 
 
 def test_the_model_still_scores_after_export(trained, exported):
