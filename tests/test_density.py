@@ -100,7 +100,7 @@ def test_the_weight_adds_the_term_over_its_normal_level():
     ones = np.ones((1, 2, 2), np.float32)
     terms = Terms(pixel_residual=ones, pixel_features=ones * 0, pixel_critic=ones * 0,
                   pixel_density=np.array([[[2.0, 4.0], [0.0, 2.0]]], np.float32),
-                  image_residual=np.ones((1, 1)), image_features=np.ones((1, 1)))
+                  image_residual=np.ones((1, 1)), image_features=np.ones((1, 1)), pixel_contrast=ones * 0)
     norms = {"pixel_residual": 1.0, "pixel_features": 1.0, "pixel_density": 2.0,
              "image_residual": 1.0, "image_features": 1.0}
     _, maps = combine(terms, norms, ScoreConfig(kappa=0.0, density_weight=0.5, smoothness_weight=0.0, blur_sigma=0.0), 2)

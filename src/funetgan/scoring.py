@@ -55,8 +55,8 @@ class Terms:
     pixel_density: np.ndarray
     image_residual: np.ndarray
     image_features: np.ndarray
+    pixel_contrast: np.ndarray  # N x H x W: `local_contrast` of the images themselves (no network)
     region: np.ndarray | None = None  # N x H x W bool: the pixels that count (None: all)
-    pixel_contrast: np.ndarray | None = None  # N x H x W: `local_contrast` of the images (None: not computed)
 
     def normal_levels(self) -> dict[str, float]:
         """Mean of each term, and the standard deviations of the critic's verdict and the
@@ -64,15 +64,11 @@ class Terms:
         region's pixels only (they are 0 outside it)."""
         pixels = self.pixel_residual.size if self.region is None else max(int(self.region.sum()), 1)
         levels = {name: float(np.mean(getattr(self, name), dtype=np.float64)) for name in VALUE_TERMS}
-        maps = {name: getattr(self, name) for name in MAP_TERMS}
-        if self.pixel_contrast is not None:
-            maps["pixel_contrast"] = self.pixel_contrast
-        for name, values in maps.items():
-            levels[name] = float(values.sum(dtype=np.float64) / pixels)
+        for name in (*MAP_TERMS, "pixel_contrast"):
+            levels[name] = float(getattr(self, name).sum(dtype=np.float64) / pixels)
         for name in ("pixel_critic", "pixel_contrast"):  # the terms standardised by their spread
-            if name in maps:
-                square = float(np.square(maps[name], dtype=np.float64).sum() / pixels)
-                levels[f"{name}_std"] = math.sqrt(max(square - levels[name] ** 2, 0.0))
+            square = float(np.square(getattr(self, name), dtype=np.float64).sum() / pixels)
+            levels[f"{name}_std"] = math.sqrt(max(square - levels[name] ** 2, 0.0))
         return levels
 
 
@@ -86,8 +82,7 @@ def restrict(terms: Terms, region: np.ndarray) -> Terms:
     return Terms(pixel_residual=terms.pixel_residual * inside, pixel_features=terms.pixel_features * inside,
                  pixel_critic=terms.pixel_critic * inside, pixel_density=terms.pixel_density * inside,
                  image_residual=(squared / area)[:, None],
-                 image_features=terms.image_features, region=region,
-                 pixel_contrast=None if terms.pixel_contrast is None else terms.pixel_contrast * inside)
+                 image_features=terms.image_features, pixel_contrast=terms.pixel_contrast * inside, region=region)
 
 
 @dataclass
@@ -189,48 +184,53 @@ def combine(terms: Terms, norms: dict[str, float], cfg: ScoreConfig, image_size:
     return scores.astype(np.float64), maps
 
 
-# Map terms added after the first release, each with the normal level its calibration needs:
-# a run calibrated before a term existed has no level for it and is scored without it.
-LATER_TERMS = {"density_weight": "pixel_density", "smoothness_weight": "pixel_contrast_std"}
+# The normal level each weighted map term is scaled by; a calibration without it (by an older
+# funetgan) cannot score the term.
+TERM_LEVELS = {"critic_weight": "pixel_critic_std", "density_weight": "pixel_density",
+               "smoothness_weight": "pixel_contrast_std"}
+# Map terms added after the first release: a run calibrated before one existed is scored without it.
+LATER_TERMS = ("density_weight", "smoothness_weight")
 
 
 def without_uncalibrated_terms(cfg: ScoreConfig, norms: dict[str, float]) -> None:
-    """Set to 0 the weight of each map term whose normal level `norms` lacks (a run
+    """Set to 0 the weight of each later map term whose normal level `norms` lacks (a run
     calibrated by an older funetgan), so it scores as it did when it was calibrated."""
-    for weight, level in LATER_TERMS.items():
-        if level not in norms:
+    for weight in LATER_TERMS:
+        if TERM_LEVELS[weight] not in norms:
             setattr(cfg, weight, 0.0)
 
 
+def require_level(norms: dict[str, float], weight: str) -> None:
+    """A one-line error when `norms` lack the normal level of the term `score.<weight>` weighs."""
+    if TERM_LEVELS[weight] not in norms:
+        raise ValueError(f"this model was calibrated without the normal level of the term score.{weight} weighs "
+                         f"(trained by an older funetgan): score it with score.{weight}=0, or train it again")
+
+
+def standardised(terms: Terms, norms: dict[str, float], name: str) -> np.ndarray:
+    """Term `name` minus its mean over validation normals, in their spreads (`name`_std), 0
+    outside the scoring region (so the blur spreads nothing in)."""
+    values = ((getattr(terms, name) - norms[name]) / max(norms[f"{name}_std"], 1e-12)).astype(np.float32)
+    return values if terms.region is None else values * terms.region
+
+
 def standardised_critic(terms: Terms, norms: dict[str, float]) -> np.ndarray:
-    """(-D_p(x) - mu_c) / sd_c, 0 outside the scoring region (so the blur spreads nothing in)."""
-    if "pixel_critic_std" not in norms:
-        raise ValueError("this model was calibrated without the critic's normal level (trained by an older "
-                         "funetgan): score it with score.critic_weight=0, or train it again")
-    critic = (terms.pixel_critic - norms["pixel_critic"]) / max(norms["pixel_critic_std"], 1e-12)
-    critic = critic.astype(np.float32)
-    return critic if terms.region is None else critic * terms.region
+    """(-D_p(x) - mu_c) / sd_c."""
+    require_level(norms, "critic_weight")
+    return standardised(terms, norms, "pixel_critic")
 
 
 def density_term(terms: Terms, norms: dict[str, float]) -> np.ndarray:
     """The feature-density term over its normal level."""
-    if "pixel_density" not in norms:
-        raise ValueError("this model was calibrated without the feature-density term (trained by an older "
-                         "funetgan): score it with score.density_weight=0, or train it again")
+    require_level(norms, "density_weight")
     return (terms.pixel_density / max(norms["pixel_density"], 1e-12)).astype(np.float32)
 
 
 def smoothness_term(terms: Terms, norms: dict[str, float]) -> np.ndarray:
     """max(mu_l - l(x), 0) / sd_l: how far below normal images' local contrast each pixel's
     is, in their spreads; 0 outside the scoring region."""
-    if "pixel_contrast_std" not in norms:
-        raise ValueError("this model was calibrated without the local contrast's normal level (trained by an older "
-                         "funetgan): score it with score.smoothness_weight=0, or train it again")
-    if terms.pixel_contrast is None:
-        raise ValueError("score.smoothness_weight needs the local contrast of the images (Terms.pixel_contrast)")
-    smoother = (norms["pixel_contrast"] - terms.pixel_contrast) / max(norms["pixel_contrast_std"], 1e-12)
-    smoother = np.maximum(smoother, 0).astype(np.float32)
-    return smoother if terms.region is None else smoother * terms.region
+    require_level(norms, "smoothness_weight")
+    return np.maximum(-standardised(terms, norms, "pixel_contrast"), 0)
 
 
 def local_contrast(images: np.ndarray, window: int = 5) -> np.ndarray:
