@@ -1,6 +1,8 @@
 """A tiny end-to-end run through the command line: train, test, predict, resume, refusals."""
 import csv
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 import yaml
@@ -8,6 +10,7 @@ from PIL import Image
 
 from funetgan.cli import main
 from funetgan.data.demo import make_texture_dataset
+from funetgan.model import FUNetGAN
 
 TINY = ["--set", "model.image_size=32", "--set", "model.width=4", "--set", "model.z_dim=16",
         "--set", "batch_size=4", "--set", "gan.iterations=2", "--set", "gan.n_critic=1",
@@ -189,3 +192,54 @@ def test_a_read_only_output_folder_is_one_line(run, dataset, tmp_path, tmpfs, ca
     assert main(["test", "--run", str(run), "--data", str(dataset), "--out", str(out / "results")]) == 2
     err = capsys.readouterr().err.strip()
     assert err == f"funetgan: error: {out / 'results'}: Read-only file system"
+
+
+@pytest.fixture
+def run_copy(run, tmp_path):
+    """A copy of the trained run that a test may rewrite."""
+    return Path(shutil.copytree(run, tmp_path / "run"))
+
+
+def test_calibrate_with_unchanged_settings_gives_the_training_thresholds(run_copy, dataset, capsys):
+    """The same held-out normals as at training, the same networks: the same thresholds."""
+    before = FUNetGAN.load(run_copy).calibration
+    assert main(["calibrate", "--run", str(run_copy), "--data", str(dataset), "--device", "cpu"]) == 0
+    after = FUNetGAN.load(run_copy).calibration
+    assert after["validation"] == before["validation"]
+    assert after["image_threshold"] == pytest.approx(before["image_threshold"], rel=1e-5)
+    assert after["pixel_threshold"] == pytest.approx(before["pixel_threshold"], rel=1e-5)
+    assert "calibrated again on 1 image(s)" in capsys.readouterr().out  # 10 % of 12 training crops
+
+
+def test_calibrate_under_new_map_terms_rewrites_the_model_and_its_settings(run_copy, dataset, tmp_path):
+    before = FUNetGAN.load(run_copy)
+    assert main(["calibrate", "--run", str(run_copy), "--data", str(dataset), "--device", "cpu",
+                 "--set", "score.density_weight=0", "--set", "score.smoothness_weight=0"]) == 0
+    after = FUNetGAN.load(run_copy)
+    assert (after.config.score.density_weight, after.config.score.smoothness_weight) == (0, 0)
+    settings = yaml.safe_load((run_copy / "config.yaml").read_text())["score"]
+    assert (settings["density_weight"], settings["smoothness_weight"]) == (0, 0)
+    assert after.calibration["norms"] == pytest.approx(before.calibration["norms"], rel=1e-5)  # the same images
+    assert after.pixel_threshold != pytest.approx(before.pixel_threshold, rel=1e-3)  # a different map
+    assert main(["test", "--run", str(run_copy), "--data", str(dataset), "--out", str(tmp_path / "t")]) == 0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--set", "gan.lr_d=1e-4"], "calibrate can change only score.*"),
+    (["--set", "score.density_weight=much"], "must be a number"),
+])
+def test_calibrate_refuses_settings_of_the_networks_and_bad_values(argv, message, run_copy, dataset, capsys):
+    model = (run_copy / "model.safetensors").read_bytes()
+    assert main(["calibrate", "--run", str(run_copy), "--data", str(dataset), *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert (run_copy / "model.safetensors").read_bytes() == model
+
+
+def test_calibrate_on_other_data_than_the_run_was_trained_on_is_refused(run_copy, tmp_path, capsys):
+    other = make_texture_dataset(tmp_path / "other", crop=64, n_train=30, n_test_good=1, n_per_defect=1)
+    model = (run_copy / "model.safetensors").read_bytes()
+    assert main(["calibrate", "--run", str(run_copy), "--data", str(other), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert str(other) in err and "3 calibration images here, 1 when the run was calibrated" in err
+    assert len(err.splitlines()) == 1 and (run_copy / "model.safetensors").read_bytes() == model

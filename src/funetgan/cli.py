@@ -139,13 +139,25 @@ def build_parser() -> argparse.ArgumentParser:
                         help="PyTorch's ONNX exporter (default: torchscript; dynamo needs onnxscript)")
     export.set_defaults(func=cmd_export)
 
+    calibrate = commands.add_parser("calibrate", help="calibrate a trained run again under new scoring "
+                                                      "settings (map terms, image score): no retraining")
+    calibrate.add_argument("--run", required=True, help="a trained run folder (its model file is rewritten)")
+    calibrate.add_argument("--data", required=True, help="the dataset the run was trained on: its calibration "
+                                                         "images (validation split or held-out normals) are reused")
+    calibrate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                           help="change one scoring setting (score.*), e.g. --set score.density_weight=0 "
+                                "(repeatable); also " + ", ".join(k for k in TEST_SETTINGS if not k.startswith("score.")))
+    calibrate.add_argument("--threads", type=int, help="CPU threads (default: the runtime's choice)")
+    calibrate.set_defaults(func=cmd_calibrate)
+
     demo = commands.add_parser("demo", help="make the built-in texture set, train and test on it")
     demo.add_argument("--out", required=True, help="folder for the data, the run and the results")
     _settings_arguments(demo, data=False)
     demo.set_defaults(func=cmd_demo)
-    for command in (train, test, predict, export, demo):
+    for command in (train, test, predict, export, calibrate, demo):
         command.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: best available; "
                                               "export: cpu)")
+    for command in (train, test, predict, export, demo):
         command.add_argument("--overwrite", action="store_true", help="replace earlier results in --out")
     return parser
 
@@ -354,6 +366,39 @@ def cmd_predict(args) -> int:
         print(f"{len(images)} image(s) scored, {flagged} at or above the threshold {image_t:.4g}; "
               f"results in {out / 'predictions.csv' if outputs.scores else out}")
         return 0
+
+
+def cmd_calibrate(args) -> int:
+    """Calibrate the run in --run again on its calibration images under --set's scoring
+    settings; the model file and config.yaml are replaced only when calibration succeeds."""
+    for item in args.set:
+        key = item.partition("=")[0].strip()
+        if not (key.startswith("score.") or key in TEST_SETTINGS):
+            raise UsageError(f"--set {key}: calibrate can change only score.* and {', '.join(TEST_SETTINGS)} "
+                             f"(the others are the trained networks')")
+    import torch
+
+    from .model import FUNetGAN
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    run = Path(args.run)
+    with folder_lock(run):
+        model = FUNetGAN.load(run, device=args.device)
+        before = (model.image_threshold, model.pixel_threshold) if model.calibration else None
+        model.config = apply_overrides(model.config, args.set)
+        splits = load_dataset(args.data, working_size(model.config), model.config.model.channels, model.config.data)
+        _print_notes(splits.train.notes)
+        try:
+            model.recalibrate(splits.train, splits.val)
+        except ValueError as err:
+            raise DataError(f"{args.data}: {err}") from None
+        model.save(run / MODEL_FILE)
+        atomic_write_text(run / CONFIG_FILE, model.config.to_yaml())
+    was = f" (was {before[0]:.4g} / {before[1]:.4g})" if before else ""
+    print(f"{run / MODEL_FILE}: calibrated again on {model.calibration['validation']['images']} image(s); "
+          f"image / pixel threshold {model.image_threshold:.4g} / {model.pixel_threshold:.4g}{was} "
+          f"({model.calibration['validation']['rule']})")
+    return 0
 
 
 def cmd_export(args) -> int:

@@ -127,6 +127,17 @@ class FUNetGAN(Scorer):
                                           "rule": "f1-optimal" if labelled else f"normal quantile {q}"}
         return self.calibration
 
+    def recalibrate(self, train: ImageSet, val: ImageSet | None = None) -> dict:
+        """Calibrate a trained model again on the images it was calibrated on at training
+        (`val`, or the same held-out training normals: the split follows `seed` and the
+        training set's size), e.g. after changing its scoring settings: no retraining."""
+        images = self._calibration_split(train, val)[1]
+        before = self.calibration.get("validation", {}).get("images")
+        if before is not None and before != len(images):
+            raise ValueError(f"{len(images)} calibration images here, {before} when the run was calibrated: "
+                             f"is this the data it was trained on?")
+        return self.calibrate(images)
+
     @torch.inference_mode()
     def fit_density(self, images: np.ndarray) -> None:
         """The Gaussian of D's bottleneck features (`nn.density`) over normal uint8 `images`,
