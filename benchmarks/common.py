@@ -30,7 +30,7 @@ from funetgan.files import atomic_write_text
 from funetgan.metrics import evaluate
 from funetgan.model import FUNetGAN
 from funetgan.runtime import select_device
-from funetgan.scoring import Terms
+from funetgan.scoring import TERM_LEVELS, Terms
 
 # Share of each run's --minutes given to stage 1 (G and D); stage 2 (E) gets the rest. E
 # converges much faster than the GAN (the demo's tuned split is 5.5 / 1.5 min).
@@ -43,8 +43,11 @@ SMOKE_SETTINGS = ["model.image_size=32", "model.width=4", "model.z_dim=16", "bat
 # Other scoring settings measured on every benchmark run, from the same networks' outputs:
 # D-feature residuals in the map and image score or not (kappa), and the image score.
 SCORING_ALTERNATIVES = {
-    f"kappa {kappa:g}, {name}": {"kappa": kappa, "image_score": score}
-    for kappa in (1.0, 0.0) for name, score in (("izif", "izif"), ("max of map", "max"), ("top 1% of map", "topk"))
+    **{f"kappa {kappa:g}, {name}": {"kappa": kappa, "image_score": score}
+       for kappa in (1.0, 0.0) for name, score in (("izif", "izif"), ("max of map", "max"), ("top 1% of map", "topk"))},
+    # The image-density term in izif (`score.image_density_weight`).
+    **{f"kappa 1, izif + image density {w:g}": {"kappa": 1.0, "image_score": "izif", "image_density_weight": w}
+       for w in (0.0, 1.0, 2.0, 4.0)},
 }
 HEADLINE = {"image_auroc": ("image", "auroc"), "pixel_auroc": ("pixel", "auroc"), "aupro": ("pixel", "aupro")}
 # Texture sets at full crop size (benchmarks of working resolution and localisation): crops of
@@ -168,10 +171,18 @@ def scoring_alternatives(model: FUNetGAN, terms: Terms, test: ImageSet) -> dict:
     to the default)."""
     figures = {}
     for name, changes in SCORING_ALTERNATIVES.items():
-        result = model.scores_from_terms(terms, dataclasses.replace(model.config.score, **changes))
-        metrics = evaluate(result.scores, result.maps, test, model.image_threshold, model.pixel_threshold)
-        figures[name] = headline(metrics)
+        if calibrated_for(model, changes):
+            result = model.scores_from_terms(terms, dataclasses.replace(model.config.score, **changes))
+            metrics = evaluate(result.scores, result.maps, test, model.image_threshold, model.pixel_threshold)
+            figures[name] = headline(metrics)
     return figures
+
+
+def calibrated_for(model: FUNetGAN, changes: dict) -> bool:
+    """Whether the model's calibration has the normal level of every term `changes` weighs
+    (the image density's is missing when there were too few calibration normals to fit it)."""
+    norms = model.calibration["norms"]
+    return all(not changes.get(weight) or level in norms for weight, level in TERM_LEVELS.items())
 
 
 def run_group(args: argparse.Namespace, results: dict, name: str, settings: list[str], splits: Splits) -> dict:
@@ -220,7 +231,7 @@ def run_crop_group(args: argparse.Namespace, results: dict, name: str, settings:
             look(name, seed, model, terms, truth)
         figures = {alternative: headline(full_resolution_metrics(
             model, terms, truth, dataclasses.replace(model.config.score, **changes)))
-            for alternative, changes in alternatives.items()}
+            for alternative, changes in alternatives.items() if calibrated_for(model, changes)}
         group["runs"].append({
             "seed": seed, **headline(metrics), **timings, "settings": model.config.to_dict(), "metrics": metrics,
             "steps": model.state.get("completed", {}), "small_defects_pixel_auroc": small_defects(metrics),
@@ -304,7 +315,9 @@ def alternatives_table(groups: dict) -> str:
     """Image / pixel AUROC of each scoring alternative (rows) in each group (columns), mean over
     the group's runs."""
     def cell(group: dict, name: str) -> str:
-        runs = [run["scoring_alternatives"][name] for run in group["runs"]]
+        runs = [run["scoring_alternatives"][name] for run in group["runs"] if name in run["scoring_alternatives"]]
+        if len(runs) < len(group["runs"]):  # not measurable in every run (or an older results file)
+            return "-"
         return " / ".join(fmt(statistics.fmean(values)) if None not in values else "-"
                           for values in ([r[key] for r in runs] for key in ("image_auroc", "pixel_auroc")))
 

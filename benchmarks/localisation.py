@@ -53,6 +53,9 @@ ALTERNATIVES = {
     "density 1, smoothness 2, kappa 0": {"density_weight": 1.0, "smoothness_weight": 2.0, "kappa": 0.0},
     "density 1, smoothness 2, top 1% of map as image score": {"density_weight": 1.0, "smoothness_weight": 2.0,
                                                                "image_score": "topk"},
+    # The image-density term in izif (image AUROC only; the maps are the default's).
+    **{f"density 1, smoothness 2, image density {w:g}": {"density_weight": 1.0, "smoothness_weight": 2.0,
+                                                          "image_density_weight": w} for w in (0.5, 2.0)},
 }
 
 

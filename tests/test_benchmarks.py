@@ -208,3 +208,11 @@ def test_deploy_speed(script, tmp_path, capsys):
     assert set(tests) == {"pytorch", "onnx"} and tests["onnx"]["images"] == tests["pytorch"]["images"] > 0
     assert all(r["wall_seconds"] >= r["seconds"] >= 0 for r in tests.values())
     assert "funetgan test" in capsys.readouterr().out
+
+
+def test_an_alternative_is_measured_only_where_its_term_was_calibrated(script):
+    """The image density's level is missing when calibration had too few normals to fit it."""
+    common = script("common")
+    model = type("Calibrated", (), {"calibration": {"norms": {"pixel_density": 1.0}}})()
+    assert common.calibrated_for(model, {"kappa": 0.0, "density_weight": 2.0, "image_density_weight": 0.0})
+    assert not common.calibrated_for(model, {"image_density_weight": 1.0})

@@ -35,7 +35,8 @@ class PixelScorer(Scorer):
         x = tiles[..., 0].astype(np.float32) / 255
         return {"maps": {"pixel_residual": x, "pixel_features": x * x, "pixel_critic": np.zeros_like(x),
                          "pixel_density": 1 - x},
-                "values": {"image_residual": x.mean((1, 2)), "image_features": x.max((1, 2))}}
+                "values": {"image_residual": x.mean((1, 2)), "image_features": x.max((1, 2)),
+                           "image_density": x.min((1, 2))}}
 
 
 def in_memory(model: Scorer, images: ImageSet, out, outputs: Outputs) -> dict:

@@ -14,6 +14,7 @@ import torch
 from conftest import random_images, tiny_config
 from funetgan import export
 from funetgan.cli import main
+from funetgan.config import apply_overrides
 from funetgan.model import FUNetGAN
 
 onnxruntime = pytest.importorskip("onnxruntime")
@@ -28,7 +29,9 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 def trained():
     torch.set_num_threads(1)
     images = random_images(12, seed=1)
-    return FUNetGAN(tiny_config()).fit(images), images
+    config = apply_overrides(tiny_config(), ["score.image_density_weight=1.0"])
+    # 70 calibration normals: enough to fit the image density (its 16 Gaussians of 32 channels).
+    return FUNetGAN(config).fit(images, random_images(70, seed=2)), images
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +66,7 @@ def test_metadata_holds_settings_calibration_and_parity(trained, exported):
     assert float(flat["image_threshold"]) == pytest.approx(model.image_threshold)
     assert flat["image_size"] == "32" and flat["channels"] == "1" and "kappa" in flat
     assert float(flat["smoothness_weight"]) == model.config.score.smoothness_weight
+    assert float(flat["image_density_weight"]) == model.config.score.image_density_weight
 
 
 def test_any_batch_size_gives_the_same_terms(trained, exported):
@@ -73,11 +77,12 @@ def test_any_batch_size_gives_the_same_terms(trained, exported):
     np.testing.assert_allclose(one.image_features, five.image_features, rtol=1e-5, atol=1e-9)
 
 
-def test_the_feature_density_is_in_the_graph(trained, exported):
+def test_both_feature_densities_are_in_the_graph(trained, exported):
     model, images = trained
     ours, theirs = OnnxScorer.load(exported[0]).residual_terms(images.images), model.residual_terms(images.images)
-    assert theirs.pixel_density.max() > 0
+    assert theirs.pixel_density.max() > 0 and theirs.image_density.min() > 0
     np.testing.assert_allclose(ours.pixel_density, theirs.pixel_density, rtol=1e-4, atol=1e-4 * theirs.pixel_density.max())
+    np.testing.assert_allclose(ours.image_density, theirs.image_density, rtol=1e-4)
 
 
 def test_the_onnx_scorer_computes_the_local_contrast_as_pytorch_does(trained, exported):

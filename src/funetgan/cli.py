@@ -268,6 +268,7 @@ def train_one(data: Path, out: Path, config: Config, resume: bool, overwrite: bo
         model = FUNetGAN(config)
         model.fit(splits.train, splits.val, run_dir=out, resume=resume)
         if model.runtime.is_main:
+            _print_notes(model.calibration["notes"])
             print(f"trained in {(time.monotonic() - started) / 60:.1f} min on {model.runtime.device}; "
                   f"model: {out / MODEL_FILE}; image threshold {model.image_threshold:.4g}, "
                   f"pixel threshold {model.pixel_threshold:.4g} ({model.calibration['validation']['rule']})")
@@ -394,6 +395,7 @@ def cmd_calibrate(args) -> int:
             raise DataError(f"{args.data}: {err}") from None
         model.save(run / MODEL_FILE)
         atomic_write_text(run / CONFIG_FILE, model.config.to_yaml())
+    _print_notes(model.calibration["notes"])
     was = f" (was {before[0]:.4g} / {before[1]:.4g})" if before else ""
     print(f"{run / MODEL_FILE}: calibrated again on {model.calibration['validation']['images']} image(s); "
           f"image / pixel threshold {model.image_threshold:.4g} / {model.pixel_threshold:.4g}{was} "

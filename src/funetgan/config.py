@@ -99,6 +99,9 @@ class ScoreConfig:
     # "Localisation"). 0: off.
     smoothness_weight: float = 2.0
     image_score: str = "izif"  # "izif" (f-AnoGAN mse terms), "max" or "topk" of the pixel map
+    # Weight of the image-density term in izif (nn/density.py: how unlike validation normals'
+    # D's whole bottleneck is, one Gaussian per location of its 4 x 4 grid). 0: izif as METHOD.md.
+    image_density_weight: float = 0.0
     topk_fraction: float = 0.01
     blur_sigma: float | None = None  # pixels at model size; None: 4 px at 128, scaled with size
     normal_quantile: float = 0.99  # threshold rule when validation has no anomalies

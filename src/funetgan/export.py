@@ -129,10 +129,11 @@ def export_onnx(model, path: str | Path, check_images: ImageSet | np.ndarray | N
 
 
 def export_graph(model) -> ExportGraph:
-    """The scoring network on float32 CPU copies of E, G, D and the feature density, with
+    """The scoring network on float32 CPU copies of E, G, D and the feature densities, with
     spectral norm folded into the weights (in eval mode it is a fixed rescaling; ONNX has no
     op for its vdot)."""
-    return ExportGraph(ScoringNetwork(*(_plain_copy(net) for net in (model.E, model.G, model.D, model.density)))).eval()
+    nets = (model.E, model.G, model.D, model.density, model.image_density)
+    return ExportGraph(ScoringNetwork(*(_plain_copy(net) for net in nets))).eval()
 
 
 def _plain_copy(net: nn.Module) -> nn.Module:
@@ -188,7 +189,7 @@ def _set_metadata(proto, meta: dict, config: Config) -> None:
         "image_threshold": calibration["image_threshold"], "pixel_threshold": calibration["pixel_threshold"],
         "normal_levels": json.dumps(calibration["norms"]), "kappa": score.kappa,
         "critic_weight": score.critic_weight, "density_weight": score.density_weight,
-        "smoothness_weight": score.smoothness_weight,
+        "smoothness_weight": score.smoothness_weight, "image_density_weight": score.image_density_weight,
         "blur_sigma": blur_sigma(score, config.model.image_size), "image_score": score.image_score,
         "tile_stride": tile_stride(config), "tile_reduce": score.tile_reduce,
     }
@@ -198,12 +199,13 @@ def _set_metadata(proto, meta: dict, config: Config) -> None:
     proto.producer_name, proto.producer_version = "funetgan", __version__
     proto.doc_string = (
         "F-UNetGAN scoring network. Input 'images': uint8 B x S x S x C tiles (S = image_size). Outputs: "
-        "pixel_residual, pixel_features, pixel_critic, pixel_density (B x S x S), image_residual, image_features "
-        "(B): the raw terms. Anomaly map = blur(pixel_residual / m_pixel_residual + kappa * pixel_features / "
+        "pixel_residual, pixel_features, pixel_critic, pixel_density (B x S x S), image_residual, image_features, "
+        "image_density (B): the raw terms. Anomaly map = blur(pixel_residual / m_pixel_residual + kappa * pixel_features / "
         "m_pixel_features + critic_weight * (pixel_critic - m_pixel_critic) / pixel_critic_std + density_weight "
         "* pixel_density / m_pixel_density + smoothness_weight * max(m_pixel_contrast - c, 0) / pixel_contrast_std, "
         "c: the standard deviation of the image's pixels in a 5 x 5 window, from the images, not the graph); "
-        "image score (izif) = image_residual / m_image_residual + kappa * image_features / m_image_features; "
+        "image score (izif) = image_residual / m_image_residual + kappa * image_features / m_image_features "
+        "+ image_density_weight * image_density / m_image_density; "
         "m_*: normal_levels. funetgan's OnnxScorer (onnxruntime + numpy) does this and the tiling.")
 
 

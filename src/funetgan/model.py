@@ -13,7 +13,7 @@ from .data.base import ImageSet
 from .export import PARITY_TOLERANCE, export_onnx
 from .files import CHECKPOINT_FILE, MODEL_FILE
 from .nn import Discriminator, Encoder, Generator
-from .nn.density import DensityStatistics, FeatureDensity
+from .nn.density import GRID, MIN_SAMPLES_PER_CHANNEL, DensityStatistics, FeatureDensity
 from .nn.residuals import TERM_MAPS, TERM_VALUES, ScoringNetwork
 from .nn.tensors import to_tensor
 from .runtime import Runtime, setup
@@ -41,7 +41,9 @@ class FUNetGAN(Scorer):
             self.D = self.runtime.place(Discriminator(m.image_size, m.channels, m.width, m.variant, m.attn_max_size,
                                                       pixel_head=m.critic_head == "unet", sn=m.d_spectral_norm))
             self.E = self.runtime.place(Encoder(m.image_size, m.channels, m.width, m.z_dim))
-        self.density = self.runtime.place(FeatureDensity(self.D.bottleneck_width))  # set by calibrate
+        # Set by calibrate: the map's density (one Gaussian for all locations) and the image's (one per location).
+        self.density = self.runtime.place(FeatureDensity(self.D.bottleneck_width))
+        self.image_density = self.runtime.place(FeatureDensity(self.D.bottleneck_width, GRID))
         for net in (self.G, self.D, self.E):
             self.runtime.sync_parameters(net)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.gan.lr_g, betas=cfg.gan.betas)
@@ -98,7 +100,7 @@ class FUNetGAN(Scorer):
     def _score_tiles(self, tiles: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
         """The residual terms of uint8 B x S x S x C tiles, as numpy (a `tiling.TileScorer`)."""
         rt = self.runtime
-        network = ScoringNetwork(self.E, self.G, self.D, self.density,
+        network = ScoringNetwork(self.E, self.G, self.D, self.density, self.image_density,
                                  torch.channels_last if rt.channels_last else torch.contiguous_format).eval()
         with rt.autocast():
             terms = [term.float().cpu().numpy() for term in network(rt.prepare(to_tensor(tiles, rt.device)))]
@@ -110,8 +112,13 @@ class FUNetGAN(Scorer):
         normal = val.subset(np.flatnonzero(val.labels == 0))
         if len(normal) == 0:
             raise ValueError("validation data has no normal images to calibrate on")
-        self.fit_density(normal.images)
-        self.calibration = {"norms": self.residual_terms(normal.images, region=self.scoring_region(normal)).normal_levels()}
+        unfitted = self.fit_density(normal.images)
+        levels = self.residual_terms(normal.images, region=self.scoring_region(normal)).normal_levels()
+        notes = [unfitted] if unfitted and self.config.score.image_density_weight else []
+        if unfitted:  # without its level, the image density's weight becomes 0
+            del levels["image_density"]
+            without_uncalibrated_terms(self.config.score, levels)
+        self.calibration = {"norms": levels, "notes": notes}
         result = self.score(val)
         q = self.config.score.normal_quantile
         labelled = len(np.unique(val.labels)) == 2
@@ -139,21 +146,32 @@ class FUNetGAN(Scorer):
         return self.calibrate(images)
 
     @torch.inference_mode()
-    def fit_density(self, images: np.ndarray) -> None:
-        """The Gaussian of D's bottleneck features (`nn.density`) over normal uint8 `images`,
-        tiled as they are scored. Every location counts, also outside a CT scoring region: the
-        density describes what D sees in a normal tile; its normal level is then taken inside
-        the region."""
-        statistics, rt = DensityStatistics(), self.runtime
+    def fit_density(self, images: np.ndarray) -> str | None:
+        """The Gaussians of D's bottleneck features (`nn.density`: the map's and the image's)
+        over normal uint8 `images`, tiled as they are scored. Every location counts, also
+        outside a CT scoring region: the densities describe what D sees in a normal tile; the
+        map term's normal level is then taken inside the region. Returns a note when there
+        were too few tiles for the image's Gaussians (one per location), which stay unfitted;
+        else None."""
+        rt = self.runtime
+        statistics = {self.density: DensityStatistics(), self.image_density: DensityStatistics(GRID)}
 
         def collect(tiles: np.ndarray) -> dict:
             with rt.autocast():
-                statistics.add(self.D(rt.prepare(to_tensor(tiles, rt.device))).f_g)
+                features = self.D(rt.prepare(to_tensor(tiles, rt.device))).f_g
+            for gathered in statistics.values():
+                gathered.add(features)
             return {"maps": {}, "values": {}}
 
         tiling.score_tiled(images, self.config.model.image_size, tile_stride(self.config),
                            self.config.score.batch_size, collect)
-        statistics.fit(self.density)
+        statistics[self.density].fit(self.density)
+        gathered = statistics[self.image_density]
+        if gathered.enough_for(self.image_density):
+            gathered.fit(self.image_density)
+            return None
+        return (f"score.image_density_weight set to 0: {gathered.count} normal images (or tiles) to calibrate on, "
+                f"its Gaussians need {MIN_SAMPLES_PER_CHANNEL * self.D.bottleneck_width}")
 
     # ---- persistence ---------------------------------------------------------------------
     def export(self, path: str | Path, check_images: ImageSet | np.ndarray | None = None,
@@ -167,7 +185,8 @@ class FUNetGAN(Scorer):
 
     def _weights(self) -> dict[str, torch.Tensor]:
         tensors = {}
-        for name, net in (("G", self.G), ("D", self.D), ("E", self.E), ("density", self.density)):
+        for name, net in (("G", self.G), ("D", self.D), ("E", self.E), ("density", self.density),
+                          ("image_density", self.image_density)):
             tensors.update(checkpoint.prefixed(name, net.state_dict()))
         return tensors
 
@@ -178,9 +197,12 @@ class FUNetGAN(Scorer):
             except RuntimeError as err:
                 first = str(err).strip().splitlines()[0]
                 raise ValueError(f"{path}: weights do not fit the settings ({first})") from None
-        density = checkpoint.unprefixed("density", tensors)
-        if density:  # files from before the density term have none: it then stays unused
-            self.density.load_state_dict(density)
+        for name, density in (("density", self.density), ("image_density", self.image_density)):
+            saved = checkpoint.unprefixed(name, tensors)
+            if saved:  # files from before a density term have none: it then stays unused
+                # (files from before the image term hold the map's Gaussian without its location axis)
+                density.load_state_dict({key: value.reshape(getattr(density, key).shape)
+                                         for key, value in saved.items()})
 
     def save(self, path: str | Path) -> None:
         """Weights, settings and calibration in one safetensors file."""

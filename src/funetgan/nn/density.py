@@ -1,16 +1,19 @@
-"""How unlike normal images D's bottleneck features of an image are, location by location.
+"""How unlike normal images D's bottleneck features of an image are.
 
 D's bottleneck features f_g (C channels on a 4 x 4 grid per tile, the input of its global
-head) are modelled over validation normals by one Gaussian: the mean and full covariance of
-the channels, the same at every grid location (the networks see random patches and tiles, so
-a location in a patch means nothing). A location's term is the squared Mahalanobis distance
-of its feature vector divided by C (about 1 for normal locations), up-sampled bilinearly to
-the tile's pixels.
+head) are modelled over validation normals by Gaussians of the C channels, in two ways:
+- the map term: one Gaussian shared by every grid location (the networks see random patches
+  and tiles, so a location in a patch means nothing for *where* a defect is); a location's
+  term is the squared Mahalanobis distance of its feature vector divided by C (about 1 for
+  normal locations), up-sampled bilinearly to the tile's pixels;
+- the image term: one Gaussian per grid location, so the layout of the features counts too
+  (where in the image a garment's sleeve is, what lies beside a brick's mortar joint); the
+  term is the mean over the grid of each location's distance, divided by C.
 
 Why: the residual |x - G(E(x))| and D's feature residual only see what G fails to rebuild,
 and on stochastic textures G rebuilds a smooth defect better than the texture around it, so
-those maps are darkest on the defect. The density term asks instead whether D has seen such
-features in normal images, and needs no reconstruction. On the selection split the
+those maps are darkest on the defect. The density terms ask instead whether D has seen such
+features in normal images, and need no reconstruction. On the selection split the
 bottleneck gave the best maps of D's depths on grass and gravel (decoder and shallower
 encoder features, alone or averaged with it, were worse: README, "Localisation").
 """
@@ -20,56 +23,76 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Shrinkage of the covariance towards its mean variance: 16 * width channels of strongly
-# correlated features, estimated from a few thousand grid locations.
+# Shrinkage of each covariance towards its mean variance (16 * width channels of strongly
+# correlated features, estimated from a few thousand locations, or, per location, from as
+# many normal images or tiles as calibration has).
 SHRINKAGE = 0.01
+GRID = 4 * 4  # locations of D's bottleneck at every image size
+# Fewest normal feature vectors per channel a Gaussian is fitted from: with fewer, its
+# covariance is too far from full rank for 1 % shrinkage to make a usable precision.
+MIN_SAMPLES_PER_CHANNEL = 2
 
 
 class FeatureDensity(nn.Module):
-    """Mean and precision (inverse covariance) of C feature channels; standard normal until
-    `DensityStatistics.fit` sets them from normal images."""
+    """Means and precisions (inverse covariances) of C feature channels: one Gaussian shared
+    by every location (`locations=1`) or one per location of the h x w grid (`locations=h*w`);
+    standard normal until `DensityStatistics.fit` sets them from normal images."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, locations: int = 1):
         super().__init__()
-        self.register_buffer("mean", torch.zeros(channels))
-        self.register_buffer("precision", torch.eye(channels))
+        self.register_buffer("mean", torch.zeros(locations, channels))
+        self.register_buffer("precision", torch.eye(channels).repeat(locations, 1, 1))
 
-    def forward(self, features: torch.Tensor, size: int) -> torch.Tensor:
-        """B x C x h x w -> B x size x size: (f - mean)' precision (f - mean) / C, up-sampled;
-        in float32 (a precision matrix is too ill-conditioned for bf16 autocast)."""
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """B x C x h x w -> B x h x w: (f - mean)' precision (f - mean) / C at each location, in
+        float32 (a precision matrix is too ill-conditioned for bf16 autocast)."""
         with torch.autocast(features.device.type, enabled=False):
-            centred = features.float() - self.mean[None, :, None, None]
-            # A 1x1 convolution is the precision's product at every location (ONNX-friendly, unlike einsum).
-            weighted = F.conv2d(centred, self.precision[:, :, None, None])
-            term = (centred * weighted).sum(1, keepdim=True) / len(self.mean)
-            return F.interpolate(term, size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+            batch, channels, height, width = features.shape
+            centred = features.float().flatten(2).transpose(1, 2) - self.mean  # B x hw x C
+            # A batched matrix product broadcasts one shared precision or one per location
+            # (ONNX-friendly, unlike einsum).
+            weighted = (centred.unsqueeze(-2) @ self.precision).squeeze(-2)
+            return ((centred * weighted).sum(-1) / channels).reshape(batch, height, width)
+
+
+def up_sampled(term: torch.Tensor, size: int) -> torch.Tensor:
+    """B x h x w -> B x size x size, bilinearly: the map term at the tile's pixels."""
+    return F.interpolate(term[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0]
 
 
 class DensityStatistics:
-    """Sums of feature vectors and of their outer products over the locations of batches
-    (float64), then the Gaussian they define."""
+    """Sums of feature vectors and of their outer products (float64), over the locations of
+    batches (`locations=1`) or location by location, then the Gaussians they define."""
 
-    def __init__(self):
+    def __init__(self, locations: int = 1):
+        self.locations = locations
         self.sum = self.products = None
         self.count = 0
 
     def add(self, features: torch.Tensor) -> None:
-        rows = features.detach().permute(0, 2, 3, 1).reshape(-1, features.shape[1]).double().cpu()
+        rows = features.detach().flatten(2).transpose(1, 2).double().cpu()  # B x hw x C
+        if self.locations == 1:
+            rows = rows.reshape(-1, 1, rows.shape[-1])
+        total, products = rows.sum(0), torch.einsum("nlc,nld->lcd", rows, rows)
         if self.sum is None:
-            self.sum, self.products = rows.sum(0), rows.T @ rows
+            self.sum, self.products = total, products
         else:
-            self.sum += rows.sum(0)
-            self.products += rows.T @ rows
+            self.sum += total
+            self.products += products
         self.count += len(rows)
 
+    def enough_for(self, density: FeatureDensity) -> bool:
+        """Whether enough vectors were added to fit `density` (`MIN_SAMPLES_PER_CHANNEL`)."""
+        return self.count >= MIN_SAMPLES_PER_CHANNEL * density.mean.shape[1]
+
     def fit(self, density: FeatureDensity) -> FeatureDensity:
-        """Set `density`'s mean and precision from what was added."""
+        """Set `density`'s means and precisions from what was added."""
         if not self.count:
             raise ValueError("no normal features were seen")
         mean = self.sum / self.count
-        covariance = self.products / self.count - torch.outer(mean, mean)
-        ridge = SHRINKAGE * covariance.diagonal().mean().clamp_min(1e-12)
-        covariance = covariance + ridge * torch.eye(len(mean), dtype=torch.float64)
+        covariance = self.products / self.count - mean[:, :, None] * mean[:, None, :]
+        ridge = SHRINKAGE * covariance.diagonal(dim1=1, dim2=2).mean(1).clamp_min(1e-12)
+        covariance = covariance + ridge[:, None, None] * torch.eye(mean.shape[1], dtype=torch.float64)
         density.mean.copy_(mean.to(density.mean))
         density.precision.copy_(torch.linalg.inv(covariance).to(density.precision))
         return density
