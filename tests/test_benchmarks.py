@@ -216,3 +216,24 @@ def test_an_alternative_is_measured_only_where_its_term_was_calibrated(script):
     model = type("Calibrated", (), {"calibration": {"norms": {"pixel_density": 1.0}}})()
     assert common.calibrated_for(model, {"kappa": 0.0, "density_weight": 2.0, "image_density_weight": 0.0})
     assert not common.calibrated_for(model, {"image_density_weight": 1.0})
+
+
+@pytest.mark.skipif(not FASHION_MNIST.is_dir(), reason="Debian's fashion-mnist package is not installed")
+def test_fashion_mnist_selection_split_holds_out_training_images(script):
+    """1,000 of the class and 1,000 of the others, never trained on; the same draw every time."""
+    split = script("fashion_mnist").selection_split(str(FASHION_MNIST), 3, 32, 1)
+    assert len(split.train) == 5000 and (split.train.labels == 0).all()
+    assert (split.test.labels == 0).sum() == 1000 and (split.test.labels == 1).sum() == 1000
+    assert not set(split.train.paths) & set(split.test.paths)
+    assert all("train-images" in path for path in split.test.paths)
+    again = script("fashion_mnist").selection_split(str(FASHION_MNIST), 3, 32, 1)
+    assert again.test.paths == split.test.paths
+
+
+@pytest.mark.skipif(not FASHION_MNIST.is_dir(), reason="Debian's fashion-mnist package is not installed")
+def test_fashion_mnist_on_the_selection_split(script, tmp_path):
+    results = run(script("fashion_mnist"), tmp_path, "--classes", "3", "--split", "selection")["results"]
+    assert results["split"] == "selection"
+    (run_,) = results["groups"]["3"]["runs"]
+    assert_unit(run_["image_auroc"])
+    assert run_["test_images"] == 32  # the smoke subset of the held-out images

@@ -61,23 +61,23 @@ def load_idx(root: Path, size: int, channels: int, options: DataConfig) -> Split
     train_files = find_idx(root, "train")
     if train_files is None:
         raise DataError(f"{root}: no train-images-idx3-ubyte[.gz] / train-labels-idx1-ubyte[.gz]")
-    images, labels = _read_pair(*train_files)
+    images, labels = read_pair(*train_files)
     if normal not in labels:
         raise DataError(f"{root}: data.normal_class={normal} not among the training labels "
                         f"{sorted(set(labels.tolist()))}")
     names = FASHION_CLASSES if "fashion" in root.resolve().name.lower() else None
     normals = np.flatnonzero(labels == normal)
-    splits = Splits(train=_image_set(images, labels, normals, normal, names, train_files[0],
+    splits = Splits(train=image_set(images, labels, normals, normal, names, train_files[0],
                                      size, channels))
     test_files = find_idx(root, "t10k")
     if test_files is not None:
-        images, labels = _read_pair(*test_files)
+        images, labels = read_pair(*test_files)
         every = np.arange(len(labels))
-        splits.test = _image_set(images, labels, every, normal, names, test_files[0], size, channels)
+        splits.test = image_set(images, labels, every, normal, names, test_files[0], size, channels)
     return splits
 
 
-def _read_pair(images_file: Path, labels_file: Path) -> tuple[np.ndarray, np.ndarray]:
+def read_pair(images_file: Path, labels_file: Path) -> tuple[np.ndarray, np.ndarray]:
     images, labels = read_idx(images_file), read_idx(labels_file)
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
         raise DataError(f"{images_file}, {labels_file}: expected N images and N labels, "
@@ -85,7 +85,7 @@ def _read_pair(images_file: Path, labels_file: Path) -> tuple[np.ndarray, np.nda
     return images, labels.astype(np.int64)
 
 
-def _image_set(images: np.ndarray, labels: np.ndarray, index: np.ndarray, normal: int,
+def image_set(images: np.ndarray, labels: np.ndarray, index: np.ndarray, normal: int,
                names: tuple[str, ...] | None, source: Path, size: int, channels: int) -> ImageSet:
     """The images at `index` of one IDX split."""
     images, labels = images[index], labels[index]
