@@ -288,21 +288,27 @@ def load_scorer(args, run: str | Path | None = None) -> Scorer:
     if args.model is not None:
         from .onnx_scorer import OnnxScorer
         return OnnxScorer.load(args.model, threads=args.threads)
+    return load_run(run or args.run, args.device, args.threads)
+
+
+def load_run(run: str | Path, device: str | None, threads: int | None) -> "FUNetGAN":
+    """A trained run on PyTorch (imported only here), with `threads` CPU threads if given."""
     import torch
 
     from .model import FUNetGAN
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    return FUNetGAN.load(run or args.run, device=args.device)
+    if threads:
+        torch.set_num_threads(threads)
+    return FUNetGAN.load(run, device=device)
 
 
-def check_test_settings(items: list[str]) -> None:
-    """--set of test and predict: only TEST_SETTINGS (checked before any work)."""
+def check_run_settings(items: list[str], command: str, prefixes: tuple[str, ...] = ()) -> None:
+    """--set of the commands that use a trained run: only TEST_SETTINGS and keys starting with
+    one of `prefixes` (checked before any work)."""
     for item in items:
         key = item.partition("=")[0].strip()
-        if key not in TEST_SETTINGS:
-            raise UsageError(f"--set {key}: test and predict can change only {', '.join(TEST_SETTINGS)} "
-                             f"(the others are the trained run's)")
+        if key not in TEST_SETTINGS and not key.startswith(prefixes):
+            allowed = ", ".join((*(f"{prefix}*" for prefix in prefixes), *TEST_SETTINGS))
+            raise UsageError(f"--set {key}: {command} can change only {allowed} (the others are the trained run's)")
 
 
 def apply_test_settings(model: Scorer, items: list[str]) -> None:
@@ -311,7 +317,7 @@ def apply_test_settings(model: Scorer, items: list[str]) -> None:
 
 
 def cmd_test(args) -> int:
-    check_test_settings(args.set)
+    check_run_settings(args.set, "test and predict")
     if args.category == "all":
         if args.model:
             raise UsageError("--category all needs --run (a folder of runs), not one exported --model")
@@ -353,7 +359,7 @@ def test_one(model: Scorer, data: Path, out: Path, args, load_seconds: float = 0
 
 def cmd_predict(args) -> int:
     outputs = Outputs.parse(args.outputs, test=False)
-    check_test_settings(args.set)
+    check_run_settings(args.set, "test and predict")
     model = load_scorer(args)
     apply_test_settings(model, args.set)
     out = Path(args.out)
@@ -372,19 +378,10 @@ def cmd_predict(args) -> int:
 def cmd_calibrate(args) -> int:
     """Calibrate the run in --run again on its calibration images under --set's scoring
     settings; the model file and config.yaml are replaced only when calibration succeeds."""
-    for item in args.set:
-        key = item.partition("=")[0].strip()
-        if not (key.startswith("score.") or key in TEST_SETTINGS):
-            raise UsageError(f"--set {key}: calibrate can change only score.* and {', '.join(TEST_SETTINGS)} "
-                             f"(the others are the trained networks')")
-    import torch
-
-    from .model import FUNetGAN
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    check_run_settings(args.set, "calibrate", prefixes=("score.",))
     run = Path(args.run)
     with folder_lock(run):
-        model = FUNetGAN.load(run, device=args.device)
+        model = load_run(run, args.device, args.threads)
         before = (model.image_threshold, model.pixel_threshold) if model.calibration else None
         model.config = apply_overrides(model.config, args.set)
         splits = load_dataset(args.data, working_size(model.config), model.config.model.channels, model.config.data)
