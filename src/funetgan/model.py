@@ -13,7 +13,7 @@ from .data.base import ImageSet
 from .export import PARITY_TOLERANCE, export_onnx
 from .files import CHECKPOINT_FILE, MODEL_FILE
 from .nn import Discriminator, Encoder, Generator
-from .nn.density import GRID, MIN_SAMPLES_PER_CHANNEL, DensityStatistics, FeatureDensity
+from .nn.density import GRID, DensityStatistics, FeatureDensity, samples_needed
 from .nn.residuals import TERM_MAPS, TERM_VALUES, ScoringNetwork
 from .nn.tensors import to_tensor
 from .runtime import Runtime, setup
@@ -109,24 +109,27 @@ class FUNetGAN(Scorer):
     def calibrate(self, val: ImageSet) -> dict:
         """Normal levels of each residual term and the thresholds, from validation data only:
         F1-optimal when `val` holds anomalies (and masks), else a quantile of normal scores."""
-        normal = val.subset(np.flatnonzero(val.labels == 0))
+        normal = np.flatnonzero(val.labels == 0)
         if len(normal) == 0:
             raise ValueError("validation data has no normal images to calibrate on")
-        unfitted = self.fit_density(normal.images)
-        levels = self.residual_terms(normal.images, region=self.scoring_region(normal)).normal_levels()
+        self._check_images(val.images)
+        unfitted = self.fit_density(val.images[normal])
+        # One pass of the networks over `val`: the normals' terms give the levels, all the thresholds.
+        region = self.scoring_region(val)
+        terms = self.residual_terms(val.images, region=region)
+        levels = terms.rows(normal).normal_levels()
         notes = [unfitted] if unfitted and self.config.score.image_density_weight else []
         if unfitted:  # without its level, the image density's weight becomes 0
             del levels["image_density"]
             without_uncalibrated_terms(self.config.score, levels)
         self.calibration = {"norms": levels, "notes": notes}
-        result = self.score(val)
+        result = self.scores_from_terms(terms)
         q = self.config.score.normal_quantile
         labelled = len(np.unique(val.labels)) == 2
         self.calibration["image_threshold"] = calibrate_image_threshold(
             result.scores, val.labels if labelled else None, q)
         has_masks = labelled and val.masks is not None and val.has_mask[val.labels == 1].any()
-        with_truth = np.flatnonzero(val.has_mask) if has_masks else np.flatnonzero(val.labels == 0)
-        region = self.scoring_region(val)
+        with_truth = np.flatnonzero(val.has_mask) if has_masks else normal
         self.calibration["pixel_threshold"] = calibrate_pixel_threshold(
             result.maps[with_truth], val.masks[with_truth] if has_masks else None, q,
             None if region is None else region[with_truth])
@@ -167,11 +170,12 @@ class FUNetGAN(Scorer):
                            self.config.score.batch_size, collect)
         statistics[self.density].fit(self.density)
         gathered = statistics[self.image_density]
-        if gathered.enough_for(self.image_density):
+        needed = samples_needed(self.image_density)
+        if gathered.count >= needed:
             gathered.fit(self.image_density)
             return None
         return (f"score.image_density_weight set to 0: {gathered.count} normal images (or tiles) to calibrate on, "
-                f"its Gaussians need {MIN_SAMPLES_PER_CHANNEL * self.D.bottleneck_width}")
+                f"its Gaussians need {needed}")
 
     # ---- persistence ---------------------------------------------------------------------
     def export(self, path: str | Path, check_images: ImageSet | np.ndarray | None = None,

@@ -32,6 +32,7 @@ scoring except the networks' forward pass, which each runtime supplies as a tile
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -74,6 +75,11 @@ class Terms:
             square = float(np.square(getattr(self, name), dtype=np.float64).sum() / pixels)
             levels[f"{name}_std"] = math.sqrt(max(square - levels[name] ** 2, 0.0))
         return levels
+
+    def rows(self, index: np.ndarray) -> "Terms":
+        """The terms of the images at `index` only."""
+        values = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+        return Terms(**{name: None if value is None else value[index] for name, value in values.items()})
 
 
 def restrict(terms: Terms, region: np.ndarray) -> Terms:

@@ -60,6 +60,11 @@ def up_sampled(term: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(term[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0]
 
 
+def samples_needed(density: FeatureDensity) -> int:
+    """How many feature vectors `density` is fitted from at the least (`MIN_SAMPLES_PER_CHANNEL`)."""
+    return MIN_SAMPLES_PER_CHANNEL * density.mean.shape[1]
+
+
 class DensityStatistics:
     """Sums of feature vectors and of their outer products (float64), over the locations of
     batches (`locations=1`) or location by location, then the Gaussians they define."""
@@ -80,10 +85,6 @@ class DensityStatistics:
             self.sum += total
             self.products += products
         self.count += len(rows)
-
-    def enough_for(self, density: FeatureDensity) -> bool:
-        """Whether enough vectors were added to fit `density` (`MIN_SAMPLES_PER_CHANNEL`)."""
-        return self.count >= MIN_SAMPLES_PER_CHANNEL * density.mean.shape[1]
 
     def fit(self, density: FeatureDensity) -> FeatureDensity:
         """Set `density`'s means and precisions from what was added."""
