@@ -48,6 +48,11 @@ SCORING_ALTERNATIVES = {
     # The image-density term in izif (`score.image_density_weight`).
     **{f"kappa 1, izif + image density {w:g}": {"kappa": 1.0, "image_score": "izif", "image_density_weight": w}
        for w in (0.0, 1.0, 2.0, 4.0)},
+    # The latent-density term in izif (`score.latent_density_weight`), alone and beside the image density.
+    **{f"kappa 1, izif + latent density {w:g}": {"kappa": 1.0, "image_score": "izif", "latent_density_weight": w}
+       for w in (2.0, 8.0)},
+    "kappa 1, izif + image density 2 + latent density 8": {"kappa": 1.0, "image_score": "izif",
+                                                           "image_density_weight": 2.0, "latent_density_weight": 8.0},
 }
 HEADLINE = {"image_auroc": ("image", "auroc"), "pixel_auroc": ("pixel", "auroc"), "aupro": ("pixel", "aupro")}
 # Texture sets at full crop size (benchmarks of working resolution and localisation): crops of

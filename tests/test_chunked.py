@@ -36,7 +36,7 @@ class PixelScorer(Scorer):
         return {"maps": {"pixel_residual": x, "pixel_features": x * x, "pixel_critic": np.zeros_like(x),
                          "pixel_density": 1 - x},
                 "values": {"image_residual": x.mean((1, 2)), "image_features": x.max((1, 2)),
-                           "image_density": x.min((1, 2))}}
+                           "image_density": x.min((1, 2)), "latent_density": x.std((1, 2))}}
 
 
 def in_memory(model: Scorer, images: ImageSet, out, outputs: Outputs) -> dict:

@@ -1,6 +1,6 @@
 """The feature-density terms (nn.density): hand-computed Mahalanobis values (one Gaussian
-for every location, or one per location), statistics equal to numpy's, up-sampling,
-calibration, persistence and the scoring weights."""
+for every location, or one per location; of E's latent codes), statistics equal to numpy's,
+up-sampling, calibration, persistence and the scoring weights."""
 import dataclasses
 
 import numpy as np
@@ -12,6 +12,7 @@ from funetgan import checkpoint
 from funetgan.config import ScoreConfig, apply_overrides
 from funetgan.model import FUNetGAN
 from funetgan.nn.density import GRID, SHRINKAGE, DensityStatistics, FeatureDensity, up_sampled
+from funetgan.nn.tensors import to_tensor
 from funetgan.scoring import Terms, combine
 
 
@@ -88,7 +89,8 @@ def test_statistics_need_features():
 def trained():
     torch.set_num_threads(1)
     images = random_images(12, seed=3)
-    config = apply_overrides(tiny_config(), ["score.density_weight=1.0", "score.image_density_weight=1.0"])
+    config = apply_overrides(tiny_config(), ["score.density_weight=1.0", "score.image_density_weight=1.0",
+                                             "score.latent_density_weight=1.0"])
     # 70 calibration normals: the image term's 16 Gaussians of 32 channels need 2 x 32 (MIN_SAMPLES_PER_CHANNEL).
     return FUNetGAN(config).fit(images, random_images(70, seed=4)), images
 
@@ -108,6 +110,20 @@ def test_calibration_fits_one_gaussian_per_bottleneck_location_for_the_image_ter
     assert 0 < model.calibration["norms"]["image_density"] < 2  # ~1 on the normals it was fitted on
     terms = model.residual_terms(images.images)
     assert terms.image_density.shape == (len(images), 1) and (terms.image_density > 0).all()
+
+
+def test_the_latent_term_is_the_distance_of_e_x_to_the_calibration_normals_codes(trained):
+    model, images = trained
+    with torch.no_grad():
+        codes = model.E(to_tensor(random_images(70, seed=4).images, "cpu")).double().numpy()  # the calibration set
+        z = model.E(to_tensor(images.images, "cpu")).double().numpy()
+    covariance = np.cov(codes.T, bias=True)
+    covariance += SHRINKAGE * np.trace(covariance) / len(covariance) * np.eye(len(covariance))
+    centred = z - codes.mean(0)
+    expected = np.einsum("ni,ij,nj->n", centred, np.linalg.inv(covariance), centred) / codes.shape[1]
+    terms = model.residual_terms(images.images)
+    np.testing.assert_allclose(terms.latent_density[:, 0], expected, rtol=1e-3)
+    assert 0 < model.calibration["norms"]["latent_density"] < 2  # ~1 on the normals it was fitted on
 
 
 def test_the_density_is_saved_with_the_weights(trained, tmp_path):
@@ -132,12 +148,14 @@ def test_a_run_calibrated_before_the_density_term_is_scored_as_it_was(trained, t
     np.testing.assert_allclose(loaded.score(images).maps, expected.maps, rtol=1e-6, atol=1e-6)
 
 
-def test_too_few_calibration_normals_leave_the_image_term_off_with_a_note():
-    model = FUNetGAN(apply_overrides(tiny_config(), ["score.image_density_weight=1.0"]))
-    model.fit(random_images(12, seed=3), random_images(63, seed=4))  # 63 < 2 x 32 channels
-    assert model.config.score.image_density_weight == 0 and "image_density" not in model.calibration["norms"]
-    assert model.calibration["notes"] == ["score.image_density_weight set to 0: 63 normal images (or tiles) "
-                                          "to calibrate on, its Gaussians need 64"]
+@pytest.mark.parametrize("term, normals, needed", [("image_density", 63, 64),  # 2 x 32 bottleneck channels
+                                                   ("latent_density", 31, 32)])  # 2 x 16 latent values
+def test_too_few_calibration_normals_leave_a_per_image_term_off_with_a_note(term, normals, needed):
+    model = FUNetGAN(apply_overrides(tiny_config(), [f"score.{term}_weight=1.0"]))
+    model.fit(random_images(12, seed=3), random_images(normals, seed=4))
+    assert getattr(model.config.score, f"{term}_weight") == 0 and term not in model.calibration["norms"]
+    assert model.calibration["notes"] == [f"score.{term}_weight set to 0: {normals} normal images (or tiles) "
+                                          f"to calibrate on, its Gaussians need {needed}"]
 
 
 def test_a_file_from_before_the_image_term_loads_and_scores_as_it_was(trained, tmp_path):
@@ -160,11 +178,27 @@ def test_a_file_from_before_the_image_term_loads_and_scores_as_it_was(trained, t
     np.testing.assert_allclose(loaded.score(images).scores, expected.scores, rtol=1e-6)
 
 
+def test_a_file_from_before_the_latent_term_loads_and_scores_as_it_was(trained, tmp_path):
+    model, images = trained
+    model.save(tmp_path / "new.safetensors")
+    tensors, meta = checkpoint.load(tmp_path / "new.safetensors")
+    tensors = {k: v for k, v in tensors.items() if not k.startswith("latent_density.")}
+    del meta["calibration"]["norms"]["latent_density"]
+    checkpoint.save(tmp_path / "old.safetensors", tensors, meta)
+    loaded = FUNetGAN.load(tmp_path / "old.safetensors")
+    assert loaded.config.score.latent_density_weight == 0
+    expected = model.scores_from_terms(model.residual_terms(images.images),
+                                       dataclasses.replace(model.config.score, latent_density_weight=0.0))
+    assert not np.allclose(model.score(images).scores, expected.scores, rtol=1e-3)  # the term counts when on
+    np.testing.assert_allclose(loaded.score(images).scores, expected.scores, rtol=1e-6)
+
+
 def test_the_weight_adds_the_term_over_its_normal_level():
     ones = np.ones((1, 2, 2), np.float32)
     terms = Terms(pixel_residual=ones, pixel_features=ones * 0, pixel_critic=ones * 0,
                   pixel_density=np.array([[[2.0, 4.0], [0.0, 2.0]]], np.float32),
                   image_residual=np.ones((1, 1)), image_features=np.ones((1, 1)), image_density=np.ones((1, 1)),
+                  latent_density=np.ones((1, 1)),
                   pixel_contrast=ones * 0)
     norms = {"pixel_residual": 1.0, "pixel_features": 1.0, "pixel_density": 2.0,
              "image_residual": 1.0, "image_features": 1.0}

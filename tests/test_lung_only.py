@@ -48,12 +48,13 @@ def test_map_and_image_residual_use_lung_pixels_only():
     density = np.array([[[1.0, 8.0], [3.0, 8.0]]], np.float32)
     contrast = np.array([[[0.0, 5.0], [1.0, 5.0]]], np.float32)
     whole = Terms(residual, np.ones_like(residual), critic, density, np.array([[7.5]]), np.array([[1.0]]),
-                  np.array([[2.0]]), pixel_contrast=contrast)
+                  np.array([[2.0]]), np.array([[3.0]]), pixel_contrast=contrast)
     terms = restrict(whole, lung)
     assert terms.pixel_residual[0].tolist() == [[1.0, 0.0], [3.0, 0.0]]
     assert terms.pixel_features[0].tolist() == [[1.0, 0.0], [1.0, 0.0]]
     assert terms.image_residual.item() == pytest.approx((1 + 9) / 2)  # mean squared residual over lung pixels
     assert terms.image_density.item() == 2.0  # like D's global features, of the whole image
+    assert terms.latent_density.item() == 3.0  # so is E's latent code
     levels = terms.normal_levels()
     assert levels["pixel_residual"] == pytest.approx(2.0)  # over lung pixels too
     assert (levels["pixel_critic"], levels["pixel_critic_std"]) == pytest.approx((3.0, 1.0))  # of 2 and 4

@@ -54,12 +54,13 @@ def test_global_critic_has_no_per_pixel_terms():
 def zeros_terms(maps: np.ndarray, image_residual: np.ndarray) -> Terms:
     """Terms with `maps` as the pixel residual, `image_residual` per tile and zeros elsewhere."""
     return Terms(maps, np.zeros_like(maps), np.zeros_like(maps), np.zeros_like(maps), image_residual,
-                 np.zeros_like(image_residual), np.zeros_like(image_residual), np.zeros_like(maps))
+                 np.zeros_like(image_residual), np.zeros_like(image_residual), np.zeros_like(image_residual),
+                 np.zeros_like(maps))
 
 
 def test_combine_normalises_terms_by_their_normal_level():
     terms = Terms(np.full((1, 4, 4), 2.0), np.full((1, 4, 4), 30.0), np.zeros((1, 4, 4)), np.zeros((1, 4, 4)),
-                  np.array([[0.5]]), np.array([[6.0]]), np.array([[3.0]]), np.zeros((1, 4, 4)))
+                  np.array([[0.5]]), np.array([[6.0]]), np.array([[3.0]]), np.array([[4.0]]), np.zeros((1, 4, 4)))
     norms = {"pixel_residual": 1.0, "pixel_features": 10.0, "image_residual": 0.25, "image_features": 3.0}
     cfg = ScoreConfig(kappa=0.5, blur_sigma=0.0, density_weight=0.0, smoothness_weight=0.0)
     scores, maps = combine(terms, norms, cfg, 4)
@@ -70,6 +71,11 @@ def test_combine_normalises_terms_by_their_normal_level():
     norms["image_density"] = 1.5
     scores, _ = combine(terms, norms, dataclasses.replace(cfg, image_density_weight=2.0), 4)
     assert scores.item() == pytest.approx(2.0 + 0.5 * 2.0 + 2.0 * 3.0 / 1.5)
+    with pytest.raises(ValueError, match="latent_density_weight=0"):
+        combine(terms, norms, dataclasses.replace(cfg, latent_density_weight=1.0), 4)
+    norms["latent_density"] = 2.0
+    scores, _ = combine(terms, norms, dataclasses.replace(cfg, image_density_weight=2.0, latent_density_weight=0.5), 4)
+    assert scores.item() == pytest.approx(2.0 + 0.5 * 2.0 + 2.0 * 3.0 / 1.5 + 0.5 * 4.0 / 2.0)
     cfg.image_score = "max"
     assert combine(terms, norms, cfg, 4)[0].item() == pytest.approx(3.5)
 
@@ -77,7 +83,7 @@ def test_combine_normalises_terms_by_their_normal_level():
 def test_critic_term_is_standardised_by_its_normal_mean_and_spread():
     critic = np.array([[[3.0, 1.0], [-1.0, 1.0]]])
     terms = Terms(np.ones((1, 2, 2)), np.zeros((1, 2, 2)), critic, np.zeros((1, 2, 2)), np.array([[1.0]]),
-                  np.array([[0.0]]), np.array([[0.0]]), np.zeros((1, 2, 2)))
+                  np.array([[0.0]]), np.array([[0.0]]), np.array([[0.0]]), np.zeros((1, 2, 2)))
     levels = terms.normal_levels()
     assert levels["pixel_critic"] == pytest.approx(1.0)  # mean of 3, 1, -1, 1
     assert levels["pixel_critic_std"] == pytest.approx(2 ** 0.5)  # sqrt((4 + 0 + 4 + 0) / 4)

@@ -28,7 +28,8 @@ def terms_with_contrast(contrast: np.ndarray) -> Terms:
     zeros = np.zeros_like(contrast)
     return Terms(pixel_residual=zeros + 1, pixel_features=zeros, pixel_critic=zeros, pixel_density=zeros,
                  image_residual=np.ones((len(contrast), 1)), image_features=np.ones((len(contrast), 1)),
-                 image_density=np.ones((len(contrast), 1)), pixel_contrast=contrast)
+                 image_density=np.ones((len(contrast), 1)),
+                 latent_density=np.ones((len(contrast), 1)), pixel_contrast=contrast)
 
 
 def test_the_term_counts_only_what_is_smoother_than_normal_in_normal_spreads():

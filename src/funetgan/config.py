@@ -102,6 +102,9 @@ class ScoreConfig:
     # Weight of the image-density term in izif (nn/density.py: how unlike validation normals'
     # D's whole bottleneck is, one Gaussian per location of its 4 x 4 grid). 0: izif as METHOD.md.
     image_density_weight: float = 0.0
+    # Weight of the latent-density term in izif (nn/density.py: how unlike validation normals'
+    # E's latent code z = E(x) is, one Gaussian of its z_dim values). 0: izif as METHOD.md.
+    latent_density_weight: float = 0.0
     topk_fraction: float = 0.01
     blur_sigma: float | None = None  # pixels at model size; None: 4 px at 128, scaled with size
     normal_quantile: float = 0.99  # threshold rule when validation has no anomalies

@@ -132,7 +132,7 @@ def export_graph(model) -> ExportGraph:
     """The scoring network on float32 CPU copies of E, G, D and the feature densities, with
     spectral norm folded into the weights (in eval mode it is a fixed rescaling; ONNX has no
     op for its vdot)."""
-    nets = (model.E, model.G, model.D, model.density, model.image_density)
+    nets = (model.E, model.G, model.D, *(density for _, density in model.densities()))
     return ExportGraph(ScoringNetwork(*(_plain_copy(net) for net in nets))).eval()
 
 
@@ -190,6 +190,7 @@ def _set_metadata(proto, meta: dict, config: Config) -> None:
         "normal_levels": json.dumps(calibration["norms"]), "kappa": score.kappa,
         "critic_weight": score.critic_weight, "density_weight": score.density_weight,
         "smoothness_weight": score.smoothness_weight, "image_density_weight": score.image_density_weight,
+        "latent_density_weight": score.latent_density_weight,
         "blur_sigma": blur_sigma(score, config.model.image_size), "image_score": score.image_score,
         "tile_stride": tile_stride(config), "tile_reduce": score.tile_reduce,
     }
@@ -200,12 +201,13 @@ def _set_metadata(proto, meta: dict, config: Config) -> None:
     proto.doc_string = (
         "F-UNetGAN scoring network. Input 'images': uint8 B x S x S x C tiles (S = image_size). Outputs: "
         "pixel_residual, pixel_features, pixel_critic, pixel_density (B x S x S), image_residual, image_features, "
-        "image_density (B): the raw terms. Anomaly map = blur(pixel_residual / m_pixel_residual + kappa * pixel_features / "
+        "image_density, latent_density (B): the raw terms. Anomaly map = blur(pixel_residual / m_pixel_residual + kappa * pixel_features / "
         "m_pixel_features + critic_weight * (pixel_critic - m_pixel_critic) / pixel_critic_std + density_weight "
         "* pixel_density / m_pixel_density + smoothness_weight * max(m_pixel_contrast - c, 0) / pixel_contrast_std, "
         "c: the standard deviation of the image's pixels in a 5 x 5 window, from the images, not the graph); "
         "image score (izif) = image_residual / m_image_residual + kappa * image_features / m_image_features "
-        "+ image_density_weight * image_density / m_image_density; "
+        "+ image_density_weight * image_density / m_image_density "
+        "+ latent_density_weight * latent_density / m_latent_density; "
         "m_*: normal_levels. funetgan's OnnxScorer (onnxruntime + numpy) does this and the tiling.")
 
 

@@ -13,7 +13,7 @@ from .data.base import ImageSet
 from .export import PARITY_TOLERANCE, export_onnx
 from .files import CHECKPOINT_FILE, MODEL_FILE
 from .nn import Discriminator, Encoder, Generator
-from .nn.density import GRID, DensityStatistics, FeatureDensity, samples_needed
+from .nn.density import GRID, DensityStatistics, FeatureDensity, as_grid, samples_needed
 from .nn.residuals import TERM_MAPS, TERM_VALUES, ScoringNetwork
 from .nn.tensors import to_tensor
 from .runtime import Runtime, setup
@@ -41,9 +41,11 @@ class FUNetGAN(Scorer):
             self.D = self.runtime.place(Discriminator(m.image_size, m.channels, m.width, m.variant, m.attn_max_size,
                                                       pixel_head=m.critic_head == "unet", sn=m.d_spectral_norm))
             self.E = self.runtime.place(Encoder(m.image_size, m.channels, m.width, m.z_dim))
-        # Set by calibrate: the map's density (one Gaussian for all locations) and the image's (one per location).
+        # Set by calibrate: the map's density (one Gaussian for all locations), the image's (one
+        # per location) and the latent code's.
         self.density = self.runtime.place(FeatureDensity(self.D.bottleneck_width))
         self.image_density = self.runtime.place(FeatureDensity(self.D.bottleneck_width, GRID))
+        self.latent_density = self.runtime.place(FeatureDensity(m.z_dim))
         for net in (self.G, self.D, self.E):
             self.runtime.sync_parameters(net)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.gan.lr_g, betas=cfg.gan.betas)
@@ -100,7 +102,7 @@ class FUNetGAN(Scorer):
     def _score_tiles(self, tiles: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
         """The residual terms of uint8 B x S x S x C tiles, as numpy (a `tiling.TileScorer`)."""
         rt = self.runtime
-        network = ScoringNetwork(self.E, self.G, self.D, self.density, self.image_density,
+        network = ScoringNetwork(self.E, self.G, self.D, self.density, self.image_density, self.latent_density,
                                  torch.channels_last if rt.channels_last else torch.contiguous_format).eval()
         with rt.autocast():
             terms = [term.float().cpu().numpy() for term in network(rt.prepare(to_tensor(tiles, rt.device)))]
@@ -118,10 +120,12 @@ class FUNetGAN(Scorer):
         region = self.scoring_region(val)
         terms = self.residual_terms(val.images, region=region)
         levels = terms.rows(normal).normal_levels()
-        notes = [unfitted] if unfitted and self.config.score.image_density_weight else []
-        if unfitted:  # without its level, the image density's weight becomes 0
-            del levels["image_density"]
-            without_uncalibrated_terms(self.config.score, levels)
+        notes = []
+        for term, note in unfitted.items():  # without its level, the term's weight becomes 0
+            del levels[term]
+            if getattr(self.config.score, f"{term}_weight"):
+                notes.append(note)
+        without_uncalibrated_terms(self.config.score, levels)
         self.calibration = {"norms": levels, "notes": notes}
         result = self.scores_from_terms(terms)
         q = self.config.score.normal_quantile
@@ -149,33 +153,38 @@ class FUNetGAN(Scorer):
         return self.calibrate(images)
 
     @torch.inference_mode()
-    def fit_density(self, images: np.ndarray) -> str | None:
-        """The Gaussians of D's bottleneck features (`nn.density`: the map's and the image's)
-        over normal uint8 `images`, tiled as they are scored. Every location counts, also
-        outside a CT scoring region: the densities describe what D sees in a normal tile; the
-        map term's normal level is then taken inside the region. Returns a note when there
-        were too few tiles for the image's Gaussians (one per location), which stay unfitted;
-        else None."""
+    def fit_density(self, images: np.ndarray) -> dict[str, str]:
+        """The Gaussians of D's bottleneck features and of E's latent codes (`nn.density`: the
+        map's, the image's and the latent's) over normal uint8 `images`, tiled as they are
+        scored. Every location counts, also outside a CT scoring region: the densities describe
+        what D and E see in a normal tile; the map term's normal level is then taken inside the
+        region. Returns a note for each per-image term whose Gaussians had too few tiles to be
+        fitted (they stay unfitted), by the term's name."""
         rt = self.runtime
-        statistics = {self.density: DensityStatistics(), self.image_density: DensityStatistics(GRID)}
+        statistics = {self.density: DensityStatistics(), self.image_density: DensityStatistics(GRID),
+                      self.latent_density: DensityStatistics()}
 
         def collect(tiles: np.ndarray) -> dict:
             with rt.autocast():
-                features = self.D(rt.prepare(to_tensor(tiles, rt.device))).f_g
-            for gathered in statistics.values():
-                gathered.add(features)
+                x = rt.prepare(to_tensor(tiles, rt.device))
+                features, codes = self.D(x).f_g, as_grid(self.E(x))
+            statistics[self.density].add(features)
+            statistics[self.image_density].add(features)
+            statistics[self.latent_density].add(codes)
             return {"maps": {}, "values": {}}
 
         tiling.score_tiled(images, self.config.model.image_size, tile_stride(self.config),
                            self.config.score.batch_size, collect)
         statistics[self.density].fit(self.density)
-        gathered = statistics[self.image_density]
-        needed = samples_needed(self.image_density)
-        if gathered.count >= needed:
-            gathered.fit(self.image_density)
-            return None
-        return (f"score.image_density_weight set to 0: {gathered.count} normal images (or tiles) to calibrate on, "
-                f"its Gaussians need {needed}")
+        unfitted = {}
+        for term, density in (("image_density", self.image_density), ("latent_density", self.latent_density)):
+            gathered, needed = statistics[density], samples_needed(density)
+            if gathered.count >= needed:
+                gathered.fit(density)
+            else:
+                unfitted[term] = (f"score.{term}_weight set to 0: {gathered.count} normal images (or tiles) to "
+                                  f"calibrate on, its Gaussians need {needed}")
+        return unfitted
 
     # ---- persistence ---------------------------------------------------------------------
     def export(self, path: str | Path, check_images: ImageSet | np.ndarray | None = None,
@@ -189,8 +198,7 @@ class FUNetGAN(Scorer):
 
     def _weights(self) -> dict[str, torch.Tensor]:
         tensors = {}
-        for name, net in (("G", self.G), ("D", self.D), ("E", self.E), ("density", self.density),
-                          ("image_density", self.image_density)):
+        for name, net in (("G", self.G), ("D", self.D), ("E", self.E), *self.densities()):
             tensors.update(checkpoint.prefixed(name, net.state_dict()))
         return tensors
 
@@ -201,12 +209,17 @@ class FUNetGAN(Scorer):
             except RuntimeError as err:
                 first = str(err).strip().splitlines()[0]
                 raise ValueError(f"{path}: weights do not fit the settings ({first})") from None
-        for name, density in (("density", self.density), ("image_density", self.image_density)):
+        for name, density in self.densities():
             saved = checkpoint.unprefixed(name, tensors)
             if saved:  # files from before a density term have none: it then stays unused
                 # (files from before the image term hold the map's Gaussian without its location axis)
                 density.load_state_dict({key: value.reshape(getattr(density, key).shape)
                                          for key, value in saved.items()})
+
+    def densities(self) -> tuple[tuple[str, FeatureDensity], ...]:
+        """The Gaussians calibration fits, by the name their tensors are saved under."""
+        return (("density", self.density), ("image_density", self.image_density),
+                ("latent_density", self.latent_density))
 
     def save(self, path: str | Path) -> None:
         """Weights, settings and calibration in one safetensors file."""

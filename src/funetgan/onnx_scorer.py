@@ -24,8 +24,8 @@ from .scoring import MAP_TERMS, VALUE_TERMS, Scorer, without_uncalibrated_terms
 
 META_KEY = "funetgan"  # metadata entry holding settings, calibration and parity as JSON
 # Version of what the graph computes and of META_KEY's content (2: + pixel_critic, 3: + pixel_density,
-# 4: + image_density).
-FORMAT = 4
+# 4: + image_density, 5: + latent_density).
+FORMAT = 5
 INPUT = "images"  # uint8 B x S x S x C tiles
 MAP_OUTPUTS, VALUE_OUTPUTS = MAP_TERMS, VALUE_TERMS  # B x S x S each, B each (nn.residuals' order)
 

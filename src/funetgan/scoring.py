@@ -6,7 +6,8 @@ With r = G(E(x)):
                   + density_weight * d(x) / m_d
                   + smoothness_weight * max(mu_l - l(x), 0) / sd_l               (then Gaussian blur)
   image score s = mse(x, r) / m_i + kappa * mse(f_g(x), f_g(r)) / m_g
-                  + image_density_weight * e(x) / m_e                     ("izif"), or the max /
+                  + image_density_weight * e(x) / m_e
+                  + latent_density_weight * q(x) / m_q                    ("izif"), or the max /
               top-k mean of A.
 With a scoring region (the lung of CT slices, `score.lung_only`), the pixel terms and the
 image residual count only its pixels and the map is 0 outside it; D's global features still
@@ -19,7 +20,8 @@ it is standardised instead (mu_c, sd_c: its mean and spread over validation norm
 d(x) is how unlike normal images D's bottleneck features of x are (`nn.density`: the squared
 Mahalanobis distance to a Gaussian of validation normals' features, up-sampled to pixels);
 e(x) is the same for the image as a whole, with one Gaussian per location of D's 4 x 4
-bottleneck grid, so that the features' layout counts too.
+bottleneck grid, so that the features' layout counts too; q(x) asks the same of E's latent
+code z = E(x) (one Gaussian of validation normals' codes): does E map x where it maps normals?
 l(x) is the local contrast of x itself (the standard deviation of its pixels in a 5 x 5
 window; no network): where it falls below normal images' (mu_l, sd_l: its mean and spread over
 validation normals' pixels), the texture is smoother than normal, which is what a smudge or a
@@ -44,7 +46,7 @@ from .config import Config, ScoreConfig, tile_stride, working_size
 from .data.base import ImageSet
 
 MAP_TERMS = ("pixel_residual", "pixel_features", "pixel_critic", "pixel_density")  # nn.residuals' TERM_MAPS
-VALUE_TERMS = ("image_residual", "image_features", "image_density")  # and TERM_VALUES (numpy only: no torch here)
+VALUE_TERMS = ("image_residual", "image_features", "image_density", "latent_density")  # and TERM_VALUES (numpy only: no torch here)
 TERMS = (*MAP_TERMS, *VALUE_TERMS)
 
 
@@ -60,6 +62,7 @@ class Terms:
     image_residual: np.ndarray
     image_features: np.ndarray
     image_density: np.ndarray
+    latent_density: np.ndarray
     pixel_contrast: np.ndarray  # N x H x W: `local_contrast` of the images themselves (no network)
     region: np.ndarray | None = None  # N x H x W bool: the pixels that count (None: all)
 
@@ -93,6 +96,7 @@ def restrict(terms: Terms, region: np.ndarray) -> Terms:
                  pixel_critic=terms.pixel_critic * inside, pixel_density=terms.pixel_density * inside,
                  image_residual=(squared / area)[:, None],
                  image_features=terms.image_features, image_density=terms.image_density,
+                 latent_density=terms.latent_density,
                  pixel_contrast=terms.pixel_contrast * inside, region=region)
 
 
@@ -185,9 +189,10 @@ def combine(terms: Terms, norms: dict[str, float], cfg: ScoreConfig, image_size:
         maps = maps * terms.region  # the blur spreads values over the region's edge
     if cfg.image_score == "izif":
         per_tile = scaled("image_residual") + cfg.kappa * scaled("image_features")
-        if cfg.image_density_weight:
-            require_level(norms, "image_density_weight")
-            per_tile = per_tile + cfg.image_density_weight * scaled("image_density")
+        for weight in ("image_density_weight", "latent_density_weight"):
+            if getattr(cfg, weight):
+                require_level(norms, weight)
+                per_tile = per_tile + getattr(cfg, weight) * scaled(TERM_LEVELS[weight])
         scores = per_tile.max(1) if cfg.tile_reduce == "max" else per_tile.mean(1)
     elif cfg.image_score == "max":
         scores = maps.reshape(len(maps), -1).max(1)
@@ -201,9 +206,10 @@ def combine(terms: Terms, norms: dict[str, float], cfg: ScoreConfig, image_size:
 # The normal level each weighted term is scaled by; a calibration without it (by an older
 # funetgan) cannot score the term.
 TERM_LEVELS = {"critic_weight": "pixel_critic_std", "density_weight": "pixel_density",
-               "smoothness_weight": "pixel_contrast_std", "image_density_weight": "image_density"}
+               "smoothness_weight": "pixel_contrast_std", "image_density_weight": "image_density",
+               "latent_density_weight": "latent_density"}
 # Terms added after the first release: a run calibrated before one existed is scored without it.
-LATER_TERMS = ("density_weight", "smoothness_weight", "image_density_weight")
+LATER_TERMS = ("density_weight", "smoothness_weight", "image_density_weight", "latent_density_weight")
 
 
 def without_uncalibrated_terms(cfg: ScoreConfig, norms: dict[str, float]) -> None:

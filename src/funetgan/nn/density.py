@@ -1,4 +1,4 @@
-"""How unlike normal images D's bottleneck features of an image are.
+"""How unlike normal images D's bottleneck features, and E's latent code, of an image are.
 
 D's bottleneck features f_g (C channels on a 4 x 4 grid per tile, the input of its global
 head) are modelled over validation normals by Gaussians of the C channels, in two ways:
@@ -9,11 +9,14 @@ head) are modelled over validation normals by Gaussians of the C channels, in tw
 - the image term: one Gaussian per grid location, so the layout of the features counts too
   (where in the image a garment's sleeve is, what lies beside a brick's mortar joint); the
   term is the mean over the grid of each location's distance, divided by C.
+E's latent code z = E(x) (z_dim values per tile) is modelled the same way, by one Gaussian
+of validation normals' codes: the latent term is its squared Mahalanobis distance / z_dim.
 
 Why: the residual |x - G(E(x))| and D's feature residual only see what G fails to rebuild,
 and on stochastic textures G rebuilds a smooth defect better than the texture around it, so
 those maps are darkest on the defect. The density terms ask instead whether D has seen such
-features in normal images, and need no reconstruction. On the selection split the
+features in normal images, or whether E maps the image where it maps normal ones, and need
+no reconstruction. On the selection split the
 bottleneck gave the best maps of D's depths on grass and gravel (decoder and shallower
 encoder features, alone or averaged with it, were worse: README, "Localisation").
 """
@@ -53,6 +56,11 @@ class FeatureDensity(nn.Module):
             # (ONNX-friendly, unlike einsum).
             weighted = (centred.unsqueeze(-2) @ self.precision).squeeze(-2)
             return ((centred * weighted).sum(-1) / channels).reshape(batch, height, width)
+
+
+def as_grid(vectors: torch.Tensor) -> torch.Tensor:
+    """B x C -> B x C x 1 x 1: feature vectors (E's latent codes) as a one-location grid."""
+    return vectors[:, :, None, None]
 
 
 def up_sampled(term: torch.Tensor, size: int) -> torch.Tensor:

@@ -7,11 +7,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .density import FeatureDensity, up_sampled
+from .density import FeatureDensity, as_grid, up_sampled
 from .discriminator import CriticOutput
 
 TERM_MAPS = ("pixel_residual", "pixel_features", "pixel_critic", "pixel_density")  # B x S x S each
-TERM_VALUES = ("image_residual", "image_features", "image_density")  # B each
+TERM_VALUES = ("image_residual", "image_features", "image_density", "latent_density")  # B each
 
 
 def residual_terms(x: torch.Tensor, recon: torch.Tensor, out_x: CriticOutput,
@@ -31,21 +31,24 @@ def residual_terms(x: torch.Tensor, recon: torch.Tensor, out_x: CriticOutput,
 
 class ScoringNetwork(nn.Module):
     """x (float B x C x S x S in [-1, 1]) -> r = G(E(x)) -> the residual terms of x and r,
-    and the density terms of D's bottleneck features of x (`nn.density`: per pixel and per
-    image; meaningless until calibration has fitted them, and then used only by a
-    calibration that has their normal levels)."""
+    the density terms of D's bottleneck features of x (`nn.density`: per pixel and per
+    image) and that of E's latent code of x; the densities are meaningless until calibration
+    has fitted them, and then used only by a calibration that has their normal levels."""
 
     def __init__(self, encoder: nn.Module, generator: nn.Module, critic: nn.Module, density: FeatureDensity,
-                 image_density: FeatureDensity, memory_format: torch.memory_format = torch.contiguous_format):
+                 image_density: FeatureDensity, latent_density: FeatureDensity,
+                 memory_format: torch.memory_format = torch.contiguous_format):
         super().__init__()
         self.E, self.G, self.D = encoder, generator, critic
-        self.density, self.image_density = density, image_density
+        self.density, self.image_density, self.latent_density = density, image_density, latent_density
         self.memory_format = memory_format  # channels-last speeds D up on CPUs and GPUs alike
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        recon = self.G(self.E(x)).contiguous(memory_format=self.memory_format)
+        z = self.E(x)
+        recon = self.G(z).contiguous(memory_format=self.memory_format)
         out_x = self.D(x)
         terms = residual_terms(x.float(), recon.float(), out_x, self.D(recon))
         density = up_sampled(self.density(out_x.f_g), x.shape[-1])
         image_density = self.image_density(out_x.f_g).mean((1, 2))
-        return (*terms[:len(TERM_MAPS) - 1], density, *terms[len(TERM_MAPS) - 1:], image_density)
+        latent_density = self.latent_density(as_grid(z)).flatten(1).mean(1)
+        return (*terms[:len(TERM_MAPS) - 1], density, *terms[len(TERM_MAPS) - 1:], image_density, latent_density)
