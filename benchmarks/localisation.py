@@ -53,9 +53,10 @@ ALTERNATIVES = {
     "density 1, smoothness 2, kappa 0": {"density_weight": 1.0, "smoothness_weight": 2.0, "kappa": 0.0},
     "density 1, smoothness 2, top 1% of map as image score": {"density_weight": 1.0, "smoothness_weight": 2.0,
                                                                "image_score": "topk"},
-    # The image-density term in izif (image AUROC only; the maps are the default's).
-    **{f"density 1, smoothness 2, image density {w:g}": {"density_weight": 1.0, "smoothness_weight": 2.0,
-                                                          "image_density_weight": w} for w in (0.5, 2.0)},
+    # izif's density terms (image AUROC only; the maps are the default's).
+    **{f"density 1, smoothness 2, image density {image:g}, latent density {latent:g}":
+       {"density_weight": 1.0, "smoothness_weight": 2.0, "image_density_weight": image, "latent_density_weight": latent}
+       for image, latent in ((0.0, 0.0), (0.5, 0.0), (2.0, 0.0), (0.0, 16.0))},
 }
 
 

@@ -28,7 +28,8 @@ class PixelScorer(Scorer):
         self.config = Config()
         self.config.model.image_size, self.config.model.channels = size, 1
         self.config.score.blur_sigma = 1.0
-        norms = {"pixel_density": 1.0, "pixel_contrast": 0.2, "pixel_contrast_std": 0.1}  # the contrast: from the images
+        norms = {"pixel_density": 1.0, "pixel_contrast": 0.2, "pixel_contrast_std": 0.1,  # the contrast: from the images
+                 "latent_density": 1.0}
         self.calibration = {"norms": norms, "image_threshold": image_threshold, "pixel_threshold": pixel_threshold}
 
     def _score_tiles(self, tiles):

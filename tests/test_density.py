@@ -202,7 +202,8 @@ def test_the_weight_adds_the_term_over_its_normal_level():
                   pixel_contrast=ones * 0)
     norms = {"pixel_residual": 1.0, "pixel_features": 1.0, "pixel_density": 2.0,
              "image_residual": 1.0, "image_features": 1.0}
-    _, maps = combine(terms, norms, ScoreConfig(kappa=0.0, density_weight=0.5, smoothness_weight=0.0, blur_sigma=0.0), 2)
+    _, maps = combine(terms, norms, ScoreConfig(kappa=0.0, density_weight=0.5, smoothness_weight=0.0, blur_sigma=0.0,
+                                                 latent_density_weight=0.0), 2)
     assert maps[0].tolist() == [[1.5, 2.0], [1.0, 1.5]]  # 1 + 0.5 * density / 2
     del norms["pixel_density"]  # calibrated by an older funetgan
     with pytest.raises(ValueError, match="density_weight=0"):

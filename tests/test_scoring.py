@@ -62,7 +62,7 @@ def test_combine_normalises_terms_by_their_normal_level():
     terms = Terms(np.full((1, 4, 4), 2.0), np.full((1, 4, 4), 30.0), np.zeros((1, 4, 4)), np.zeros((1, 4, 4)),
                   np.array([[0.5]]), np.array([[6.0]]), np.array([[3.0]]), np.array([[4.0]]), np.zeros((1, 4, 4)))
     norms = {"pixel_residual": 1.0, "pixel_features": 10.0, "image_residual": 0.25, "image_features": 3.0}
-    cfg = ScoreConfig(kappa=0.5, blur_sigma=0.0, density_weight=0.0, smoothness_weight=0.0)
+    cfg = ScoreConfig(kappa=0.5, blur_sigma=0.0, density_weight=0.0, smoothness_weight=0.0, latent_density_weight=0.0)
     scores, maps = combine(terms, norms, cfg, 4)
     np.testing.assert_allclose(maps, np.full((1, 4, 4), 2.0 + 0.5 * 3.0))
     assert scores.item() == pytest.approx(2.0 + 0.5 * 2.0)
@@ -106,7 +106,7 @@ def test_tile_values_reduce_to_one_image_score_by_max_or_mean():
     tiles = np.array([[1.0, 3.0, 2.0]])  # one image, three tiles
     terms = zeros_terms(np.zeros((1, 4, 4)), tiles)
     norms = {"pixel_residual": 1.0, "pixel_features": 1.0, "image_residual": 1.0, "image_features": 1.0}
-    cfg = ScoreConfig(kappa=0.0, blur_sigma=0.0, density_weight=0.0, smoothness_weight=0.0)
+    cfg = ScoreConfig(kappa=0.0, blur_sigma=0.0, density_weight=0.0, smoothness_weight=0.0, latent_density_weight=0.0)
     assert combine(terms, norms, cfg, 4)[0].item() == 3.0
     cfg.tile_reduce = "mean"
     assert combine(terms, norms, cfg, 4)[0].item() == 2.0

@@ -52,7 +52,7 @@ def test_the_weight_adds_the_term_to_the_map_and_old_calibrations_get_a_clear_er
     terms = terms_with_contrast(np.array([[[0.5, 0.25], [0.0, 1.0]]], np.float32))
     norms = {"pixel_residual": 1.0, "pixel_features": 1.0, "image_residual": 1.0, "image_features": 1.0,
              "pixel_contrast": 0.5, "pixel_contrast_std": 0.25}
-    settings = dict(kappa=0.0, density_weight=0.0, blur_sigma=0.0)
+    settings = dict(kappa=0.0, density_weight=0.0, blur_sigma=0.0, latent_density_weight=0.0)
     _, maps = combine(terms, norms, ScoreConfig(smoothness_weight=0.5, **settings), 2)
     assert maps.tolist() == [[[1.0, 1.5], [2.0, 1.0]]]  # residual 1 + 0.5 x (0, 1, 2, 0)
     del norms["pixel_contrast_std"]
