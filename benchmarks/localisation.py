@@ -13,7 +13,8 @@ quarter size); `--split selection` (data seed 1) is where scoring settings are c
 (`funetgan.cli.DEMO_SETTINGS`, 32x32x1 networks, the CPU recipe) with `--resolution`
 (working resolution: 32-px patches and tiles; "whole" resizes crops to 32 px); f-AnoGAN is
 the same recipe with the ordinary global ResNet critic and no consistency term. The baseline scores
-as published (residual maps only: `score.density_weight=0`, `score.smoothness_weight=0`).
+as published (residual maps only: `score.density_weight=0`, `score.smoothness_weight=0`; izif
+without the latent term: `score.latent_density_weight=0`).
 Pixel metrics at the crops' own resolution. Every run also reports the same networks under the
 scoring settings of ALTERNATIVES (one pass of the networks): the feature-density and the
 smoothness terms at several weights (for the baseline, the density on its own critic's
@@ -39,7 +40,7 @@ from funetgan.data.demo import TEXTURES
 MODELS = {
     "F-UNetGAN": [],  # the library's defaults: res_attn U-Net critic, consistency term
     "f-AnoGAN": ["model.variant=res", "model.critic_head=global", "gan.consistency=none", "score.density_weight=0",
-                 "score.smoothness_weight=0"],
+                 "score.smoothness_weight=0", "score.latent_density_weight=0"],
 }
 # Targets of issue 10: the default's margin over the baseline, and absolute levels.
 MARGIN = {"pixel_auroc": 0.02, "aupro": 0.03}
