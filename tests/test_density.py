@@ -155,7 +155,7 @@ def test_too_few_calibration_normals_leave_a_per_image_term_off_with_a_note(term
     model.fit(random_images(12, seed=3), random_images(normals, seed=4))
     assert getattr(model.config.score, f"{term}_weight") == 0 and term not in model.calibration["norms"]
     assert model.calibration["notes"] == [f"score.{term}_weight set to 0: {normals} normal images (or tiles) "
-                                          f"to calibrate on, its Gaussians need {needed}"]
+                                          f"to calibrate on, fitting it needs {needed}"]
 
 
 def test_a_file_from_before_the_image_term_loads_and_scores_as_it_was(trained, tmp_path):

@@ -183,7 +183,7 @@ class FUNetGAN(Scorer):
                 gathered.fit(density)
             else:
                 unfitted[term] = (f"score.{term}_weight set to 0: {gathered.count} normal images (or tiles) to "
-                                  f"calibrate on, its Gaussians need {needed}")
+                                  f"calibrate on, fitting it needs {needed}")
         return unfitted
 
     # ---- persistence ---------------------------------------------------------------------
