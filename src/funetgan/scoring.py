@@ -224,8 +224,8 @@ def require_level(norms: dict[str, float], weight: str) -> None:
     """A one-line error when `norms` lack the normal level of the term `score.<weight>` weighs."""
     if TERM_LEVELS[weight] not in norms:
         raise ValueError(f"this model was calibrated without the normal level of the term score.{weight} weighs "
-                         f"(trained by an older funetgan): score it with score.{weight}=0, or calibrate it again "
-                         f"(funetgan calibrate)")
+                         f"(by an older funetgan, or on too few normals for it: see its calibration notes): score "
+                         f"it with score.{weight}=0, or calibrate it again (funetgan calibrate)")
 
 
 def standardised(terms: Terms, norms: dict[str, float], name: str) -> np.ndarray:
