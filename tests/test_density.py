@@ -152,10 +152,68 @@ def test_a_run_calibrated_before_the_density_term_is_scored_as_it_was(trained, t
                                                    ("latent_density", 31, 32)])  # 2 x 16 latent values
 def test_too_few_calibration_normals_leave_a_per_image_term_off_with_a_note(term, normals, needed):
     model = FUNetGAN(apply_overrides(tiny_config(), [f"score.{term}_weight=1.0"]))
-    model.fit(random_images(12, seed=3), random_images(normals, seed=4))
+    model.calibrate(random_images(normals, seed=4))  # no training images to top it up with
     assert getattr(model.config.score, f"{term}_weight") == 0 and term not in model.calibration["norms"]
     assert model.calibration["notes"] == [f"score.{term}_weight set to 0: {normals} normal images (or tiles) "
-                                          f"to calibrate on, fitting it needs {needed}"]
+                                          f"to fit its Gaussian on, it needs {needed}"]
+
+
+def latent_codes(model: FUNetGAN, images: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return model.E(to_tensor(images, "cpu")).double().numpy()
+
+
+def test_a_thin_calibration_fits_the_latent_gaussian_on_training_images_too():
+    """20 calibration normals, 32 needed at z_dim 16: all 25 training rows are drawn (4 x 32 -
+    20 = 108 wanted); the Gaussian is that of the 45 codes, the level the 20 normals' mean."""
+    torch.set_num_threads(1)
+    model = FUNetGAN(apply_overrides(tiny_config(), ["score.latent_density_weight=1.0"]))
+    val, train = random_images(20, seed=4), random_images(50, seed=5)
+    rows = np.arange(50)[::2]
+    model.calibrate(val, top_up=(train.images, rows))
+    codes = latent_codes(model, np.concatenate([val.images, train.images[rows]]))
+    np.testing.assert_allclose(model.latent_density.mean[0].numpy(), codes.mean(0), rtol=1e-4, atol=1e-6)
+    covariance = np.cov(codes.T, bias=True)
+    covariance += SHRINKAGE * np.trace(covariance) / len(covariance) * np.eye(len(covariance))
+    centred = latent_codes(model, val.images) - codes.mean(0)
+    distances = np.einsum("ni,ij,nj->n", centred, np.linalg.inv(covariance), centred) / codes.shape[1]
+    assert model.calibration["norms"]["latent_density"] == pytest.approx(distances.mean(), rel=1e-3)
+    assert model.config.score.latent_density_weight == 1.0
+    assert model.calibration["notes"] == [
+        "score.latent_density_weight: its Gaussian was fitted on 45 normal images (or tiles) (20 for calibration, "
+        "25 from 25 training images), as the calibration normals alone are fewer than the 32 it needs"]
+
+
+def test_the_top_up_draws_what_the_gaussian_wants_and_says_when_it_is_still_short():
+    torch.set_num_threads(1)
+    model = FUNetGAN(apply_overrides(tiny_config(), ["score.latent_density_weight=1.0",
+                                                     "score.image_density_weight=1.0"]))
+    model.calibrate(random_images(20, seed=4), top_up=(random_images(200, seed=5).images, None))
+    # 4 x 64 - 20 = 236 wanted for the image term (the larger want): all 200 drawn; 220 >= 64 and >= 32
+    assert [note.split(":")[0] for note in model.calibration["notes"]] == ["score.image_density_weight",
+                                                                          "score.latent_density_weight"]
+    assert all("220 normal images (or tiles) (20 for calibration, 200 from 200 training images)" in note
+               for note in model.calibration["notes"])
+    model = FUNetGAN(apply_overrides(tiny_config(), ["score.latent_density_weight=1.0"]))
+    model.calibrate(random_images(20, seed=4), top_up=(random_images(300, seed=5).images, None))
+    assert "256 normal images (or tiles) (20 for calibration, 236 from 236 training images)" \
+        in model.calibration["notes"][0]  # no more than the image term wants (it is short too, weight or not)
+    model = FUNetGAN(apply_overrides(tiny_config(), ["score.image_density_weight=1.0"]))
+    model.calibrate(random_images(20, seed=4), top_up=(random_images(30, seed=5).images, None))
+    assert model.config.score.image_density_weight == 0
+    assert "score.image_density_weight set to 0: 50 normal images (or tiles) (20 for calibration, 30 from 30 " \
+           "training images) to fit its Gaussian on, it needs 64" in model.calibration["notes"]
+
+
+def test_fit_tops_up_from_the_training_rows_it_did_not_hold_out():
+    """Without a validation set, the held-out training normals calibrate and the other rows top up."""
+    torch.set_num_threads(1)
+    config = apply_overrides(tiny_config(), ["score.latent_density_weight=1.0", "data.val_fraction=0.25"])
+    model = FUNetGAN(config).fit(random_images(40, seed=3))
+    assert model.config.score.latent_density_weight == 1.0
+    assert model.calibration["notes"] == [
+        "score.latent_density_weight: its Gaussian was fitted on 40 normal images (or tiles) (10 for calibration, "
+        "30 from 30 training images), as the calibration normals alone are fewer than the 32 it needs"]
 
 
 def test_a_file_from_before_the_image_term_loads_and_scores_as_it_was(trained, tmp_path):

@@ -1,6 +1,7 @@
 """The public model object: fit (both training stages, then calibration), score, save, load."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,10 @@ from .runtime import Runtime, setup
 from .scoring import Scorer, Scores, without_uncalibrated_terms  # noqa: F401  (Scores: also importable from here)
 from .thresholds import calibrate_image_threshold, calibrate_pixel_threshold
 from .train import Trainer, WeightAverage
+
+# A per-image Gaussian that the calibration normals are too few for is fitted on them and on
+# training images' tiles, up to this many times the samples it needs at the least.
+TOP_UP_FACTOR = 4
 
 
 class FUNetGAN(Scorer):
@@ -80,7 +85,7 @@ class FUNetGAN(Scorer):
                 self.load_checkpoint(Path(run_dir) / CHECKPOINT_FILE)
         trainer = Trainer(self, train.images, val.images, run_dir, rows)
         trainer.fit()
-        self.calibrate(val)
+        self.calibrate(val, top_up=(train.images, rows))
         if run_dir is not None and self.runtime.is_main:
             self.save(Path(run_dir) / MODEL_FILE)
         return self
@@ -108,23 +113,24 @@ class FUNetGAN(Scorer):
             terms = [term.float().cpu().numpy() for term in network(rt.prepare(to_tensor(tiles, rt.device)))]
         return {"maps": dict(zip(TERM_MAPS, terms)), "values": dict(zip(TERM_VALUES, terms[len(TERM_MAPS):]))}
 
-    def calibrate(self, val: ImageSet) -> dict:
+    def calibrate(self, val: ImageSet, top_up: tuple[np.ndarray, np.ndarray | None] | None = None) -> dict:
         """Normal levels of each residual term and the thresholds, from validation data only:
-        F1-optimal when `val` holds anomalies (and masks), else a quantile of normal scores."""
+        F1-optimal when `val` holds anomalies (and masks), else a quantile of normal scores.
+        `top_up`: (training images, the rows of normals among them, None: all), which the
+        per-image Gaussians are also fitted on when `val` has too few normals (`fit_density`)."""
         normal = np.flatnonzero(val.labels == 0)
         if len(normal) == 0:
             raise ValueError("validation data has no normal images to calibrate on")
         self._check_images(val.images)
-        unfitted = self.fit_density(val.images[normal])
+        unfitted, topped_up = self.fit_density(val.images[normal], top_up)
         # One pass of the networks over `val`: the normals' terms give the levels, all the thresholds.
         region = self.scoring_region(val)
         terms = self.residual_terms(val.images, region=region)
         levels = terms.rows(normal).normal_levels()
-        notes = []
-        for term, note in unfitted.items():  # without its level, the term's weight becomes 0
+        for term in unfitted:  # without its level, the term's weight becomes 0
             del levels[term]
-            if getattr(self.config.score, f"{term}_weight"):
-                notes.append(note)
+        notes = [note for term, note in {**unfitted, **topped_up}.items()
+                 if getattr(self.config.score, f"{term}_weight")]
         without_uncalibrated_terms(self.config.score, levels)
         self.calibration = {"norms": levels, "notes": notes}
         result = self.scores_from_terms(terms)
@@ -145,46 +151,76 @@ class FUNetGAN(Scorer):
         """Calibrate a trained model again on the images it was calibrated on at training
         (`val`, or the same held-out training normals: the split follows `seed` and the
         training set's size), e.g. after changing its scoring settings: no retraining."""
-        images = self._calibration_split(train, val)[1]
+        rows, images = self._calibration_split(train, val)
         before = self.calibration.get("validation", {}).get("images")
         if before is not None and before != len(images):
             raise ValueError(f"{len(images)} calibration images here, {before} when the run was calibrated: "
                              f"is this the data it was trained on?")
-        return self.calibrate(images)
+        return self.calibrate(images, top_up=(train.images, rows))
 
     @torch.inference_mode()
-    def fit_density(self, images: np.ndarray) -> dict[str, str]:
+    def fit_density(self, images: np.ndarray, top_up: tuple[np.ndarray, np.ndarray | None] | None = None
+                    ) -> tuple[dict[str, str], dict[str, str]]:
         """The Gaussians of D's bottleneck features and of E's latent codes (`nn.density`: the
         map's, the image's and the latent's) over normal uint8 `images`, tiled as they are
         scored. Every location counts, also outside a CT scoring region: the densities describe
         what D and E see in a normal tile; the map term's normal level is then taken inside the
-        region. Returns a note for each per-image term whose Gaussians had too few tiles to be
-        fitted (they stay unfitted), by the term's name."""
-        rt = self.runtime
+        region. A per-image Gaussian needs 2 x its dimension tiles (`samples_needed`); when
+        `images` have fewer, it is fitted on them and on tiles of training images drawn from
+        `top_up` (images, rows or None: all), up to `TOP_UP_FACTOR` x what it needs, since its
+        normal level (`calibrate`) still comes from `images` alone. Returns notes by the term's
+        name: for each per-image term still short (left unfitted), and for each topped up."""
+        per_image = {"image_density": self.image_density, "latent_density": self.latent_density}
         statistics = {self.density: DensityStatistics(), self.image_density: DensityStatistics(GRID),
                       self.latent_density: DensityStatistics()}
+        self._gather_features(images, statistics)
+        statistics[self.density].fit(self.density)
+        own = statistics[self.latent_density].count  # tiles of `images` (every per-image term has one per tile)
+        short = [density for density in per_image.values() if own < samples_needed(density)]
+        drawn = 0
+        if short and top_up is not None:
+            wanted = max(TOP_UP_FACTOR * samples_needed(density) for density in short) - own
+            extra = self._training_sample(*top_up, math.ceil(wanted / (own / len(images))))
+            self._gather_features(extra, {density: statistics[density] for density in short})
+            drawn = len(extra)
+        unfitted, topped_up = {}, {}
+        for term, density in per_image.items():
+            gathered, needed = statistics[density], samples_needed(density)
+            seen = f"{gathered.count} normal images (or tiles)"
+            if density in short and drawn:
+                seen += f" ({own} for calibration, {gathered.count - own} from {drawn} training images)"
+            if gathered.count < needed:
+                unfitted[term] = f"score.{term}_weight set to 0: {seen} to fit its Gaussian on, it needs {needed}"
+                continue
+            gathered.fit(density)
+            if density in short:
+                topped_up[term] = (f"score.{term}_weight: its Gaussian was fitted on {seen}, as the calibration "
+                                   f"normals alone are fewer than the {needed} it needs")
+        return unfitted, topped_up
+
+    def _gather_features(self, images: np.ndarray, statistics: dict[FeatureDensity, DensityStatistics]) -> None:
+        """Adds the features each density of `statistics` describes (E's codes for the
+        latent's, D's bottleneck features for the others) over `images`' tiles."""
+        rt = self.runtime
+        needs_d = any(density is not self.latent_density for density in statistics)
 
         def collect(tiles: np.ndarray) -> dict:
             with rt.autocast():
                 x = rt.prepare(to_tensor(tiles, rt.device))
-                features, codes = self.D(x).f_g, as_grid(self.E(x))
-            statistics[self.density].add(features)
-            statistics[self.image_density].add(features)
-            statistics[self.latent_density].add(codes)
+                features = self.D(x).f_g if needs_d else None
+                codes = as_grid(self.E(x)) if self.latent_density in statistics else None
+            for density, gathered in statistics.items():
+                gathered.add(codes if density is self.latent_density else features)
             return {"maps": {}, "values": {}}
 
         tiling.score_tiled(images, self.config.model.image_size, tile_stride(self.config),
                            self.config.score.batch_size, collect)
-        statistics[self.density].fit(self.density)
-        unfitted = {}
-        for term, density in (("image_density", self.image_density), ("latent_density", self.latent_density)):
-            gathered, needed = statistics[density], samples_needed(density)
-            if gathered.count >= needed:
-                gathered.fit(density)
-            else:
-                unfitted[term] = (f"score.{term}_weight set to 0: {gathered.count} normal images (or tiles) to "
-                                  f"calibrate on, fitting it needs {needed}")
-        return unfitted
+
+    def _training_sample(self, images: np.ndarray, rows: np.ndarray | None, count: int) -> np.ndarray:
+        """`count` of the training images `rows` (None: all), drawn at random (seeded)."""
+        rows = np.arange(len(images)) if rows is None else rows
+        pick = np.random.default_rng(self.config.seed).permutation(rows)[:count]
+        return np.asarray(images[np.sort(pick)])
 
     # ---- persistence ---------------------------------------------------------------------
     def export(self, path: str | Path, check_images: ImageSet | np.ndarray | None = None,
