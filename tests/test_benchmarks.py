@@ -231,6 +231,19 @@ def test_fashion_mnist_selection_split_holds_out_training_images(script):
 
 
 @pytest.mark.skipif(not FASHION_MNIST.is_dir(), reason="Debian's fashion-mnist package is not installed")
+def test_fashion_mnist_with_fewer_training_images_draws_them_once_per_class(script):
+    fashion = script("fashion_mnist")
+    split = fashion.selection_split(str(FASHION_MNIST), 3, 32, 1)
+    small = fashion.fewer_training_images(split, 3, 300)
+    assert len(small.train) == 300 and set(small.train.paths) <= set(split.train.paths)
+    assert small.test is split.test
+    assert fashion.fewer_training_images(split, 3, 300).train.paths == small.train.paths
+    assert fashion.fewer_training_images(split, 4, 300).train.paths != small.train.paths  # another class's draw
+    with pytest.raises(ValueError, match="--train-images must lie in 1-5000, got 5001"):
+        fashion.fewer_training_images(split, 3, 5001)
+
+
+@pytest.mark.skipif(not FASHION_MNIST.is_dir(), reason="Debian's fashion-mnist package is not installed")
 def test_fashion_mnist_on_the_selection_split(script, tmp_path):
     results = run(script("fashion_mnist"), tmp_path, "--classes", "3", "--split", "selection")["results"]
     assert results["split"] == "selection"
