@@ -51,6 +51,11 @@ ALTERNATIVES = {
     **{f"density 1, smoothness {w:g}": {"density_weight": 1.0, "smoothness_weight": w} for w in (1.0, 2.0, 4.0)},
     "density 0, smoothness 2": {"density_weight": 0.0, "smoothness_weight": 2.0},
     "density 2, smoothness 2": {"density_weight": 2.0, "smoothness_weight": 2.0},
+    # The map's blur on the stitched map (default: scoring.TILED_BLUR x 1 px at 32 px = 2 px).
+    **{f"density 1, smoothness 2, blur {sigma:g} px": {"density_weight": 1.0, "smoothness_weight": 2.0,
+                                                      "blur_sigma": sigma} for sigma in (1.0, 3.0)},
+    "density 0, smoothness 0, blur 1 px (residual maps as scored before)": {
+        "density_weight": 0.0, "smoothness_weight": 0.0, "blur_sigma": 1.0},
     "density 1, smoothness 2, kappa 0": {"density_weight": 1.0, "smoothness_weight": 2.0, "kappa": 0.0},
     "density 1, smoothness 2, top 1% of map as image score": {"density_weight": 1.0, "smoothness_weight": 2.0,
                                                                "image_score": "topk"},

@@ -27,6 +27,21 @@ def test_blur_keeps_constants_and_spreads_a_point():
 
 def test_default_blur_scales_with_image_size():
     assert blur_sigma(ScoreConfig(), 128) == 4.0 and blur_sigma(ScoreConfig(), 64) == 2.0
+    assert blur_sigma(ScoreConfig(), 32, tiled=True) == 2.0  # twice a whole image's (TILED_BLUR)
+    assert blur_sigma(ScoreConfig(blur_sigma=1.5), 32, tiled=True) == 1.5  # a set blur is kept
+
+
+def test_a_map_stitched_from_tiles_gets_the_tiled_blur():
+    """A map larger than the model's patches is a stitched map: its default blur is 2 px at
+    32-px patches, a whole image's is 1 px."""
+    cfg = ScoreConfig(kappa=0.0, density_weight=0.0, smoothness_weight=0.0, latent_density_weight=0.0)
+    norms = {"image_residual": 1.0, "image_features": 1.0, "pixel_residual": 1.0}
+    for size, sigma in ((32, 1.0), (64, 2.0)):
+        residual = np.zeros((1, size, size), np.float32)
+        residual[0, size // 2, size // 2] = 1.0
+        impulse = zeros_terms(residual, np.ones((1, 1)))
+        _, maps = combine(impulse, norms, cfg, 32)
+        np.testing.assert_allclose(maps, gaussian_blur(impulse.pixel_residual, sigma), atol=1e-7)
 
 
 def test_residual_terms_by_hand():

@@ -108,7 +108,9 @@ class ScoreConfig:
     # grass, +0.006 on brick, -0.007 on gravel (README, "Design choices"). 0: izif as METHOD.md.
     latent_density_weight: float = 8.0
     topk_fraction: float = 0.01
-    blur_sigma: float | None = None  # pixels at model size; None: 4 px at 128, scaled with size
+    # The map's blur, in the map's pixels; None: 4 px at a model size of 128, scaled with the
+    # size, and twice that on maps stitched from tiles (scoring.TILED_BLUR).
+    blur_sigma: float | None = None
     normal_quantile: float = 0.99  # threshold rule when validation has no anomalies
     # Tiled scoring (with data.resolution): tiles start every tile_stride px (None: half the
     # patch); image terms of the tiles become one per image by their max or mean.

@@ -191,7 +191,9 @@ def _set_metadata(proto, meta: dict, config: Config) -> None:
         "critic_weight": score.critic_weight, "density_weight": score.density_weight,
         "smoothness_weight": score.smoothness_weight, "image_density_weight": score.image_density_weight,
         "latent_density_weight": score.latent_density_weight,
-        "blur_sigma": blur_sigma(score, config.model.image_size), "image_score": score.image_score,
+        "blur_sigma": blur_sigma(score, config.model.image_size,
+                                 tiled=working_size(config) != config.model.image_size),
+        "image_score": score.image_score,
         "tile_stride": tile_stride(config), "tile_reduce": score.tile_reduce,
     }
     del proto.metadata_props[:]
