@@ -5,11 +5,11 @@ import pytest
 import torch
 
 from conftest import random_images, tiny_config
-from funetgan.config import ScoreConfig
+from funetgan.config import ScoreConfig, apply_overrides, scored_in_tiles
 from funetgan.model import FUNetGAN
 from funetgan.nn import CriticOutput
 from funetgan.nn.residuals import residual_terms
-from funetgan.scoring import Terms, blur_sigma, combine, gaussian_blur
+from funetgan.scoring import Terms, blur_sigma, combine, gaussian_blur, with_calibrated_blur
 
 
 def test_blur_keeps_constants_and_spreads_a_point():
@@ -32,16 +32,34 @@ def test_default_blur_scales_with_image_size():
 
 
 def test_a_map_stitched_from_tiles_gets_the_tiled_blur():
-    """A map larger than the model's patches is a stitched map: its default blur is 2 px at
-    32-px patches, a whole image's is 1 px."""
+    """Maps stitched from tiles (a working resolution other than the patch's) get 2 px at
+    32-px patches by default, whole images 1 px."""
+    assert scored_in_tiles(apply_overrides(tiny_config(), ["data.resolution=256"]))
+    assert scored_in_tiles(apply_overrides(tiny_config(), ["data.resolution=native"]))
+    assert not scored_in_tiles(tiny_config())
+    assert not scored_in_tiles(apply_overrides(tiny_config(), ["data.resolution=32"]))  # the patch's own size
     cfg = ScoreConfig(kappa=0.0, density_weight=0.0, smoothness_weight=0.0, latent_density_weight=0.0)
     norms = {"image_residual": 1.0, "image_features": 1.0, "pixel_residual": 1.0}
-    for size, sigma in ((32, 1.0), (64, 2.0)):
-        residual = np.zeros((1, size, size), np.float32)
-        residual[0, size // 2, size // 2] = 1.0
-        impulse = zeros_terms(residual, np.ones((1, 1)))
-        _, maps = combine(impulse, norms, cfg, 32)
-        np.testing.assert_allclose(maps, gaussian_blur(impulse.pixel_residual, sigma), atol=1e-7)
+    residual = np.zeros((1, 64, 64), np.float32)
+    residual[0, 32, 32] = 1.0
+    impulse = zeros_terms(residual, np.ones((1, 1)))
+    for tiled, sigma in ((False, 1.0), (True, 2.0)):
+        _, maps = combine(impulse, norms, cfg, 32, tiled)
+        np.testing.assert_allclose(maps, gaussian_blur(residual, sigma), atol=1e-7)
+
+
+def test_runs_calibrated_before_the_tiled_blur_keep_their_blur():
+    """A calibration without "blur_sigma" (an older funetgan) pins the whole-image rule its
+    pixel threshold was set with; a newer one, or a blur the user set, is left as it is."""
+    old = ScoreConfig()
+    with_calibrated_blur(old, {"norms": {}}, 32)
+    assert old.blur_sigma == 1.0
+    new = ScoreConfig()
+    with_calibrated_blur(new, {"norms": {}, "blur_sigma": 2.0}, 32)
+    assert new.blur_sigma is None
+    chosen = ScoreConfig(blur_sigma=3.0)
+    with_calibrated_blur(chosen, {"norms": {}}, 32)
+    assert chosen.blur_sigma == 3.0
 
 
 def test_residual_terms_by_hand():

@@ -244,6 +244,11 @@ def working_size(config: Config) -> int | None:
     return size
 
 
+def scored_in_tiles(config: Config) -> bool:
+    """Whether maps are stitched from tiles: a working resolution other than the patch's."""
+    return working_size(config) != config.model.image_size
+
+
 def tile_stride(config: Config) -> int:
     """Pixels between tile starts when scoring: score.tile_stride, else half a patch."""
     return config.score.tile_stride or max(1, config.model.image_size // 2)

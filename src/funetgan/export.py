@@ -29,7 +29,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from . import __version__
-from .config import Config, tile_stride, working_size
+from .config import Config, scored_in_tiles, tile_stride, working_size
 from .data import ImageSet, load_dataset
 from .files import atomic_write
 from .nn.residuals import TERM_MAPS, TERM_VALUES, ScoringNetwork
@@ -191,8 +191,7 @@ def _set_metadata(proto, meta: dict, config: Config) -> None:
         "critic_weight": score.critic_weight, "density_weight": score.density_weight,
         "smoothness_weight": score.smoothness_weight, "image_density_weight": score.image_density_weight,
         "latent_density_weight": score.latent_density_weight,
-        "blur_sigma": blur_sigma(score, config.model.image_size,
-                                 tiled=working_size(config) != config.model.image_size),
+        "blur_sigma": blur_sigma(score, config.model.image_size, scored_in_tiles(config)),
         "image_score": score.image_score,
         "tile_stride": tile_stride(config), "tile_reduce": score.tile_reduce,
     }

@@ -20,7 +20,7 @@ import numpy as np
 
 from .config import Config
 from .data.checks import MissingDependency
-from .scoring import MAP_TERMS, VALUE_TERMS, Scorer, without_uncalibrated_terms
+from .scoring import MAP_TERMS, VALUE_TERMS, Scorer, with_calibrated_blur, without_uncalibrated_terms
 
 META_KEY = "funetgan"  # metadata entry holding settings, calibration and parity as JSON
 # Version of what the graph computes and of META_KEY's content (2: + pixel_critic, 3: + pixel_density,
@@ -47,6 +47,7 @@ class OnnxScorer(Scorer):
         self.config = Config.from_dict(meta["config"])
         self.calibration = meta["calibration"]
         without_uncalibrated_terms(self.config.score, self.calibration["norms"])
+        with_calibrated_blur(self.config.score, self.calibration, self.config.model.image_size)
         self.training = meta.get("training", {})
         self.parity = meta.get("parity", {})
         names = [output.name for output in session.get_outputs()]

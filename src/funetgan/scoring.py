@@ -42,7 +42,7 @@ import numpy as np
 from scipy import ndimage
 
 from . import tiling
-from .config import Config, ScoreConfig, tile_stride, working_size
+from .config import Config, ScoreConfig, scored_in_tiles, tile_stride, working_size
 from .data.base import ImageSet
 
 MAP_TERMS = ("pixel_residual", "pixel_features", "pixel_critic", "pixel_density")  # nn.residuals' TERM_MAPS
@@ -147,7 +147,7 @@ class Scorer:
     def scores_from_terms(self, terms: Terms, settings: ScoreConfig | None = None) -> Scores:
         """Scores and maps from `residual_terms` under `settings` (default: the model's)."""
         scores, maps = combine(terms, self.calibration["norms"], settings or self.config.score,
-                               self.config.model.image_size)
+                               self.config.model.image_size, scored_in_tiles(self.config))
         return Scores(scores, maps)
 
     def _check_images(self, images: np.ndarray) -> None:
@@ -169,9 +169,11 @@ class Scorer:
         return self.calibration["pixel_threshold"]
 
 
-def combine(terms: Terms, norms: dict[str, float], cfg: ScoreConfig, image_size: int) -> tuple[np.ndarray, np.ndarray]:
+def combine(terms: Terms, norms: dict[str, float], cfg: ScoreConfig, image_size: int,
+            tiled: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(image scores N float64, anomaly maps N x H x W float32) from raw terms and the
-    normal-level means; `image_size` is the model's (the blur is in its pixels)."""
+    normal-level means; `image_size` is the model's and `tiled` whether the maps are
+    stitched from tiles (both set the default blur: `blur_sigma`)."""
     def scaled(name: str) -> np.ndarray:
         return getattr(terms, name) / max(norms.get(name, 1.0), 1e-12)
 
@@ -184,7 +186,7 @@ def combine(terms: Terms, norms: dict[str, float], cfg: ScoreConfig, image_size:
         maps = maps + np.float32(cfg.density_weight) * density_term(terms, norms)
     if cfg.smoothness_weight:
         maps = maps + np.float32(cfg.smoothness_weight) * smoothness_term(terms, norms)
-    maps = gaussian_blur(maps, blur_sigma(cfg, image_size, tiled=maps.shape[1:] != (image_size, image_size)))
+    maps = gaussian_blur(maps, blur_sigma(cfg, image_size, tiled))
     if terms.region is not None:
         maps = maps * terms.region  # the blur spreads values over the region's edge
     if cfg.image_score == "izif":
@@ -218,6 +220,14 @@ def without_uncalibrated_terms(cfg: ScoreConfig, norms: dict[str, float]) -> Non
     for weight in LATER_TERMS:
         if TERM_LEVELS[weight] not in norms:
             setattr(cfg, weight, 0.0)
+
+
+def with_calibrated_blur(cfg: ScoreConfig, calibration: dict, image_size: int) -> None:
+    """Give a run calibrated before stitched maps had a default blur of their own (its
+    calibration has no "blur_sigma") the whole-image rule its pixel threshold was set with,
+    so it scores as it did when it was calibrated."""
+    if cfg.blur_sigma is None and "blur_sigma" not in calibration:
+        cfg.blur_sigma = blur_sigma(cfg, image_size)
 
 
 def require_level(norms: dict[str, float], weight: str) -> None:
