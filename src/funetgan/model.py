@@ -18,7 +18,8 @@ from .nn.density import GRID, DensityStatistics, FeatureDensity, as_grid, sample
 from .nn.residuals import TERM_MAPS, TERM_VALUES, ScoringNetwork
 from .nn.tensors import to_tensor
 from .runtime import Runtime, setup
-from .scoring import Scorer, Scores, blur_sigma, with_calibrated_blur, without_uncalibrated_terms  # noqa: F401  (Scores: also importable from here)
+from .scoring import (Scorer, Scores, blur_sigma, with_calibrated_blur,  # noqa: F401  (Scores: also importable from here)
+                      without_uncalibrated_terms)
 from .thresholds import calibrate_image_threshold, calibrate_pixel_threshold
 from .train import Trainer, WeightAverage
 
