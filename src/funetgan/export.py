@@ -29,13 +29,13 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from . import __version__
-from .config import Config, scored_in_tiles, tile_stride, working_size
+from .config import Config, tile_stride, working_size
 from .data import ImageSet, load_dataset
 from .files import atomic_write
 from .nn.residuals import TERM_MAPS, TERM_VALUES, ScoringNetwork
 from .nn.tensors import uint8_to_float
 from .onnx_scorer import FORMAT, INPUT, MAP_OUTPUTS, META_KEY, VALUE_OUTPUTS, OnnxScorer, require
-from .scoring import Scorer, blur_sigma
+from .scoring import Scorer, map_blur
 
 # Largest accepted error of the ONNX model's maps and scores, relative to the largest value of
 # each in PyTorch. Measured (README, "Deployment"): 1e-6 to 1e-5 on trained models (float32 on
@@ -191,7 +191,7 @@ def _set_metadata(proto, meta: dict, config: Config) -> None:
         "critic_weight": score.critic_weight, "density_weight": score.density_weight,
         "smoothness_weight": score.smoothness_weight, "image_density_weight": score.image_density_weight,
         "latent_density_weight": score.latent_density_weight,
-        "blur_sigma": blur_sigma(score, config.model.image_size, scored_in_tiles(config)),
+        "blur_sigma": map_blur(config),
         "image_score": score.image_score,
         "tile_stride": tile_stride(config), "tile_reduce": score.tile_reduce,
     }

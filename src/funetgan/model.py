@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from . import checkpoint, tiling
-from .config import Config, scored_in_tiles, tile_stride
+from .config import Config, tile_stride
 from .data import check_batch, held_out
 from .data.base import ImageSet
 from .export import PARITY_TOLERANCE, export_onnx
@@ -18,7 +18,7 @@ from .nn.density import GRID, DensityStatistics, FeatureDensity, as_grid, sample
 from .nn.residuals import TERM_MAPS, TERM_VALUES, ScoringNetwork
 from .nn.tensors import to_tensor
 from .runtime import Runtime, setup
-from .scoring import (Scorer, Scores, blur_sigma, with_calibrated_blur,  # noqa: F401  (Scores: also importable from here)
+from .scoring import (Scorer, Scores, map_blur, with_calibrated_blur,  # noqa: F401  (Scores: also importable from here)
                       without_uncalibrated_terms)
 from .thresholds import calibrate_image_threshold, calibrate_pixel_threshold
 from .train import Trainer, WeightAverage
@@ -134,8 +134,7 @@ class FUNetGAN(Scorer):
                  if getattr(self.config.score, f"{term}_weight")]
         without_uncalibrated_terms(self.config.score, levels)
         # The blur the pixel threshold is set with (runs without it: `with_calibrated_blur`).
-        blur = blur_sigma(self.config.score, self.config.model.image_size, scored_in_tiles(self.config))
-        self.calibration = {"norms": levels, "notes": notes, "blur_sigma": blur}
+        self.calibration = {"norms": levels, "notes": notes, "blur_sigma": map_blur(self.config)}
         result = self.scores_from_terms(terms)
         q = self.config.score.normal_quantile
         labelled = len(np.unique(val.labels)) == 2

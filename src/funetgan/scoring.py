@@ -291,6 +291,11 @@ def blur_sigma(cfg: ScoreConfig, image_size: int, tiled: bool = False) -> float:
     return 4.0 * image_size / 128 * (TILED_BLUR if tiled else 1.0)
 
 
+def map_blur(config: Config) -> float:
+    """The blur `config`'s own scoring settings give its maps (`blur_sigma`)."""
+    return blur_sigma(config.score, config.model.image_size, scored_in_tiles(config))
+
+
 def gaussian_blur(maps: np.ndarray, sigma: float) -> np.ndarray:
     """Separable Gaussian blur of N x H x W maps (mirror padding, radius 3 sigma)."""
     if sigma <= 0:
