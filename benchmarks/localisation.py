@@ -56,7 +56,8 @@ ALTERNATIVES = {
                                                       "blur_sigma": sigma} for sigma in (1.0, 3.0)},
     "density 0, smoothness 0, blur 1 px (residual maps as scored before)": {
         "density_weight": 0.0, "smoothness_weight": 0.0, "blur_sigma": 1.0},
-    "density 1, smoothness 2, kappa 0": {"density_weight": 1.0, "smoothness_weight": 2.0, "kappa": 0.0},
+    **{f"density 1, smoothness 2, kappa {kappa:g}": {"density_weight": 1.0, "smoothness_weight": 2.0, "kappa": kappa}
+       for kappa in (0.0, 0.5)},
     "density 1, smoothness 2, top 1% of map as image score": {"density_weight": 1.0, "smoothness_weight": 2.0,
                                                                "image_score": "topk"},
     # izif's density terms (image AUROC only; the maps are the default's).
