@@ -14,7 +14,8 @@ quarter size); `--split selection` (data seed 1) is where scoring settings are c
 (working resolution: 32-px patches and tiles; "whole" resizes crops to 32 px); f-AnoGAN is
 the same recipe with the ordinary global ResNet critic and no consistency term. The baseline scores
 as published (residual maps only: `score.density_weight=0`, `score.smoothness_weight=0`; izif
-without the latent term: `score.latent_density_weight=0`).
+without the latent term or the smoothness evidence: `score.latent_density_weight=0`,
+`score.image_smoothness_weight=0`).
 Pixel metrics at the crops' own resolution. Every run also reports the same networks under the
 scoring settings of ALTERNATIVES (one pass of the networks): the feature-density and the
 smoothness terms at several weights (for the baseline, the density on its own critic's
@@ -40,11 +41,12 @@ from funetgan.data.demo import TEXTURES
 MODELS = {
     "F-UNetGAN": [],  # the library's defaults: res_attn U-Net critic, consistency term
     "f-AnoGAN": ["model.variant=res", "model.critic_head=global", "gan.consistency=none", "score.density_weight=0",
-                 "score.smoothness_weight=0", "score.latent_density_weight=0"],
+                 "score.smoothness_weight=0", "score.latent_density_weight=0", "score.image_smoothness_weight=0"],
 }
 # Targets of issue 10: the default's margin over the baseline, and absolute levels.
 MARGIN = {"pixel_auroc": 0.02, "aupro": 0.03}
 ABSOLUTE = {"brick": {"pixel_auroc": 0.97, "image_auroc": 0.95}, "grass": {"pixel_auroc": 0.92, "image_auroc": 0.85}}
+IZIF_ALONE = {"image_smoothness_weight": 0.0}
 ALTERNATIVES = {
     "density 0, smoothness 0 (residual maps only)": {"density_weight": 0.0, "smoothness_weight": 0.0},
     **{f"density {w:g}, smoothness 0": {"density_weight": w, "smoothness_weight": 0.0} for w in (1.0, 2.0)},
@@ -52,18 +54,25 @@ ALTERNATIVES = {
     "density 0, smoothness 2": {"density_weight": 0.0, "smoothness_weight": 2.0},
     "density 2, smoothness 2": {"density_weight": 2.0, "smoothness_weight": 2.0},
     # The map's blur on the stitched map (default: scoring.TILED_BLUR x 1 px at 32 px = 2 px).
+    # This row and those below change what the image score's evidence was standardised by at
+    # calibration (scoring.image_levels), so they score images by izif alone, as before the
+    # smoothness evidence existed (their image AUROC compares with earlier results files).
     **{f"density 1, smoothness 2, blur {sigma:g} px": {"density_weight": 1.0, "smoothness_weight": 2.0,
-                                                      "blur_sigma": sigma} for sigma in (1.0, 3.0)},
+                                                      "blur_sigma": sigma, **IZIF_ALONE} for sigma in (1.0, 3.0)},
     "density 0, smoothness 0, blur 1 px (residual maps as scored before)": {
-        "density_weight": 0.0, "smoothness_weight": 0.0, "blur_sigma": 1.0},
-    **{f"density 1, smoothness 2, kappa {kappa:g}": {"density_weight": 1.0, "smoothness_weight": 2.0, "kappa": kappa}
-       for kappa in (0.0, 0.5)},
+        "density_weight": 0.0, "smoothness_weight": 0.0, "blur_sigma": 1.0, **IZIF_ALONE},
+    **{f"density 1, smoothness 2, kappa {kappa:g}": {"density_weight": 1.0, "smoothness_weight": 2.0, "kappa": kappa,
+                                                     **IZIF_ALONE} for kappa in (0.0, 0.5)},
     "density 1, smoothness 2, top 1% of map as image score": {"density_weight": 1.0, "smoothness_weight": 2.0,
                                                                "image_score": "topk"},
     # izif's density terms (image AUROC only; the maps are the default's).
     **{f"density 1, smoothness 2, image density {image:g}, latent density {latent:g}":
-       {"density_weight": 1.0, "smoothness_weight": 2.0, "image_density_weight": image, "latent_density_weight": latent}
-       for image, latent in ((0.0, 0.0), (0.5, 0.0), (2.0, 0.0), (0.0, 16.0))},
+       {"density_weight": 1.0, "smoothness_weight": 2.0, "image_density_weight": image, "latent_density_weight": latent,
+        **IZIF_ALONE} for image, latent in ((0.0, 0.0), (0.5, 0.0), (2.0, 0.0), (0.0, 16.0))},
+    # The image's smoothest region beside izif (the default on tiled images: weight 1).
+    **{f"density 1, smoothness 2, image smoothness {weight:g}": {"density_weight": 1.0, "smoothness_weight": 2.0,
+                                                                "image_smoothness_weight": weight}
+       for weight in (0.0, 2.0)},
 }
 
 

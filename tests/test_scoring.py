@@ -38,7 +38,8 @@ def test_a_map_stitched_from_tiles_gets_the_tiled_blur():
     assert scored_in_tiles(apply_overrides(tiny_config(), ["data.resolution=native"]))
     assert not scored_in_tiles(tiny_config())
     assert not scored_in_tiles(apply_overrides(tiny_config(), ["data.resolution=32"]))  # the patch's own size
-    cfg = ScoreConfig(kappa=0.0, density_weight=0.0, smoothness_weight=0.0, latent_density_weight=0.0)
+    cfg = ScoreConfig(kappa=0.0, density_weight=0.0, smoothness_weight=0.0, latent_density_weight=0.0,
+                      image_smoothness_weight=0.0)
     norms = {"image_residual": 1.0, "image_features": 1.0, "pixel_residual": 1.0}
     residual = np.zeros((1, 64, 64), np.float32)
     residual[0, 32, 32] = 1.0

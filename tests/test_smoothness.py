@@ -1,5 +1,6 @@
 """The smoothness term (scoring.smoothness_term): the local contrast of the images, its normal
-levels, the term and its weight in the map, lung restriction and calibration."""
+levels, the term and its weight in the map, lung restriction and calibration; the image's
+smoothest region as evidence in the image score (scoring.image_levels)."""
 import dataclasses
 
 import numpy as np
@@ -9,7 +10,9 @@ import torch
 from conftest import random_images, tiny_config
 from funetgan.config import ScoreConfig, apply_overrides
 from funetgan.model import FUNetGAN
-from funetgan.scoring import Terms, combine, local_contrast, restrict, smoothness_term, without_uncalibrated_terms
+from funetgan.scoring import (Terms, combine, image_levels, image_smoothness_weight, local_contrast, map_blur,
+                              restrict, smoothest_region, smoothness_term, standardised_value,
+                              without_uncalibrated_terms)
 
 
 def test_local_contrast_is_the_windowed_standard_deviation():
@@ -89,3 +92,54 @@ def test_runs_calibrated_before_a_term_existed_are_scored_without_it(tmp_path):
     expected = model.scores_from_terms(model.residual_terms(images.images),
                                        dataclasses.replace(model.config.score, smoothness_weight=0.0))
     np.testing.assert_allclose(loaded.score(images).maps, expected.maps, rtol=1e-6, atol=1e-6)
+
+
+def test_the_smoothest_region_counts_beside_izif_in_their_normal_spreads():
+    # Contrasts 0.5 (normal: term 0), 0.25 (term 1) and 0 (term 2); izif = image residual.
+    terms = terms_with_contrast(np.array([[[0.5, 0.5]], [[0.25, 0.5]], [[0.0, 0.5]]], np.float32))
+    terms.image_residual = np.array([[3.0], [1.0], [1.0]])
+    norms = {"pixel_residual": 1.0, "image_residual": 1.0, "pixel_contrast": 0.5, "pixel_contrast_std": 0.25,
+             "image_izif": 1.0, "image_izif_std": 0.5, "image_smoothness": 0.5, "image_smoothness_std": 0.25}
+    settings = dict(kappa=0.0, density_weight=0.0, smoothness_weight=0.0, blur_sigma=0.0, latent_density_weight=0.0)
+    scores, _ = combine(terms, norms, ScoreConfig(image_smoothness_weight=1.0, **settings), 2)
+    # izif in spreads: (3 - 1) / 0.5 = 4, 0, 0; smoothest region: (0 - 0.5) / 0.25 = -2, 2, 6.
+    assert scores.tolist() == [4.0, 2.0, 6.0]
+    halved, _ = combine(terms, norms, ScoreConfig(image_smoothness_weight=0.5, **settings), 2)
+    assert halved.tolist() == [4.0, 1.0, 3.0]
+    alone, _ = combine(terms, norms, ScoreConfig(image_smoothness_weight=0.0, **settings), 2)
+    assert alone.tolist() == [3.0, 1.0, 1.0]  # izif itself, as before the evidence existed
+    # A spread of 0 (normals that agree) counts as 5 % of the mean: (3 - 1) / 0.05.
+    agreeing, _ = combine(terms, {**norms, "image_izif_std": 0.0}, ScoreConfig(image_smoothness_weight=1.0, **settings), 2)
+    assert agreeing[0] == pytest.approx(40.0)
+
+
+def test_image_levels_are_the_normals_mean_and_spread_of_each_kind_of_evidence():
+    terms = terms_with_contrast(np.array([[[0.25, 0.5]], [[0.0, 0.5]]], np.float32))
+    terms.image_residual = np.array([[1.0, 3.0], [2.0, 1.0]])  # two tiles: the max counts
+    norms = {"pixel_residual": 1.0, "image_residual": 1.0, "pixel_contrast": 0.5, "pixel_contrast_std": 0.25}
+    cfg = ScoreConfig(kappa=0.0, blur_sigma=0.0, latent_density_weight=8.0)  # no latent level: counts 0
+    levels = image_levels(terms, norms, cfg, 2)
+    assert levels == {"image_izif": 2.5, "image_izif_std": 0.5, "image_smoothness": 1.5, "image_smoothness_std": 0.5}
+
+
+def test_the_smoothness_evidence_is_on_by_default_only_for_images_scored_in_tiles():
+    assert image_smoothness_weight(ScoreConfig(), tiled=True) == 1.0
+    assert image_smoothness_weight(ScoreConfig(), tiled=False) == 0.0
+    assert image_smoothness_weight(ScoreConfig(image_smoothness_weight=0.5), tiled=False) == 0.5
+    settings = ScoreConfig()
+    without_uncalibrated_terms(settings, {})  # a run calibrated before the evidence existed: izif alone
+    assert image_smoothness_weight(settings, tiled=True) == 0.0
+
+
+def test_a_tiled_model_calibrates_and_scores_with_the_smoothness_evidence():
+    torch.set_num_threads(1)
+    images = random_images(16, seed=7, size=48)
+    model = FUNetGAN(apply_overrides(tiny_config(), ["data.resolution=48", "data.val_fraction=0.25"])).fit(images)
+    norms = model.calibration["norms"]
+    assert norms["image_smoothness_std"] > 0 and norms["image_izif_std"] > 0  # over 4 calibration images
+    terms = model.residual_terms(images.images)
+    izif = model.scores_from_terms(terms, dataclasses.replace(model.config.score, image_smoothness_weight=0.0)).scores
+    smoothest = smoothest_region(terms, norms, map_blur(model.config))
+    expected = np.maximum(standardised_value(izif, norms, "image_izif"),
+                          standardised_value(smoothest, norms, "image_smoothness"))
+    np.testing.assert_allclose(model.score(images).scores, expected, rtol=1e-6)

@@ -107,6 +107,13 @@ class ScoreConfig:
     # selection splits: image AUROC +0.066 on Fashion-MNIST (5 classes x 3 seeds), +0.042 on
     # grass, +0.006 on brick, -0.007 on gravel (README, "Design choices"). 0: izif as METHOD.md.
     latent_density_weight: float = 8.0
+    # Smoothness evidence in the izif image score: the score becomes the larger of izif and this
+    # weight times the image's smoothest region (the maximum of the blurred smoothness term),
+    # each standardised by its mean and spread over validation normals (scoring.image_levels):
+    # izif misses what G rebuilds well, a smudge or a flat patch on a stochastic texture. None:
+    # 1 on images scored in tiles, 0 (izif alone) on whole images (scoring.TILED_IMAGE_SMOOTHNESS;
+    # chosen on the selection splits: README, "Localisation").
+    image_smoothness_weight: float | None = None
     topk_fraction: float = 0.01
     # The map's blur, in the map's pixels; None: 4 px at a model size of 128, scaled with the
     # size, and twice that on maps stitched from tiles (scoring.TILED_BLUR).

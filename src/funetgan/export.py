@@ -29,13 +29,13 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from . import __version__
-from .config import Config, tile_stride, working_size
+from .config import Config, scored_in_tiles, tile_stride, working_size
 from .data import ImageSet, load_dataset
 from .files import atomic_write
 from .nn.residuals import TERM_MAPS, TERM_VALUES, ScoringNetwork
 from .nn.tensors import uint8_to_float
 from .onnx_scorer import FORMAT, INPUT, MAP_OUTPUTS, META_KEY, VALUE_OUTPUTS, OnnxScorer, require
-from .scoring import Scorer, map_blur
+from .scoring import Scorer, image_smoothness_weight, map_blur
 
 # Largest accepted error of the ONNX model's maps and scores, relative to the largest value of
 # each in PyTorch. Measured (README, "Deployment"): 1e-6 to 1e-5 on trained models (float32 on
@@ -191,6 +191,7 @@ def _set_metadata(proto, meta: dict, config: Config) -> None:
         "critic_weight": score.critic_weight, "density_weight": score.density_weight,
         "smoothness_weight": score.smoothness_weight, "image_density_weight": score.image_density_weight,
         "latent_density_weight": score.latent_density_weight,
+        "image_smoothness_weight": image_smoothness_weight(score, scored_in_tiles(config)),
         "blur_sigma": map_blur(config),
         "image_score": score.image_score,
         "tile_stride": tile_stride(config), "tile_reduce": score.tile_reduce,
@@ -208,7 +209,9 @@ def _set_metadata(proto, meta: dict, config: Config) -> None:
         "c: the standard deviation of the image's pixels in a 5 x 5 window, from the images, not the graph); "
         "image score (izif) = image_residual / m_image_residual + kappa * image_features / m_image_features "
         "+ image_density_weight * image_density / m_image_density "
-        "+ latent_density_weight * latent_density / m_latent_density; "
+        "+ latent_density_weight * latent_density / m_latent_density, reduced over tiles (tile_reduce); with "
+        "image_smoothness_weight w > 0: max((izif - m_image_izif) / image_izif_std, w * (t - m_image_smoothness) / "
+        "image_smoothness_std), t the blurred smoothness map's maximum; "
         "m_*: normal_levels. funetgan's OnnxScorer (onnxruntime + numpy) does this and the tiling.")
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from . import checkpoint, tiling
-from .config import Config, tile_stride
+from .config import Config, scored_in_tiles, tile_stride
 from .data import check_batch, held_out
 from .data.base import ImageSet
 from .export import PARITY_TOLERANCE, export_onnx
@@ -18,8 +18,8 @@ from .nn.density import GRID, DensityStatistics, FeatureDensity, as_grid, sample
 from .nn.residuals import TERM_MAPS, TERM_VALUES, ScoringNetwork
 from .nn.tensors import to_tensor
 from .runtime import Runtime, setup
-from .scoring import (Scorer, Scores, map_blur, with_calibrated_blur,  # noqa: F401  (Scores: also importable from here)
-                      without_uncalibrated_terms)
+from .scoring import (Scorer, Scores, image_levels, map_blur,  # noqa: F401  (Scores: also importable from here)
+                      with_calibrated_blur, without_uncalibrated_terms)
 from .thresholds import calibrate_image_threshold, calibrate_pixel_threshold
 from .train import Trainer, WeightAverage
 
@@ -130,6 +130,8 @@ class FUNetGAN(Scorer):
         levels = terms.rows(normal).normal_levels()
         for term in unfitted:  # without its level, the term's weight becomes 0
             del levels[term]
+        levels.update(image_levels(terms.rows(normal), levels, self.config.score, self.config.model.image_size,
+                                   scored_in_tiles(self.config)))
         notes = [note for term, note in {**unfitted, **topped_up}.items()
                  if getattr(self.config.score, f"{term}_weight")]
         without_uncalibrated_terms(self.config.score, levels)
