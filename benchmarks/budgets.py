@@ -69,7 +69,7 @@ def run(args, config, splits, test, folder: Path | None, name: str) -> dict:
     metrics = image_metrics(result.scores, test.labels, model.image_threshold)
     if run_dir is not None:
         save_reconstructions(model, test, run_dir / "test_reconstructions.png")
-    norms = model.calibration["norms"]
+    norms = model.calibration.levels
     completed = model.state.get("completed", {})
     return {"seed": config.seed, "image_auroc": metrics["auroc"],
             "steps": {stage: v["steps"] for stage, v in completed.items()},

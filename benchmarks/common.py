@@ -30,7 +30,7 @@ from funetgan.files import atomic_write_text
 from funetgan.metrics import evaluate
 from funetgan.model import FUNetGAN
 from funetgan.runtime import select_device
-from funetgan.scoring import TERM_LEVELS, Terms
+from funetgan.scoring import IZIF, MAP, Terms
 
 # Share of each run's --minutes given to stage 1 (G and D); stage 2 (E) gets the rest. E
 # converges much faster than the GAN (the demo's tuned split is 5.5 / 1.5 min).
@@ -132,9 +132,10 @@ def texture_set(folder: Path, texture: str, split: str, smoke: bool) -> Path:
     bottom half; half of the defects at a quarter size, as `<kind>_small`) for `split`."""
     if smoke:
         return make_texture_dataset(folder / f"{texture}-smoke", texture, crop=64, n_train=8, n_test_good=4,
-                                    n_per_defect=1, train_rows=0.5, small_defects=0.5)
+                                    n_per_defect=1, train_share=0.5, small_defects=0.5, layout="below")
     return make_texture_dataset(folder / f"{texture}-{split}", texture, crop=CROP, n_train=120, n_test_good=40,
-                                n_per_defect=12, seed=SPLIT_SEEDS[split], train_rows=0.5, small_defects=0.5)
+                                n_per_defect=12, seed=SPLIT_SEEDS[split], train_share=0.5, small_defects=0.5,
+                                layout="below")
 
 
 # ---- runs ----------------------------------------------------------------------------------
@@ -162,7 +163,7 @@ def fit_and_test(config: Config, splits: Splits) -> dict:
     """`train_and_score`, then evaluate with the calibrated thresholds."""
     model, terms, timings = train_and_score(config, splits)
     result = model.scores_from_terms(terms)
-    metrics = evaluate(result.scores, result.maps, splits.test, model.image_threshold, model.pixel_threshold)
+    metrics = evaluate(result.scores, result.maps, splits.test, model.image_threshold, model.mask_rule)
     return {"seed": config.seed, **headline(metrics), **timings, "settings": config.to_dict(), "metrics": metrics,
             "scoring_alternatives": scoring_alternatives(model, terms, splits.test)}
 
@@ -175,16 +176,16 @@ def scoring_alternatives(model: FUNetGAN, terms: Terms, test: ImageSet) -> dict:
     for name, changes in SCORING_ALTERNATIVES.items():
         if calibrated_for(model, changes):
             result = model.scores_from_terms(terms, dataclasses.replace(model.config.score, **changes))
-            metrics = evaluate(result.scores, result.maps, test, model.image_threshold, model.pixel_threshold)
+            metrics = evaluate(result.scores, result.maps, test, model.image_threshold, model.mask_rule)
             figures[name] = headline(metrics)
     return figures
 
 
 def calibrated_for(model: FUNetGAN, changes: dict) -> bool:
     """Whether the model's calibration has the normal level of every term `changes` weighs
-    (the image density's is missing when there were too few calibration normals to fit it)."""
-    norms = model.calibration["norms"]
-    return all(not changes.get(weight) or level in norms for weight, level in TERM_LEVELS.items())
+    (a density term's is missing when its Gaussian could not be fitted)."""
+    levels = model.calibration.levels
+    return all(not changes.get(term.weight) or term.name in levels for term in (*MAP, *IZIF))
 
 
 def run_group(args: argparse.Namespace, results: dict, name: str, settings: list[str], splits: Splits) -> dict:
@@ -212,7 +213,7 @@ def full_resolution_metrics(model: FUNetGAN, terms: Terms, truth: ImageSet,
     """Metrics with the pixel part on `truth`'s own (crop) resolution."""
     result = model.scores_from_terms(terms, settings)
     maps = at_resolution(result.maps, truth.images.shape[1:3])
-    return evaluate(result.scores, maps, truth, model.image_threshold, model.pixel_threshold)
+    return evaluate(result.scores, maps, truth, model.image_threshold, model.mask_rule)
 
 
 def run_crop_group(args: argparse.Namespace, results: dict, name: str, settings: list[str], data: Path,

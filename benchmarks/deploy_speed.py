@@ -94,7 +94,8 @@ def scoring_rows(args, folder: Path) -> list[dict]:
                     *args.set]
         model = FUNetGAN(make_config(settings, "cpu"))
         images = np.random.default_rng(0).integers(0, 256, (32, size, size, 3), np.uint8)
-        model.calibrate(ImageSet(images, np.zeros(32, np.int64), [""] * 32, ["good"] * 32, np.full((32, 2), size)))
+        fit = np.random.default_rng(1).integers(0, 256, (32, size, size, 3), np.uint8)  # other images fit the densities
+        model.calibrate(ImageSet(images, np.zeros(32, np.int64), [""] * 32, ["good"] * 32, np.full((32, 2), size)), fit)
         weights, graph = folder / f"{size}.safetensors", folder / f"{size}.onnx"
         model.save(weights)
         parity = model.export(graph, check_images=images)

@@ -55,7 +55,7 @@ ALTERNATIVES = {
     "density 2, smoothness 2": {"density_weight": 2.0, "smoothness_weight": 2.0},
     # The map's blur on the stitched map (default: scoring.TILED_BLUR x 1 px at 32 px = 2 px).
     # This row and those below change what the image score's evidence was standardised by at
-    # calibration (scoring.image_levels), so they score images by izif alone, as before the
+    # calibration (calibration.image_evidence_levels), so they score images by izif alone, as before the
     # smoothness evidence existed (their image AUROC compares with earlier results files).
     **{f"density 1, smoothness 2, blur {sigma:g} px": {"density_weight": 1.0, "smoothness_weight": 2.0,
                                                       "blur_sigma": sigma, **IZIF_ALONE} for sigma in (1.0, 3.0)},

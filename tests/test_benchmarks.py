@@ -211,9 +211,9 @@ def test_deploy_speed(script, tmp_path, capsys):
 
 
 def test_an_alternative_is_measured_only_where_its_term_was_calibrated(script):
-    """The image density's level is missing when calibration had too few normals to fit it."""
+    """The image density's level is missing when calibration had too few samples to fit it."""
     common = script("common")
-    model = type("Calibrated", (), {"calibration": {"norms": {"pixel_density": 1.0}}})()
+    model = type("Calibrated", (), {"calibration": type("Calibration", (), {"levels": {"pixel_density": 1.0}})()})()
     assert common.calibrated_for(model, {"kappa": 0.0, "density_weight": 2.0, "image_density_weight": 0.0})
     assert not common.calibrated_for(model, {"image_density_weight": 1.0})
 

@@ -13,7 +13,8 @@ from funetgan.config import Config
 from funetgan.data import ImageSet, load_dataset
 from funetgan.metrics import evaluate
 from funetgan.outputs import Outputs
-from funetgan.report import write_predictions, write_test_outputs, write_volume_table
+from funetgan.report import write_predictions, write_test_outputs
+from funetgan.calibration import Calibration
 from funetgan.scoring import Scorer
 from funetgan.volumes import volume_metrics, volume_results, write_volumes
 
@@ -28,9 +29,12 @@ class PixelScorer(Scorer):
         self.config = Config()
         self.config.model.image_size, self.config.model.channels = size, 1
         self.config.score.blur_sigma = 1.0
-        norms = {"pixel_density": 1.0, "pixel_contrast": 0.2, "pixel_contrast_std": 0.1,  # the contrast: from the images
+        norms = {**dict.fromkeys(("pixel_residual", "pixel_features", "image_residual", "image_features"), 1.0),
+                 "pixel_density": 1.0, "pixel_contrast": 0.2, "pixel_contrast_std": 0.1,  # the contrast: from the images
                  "latent_density": 1.0}
-        self.calibration = {"norms": norms, "image_threshold": image_threshold, "pixel_threshold": pixel_threshold}
+        self.calibration = Calibration(levels=norms, image_threshold=image_threshold, pixel_threshold=pixel_threshold,
+                                       region_threshold=pixel_threshold, blur_sigma=1.0, normals=100, anomalous=0,
+                                       rule="normal quantile 0.99", expected_image_rate=0.01)
 
     def _score_tiles(self, tiles):
         x = tiles[..., 0].astype(np.float32) / 255
@@ -44,14 +48,14 @@ def in_memory(model: Scorer, images: ImageSet, out, outputs: Outputs) -> dict:
     """The whole-set path: every map held, then metrics and files from them."""
     result = model.score(images)
     region = model.scoring_region(images)
-    image_t, pixel_t = model.image_threshold, model.pixel_threshold
-    found = evaluate(result.scores, result.maps, images, image_t, pixel_t, region)
+    image_t, rule = model.image_threshold, model.mask_rule
+    found = evaluate(result.scores, result.maps, images, image_t, rule, region)
     found["scored_pixels"] = "whole image" if region is None else chunked.LUNG_SCORED
-    volumes = volume_results(images, result.scores, result.maps, image_t, pixel_t)
+    volumes = volume_results(images, result.scores, rule(result.maps, result.scores >= image_t), image_t)
     if volumes:
         found["volume"] = volume_metrics(volumes, image_t)
-    write_test_outputs(out, images, result.scores, result.maps, found, image_t, pixel_t, {}, volumes, outputs)
-    write_volumes(out, images, result.maps, pixel_t, volumes, region)
+    write_test_outputs(out, images, result.scores, result.maps, found, image_t, rule, {}, volumes, outputs)
+    write_volumes(out, images, result.scores, result.maps, rule, image_t, volumes, region)
     found.pop("timing")  # seconds spent on files
     return found
 
@@ -102,7 +106,7 @@ def test_ct_volume_by_volume_equals_the_whole_set(ct_set, tmp_path, monkeypatch)
     whole = in_memory(model, ct_set, tmp_path / "whole", outputs)
     chunks = [rows.tolist() for rows, _ in chunked.chunks(ct_set)]
     assert len(chunks) == 3 and sorted(sum(chunks, [])) == list(range(len(ct_set)))  # one per test volume
-    found = chunked.run_test(model, ct_set, tmp_path / "chunked", outputs, 0.3, 0.55)
+    found = chunked.run_test(model, ct_set, tmp_path / "chunked", outputs, 0.3, model.mask_rule)
     found.pop("timing")
     assert_same(whole, found)
     assert found["pixel"]["dice"] is not None and found["volume"]["n_volumes"] == 3
@@ -146,7 +150,7 @@ def test_images_in_chunks_equal_the_whole_set(image_set, tmp_path, monkeypatch, 
     monkeypatch.setattr(chunked, "CHUNK_PIXELS", 7 * 12 * 12)  # 9 chunks of 7 images (and one of 4)
     outputs = Outputs.parse(items)
     whole = in_memory(model, image_set, tmp_path / "whole", outputs)
-    found = chunked.run_test(model, image_set, tmp_path / "chunked", outputs, 0.55, 0.6)
+    found = chunked.run_test(model, image_set, tmp_path / "chunked", outputs, 0.55, model.mask_rule)
     found.pop("timing")
     assert_same(whole, found)
     assert set(found["per_kind"]) == {"crack", "hole"} and found["per_kind"]["hole"]["pixel"]["aupro"] > 0
@@ -175,7 +179,7 @@ def test_only_the_maps_the_files_need_are_kept(image_set, tmp_path, monkeypatch)
         real(store, rows, maps)
 
     monkeypatch.setattr(chunked.MapStore, "put", put)
-    chunked.run_test(model, image_set, tmp_path, Outputs.parse(["metrics", "report", "overlays=examples"]), 0.55, 0.6)
+    chunked.run_test(model, image_set, tmp_path, Outputs.parse(["metrics", "report", "overlays=examples"]), 0.55, model.mask_rule)
     assert len(set(kept)) < len(image_set)
     assert len(list((tmp_path / "overlays").iterdir())) <= 4 * 12
 
@@ -185,9 +189,9 @@ def test_predict_in_chunks_equals_the_whole_set(image_set, tmp_path, monkeypatch
     monkeypatch.setattr(chunked, "CHUNK_PIXELS", 5 * 12 * 12)
     outputs = Outputs.parse(["scores", "masks=flagged", "overlays=worst:4"], test=False)
     result = model.score(image_set)
-    write_predictions(tmp_path / "whole", image_set, result.scores, result.maps, 0.55, 0.6, outputs)
-    scores = chunked.run_predict(model, image_set, tmp_path / "chunked", outputs, 0.55, 0.6)
+    write_predictions(tmp_path / "whole", image_set, result.scores, result.maps, 0.55, model.mask_rule, outputs)
+    scores = chunked.run_predict(model, image_set, tmp_path / "chunked", outputs, 0.55, model.mask_rule)
     np.testing.assert_array_equal(scores, result.scores)
     assert listing(tmp_path / "whole") == listing(tmp_path / "chunked")
     assert_same_files(tmp_path / "whole", tmp_path / "chunked", ["predictions.csv", *listing(tmp_path / "whole")])
-    assert write_volume_table  # (no volumes here: predict writes volumes.csv only for volumes)
+    assert not (tmp_path / "chunked" / "volumes.csv").exists()  # predict writes it only for volumes

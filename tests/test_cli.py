@@ -205,10 +205,10 @@ def test_calibrate_with_unchanged_settings_gives_the_training_thresholds(run_cop
     before = FUNetGAN.load(run_copy).calibration
     assert main(["calibrate", "--run", str(run_copy), "--data", str(dataset), "--device", "cpu"]) == 0
     after = FUNetGAN.load(run_copy).calibration
-    assert after["validation"] == before["validation"]
-    assert after["image_threshold"] == pytest.approx(before["image_threshold"], rel=1e-5)
-    assert after["pixel_threshold"] == pytest.approx(before["pixel_threshold"], rel=1e-5)
-    assert "calibrated again on 1 image(s)" in capsys.readouterr().out  # 10 % of 12 training crops
+    assert (after.normals, after.rule) == (before.normals, before.rule)
+    assert after.image_threshold == pytest.approx(before.image_threshold, rel=1e-5)
+    assert after.pixel_threshold == pytest.approx(before.pixel_threshold, rel=1e-5)
+    assert "calibrated again on 1 normal image(s)" in capsys.readouterr().out  # 10 % of 12 training crops
 
 
 def test_calibrate_under_new_map_terms_rewrites_the_model_and_its_settings(run_copy, dataset, tmp_path):
@@ -219,7 +219,7 @@ def test_calibrate_under_new_map_terms_rewrites_the_model_and_its_settings(run_c
     assert (after.config.score.density_weight, after.config.score.smoothness_weight) == (0, 0)
     settings = yaml.safe_load((run_copy / "config.yaml").read_text())["score"]
     assert (settings["density_weight"], settings["smoothness_weight"]) == (0, 0)
-    assert after.calibration["norms"] == pytest.approx(before.calibration["norms"], rel=1e-5)  # the same images
+    assert after.calibration.levels == pytest.approx(before.calibration.levels, rel=1e-5)  # the same images
     assert after.pixel_threshold != pytest.approx(before.pixel_threshold, rel=1e-3)  # a different map
     assert main(["test", "--run", str(run_copy), "--data", str(dataset), "--out", str(tmp_path / "t")]) == 0
 
@@ -241,5 +241,5 @@ def test_calibrate_on_other_data_than_the_run_was_trained_on_is_refused(run_copy
     model = (run_copy / "model.safetensors").read_bytes()
     assert main(["calibrate", "--run", str(run_copy), "--data", str(other), "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip()
-    assert str(other) in err and "3 calibration images here, 1 when the run was calibrated" in err
+    assert str(other) in err and "3 calibration normals here, 1 when the run was calibrated" in err
     assert len(err.splitlines()) == 1 and (run_copy / "model.safetensors").read_bytes() == model

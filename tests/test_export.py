@@ -30,8 +30,8 @@ def trained():
     torch.set_num_threads(1)
     images = random_images(12, seed=1)
     config = apply_overrides(tiny_config(), ["score.image_density_weight=1.0", "score.latent_density_weight=1.0"])
-    # 70 calibration normals: enough to fit the image density (its 16 Gaussians of 32 channels).
-    return FUNetGAN(config).fit(images, random_images(70, seed=2)), images
+    # 70 training images: enough to fit the image density (its 16 Gaussians of 32 channels).
+    return FUNetGAN(config).fit(random_images(70, seed=2), images), images
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +60,7 @@ def test_metadata_holds_settings_calibration_and_parity(trained, exported):
     scorer = OnnxScorer.load(path)
     assert scorer.config.to_dict() == model.config.to_dict()
     assert scorer.image_threshold == model.image_threshold and scorer.pixel_threshold == model.pixel_threshold
-    assert scorer.calibration["norms"] == model.calibration["norms"]
+    assert scorer.calibration == model.calibration
     assert scorer.parity["passed"] and scorer.parity["maps_max_rel"] <= scorer.parity["tolerance"]
     flat = onnxruntime.InferenceSession(str(path)).get_modelmeta().custom_metadata_map
     assert float(flat["image_threshold"]) == pytest.approx(model.image_threshold)
@@ -68,6 +68,13 @@ def test_metadata_holds_settings_calibration_and_parity(trained, exported):
     assert float(flat["smoothness_weight"]) == model.config.score.smoothness_weight
     assert float(flat["image_density_weight"]) == model.config.score.image_density_weight
     assert float(flat["latent_density_weight"]) == model.config.score.latent_density_weight == 1.0
+    assert float(flat["region_threshold"]) == pytest.approx(model.calibration.region_threshold)
+    assert "8 * latent_density" not in proto_doc(path) and "1 * latent_density / m_latent_density" in proto_doc(path)
+
+
+def proto_doc(path) -> str:
+    onnx = pytest.importorskip("onnx")
+    return onnx.load(str(path)).doc_string
 
 
 def test_any_batch_size_gives_the_same_terms(trained, exported):
@@ -93,22 +100,18 @@ def test_the_onnx_scorer_computes_the_local_contrast_as_pytorch_does(trained, ex
     assert theirs.pixel_contrast.max() > 0 and np.array_equal(ours.pixel_contrast, theirs.pixel_contrast)
 
 
-def test_a_file_calibrated_before_the_smoothness_term_is_scored_without_it(trained, exported, tmp_path):
+def test_a_file_of_another_format_is_refused_in_one_line(trained, exported, tmp_path):
     import onnx
     from funetgan.onnx_scorer import META_KEY
-    model, images = trained
     proto = onnx.load(str(exported[0]))
     entry = next(e for e in proto.metadata_props if e.key == META_KEY)
     meta = json.loads(entry.value)
-    meta["calibration"]["norms"] = {k: v for k, v in meta["calibration"]["norms"].items()
-                                    if not k.startswith("pixel_contrast")}  # as exported before the term
+    meta["calibration"] = {"norms": meta["calibration"]["levels"]}  # an earlier funetgan's layout
     entry.value = json.dumps(meta)
     onnx.save(proto, str(tmp_path / "old.onnx"))
-    old = OnnxScorer.load(tmp_path / "old.onnx")
-    assert model.config.score.smoothness_weight > 0 and old.config.score.smoothness_weight == 0
-    expected = model.scores_from_terms(model.residual_terms(images.images),
-                                       dataclasses.replace(model.config.score, smoothness_weight=0.0))
-    np.testing.assert_allclose(old.score(images).maps, expected.maps, rtol=1e-4, atol=1e-4 * np.abs(expected.maps).max())
+    with pytest.raises(ValueError, match="calibrated by an earlier funetgan") as err:
+        OnnxScorer.load(tmp_path / "old.onnx")
+    assert str(tmp_path / "old.onnx") in str(err.value) and len(str(err.value).splitlines()) == 1
 
 
 def test_the_model_still_scores_after_export(trained, exported):

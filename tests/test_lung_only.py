@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from funetgan.config import ScoreConfig
-from funetgan.metrics import pixel_metrics
+from funetgan.metrics import pixel_curves, pixel_metrics
 from funetgan.scoring import Terms, combine, restrict
-from funetgan.thresholds import calibrate_pixel_threshold
+from funetgan.thresholds import quantile_pixel_threshold
 
 # One 4 x 4 slice. Lung: the two left columns. In the lung, the lesion (0,0), (1,0) has the
 # two highest values; outside, a rib at 0.95 and a lesion pixel at 0 would spoil the ranking.
@@ -37,8 +37,8 @@ def test_pixel_threshold_from_lung_pixels_only():
     lung = np.zeros((1, 10, 10), bool)
     lung[0, :5] = True
     # The 0.9 quantile of the 50 lung values flags at most 5: the threshold is 0.45 (one bin).
-    assert calibrate_pixel_threshold(maps, None, 0.9, lung) == pytest.approx(0.45, abs=2e-3)
-    assert calibrate_pixel_threshold(maps, None, 0.9) > 9
+    assert quantile_pixel_threshold(pixel_curves(maps, region=lung), 0.9) == pytest.approx(0.45, abs=2e-3)
+    assert quantile_pixel_threshold(pixel_curves(maps), 0.9) > 9
 
 
 def test_map_and_image_residual_use_lung_pixels_only():

@@ -9,6 +9,7 @@ import pytest
 from funetgan.data import ImageSet
 from funetgan.metrics import evaluate
 from funetgan.outputs import TEST_DEFAULT, Outputs
+from funetgan.masks import MaskRule
 from funetgan.report import N_EXAMPLES, example_groups, write_predictions, write_test_outputs
 
 SCORES = np.array([0.1, 0.9, 0.5, 0.7, 0.3, 0.8])
@@ -77,7 +78,7 @@ def test_the_default_writes_overlays_for_the_reports_examples_only(tmp_path, ima
     scores = np.linspace(0, 1, len(imageset))
     maps = np.repeat(scores[:, None, None], 8, 1).repeat(8, 2).astype(np.float32)
     metrics = evaluate(scores, maps, imageset, 0.5, 0.5)
-    write_test_outputs(tmp_path, imageset, scores, maps, metrics, 0.5, 0.5, {},
+    write_test_outputs(tmp_path, imageset, scores, maps, metrics, 0.5, MaskRule(0.5, 0.5), {},
                        outputs=Outputs.parse(list(TEST_DEFAULT)))
     assert not (tmp_path / "masks").exists()
     overlays = {p.stem for p in (tmp_path / "overlays").glob("*.png")}
@@ -94,7 +95,7 @@ def test_only_what_is_asked_for_is_written(tmp_path, imageset):
     scores = np.linspace(0, 1, len(imageset))
     maps = np.zeros((30, 8, 8), np.float32)
     metrics = evaluate(scores, maps, imageset, 0.5, 0.5)
-    write_test_outputs(tmp_path, imageset, scores, maps, metrics, 0.5, 0.5, {},
+    write_test_outputs(tmp_path, imageset, scores, maps, metrics, 0.5, MaskRule(0.5, 0.5), {},
                        outputs=Outputs.parse(["scores", "overlays=worst:3"]))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["overlays", "scores.csv"]
     names = [row["name"] for row in csv.DictReader((tmp_path / "scores.csv").open())]
@@ -104,7 +105,7 @@ def test_only_what_is_asked_for_is_written(tmp_path, imageset):
 
 def test_predictions_follow_the_plan(tmp_path, imageset):
     scores = np.linspace(0, 1, len(imageset))
-    write_predictions(tmp_path, imageset, scores, np.zeros((30, 8, 8), np.float32), 0.9, 0.5,
+    write_predictions(tmp_path, imageset, scores, np.zeros((30, 8, 8), np.float32), 0.9, MaskRule(0.5, 0.5),
                       Outputs.parse(["scores", "masks=flagged"], test=False))
     assert len(list((tmp_path / "masks").glob("*.png"))) == 3  # scores 0.93, 0.97, 1.0
     assert not (tmp_path / "overlays").exists()

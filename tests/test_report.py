@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from funetgan.data import ImageSet
+from funetgan.masks import MaskRule
 from funetgan.metrics import evaluate
 from funetgan.report import output_names, write_predictions, write_test_outputs
 
@@ -38,6 +39,7 @@ def maps(imageset):
 
 
 SCORES = np.array([0.1, 0.9, 0.8, 0.2])
+PLAIN = MaskRule(0.5, 0.5)  # every pixel at or above 0.5
 
 
 def test_output_names_are_unique_and_safe():
@@ -48,8 +50,8 @@ def test_output_names_are_unique_and_safe():
 
 
 def test_write_test_outputs(tmp_path, imageset, maps):
-    metrics = evaluate(SCORES, maps, imageset, image_threshold=0.5, pixel_threshold=0.5)
-    write_test_outputs(tmp_path, imageset, SCORES, maps, metrics, 0.5, 0.5, {"seed": 1})
+    metrics = evaluate(SCORES, maps, imageset, 0.5, PLAIN)
+    write_test_outputs(tmp_path, imageset, SCORES, maps, metrics, 0.5, PLAIN, {"seed": 1})
 
     assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
     with open(tmp_path / "scores.csv", newline="") as f:
@@ -85,15 +87,15 @@ def test_write_test_outputs(tmp_path, imageset, maps):
 
 def test_report_escapes_text(tmp_path, imageset, maps):
     imageset.kinds[2] = "<b>crack</b>"
-    metrics = evaluate(SCORES, maps, imageset, 0.5, 0.5)
-    write_test_outputs(tmp_path, imageset, SCORES, maps, metrics, 0.5, 0.5, {"note": "a<b"})
+    metrics = evaluate(SCORES, maps, imageset, 0.5, PLAIN)
+    write_test_outputs(tmp_path, imageset, SCORES, maps, metrics, 0.5, PLAIN, {"note": "a<b"})
     page = (tmp_path / "report.html").read_text()
     assert "<b>crack</b>" not in page and "&lt;b&gt;crack&lt;/b&gt;" in page
     assert "a&lt;b" in page
 
 
 def test_write_predictions(tmp_path, imageset, maps):
-    write_predictions(tmp_path, imageset, SCORES, maps, 0.5, 0.5)
+    write_predictions(tmp_path, imageset, SCORES, maps, 0.5, PLAIN)
     with open(tmp_path / "predictions.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == ["path", "score", "predicted", "anomalous_fraction", "name"]

@@ -9,7 +9,7 @@ from funetgan.config import ScoreConfig, apply_overrides, scored_in_tiles
 from funetgan.model import FUNetGAN
 from funetgan.nn import CriticOutput
 from funetgan.nn.residuals import residual_terms
-from funetgan.scoring import Terms, blur_sigma, combine, gaussian_blur, with_calibrated_blur
+from funetgan.scoring import IZIF, MAP, Terms, blur_sigma, combine, formula, gaussian_blur
 
 
 def test_blur_keeps_constants_and_spreads_a_point():
@@ -49,20 +49,6 @@ def test_a_map_stitched_from_tiles_gets_the_tiled_blur():
         np.testing.assert_allclose(maps, gaussian_blur(residual, sigma), atol=1e-7)
 
 
-def test_runs_calibrated_before_the_tiled_blur_keep_their_blur():
-    """A calibration without "blur_sigma" (an older funetgan) pins the whole-image rule its
-    pixel threshold was set with; a newer one, or a blur the user set, is left as it is."""
-    old = ScoreConfig()
-    with_calibrated_blur(old, {"norms": {}}, 32)
-    assert old.blur_sigma == 1.0
-    new = ScoreConfig()
-    with_calibrated_blur(new, {"norms": {}, "blur_sigma": 2.0}, 32)
-    assert new.blur_sigma is None
-    chosen = ScoreConfig(blur_sigma=3.0)
-    with_calibrated_blur(chosen, {"norms": {}}, 32)
-    assert chosen.blur_sigma == 3.0
-
-
 def test_residual_terms_by_hand():
     x = torch.zeros(1, 2, 2, 2)
     r = torch.zeros(1, 2, 2, 2)
@@ -100,13 +86,12 @@ def test_combine_normalises_terms_by_their_normal_level():
     scores, maps = combine(terms, norms, cfg, 4)
     np.testing.assert_allclose(maps, np.full((1, 4, 4), 2.0 + 0.5 * 3.0))
     assert scores.item() == pytest.approx(2.0 + 0.5 * 2.0)
-    with pytest.raises(ValueError, match="image_density_weight=0"):  # calibrated without its level
-        combine(terms, norms, dataclasses.replace(cfg, image_density_weight=1.0), 4)
+    # A density term without its level (its Gaussian could not be fitted) counts 0.
+    unfitted, _ = combine(terms, norms, dataclasses.replace(cfg, image_density_weight=1.0), 4)
+    assert unfitted.item() == pytest.approx(2.0 + 0.5 * 2.0)
     norms["image_density"] = 1.5
     scores, _ = combine(terms, norms, dataclasses.replace(cfg, image_density_weight=2.0), 4)
     assert scores.item() == pytest.approx(2.0 + 0.5 * 2.0 + 2.0 * 3.0 / 1.5)
-    with pytest.raises(ValueError, match="latent_density_weight=0"):
-        combine(terms, norms, dataclasses.replace(cfg, latent_density_weight=1.0), 4)
     norms["latent_density"] = 2.0
     scores, _ = combine(terms, norms, dataclasses.replace(cfg, image_density_weight=2.0, latent_density_weight=0.5), 4)
     assert scores.item() == pytest.approx(2.0 + 0.5 * 2.0 + 2.0 * 3.0 / 1.5 + 0.5 * 4.0 / 2.0)
@@ -129,11 +114,21 @@ def test_critic_term_is_standardised_by_its_normal_mean_and_spread():
     np.testing.assert_allclose(without, np.full((1, 2, 2), 0.5))  # weight 0: the term is off
 
 
-def test_critic_weight_needs_a_model_calibrated_with_the_critic_level():
-    terms = zeros_terms(np.ones((1, 2, 2)), np.ones((1, 1)))
-    norms = dict.fromkeys(("pixel_residual", "pixel_features", "image_residual", "image_features"), 1.0)
-    with pytest.raises(ValueError, match="critic_weight=0"):
-        combine(terms, norms, ScoreConfig(critic_weight=1.0), 2)
+def test_the_term_table_names_every_raw_term_and_the_setting_weighing_it():
+    assert [t.name for t in MAP] == ["pixel_residual", "pixel_features", "pixel_critic", "pixel_density",
+                                     "pixel_contrast"]
+    assert [t.name for t in IZIF] == ["image_residual", "image_features", "image_density", "latent_density"]
+    for term in (*MAP, *IZIF):
+        assert term.weight is None or hasattr(ScoreConfig(), term.weight)
+        assert term.name in {f.name for f in dataclasses.fields(Terms)}
+
+
+def test_the_formula_shows_the_terms_that_count_with_their_weights():
+    text = formula(tiny_config(score__density_weight=0.5, score__latent_density_weight=0.0))
+    assert "0.5 * pixel_density / m_pixel_density" in text
+    assert "2 * max(m_pixel_contrast - pixel_contrast, 0) / pixel_contrast_std" in text
+    assert "latent_density" not in text and "pixel_critic" not in text  # weight 0: not shown
+    assert "blur_1px" in text  # 4 px at 128, scaled to 32
 
 
 def test_tile_values_reduce_to_one_image_score_by_max_or_mean():

@@ -1,6 +1,7 @@
-"""The smoothness term (scoring.smoothness_term): the local contrast of the images, its normal
-levels, the term and its weight in the map, lung restriction and calibration; the image's
-smoothest region as evidence in the image score (scoring.image_levels)."""
+"""The smoothness term (the "below" term of pixel_contrast in scoring.MAP): the local contrast of
+the images, its normal levels, the term and its weight in the map, lung restriction and
+calibration; the image's smoothest region as evidence in the image score
+(scoring.image_evidence, calibration.image_evidence_levels)."""
 import dataclasses
 
 import numpy as np
@@ -8,11 +9,17 @@ import pytest
 import torch
 
 from conftest import random_images, tiny_config
+from funetgan.calibration import image_evidence_levels
 from funetgan.config import ScoreConfig, apply_overrides
 from funetgan.model import FUNetGAN
-from funetgan.scoring import (Terms, combine, image_levels, image_smoothness_weight, local_contrast, map_blur,
-                              restrict, smoothest_region, smoothness_term, standardised_value,
-                              without_uncalibrated_terms)
+from funetgan.scoring import (MAP, Terms, combine, image_evidence, image_smoothness_weight, local_contrast,
+                              normalised, restrict, standardised_value)
+
+SMOOTHNESS = MAP[-1]  # pixel_contrast, "below" its normal level
+
+
+def smoothness_term(terms: Terms, levels: dict) -> np.ndarray:
+    return normalised(SMOOTHNESS, terms, levels)
 
 
 def test_local_contrast_is_the_windowed_standard_deviation():
@@ -51,47 +58,26 @@ def test_normal_levels_give_the_contrasts_mean_and_spread_inside_the_region():
     assert smoothness_term(inside, norms).tolist() == [[[3.0, 0.0], [1.0, 0.0]]]  # 0 outside the lung
 
 
-def test_the_weight_adds_the_term_to_the_map_and_old_calibrations_get_a_clear_error():
+def test_the_weight_adds_the_term_to_the_map():
     terms = terms_with_contrast(np.array([[[0.5, 0.25], [0.0, 1.0]]], np.float32))
     norms = {"pixel_residual": 1.0, "pixel_features": 1.0, "image_residual": 1.0, "image_features": 1.0,
              "pixel_contrast": 0.5, "pixel_contrast_std": 0.25}
     settings = dict(kappa=0.0, density_weight=0.0, blur_sigma=0.0, latent_density_weight=0.0)
     _, maps = combine(terms, norms, ScoreConfig(smoothness_weight=0.5, **settings), 2)
     assert maps.tolist() == [[[1.0, 1.5], [2.0, 1.0]]]  # residual 1 + 0.5 x (0, 1, 2, 0)
-    del norms["pixel_contrast_std"]
-    with pytest.raises(ValueError, match="smoothness_weight=0"):
-        combine(terms, norms, ScoreConfig(smoothness_weight=1.0, **settings), 2)
 
 
 def test_calibration_measures_the_contrast_and_smooth_patches_score_higher():
     torch.set_num_threads(1)
     images = random_images(12, seed=5)
     model = FUNetGAN(apply_overrides(tiny_config(), ["score.smoothness_weight=1.0"])).fit(images)
-    norms = model.calibration["norms"]
+    norms = model.calibration.levels
     assert norms["pixel_contrast"] > 0 and norms["pixel_contrast_std"] > 0
     smudged = images.images.copy()
     smudged[0, 4:12, 4:12] = smudged[0, 4:12, 4:12].mean()  # a flat patch on random texture
     terms = model.residual_terms(smudged[:1])
     term = smoothness_term(terms, norms)[0]
     assert term[6:10, 6:10].min() > 3.0 > 3 * term[20:, 20:].mean()  # flat: ~7 spreads below; noise: ~0.4
-
-
-def test_runs_calibrated_before_a_term_existed_are_scored_without_it(tmp_path):
-    torch.set_num_threads(1)
-    images = random_images(12, seed=6)
-    model = FUNetGAN(tiny_config()).fit(images)
-    assert model.config.score.smoothness_weight > 0  # the default
-    old_norms = {k: v for k, v in model.calibration["norms"].items() if not k.startswith("pixel_contrast")}
-    settings = ScoreConfig()
-    without_uncalibrated_terms(settings, old_norms)
-    assert settings.smoothness_weight == 0 and settings.density_weight == ScoreConfig().density_weight
-    model.calibration = {**model.calibration, "norms": old_norms}  # a file of that time
-    model.save(tmp_path / "old.safetensors")
-    loaded = FUNetGAN.load(tmp_path / "old.safetensors")
-    assert loaded.config.score.smoothness_weight == 0
-    expected = model.scores_from_terms(model.residual_terms(images.images),
-                                       dataclasses.replace(model.config.score, smoothness_weight=0.0))
-    np.testing.assert_allclose(loaded.score(images).maps, expected.maps, rtol=1e-6, atol=1e-6)
 
 
 def test_the_smoothest_region_counts_beside_izif_in_their_normal_spreads():
@@ -117,8 +103,10 @@ def test_image_levels_are_the_normals_mean_and_spread_of_each_kind_of_evidence()
     terms = terms_with_contrast(np.array([[[0.25, 0.5]], [[0.0, 0.5]]], np.float32))
     terms.image_residual = np.array([[1.0, 3.0], [2.0, 1.0]])  # two tiles: the max counts
     norms = {"pixel_residual": 1.0, "image_residual": 1.0, "pixel_contrast": 0.5, "pixel_contrast_std": 0.25}
-    cfg = ScoreConfig(kappa=0.0, blur_sigma=0.0, latent_density_weight=8.0)  # no latent level: counts 0
-    levels = image_levels(terms, norms, cfg, 2)
+    config = tiny_config(score__kappa=0.0, score__blur_sigma=0.0, score__latent_density_weight=8.0,
+                         score__image_smoothness_weight=1.0)  # no latent level: counts 0
+    halves = [terms.rows(np.array([0])), terms.rows(np.array([1]))]  # a chunk at a time, as calibration
+    levels = image_evidence_levels(halves, norms, config)
     assert levels == {"image_izif": 2.5, "image_izif_std": 0.5, "image_smoothness": 1.5, "image_smoothness_std": 0.5}
 
 
@@ -126,20 +114,17 @@ def test_the_smoothness_evidence_is_on_by_default_only_for_images_scored_in_tile
     assert image_smoothness_weight(ScoreConfig(), tiled=True) == 1.0
     assert image_smoothness_weight(ScoreConfig(), tiled=False) == 0.0
     assert image_smoothness_weight(ScoreConfig(image_smoothness_weight=0.5), tiled=False) == 0.5
-    settings = ScoreConfig()
-    without_uncalibrated_terms(settings, {})  # a run calibrated before the evidence existed: izif alone
-    assert image_smoothness_weight(settings, tiled=True) == 0.0
 
 
 def test_a_tiled_model_calibrates_and_scores_with_the_smoothness_evidence():
     torch.set_num_threads(1)
     images = random_images(16, seed=7, size=48)
     model = FUNetGAN(apply_overrides(tiny_config(), ["data.resolution=48", "data.val_fraction=0.25"])).fit(images)
-    norms = model.calibration["norms"]
+    norms = model.calibration.levels
     assert norms["image_smoothness_std"] > 0 and norms["image_izif_std"] > 0  # over 4 calibration images
     terms = model.residual_terms(images.images)
     izif = model.scores_from_terms(terms, dataclasses.replace(model.config.score, image_smoothness_weight=0.0)).scores
-    smoothest = smoothest_region(terms, norms, map_blur(model.config))
+    smoothest = image_evidence(terms, norms, model.config.score, 32, tiled=True)["image_smoothness"]
     expected = np.maximum(standardised_value(izif, norms, "image_izif"),
                           standardised_value(smoothest, norms, "image_smoothness"))
     np.testing.assert_allclose(model.score(images).scores, expected, rtol=1e-6)

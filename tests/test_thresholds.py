@@ -1,25 +1,44 @@
 import numpy as np
 import pytest
 
-from funetgan.thresholds import calibrate_image_threshold, calibrate_pixel_threshold
+from funetgan.metrics import pixel_curves
+from funetgan.thresholds import (f1_image_threshold, f1_pixel_threshold, normals_needed, quantile_pixel_threshold,
+                                 rank, rank_threshold)
 
 
 def test_image_threshold_f1_optimal_with_both_classes():
     # Candidate thresholds and F1: 0.8 -> 2/3, 0.4 -> 1/2, 0.35 -> 4/5, 0.1 -> 2/3.
-    assert calibrate_image_threshold([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == 0.35
-
-
-def test_image_threshold_quantile_of_normals():
-    scores = np.arange(101.0)  # 0..100: the 0.9 quantile is 90
-    assert calibrate_image_threshold(scores, normal_quantile=0.9) == pytest.approx(90.0)
-    # Normals only (anomalous-free labels, unknown -1 ignored): same rule on the normals.
-    labels = np.r_[np.zeros(101, int), -1]
-    assert calibrate_image_threshold(np.r_[scores, 1e9], labels, 0.9) == pytest.approx(90.0)
-
-
-def test_image_threshold_needs_normals():
+    assert f1_image_threshold([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == 0.35
     with pytest.raises(ValueError):
-        calibrate_image_threshold([0.5, 0.7], [1, 1])
+        f1_image_threshold([0.5, 0.7], [1, 1])
+
+
+def test_the_rank_is_the_conformal_one():
+    # k = ceil((n + 1) q): 99 of 99 at 0.99 (exactly, not 100 from 99.00000000000001), 100 of 200.
+    assert rank(99, 0.99) == 99 and rank(199, 0.5) == 100 and rank(24, 0.99) == 25
+    assert normals_needed(0.99) == 99 and normals_needed(0.9) == 9 and normals_needed(0.5) == 1
+
+
+def test_rank_threshold_and_the_share_of_new_normals_it_flags():
+    scores = np.arange(1.0, 200.0)  # 199 normals: k = 198, the 198th smallest is 198
+    threshold, expected = rank_threshold(scores[::-1], 0.99)
+    assert threshold == 198.0 and expected == pytest.approx(2 / 200)
+    # Too few normals: their maximum, which 1 in n + 1 new normals reach.
+    assert rank_threshold(np.arange(24.0), 0.99) == (23.0, pytest.approx(1 / 25))
+    with pytest.raises(ValueError):
+        rank_threshold([], 0.99)
+
+
+def test_the_rank_threshold_keeps_its_promise_on_fresh_normals():
+    """In-distribution check: 300 calibration normals, 100,000 fresh ones, 200 repetitions:
+    the fresh normals at or above the threshold average 1 - q, as promised."""
+    rng = np.random.default_rng(0)
+    rates = []
+    for _ in range(200):
+        threshold, expected = rank_threshold(rng.normal(size=300), 0.99)
+        rates.append(np.mean(rng.normal(size=100_000) >= threshold))
+    assert expected == pytest.approx(3 / 301)  # k = ceil(301 x 0.99) = ceil(297.99) = 298
+    assert np.mean(rates) == pytest.approx(expected, abs=0.0015)
 
 
 def test_pixel_threshold_f1_optimal_with_masks():
@@ -30,22 +49,20 @@ def test_pixel_threshold_f1_optimal_with_masks():
     maps[1, 2, 2] = 0.7
     masks = np.zeros(maps.shape, bool)
     masks[0, 2] = True
-    assert calibrate_pixel_threshold(maps, masks) == pytest.approx(0.6)  # few values: exact
+    assert f1_pixel_threshold(pixel_curves(maps, masks)) == pytest.approx(0.6)  # few values: exact
 
 
 def test_pixel_threshold_quantile_of_normal_pixels():
     maps = np.arange(1000, dtype=np.float32).reshape(10, 10, 10)  # values 0..999
-    threshold = calibrate_pixel_threshold(maps, normal_quantile=0.99)
+    threshold = quantile_pixel_threshold(pixel_curves(maps), 0.99)
     # At most 1% (10 pixels: 990..999) flagged, and as low as that allows.
     assert np.count_nonzero(maps >= threshold) == 10 and threshold == 990
-    # Empty masks mean all pixels are normal: the same rule.
-    assert calibrate_pixel_threshold(maps, np.zeros(maps.shape, bool), 0.99) == threshold
 
 
 def test_pixel_threshold_quantile_ignores_an_outlier():
     """100,000 values and one at 1e6: linear bins put the threshold near 1e6 and flagged one pixel."""
     maps = np.random.default_rng(0).random((10, 100, 100)).astype(np.float32)
     maps[0, 0, 0] = 1e6
-    threshold = calibrate_pixel_threshold(maps, normal_quantile=0.99)
+    threshold = quantile_pixel_threshold(pixel_curves(maps), 0.99)
     assert threshold == pytest.approx(np.quantile(maps, 0.99), abs=1e-3)
     assert np.count_nonzero(maps >= threshold) == pytest.approx(1000, abs=15)

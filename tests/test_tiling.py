@@ -107,19 +107,8 @@ def test_patch_model_trains_and_scores_at_working_resolution():
         model.score(np.zeros((2, 32, 32, 1), np.uint8))
 
 
-def test_a_tiled_run_records_its_blur_and_an_older_one_keeps_the_old_blur(tmp_path):
-    """Calibration records the stitched map's blur (2 x the whole-image rule); a run saved
-    by an older funetgan (no record) is loaded with the whole-image rule its thresholds were
-    set with, and scores exactly as the same run does with that blur set."""
+def test_a_tiled_run_records_the_blur_its_thresholds_were_set_with():
+    """Calibration records the stitched map's blur: 2 x the whole-image rule."""
     config = apply_overrides(tiny_config(), ["data.resolution=48", "score.tile_stride=8"])
     model = FUNetGAN(config).fit(random_images(12, size=48))
-    whole_image_rule = 4.0 * config.model.image_size / 128
-    assert model.calibration["blur_sigma"] == 2 * whole_image_rule
-    del model.calibration["blur_sigma"]
-    model.save(tmp_path / "old.safetensors")
-    older = FUNetGAN.load(tmp_path / "old.safetensors")
-    assert older.config.score.blur_sigma == whole_image_rule
-    images = random_images(2, size=48, seed=1).images
-    expected = model.scores_from_terms(model.residual_terms(images),
-                                       dataclasses.replace(model.config.score, blur_sigma=whole_image_rule))
-    np.testing.assert_allclose(older.score(images).maps, expected.maps, rtol=1e-5, atol=1e-6)
+    assert model.calibration.blur_sigma == 2 * 4.0 * config.model.image_size / 128

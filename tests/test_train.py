@@ -66,7 +66,7 @@ def test_fit_writes_logs_samples_and_model(tmp_path):
     assert (tmp_path / "samples" / "gan_000003.png").exists()
     assert (tmp_path / "samples" / "recon_000003.png").exists()
     assert (tmp_path / "model.safetensors").exists()
-    assert model.calibration["validation"]["rule"].startswith("normal quantile")
+    assert model.calibration.rule == "normal quantile 0.99" and model.calibration.normals == 1
     done = FUNetGAN.load(tmp_path).state["completed"]
     assert done["gan"]["steps"] == 3 and done["gan"]["critic_steps"] == 3 * model.config.gan.n_critic
     assert done["encoder"]["steps"] == 3
@@ -136,7 +136,7 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch, size
     resumed = FUNetGAN(config()).fit(images, run_dir=tmp_path / "b", resume=True)
     for name in "GDE":
         assert same(state_of(getattr(straight, name)), state_of(getattr(resumed, name))), name
-    assert resumed.calibration["norms"] == pytest.approx(straight.calibration["norms"])
+    assert resumed.calibration.levels == pytest.approx(straight.calibration.levels)
     assert resumed.image_threshold == pytest.approx(straight.image_threshold)
 
 

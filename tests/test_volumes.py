@@ -5,6 +5,7 @@ import pytest
 from funetgan.config import DataConfig
 from funetgan.data import ImageSet, load_unlabelled
 from funetgan.data.medical import Geometry, read_scan, read_volume
+from funetgan.masks import MaskRule
 from funetgan.volumes import volume_metrics, volume_results, write_volumes
 
 nibabel = pytest.importorskip("nibabel")
@@ -36,8 +37,8 @@ def test_map_of_a_volume_overlays_the_scan_voxel_for_voxel(tmp_path):
     images = load_unlabelled([str(tmp_path / "scan.nii.gz")], 8, 1, DataConfig())
     assert images.volumes[str(tmp_path / "scan.nii.gz")].slice_shape == (5, 8, 8)
     maps = read_volume(tmp_path / "lesion.nii.gz")  # the truth as the "anomaly map", slice by slice
-    results = volume_results(images, np.zeros(5), maps, 1.0, 0.5)
-    write_volumes(tmp_path / "out", images, maps, 0.5, results)
+    results = volume_results(images, np.zeros(5), maps >= 0.5, 1.0)
+    write_volumes(tmp_path / "out", images, np.zeros(5), maps, MaskRule(0.5, 0.5), 1.0, results)
     for suffix in ("map", "mask"):
         written = nibabel.load(tmp_path / "out" / "volumes" / f"scan_{suffix}.nii.gz")
         np.testing.assert_allclose(written.affine, affine, atol=1e-5)
@@ -50,7 +51,7 @@ def test_slices_resized_back_and_placed_in_their_crop(tmp_path):
     geometry = images.volumes[str(tmp_path / "v.nii.gz")]
     assert geometry.slice_shape == (3, 6, 12)
     maps = np.stack([np.full((4, 4), z, np.float32) for z in (1.0, 2.0, 3.0)])
-    write_volumes(tmp_path, images, maps, 2.5, volume_results(images, np.zeros(3), maps, 1, 2.5))
+    write_volumes(tmp_path, images, np.zeros(3), maps, MaskRule(2.5, 2.5), 1, volume_results(images, np.zeros(3), maps >= 2.5, 1))
     written = nibabel.load(tmp_path / "volumes" / "v_map.nii.gz").get_fdata()
     assert written.shape == (12, 6, 3)
     np.testing.assert_allclose(written[:, :, 2], 3.0)
@@ -59,7 +60,8 @@ def test_slices_resized_back_and_placed_in_their_crop(tmp_path):
     # A crop (data.crop_to_lung) goes back where it was cut from; the rest stays 0.
     images.volumes[str(tmp_path / "v.nii.gz")] = Geometry(geometry.affine, geometry.shape, box=(1, 4, 2, 7))
     images.sizes[:] = (3, 5)
-    write_volumes(tmp_path / "crop", images, maps, 2.5, volume_results(images, np.zeros(3), maps, 1, 2.5))
+    write_volumes(tmp_path / "crop", images, np.zeros(3), maps, MaskRule(2.5, 2.5), 1,
+                  volume_results(images, np.zeros(3), maps >= 2.5, 1))
     slices = read_volume(tmp_path / "crop" / "volumes" / "v_map.nii.gz")
     np.testing.assert_allclose(slices[2, 1:4, 2:7], 3.0)
     assert slices[2].sum() == pytest.approx(3.0 * 15)
@@ -91,7 +93,8 @@ def test_dicom_series_round_trip_to_nifti(tmp_path):
     assert images.paths == [f"{tmp_path / 'series'}#z={z}" for z in range(4)]
     maps = np.zeros((4, 8, 8), np.float32)
     maps[2] = 1.0
-    write_volumes(tmp_path / "out", images, maps, 0.5, volume_results(images, np.zeros(4), maps, 1, 0.5))
+    write_volumes(tmp_path / "out", images, np.zeros(4), maps, MaskRule(0.5, 0.5), 1,
+                  volume_results(images, np.zeros(4), maps >= 0.5, 1))
     written = nibabel.load(tmp_path / "out" / "volumes" / "series_mask.nii.gz")
     assert written.shape == (7, 5, 4) and written.get_fdata()[:, :, 2].all()
     assert written.get_fdata().sum() == 35
@@ -120,7 +123,7 @@ def test_per_volume_results_against_hand_computed_values():
     maps[1, 3, 3] = 1.0  # and 1 false pixel in slice z=0
     maps[4, 0, 0] = 1.0  # volume b (no lesion): 1 false pixel
     scores = np.array([0.9, 0.2, 0.4, 0.3, 0.6, 0.1])
-    results = volume_results(slice_set(masks), scores, maps, 0.5, 0.5)
+    results = volume_results(slice_set(masks), scores, maps >= 0.5, 0.5)
     a, b = results
     # One working pixel = 2 x 2 original pixels of 1 x 1 x 2 mm = 8 mm^3 = 0.008 ml.
     assert a["volume"] == "a" and a["label"] == 1 and a["slices"] == 3 and a["score"] == 0.9
@@ -128,7 +131,7 @@ def test_per_volume_results_against_hand_computed_values():
     assert a["dice"] == pytest.approx(2 * 2 / (2 * 2 + 1 + 2)) and a["iou"] == pytest.approx(2 / 5)
     assert a["top_rows"] == [0, 2, 1] and a["predicted"] == 1
     assert b["label"] == 0 and b["score"] == 0.6 and b["lesion_ml"] == 0 and b["dice"] == 0.0
-    top2 = volume_results(slice_set(masks), scores, maps, 0.5, 0.5, top_slices=2)
+    top2 = volume_results(slice_set(masks), scores, maps >= 0.5, 0.5, top_slices=2)
     assert top2[0]["score"] == pytest.approx(0.65) and top2[1]["score"] == pytest.approx(0.45)
     summary = volume_metrics(top2, 0.5, 2)
     assert summary["detection"]["auroc"] == 1.0 and summary["detection"]["counts"] == {
@@ -140,4 +143,4 @@ def test_per_volume_results_against_hand_computed_values():
 def test_images_that_are_not_volume_slices_give_no_volume_rows():
     images = ImageSet(images=np.zeros((2, 4, 4, 1), np.uint8), labels=np.zeros(2, np.int64),
                       paths=["a.png", "b.png"], kinds=["good"] * 2, sizes=np.full((2, 2), 4))
-    assert volume_results(images, np.zeros(2), np.zeros((2, 4, 4)), 1, 1) == []
+    assert volume_results(images, np.zeros(2), np.zeros((2, 4, 4), bool), 1) == []

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .data.base import ImageSet
+from .masks import MaskRule
 from .metrics import Evaluation
 from .outputs import Outputs
 from .report import ImageFiles, MapStore, finish_predictions, finish_test_outputs, write_volume_table
@@ -40,12 +41,11 @@ def chunks(images: ImageSet) -> Iterator[tuple[np.ndarray, str | None]]:
 
 
 def score_in_chunks(model: Scorer, images: ImageSet, out, files: ImageFiles, image_threshold: float,
-                    pixel_threshold: float, evaluation: Evaluation | None = None
-                    ) -> tuple[np.ndarray, list[dict], dict]:
-    """Scores `images` chunk by chunk, handing each chunk to `evaluation` (if any), `files`
-    and, for a volume, its row of volumes.csv and its NIfTI files in `out`. Returns the image
-    scores, the volumes' rows and the seconds spent scoring and on metrics (`files.seconds`
-    counts those spent on files, the volumes' included)."""
+                    rule: MaskRule, evaluation: Evaluation | None = None) -> tuple[np.ndarray, list[dict], dict]:
+    """Scores `images` chunk by chunk, handing each chunk's maps and masks (`rule`) to
+    `evaluation` (if any), `files` and, for a volume, its row of volumes.csv and its NIfTI
+    files in `out`. Returns the image scores, the volumes' rows and the seconds spent scoring
+    and on metrics (`files.seconds` counts those spent on files, the volumes' included)."""
     scores = np.zeros(len(images))
     sources = list(images.volume_rows())
     names = dict(zip(sources, volume_names(sources)))
@@ -64,17 +64,18 @@ def score_in_chunks(model: Scorer, images: ImageSet, out, files: ImageFiles, ima
         result = model.score(part)
         region = model.scoring_region(part)
         scores[rows] = result.scores
+        flagged = result.scores >= image_threshold
+        predicted = rule(result.maps, flagged)
         lap("scoring")
         if evaluation is not None:
-            evaluation.add(rows, result.maps, region)
+            evaluation.add(rows, result.maps, predicted, region)
         volume = None if source is None else volume_result(
-            images, source, names[source], rows, result.scores, result.maps, image_threshold, pixel_threshold,
-            top_slices)
+            images, source, names[source], rows, result.scores, predicted, image_threshold, top_slices)
         lap("metrics")
         files.add(rows, result.scores, result.maps, [] if volume is None else volume["top_rows"])
         if volume is not None:
             started = time.perf_counter()
-            write_volume(out, images, volume, rows, result.maps, pixel_threshold, region)
+            write_volume(out, images, volume, rows, result.maps, flagged, rule, region)
             volumes.append(volume)
             files.seconds += time.perf_counter() - started
         clock = time.perf_counter()
@@ -82,15 +83,14 @@ def score_in_chunks(model: Scorer, images: ImageSet, out, files: ImageFiles, ima
 
 
 def run_test(model: Scorer, test: ImageSet, out: Path, outputs: Outputs, image_threshold: float,
-             pixel_threshold: float, timing: dict | None = None) -> dict:
+             rule: MaskRule, timing: dict | None = None) -> dict:
     """Everything `funetgan test` writes for a labelled set, chunk by chunk; returns the
     metrics (`timing`: seconds measured before, to report with the rest)."""
-    evaluation = Evaluation(test, image_threshold, pixel_threshold)
+    evaluation = Evaluation(test, image_threshold, rule.thresholds())
     store = MapStore(out)
-    files = ImageFiles(out, test, outputs, image_threshold, pixel_threshold, store)
+    files = ImageFiles(out, test, outputs, image_threshold, rule, store)
     try:
-        scores, volumes, seconds = score_in_chunks(model, test, out, files, image_threshold, pixel_threshold,
-                                                   evaluation)
+        scores, volumes, seconds = score_in_chunks(model, test, out, files, image_threshold, rule, evaluation)
         started = time.perf_counter()
         metrics = evaluation.result(scores)
         whole = model.scoring_region(test) is None
@@ -109,12 +109,12 @@ def run_test(model: Scorer, test: ImageSet, out: Path, outputs: Outputs, image_t
 
 
 def run_predict(model: Scorer, images: ImageSet, out: Path, outputs: Outputs, image_threshold: float,
-                pixel_threshold: float) -> np.ndarray:
+                rule: MaskRule) -> np.ndarray:
     """Everything `funetgan predict` writes, chunk by chunk; returns the image scores."""
     store = MapStore(out)
-    files = ImageFiles(out, images, outputs, image_threshold, pixel_threshold, store)
+    files = ImageFiles(out, images, outputs, image_threshold, rule, store)
     try:
-        scores, volumes, _ = score_in_chunks(model, images, out, files, image_threshold, pixel_threshold)
+        scores, volumes, _ = score_in_chunks(model, images, out, files, image_threshold, rule)
         finish_predictions(files)
     finally:
         files.close()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import logging
 import shutil
 import sys
@@ -21,6 +22,7 @@ from .config import RECIPES, Config, apply_overrides, working_size
 from .data import DataError, check_batch, load_dataset, load_unlabelled, mvtec_categories
 from .data.demo import make_texture_dataset
 from .files import CHECKPOINT_FILE, MODEL_FILE, atomic_write_text
+from .masks import MaskRule
 from .outputs import PREDICT_DEFAULT, TEST_DEFAULT, Outputs
 from .runlock import FolderLocked, folder_lock
 from .scoring import Scorer
@@ -40,9 +42,13 @@ DEMO_SETTINGS = [
 ]
 # The demo keeps its 64-px crops as they are and trains on 32-px patches of them: on brick at
 # the same budget this gave image / pixel AUROC / AUPRO 0.820 / 0.953 / 0.865 against whole
-# crops' 0.665 / 0.746 / 0.503 (data seed 1, the selection split; README, "Demo results").
-# The benchmarks build on DEMO_SETTINGS alone and choose their resolution themselves.
+# crops' 0.665 / 0.746 / 0.503 (data seed 1, the selection split; docs/design.md). Of its 400
+# training crops a quarter calibrate: 100 normals, enough for the 0.99 quantile to be one
+# (thresholds.normals_needed). The benchmarks build on DEMO_SETTINGS alone and choose their
+# data themselves (benchmarks/calibration.py takes the demo's as it is).
 DEMO_RESOLUTION = "data.resolution=native"
+DEMO_DATA_SETTINGS = [DEMO_RESOLUTION, "data.val_fraction=0.25"]
+DEMO_DATA = {"n_train": 400}  # make_texture_dataset's options; crops twice the model's size
 
 
 # The settings `test` and `predict` may change with --set: where and how data is read (a lung
@@ -268,10 +274,11 @@ def train_one(data: Path, out: Path, config: Config, resume: bool, overwrite: bo
         model = FUNetGAN(config)
         model.fit(splits.train, splits.val, run_dir=out, resume=resume)
         if model.runtime.is_main:
-            _print_notes(model.calibration["notes"])
+            _print_notes(model.calibration.notes)
             print(f"trained in {(time.monotonic() - started) / 60:.1f} min on {model.runtime.device}; "
                   f"model: {out / MODEL_FILE}; image threshold {model.image_threshold:.4g}, "
-                  f"pixel threshold {model.pixel_threshold:.4g} ({model.calibration['validation']['rule']})")
+                  f"pixel threshold {model.pixel_threshold:.4g} ({model.calibration.rule}, "
+                  f"{model.calibration.normals} calibration normals)")
         return model
 
 
@@ -291,14 +298,15 @@ def load_scorer(args, run: str | Path | None = None) -> Scorer:
     return load_run(run or args.run, args.device, args.threads)
 
 
-def load_run(run: str | Path, device: str | None, threads: int | None) -> "FUNetGAN":
-    """A trained run on PyTorch (imported only here), with `threads` CPU threads if given."""
+def load_run(run: str | Path, device: str | None, threads: int | None, calibrated: bool = True) -> "FUNetGAN":
+    """A trained run on PyTorch (imported only here), with `threads` CPU threads if given
+    (`calibrated` False: whatever its calibration, to calibrate it again)."""
     import torch
 
     from .model import FUNetGAN
     if threads:
         torch.set_num_threads(threads)
-    return FUNetGAN.load(run, device=device)
+    return FUNetGAN.load(run, device=device, calibrated=calibrated)
 
 
 def check_run_settings(items: list[str], command: str, prefixes: tuple[str, ...] = ()) -> None:
@@ -350,9 +358,9 @@ def test_one(model: Scorer, data: Path, out: Path, args, load_seconds: float = 0
             raise DataError(f"{data}: no test images")
         _print_notes(splits.test.notes)
         loaded = time.perf_counter()
-        image_t, pixel_t = _thresholds(model, args)
+        image_t, rule = _thresholds(model, args)
         # Volume by volume: the whole set's maps are never held (chunked.py).
-        metrics = run_test(model, splits.test, out, outputs, image_t, pixel_t,
+        metrics = run_test(model, splits.test, out, outputs, image_t, rule,
                            {"model_seconds": round(load_seconds, 3), "data_seconds": round(loaded - started, 3)})
         _print_metrics(metrics, out, outputs)
 
@@ -367,8 +375,8 @@ def cmd_predict(args) -> int:
         claim_folder(out, RESULT_OUTPUTS, args.overwrite)
         images = load_unlabelled(args.paths, working_size(model.config), model.config.model.channels, model.config.data)
         _print_notes(images.notes)
-        image_t, pixel_t = _thresholds(model, args)
-        scores = run_predict(model, images, out, outputs, image_t, pixel_t)  # volume by volume, as test
+        image_t, rule = _thresholds(model, args)
+        scores = run_predict(model, images, out, outputs, image_t, rule)  # volume by volume, as test
         flagged = int((scores >= image_t).sum())  # the rule of metrics and report
         print(f"{len(images)} image(s) scored, {flagged} at or above the threshold {image_t:.4g}; "
               f"results in {out / 'predictions.csv' if outputs.scores else out}")
@@ -381,8 +389,7 @@ def cmd_calibrate(args) -> int:
     check_run_settings(args.set, "calibrate", prefixes=("score.",))
     run = Path(args.run)
     with folder_lock(run):
-        model = load_run(run, args.device, args.threads)
-        before = (model.image_threshold, model.pixel_threshold) if model.calibration else None
+        model = load_run(run, args.device, args.threads, calibrated=False)
         model.config = apply_overrides(model.config, args.set)
         splits = load_dataset(args.data, working_size(model.config), model.config.model.channels, model.config.data)
         _print_notes(splits.train.notes)
@@ -392,11 +399,10 @@ def cmd_calibrate(args) -> int:
             raise DataError(f"{args.data}: {err}") from None
         model.save(run / MODEL_FILE)
         atomic_write_text(run / CONFIG_FILE, model.config.to_yaml())
-    _print_notes(model.calibration["notes"])
-    was = f" (was {before[0]:.4g} / {before[1]:.4g})" if before else ""
-    print(f"{run / MODEL_FILE}: calibrated again on {model.calibration['validation']['images']} image(s); "
-          f"image / pixel threshold {model.image_threshold:.4g} / {model.pixel_threshold:.4g}{was} "
-          f"({model.calibration['validation']['rule']})")
+    _print_notes(model.calibration.notes)
+    print(f"{run / MODEL_FILE}: calibrated again on {model.calibration.normals} normal image(s); "
+          f"image / pixel threshold {model.image_threshold:.4g} / {model.pixel_threshold:.4g} "
+          f"({model.calibration.rule})")
     return 0
 
 
@@ -425,7 +431,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    config = resolve_config(args, [*DEMO_SETTINGS, DEMO_RESOLUTION])
+    config = resolve_config(args, [*DEMO_SETTINGS, *DEMO_DATA_SETTINGS])
     if args.print_config:
         print(config.to_yaml(), end="")
         return 0
@@ -433,7 +439,7 @@ def cmd_demo(args) -> int:
     claim_folder(out, RESULT_OUTPUTS, args.overwrite)
     started = time.monotonic()
     # Crops at twice the model's size, scored at it in tiles; outputs come back at that size.
-    data = make_texture_dataset(out / "data", texture="brick", crop=2 * config.model.image_size, seed=config.seed)
+    data = make_texture_dataset(out / "data", "brick", crop=2 * config.model.image_size, seed=config.seed, **DEMO_DATA)
     print(f"demo data (real brick photo, synthetic defects with masks): {data}")
     model = train_one(data, out / "run", config, resume=False, overwrite=True)
     # Every output for every image: the demo's test set is small, and shows everything.
@@ -451,10 +457,14 @@ def _one_line(err: Exception) -> str:
     return str(err)
 
 
-def _thresholds(model: Scorer, args) -> tuple[float, float]:
+def _thresholds(model: Scorer, args) -> tuple[float, MaskRule]:
+    """The image threshold and the mask rule: the calibrated ones, or --threshold and
+    --pixel-threshold (a plain threshold: every region at or above it)."""
     image_t = args.threshold if args.threshold is not None else model.image_threshold
-    pixel_t = args.pixel_threshold if args.pixel_threshold is not None else model.pixel_threshold
-    return image_t, pixel_t
+    rule = model.mask_rule
+    if args.pixel_threshold is not None:
+        rule = dataclasses.replace(rule, pixel_threshold=args.pixel_threshold, region_threshold=args.pixel_threshold)
+    return image_t, rule
 
 
 def _print_notes(notes: list[str]) -> None:

@@ -29,13 +29,14 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from . import __version__
+from .calibration import calibration_split
 from .config import Config, scored_in_tiles, tile_stride, working_size
 from .data import ImageSet, load_dataset
 from .files import atomic_write
 from .nn.residuals import TERM_MAPS, TERM_VALUES, ScoringNetwork
 from .nn.tensors import uint8_to_float
 from .onnx_scorer import FORMAT, INPUT, MAP_OUTPUTS, META_KEY, VALUE_OUTPUTS, OnnxScorer, require
-from .scoring import Scorer, image_smoothness_weight, map_blur
+from .scoring import IZIF, MAP, Scorer, formula, image_smoothness_weight
 
 # Largest accepted error of the ONNX model's maps and scores, relative to the largest value of
 # each in PyTorch. Measured (README, "Deployment"): 1e-6 to 1e-5 on trained models (float32 on
@@ -101,7 +102,7 @@ def export_onnx(model, path: str | Path, check_images: ImageSet | np.ndarray | N
     checker, then parity with PyTorch on `check_images` (uint8 N x H x W x C at the working
     resolution; None: generated images, which test the arithmetic, not the data). Raises
     ParityError, and writes nothing, when the outputs differ by more than `tolerance`."""
-    if not model.calibration:
+    if model.calibration is None:
         raise RuntimeError("the model is not calibrated: fit it, or load a trained run")
     if exporter not in EXPORTERS:
         raise ValueError(f"exporter must be one of {EXPORTERS}, got {exporter!r}")
@@ -174,25 +175,22 @@ def _trace(graph: ExportGraph, config, exporter: str) -> bytes:
 
 def metadata(model) -> dict:
     return {"format": FORMAT, "funetgan": __version__, "torch": torch.__version__,
-            "config": model.config.to_dict(), "calibration": model.calibration,
+            "config": model.config.to_dict(), "calibration": model.calibration.to_dict(),
             "training": model.state.get("completed", {})}
 
 
 def _set_metadata(proto, meta: dict, config: Config) -> None:
     """The full settings and calibration as JSON (what OnnxScorer reads), plus flat entries
     for tools that only show key/value pairs, and the graph's contract in its doc string."""
-    calibration, score = meta["calibration"], config.score
+    calibration, score, tiled = meta["calibration"], config.score, scored_in_tiles(config)
     entries = {
         META_KEY: json.dumps(meta),
         "image_size": config.model.image_size, "channels": config.model.channels,
         "working_resolution": config.data.resolution or config.model.image_size,
-        "image_threshold": calibration["image_threshold"], "pixel_threshold": calibration["pixel_threshold"],
-        "normal_levels": json.dumps(calibration["norms"]), "kappa": score.kappa,
-        "critic_weight": score.critic_weight, "density_weight": score.density_weight,
-        "smoothness_weight": score.smoothness_weight, "image_density_weight": score.image_density_weight,
-        "latent_density_weight": score.latent_density_weight,
-        "image_smoothness_weight": image_smoothness_weight(score, scored_in_tiles(config)),
-        "blur_sigma": map_blur(config),
+        **{key: calibration[key] for key in ("image_threshold", "pixel_threshold", "region_threshold", "blur_sigma")},
+        "normal_levels": json.dumps(calibration["levels"]),
+        **{term.weight: getattr(score, term.weight) for term in (*MAP, *IZIF) if term.weight},
+        "image_smoothness_weight": image_smoothness_weight(score, tiled),
         "image_score": score.image_score,
         "tile_stride": tile_stride(config), "tile_reduce": score.tile_reduce,
     }
@@ -201,18 +199,9 @@ def _set_metadata(proto, meta: dict, config: Config) -> None:
         proto.metadata_props.add(key=key, value=str(value))
     proto.producer_name, proto.producer_version = "funetgan", __version__
     proto.doc_string = (
-        "F-UNetGAN scoring network. Input 'images': uint8 B x S x S x C tiles (S = image_size). Outputs: "
-        "pixel_residual, pixel_features, pixel_critic, pixel_density (B x S x S), image_residual, image_features, "
-        "image_density, latent_density (B): the raw terms. Anomaly map = blur(pixel_residual / m_pixel_residual + kappa * pixel_features / "
-        "m_pixel_features + critic_weight * (pixel_critic - m_pixel_critic) / pixel_critic_std + density_weight "
-        "* pixel_density / m_pixel_density + smoothness_weight * max(m_pixel_contrast - c, 0) / pixel_contrast_std, "
-        "c: the standard deviation of the image's pixels in a 5 x 5 window, from the images, not the graph); "
-        "image score (izif) = image_residual / m_image_residual + kappa * image_features / m_image_features "
-        "+ image_density_weight * image_density / m_image_density "
-        "+ latent_density_weight * latent_density / m_latent_density, reduced over tiles (tile_reduce); with "
-        "image_smoothness_weight w > 0: max((izif - m_image_izif) / image_izif_std, w * (t - m_image_smoothness) / "
-        "image_smoothness_std), t the blurred smoothness map's maximum; "
-        "m_*: normal_levels. funetgan's OnnxScorer (onnxruntime + numpy) does this and the tiling.")
+        f"F-UNetGAN scoring network. Input '{INPUT}': uint8 B x S x S x C tiles (S = image_size). Outputs: the raw "
+        f"terms {', '.join(MAP_OUTPUTS)} (B x S x S) and {', '.join(VALUE_OUTPUTS)} (B). {formula(config)} "
+        f"The levels are normal_levels; funetgan's OnnxScorer (onnxruntime + numpy) does this and the tiling.")
 
 
 class _TorchGraph(Scorer):
@@ -246,12 +235,13 @@ def check_parity(model, graph: bytes, images: np.ndarray, tolerance: float, sour
 
     maps_abs, maps_rel = errors(ours.maps, theirs.maps)
     scores_abs, scores_rel = errors(ours.scores, theirs.scores)
-    image_t, pixel_t = model.image_threshold, model.pixel_threshold
+    image_t, rule = model.image_threshold, model.mask_rule
     return Parity(
         images=len(images), source=source, maps_max_abs=maps_abs, maps_max_rel=maps_rel,
         scores_max_abs=scores_abs, scores_max_rel=scores_rel,
         decisions_changed=int(np.sum((ours.scores >= image_t) != (theirs.scores >= image_t))),
-        mask_pixels_changed=int(np.sum((ours.maps >= pixel_t) != (theirs.maps >= pixel_t))),
+        mask_pixels_changed=int(np.sum(rule(ours.maps, ours.scores >= image_t)
+                                       != rule(theirs.maps, theirs.scores >= image_t))),
         tolerance=tolerance, runtime=f"onnxruntime {ort.__version__} vs PyTorch {torch.__version__}, float32, CPU")
 
 
@@ -260,7 +250,7 @@ def validation_images(model, data: Path) -> tuple[np.ndarray, str]:
     training normals that training held out (the same draw: it depends on the run's seed only)."""
     config = model.config
     splits = load_dataset(data, working_size(config), config.model.channels, config.data)
-    _, val = model._calibration_split(splits.train, splits.val)
+    _, val = calibration_split(splits.train, splits.val, config.data.val_fraction, config.seed)
     shown = f"the first {CHECK_IMAGES} of {len(val)}" if len(val) > CHECK_IMAGES else f"{len(val)}"
     return val.images[:CHECK_IMAGES], f"validation images of {data} ({shown})"
 

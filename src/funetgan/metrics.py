@@ -19,6 +19,8 @@ import numpy as np
 from scipy import ndimage
 from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_auc_score
 
+from .masks import MaskRule
+
 N_BINS = 1 << 16  # most histogram bins (values are merged beyond): 2 MiB of counts per group
 CHUNK_PIXELS = 1 << 20  # pixels per chunk of images; bounds the working memory
 PRO_FPR_LIMIT = 0.3  # AUPRO is integrated up to this false-positive rate (MVTec AD)
@@ -285,30 +287,31 @@ def pixel_curves(maps: np.ndarray, masks: np.ndarray | None = None,
 
 class PixelTally:
     """What the pixel metrics need, added chunk by chunk, per group of images: the value
-    histogram (`PixelHistogram`) and, at `threshold`, the pixel confusion counts and each
-    image's Hausdorff distance."""
+    histogram (`PixelHistogram`) and, of the predicted masks, the pixel confusion counts and
+    each image's Hausdorff distance."""
 
-    def __init__(self, threshold: float, groups: int = 1):
-        self.threshold = threshold
+    def __init__(self, thresholds: dict[str, float], groups: int = 1):
+        self.thresholds = thresholds  # what the predicted masks were made with, for the record
         self.histogram = PixelHistogram(groups)
         self.confusion = np.zeros((groups, 3), np.int64)  # tp, fp, fn
         self.distances: list[list[tuple[int, float]]] = [[] for _ in range(groups)]  # (row, distance)
 
-    def add(self, rows, maps, masks, region=None, groups=None, spacing=None) -> None:
-        """Images `rows` (their numbers: they order the Hausdorff mean) with their maps and
-        masks; `spacing` (N x 2): their pixels' size in original pixels (None: 1)."""
+    def add(self, rows, maps, masks, predicted, region=None, groups=None, spacing=None) -> None:
+        """Images `rows` (their numbers: they order the Hausdorff mean) with their maps, true
+        masks and `predicted` masks (N x S x S bool); `spacing` (N x 2): their pixels' size in
+        original pixels (None: 1)."""
         groups = np.zeros(len(rows), np.int64) if groups is None else np.asarray(groups)
         self.histogram.add(maps, masks, region, groups)
         for chunk in _chunks(np.arange(len(rows)), np.asarray(maps[0]).size):
-            predicted, truth = np.asarray(maps[chunk]) >= self.threshold, np.asarray(masks[chunk], bool)
+            predicted_chunk, truth = np.asarray(predicted[chunk], bool), np.asarray(masks[chunk], bool)
             if region is not None:
                 inside = np.asarray(region[chunk], bool)
-                predicted, truth = predicted & inside, truth & inside
-            counts = np.stack([np.count_nonzero(predicted & truth, axis=(1, 2)),
-                               np.count_nonzero(predicted & ~truth, axis=(1, 2)),
-                               np.count_nonzero(~predicted & truth, axis=(1, 2))], 1)
+                predicted_chunk, truth = predicted_chunk & inside, truth & inside
+            counts = np.stack([np.count_nonzero(predicted_chunk & truth, axis=(1, 2)),
+                               np.count_nonzero(predicted_chunk & ~truth, axis=(1, 2)),
+                               np.count_nonzero(~predicted_chunk & truth, axis=(1, 2))], 1)
             np.add.at(self.confusion, groups[chunk], counts)
-            for i, pred, true in zip(chunk, predicted, truth):
+            for i, pred, true in zip(chunk, predicted_chunk, truth):
                 if pred.any() and true.any():
                     step = (1.0, 1.0) if spacing is None else spacing[i]
                     self.distances[groups[i]].append((int(rows[i]), hausdorff_distance(pred, true, step)))
@@ -328,12 +331,13 @@ class PixelTally:
             "iou": _ratio(tp, tp + fp + fn),
             "hausdorff": float(np.mean(distances)) if distances else None,
             "f1_max": float(curves.f1.max()) if defined else None,
-            "threshold": float(self.threshold),
+            **self.thresholds,
         }
 
 
 def pixel_metrics(maps, masks, threshold: float, sizes=None, has_mask=None, region=None) -> dict:
-    """Segmentation metrics of anomaly maps against ground-truth masks.
+    """Segmentation metrics of anomaly maps against ground-truth masks, a pixel predicted
+    anomalous when its value is ``>= threshold``.
 
     Only images where `has_mask` is true count (None: all), and only the pixels of `region`
     (N x S x S bool; None: all). Dice and IoU are micro-averaged:
@@ -346,8 +350,8 @@ def pixel_metrics(maps, masks, threshold: float, sizes=None, has_mask=None, regi
     rows = np.arange(len(maps)) if has_mask is None else np.flatnonzero(has_mask)
     if len(rows) == 0:
         raise ValueError("pixel metrics need at least one image with pixel truth")
-    tally = PixelTally(threshold)
-    tally.add(rows, maps[rows], masks[rows], None if region is None else np.asarray(region)[rows],
+    tally = PixelTally({"threshold": float(threshold)})
+    tally.add(rows, maps[rows], masks[rows], maps[rows] >= threshold, None if region is None else np.asarray(region)[rows],
               spacing=None if sizes is None else np.asarray(sizes)[rows] / maps.shape[1:])
     return tally.metrics()
 
@@ -366,10 +370,12 @@ def hausdorff_distance(a: np.ndarray, b: np.ndarray, spacing=(1.0, 1.0)) -> floa
 
 class Evaluation:
     """`evaluate` chunk by chunk, for test sets too large to hold every anomaly map: `add`
-    each image's map once, in any order and chunking, then `result(scores)`. Memory: the
-    pixel histograms (`PixelTally`) and one number per image, whatever the set's size."""
+    each image's map and predicted mask once, in any order and chunking, then
+    `result(scores)`. Memory: the pixel histograms (`PixelTally`) and one number per image,
+    whatever the set's size. `mask_thresholds`: what the predicted masks were made with
+    (reported with the pixel metrics)."""
 
-    def __init__(self, imageset, image_threshold: float, pixel_threshold: float):
+    def __init__(self, imageset, image_threshold: float, mask_thresholds: dict[str, float]):
         self.imageset, self.image_threshold = imageset, image_threshold
         self.labels = np.asarray(imageset.labels)
         self.kinds = np.asarray(imageset.kinds, dtype=object)
@@ -381,21 +387,21 @@ class Evaluation:
         for k, kind in enumerate(self.anomalous_kinds, 1):
             self.group[(self.kinds == kind) & (self.labels != 0)] = k
         self.group[self.labels == 0] = 0
-        self.tally = PixelTally(pixel_threshold, len(self.anomalous_kinds) + 2)
+        self.tally = PixelTally(mask_thresholds, len(self.anomalous_kinds) + 2)
 
-    def add(self, rows, maps, region=None) -> None:
-        """The anomaly maps of images `rows` of the set (N x S x S), `region` the pixels that
-        count (N x S x S bool; None: all)."""
+    def add(self, rows, maps, predicted, region=None) -> None:
+        """The anomaly maps and predicted masks of images `rows` of the set (N x S x S),
+        `region` the pixels that count (N x S x S bool; None: all)."""
         rows = np.asarray(rows)
         counted = self.truth[rows]
         if not counted.any():
             return
         if not counted.all():  # a copy only of a part: `evaluate`'s whole set is taken as it is
-            rows, maps = rows[counted], np.asarray(maps)[counted]
+            rows, maps, predicted = rows[counted], np.asarray(maps)[counted], np.asarray(predicted)[counted]
             region = None if region is None else np.asarray(region)[counted]
         maps = np.asarray(maps)
         sizes = np.asarray(self.imageset.sizes)[rows]
-        self.tally.add(rows, maps, np.asarray(self.imageset.masks[rows], bool), region, self.group[rows],
+        self.tally.add(rows, maps, np.asarray(self.imageset.masks[rows], bool), predicted, region, self.group[rows],
                        sizes / maps.shape[1:])
 
     def result(self, scores) -> dict:
@@ -420,17 +426,21 @@ class Evaluation:
         return self.tally.histogram.curves()
 
 
-def evaluate(scores, maps, imageset, image_threshold: float, pixel_threshold: float,
-             region=None) -> dict:
-    """All metrics of a test set: overall, and each anomalous kind against the normals.
-    Pixel metrics count only the pixels of `region` (N x S x S bool, e.g. the lung; None: all).
+def evaluate(scores, maps, imageset, image_threshold: float, mask_rule, region=None) -> dict:
+    """All metrics of a test set: overall, and each anomalous kind against the normals, the
+    predicted masks those of `mask_rule` (`masks.MaskRule`; a number: a plain threshold). Pixel
+    metrics count only the pixels of `region` (N x S x S bool, e.g. the lung; None: all).
 
     ``{"image": ..., "pixel": ..., "per_kind": {kind: {"image": ..., "pixel": ...}}}``; a
     "pixel" entry is there only when some of its anomalous images have pixel truth.
     (`Evaluation` with the whole set as one chunk.)
     """
-    evaluation = Evaluation(imageset, image_threshold, pixel_threshold)
-    evaluation.add(np.arange(len(imageset)), maps, region)
+    rule = mask_rule if callable(mask_rule) else MaskRule(float(mask_rule), float(mask_rule))
+    evaluation = Evaluation(imageset, image_threshold, rule.thresholds())
+    predicted = rule(maps, np.asarray(scores) >= image_threshold)
+    if region is not None:
+        predicted = predicted & np.asarray(region, bool)
+    evaluation.add(np.arange(len(imageset)), maps, predicted, region)
     return evaluation.result(scores)
 
 

@@ -1,15 +1,15 @@
 """The public model object: fit (both training stages, then calibration), score, save, load."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from . import checkpoint, tiling
-from .config import Config, scored_in_tiles, tile_stride
-from .data import check_batch, held_out
+from .calibration import Calibration, calibration_split, find_calibration
+from .config import Config
+from .data import check_batch
 from .data.base import ImageSet
 from .export import PARITY_TOLERANCE, export_onnx
 from .files import CHECKPOINT_FILE, MODEL_FILE
@@ -18,14 +18,14 @@ from .nn.density import GRID, DensityStatistics, FeatureDensity, as_grid, sample
 from .nn.residuals import TERM_MAPS, TERM_VALUES, ScoringNetwork
 from .nn.tensors import to_tensor
 from .runtime import Runtime, setup
-from .scoring import (Scorer, Scores, image_levels, map_blur,  # noqa: F401  (Scores: also importable from here)
-                      with_calibrated_blur, without_uncalibrated_terms)
-from .thresholds import calibrate_image_threshold, calibrate_pixel_threshold
+from .scoring import IZIF, MAP, Scorer, Scores  # noqa: F401  (Scores: also importable from here)
 from .train import Trainer, WeightAverage
 
-# A per-image Gaussian that the calibration normals are too few for is fitted on them and on
-# training images' tiles, up to this many times the samples it needs at the least.
-TOP_UP_FACTOR = 4
+# The density terms' Gaussians are fitted on at most this many random patches of the training
+# images (whole images where they are the model's size): twice the 2,048 that 8 samples per
+# dimension of the largest Gaussian (D's bottleneck from 64 px up) ask for.
+FIT_SAMPLES = 4096
+WEIGHTS = {term.name: term.weight for term in (*MAP, *IZIF)}  # the setting weighing each term
 
 
 class FUNetGAN(Scorer):
@@ -60,7 +60,7 @@ class FUNetGAN(Scorer):
         self.rng = torch.Generator(self.runtime.device).manual_seed(cfg.seed * 10_007 + self.runtime.rank)
         self.state = {"stage": "warmup", "step": 0, "seconds": 0.0, "critic_steps": 0}
         self.averages: dict[str, WeightAverage] = {}  # gan.ema / encoder.ema, during their stage
-        self.calibration: dict = {}
+        self.calibration: Calibration | None = None
 
     # ---- training ------------------------------------------------------------------------
     def latent(self, n: int) -> torch.Tensor:
@@ -79,29 +79,18 @@ class FUNetGAN(Scorer):
         its checkpoint."""
         check_batch(train, val, self.config.batch_size, self.config.data.val_fraction, self.runtime.world_size,
                     self.config.model.image_size)
-        rows, val = self._calibration_split(train, val)
+        rows, normals = calibration_split(train, val, self.config.data.val_fraction, self.config.seed)
         if run_dir is not None:
             Path(run_dir).mkdir(parents=True, exist_ok=True)
             if resume:
                 self.load_checkpoint(Path(run_dir) / CHECKPOINT_FILE)
-        trainer = Trainer(self, train.images, val.images, run_dir, rows)
+        trainer = Trainer(self, train.images, normals.images, run_dir, rows)
         trainer.fit()
-        self.calibrate(val, top_up=(train.images, rows))
-        if run_dir is not None and self.runtime.is_main:
-            self.save(Path(run_dir) / MODEL_FILE)
+        if self.runtime.is_main:  # one process calibrates and writes for all
+            self.calibrate(normals, train.images, rows)
+            if run_dir is not None:
+                self.save(Path(run_dir) / MODEL_FILE)
         return self
-
-    def _calibration_split(self, train: ImageSet, val: ImageSet | None) -> tuple[np.ndarray | None, ImageSet]:
-        """The rows of `train` to train on (None: all) and the calibration set. Rows rather
-        than a copy, so a memory-mapped training set stays on disk."""
-        normal = np.flatnonzero(train.labels == 0)
-        if len(normal) != len(train):
-            raise ValueError(f"training set has {len(train) - len(normal)} anomalous images; train on normals only")
-        if val is not None:
-            return None, val
-        order = np.random.default_rng(self.config.seed).permutation(len(train))
-        n_val = held_out(len(train), self.config.data.val_fraction)
-        return np.sort(order[n_val:]), train.subset(np.sort(order[:n_val]))
 
     # ---- scoring (tiling, normalisation, blur, image scores: `Scorer`) ---------------------
     @torch.inference_mode()
@@ -114,117 +103,54 @@ class FUNetGAN(Scorer):
             terms = [term.float().cpu().numpy() for term in network(rt.prepare(to_tensor(tiles, rt.device)))]
         return {"maps": dict(zip(TERM_MAPS, terms)), "values": dict(zip(TERM_VALUES, terms[len(TERM_MAPS):]))}
 
-    def calibrate(self, val: ImageSet, top_up: tuple[np.ndarray, np.ndarray | None] | None = None) -> dict:
-        """Normal levels of each residual term and the thresholds, from validation data only:
-        F1-optimal when `val` holds anomalies (and masks), else a quantile of normal scores.
-        `top_up`: (training images, the rows of normals among them, None: all), which the
-        per-image Gaussians are also fitted on when `val` has too few normals (`fit_density`)."""
-        normal = np.flatnonzero(val.labels == 0)
-        if len(normal) == 0:
-            raise ValueError("validation data has no normal images to calibrate on")
-        self._check_images(val.images)
-        unfitted, topped_up = self.fit_density(val.images[normal], top_up)
-        # One pass of the networks over `val`: the normals' terms give the levels, all the thresholds.
-        region = self.scoring_region(val)
-        terms = self.residual_terms(val.images, region=region)
-        levels = terms.rows(normal).normal_levels()
-        for term in unfitted:  # without its level, the term's weight becomes 0
-            del levels[term]
-        levels.update(image_levels(terms.rows(normal), levels, self.config.score, self.config.model.image_size,
-                                   scored_in_tiles(self.config)))
-        notes = [note for term, note in {**unfitted, **topped_up}.items()
-                 if getattr(self.config.score, f"{term}_weight")]
-        without_uncalibrated_terms(self.config.score, levels)
-        # The blur the pixel threshold is set with (runs without it: `with_calibrated_blur`).
-        self.calibration = {"norms": levels, "notes": notes, "blur_sigma": map_blur(self.config)}
-        result = self.scores_from_terms(terms)
-        q = self.config.score.normal_quantile
-        labelled = len(np.unique(val.labels)) == 2
-        self.calibration["image_threshold"] = calibrate_image_threshold(
-            result.scores, val.labels if labelled else None, q)
-        has_masks = labelled and val.masks is not None and val.has_mask[val.labels == 1].any()
-        with_truth = np.flatnonzero(val.has_mask) if has_masks else normal
-        self.calibration["pixel_threshold"] = calibrate_pixel_threshold(
-            result.maps[with_truth], val.masks[with_truth] if has_masks else None, q,
-            None if region is None else region[with_truth])
-        self.calibration["validation"] = {"images": len(val), "anomalous": int((val.labels == 1).sum()),
-                                          "rule": "f1-optimal" if labelled else f"normal quantile {q}"}
+    def recalibrate(self, train: ImageSet, val: ImageSet | None = None) -> Calibration:
+        """Calibrate a trained model again (e.g. after changing its scoring settings: no
+        retraining) on the images it was calibrated on at training: `val`, or the same
+        held-out training normals (the split follows `seed` and the training set)."""
+        rows, normals = calibration_split(train, val, self.config.data.val_fraction, self.config.seed)
+        before = self.calibration.normals if self.calibration is not None else None
+        count = int((normals.labels == 0).sum())
+        if before is not None and before != count:
+            raise ValueError(f"{count} calibration normals here, {before} when the run was calibrated: "
+                             f"is this the data it was trained on?")
+        return self.calibrate(normals, train.images, rows)
+
+    def calibrate(self, normals: ImageSet, training: np.ndarray, rows: np.ndarray | None = None) -> Calibration:
+        """Fit the density terms on the normal `training` images (their `rows`, None: all), then
+        set the normal levels and thresholds on `normals` (normal images, with anomalies and
+        masks where there are some), which must be other images (`calibration.find_calibration`)."""
+        self.calibration = find_calibration(self, normals, (training, rows))
         return self.calibration
 
-    def recalibrate(self, train: ImageSet, val: ImageSet | None = None) -> dict:
-        """Calibrate a trained model again on the images it was calibrated on at training
-        (`val`, or the same held-out training normals: the split follows `seed` and the
-        training set's size), e.g. after changing its scoring settings: no retraining."""
-        rows, images = self._calibration_split(train, val)
-        before = self.calibration.get("validation", {}).get("images")
-        if before is not None and before != len(images):
-            raise ValueError(f"{len(images)} calibration images here, {before} when the run was calibrated: "
-                             f"is this the data it was trained on?")
-        return self.calibrate(images, top_up=(train.images, rows))
-
     @torch.inference_mode()
-    def fit_density(self, images: np.ndarray, top_up: tuple[np.ndarray, np.ndarray | None] | None = None
-                    ) -> tuple[dict[str, str], dict[str, str]]:
-        """The Gaussians of D's bottleneck features and of E's latent codes (`nn.density`: the
-        map's, the image's and the latent's) over normal uint8 `images`, tiled as they are
-        scored. Every location counts, also outside a CT scoring region: the densities describe
-        what D and E see in a normal tile; the map term's normal level is then taken inside the
-        region. A per-image Gaussian needs 2 x its dimension tiles (`samples_needed`); when
-        `images` have fewer, it is fitted on them and on tiles of training images drawn from
-        `top_up` (images, rows or None: all), up to `TOP_UP_FACTOR` x what it needs, since its
-        normal level (`calibrate`) still comes from `images` alone. Returns notes by the term's
-        name: for each per-image term still short (left unfitted), and for each topped up."""
-        per_image = {"image_density": self.image_density, "latent_density": self.latent_density}
-        statistics = {self.density: DensityStatistics(), self.image_density: DensityStatistics(GRID),
-                      self.latent_density: DensityStatistics()}
-        self._gather_features(images, statistics)
-        statistics[self.density].fit(self.density)
-        own = statistics[self.latent_density].count  # tiles of `images` (every per-image term has one per tile)
-        short = [density for density in per_image.values() if own < samples_needed(density)]
-        drawn = 0
-        if short and top_up is not None:
-            wanted = max(TOP_UP_FACTOR * samples_needed(density) for density in short) - own
-            extra = self._training_sample(*top_up, math.ceil(wanted / (own / len(images))))
-            self._gather_features(extra, {density: statistics[density] for density in short})
-            drawn = len(extra)
-        unfitted, topped_up = {}, {}
-        for term, density in per_image.items():
-            gathered, needed = statistics[density], samples_needed(density)
-            seen = f"{gathered.count} normal images (or tiles)"
-            if density in short and drawn:
-                seen += f" ({own} for calibration, {gathered.count - own} from {drawn} training images)"
-            if gathered.count < needed:
-                unfitted[term] = f"score.{term}_weight set to 0: {seen} to fit its Gaussian on, it needs {needed}"
-                continue
-            gathered.fit(density)
-            if density in short:
-                topped_up[term] = (f"score.{term}_weight: its Gaussian was fitted on {seen}, as the calibration "
-                                   f"normals alone are fewer than the {needed} it needs")
-        return unfitted, topped_up
-
-    def _gather_features(self, images: np.ndarray, statistics: dict[FeatureDensity, DensityStatistics]) -> None:
-        """Adds the features each density of `statistics` describes (E's codes for the
-        latent's, D's bottleneck features for the others) over `images`' tiles."""
-        rt = self.runtime
-        needs_d = any(density is not self.latent_density for density in statistics)
-
-        def collect(tiles: np.ndarray) -> dict:
-            with rt.autocast():
-                x = rt.prepare(to_tensor(tiles, rt.device))
-                features = self.D(x).f_g if needs_d else None
-                codes = as_grid(self.E(x)) if self.latent_density in statistics else None
+    def fit_densities(self, images: np.ndarray, rows: np.ndarray | None = None) -> tuple[list[str], list[str]]:
+        """Fit the Gaussians of the density terms (`nn.density`: D's bottleneck features for the
+        map's and the image's, E's codes for the latent's) on normal training images `images`
+        (the `rows` training drew from, None: all): `FIT_SAMPLES` random patches of the model's
+        size, seeded (whole images where they are its size, at most that many). Returns the
+        terms whose Gaussian has fewer samples than it needs (`samples_needed`: they stay
+        unfitted and count 0) and a note for each of those the settings weigh."""
+        cfg, rt = self.config, self.runtime
+        statistics = {density: DensityStatistics(GRID if density is self.image_density else 1)
+                      for _, density in self.densities()}
+        for patches in tiling.random_patches(images, rows, cfg.model.image_size, FIT_SAMPLES, cfg.seed,
+                                             cfg.score.batch_size):
+            x = rt.prepare(to_tensor(patches, rt.device))
+            features, codes = self.D(x).f_g, as_grid(self.E(x))
             for density, gathered in statistics.items():
                 gathered.add(codes if density is self.latent_density else features)
-            return {"maps": {}, "values": {}}
-
-        tiling.score_tiled(images, self.config.model.image_size, tile_stride(self.config),
-                           self.config.score.batch_size, collect)
-
-    def _training_sample(self, images: np.ndarray, rows: np.ndarray | None, count: int) -> np.ndarray:
-        """`count` of the training images `rows` (None: all), drawn at random (seeded)."""
-        rows = np.arange(len(images)) if rows is None else rows
-        pick = np.random.default_rng(self.config.seed).permutation(rows)[:count]
-        return np.asarray(images[np.sort(pick)])
+        unfitted, notes = [], []
+        for name, density in self.densities():
+            gathered, needed = statistics[density], samples_needed(density)
+            if gathered.count >= needed:
+                gathered.fit(density)
+                continue
+            unfitted.append(name)
+            setting = WEIGHTS[name]
+            if getattr(cfg.score, setting):
+                notes.append(f"score.{setting} counts 0: {gathered.count} training samples to fit its "
+                             f"Gaussian on, it needs {needed}")
+        return unfitted, notes
 
     # ---- persistence ---------------------------------------------------------------------
     def export(self, path: str | Path, check_images: ImageSet | np.ndarray | None = None,
@@ -251,24 +177,26 @@ class FUNetGAN(Scorer):
                 raise ValueError(f"{path}: weights do not fit the settings ({first})") from None
         for name, density in self.densities():
             saved = checkpoint.unprefixed(name, tensors)
-            if saved:  # files from before a density term have none: it then stays unused
-                # (files from before the image term hold the map's Gaussian without its location axis)
-                density.load_state_dict({key: value.reshape(getattr(density, key).shape)
-                                         for key, value in saved.items()})
+            if saved:  # a checkpoint saved before calibration holds unfitted ones
+                density.load_state_dict(saved)
 
     def densities(self) -> tuple[tuple[str, FeatureDensity], ...]:
-        """The Gaussians calibration fits, by the name their tensors are saved under."""
-        return (("density", self.density), ("image_density", self.image_density),
+        """The Gaussians calibration fits, by the name of the term each serves (`scoring.MAP`,
+        `scoring.IZIF`), which their tensors are saved under."""
+        return (("pixel_density", self.density), ("image_density", self.image_density),
                 ("latent_density", self.latent_density))
 
     def save(self, path: str | Path) -> None:
         """Weights, settings and calibration in one safetensors file."""
-        checkpoint.save(path, self._weights(), {"config": self.config.to_dict(), "calibration": self.calibration,
+        calibration = None if self.calibration is None else self.calibration.to_dict()
+        checkpoint.save(path, self._weights(), {"config": self.config.to_dict(), "calibration": calibration,
                                                 "training": self.state.get("completed", {})})
 
     @classmethod
-    def load(cls, path: str | Path, device: str | None = None) -> "FUNetGAN":
-        """Load a trained model from a run folder or a model.safetensors file."""
+    def load(cls, path: str | Path, device: str | None = None, calibrated: bool = True) -> "FUNetGAN":
+        """Load a trained model from a run folder or a model.safetensors file; with
+        `calibrated` False also one whose calibration this funetgan cannot read (to calibrate
+        it again), which then has none."""
         path = Path(path)
         if path.is_dir():
             path = path / MODEL_FILE
@@ -280,10 +208,11 @@ class FUNetGAN(Scorer):
             config.device = device
         model = cls(config)
         model._load_weights(tensors, path)
-        model.calibration = meta.get("calibration") or {}
-        if model.calibration:
-            without_uncalibrated_terms(model.config.score, model.calibration.get("norms", {}))
-            with_calibrated_blur(model.config.score, model.calibration, config.model.image_size)
+        try:
+            model.calibration = Calibration.from_dict(meta.get("calibration"), str(path))
+        except ValueError:
+            if calibrated:
+                raise
         model.state.update(stage="done", completed=meta.get("training", {}))
         return model
 

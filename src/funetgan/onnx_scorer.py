@@ -18,14 +18,13 @@ from types import ModuleType
 
 import numpy as np
 
+from .calibration import Calibration
 from .config import Config
 from .data.checks import MissingDependency
-from .scoring import MAP_TERMS, VALUE_TERMS, Scorer, with_calibrated_blur, without_uncalibrated_terms
+from .scoring import MAP_TERMS, VALUE_TERMS, Scorer
 
 META_KEY = "funetgan"  # metadata entry holding settings, calibration and parity as JSON
-# Version of what the graph computes and of META_KEY's content (2: + pixel_critic, 3: + pixel_density,
-# 4: + image_density, 5: + latent_density).
-FORMAT = 5
+FORMAT = 1  # of what the graph computes and of META_KEY's content; other formats are refused
 INPUT = "images"  # uint8 B x S x S x C tiles
 MAP_OUTPUTS, VALUE_OUTPUTS = MAP_TERMS, VALUE_TERMS  # B x S x S each, B each (nn.residuals' order)
 
@@ -45,9 +44,7 @@ class OnnxScorer(Scorer):
         self.session = session
         self.source = source
         self.config = Config.from_dict(meta["config"])
-        self.calibration = meta["calibration"]
-        without_uncalibrated_terms(self.config.score, self.calibration["norms"])
-        with_calibrated_blur(self.config.score, self.calibration, self.config.model.image_size)
+        self.calibration = Calibration.from_dict(meta["calibration"], source)
         self.training = meta.get("training", {})
         self.parity = meta.get("parity", {})
         names = [output.name for output in session.get_outputs()]

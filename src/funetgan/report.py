@@ -8,8 +8,8 @@
 
 `outputs.Outputs` chooses which of them are written, and for which images (`--outputs`).
 
-A pixel is predicted anomalous when its map value, bilinearly resized, is ``>= pixel
-threshold``; an image when its score is ``>= image threshold``.
+A pixel is predicted anomalous by the mask rule (`masks.MaskRule`) applied to its map,
+bilinearly resized to the image's size; an image when its score is ``>= image threshold``.
 """
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ from skimage.segmentation import find_boundaries
 from sklearn.metrics import precision_recall_curve, roc_curve
 
 from .files import atomic_save_png, atomic_write_text, safe_names
+from .masks import MaskRule
 from .metrics import PRO_FPR_LIMIT, PixelCurves, PixelHistogram, labelled, pixel_curves, pixel_truth
 from .outputs import Outputs
 
@@ -52,13 +53,13 @@ VOLUME_COLUMNS = ["volume", "path", "slices", "label", "score", "predicted", "le
 
 
 def write_test_outputs(out_dir, imageset, scores, maps, metrics: dict, image_threshold: float,
-                       pixel_threshold: float, settings: dict, volumes: list[dict] | None = None,
+                       rule: MaskRule, settings: dict, volumes: list[dict] | None = None,
                        outputs: Outputs | None = None) -> dict:
     """The outputs of a labelled test run that `outputs` asks for (default: all of them, for
     every image; see the module docstring), from the whole set's `maps` in memory (`ImageFiles`
     and `finish_test_outputs` with one chunk); with `volumes` (rows of volumes.volume_results),
     also volumes.csv and a per-patient section in the report. Returns `metrics`."""
-    files = ImageFiles(out_dir, imageset, outputs or Outputs(), image_threshold, pixel_threshold, InMemory(maps))
+    files = ImageFiles(out_dir, imageset, outputs or Outputs(), image_threshold, rule, InMemory(maps))
     files.add(np.arange(len(imageset)), scores, maps, [row for v in volumes or [] for row in v["top_rows"]])
     curves = None
     if metrics.get("pixel") and metrics["pixel"]["auroc"] is not None:
@@ -104,10 +105,10 @@ def write_volume_table(out_dir, volumes: list[dict]) -> None:
 
 
 def write_predictions(out_dir, imageset, scores, maps, image_threshold: float,
-                      pixel_threshold: float, outputs: Outputs | None = None) -> None:
+                      rule: MaskRule, outputs: Outputs | None = None) -> None:
     """Masks, overlays and predictions.csv for images without labels (as `outputs` says;
     default: all of them, for every image), from the whole set's `maps` in memory."""
-    files = ImageFiles(out_dir, imageset, outputs or Outputs(), image_threshold, pixel_threshold, InMemory(maps))
+    files = ImageFiles(out_dir, imageset, outputs or Outputs(), image_threshold, rule, InMemory(maps))
     files.add(np.arange(len(imageset)), scores, maps)
     finish_predictions(files)
 
@@ -194,10 +195,9 @@ class ImageFiles:
     scores. The maps these may need go to `store`: those of images already chosen, and the
     top of each ranking so far (a bounded number, whatever the set's size)."""
 
-    def __init__(self, out_dir, imageset, outputs: Outputs, image_threshold: float, pixel_threshold: float,
-                 store):
+    def __init__(self, out_dir, imageset, outputs: Outputs, image_threshold: float, rule: MaskRule, store):
         self.out, self.imageset, self.outputs, self.store = Path(out_dir), imageset, outputs, store
-        self.image_threshold, self.pixel_threshold = image_threshold, pixel_threshold
+        self.image_threshold, self.rule = image_threshold, rule
         self.out.mkdir(parents=True, exist_ok=True)
         n = len(imageset)
         self.names = output_names(imageset.paths)
@@ -219,7 +219,7 @@ class ImageFiles:
         self.heat.add(np.asarray(maps)[:, ::4, ::4])  # maps are smooth: every 4th pixel each way
         now = self._now(self.outputs.masks, scores)
         for k, row in enumerate(rows):
-            mask = _resize(maps[k], self.imageset.sizes[row]) >= self.pixel_threshold
+            mask = self._mask(maps[k], self.imageset.sizes[row], scores[k])
             self.fraction[row] = mask.mean()
             if now[k]:
                 self.writers.submit(self._write_mask, row, mask)
@@ -231,6 +231,10 @@ class ImageFiles:
         wanted |= np.isin(rows, np.concatenate([np.zeros(0, int), *self.top]))
         self.store.put(rows[wanted], np.asarray(maps)[wanted])
         self.seconds += time.perf_counter() - started
+
+    def _mask(self, anomaly_map: np.ndarray, size, score: float) -> np.ndarray:
+        """The predicted mask of an image with this map and score, at `size` (H, W)."""
+        return self.rule(_resize(anomaly_map, size)[None], np.array([score >= self.image_threshold]))[0]
 
     def _now(self, selection: tuple[str, ...], scores: np.ndarray) -> np.ndarray:
         """Which of these images `selection` (masks or overlays) picks on their own scores."""
@@ -255,8 +259,8 @@ class ImageFiles:
         color_max = self.color_max()
         try:
             for row in masks:
-                mask = _resize(self.store[row], self.imageset.sizes[row]) >= self.pixel_threshold
-                self.writers.submit(self._write_mask, row, mask)
+                self.writers.submit(self._write_mask, row, self._mask(self.store[row], self.imageset.sizes[row],
+                                                                      scores[row]))
             for row in overlays:
                 self.writers.submit(self._write_overlay, row, self.store[row].copy(), color_max)
             self.writers.wait()
@@ -282,8 +286,9 @@ class ImageFiles:
         (self.out / "overlays").mkdir(exist_ok=True)
         images = self.imageset
         truth = images.masks[row] if self.has_truth[row] else None
+        predicted = self._mask(anomaly_map, (DISPLAY_SIZE, DISPLAY_SIZE), self.scores[row])
         atomic_save_png(self.out / "overlays" / f"{self.names[row]}.png",
-                        overlay(images.images[row], anomaly_map, self.pixel_threshold, color_max, truth), 1)
+                        overlay(images.images[row], anomaly_map, predicted, color_max, truth), 1)
 
 
 class _Writers:
@@ -343,17 +348,17 @@ def _best_of(top: np.ndarray, new: np.ndarray, scores: np.ndarray, ranking: Rank
     return rows[order[:count]]
 
 
-def overlay(image: np.ndarray, anomaly_map: np.ndarray, threshold: float, color_max: float,
+def overlay(image: np.ndarray, anomaly_map: np.ndarray, predicted: np.ndarray, color_max: float,
             truth: np.ndarray | None = None) -> Image.Image:
-    """Panels side by side: image | heat map over it | predicted mask outline (red)
-    | ground-truth outline (green, when `truth` is given)."""
+    """Panels side by side: image | heat map over it | outline of the `predicted` mask (red,
+    DISPLAY_SIZE px a side) | ground-truth outline (green, when `truth` is given)."""
     size = (DISPLAY_SIZE, DISPLAY_SIZE)
     gray_or_rgb = Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image)
     base = np.asarray(gray_or_rgb.convert("RGB").resize(size, Image.Resampling.BILINEAR))
     values = _resize(anomaly_map, size)
     heat = COLORMAP(np.clip(values / color_max, 0, 1))[..., :3] * 255
     panels = [base, (0.5 * base + 0.5 * heat).astype(np.uint8),
-              _outline(base, values >= threshold, PREDICTED_COLOR)]
+              _outline(base, predicted, PREDICTED_COLOR)]
     if truth is not None:
         panels.append(_outline(base, _resize(truth, size) >= 0.5, TRUTH_COLOR))
     gap = np.full((DISPLAY_SIZE, 4, 3), 255, np.uint8)

@@ -1,47 +1,43 @@
 """Anomaly maps and image scores from the raw residual terms of E, G and D.
 
-With r = G(E(x)):
+With r = G(E(x)), each term of the map (`MAP`) and of izif (`IZIF`) is measured against the
+calibration normals (`Term.normaliser`), weighed by its setting and added:
   pixel map   A = |x - r| / m_r + kappa * |f_p(x) - f_p(r)| / m_f
                   + critic_weight * (-D_p(x) - mu_c) / sd_c
                   + density_weight * d(x) / m_d
                   + smoothness_weight * max(mu_l - l(x), 0) / sd_l               (then Gaussian blur)
-  image score s = mse(x, r) / m_i + kappa * mse(f_g(x), f_g(r)) / m_g
-                  + image_density_weight * e(x) / m_e
-                  + latent_density_weight * q(x) / m_q                    ("izif"), or the max /
-              top-k mean of A; with image_smoothness_weight w > 0 (the default on tiled images),
-              izif becomes max((s - mu_s) / sd_s, w * (t(x) - mu_t) / sd_t), t(x) the maximum of
-              the blurred smoothness term (the image's smoothest region).
+  izif        s = mse(x, r) / m_i + kappa * mse(f_g(x), f_g(r)) / m_g
+                  + image_density_weight * e(x) / m_e + latent_density_weight * q(x) / m_q
+  image score   izif, or max((s - mu_s) / sd_s, w * (t(x) - mu_t) / sd_t) with the smoothness
+                evidence on (w = image_smoothness_weight, the default on tiled images; t(x) the
+                maximum of the blurred smoothness term, the image's smoothest region), or the
+                max / top-k mean of A (`score.image_score`).
+The m_*, mu_* and sd_* are means and spreads over calibration normals (`calibration`): METHOD.md
+adds the raw terms; dividing by their normal level first makes kappa a relative weight whatever
+the scale D's features have after training (it varies from run to run by orders of magnitude).
+The critic's verdict D_p(x) is a WGAN critic value with no fixed zero, so it is standardised.
+d(x) is how unlike normal images D's bottleneck features of x are at each location, e(x) the
+same for the whole bottleneck, q(x) for E's latent code (`nn.density`: Mahalanobis distances to
+Gaussians fitted on training images); l(x) is the local contrast of x itself (the standard
+deviation of its pixels in a 5 x 5 window; no network): where it falls below normal texture's,
+a smudge or a flat foreign object lies on a stochastic texture, which G rebuilds all too well
+and izif cannot see, hence the smoothest region as image evidence on tiled images.
 With a scoring region (the lung of CT slices, `score.lung_only`), the pixel terms and the
 image residual count only its pixels and the map is 0 outside it; D's global features still
-see the whole image.
-The m_* are the means of each term over validation normals. METHOD.md adds the raw terms;
-dividing by their normal level first makes kappa a relative weight whatever the scale D's
-features happen to have after training (which varies from run to run by orders of magnitude).
-The critic's verdict D_p(x) is a WGAN critic value, of either sign and with no fixed zero, so
-it is standardised instead (mu_c, sd_c: its mean and spread over validation normals' pixels).
-d(x) is how unlike normal images D's bottleneck features of x are (`nn.density`: the squared
-Mahalanobis distance to a Gaussian of validation normals' features, up-sampled to pixels);
-e(x) is the same for the image as a whole, with one Gaussian per location of D's 4 x 4
-bottleneck grid, so that the features' layout counts too; q(x) asks the same of E's latent
-code z = E(x) (one Gaussian of validation normals' codes): does E map x where it maps normals?
-l(x) is the local contrast of x itself (the standard deviation of its pixels in a 5 x 5
-window; no network): where it falls below normal images' (mu_l, sd_l: its mean and spread over
-validation normals' pixels), the texture is smoother than normal, which is what a smudge or a
-flat foreign object on a stochastic texture looks like, and what G rebuilds all too well.
-izif cannot see such a defect (G rebuilds it), so on tiled images the image score also asks
-how smooth the image's smoothest region is, each kind of evidence in the spreads of
-validation normals (mu_s, sd_s, mu_t, sd_t: `image_levels`) and the stronger one counting.
+see the whole image. Tiled images (`tiling`) have one izif value per tile; `score.tile_reduce`
+turns them into one per image.
 
-Tiled images (`tiling`) have one izif value per tile; `score.tile_reduce` turns them into one
-per image. Numpy only, so the PyTorch and the ONNX runtime paths share it: `Scorer` is all of
-scoring except the networks' forward pass, which each runtime supplies as a tile scorer
-(`FUNetGAN` with PyTorch, `OnnxScorer` with onnxruntime).
+Numpy only, so the PyTorch and the ONNX runtime paths share it: `Scorer` is all of scoring
+except the networks' forward pass, which each runtime supplies as a tile scorer (`FUNetGAN`
+with PyTorch, `OnnxScorer` with onnxruntime).
 """
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import ndimage
@@ -49,6 +45,10 @@ from scipy import ndimage
 from . import tiling
 from .config import Config, ScoreConfig, scored_in_tiles, tile_stride, working_size
 from .data.base import ImageSet
+from .masks import MaskRule
+
+if TYPE_CHECKING:
+    from .calibration import Calibration
 
 MAP_TERMS = ("pixel_residual", "pixel_features", "pixel_critic", "pixel_density")  # nn.residuals' TERM_MAPS
 VALUE_TERMS = ("image_residual", "image_features", "image_density", "latent_density")  # and TERM_VALUES (numpy only: no torch here)
@@ -72,22 +72,39 @@ class Terms:
     region: np.ndarray | None = None  # N x H x W bool: the pixels that count (None: all)
 
     def normal_levels(self) -> dict[str, float]:
-        """Mean of each term, and the standard deviations of the critic's verdict and the
-        local contrast ("pixel_critic_std", "pixel_contrast_std"); pixel terms over the
-        region's pixels only (they are 0 outside it)."""
-        pixels = self.pixel_residual.size if self.region is None else max(int(self.region.sum()), 1)
-        levels = {name: float(np.mean(getattr(self, name), dtype=np.float64)) for name in VALUE_TERMS}
-        for name in (*MAP_TERMS, "pixel_contrast"):
-            levels[name] = float(getattr(self, name).sum(dtype=np.float64) / pixels)
-        for name in ("pixel_critic", "pixel_contrast"):  # the terms standardised by their spread
-            square = float(np.square(getattr(self, name), dtype=np.float64).sum() / pixels)
-            levels[f"{name}_std"] = math.sqrt(max(square - levels[name] ** 2, 0.0))
-        return levels
+        """`normal_levels` of these terms."""
+        return normal_levels([self])
 
     def rows(self, index: np.ndarray) -> "Terms":
         """The terms of the images at `index` only."""
         values = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
         return Terms(**{name: None if value is None else value[index] for name, value in values.items()})
+
+
+STANDARDISED = ("pixel_critic", "pixel_contrast")  # the terms measured in their normal spread too
+
+
+def normal_levels(chunks: Iterable[Terms]) -> dict[str, float]:
+    """Mean of each term over the images of `chunks` (the calibration normals, a chunk of
+    images at a time), and the standard deviations of the critic's verdict and the local
+    contrast ("pixel_critic_std", "pixel_contrast_std"); pixel terms over the scoring region's
+    pixels only (they are 0 outside it)."""
+    sums: dict[str, float] = {}
+    pixels = values = 0
+    for terms in chunks:
+        pixels += terms.pixel_residual.size if terms.region is None else int(terms.region.sum())
+        values += terms.image_residual.size
+        for name in (*VALUE_TERMS, *MAP_TERMS, "pixel_contrast"):
+            sums[name] = sums.get(name, 0.0) + float(getattr(terms, name).sum(dtype=np.float64))
+        for name in STANDARDISED:
+            square = float(np.square(getattr(terms, name), dtype=np.float64).sum())
+            sums[f"{name}_square"] = sums.get(f"{name}_square", 0.0) + square
+    pixels = max(pixels, 1)
+    levels = {name: sums[name] / values for name in VALUE_TERMS}
+    levels.update({name: sums[name] / pixels for name in (*MAP_TERMS, "pixel_contrast")})
+    for name in STANDARDISED:
+        levels[f"{name}_std"] = math.sqrt(max(sums[f"{name}_square"] / pixels - levels[name] ** 2, 0.0))
+    return levels
 
 
 def restrict(terms: Terms, region: np.ndarray) -> Terms:
@@ -112,12 +129,12 @@ class Scores:
 
 
 class Scorer:
-    """Scores images with a trained detector: its settings (`config`), its calibration (normal
-    levels and thresholds) and a tile scorer (`_score_tiles`: the networks, in whatever
-    runtime). Tiling, normalisation, blur and image scores are the same code for every runtime."""
+    """Scores images with a trained detector: its settings (`config`), its `calibration` and a
+    tile scorer (`_score_tiles`: the networks, in whatever runtime). Tiling, normalisation,
+    blur and image scores are the same code for every runtime."""
 
     config: Config
-    calibration: dict
+    calibration: Calibration | None
 
     def _score_tiles(self, tiles: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
         """The raw residual terms of uint8 B x S x S x C tiles (a `tiling.TileScorer`)."""
@@ -142,8 +159,7 @@ class Scorer:
     def score(self, images: ImageSet | np.ndarray, batch_size: int | None = None) -> Scores:
         """Image scores and anomaly maps; needs a calibrated model (after fit or load). For
         an ImageSet with lung masks, only the lung is scored (`scoring_region`)."""
-        if not self.calibration:
-            raise RuntimeError("the model is not calibrated: fit it, or load a trained run")
+        self._calibrated()
         array = images.images if isinstance(images, ImageSet) else images
         self._check_images(array)
         region = self.scoring_region(images) if isinstance(images, ImageSet) else None
@@ -151,9 +167,18 @@ class Scorer:
 
     def scores_from_terms(self, terms: Terms, settings: ScoreConfig | None = None) -> Scores:
         """Scores and maps from `residual_terms` under `settings` (default: the model's)."""
-        scores, maps = combine(terms, self.calibration["norms"], settings or self.config.score,
-                               self.config.model.image_size, scored_in_tiles(self.config))
-        return Scores(scores, maps)
+        return Scores(*self.combine(terms, self._calibrated().levels, settings))
+
+    def combine(self, terms: Terms, levels: dict[str, float], settings: ScoreConfig | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """`combine` under this model's settings (or `settings`) and its image geometry."""
+        return combine(terms, levels, settings or self.config.score, self.config.model.image_size,
+                       scored_in_tiles(self.config))
+
+    def _calibrated(self) -> Calibration:
+        if self.calibration is None:
+            raise RuntimeError("the model is not calibrated: fit it, or load a trained run")
+        return self.calibration
 
     def _check_images(self, images: np.ndarray) -> None:
         """uint8 N x S x S x C at the working resolution; "native" takes any size the patch fits."""
@@ -167,40 +192,90 @@ class Scorer:
 
     @property
     def image_threshold(self) -> float:
-        return self.calibration["image_threshold"]
+        return self._calibrated().image_threshold
 
     @property
     def pixel_threshold(self) -> float:
-        return self.calibration["pixel_threshold"]
+        return self._calibrated().pixel_threshold
+
+    @property
+    def mask_rule(self) -> MaskRule:
+        """How masks are drawn from maps: the calibrated thresholds and the chosen options."""
+        calibration, cfg = self._calibrated(), self.config.score
+        return MaskRule(calibration.pixel_threshold, calibration.region_threshold, cfg.mask_min_area,
+                        cfg.mask_flagged_only)
 
 
-def combine(terms: Terms, norms: dict[str, float], cfg: ScoreConfig, image_size: int,
+@dataclass(frozen=True)
+class Term:
+    """One raw term of the map or of izif: the setting that weighs it (None: weight 1), what it
+    is measured against on calibration normals ("level": divided by its mean there;
+    "standardised": minus that mean, in their spread; "below": how far below that mean, in
+    their spread, 0 above it), and whether it needs a Gaussian fitted at calibration (a density
+    term: `nn.density`)."""
+
+    name: str
+    weight: str | None
+    normaliser: str
+    fitted: bool = False
+
+
+# The default map and image score in one place (default weights: `config.ScoreConfig`).
+MAP = (
+    Term("pixel_residual", None, "level"),  # |x - G(E(x))|
+    Term("pixel_features", "kappa", "level"),  # D's decoder-feature residual
+    Term("pixel_critic", "critic_weight", "standardised"),  # the critic's verdict -D_p(x)
+    Term("pixel_density", "density_weight", "level", fitted=True),  # D's bottleneck features unlike normals'
+    Term("pixel_contrast", "smoothness_weight", "below"),  # the image smoother than normal texture
+)
+IZIF = (
+    Term("image_residual", None, "level"),  # mse(x, G(E(x)))
+    Term("image_features", "kappa", "level"),  # D's bottleneck feature mse
+    Term("image_density", "image_density_weight", "level", fitted=True),  # D's whole bottleneck unlike normals'
+    Term("latent_density", "latent_density_weight", "level", fitted=True),  # E's code unlike normals' codes
+)
+
+
+def weight(term: Term, cfg: ScoreConfig, levels: dict[str, float]) -> float:
+    """The term's weight under `cfg`; 0 for a density term without its level (its Gaussian
+    could not be fitted: calibration's notes say so)."""
+    value = 1.0 if term.weight is None else getattr(cfg, term.weight)
+    return 0.0 if term.fitted and term.name not in levels else value
+
+
+def normalised(term: Term, terms: Terms, levels: dict[str, float]) -> np.ndarray:
+    """The term against calibration normals (`Term.normaliser`), 0 outside the scoring region
+    for the standardised ones (so the blur spreads nothing in)."""
+    values, level = getattr(terms, term.name), levels[term.name]
+    if term.normaliser == "level":
+        return values / max(level, 1e-12)
+    standard = ((values - level) / max(levels[f"{term.name}_std"], 1e-12)).astype(np.float32)
+    if term.normaliser == "below":
+        standard = np.maximum(-standard, 0)
+    return standard if terms.region is None else standard * terms.region
+
+
+def combine(terms: Terms, levels: dict[str, float], cfg: ScoreConfig, image_size: int,
             tiled: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(image scores N float64, anomaly maps N x H x W float32) from raw terms and the
-    normal-level means; `image_size` is the model's and `tiled` whether the maps are
+    calibration's normal levels; `image_size` is the model's and `tiled` whether the maps are
     stitched from tiles (both set the default blur, `blur_sigma`; `tiled` also the default
     smoothness evidence in the image score, `image_smoothness_weight`)."""
     sigma = blur_sigma(cfg, image_size, tiled)
-    maps = scaled(terms, norms, "pixel_residual").astype(np.float32)
-    if cfg.kappa:
-        maps = maps + np.float32(cfg.kappa) * scaled(terms, norms, "pixel_features").astype(np.float32)
-    if cfg.critic_weight:
-        maps = maps + np.float32(cfg.critic_weight) * standardised_critic(terms, norms)
-    if cfg.density_weight:
-        maps = maps + np.float32(cfg.density_weight) * density_term(terms, norms)
-    if cfg.smoothness_weight:
-        maps = maps + np.float32(cfg.smoothness_weight) * smoothness_term(terms, norms)
+    maps = np.zeros(terms.pixel_residual.shape, np.float32)
+    for term in MAP:
+        if weight(term, cfg, levels):
+            maps = maps + np.float32(weight(term, cfg, levels)) * normalised(term, terms, levels).astype(np.float32)
     maps = gaussian_blur(maps, sigma)
     if terms.region is not None:
         maps = maps * terms.region  # the blur spreads values over the region's edge
     if cfg.image_score == "izif":
-        scores = izif(terms, norms, cfg)
-        weight = image_smoothness_weight(cfg, tiled)
-        if weight:
-            require_level(norms, "image_smoothness_weight")
-            smoothest = smoothest_region(terms, norms, sigma)
-            scores = np.maximum(standardised_value(scores, norms, "image_izif"),
-                                weight * standardised_value(smoothest, norms, "image_smoothness"))
+        evidence = image_evidence(terms, levels, cfg, image_size, tiled)
+        scores = evidence["image_izif"]
+        if "image_smoothness" in evidence:
+            smoothness = image_smoothness_weight(cfg, tiled)
+            scores = np.maximum(standardised_value(scores, levels, "image_izif"),
+                                smoothness * standardised_value(evidence["image_smoothness"], levels, "image_smoothness"))
     elif cfg.image_score == "max":
         scores = maps.reshape(len(maps), -1).max(1)
     else:
@@ -210,60 +285,61 @@ def combine(terms: Terms, norms: dict[str, float], cfg: ScoreConfig, image_size:
     return scores.astype(np.float64), maps
 
 
-def scaled(terms: Terms, norms: dict[str, float], name: str) -> np.ndarray:
-    """Term `name` over its normal level."""
-    return getattr(terms, name) / max(norms.get(name, 1.0), 1e-12)
+def image_evidence(terms: Terms, levels: dict[str, float], cfg: ScoreConfig, image_size: int,
+                   tiled: bool = False) -> dict[str, np.ndarray]:
+    """Each kind of evidence the izif image score weighs, N values each: "image_izif" (izif,
+    its tiles reduced by `score.tile_reduce`) and, when the smoothness evidence is on
+    (`image_smoothness_weight`), "image_smoothness": the maximum of each image's blurred
+    smoothness term, how much smoother than normal texture its smoothest region is."""
+    per_tile = sum(weight(term, cfg, levels) * normalised(term, terms, levels)
+                   for term in IZIF if weight(term, cfg, levels))
+    evidence = {"image_izif": per_tile.max(1) if cfg.tile_reduce == "max" else per_tile.mean(1)}
+    if image_smoothness_weight(cfg, tiled):
+        below = normalised(MAP[-1], terms, levels)
+        blurred = gaussian_blur(below, blur_sigma(cfg, image_size, tiled))
+        evidence["image_smoothness"] = blurred.reshape(len(blurred), -1).max(1).astype(np.float64)
+    return evidence
 
 
-def izif(terms: Terms, norms: dict[str, float], cfg: ScoreConfig) -> np.ndarray:
-    """N: izif per tile (its terms over their normal levels), reduced to one per image."""
-    per_tile = scaled(terms, norms, "image_residual") + cfg.kappa * scaled(terms, norms, "image_features")
-    for weight in ("image_density_weight", "latent_density_weight"):
-        if getattr(cfg, weight):
-            require_level(norms, weight)
-            per_tile = per_tile + getattr(cfg, weight) * scaled(terms, norms, TERM_LEVELS[weight])
-    return per_tile.max(1) if cfg.tile_reduce == "max" else per_tile.mean(1)
+def formula(config: Config) -> str:
+    """The map and the image score under `config`'s settings, in words and numbers (for the
+    ONNX doc string and `--print-config` readers): the terms that count, with their weights."""
+    cfg, tiled = config.score, scored_in_tiles(config)
 
+    def total(terms: tuple[Term, ...]) -> str:
+        shown = {"level": "{name} / m_{name}", "standardised": "({name} - m_{name}) / {name}_std",
+                 "below": "max(m_{name} - {name}, 0) / {name}_std"}
+        return " + ".join(f"{weight(t, cfg, {t.name: 1.0}):g} * " + shown[t.normaliser].format(name=t.name)
+                          for t in terms if weight(t, cfg, {t.name: 1.0}))
 
-def smoothest_region(terms: Terms, norms: dict[str, float], sigma: float) -> np.ndarray:
-    """N: the maximum of each image's smoothness term blurred by `sigma` px: how much smoother
-    than normal texture the image's smoothest region is (in the spreads of normal pixels)."""
-    blurred = gaussian_blur(smoothness_term(terms, norms), sigma)
-    return blurred.reshape(len(blurred), -1).max(1).astype(np.float64)
-
-
-def image_levels(normals: Terms, norms: dict[str, float], cfg: ScoreConfig, image_size: int,
-                 tiled: bool = False) -> dict[str, float]:
-    """The mean and spread over validation normals' terms (`normals`, with `norms`, their term
-    levels) of izif ("image_izif", "image_izif_std") and of the smoothest region
-    ("image_smoothness", "image_smoothness_std") under `cfg`: what `combine` standardises the
-    image score's two kinds of evidence by. Terms whose level `norms` lacks count 0 in izif."""
-    cfg = dataclasses.replace(cfg)
-    without_uncalibrated_terms(cfg, norms)
-    evidence = {"image_izif": izif(normals, norms, cfg),
-                "image_smoothness": smoothest_region(normals, norms, blur_sigma(cfg, image_size, tiled))}
-    levels = {}
-    for name, values in evidence.items():
-        levels[name], levels[f"{name}_std"] = float(values.mean()), float(values.std())
-    return levels
+    text = (f"Anomaly map = blur_{blur_sigma(cfg, config.model.image_size, tiled):g}px({total(MAP)}), "
+            f"pixel_contrast the standard deviation of the image's pixels in a 5 x 5 window (from the images). ")
+    izif = f"izif = {cfg.tile_reduce} over tiles of ({total(IZIF)})"
+    if cfg.image_score != "izif":
+        return text + f"Image score = {cfg.image_score} of the map."
+    smoothness = image_smoothness_weight(cfg, tiled)
+    if not smoothness:
+        return text + f"Image score = {izif}."
+    return text + (f"Image score = max((izif - m_image_izif) / image_izif_std, {smoothness:g} * (t - m_image_smoothness) "
+                   f"/ image_smoothness_std), {izif}, t the maximum of the blurred smoothness term.")
 
 
 # An image statistic's spread is taken as at least this share of its mean: a handful of
-# validation normals can agree almost exactly (the smoothest region saturates where an image
+# calibration normals can agree almost exactly (the smoothest region saturates where an image
 # has a flat patch), and a spread near 0 would make any difference from them decisive.
 SPREAD_FLOOR = 0.05
 
 
-def standardised_value(values: np.ndarray, norms: dict[str, float], name: str) -> np.ndarray:
+def standardised_value(values: np.ndarray, levels: dict[str, float], name: str) -> np.ndarray:
     """Image values minus the normal mean `name`, in their spread (`name`_std, at least
     SPREAD_FLOOR x the mean)."""
-    spread = max(norms[f"{name}_std"], SPREAD_FLOOR * abs(norms[name]), 1e-12)
-    return (values - norms[name]) / spread
+    spread = max(levels[f"{name}_std"], SPREAD_FLOOR * abs(levels[name]), 1e-12)
+    return (values - levels[name]) / spread
 
 
 # The default weight of the smoothness evidence in the image score on tiled images (whole
-# images: 0). Chosen on the selection splits (README, "Localisation"): image AUROC +0.13 on grass
-# and +0.09 on gravel, brick level; on whole Fashion-MNIST images -0.004, so not there.
+# images: 0). Chosen on the selection splits (docs/design.md): image AUROC +0.13 on grass and
+# +0.09 on gravel, brick level; on whole Fashion-MNIST images -0.004, so not there.
 TILED_IMAGE_SMOOTHNESS = 1.0
 
 
@@ -273,66 +349,6 @@ def image_smoothness_weight(cfg: ScoreConfig, tiled: bool = False) -> float:
     if cfg.image_smoothness_weight is not None:
         return cfg.image_smoothness_weight
     return TILED_IMAGE_SMOOTHNESS if tiled else 0.0
-
-
-# The normal level each weighted term is scaled by; a calibration without it (by an older
-# funetgan) cannot score the term.
-TERM_LEVELS = {"critic_weight": "pixel_critic_std", "density_weight": "pixel_density",
-               "smoothness_weight": "pixel_contrast_std", "image_density_weight": "image_density",
-               "latent_density_weight": "latent_density", "image_smoothness_weight": "image_smoothness"}
-# Terms added after the first release: a run calibrated before one existed is scored without it.
-LATER_TERMS = ("density_weight", "smoothness_weight", "image_density_weight", "latent_density_weight",
-               "image_smoothness_weight")
-
-
-def without_uncalibrated_terms(cfg: ScoreConfig, norms: dict[str, float]) -> None:
-    """Set to 0 the weight of each later term whose normal level `norms` lacks (a run
-    calibrated by an older funetgan), so it scores as it did when it was calibrated."""
-    for weight in LATER_TERMS:
-        if TERM_LEVELS[weight] not in norms:
-            setattr(cfg, weight, 0.0)
-
-
-def with_calibrated_blur(cfg: ScoreConfig, calibration: dict, image_size: int) -> None:
-    """Give a run calibrated before stitched maps had a default blur of their own (its
-    calibration has no "blur_sigma") the whole-image rule its pixel threshold was set with,
-    so it scores as it did when it was calibrated."""
-    if cfg.blur_sigma is None and "blur_sigma" not in calibration:
-        cfg.blur_sigma = blur_sigma(cfg, image_size)
-
-
-def require_level(norms: dict[str, float], weight: str) -> None:
-    """A one-line error when `norms` lack the normal level of the term `score.<weight>` weighs."""
-    if TERM_LEVELS[weight] not in norms:
-        raise ValueError(f"this model was calibrated without the normal level of the term score.{weight} weighs "
-                         f"(by an older funetgan, or on too few normals for it: see its calibration notes): score "
-                         f"it with score.{weight}=0, or calibrate it again (funetgan calibrate)")
-
-
-def standardised(terms: Terms, norms: dict[str, float], name: str) -> np.ndarray:
-    """Term `name` minus its mean over validation normals, in their spreads (`name`_std), 0
-    outside the scoring region (so the blur spreads nothing in)."""
-    values = ((getattr(terms, name) - norms[name]) / max(norms[f"{name}_std"], 1e-12)).astype(np.float32)
-    return values if terms.region is None else values * terms.region
-
-
-def standardised_critic(terms: Terms, norms: dict[str, float]) -> np.ndarray:
-    """(-D_p(x) - mu_c) / sd_c."""
-    require_level(norms, "critic_weight")
-    return standardised(terms, norms, "pixel_critic")
-
-
-def density_term(terms: Terms, norms: dict[str, float]) -> np.ndarray:
-    """The feature-density term over its normal level."""
-    require_level(norms, "density_weight")
-    return (terms.pixel_density / max(norms["pixel_density"], 1e-12)).astype(np.float32)
-
-
-def smoothness_term(terms: Terms, norms: dict[str, float]) -> np.ndarray:
-    """max(mu_l - l(x), 0) / sd_l: how far below normal images' local contrast each pixel's
-    is, in their spreads; 0 outside the scoring region."""
-    require_level(norms, "smoothness_weight")
-    return np.maximum(-standardised(terms, norms, "pixel_contrast"), 0)
 
 
 def local_contrast(images: np.ndarray, window: int = 5) -> np.ndarray:

@@ -1,47 +1,73 @@
-"""Decision thresholds, calibrated on validation data only (never on test labels).
+"""Decision thresholds, from calibration data only (never from test labels).
 
 A score or pixel value is predicted anomalous when it is ``>= threshold``. With labelled
-anomalies in the validation data the threshold maximises F1 there; otherwise it is the
-`normal_quantile` of the normal validation values, so about ``1 - normal_quantile`` of
-normal images (or pixels) are flagged.
+anomalies in the calibration data a threshold maximises F1 there; otherwise it is a quantile
+of the calibration normals' values, taken so that it keeps its promise on new normals: about
+``1 - normal_quantile`` of them flagged (`rank_threshold`).
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 from sklearn.metrics import precision_recall_curve
 
-from .metrics import both_classes, f1_scores, labelled, pixel_curves
+from .metrics import PixelCurves, both_classes, f1_scores, labelled
 
 
-def calibrate_image_threshold(val_scores, val_labels=None, normal_quantile: float = 0.99) -> float:
-    """F1-optimal threshold when `val_labels` has both classes, else the quantile of the
-    normal scores (all scores when `val_labels` is None; label -1 means unknown)."""
-    if val_labels is None:
-        val_labels = np.zeros(len(val_scores), int)
-    scores, labels = labelled(val_scores, val_labels)
-    if both_classes(labels):
-        precision, recall, thresholds = precision_recall_curve(labels, scores)
-        # The last precision/recall pair (recall 0) has no threshold.
-        return float(thresholds[np.argmax(f1_scores(precision[:-1], recall[:-1]))])
-    normal = scores[~labels]
-    if len(normal) == 0:
-        raise ValueError("threshold calibration needs normal validation scores")
-    return float(np.quantile(normal, normal_quantile))
+def rank(count: int, q: float) -> int:
+    """The rank k (1-based) of the smallest of `count` calibration values that a new
+    exchangeable value reaches with probability at most 1 - q: k = ceil((count + 1) q) (split
+    conformal prediction); above `count` when they are too few. Rounded first, so that
+    100 x 0.99 is 99, not 99.00000000000001."""
+    return math.ceil(round((count + 1) * q, 9))
 
 
-def calibrate_pixel_threshold(val_maps, val_masks=None, normal_quantile: float = 0.99,
-                              region=None) -> float:
-    """F1-optimal pixel threshold when `val_masks` (N x S x S bool; normal images all False)
-    mark anomalous pixels, else the quantile of the pixel values (all normal). Both are read
-    from the binned curves of `pixel_curves`: exact up to 65,536 distinct values, else to
-    one bin (values merged into bins of one relative width, the finest that fit), whatever
-    the outliers.
-    With `region` (N x H x W bool), only its pixels count."""
-    curves = pixel_curves(np.asarray(val_maps), val_masks, region=region)
-    if curves.defined:
-        return float(curves.thresholds[np.argmax(curves.f1)])
-    # Lowest threshold that flags no more than 1 - normal_quantile of the normal pixels.
-    # (thresholds descend, so the allowed ones are a prefix; the top bin when none is).
+def normals_needed(q: float) -> int:
+    """The fewest calibration normals whose `q` threshold is not simply their maximum (99 for
+    0.99): fewer, and new normals reach the threshold more often than 1 - q."""
+    count = 1
+    while rank(count, q) > count:
+        count += 1
+    return count
+
+
+def rank_threshold(values, q: float) -> tuple[float, float]:
+    """(threshold, the share of new normals expected at or above it): the k-th smallest of the
+    calibration normals' `values` (`rank`). A new normal value, exchangeable with them, reaches
+    it with probability (count + 1 - k) / (count + 1): 1 - q where the normals are enough
+    (at least q / (1 - q) of them), else 1 / (count + 1), their maximum's."""
+    values = np.sort(np.asarray(values, float))
+    if not len(values):
+        raise ValueError("a threshold needs the scores of calibration normals")
+    k = min(rank(len(values), q), len(values))
+    return float(values[k - 1]), (len(values) + 1 - k) / (len(values) + 1)
+
+
+def f1_image_threshold(scores, labels) -> float:
+    """The F1-optimal threshold of image `scores` for `labels` (0 normal, 1 anomalous, -1
+    unknown and left out), which must hold both classes."""
+    scores, labels = labelled(scores, labels)
+    if not both_classes(labels):
+        raise ValueError("an F1-optimal threshold needs normal and anomalous images")
+    precision, recall, thresholds = precision_recall_curve(labels, scores)
+    # The last precision/recall pair (recall 0) has no threshold.
+    return float(thresholds[np.argmax(f1_scores(precision[:-1], recall[:-1]))])
+
+
+def f1_pixel_threshold(curves: PixelCurves) -> float:
+    """The F1-optimal pixel threshold on binned pixel curves (`metrics.PixelHistogram`): exact
+    up to 65,536 distinct values, else to one bin."""
+    if not curves.defined:
+        raise ValueError("an F1-optimal pixel threshold needs normal and anomalous pixels")
+    return float(curves.thresholds[np.argmax(curves.f1)])
+
+
+def quantile_pixel_threshold(curves: PixelCurves, q: float) -> float:
+    """The lowest threshold that flags at most 1 - q of the normal pixels counted in `curves`
+    (thresholds descend, so the allowed ones are a prefix; the top bin when none is)."""
+    if not curves.negatives:
+        raise ValueError("a pixel threshold needs the maps of calibration normals")
     # (1 - 0.9) * 50 is 4.999...: round the allowance so that exactly 10 % counts as allowed.
-    allowed = curves.false_pos <= round((1 - normal_quantile) * curves.negatives, 9)
+    allowed = curves.false_pos <= round((1 - q) * curves.negatives, 9)
     return float(curves.thresholds[max(np.count_nonzero(allowed) - 1, 0)])

@@ -124,6 +124,22 @@ def random_corners(count: int, height: int, width: int, patch: int, generator: n
                      generator.integers(0, width - patch + 1, count)], 1)
 
 
+def random_patches(images: np.ndarray, rows: np.ndarray | None, patch: int, count: int, seed: int,
+                   batch_size: int) -> Iterator[np.ndarray]:
+    """`count` random P x P patches of the uint8 N x H x W x C `images` (of `rows`, None: all),
+    in batches of `batch_size`, drawn by `seed`: images with replacement and uniform positions;
+    where the images are the patch's size, at most `count` of them, each once."""
+    rows = np.arange(len(images)) if rows is None else np.asarray(rows)
+    generator = np.random.default_rng(seed)
+    height, width = images.shape[1:3]
+    whole = (height, width) == (patch, patch)
+    picks = np.sort(generator.permutation(rows)[:count] if whole else generator.choice(rows, count))
+    corners = np.zeros((len(picks), 2), int) if whole else random_corners(len(picks), height, width, patch, generator)
+    for start in range(0, len(picks), batch_size):
+        batch = slice(start, start + batch_size)
+        yield np.stack([images[i, y:y + patch, x:x + patch] for i, (y, x) in zip(picks[batch], corners[batch])])
+
+
 def centre_crop(images: np.ndarray, patch: int) -> np.ndarray:
     """The central P x P patch of each of N x H x W x C images (previews during training)."""
     height, width = images.shape[1:3]

@@ -9,7 +9,8 @@
 
 Lesion volumes and overlaps are counted on the slices at the working size; each working pixel
 stands for its share of the slice's original area times the voxel size. A slice's predicted
-mask follows report.py's rule: map value ``>= pixel threshold``.
+mask is the mask rule's (`masks.MaskRule`), at the working size for the figures and on the
+scan's grid for the NIfTI file.
 """
 from __future__ import annotations
 
@@ -23,27 +24,28 @@ from .data.base import SLICE_MARK, ImageSet
 from .data.ct import volume_name
 from .data.medical import Geometry, require, to_scan_grid
 from .files import atomic_write, safe_names
+from .masks import MaskRule
 from .metrics import image_metrics
 
 STRIP_SLICES = 3  # most anomalous slices per volume shown in the report
 FOLDER = "volumes"
 
 
-def volume_results(imageset: ImageSet, scores, maps, image_threshold: float, pixel_threshold: float,
-                   top_slices: int = 1) -> list[dict]:
-    """One row per volume of `imageset` (none when it holds no volume slices)."""
+def volume_results(imageset: ImageSet, scores, predicted, image_threshold: float, top_slices: int = 1) -> list[dict]:
+    """One row per volume of `imageset` (none when it holds no volume slices), from every
+    slice's score and predicted mask."""
     by_volume = imageset.volume_rows()
-    return [volume_result(imageset, source, name, rows, np.asarray(scores, float)[rows], np.asarray(maps)[rows],
-                          image_threshold, pixel_threshold, top_slices)
+    return [volume_result(imageset, source, name, rows, np.asarray(scores, float)[rows], np.asarray(predicted)[rows],
+                          image_threshold, top_slices)
             for (source, rows), name in zip(by_volume.items(), volume_names(list(by_volume)))]
 
 
-def volume_result(imageset: ImageSet, source: str, name: str, rows: np.ndarray, slice_scores: np.ndarray, maps,
-                  image_threshold: float, pixel_threshold: float, top_slices: int = 1) -> dict:
-    """The row of one volume, `source`, from the scores and maps of its slices `rows` (in
-    slice order, as `ImageSet.volume_rows` gives them)."""
+def volume_result(imageset: ImageSet, source: str, name: str, rows: np.ndarray, slice_scores: np.ndarray,
+                  predicted, image_threshold: float, top_slices: int = 1) -> dict:
+    """The row of one volume, `source`, from the scores and predicted masks of its slices
+    `rows` (in slice order, as `ImageSet.volume_rows` gives them)."""
     score = float(np.sort(slice_scores)[-top_slices:].mean())
-    predicted = np.asarray(maps) >= pixel_threshold
+    predicted = np.asarray(predicted, bool)
     pixel_ml = _pixel_ml(imageset, rows, imageset.volumes[source], predicted.shape[1:])
     labels = imageset.labels[rows]
     result = {
@@ -99,27 +101,31 @@ def volume_names(sources: list[str]) -> list[str]:
     return safe_names((volume_name(Path(source)) for source in sources), "volume")
 
 
-def write_volumes(out_dir, imageset: ImageSet, maps, pixel_threshold: float, results: list[dict],
-                  region: np.ndarray | None = None) -> list[Path]:
-    """`write_volume` for each row of `volume_results`, from the whole set's maps."""
+def write_volumes(out_dir, imageset: ImageSet, scores, maps, rule: MaskRule, image_threshold: float,
+                  results: list[dict], region: np.ndarray | None = None) -> list[Path]:
+    """`write_volume` for each row of `volume_results`, from the whole set's scores and maps."""
     rows_of = imageset.volume_rows()
     return [path for result in results for path in write_volume(
         out_dir, imageset, result, rows_of[result["path"]], np.asarray(maps)[rows_of[result["path"]]],
-        pixel_threshold, None if region is None else region[rows_of[result["path"]]])]
+        np.asarray(scores)[rows_of[result["path"]]] >= image_threshold, rule,
+        None if region is None else region[rows_of[result["path"]]])]
 
 
-def write_volume(out_dir, imageset: ImageSet, result: dict, rows: np.ndarray, maps, pixel_threshold: float,
-                 region: np.ndarray | None = None) -> list[Path]:
+def write_volume(out_dir, imageset: ImageSet, result: dict, rows: np.ndarray, maps, flagged: np.ndarray,
+                 rule: MaskRule, region: np.ndarray | None = None) -> list[Path]:
     """`volumes/<volume>_map.nii.gz` (float32 anomaly map, 0 where nothing was scored) and
-    `volumes/<volume>_mask.nii.gz` (uint8 0/1) of one volume (`result`, a `volume_result`),
-    from the maps of its slices `rows`, on the scan's voxel grid with its affine; slices are
-    resized back to the scan's in-plane size. With `region` (the scored pixels of those slices,
-    bool) the maps stay 0 outside it at that size."""
+    `volumes/<volume>_mask.nii.gz` (uint8 0/1: `rule` slice by slice, `flagged` the slices whose
+    score reaches the image threshold) of one volume (`result`, a `volume_result`), from the
+    maps of its slices `rows`, on the scan's voxel grid with its affine; slices are resized back
+    to the scan's in-plane size. With `region` (the scored pixels of those slices, bool) the
+    maps stay 0 outside it at that size."""
     folder = Path(out_dir) / FOLDER
     geometry = imageset.volumes[result["path"]]
     volume = scan_map(imageset, maps, rows, geometry, region)
+    slice_flags = np.zeros(len(volume), bool)
+    slice_flags[[int(imageset.paths[i].rpartition(SLICE_MARK)[2]) for i in rows]] = flagged
     written = []
-    for suffix, values in (("map", volume), ("mask", (volume >= pixel_threshold).astype(np.uint8))):
+    for suffix, values in (("map", volume), ("mask", rule(volume, slice_flags).astype(np.uint8))):
         path = folder / f"{result['volume']}_{suffix}.nii.gz"
         save_nifti(path, to_scan_grid(values, geometry), geometry)
         written.append(path)

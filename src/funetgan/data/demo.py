@@ -2,8 +2,17 @@
 (brick, grass, gravel; 512 x 512 grey, shipped with scikit-image, no download), with
 synthetic defects of several kinds and their exact masks.
 
-Training and normal test crops come from different parts of the photo (top rows for
-training, bottom rows for testing), so the test measures generalisation to unseen texture.
+Training and test crops come from different parts of the photo, so the test measures
+generalisation to texture no training crop covers. Where the test part lies is the layout:
+- "checker" (the default): the photo's top rows cut into square blocks of 1.5 crops, training
+  crops inside the blocks of one colour of a checkerboard, test crops inside the others. The
+  brick photo is taken at an angle, so its bricks lean one way on the left, the other way on
+  the right, and grow towards the bottom: interleaved blocks give training and test the same
+  mixture, so the test normals are the training normals' kind of texture. `normal_crops`
+  draws more normals of that kind ("train") and normals from the rows below ("shifted": a
+  shifted domain, to measure that effect apart).
+- "below": training crops from the top rows, test crops from the rows below them (the
+  shifted domain in the test set itself; the localisation benchmark's layout).
 Everything is drawn from one seeded generator: the same arguments give the same files.
 """
 from __future__ import annotations
@@ -20,7 +29,9 @@ from ..files import atomic_save_png
 
 TEXTURES = ("brick", "grass", "gravel")
 DEFECTS = ("scratch", "hole", "stain", "smudge", "foreign")
-TRAIN_ROWS = 0.62  # fraction of the photo's rows used for training crops
+LAYOUTS = ("checker", "below")
+TRAIN_SHARE = 0.62  # share of the photo's rows the training (and, "checker", test) crops come from
+Region = tuple[tuple[int, int], tuple[int, int]]  # (first, end) rows and columns of a part of the photo
 
 
 def texture_photo(name: str) -> np.ndarray:
@@ -29,10 +40,33 @@ def texture_photo(name: str) -> np.ndarray:
     return getattr(skdata, name)().astype(np.float32)
 
 
-def random_crop(photo: np.ndarray, size: int, rows: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
-    top = rng.integers(rows[0], rows[1] - size + 1)
-    left = rng.integers(0, photo.shape[1] - size + 1)
+def regions(shape: tuple[int, int], layout: str, crop: int, share: float = TRAIN_SHARE) -> dict[str, list[Region]]:
+    """The parts of a photo of `shape` that training, test and shifted-domain crops of `crop`
+    px come from (see the module's doc), by name; "shifted" only in the "checker" layout."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; choose from {LAYOUTS}")
+    height, width = shape
+    rows = int(share * height)
+    if layout == "below":
+        return {"train": [((0, rows), (0, width))], "test": [((rows, height), (0, width))]}
+    block = crop + crop // 2
+    blocks = [((y, y + block), (x, x + block)) for y in range(0, rows - block + 1, block)
+              for x in range(0, width - block + 1, block)]
+    colour = [(y // block + x // block) % 2 for (y, _), (x, _) in blocks]
+    return {"train": [b for b, c in zip(blocks, colour) if c == 0], "test": [b for b, c in zip(blocks, colour) if c],
+            "shifted": [((rows, height), (0, width))]}
+
+
+def random_crop(photo: np.ndarray, size: int, parts: list[Region], rng: np.random.Generator) -> np.ndarray:
+    """A `size` px crop inside one of `parts` (each as likely), at a uniformly random place there."""
+    (first_row, end_row), (first_column, end_column) = parts[rng.integers(len(parts))]
+    top = rng.integers(first_row, end_row - size + 1)
+    left = rng.integers(first_column, end_column - size + 1)
     return photo[top:top + size, left:left + size].copy()
+
+
+def whole(photo: np.ndarray) -> list[Region]:
+    return [((0, photo.shape[0]), (0, photo.shape[1]))]
 
 
 def blob(size: int, radius: float, rng: np.random.Generator) -> np.ndarray:
@@ -75,7 +109,7 @@ def add_defect(crop: np.ndarray, kind: str, rng: np.random.Generator, other: np.
         out[mask] = blurred[mask] + 25.0
     elif kind == "foreign":
         mask = blob(size, rng.uniform(0.09, 0.15) * extent, rng)
-        patch = random_crop(other, size, (0, other.shape[0]), rng)
+        patch = random_crop(other, size, whole(other), rng)
         out[mask] = patch[mask]
     else:
         raise ValueError(f"unknown defect {kind!r}; choose from {DEFECTS}")
@@ -88,29 +122,44 @@ def save_png(path: Path, array: np.ndarray) -> None:
 
 def make_texture_dataset(root: str | Path, texture: str = "brick", crop: int = 128, n_train: int = 240,
                          n_test_good: int = 40, n_per_defect: int = 12, seed: int = 0,
-                         train_rows: float = TRAIN_ROWS, small_defects: float = 0.0) -> Path:
+                         train_share: float = TRAIN_SHARE, small_defects: float = 0.0, layout: str = "checker") -> Path:
     """Write an MVTec-AD-layout category folder (train/good, test/<kind>, ground_truth/<kind>)
-    under `root` and return it. Training crops come from the first `train_rows` of the
-    photo's rows, test crops from the rest; `small_defects` of the defects are drawn at a
-    quarter of the usual size, as kinds of their own (`test/<kind>_small`)."""
+    under `root` and return it. Training and test crops come from the parts of the photo
+    `layout` names (`regions`, from `train_share` of its rows);
+    `small_defects` of the defects are drawn at a quarter of the usual size, as kinds of their
+    own (`test/<kind>_small`)."""
     root = Path(root)
     rng = np.random.default_rng(seed)
     photo = texture_photo(texture)
     other = texture_photo(next(t for t in TEXTURES if t != texture))
-    split = int(train_rows * photo.shape[0])
-    train_rows, test_rows = (0, split), (split, photo.shape[0])
-    if min(split, test_rows[1] - test_rows[0]) < crop:
-        raise ValueError(f"crop {crop} is larger than the photo's training or test region "
-                         f"({split} and {test_rows[1] - test_rows[0]} rows)")
+    parts = regions(photo.shape, layout, crop, train_share)
+    for name in ("train", "test"):
+        fits = [part for part in parts[name] if min(part[0][1] - part[0][0], part[1][1] - part[1][0]) >= crop]
+        if not fits:
+            raise ValueError(f"crop {crop} does not fit the {name} part of the {photo.shape[0]} px photo "
+                             f"({layout} layout, training from {train_share:g} of its rows)")
     for i in range(n_train):
-        save_png(root / "train" / "good" / f"{i:03d}.png", random_crop(photo, crop, train_rows, rng))
+        save_png(root / "train" / "good" / f"{i:03d}.png", random_crop(photo, crop, parts["train"], rng))
     for i in range(n_test_good):
-        save_png(root / "test" / "good" / f"{i:03d}.png", random_crop(photo, crop, test_rows, rng))
+        save_png(root / "test" / "good" / f"{i:03d}.png", random_crop(photo, crop, parts["test"], rng))
     for kind in DEFECTS:
         for i in range(n_per_defect):
             small = bool(small_defects) and rng.random() < small_defects
-            image, mask = add_defect(random_crop(photo, crop, test_rows, rng), kind, rng, other, 0.25 if small else 1.0)
+            image, mask = add_defect(random_crop(photo, crop, parts["test"], rng), kind, rng, other,
+                                     0.25 if small else 1.0)
             folder = f"{kind}_small" if small else kind  # its own kind in per-kind metrics
             save_png(root / "test" / folder / f"{i:03d}.png", image)
             save_png(root / "ground_truth" / folder / f"{i:03d}_mask.png", mask * 255.0)
     return root
+
+
+def normal_crops(texture: str, crop: int, count: int, part: str, seed: int,
+                 train_share: float = TRAIN_SHARE) -> np.ndarray:
+    """`count` uint8 count x crop x crop normal crops of the "checker" layout's `part` ("train":
+    the training part, for normals of the training distribution that no training crop was
+    drawn as; "test": the test part's; "shifted": the rows below, a shifted domain), drawn by
+    `seed`."""
+    photo = texture_photo(texture)
+    rng = np.random.default_rng(seed)
+    parts = regions(photo.shape, "checker", crop, train_share)[part]
+    return np.stack([random_crop(photo, crop, parts, rng) for _ in range(count)]).round().astype(np.uint8)

@@ -1,0 +1,234 @@
+"""Calibration: what scoring needs besides the networks, found on normal images after training.
+
+Two kinds of normal images, never the same ones:
+- *training* images (or random patches of them) fit the Gaussians of the density terms
+  (`nn.density`): D's bottleneck features and E's latent codes of normal images;
+- *calibration* normals, which nothing was fitted on (the validation split, or whole images,
+  or for CT whole patients, held out of training: `calibration_split`), give every normal
+  level and spread and both thresholds.
+A Mahalanobis distance measured on the sample its Gaussian was fitted on is biased low (about
+the more, the fewer samples per dimension), so levels and thresholds taken there promise far
+fewer flagged normals than fresh normals give; kept apart, the calibration normals and a new
+normal image are exchangeable, and the threshold's promise holds (`rank_threshold`).
+
+The result is one typed `Calibration`, saved with the weights (and in ONNX metadata), read by
+scoring; `config.score` keeps only what the user chose.
+"""
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .config import Config, scored_in_tiles
+from .data.base import ImageSet
+from .data.checks import held_out
+from .metrics import PixelHistogram
+from .scoring import Terms, image_evidence, map_blur, normal_levels
+from .thresholds import (f1_image_threshold, f1_pixel_threshold, normals_needed, quantile_pixel_threshold, rank,
+                         rank_threshold)
+
+FORMAT = 1  # what `Calibration.to_dict` writes; other layouts are refused (calibrate again)
+CHUNK_PIXELS = 1 << 22  # working-size pixels of calibration images scored at a time
+# Terms for calibration images beyond this many bytes are kept in a temporary file, not in
+# memory (2,000 CT slices at 512 px hold about 10 GB of maps).
+IN_MEMORY_BYTES = 1 << 30
+
+
+@dataclass
+class Calibration:
+    """Everything calibration found: the terms' normal levels and spreads (`levels`, by the
+    term's name, "<name>_std" for spreads; a density term whose Gaussian could not be fitted
+    has none and counts 0), the thresholds, the map's blur they were set with, and how many
+    calibration images they rest on."""
+
+    levels: dict[str, float]
+    image_threshold: float
+    pixel_threshold: float  # a pixel can belong to a mask region at or above this
+    region_threshold: float  # a region is kept only if its peak reaches this (`masks.MaskRule`)
+    blur_sigma: float
+    normals: int  # calibration normal images
+    anomalous: int  # calibration anomalous images (labelled validation data)
+    rule: str  # "f1-optimal" or "normal quantile <q>"
+    # The share of new normal images the image threshold is expected to flag (the quantile
+    # rule's: `thresholds.rank_threshold`); None for an F1-optimal threshold.
+    expected_image_rate: float | None
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"format": FORMAT, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_dict(cls, values: dict, source: str) -> "Calibration":
+        if not isinstance(values, dict) or values.get("format") != FORMAT:
+            raise ValueError(f"{source}: calibrated by an earlier funetgan (another calibration layout); "
+                             f"calibrate it again: funetgan calibrate --run RUN --data DATA")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{key: value for key, value in values.items() if key in fields})
+
+
+def calibration_split(train: ImageSet, val: ImageSet | None, fraction: float, seed: int
+                      ) -> tuple[np.ndarray | None, ImageSet]:
+    """The rows of `train` to train on (None: all) and the calibration set: `val` when there
+    is one, else `fraction` of the training normals held out, drawn by `seed`. Slices of one
+    volume stay together (a patient is held out whole: neighbouring slices are nearly the
+    same image). Rows rather than a copy, so a memory-mapped training set stays on disk."""
+    if (train.labels != 0).any():
+        raise ValueError(f"training set has {int((train.labels != 0).sum())} anomalous images; "
+                         f"train on normals only")
+    if val is not None:
+        return None, val
+    groups = image_groups(train)
+    names = np.unique(groups)
+    if len(names) < 2:
+        raise ValueError("one training volume (or image) cannot be split into training and calibration "
+                         "normals: add normals or give a validation split")
+    count = min(held_out(len(names), fraction), len(names) - 1)
+    chosen = np.random.default_rng(seed).permutation(names)[:count]
+    kept = np.isin(groups, chosen)
+    return np.flatnonzero(~kept), train.subset(np.flatnonzero(kept))
+
+
+def image_groups(images: ImageSet) -> np.ndarray:
+    """One group number per image: the slices of a volume share their volume's, every other
+    image has its own."""
+    groups = np.arange(len(images))
+    for number, rows in enumerate(images.volume_rows().values()):
+        groups[rows] = len(images) + number
+    return groups
+
+
+def find_calibration(model, normals: ImageSet, training: tuple[np.ndarray, np.ndarray | None]) -> Calibration:
+    """Fit the density terms on `training` (images, the rows to draw from, None: all), then
+    take the normal levels and the thresholds on `normals` (the calibration set: its normal
+    images, and its anomalies and masks where it has them; `calibration_split`). `model`
+    supplies the networks (`fit_densities`, `residual_terms`, `combine`) and its settings.
+    A chunk of images at a time: memory holds one chunk's maps whatever the set's size."""
+    normal = np.flatnonzero(normals.labels == 0)
+    if len(normal) == 0:
+        raise ValueError("the calibration images hold no normal image")
+    unfitted, notes = model.fit_densities(*training)
+    with tempfile.TemporaryDirectory(prefix="funetgan-calibration-") as folder:
+        terms = calibration_terms(model, normals, Path(folder))
+
+        def normal_chunks() -> Iterator[Terms]:
+            return (terms.rows(rows) for rows in chunks(normal, normals.images))
+
+        levels = normal_levels(normal_chunks())
+        for name in unfitted:  # without its level a term counts 0 (`scoring.weight`)
+            del levels[name]
+        levels.update(image_evidence_levels(normal_chunks(), levels, model.config))
+        scores, maxima, histogram = scored(model, terms, levels, normals)
+    return thresholds(model.config, scores, maxima, histogram, normals, levels, notes)
+
+
+def chunks(rows: np.ndarray, images: np.ndarray) -> list[np.ndarray]:
+    """`rows` in chunks of at most CHUNK_PIXELS pixels of `images` (one image at the least)."""
+    step = max(1, CHUNK_PIXELS // int(np.prod(images.shape[1:3])))
+    return [rows[start:start + step] for start in range(0, len(rows), step)]
+
+
+def calibration_terms(model, normals: ImageSet, folder: Path) -> Terms:
+    """The raw terms of the calibration images, a chunk at a time, kept in memory, or in
+    files in `folder` when they are large."""
+    images, region = normals.images, model.scoring_region(normals)
+    on_disk = images.shape[0] * int(np.prod(images.shape[1:3])) * 4 * 6 > IN_MEMORY_BYTES
+    parts: dict[str, np.ndarray] = {}
+    for rows in chunks(np.arange(len(images)), images):
+        chunk = model.residual_terms(np.asarray(images[rows]), region=None if region is None else region[rows])
+        for name, value in dataclasses.asdict(chunk).items():
+            if value is not None:
+                if name not in parts:
+                    parts[name] = _array(folder if on_disk else None, name, (len(images), *value.shape[1:]),
+                                         value.dtype)
+                parts[name][rows] = value
+    return Terms(**parts)
+
+
+def _array(folder: Path | None, name: str, shape: tuple, dtype) -> np.ndarray:
+    if folder is None:
+        return np.empty(shape, dtype)
+    return np.lib.format.open_memmap(folder / f"{name}.npy", mode="w+", dtype=dtype, shape=shape)
+
+
+def image_evidence_levels(normals: Iterable[Terms], levels: dict[str, float], config: Config) -> dict[str, float]:
+    """The mean and spread over calibration normals (a chunk of their terms at a time) of each
+    kind of image evidence the score can weigh (`scoring.image_evidence`): "image_izif",
+    "image_smoothness" and their "_std" (the smoothness evidence's whatever its weight, so that
+    other weights can be scored without calibrating again)."""
+    every_kind = dataclasses.replace(config.score, image_smoothness_weight=1.0)
+    found: dict[str, list[np.ndarray]] = {}
+    for terms in normals:
+        evidence = image_evidence(terms, levels, every_kind, config.model.image_size, scored_in_tiles(config))
+        for name, values in evidence.items():
+            found.setdefault(name, []).append(values)
+    result = {}
+    for name, parts in found.items():
+        values = np.concatenate(parts)
+        result[name], result[f"{name}_std"] = float(values.mean()), float(values.std())
+    return result
+
+
+def scored(model, terms: Terms, levels: dict[str, float], normals: ImageSet
+           ) -> tuple[np.ndarray, np.ndarray, PixelHistogram]:
+    """Image scores and map maxima of every calibration image, and the histogram of the map
+    values that set the pixel threshold (normal pixels, and anomalous ones where masks mark
+    them), a chunk at a time."""
+    scores, maxima = np.zeros(len(normals)), np.zeros(len(normals))
+    histogram = PixelHistogram()
+    counted = _counted(normals)
+    for rows in chunks(np.arange(len(normals)), normals.images):
+        part = terms.rows(rows)
+        scores[rows], maps = model.combine(part, levels)
+        maxima[rows] = maps.reshape(len(maps), -1).max(1)
+        keep = counted[rows]
+        if keep.any():
+            truth = None if normals.masks is None else np.asarray(normals.masks[rows][keep], bool)
+            histogram.add(maps[keep], truth, None if part.region is None else part.region[keep])
+    return scores, maxima, histogram
+
+
+def _counted(normals: ImageSet) -> np.ndarray:
+    """Which calibration images count in the pixel threshold: normals, and anomalies with masks."""
+    normal = normals.labels == 0
+    if normals.masks is None:
+        return normal
+    return normal | (normals.labels == 1) & np.asarray(normals.has_mask, bool)
+
+
+def thresholds(config: Config, scores: np.ndarray, maxima: np.ndarray, histogram: PixelHistogram,
+               normals: ImageSet, levels: dict[str, float], notes: list[str]) -> Calibration:
+    """The thresholds, F1-optimal where the calibration set has labelled anomalies (and masks),
+    else at `score.normal_quantile` of the calibration normals; with a note when the normals
+    are too few for the quantile to mean what it says."""
+    q = config.score.normal_quantile
+    normal = normals.labels == 0
+    anomalous = int((normals.labels == 1).sum())
+    image_threshold, expected = rank_threshold(scores[normal], q)
+    if anomalous:
+        image_threshold, expected = f1_image_threshold(scores, normals.labels), None
+    curves = histogram.curves()
+    pixel_threshold = f1_pixel_threshold(curves) if curves.defined else quantile_pixel_threshold(curves, q)
+    region_threshold = max(rank_threshold(maxima[normal], q)[0], pixel_threshold)
+    notes = [*notes, *few_normals_note(int(normal.sum()), q)] if not anomalous else notes
+    return Calibration(levels=levels, image_threshold=float(image_threshold), pixel_threshold=float(pixel_threshold),
+                       region_threshold=float(region_threshold), blur_sigma=map_blur(config),
+                       normals=int(normal.sum()), anomalous=anomalous,
+                       rule="f1-optimal" if anomalous else f"normal quantile {q:g}",
+                       expected_image_rate=expected, notes=notes)
+
+
+def few_normals_note(count: int, q: float) -> list[str]:
+    """A note when `count` calibration normals are too few for the `q` quantile: below
+    q / (1 - q) of them (99 for 0.99) the threshold is their maximum, which about 1 in
+    count + 1 new normal images reach, more than the 1 - q asked for."""
+    if rank(count, q) <= count:
+        return []
+    return [f"{count} calibration normals: the {q:g} quantile of their scores is their maximum, so about "
+            f"1 in {count + 1} ({100 / (count + 1):.1f} %) normal images will be flagged, not "
+            f"{100 * (1 - q):.2g} %; hold out at least {normals_needed(q)} normals "
+            f"(data.val_fraction) or give a validation split"]
