@@ -162,7 +162,9 @@ class Config:
     batch_size: int = 64
     seed: int = 0
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", "mps"
-    amp: bool = True  # bf16 autocast where the device runs it natively (CUDA); never on CPU
+    # bf16 autocast in training where the device has bf16 units (CUDA compute capability >= 8.0);
+    # never on a CPU. Scoring and calibration always run float32.
+    amp: bool = True
     channels_last: bool = True
     log_every: int = 25
     sample_every: int = 250

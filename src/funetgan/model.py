@@ -110,8 +110,7 @@ class FUNetGAN(Scorer):
         rt = self.runtime
         network = ScoringNetwork(self.E, self.G, self.D, self.density, self.image_density, self.latent_density,
                                  torch.channels_last if rt.channels_last else torch.contiguous_format).eval()
-        with rt.autocast():
-            terms = [term.float().cpu().numpy() for term in network(rt.prepare(to_tensor(tiles, rt.device)))]
+        terms = [term.float().cpu().numpy() for term in network(rt.prepare(to_tensor(tiles, rt.device)))]
         return {"maps": dict(zip(TERM_MAPS, terms)), "values": dict(zip(TERM_VALUES, terms[len(TERM_MAPS):]))}
 
     def calibrate(self, val: ImageSet, top_up: tuple[np.ndarray, np.ndarray | None] | None = None) -> dict:
@@ -209,10 +208,9 @@ class FUNetGAN(Scorer):
         needs_d = any(density is not self.latent_density for density in statistics)
 
         def collect(tiles: np.ndarray) -> dict:
-            with rt.autocast():
-                x = rt.prepare(to_tensor(tiles, rt.device))
-                features = self.D(x).f_g if needs_d else None
-                codes = as_grid(self.E(x)) if self.latent_density in statistics else None
+            x = rt.prepare(to_tensor(tiles, rt.device))
+            features = self.D(x).f_g if needs_d else None
+            codes = as_grid(self.E(x)) if self.latent_density in statistics else None
             for density, gathered in statistics.items():
                 gathered.add(codes if density is self.latent_density else features)
             return {"maps": {}, "values": {}}
