@@ -159,6 +159,8 @@ class Config:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    # The global batch: under torchrun each of N processes draws batch_size / N images (rounded
+    # down to a multiple of N); lowered, with a note, where the training images are fewer.
     batch_size: int = 64
     seed: int = 0
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", "mps"

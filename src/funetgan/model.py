@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,7 @@ import torch
 
 from . import checkpoint, tiling
 from .config import Config, scored_in_tiles, tile_stride
-from .data import check_batch, held_out
+from .data import fit_batch, held_out
 from .data.base import ImageSet
 from .export import PARITY_TOLERANCE, export_onnx
 from .files import CHECKPOINT_FILE, MODEL_FILE
@@ -75,10 +76,14 @@ class FUNetGAN(Scorer):
             resume: bool = False) -> "FUNetGAN":
         """Train both stages on the normal images of `train`, then calibrate thresholds on
         `val` (or, without one, on `data.val_fraction` of the training normals held out).
+        `batch_size` is the global batch, fitted to the processes and the data (`data.fit_batch`:
+        a warning says when it changes).
         With `run_dir`, writes logs, samples and checkpoints there; `resume` continues from
         its checkpoint."""
-        check_batch(train, val, self.config.batch_size, self.config.data.val_fraction, self.runtime.world_size,
-                    self.config.model.image_size)
+        self.config.batch_size, note = fit_batch(train, val, self.config.batch_size, self.config.data.val_fraction,
+                                                 self.runtime.world_size, self.config.model.image_size)
+        if note and self.runtime.is_main:  # the CLI fits the batch first and prints its note
+            warnings.warn(note, stacklevel=2)
         rows, val = self._calibration_split(train, val)
         if run_dir is not None:
             Path(run_dir).mkdir(parents=True, exist_ok=True)

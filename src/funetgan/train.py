@@ -24,7 +24,8 @@ from .runtime import Runtime
 
 
 class BatchSource:
-    """Random batches from a uint8 set: rows `rows` of `images` (all rows by default).
+    """Random batches of `batch_size` (this process's share) from a uint8 set: rows `rows` of
+    `images` (all rows by default).
 
     An in-memory set is copied to the device once; a memory-mapped one (`np.memmap`, the
     slice cache of `data.cache`) stays on disk and each batch's rows are read from it, so
@@ -52,7 +53,7 @@ class BatchSource:
         height, width = images.shape[1:3]
         self.patch = patch if patch is not None and (height, width) != (patch, patch) else None
         self.draws = tiling.patches_per_image(height, width, self.patch) if self.patch else 1
-        self.per_epoch = (self.count * self.draws // runtime.world_size) // batch_size  # >= 1: data.check_batch
+        self.per_epoch = (self.count * self.draws // runtime.world_size) // batch_size  # >= 1: data.fit_batch
         self._epoch, self._order = -1, None
 
     def __len__(self) -> int:
@@ -244,8 +245,9 @@ class Trainer:
         cfg = model.config
         self.run_dir = Path(run_dir) if run_dir is not None else None
         patch = cfg.model.image_size
-        self.source = BatchSource(train_images, cfg.batch_size, cfg.seed, self.runtime, cfg.data.augment_flip, patch,
-                                  train_rows)
+        # batch_size is the global batch: each process draws its share (`data.fit_batch` made it a multiple).
+        self.source = BatchSource(train_images, cfg.batch_size // self.runtime.world_size, cfg.seed, self.runtime,
+                                  cfg.data.augment_flip, patch, train_rows)
         previews = tiling.centre_crop(sample_images[:16], patch)  # whole images when they are the model's size
         self.sample_real = self.runtime.prepare(to_tensor(previews, self.runtime.device))
         g = torch.Generator().manual_seed(cfg.seed + 12345)
