@@ -1,6 +1,7 @@
 """The public model object: fit (both training stages, then calibration), score, save, load."""
 from __future__ import annotations
 
+import hashlib
 import math
 import warnings
 from pathlib import Path
@@ -55,9 +56,10 @@ class FUNetGAN(Scorer):
         self.latent_density = self.runtime.place(FeatureDensity(m.z_dim))
         for net in (self.G, self.D, self.E):
             self.runtime.sync_parameters(net)
-        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.gan.lr_g, betas=cfg.gan.betas)
-        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.gan.lr_d, betas=cfg.gan.betas)
-        self.opt_e = torch.optim.Adam(self.E.parameters(), lr=cfg.encoder.lr, betas=cfg.encoder.betas)
+        adam = self.runtime.adam_options()
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.gan.lr_g, betas=cfg.gan.betas, **adam)
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.gan.lr_d, betas=cfg.gan.betas, **adam)
+        self.opt_e = torch.optim.Adam(self.E.parameters(), lr=cfg.encoder.lr, betas=cfg.encoder.betas, **adam)
         self.rng = torch.Generator(self.runtime.device).manual_seed(cfg.seed * 10_007 + self.runtime.rank)
         self.state = {"stage": "warmup", "step": 0, "seconds": 0.0, "critic_steps": 0}
         self.averages: dict[str, WeightAverage] = {}  # gan.ema / encoder.ema, during their stage
@@ -290,6 +292,17 @@ class FUNetGAN(Scorer):
         model.state.update(stage="done", completed=meta.get("training", {}))
         return model
 
+    def _restore_rng(self, state: torch.Tensor) -> None:
+        """Continue the saved random stream. A checkpoint of another device type holds a state
+        this generator cannot take (a CUDA generator's is its seed and offset, a CPU one's a
+        Mersenne Twister's): the stream is then seeded from that state, so a resumed run stays
+        reproducible, though it draws other numbers than the run would have on its own device."""
+        try:
+            self.rng.set_state(state)
+        except RuntimeError:
+            digest = hashlib.sha256(state.numpy().tobytes()).digest()
+            self.rng.manual_seed(int.from_bytes(digest[:8], "little"))
+
     def save_checkpoint(self, path: str | Path) -> None:
         tensors = self._weights()
         meta = {"config": self.config.to_dict(), "state": self.state}
@@ -311,7 +324,7 @@ class FUNetGAN(Scorer):
         self._load_weights(tensors, path)
         for name, opt in (("opt_g", self.opt_g), ("opt_d", self.opt_d), ("opt_e", self.opt_e)):
             checkpoint.load_optimizer_state(opt, name, tensors, meta[name])
-        self.rng.set_state(tensors["rng"])
+        self._restore_rng(tensors["rng"])
         self.averages = {}
         for name, saved in meta.get("averages", {}).items():
             average = WeightAverage(getattr(self, name), saved["decay"])

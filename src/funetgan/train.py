@@ -353,6 +353,9 @@ class Trainer:
         codes = torch.cat([m.E(self.source.images(i, min(i + 256, count))) for i in range(0, count, 256)]).float()
         m.E.train()
         m.E.standardise_output(codes.mean(0), codes.std(0).clamp_min(1e-6))
+        # Every process computed this on the same images, but a GPU's kernels need not round
+        # alike on each: rank 0's E for all, or the copies of E would train apart.
+        self.runtime.sync_parameters(m.E)
 
     def reconstruction_loss(self, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """G and E as an autoencoder on batch `step` (the warm-up's loss and stage 1's extra term)."""
