@@ -44,6 +44,14 @@ class Runtime:
             return batch.contiguous(memory_format=torch.channels_last)
         return batch
 
+    def to_device(self, host: torch.Tensor) -> torch.Tensor:
+        """A host tensor on the device, without making the host wait: on CUDA through pinned
+        (page-locked) memory, whose copies run in the background (a copy from ordinary memory
+        waits for the device to finish its queued work first)."""
+        if self.device.type == "cuda":
+            host = host.pin_memory()
+        return host.to(self.device, non_blocking=True)
+
     def place(self, module: nn.Module) -> nn.Module:
         module.to(self.device)
         if self.channels_last:
@@ -63,16 +71,16 @@ class Runtime:
                 dist.broadcast(tensor.data, src=0)
 
     def average_gradients(self, module: nn.Module) -> None:
+        """The mean of every process's gradients of `module`, by one all-reduce of them all
+        joined in one buffer; a few operations whatever the number of parameters (on a GPU the
+        per-parameter copies would be most of a small step's kernel launches)."""
         if not self.distributed:
             return
-        grads = [p.grad for p in module.parameters() if p.grad is not None]
-        flat = torch.cat([g.flatten() for g in grads])
+        grads = [in_memory_order(p.grad) for p in module.parameters() if p.grad is not None]
+        flat = torch.cat(grads)
         dist.all_reduce(flat)
         flat /= self.world_size
-        offset = 0
-        for g in grads:
-            g.copy_(flat[offset:offset + g.numel()].view_as(g))
-            offset += g.numel()
+        torch._foreach_copy_(grads, list(flat.split([g.numel() for g in grads])))
 
     def any_rank(self, flag: bool) -> bool:
         """True on every process when `flag` is true on any (e.g. a time limit reached)."""
@@ -85,6 +93,15 @@ class Runtime:
         tensor = torch.tensor([value], dtype=torch.int64, device=self.device)
         dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
         return int(tensor.item())
+
+
+def in_memory_order(tensor: torch.Tensor) -> torch.Tensor:
+    """A dense tensor's elements as a 1-D view, in the order they lie in memory: a view (no
+    copy) for channels-last tensors too, whose `flatten()` would copy. Gradients are dense:
+    they take their parameter's layout."""
+    if not (tensor.is_contiguous() or tensor.is_contiguous(memory_format=torch.channels_last)):
+        raise ValueError(f"a tensor of shape {tuple(tensor.shape)} and strides {tensor.stride()} is not dense")
+    return tensor.as_strided((tensor.numel(),), (1,), tensor.storage_offset())
 
 
 def is_main_process() -> bool:
