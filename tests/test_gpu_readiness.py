@@ -64,8 +64,9 @@ def test_every_stage_makes_its_tensors_on_the_device(name, memory_mapped, tmp_pa
                for p in net.parameters())
 
 
-# What makes the host wait for a GPU: reading a value back, or a copy from ordinary memory.
-READS = ("item", "cpu", "numpy", "tolist", "__bool__", "__float__", "__int__", "__index__")
+# What makes the host wait for a GPU: reading a value back (`numpy()` is not here: it takes host
+# tensors only, so a device tensor reaches it through `cpu()`), or a copy from ordinary memory.
+READS = ("item", "cpu", "tolist", "__bool__", "__float__", "__int__", "__index__")
 COLLECTIVES = ("all_reduce", "broadcast", "all_gather", "all_gather_into_tensor", "reduce_scatter_tensor", "barrier")
 
 
@@ -137,3 +138,13 @@ def test_steps_that_log_nothing_never_wait_for_the_device(monkeypatch):
     # warm-up: G and E; stage 1: D at each of 2 critic steps, then G; stage 2: E
     assert averages == {**{("warmup", k): 2 for k in range(1, 5)}, **{("gan", k): 3 for k in range(1, 5)},
                         **{("encoder", k): 1 for k in range(1, 5)}}
+
+
+def test_scoring_reads_each_batch_back_from_the_device_once(monkeypatch):
+    """All eight residual terms of a batch come back in one copy (a copy waits for the device)."""
+    model = FUNetGAN(tiny_config(data__resolution="48", score__tile_stride=16))
+    audit = SyncAudit(monkeypatch)
+    terms = model.residual_terms(random_images(3, size=48).images, batch_size=10)  # 3 x 4 tiles: 2 batches
+    reads = [event for events in audit.events.values() for event in events if event.split()[0] in READS]
+    assert reads == ["cpu in _score_tiles"] * 2
+    assert terms.pixel_residual.shape == (3, 48, 48) and terms.image_features.shape == (3, 4)

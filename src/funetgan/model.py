@@ -117,7 +117,11 @@ class FUNetGAN(Scorer):
         rt = self.runtime
         network = ScoringNetwork(self.E, self.G, self.D, self.density, self.image_density, self.latent_density,
                                  torch.channels_last if rt.channels_last else torch.contiguous_format).eval()
-        terms = [term.float().cpu().numpy() for term in network(rt.prepare(to_tensor(tiles, rt.device)))]
+        terms = network(rt.prepare(to_tensor(tiles, rt.device)))
+        # One copy to the host for all eight terms: each copy waits for the device.
+        joined = torch.cat([term.float().reshape(len(tiles), -1) for term in terms], 1).cpu().numpy()
+        parts = np.split(joined, np.cumsum([term[0].numel() for term in terms])[:-1], axis=1)
+        terms = [part.reshape(term.shape) for part, term in zip(parts, terms)]
         return {"maps": dict(zip(TERM_MAPS, terms)), "values": dict(zip(TERM_VALUES, terms[len(TERM_MAPS):]))}
 
     def calibrate(self, val: ImageSet, top_up: tuple[np.ndarray, np.ndarray | None] | None = None) -> dict:
