@@ -148,3 +148,32 @@ def test_scoring_reads_each_batch_back_from_the_device_once(monkeypatch):
     reads = [event for events in audit.events.values() for event in events if event.split()[0] in READS]
     assert reads == ["cpu in _score_tiles"] * 2
     assert terms.pixel_residual.shape == (3, 48, 48) and terms.image_features.shape == (3, 4)
+
+
+STEPS = {  # each step, and the networks it trains
+    "warmup": (lambda trainer: trainer.warmup_step(0), ("G", "E")),
+    "critic": (lambda trainer: trainer.critic_step(), ("D",)),
+    "generator": (lambda trainer: trainer.generator_step(0), ("G", "E")),  # with the reconstruction term
+    "encoder": (lambda trainer: trainer.encoder_step(0), ("E",)),
+}
+
+
+@pytest.mark.parametrize("stage", list(STEPS))
+def test_bf16_autocast_trains_every_stage_as_float32_does(stage):
+    """One step from the same weights and draws, in float32 and under bf16 autocast (as on a
+    GPU with bf16 units; this CPU runs it too): finite losses and the same gradients. bf16
+    keeps 3 significant digits, so through the networks' depth even sound bf16 steps give
+    gradient cosines of 0.997 (warm-up) to 0.9999 (critic) here; what this test caught gave
+    0.72 (the warm-up's E codes standardised in bf16) and 0.87 (the critic's penalty in bf16)."""
+    step, trained = STEPS[stage]
+    grads, stats = [], []
+    for amp in (False, True):
+        trainer = trainer_for("whole", gan__recon_weight=1.0)
+        trainer.model.runtime.amp = amp
+        if stage == "encoder":
+            trainer.model.freeze_gan()
+        stats.append(step(trainer))
+        grads.append(torch.cat([p.grad.flatten() for name in trained for p in getattr(trainer.model, name).parameters()
+                                if p.grad is not None]))
+    assert stats[0].keys() == stats[1].keys() and all(torch.isfinite(value) for value in stats[1].values())
+    assert torch.nn.functional.cosine_similarity(grads[0], grads[1], dim=0) > 0.995

@@ -385,8 +385,12 @@ class Trainer:
 
     def warmup_codes(self, real: torch.Tensor) -> torch.Tensor:
         """E(x) standardised over the batch, so G learns to decode codes with the prior's
-        per-dimension mean and variance."""
-        z = self.model.E(real)
+        per-dimension mean and variance. E runs in float32 here under autocast too: its codes
+        of different images differ by less than bf16 resolves, and standardising divides that
+        difference by their small spread, which left E's gradients in bf16 at a cosine of
+        -0.4 to 0.96 to float32's (tests/test_gpu_readiness.py)."""
+        with torch.autocast(real.device.type, enabled=False):
+            z = self.model.E(real)
         if len(z) < 2:  # a single image (e.g. a one-image preview set) has no spread to divide by
             return z - z.mean(0)
         return (z - z.mean(0)) / (z.std(0) + 1e-6)
