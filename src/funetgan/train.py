@@ -272,7 +272,7 @@ class Trainer:
         previews = tiling.centre_crop(sample_images[:16], patch)  # whole images when they are the model's size
         self.sample_real = self.runtime.prepare(to_tensor(previews, self.runtime.device))
         g = torch.Generator().manual_seed(cfg.seed + 12345)
-        self.sample_z = torch.randn(64, cfg.model.z_dim, generator=g).to(self.runtime.device)
+        self.sample_z = torch.randn(64, cfg.model.z_dim, generator=g, device="cpu").to(self.runtime.device)
 
     def log(self, record: dict) -> None:
         if self.run_dir is not None and self.runtime.is_main:
