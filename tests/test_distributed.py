@@ -19,6 +19,11 @@ def _fit_one_rank(rank: int, folder: str, port: int) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
+    if rank == 1:  # E's codes come out otherwise here, as a GPU's kernels may round them on each rank
+        from funetgan.train import BatchSource
+
+        images = BatchSource.images
+        BatchSource.images = lambda self, start, stop: images(self, start, stop) * 0.99
     model = FUNetGAN(tiny_config(gan__warmup_iterations=2), runtime=setup("cpu"))
     model.fit(random_images(16), run_dir=os.path.join(folder, "run"))  # rank 0 draws samples
     save_file({f"{n}.{k}": v.contiguous() for n in "GDE" for k, v in getattr(model, n).state_dict().items()},
@@ -27,6 +32,7 @@ def _fit_one_rank(rank: int, folder: str, port: int) -> None:
 
 
 def test_two_processes_stay_in_sync(tmp_path):
+    """Every stage, E's standardisation before stage 2 included (computed apart on each rank)."""
     port = 29500 + os.getpid() % 1000
     mp.spawn(_fit_one_rank, args=(str(tmp_path), port), nprocs=2, join=True)
     a, b = load_file(tmp_path / "rank0.safetensors"), load_file(tmp_path / "rank1.safetensors")
@@ -102,26 +108,6 @@ def test_sigterm_to_one_rank_stops_every_rank_at_the_same_step(tmp_path):
     stopped_at = int(err.split("gan step ")[1].split(";")[0])
     _, meta = checkpoint.load(out / "checkpoint.safetensors")
     assert meta["state"]["step"] == stopped_at == json.loads(log.read_text().splitlines()[-1])["step"]
-
-
-def _standardise_one_rank(rank: int, folder: str, port: int) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    from funetgan.train import Trainer
-
-    model = FUNetGAN(tiny_config(), runtime=setup("cpu"))
-    # Each rank's E sees other images, as a GPU's kernels might round each rank's codes otherwise.
-    images = random_images(8, seed=rank).images
-    Trainer(model, images, images, None).standardise_encoder()
-    save_file({k: v.contiguous() for k, v in model.E.state_dict().items()}, os.path.join(folder, f"E{rank}.safetensors"))
-    teardown()
-
-
-def test_every_rank_keeps_the_same_encoder_after_standardising_it(tmp_path):
-    mp.spawn(_standardise_one_rank, args=(str(tmp_path), 29500 + (os.getpid() + 7) % 1000), nprocs=2, join=True)
-    a, b = load_file(tmp_path / "E0.safetensors"), load_file(tmp_path / "E1.safetensors")
-    assert [k for k in a if not torch.equal(a[k], b[k])] == []
 
 
 RANK_FIT = """
