@@ -87,13 +87,12 @@ class BatchSource:
         the device in one copy that the host does not wait for (`Runtime.to_device`), and an
         in-memory set is indexed there. A memory-mapped set is indexed where it is read, and
         its batch copied the same way."""
-        draws = [pick[:, None]]  # B x 4: row, patch corner (top, left), flip
+        draws = torch.zeros(len(pick), 4, dtype=torch.int64, device="cpu")  # row, patch corner (top, left), flip
+        draws[:, 0] = pick
         if self.patch is not None:
-            draws.append(torch.from_numpy(tiling.random_corners(len(pick), *self.size, self.patch, rng)))
-        else:
-            draws.append(torch.zeros(len(pick), 2, dtype=torch.int64, device="cpu"))
-        draws.append((flips if flips is not None else torch.zeros(len(pick), dtype=torch.bool, device="cpu"))[:, None])
-        draws = torch.cat([d.long() for d in draws], 1)
+            draws[:, 1:3] = torch.from_numpy(tiling.random_corners(len(pick), *self.size, self.patch, rng))
+        if flips is not None:
+            draws[:, 3] = flips
         if self.mapped is None:
             return uint8_to_float(self._gather(self.data, self.runtime.to_device(draws)))
         read = torch.from_numpy(self.mapped[self.rows[pick.numpy()]])  # the batch's rows, from the page cache
