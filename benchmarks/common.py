@@ -60,9 +60,10 @@ SUMMARY_KEYS = (*HEADLINE, "train_minutes", "small_defects_pixel_auroc")  # of a
 
 
 # ---- command line ------------------------------------------------------------------------
-def make_parser(script: str, description: str, minutes: float | None = None,
-                seeds: tuple[int, ...] = (0,)) -> argparse.ArgumentParser:
-    """The options every benchmark takes; `minutes` None for one that trains nothing."""
+def make_parser(script: str, description: str, minutes: float | None = None, seeds: tuple[int, ...] = (0,),
+                thread_counts: tuple[int, ...] | None = None) -> argparse.ArgumentParser:
+    """The options every benchmark takes; `minutes` None for one that trains nothing;
+    `thread_counts`: --threads takes several counts (this default), one measurement each."""
     name = Path(script).stem
     parser = argparse.ArgumentParser(prog=f"benchmarks/{name}.py", description=description)
     if minutes is not None:
@@ -74,7 +75,11 @@ def make_parser(script: str, description: str, minutes: float | None = None,
                         help="override a setting in every run, e.g. --set gan.n_critic=5 (repeatable; wins "
                              "over the script's own settings)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or mps (default: best available)")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    if thread_counts is None:
+        parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    else:
+        parser.add_argument("--threads", type=int, nargs="+", default=list(thread_counts),
+                            help="torch CPU thread counts, one measurement each (default %(default)s)")
     parser.add_argument("--out", default=f"results/{name}.json", help="JSON file of all results")
     parser.add_argument("--smoke", action="store_true", help="tiny data and networks: a seconds-long check")
     return parser
@@ -84,7 +89,7 @@ def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.N
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     args.script, args.command = parser.prog, shlex.join(["python", parser.prog, *argv])
-    if args.threads:
+    if isinstance(args.threads, int):  # one count for the whole run (scripts measuring several set their own)
         torch.set_num_threads(args.threads)
     return args
 

@@ -56,6 +56,23 @@ def test_speed(script, tmp_path, capsys):
     assert "critic steps/s" in out and "images/s" in out and "reference critic step" in out
 
 
+def test_train_speed(script, tmp_path, capsys):
+    results = run(script("train_speed"), tmp_path)["results"]
+    assert [(r["stage"], r["size"], r["threads"]) for r in results["stages"]] == [
+        ("warm-up", 32, 1), ("adversarial", 32, 1), ("encoder", 32, 1)]
+    assert all(r["steps_per_s"] > 0 and r["gflop_per_step"] > 0 and r["gflop_per_s"] > 0 for r in results["stages"])
+    (breakdown,) = results["breakdown"]
+    parts = {part["part"]: part for part in breakdown["parts"]}
+    assert parts["critic: + gradient penalty"]["per_step_share"] == 1 / breakdown["gp_every"] == 0.25  # CPU recipe
+    assert all(part["gflop"] > 0 for name, part in parts.items() if not name.startswith("optimisers"))
+    # The parts, the penalty at its share, are the adversarial step the stage table counted.
+    adversarial = results["stages"][1]["gflop_per_step"]
+    assert breakdown["step_gflop"] == pytest.approx(adversarial, rel=1e-9)
+    assert sum(part["share_of_step_flops"] for part in parts.values()) == pytest.approx(1.0)
+    out = capsys.readouterr().out
+    assert "GFLOP/s" in out and "one adversarial step at 32 px" in out
+
+
 @pytest.mark.skipif(not FASHION_MNIST.is_dir(), reason="Debian's fashion-mnist package is not installed")
 def test_fashion_mnist(script, tmp_path, capsys):
     fashion = script("fashion_mnist")

@@ -68,3 +68,62 @@ def test_atomic_writes_get_the_usual_file_mode(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
+
+
+def as_saved_on_a_gpu(path) -> None:
+    """Rewrite a CPU checkpoint as a CUDA run writes it: a CUDA generator's state (its seed and
+    offset, 16 bytes) and fused Adam."""
+    tensors, meta = checkpoint.load(path)
+    seed_and_offset = torch.tensor([12345, 64], dtype=torch.int64)
+    tensors["rng"] = seed_and_offset.view(torch.uint8).clone()
+    for name in ("opt_g", "opt_d", "opt_e"):
+        meta[name]["param_groups"] = [{**g, "fused": True, "foreach": None} for g in meta[name]["param_groups"]]
+    checkpoint.save(path, tensors, meta)
+
+
+def test_a_checkpoint_from_a_gpu_resumes_on_the_cpu(tmp_path):
+    from funetgan.train import Trainer
+
+    images = random_images(12)
+    saved = FUNetGAN(tiny_config())
+    Trainer(saved, images.images, images.images, None).gan_step(0)
+    saved.save_checkpoint(tmp_path / "checkpoint.safetensors")
+    as_saved_on_a_gpu(tmp_path / "checkpoint.safetensors")
+    draws = []
+    for _ in range(2):
+        resumed = FUNetGAN(tiny_config())
+        resumed.load_checkpoint(tmp_path / "checkpoint.safetensors")
+        draws.append(resumed.latent(3))
+        # how the optimisers step is this device's choice, not the checkpoint's
+        assert all(g["foreach"] is True and not g["fused"] for g in resumed.opt_d.param_groups)
+    assert torch.equal(draws[0], draws[1])  # a stream seeded from the saved state: reproducible
+    resumed = FUNetGAN(tiny_config()).fit(images, run_dir=tmp_path, resume=True)
+    assert resumed.state["stage"] == "done"
+
+
+class CudaLikeGenerator:
+    """What a CUDA generator does with a state: takes its own 16 bytes, refuses any other size."""
+
+    device = torch.device("cuda")
+
+    def __init__(self):
+        self.seeds = []
+
+    def set_state(self, state: torch.Tensor) -> None:
+        if state.numel() != 16:
+            raise RuntimeError("RNG state is wrong size")
+
+    def manual_seed(self, seed: int) -> "CudaLikeGenerator":
+        self.seeds.append(seed)
+        return self
+
+
+def test_a_checkpoint_from_the_cpu_resumes_on_a_gpu(tmp_path):
+    FUNetGAN(tiny_config()).save_checkpoint(tmp_path / "c.safetensors")
+    seeds = []
+    for _ in range(2):
+        model = FUNetGAN(tiny_config())
+        model.rng = CudaLikeGenerator()
+        model.load_checkpoint(tmp_path / "c.safetensors")
+        seeds += model.rng.seeds
+    assert len(seeds) == 2 and seeds[0] == seeds[1]  # seeded once, from the saved state

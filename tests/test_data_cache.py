@@ -28,7 +28,8 @@ def options(tmp_path, **kwargs):
 
 
 def cache_folders(tmp_path):
-    return sorted(p.name for p in (tmp_path / "cache").iterdir())
+    """The cache's folders (built, being built or stale), its lock files aside."""
+    return sorted(p.name for p in (tmp_path / "cache").iterdir() if p.is_dir())
 
 
 def test_cached_splits_equal_the_in_memory_ones_and_are_memory_mapped(data, tmp_path):
@@ -115,6 +116,42 @@ def test_a_cache_inside_the_dataset_is_not_part_of_its_fingerprint(data, monkeyp
 
 def test_a_damaged_cache_is_rebuilt(data, tmp_path):
     expected = np.array(load_dataset(data, 8, 1, options(tmp_path)).test.images)  # a copy: the file is cut
-    (folder,) = (tmp_path / "cache").iterdir()
+    (name,) = cache_folders(tmp_path)
+    folder = tmp_path / "cache" / name
     (folder / "test.images.u8").write_bytes(b"\0")  # shorter than the index says
     np.testing.assert_array_equal(load_dataset(data, 8, 1, options(tmp_path)).test.images, expected)
+
+
+LOAD = """
+import hashlib, os, sys, time
+from funetgan.config import DataConfig
+from funetgan.data import ct, load_dataset
+
+real = ct.read_scan
+
+def slow(path):  # a slow decoder, so that every process arrives while the first still builds
+    with open(sys.argv[2], "a") as log:
+        log.write(f"{os.getpid()}\\n")
+    time.sleep(0.2)
+    return real(path)
+
+ct.read_scan = slow
+splits = load_dataset(sys.argv[1], 8, 1, DataConfig(cache_dir=sys.argv[3], test_fraction=0.5, split_seed=3))
+print(hashlib.sha256(splits.train.images.tobytes() + splits.test.images.tobytes()).hexdigest())
+"""
+
+
+def test_processes_starting_together_build_the_cache_once_and_all_map_it(data, tmp_path):
+    """As torchrun's ranks do: one builds (under a lock), the others wait and map what it built."""
+    import subprocess
+    import sys
+
+    log, cache = tmp_path / "decoded.txt", tmp_path / "cache"
+    processes = [subprocess.Popen([sys.executable, "-c", LOAD, str(data), str(log), str(cache)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    results = [process.communicate(timeout=120) for process in processes]
+    assert all(process.returncode == 0 for process in processes), [err[-2000:] for _, err in results]
+    assert len({out for out, _ in results}) == 1  # the same slices everywhere
+    decoders = log.read_text().split()
+    assert len(decoders) == 4 and len(set(decoders)) == 1  # 4 volumes, decoded by one process
+    assert len(cache_folders(tmp_path)) == 1  # no build folder left behind

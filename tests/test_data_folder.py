@@ -1,4 +1,4 @@
-"""MVTec AD and generic folders, bad input, load_unlabelled and check_batch."""
+"""MVTec AD and generic folders, bad input, load_unlabelled and fit_batch."""
 import re
 import warnings
 
@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 
 from funetgan.config import DataConfig
-from funetgan.data import (DataError, check_batch, load_dataset, load_unlabelled,
+from funetgan.calibration import calibration_split
+from funetgan.data import (DataError, fit_batch, load_dataset, load_unlabelled,
                            mvtec_categories)
 
 
@@ -205,29 +206,49 @@ def test_all_training_files_bad_is_an_error_even_when_skipping(tmp_path):
         one_line_error(tmp_path, DataConfig(on_bad_file="skip"), match="no readable training images")
 
 
-def test_check_batch(tmp_path):
-    splits = load_dataset(generic(tmp_path), 8, 1)
-    check_batch(splits.train, splits.train, 4, 0.1)
-    with pytest.raises(DataError, match="only 4 training image.s., fewer than one batch of 64"):
-        check_batch(splits.train, splits.train, 64, 0.1)
+def training_rows(images):
+    """The rows left to train on after the calibration hold-out (10 %)."""
+    return calibration_split(images, None, 0.1, seed=0)[0]
 
 
-@pytest.mark.parametrize("n, batch, processes, fits", [
-    (4, 4, 1, False),  # one image held out leaves 3
-    (5, 4, 1, True),
-    (9, 4, 2, True),  # 8 left: 4 per process
-    (9, 5, 2, False),
-    (20, 4, 3, True),  # round(2.0) = 2 held out, 18 left: 6 per process
+@pytest.mark.parametrize("n, batch, processes, fitted, note", [
+    (71, 64, 1, 64, None),  # round(7.1) = 7 held out, 64 left
+    (5, 4, 1, 4, None),  # one image held out leaves 4
+    (4, 4, 1, 3, "batch_size 4 lowered to 3: only 3 training image(s) after holding out 1 for validation"),
+    (9, 8, 2, 8, None),  # 8 left: 4 per process
+    (9, 10, 2, 8, "batch_size 10 lowered to 8: only 8 training image(s) after holding out 1 for validation, "
+                  "4 per process on 2 processes"),
+    (20, 64, 3, 18, "batch_size 64 lowered to 18: only 18 training image(s) after holding out 2 for validation, "
+                    "6 per process on 3 processes"),
+    (200, 64, 3, 63, "batch_size 64 lowered to 63: an equal share (21) for each of the 3 processes"),
+    (200, 2, 4, 4, "batch_size 2 raised to 4: at least one image for each of the 4 processes"),
 ])
-def test_check_batch_counts_the_hold_out_and_the_processes(n, batch, processes, fits):
+def test_the_batch_is_global_split_across_processes_and_fitted_to_small_sets(n, batch, processes, fitted, note):
     from conftest import random_images
 
-    train = random_images(n, size=8)
-    if fits:
-        check_batch(train, None, batch, 0.1, processes)
-    else:
-        with pytest.raises(DataError, match="after holding out 1 for validation"):
-            check_batch(train, None, batch, 0.1, processes)
+    images = random_images(n, size=8)
+    assert fit_batch(images, training_rows(images), batch, processes) == (fitted, note)
+
+
+def test_a_validation_split_holds_nothing_out_and_patches_count_once_per_patch(tmp_path):
+    from conftest import random_images
+
+    splits = load_dataset(generic(tmp_path), 8, 1)  # 4 training images
+    assert fit_batch(splits.train, None, 4) == (4, None)
+    assert fit_batch(splits.train, None, 64) == (4, "batch_size 64 lowered to 4: only 4 training image(s)")
+    # 3 images of 64 px after the hold-out hold 4 x 4 patches of 16 px each: 48 patches an epoch
+    images = random_images(4, size=64)
+    assert fit_batch(images, training_rows(images), 64, patch=16) == (
+        48, "batch_size 64 lowered to 48: only 3 training image(s) (48 patches) after holding out 1 for validation")
+
+
+def test_a_set_smaller_than_the_processes_is_refused_in_one_line():
+    from conftest import random_images
+
+    with pytest.raises(DataError, match=r"^only 3 training image\(s\) after holding out 1 for validation, "
+                                        r"fewer than the 4 processes: add images or use fewer processes$"):
+        images = random_images(4, size=8)
+        fit_batch(images, training_rows(images), 64, 4)
 
 
 def test_load_unlabelled(tmp_path):

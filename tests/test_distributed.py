@@ -1,8 +1,9 @@
-"""The data-parallel path on the CPU: two processes, gloo backend."""
+"""The data-parallel path on the CPU: two and four processes, gloo backend."""
 import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -18,6 +19,11 @@ def _fit_one_rank(rank: int, folder: str, port: int) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
+    if rank == 1:  # E's codes come out otherwise here, as a GPU's kernels may round them on each rank
+        from funetgan.train import BatchSource
+
+        images = BatchSource.images
+        BatchSource.images = lambda self, start, stop: images(self, start, stop) * 0.99
     model = FUNetGAN(tiny_config(gan__warmup_iterations=2), runtime=setup("cpu"))
     model.fit(random_images(16), run_dir=os.path.join(folder, "run"))  # rank 0 draws samples
     save_file({f"{n}.{k}": v.contiguous() for n in "GDE" for k, v in getattr(model, n).state_dict().items()},
@@ -26,6 +32,7 @@ def _fit_one_rank(rank: int, folder: str, port: int) -> None:
 
 
 def test_two_processes_stay_in_sync(tmp_path):
+    """Every stage, E's standardisation before stage 2 included (computed apart on each rank)."""
     port = 29500 + os.getpid() % 1000
     mp.spawn(_fit_one_rank, args=(str(tmp_path), port), nprocs=2, join=True)
     a, b = load_file(tmp_path / "rank0.safetensors"), load_file(tmp_path / "rank1.safetensors")
@@ -101,3 +108,68 @@ def test_sigterm_to_one_rank_stops_every_rank_at_the_same_step(tmp_path):
     stopped_at = int(err.split("gan step ")[1].split(";")[0])
     _, meta = checkpoint.load(out / "checkpoint.safetensors")
     assert meta["state"]["step"] == stopped_at == json.loads(log.read_text().splitlines()[-1])["step"]
+
+
+RANK_FIT = """
+import os, sys
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+from funetgan.config import Config, apply_overrides, working_size
+from funetgan.data import ct, load_dataset
+from funetgan.model import FUNetGAN
+
+real = ct.read_scan
+
+def noted(path):  # which process decodes a volume
+    with open(os.path.join(sys.argv[2], "decoded.txt"), "a") as log:
+        log.write(f"{os.environ['RANK']}\\n")
+    return real(path)
+
+ct.read_scan = noted
+torch.set_num_threads(1)
+config = apply_overrides(Config(), sys.argv[3:])
+splits = load_dataset(sys.argv[1], working_size(config), config.model.channels, config.data)
+assert isinstance(splits.train.images, np.memmap)  # mapped from the cache
+model = FUNetGAN(config).fit(splits.train, splits.val, run_dir=os.path.join(sys.argv[2], "run"))
+weights = {f"{n}.{k}": v.contiguous() for n in "GDE" for k, v in getattr(model, n).state_dict().items()}
+save_file(weights, os.path.join(sys.argv[2], f"rank{os.environ['RANK']}.safetensors"))
+"""
+
+
+def noisy_ct_set(root, volumes: int, slices: int):
+    """Lung CT volumes of random tissue (8 x 8 x `slices`, HU), a lesion in the last two slices."""
+    pytest.importorskip("nibabel")
+    from test_data_medical import save_nifti
+
+    rng = np.random.default_rng(0)
+    for v in range(volumes):
+        save_nifti(root / "ct_scans" / f"case{v}.nii.gz", rng.integers(-1000, 400, (8, 8, slices), dtype=np.int16))
+        lesion = np.zeros((8, 8, slices), np.uint8)
+        lesion[4:, 4:, slices - 2:] = 1
+        save_nifti(root / "infection_mask" / f"case{v}.nii.gz", lesion)
+    return root
+
+
+@pytest.mark.slow
+def test_four_processes_on_a_cached_volume_set_build_it_once_and_end_with_the_same_weights(tmp_path):
+    """torchrun with 4 gloo processes, every stage (warm-up, EMA, logs between which ranks must
+    not wait), the training slices memory-mapped from a slice cache that one of them builds."""
+    data = noisy_ct_set(tmp_path / "ct", volumes=8, slices=6)
+    script = tmp_path / "fit.py"
+    script.write_text(RANK_FIT)
+    settings = ["device=cpu", "model.image_size=32", "model.width=4", "model.z_dim=16", "batch_size=8",
+                "gan.n_critic=1", "gan.warmup_iterations=2", "gan.iterations=4", "gan.ema=0.9",
+                "encoder.iterations=3", "log_every=2", f"data.cache_dir={tmp_path / 'cache'}"]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "4",
+               str(script), str(data), str(tmp_path), *settings]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=TORCHRUN_ENV)
+    assert result.returncode == 0, result.stderr[-3000:]
+    decoders = (tmp_path / "decoded.txt").read_text().split()
+    assert len(decoders) == 8 and len(set(decoders)) == 1  # one process decoded each volume once
+    weights = [load_file(tmp_path / f"rank{rank}.safetensors") for rank in range(4)]
+    assert any(k.startswith("E.") for k in weights[0])
+    for other in weights[1:]:
+        assert [k for k in weights[0] if not torch.equal(weights[0][k], other[k])] == []

@@ -147,9 +147,16 @@ def test_tiled_runs_export_and_stitch_in_the_same_code(tmp_path):
     np.testing.assert_allclose(ours.maps, theirs.maps, rtol=1e-4, atol=1e-4 * np.abs(theirs.maps).max())
 
 
-def test_a_model_in_bf16_is_checked_against_float32_on_the_cpu(trained, tmp_path, monkeypatch):
+def test_a_model_trained_in_bf16_is_its_own_float32_reference(trained, tmp_path, monkeypatch):
     model, images = trained
-    monkeypatch.setattr(model.runtime, "amp", True)  # as on a GPU: autocast is not what the graph computes
+    monkeypatch.setattr(model.runtime, "amp", True)  # autocast is for training: scoring stays float32
+    assert export.reference(model) is model
+    assert model.export(tmp_path / "m.onnx", check_images=images).passed
+
+
+def test_a_model_on_a_gpu_is_checked_against_its_float32_cpu_copy(trained, tmp_path, monkeypatch):
+    model, images = trained
+    monkeypatch.setattr(model.runtime, "device", torch.device("cuda"))  # only the label: the nets stay here
     assert isinstance(export.reference(model), export._TorchGraph)
     assert model.export(tmp_path / "m.onnx", check_images=images).passed
 

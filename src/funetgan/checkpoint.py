@@ -13,6 +13,7 @@ from safetensors.torch import load_file, safe_open, save_file
 from .files import atomic_write, os_error
 
 META_KEY = "funetgan"
+IMPLEMENTATION = ("foreach", "fused", "capturable")  # optimiser settings that say how, not what, it computes
 
 
 def save(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
@@ -66,5 +67,9 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, prefix: str, tensors:
     for key, value in unprefixed(prefix, tensors).items():
         index, name = key.split(".", 1)
         state.setdefault(int(index), {})[name] = value
-    groups = [{**g, "betas": tuple(g["betas"])} if "betas" in g else g for g in meta["param_groups"]]
+    # How the optimiser steps (fused on CUDA, foreach on the CPU) is this device's choice, not the
+    # checkpoint's: a run saved on a GPU resumes on a CPU and back.
+    groups = [{**saved, **({"betas": tuple(saved["betas"])} if "betas" in saved else {}),
+               **{key: own[key] for key in IMPLEMENTATION if key in own}}
+              for saved, own in zip(meta["param_groups"], optimizer.param_groups)]
     optimizer.load_state_dict({"state": state, "param_groups": groups})

@@ -7,19 +7,22 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import dataclasses
 import logging
 import shutil
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import __version__
+from .calibration import calibration_split
 from .chunked import run_predict, run_test
 from .config import RECIPES, Config, apply_overrides, working_size
-from .data import DataError, check_batch, load_dataset, load_unlabelled, mvtec_categories
+from .data import DataError, fit_batch, load_dataset, load_unlabelled, mvtec_categories
 from .data.demo import make_texture_dataset
 from .files import CHECKPOINT_FILE, MODEL_FILE, atomic_write_text
 from .masks import MaskRule
@@ -62,6 +65,10 @@ class UsageError(Exception):
     pass
 
 
+# What a command reports in one line (exit code 2) rather than as a traceback.
+EXPECTED_ERRORS = (DataError, UsageError, ValueError, FolderLocked, OSError)
+
+
 def main(argv: list[str] | None = None) -> int:
     # Decoders' own warnings about the files they fail on ("Corrupt EXIF data", ...) would
     # add lines to the one-line error that names those files.
@@ -71,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (DataError, UsageError, ValueError, FolderLocked, OSError) as err:
+    except EXPECTED_ERRORS as err:
         print(f"funetgan: error: {_one_line(err)}", file=sys.stderr)
         return 2
     except _training_stopped() as err:
@@ -248,11 +255,11 @@ def cmd_train(args) -> int:
         print(config.to_yaml(), end="")
         return 0
     if config.data.category == "all":
-        for name in categories(args.data):
-            print(f"== {name}")
-            config.data.category = name
-            train_one(Path(args.data), out / name, config, args.resume, args.overwrite)
-        return 0
+        def train_category(name: str) -> None:
+            category = copy.deepcopy(config)  # train_one fits its batch_size to the category
+            category.data.category = name
+            train_one(Path(args.data), out / name, category, args.resume, args.overwrite)
+        return each_category(args.data, train_category)
     train_one(Path(args.data), out, config, args.resume, args.overwrite)
     return 0
 
@@ -265,10 +272,11 @@ def train_one(data: Path, out: Path, config: Config, resume: bool, overwrite: bo
         if not resume and main_process:
             claim_folder(out, RUN_OUTPUTS, overwrite)
         splits = load_dataset(data, working_size(config), config.model.channels, config.data)
-        check_batch(splits.train, splits.val, config.batch_size, config.data.val_fraction, world_size(),
-                    config.model.image_size)
+        rows, _ = calibration_split(splits.train, splits.val, config.data.val_fraction, config.seed)
+        config.batch_size, batch_note = fit_batch(splits.train, rows, config.batch_size, world_size(),
+                                                  config.model.image_size)
         if main_process:
-            _print_notes(splits.train.notes)
+            _print_notes(splits.train.notes + ([batch_note] if batch_note else []))
             atomic_write_text(out / CONFIG_FILE, config.to_yaml())
         started = time.monotonic()
         model = FUNetGAN(config)
@@ -280,6 +288,22 @@ def train_one(data: Path, out: Path, config: Config, resume: bool, overwrite: bo
                   f"pixel threshold {model.pixel_threshold:.4g} ({model.calibration.rule}, "
                   f"{model.calibration.normals} calibration normals)")
         return model
+
+
+def each_category(data: str, run: Callable[[str], None]) -> int:
+    """`run(name)` for every MVTec AD category under `data`. A category that fails does not
+    stop the others: each failure is reported at the end, one line each, with exit code 2."""
+    failed = []
+    for name in categories(data):
+        print(f"== {name}")
+        try:
+            run(name)
+        except EXPECTED_ERRORS as err:
+            failed.append(f"{name}: {_one_line(err)}")
+            print(f"== {name}: failed (reported at the end)")
+    for line in failed:
+        print(f"funetgan: error: {line}", file=sys.stderr)
+    return 2 if failed else 0
 
 
 def categories(data: str) -> list[str]:
@@ -329,10 +353,8 @@ def cmd_test(args) -> int:
     if args.category == "all":
         if args.model:
             raise UsageError("--category all needs --run (a folder of runs), not one exported --model")
-        for name in categories(args.data):
-            print(f"== {name}")
-            test_run(Path(args.run) / name, Path(args.out) / name, args, name)
-        return 0
+        return each_category(args.data, lambda name: test_run(Path(args.run) / name, Path(args.out) / name, args,
+                                                              name))
     test_run(args.run, Path(args.out), args, args.category)
     return 0
 

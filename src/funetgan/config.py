@@ -163,10 +163,14 @@ class Config:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    # The global batch: under torchrun each of N processes draws batch_size / N images (rounded
+    # down to a multiple of N); lowered, with a note, where the training images are fewer.
     batch_size: int = 64
     seed: int = 0
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", "mps"
-    amp: bool = True  # bf16 autocast where the device runs it natively (CUDA); never on CPU
+    # bf16 autocast in training where the device has bf16 units (CUDA compute capability >= 8.0);
+    # never on a CPU. Scoring and calibration always run float32.
+    amp: bool = True
     channels_last: bool = True
     log_every: int = 25
     sample_every: int = 250

@@ -1,6 +1,8 @@
 """The public model object: fit (both training stages, then calibration), score, save, load."""
 from __future__ import annotations
 
+import hashlib
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +11,7 @@ import torch
 from . import checkpoint, tiling
 from .calibration import Calibration, calibration_split, find_calibration
 from .config import Config
-from .data import check_batch
+from .data import fit_batch
 from .data.base import ImageSet
 from .export import PARITY_TOLERANCE, export_onnx
 from .files import CHECKPOINT_FILE, MODEL_FILE
@@ -54,9 +56,10 @@ class FUNetGAN(Scorer):
         self.latent_density = self.runtime.place(FeatureDensity(m.z_dim))
         for net in (self.G, self.D, self.E):
             self.runtime.sync_parameters(net)
-        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.gan.lr_g, betas=cfg.gan.betas)
-        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.gan.lr_d, betas=cfg.gan.betas)
-        self.opt_e = torch.optim.Adam(self.E.parameters(), lr=cfg.encoder.lr, betas=cfg.encoder.betas)
+        adam = self.runtime.adam_options()
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.gan.lr_g, betas=cfg.gan.betas, **adam)
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.gan.lr_d, betas=cfg.gan.betas, **adam)
+        self.opt_e = torch.optim.Adam(self.E.parameters(), lr=cfg.encoder.lr, betas=cfg.encoder.betas, **adam)
         self.rng = torch.Generator(self.runtime.device).manual_seed(cfg.seed * 10_007 + self.runtime.rank)
         self.state = {"stage": "warmup", "step": 0, "seconds": 0.0, "critic_steps": 0}
         self.averages: dict[str, WeightAverage] = {}  # gan.ema / encoder.ema, during their stage
@@ -75,11 +78,15 @@ class FUNetGAN(Scorer):
             resume: bool = False) -> "FUNetGAN":
         """Train both stages on the normal images of `train`, then calibrate thresholds on
         `val` (or, without one, on `data.val_fraction` of the training normals held out).
+        `batch_size` is the global batch, fitted to the processes and the data (`data.fit_batch`:
+        a warning says when it changes).
         With `run_dir`, writes logs, samples and checkpoints there; `resume` continues from
         its checkpoint."""
-        check_batch(train, val, self.config.batch_size, self.config.data.val_fraction, self.runtime.world_size,
-                    self.config.model.image_size)
         rows, normals = calibration_split(train, val, self.config.data.val_fraction, self.config.seed)
+        self.config.batch_size, note = fit_batch(train, rows, self.config.batch_size, self.runtime.world_size,
+                                                 self.config.model.image_size)
+        if note and self.runtime.is_main:  # the CLI fits the batch first and prints its note
+            warnings.warn(note, stacklevel=2)
         if run_dir is not None:
             Path(run_dir).mkdir(parents=True, exist_ok=True)
             if resume:
@@ -99,8 +106,11 @@ class FUNetGAN(Scorer):
         rt = self.runtime
         network = ScoringNetwork(self.E, self.G, self.D, self.density, self.image_density, self.latent_density,
                                  torch.channels_last if rt.channels_last else torch.contiguous_format).eval()
-        with rt.autocast():
-            terms = [term.float().cpu().numpy() for term in network(rt.prepare(to_tensor(tiles, rt.device)))]
+        terms = network(rt.prepare(to_tensor(tiles, rt.device)))
+        # One copy to the host for all eight terms: each copy waits for the device.
+        joined = torch.cat([term.float().reshape(len(tiles), -1) for term in terms], 1).cpu().numpy()
+        parts = np.split(joined, np.cumsum([term[0].numel() for term in terms])[:-1], axis=1)
+        terms = [part.reshape(term.shape) for part, term in zip(parts, terms)]
         return {"maps": dict(zip(TERM_MAPS, terms)), "values": dict(zip(TERM_VALUES, terms[len(TERM_MAPS):]))}
 
     def recalibrate(self, train: ImageSet, val: ImageSet | None = None) -> Calibration:
@@ -136,7 +146,8 @@ class FUNetGAN(Scorer):
         for patches in tiling.random_patches(images, rows, cfg.model.image_size, FIT_SAMPLES, cfg.seed,
                                              cfg.score.batch_size):
             x = rt.prepare(to_tensor(patches, rt.device))
-            features, codes = self.D(x).f_g, as_grid(self.E(x))
+            # On the host once: the statistics are float64 sums there (`DensityStatistics.add`).
+            features, codes = self.D(x).f_g.double().cpu(), as_grid(self.E(x)).double().cpu()
             for density, gathered in statistics.items():
                 gathered.add(codes if density is self.latent_density else features)
         unfitted, notes = [], []
@@ -216,6 +227,17 @@ class FUNetGAN(Scorer):
         model.state.update(stage="done", completed=meta.get("training", {}))
         return model
 
+    def _restore_rng(self, state: torch.Tensor) -> None:
+        """Continue the saved random stream. A checkpoint of another device type holds a state
+        this generator cannot take (a CUDA generator's is its seed and offset, a CPU one's a
+        Mersenne Twister's): the stream is then seeded from that state, so a resumed run stays
+        reproducible, though it draws other numbers than the run would have on its own device."""
+        try:
+            self.rng.set_state(state)
+        except RuntimeError:
+            digest = hashlib.sha256(state.numpy().tobytes()).digest()
+            self.rng.manual_seed(int.from_bytes(digest[:8], "little"))
+
     def save_checkpoint(self, path: str | Path) -> None:
         tensors = self._weights()
         meta = {"config": self.config.to_dict(), "state": self.state}
@@ -237,7 +259,7 @@ class FUNetGAN(Scorer):
         self._load_weights(tensors, path)
         for name, opt in (("opt_g", self.opt_g), ("opt_d", self.opt_d), ("opt_e", self.opt_e)):
             checkpoint.load_optimizer_state(opt, name, tensors, meta[name])
-        self.rng.set_state(tensors["rng"])
+        self._restore_rng(tensors["rng"])
         self.averages = {}
         for name, saved in meta.get("averages", {}).items():
             average = WeightAverage(getattr(self, name), saved["decay"])

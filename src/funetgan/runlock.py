@@ -1,5 +1,6 @@
 """One writer per folder: `train` holds a lock on its run folder, `test` and `predict` on their
-output folder, for as long as they write there.
+output folder, for as long as they write there. And one builder of a shared file
+(`waiting_lock`: the slice cache), the other processes waiting for it.
 
 The lock is `flock` on `FOLDER/.funetgan.lock`, which holds the holder's pid, host and start
 time for the message a second process gets. The kernel releases a flock when its holder
@@ -54,3 +55,20 @@ def _holder(path: Path) -> str:
         return path.read_text().strip() or "holder unknown"
     except OSError:
         return "holder unknown"
+
+
+@contextlib.contextmanager
+def waiting_lock(path: str | Path) -> Iterator[None]:
+    """Hold an exclusive `flock` on the file `path` (created) until the block ends, waiting
+    first for any other holder: one process does a job (building the slice cache) while the
+    others wait and then find it done."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as err:  # a file system without locks (some network ones)
+            warnings.warn(f"{path}: cannot lock ({err.strerror}); processes sharing it may do the same work "
+                          f"at once", stacklevel=3)
+        yield
+    finally:
+        os.close(fd)  # releases the lock

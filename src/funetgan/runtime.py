@@ -21,7 +21,7 @@ class Runtime:
     device: torch.device
     rank: int = 0
     world_size: int = 1
-    amp: bool = False  # bf16 autocast
+    amp: bool = False  # bf16 autocast in training; scoring and calibration always run float32
     channels_last: bool = False
 
     @property
@@ -33,6 +33,8 @@ class Runtime:
         return self.world_size > 1
 
     def autocast(self):
+        """bf16 autocast where `amp` (training only: scoring and calibration are float32, as
+        the ONNX graph and the CPU compute them, so thresholds mean the same everywhere)."""
         if not self.amp:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
@@ -42,11 +44,25 @@ class Runtime:
             return batch.contiguous(memory_format=torch.channels_last)
         return batch
 
+    def to_device(self, host: torch.Tensor) -> torch.Tensor:
+        """A host tensor on the device, without making the host wait: on CUDA through pinned
+        (page-locked) memory, whose copies run in the background (a copy from ordinary memory
+        waits for the device to finish its queued work first)."""
+        if self.device.type == "cuda":
+            host = host.pin_memory()
+        return host.to(self.device, non_blocking=True)
+
     def place(self, module: nn.Module) -> nn.Module:
         module.to(self.device)
         if self.channels_last:
             module.to(memory_format=torch.channels_last)
         return module
+
+    def adam_options(self) -> dict:
+        """How Adam steps here: one fused kernel on CUDA; elsewhere each update as one operation
+        over all parameters (foreach) rather than one per parameter, which on the CPU computes
+        exactly what the per-parameter loop does."""
+        return {"fused": True} if self.device.type == "cuda" else {"foreach": True}
 
     def sync_parameters(self, module: nn.Module) -> None:
         """Make every process start from rank 0's weights and buffers."""
@@ -55,16 +71,16 @@ class Runtime:
                 dist.broadcast(tensor.data, src=0)
 
     def average_gradients(self, module: nn.Module) -> None:
+        """The mean of every process's gradients of `module`, by one all-reduce of them all
+        joined in one buffer; a few operations whatever the number of parameters (on a GPU the
+        per-parameter copies would be most of a small step's kernel launches)."""
         if not self.distributed:
             return
-        grads = [p.grad for p in module.parameters() if p.grad is not None]
-        flat = torch.cat([g.flatten() for g in grads])
+        grads = [in_memory_order(p.grad) for p in module.parameters() if p.grad is not None]
+        flat = torch.cat(grads)
         dist.all_reduce(flat)
         flat /= self.world_size
-        offset = 0
-        for g in grads:
-            g.copy_(flat[offset:offset + g.numel()].view_as(g))
-            offset += g.numel()
+        torch._foreach_copy_(grads, list(flat.split([g.numel() for g in grads])))
 
     def any_rank(self, flag: bool) -> bool:
         """True on every process when `flag` is true on any (e.g. a time limit reached)."""
@@ -77,6 +93,15 @@ class Runtime:
         tensor = torch.tensor([value], dtype=torch.int64, device=self.device)
         dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
         return int(tensor.item())
+
+
+def in_memory_order(tensor: torch.Tensor) -> torch.Tensor:
+    """A dense tensor's elements as a 1-D view, in the order they lie in memory: a view (no
+    copy) for channels-last tensors too, whose `flatten()` would copy. Gradients are dense:
+    they take their parameter's layout."""
+    if not (tensor.is_contiguous() or tensor.is_contiguous(memory_format=torch.channels_last)):
+        raise ValueError(f"a tensor of shape {tuple(tensor.shape)} and strides {tensor.stride()} is not dense")
+    return tensor.as_strided((tensor.numel(),), (1,), tensor.storage_offset())
 
 
 def is_main_process() -> bool:
@@ -116,10 +141,19 @@ def setup(device: str = "auto", amp: bool = True, channels_last: bool = True) ->
             torch.cuda.set_device(chosen)
         if not dist.is_initialized():
             dist.init_process_group("nccl" if chosen.type == "cuda" else "gloo")
-    # bf16 autocast only where the hardware runs it natively; on CPUs without bf16 units it is
+    if chosen.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: cuDNN times its algorithms once, keeps the fastest
+    # bf16 autocast only where the hardware runs it natively: on CPUs without bf16 units it is
     # ~15x slower than fp32 (measured on the 2-core EPYC this was built on).
-    use_amp = amp and chosen.type == "cuda" and torch.cuda.is_bf16_supported()
+    use_amp = amp and chosen.type == "cuda" and has_bf16_units(chosen)
     return Runtime(chosen, rank, processes, use_amp, channels_last)
+
+
+def has_bf16_units(device: torch.device) -> bool:
+    """Whether a CUDA device computes bf16 in hardware: compute capability 8.0 (Ampere) or
+    later. `torch.cuda.is_bf16_supported()` also says yes on a V100 or T4, where bf16 is
+    emulated and slower than fp32."""
+    return torch.cuda.get_device_capability(device) >= (8, 0)
 
 
 def teardown() -> None:

@@ -76,38 +76,40 @@ def score_tiled(images: np.ndarray, patch: int, stride: int, batch_size: int,
     """Run `scorer` over every tile of uint8 N x H x W x C `images`, `batch_size` tiles at a
     time, and stitch its maps back to N x H x W (window-weighted mean of overlapping tiles).
     Per-tile values come back as N x T (T tiles per image). Memory beyond the results is one
-    batch of tiles, whatever the image or set size."""
+    batch of tiles, whatever the image or set size. Each batch is cut and stitched by a few
+    array operations, whatever its number of tiles."""
     n, height, width = images.shape[:3]
     grid = TileGrid(height, width, patch, stride)
-    corners, window = grid.corners, blend_window(patch)
+    corners, window = np.array(grid.corners), blend_window(patch)
     maps: dict[str, np.ndarray] = {}
     values: dict[str, np.ndarray] = {}
-    for index, tiles in _tile_batches(images, corners, patch, batch_size):
-        out = scorer(tiles)
+    for image, tile in _tile_batches(n, len(grid), batch_size):
+        offsets = np.arange(patch)
+        rows = corners[tile, 0, None, None] + offsets[:, None]  # B x P x 1
+        cols = corners[tile, 1, None, None] + offsets  # B x 1 x P
+        out = scorer(images[image[:, None, None], rows, cols])  # B x P x P x C, cut in one indexing
+        pixels = ((image[:, None, None] * height + rows) * width + cols).ravel()  # in the flattened N x H x W maps
+        if not maps and not values:  # the results, once the scorer has said what it returns
+            maps = {name: np.zeros((n, height, width), np.float32) for name in out["maps"]}
+            values = {name: np.zeros((n, len(corners)), np.float64) for name in out["values"]}
         for name, tile_maps in out["maps"].items():
-            target = maps.setdefault(name, np.zeros((n, height, width), np.float32))
-            for (i, t), tile_map in zip(index, tile_maps):
-                y, x = corners[t]
-                target[i, y:y + patch, x:x + patch] += window * tile_map
+            if len(grid) == 1:  # one tile an image: no pixel twice in a batch
+                maps[name][image] += window * tile_maps
+            else:  # tiles overlap, so pixels repeat: add.at adds every one, in order (as tile by tile would)
+                np.add.at(maps[name].reshape(-1), pixels, (window * tile_maps).ravel())
         for name, tile_values in out["values"].items():
-            target = values.setdefault(name, np.zeros((n, len(corners)), np.float64))
-            for (i, t), value in zip(index, tile_values):
-                target[i, t] = value
+            values[name][image, tile] = tile_values
     total = grid.weight_sum()
     for stitched in maps.values():
         stitched /= total
     return maps, values
 
 
-def _tile_batches(images: np.ndarray, corners: list[tuple[int, int]], patch: int,
-                  batch_size: int) -> Iterator[tuple[list[tuple[int, int]], np.ndarray]]:
-    """(image index, tile index) pairs and their B x P x P x C tiles, in batches."""
-    pairs = [(i, t) for i in range(len(images)) for t in range(len(corners))]
-    for start in range(0, len(pairs), batch_size):
-        index = pairs[start:start + batch_size]
-        tiles = np.stack([images[i, corners[t][0]:corners[t][0] + patch, corners[t][1]:corners[t][1] + patch]
-                          for i, t in index])
-        yield index, tiles
+def _tile_batches(n_images: int, n_tiles: int, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The (image index, tile index) of every tile of every image, tile fastest, in batches."""
+    for start in range(0, n_images * n_tiles, batch_size):
+        pair = np.arange(start, min(start + batch_size, n_images * n_tiles))
+        yield pair // n_tiles, pair % n_tiles
 
 
 def patches_per_image(height: int, width: int, patch: int) -> int:

@@ -19,12 +19,13 @@ from tqdm import tqdm
 from . import tiling
 from .files import append_line, atomic_save_png
 from .losses import critic_loss, encoder_loss, generator_loss, warmup_loss
-from .nn.tensors import to_tensor, to_uint8
+from .nn.tensors import to_tensor, to_uint8, uint8_to_float
 from .runtime import Runtime
 
 
 class BatchSource:
-    """Random batches from a uint8 set: rows `rows` of `images` (all rows by default).
+    """Random batches of `batch_size` (this process's share) from a uint8 set: rows `rows` of
+    `images` (all rows by default).
 
     An in-memory set is copied to the device once; a memory-mapped one (`np.memmap`, the
     slice cache of `data.cache`) stays on disk and each batch's rows are read from it, so
@@ -42,17 +43,15 @@ class BatchSource:
         self.mapped = images if isinstance(images, np.memmap) else None
         if self.mapped is not None:
             self.rows = np.arange(len(images)) if rows is None else np.asarray(rows)
-            self.data_device = torch.device("cpu")  # where `pick` indexes
         else:
             chosen = images if rows is None else images[rows]
             self.data = torch.from_numpy(np.ascontiguousarray(chosen)).to(runtime.device)
-            self.data_device = self.data.device
         self.count = len(images) if rows is None else len(rows)
         self.batch_size, self.seed, self.runtime, self.flip = batch_size, seed, runtime, flip
-        height, width = images.shape[1:3]
-        self.patch = patch if patch is not None and (height, width) != (patch, patch) else None
-        self.draws = tiling.patches_per_image(height, width, self.patch) if self.patch else 1
-        self.per_epoch = (self.count * self.draws // runtime.world_size) // batch_size  # >= 1: data.check_batch
+        self.size = images.shape[1:3]
+        self.patch = patch if patch is not None and self.size != (patch, patch) else None
+        self.draws = tiling.patches_per_image(*self.size, self.patch) if self.patch else 1
+        self.per_epoch = (self.count * self.draws // runtime.world_size) // batch_size  # >= 1: data.fit_batch
         self._epoch, self._order = -1, None
 
     def __len__(self) -> int:
@@ -62,45 +61,54 @@ class BatchSource:
         epoch, position = divmod(index, self.per_epoch)
         if epoch != self._epoch:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            order = torch.randperm(self.count * self.draws, generator=g) % self.count
+            order = torch.randperm(self.count * self.draws, generator=g, device="cpu") % self.count
             self._order = order[self.runtime.rank::self.runtime.world_size]
             self._epoch = epoch
-        pick = self._order[position * self.batch_size:(position + 1) * self.batch_size].to(self.data_device)
-        rng = np.random.default_rng((self.seed, index, self.runtime.rank))
-        batch = self._inputs(pick, rng)
+        pick = self._order[position * self.batch_size:(position + 1) * self.batch_size]
+        flips = None
         if self.flip:
             g = torch.Generator().manual_seed(self.seed * 7_919 + index)
-            flip = (torch.rand(len(batch), generator=g) < 0.5).to(batch.device).view(-1, 1, 1, 1)
-            batch = torch.where(flip, batch.flip(-1), batch)
-        return self.runtime.prepare(batch)
+            flips = torch.rand(len(pick), generator=g, device="cpu") < 0.5
+        return self.runtime.prepare(self._inputs(pick, np.random.default_rng((self.seed, index, self.runtime.rank)),
+                                                 flips))
 
     def images(self, start: int, stop: int) -> torch.Tensor:
         """Training images start..stop-1 in their stored order (a random patch of each where
         the source draws patches), the same on every process."""
-        pick = torch.arange(start, min(stop, self.count), device=self.data_device)
+        pick = torch.arange(start, min(stop, self.count), device="cpu")
         return self.runtime.prepare(self._inputs(pick, np.random.default_rng((self.seed, start))))
 
-    def _inputs(self, pick: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-        """Images `pick` (or a random patch of each, gathered in one indexing operation) as a
-        float batch on the device."""
-        if self.mapped is None:
-            data = self.data
-        else:
-            data, pick = self._read(pick), torch.arange(len(pick))  # the batch's rows, just read
-        if self.patch is None:
-            images = data[pick]
-        else:
-            height, width = data.shape[1:3]
-            corners = torch.from_numpy(tiling.random_corners(len(pick), height, width, self.patch, rng))
-            offsets = torch.arange(self.patch)
-            rows = (corners[:, :1] + offsets).to(data.device)  # B x P
-            cols = (corners[:, 1:] + offsets).to(data.device)
-            images = data[pick[:, None, None], rows[:, :, None], cols[:, None, :]]
-        return to_tensor(images, self.runtime.device)
+    def _inputs(self, pick: torch.Tensor, rng: np.random.Generator, flips: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        """Images `pick` (or a random patch of each, positions drawn from `rng`), mirrored
+        left-right where `flips`, as a float batch on the device.
 
-    def _read(self, pick: torch.Tensor) -> torch.Tensor:
-        """The rows `pick` of the memory-mapped set, read from disk (the page cache)."""
-        return torch.from_numpy(self.mapped[self.rows[pick.numpy()]])
+        What is random is drawn on the host, so batch i is the same on any device; it reaches
+        the device in one copy that the host does not wait for (`Runtime.to_device`), and an
+        in-memory set is indexed there. A memory-mapped set is indexed where it is read, and
+        its batch copied the same way."""
+        draws = torch.zeros(len(pick), 4, dtype=torch.int64, device="cpu")  # row, patch corner (top, left), flip
+        draws[:, 0] = pick
+        if self.patch is not None:
+            draws[:, 1:3] = torch.from_numpy(tiling.random_corners(len(pick), *self.size, self.patch, rng))
+        if flips is not None:
+            draws[:, 3] = flips
+        if self.mapped is None:
+            return uint8_to_float(self._gather(self.data, self.runtime.to_device(draws)))
+        read = torch.from_numpy(self.mapped[self.rows[pick.numpy()]])  # the batch's rows, from the page cache
+        draws[:, 0] = torch.arange(len(pick), device="cpu")
+        return uint8_to_float(self.runtime.to_device(self._gather(read, draws)))
+
+    def _gather(self, data: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
+        """The rows, patches and flips of `draws` (B x 4, on `data`'s device) from uint8 N x H x W x C
+        `data`: one indexing operation for patches, a mirrored column order for flips."""
+        if self.patch is None and not self.flip:
+            return data[draws[:, 0]]
+        height, width = (self.patch, self.patch) if self.patch else self.size
+        rows = draws[:, 1:2] + torch.arange(height, device=data.device)  # B x height
+        across = torch.arange(width, device=data.device)
+        cols = draws[:, 2:3] + torch.where(draws[:, 3:4].bool(), width - 1 - across, across)  # B x width
+        return data[draws[:, 0, None, None], rows[:, :, None], cols[:, None, :]]
 
 
 class WeightAverage:
@@ -120,15 +128,19 @@ class WeightAverage:
 
     @torch.no_grad()
     def update(self, net: torch.nn.Module) -> None:
-        weight = 1.0 - self.rate()
-        for name, p in net.named_parameters():
-            self.shadow[name].lerp_(p.detach(), weight)
+        """One operation over all parameters (on a GPU, a few kernels rather than one each)."""
+        shadows, params = self._pairs(net)
+        torch._foreach_lerp_(shadows, params, 1.0 - self.rate())
         self.count += 1
 
     @torch.no_grad()
     def copy_to(self, net: torch.nn.Module) -> None:
-        for name, p in net.named_parameters():
-            p.copy_(self.shadow[name])
+        shadows, params = self._pairs(net)
+        torch._foreach_copy_(params, shadows)
+
+    def _pairs(self, net: torch.nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        named = list(net.named_parameters())
+        return [self.shadow[name] for name, _ in named], [p.detach() for _, p in named]
 
 
 class TrainingStopped(Exception):
@@ -179,7 +191,13 @@ class Stage:
     (time already spent before a resume counts), with a progress bar, a JSONL log, periodic
     samples and checkpoints. SIGTERM or SIGINT (on any process) stops every process after the
     same step, with a checkpoint. Non-finite losses or weights, checked at each log step, stop
-    training with `TrainingDiverged`."""
+    training with `TrainingDiverged`.
+
+    A single process checks the budget and signals after every step, which costs nothing.
+    Processes under torchrun must agree, by a collective whose result the host waits for: they
+    do so at the stage's start and after each log step (`log_every`), which waits for the
+    device anyway, so the steps between never make the host wait; a budget or signal then
+    stops training up to `log_every` steps later."""
 
     BUDGET = 1  # reasons to stop; a signal's number (2, 15) outranks the budget across ranks
 
@@ -200,9 +218,12 @@ class Stage:
         step = start
         with StopSignals() as signals, contextlib.closing(bar):
             while step < self.total:
-                elapsed = spent + time.monotonic() - began
-                over_budget = timed and elapsed >= 60 * self.max_minutes
-                stop = t.runtime.max_rank(signals.received or (self.BUDGET if over_budget else 0))
+                if t.runtime.distributed and step != start and step % cfg.log_every:
+                    stop = 0  # processes agree on stopping only where they log (see below)
+                else:
+                    elapsed = spent + time.monotonic() - began
+                    over_budget = timed and elapsed >= 60 * self.max_minutes
+                    stop = t.runtime.max_rank(signals.received or (self.BUDGET if over_budget else 0))
                 if stop == self.BUDGET:
                     bar.write(f"{self.name}: time budget of {self.max_minutes:.3g} min reached at step {step}")
                     break
@@ -244,12 +265,13 @@ class Trainer:
         cfg = model.config
         self.run_dir = Path(run_dir) if run_dir is not None else None
         patch = cfg.model.image_size
-        self.source = BatchSource(train_images, cfg.batch_size, cfg.seed, self.runtime, cfg.data.augment_flip, patch,
-                                  train_rows)
+        # batch_size is the global batch: each process draws its share (`data.fit_batch` made it a multiple).
+        self.source = BatchSource(train_images, cfg.batch_size // self.runtime.world_size, cfg.seed, self.runtime,
+                                  cfg.data.augment_flip, patch, train_rows)
         previews = tiling.centre_crop(sample_images[:16], patch)  # whole images when they are the model's size
         self.sample_real = self.runtime.prepare(to_tensor(previews, self.runtime.device))
         g = torch.Generator().manual_seed(cfg.seed + 12345)
-        self.sample_z = torch.randn(64, cfg.model.z_dim, generator=g).to(self.runtime.device)
+        self.sample_z = torch.randn(64, cfg.model.z_dim, generator=g, device="cpu").to(self.runtime.device)
 
     def log(self, record: dict) -> None:
         if self.run_dir is not None and self.runtime.is_main:
@@ -351,6 +373,9 @@ class Trainer:
         codes = torch.cat([m.E(self.source.images(i, min(i + 256, count))) for i in range(0, count, 256)]).float()
         m.E.train()
         m.E.standardise_output(codes.mean(0), codes.std(0).clamp_min(1e-6))
+        # Every process computed this on the same images, but a GPU's kernels need not round
+        # alike on each: rank 0's E for all, or the copies of E would train apart.
+        self.runtime.sync_parameters(m.E)
 
     def reconstruction_loss(self, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """G and E as an autoencoder on batch `step` (the warm-up's loss and stage 1's extra term)."""
@@ -359,8 +384,12 @@ class Trainer:
 
     def warmup_codes(self, real: torch.Tensor) -> torch.Tensor:
         """E(x) standardised over the batch, so G learns to decode codes with the prior's
-        per-dimension mean and variance."""
-        z = self.model.E(real)
+        per-dimension mean and variance. E runs in float32 here under autocast too: its codes
+        of different images differ by less than bf16 resolves, and standardising divides that
+        difference by their small spread, which left E's gradients in bf16 at a cosine of
+        -0.4 to 0.96 to float32's (tests/test_gpu_readiness.py)."""
+        with torch.autocast(real.device.type, enabled=False):
+            z = self.model.E(real)
         if len(z) < 2:  # a single image (e.g. a one-image preview set) has no spread to divide by
             return z - z.mean(0)
         return (z - z.mean(0)) / (z.std(0) + 1e-6)

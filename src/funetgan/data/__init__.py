@@ -11,7 +11,7 @@ from pathlib import Path
 from ..config import DataConfig
 from . import cache
 from .base import DataError, ImageSet, Splits
-from .checks import BadFiles, MissingDependency, check_batch, held_out
+from .checks import BadFiles, MissingDependency, fit_batch, held_out
 from .ct import is_ct_dataset, load_ct, volume_slices
 from .folder import find_folder_dataset, load_folder, mvtec_categories
 from .idx import has_idx, load_idx
@@ -20,7 +20,7 @@ from .medical import is_dicom_series, is_nifti
 from .msd import is_msd_dataset, load_msd
 
 __all__ = [
-    "DataError", "ImageSet", "MissingDependency", "Splits", "check_batch", "fit_image", "held_out",
+    "DataError", "ImageSet", "MissingDependency", "Splits", "fit_batch", "fit_image", "held_out",
     "fit_mask", "load_dataset", "load_unlabelled", "mvtec_categories", "read_image",
     "read_mask",
 ]

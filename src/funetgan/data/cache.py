@@ -9,8 +9,9 @@ One folder per dataset and pixel-changing settings, `CACHE_DIR/<key>/`:
     <split>.<array>.u8     train/test images, masks, has_mask, lung: raw C-order arrays
 
 A build decodes one volume at a time (memory: one volume) into a temporary folder that is
-renamed into place only when complete: an interrupted build leaves no cache. A changed,
-added or removed source file changes the fingerprint, and the next load rebuilds.
+renamed into place only when complete: an interrupted build leaves no cache. A build holds
+`CACHE_DIR/.<key>.lock` (`flock`), so processes that start together build the cache once. A
+changed, added or removed source file changes the fingerprint, and the next load rebuilds.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ import numpy as np
 
 from ..config import DataConfig
 from ..files import WriteError, atomic_write_text
+from ..runlock import waiting_lock
 from .base import DataError, ImageSet, Splits
 from .medical import Geometry
 
@@ -60,12 +62,24 @@ def cached_volumes(sources: list[Path], size: int | None, channels: int, options
 
 def _cached(cache: Path, key: str, sources: list[Path], read: Reader, settle: Callable[[Splits], None],
             empty_shape: list[int]) -> Splits:
+    """The cache `key`, built first when it is missing or stale. Processes that start together
+    (torchrun's ranks, jobs sharing a cache) build it once: the build holds the cache's lock,
+    and the others wait for it, then map what it built. A current cache is opened without the
+    lock (a read-only one serves too): a build replaces only a stale or damaged one, which an
+    unlocked open rejects."""
     folder = cache / key
     fingerprint = source_fingerprint(sources, cache)
     splits = _open(folder, fingerprint)
     if splits is None:
-        _build(folder, fingerprint, read, settle, empty_shape)
-        splits = _open(folder, fingerprint)
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise WriteError(cache, err) from None
+        with waiting_lock(cache / f".{key}.lock"):
+            splits = _open(folder, fingerprint)  # built while this process waited for the lock
+            if splits is None:
+                _build(folder, fingerprint, read, settle, empty_shape)
+                splits = _open(folder, fingerprint)
     if splits is None:  # changed again while it was built, or unreadable
         names = ", ".join(str(source) for source in sources)
         raise DataError(f"{folder}: the slice cache just built cannot be read back; is {names} being changed?")
@@ -156,8 +170,8 @@ def _build(folder: Path, fingerprint: str, read: Reader, settle: Callable[[Split
 
 
 def _replace(building: Path, folder: Path) -> None:
-    """Put the complete `building` folder at `folder`; a stale cache there is removed
-    (processes still mapping its files keep reading them until they close)."""
+    """Put the complete `building` folder at `folder` (under the cache's lock); a stale cache
+    there is removed (processes still mapping its files keep reading them until they close)."""
     if folder.exists():
         stale = folder.with_name(f".{folder.name}.{secrets.token_hex(4)}.stale")
         folder.rename(stale)
@@ -167,7 +181,7 @@ def _replace(building: Path, folder: Path) -> None:
     except OSError:
         if not folder.exists():
             raise
-        shutil.rmtree(building, ignore_errors=True)  # another process built it meanwhile
+        shutil.rmtree(building, ignore_errors=True)  # built meanwhile by a process a lockless file system let in
 
 
 class _SplitWriter:

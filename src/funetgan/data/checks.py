@@ -5,6 +5,7 @@ import warnings
 from collections.abc import Callable, Iterable
 from typing import TypeVar
 
+import numpy as np
 from PIL import UnidentifiedImageError
 
 from ..tiling import patches_per_image
@@ -82,16 +83,32 @@ def held_out(n_train: int, val_fraction: float) -> int:
     return max(1, round(val_fraction * n_train))
 
 
-def check_batch(train: ImageSet, val: ImageSet | None, batch_size: int, val_fraction: float,
-                world_size: int = 1, patch: int | None = None) -> None:
-    """Raise unless the training images left after the validation hold-out fill one batch on
-    each of `world_size` processes (the one rule; the CLI checks it before writing anything).
-    Images larger than the model's `patch` count once per patch they hold (`train.BatchSource`
-    draws that many patches from each per epoch)."""
-    count = len(train) - (0 if val is not None else held_out(len(train), val_fraction))
+def fit_batch(train: ImageSet, rows: np.ndarray | None, batch_size: int, world_size: int = 1,
+              patch: int | None = None) -> tuple[int, str | None]:
+    """The batch to train with and, when it is not `batch_size`, a note saying why (the one
+    rule; the CLI applies it before writing anything). `batch_size` is the global batch, split
+    evenly across `world_size` processes, as other trainers mean it: it is rounded down to a
+    multiple of the processes (one image each at the least) and lowered to what the training
+    images `rows` of `train` (None: all; the rest are held out for validation) fill, so small
+    sets train instead of being refused. Images larger than the model's `patch` count once per
+    patch they hold (`train.BatchSource` draws that many patches from each per epoch). Raises
+    only when a process would get no image at all."""
+    count = len(train) if rows is None else len(rows)
     draws = patches_per_image(*train.images.shape[1:3], patch) if patch else 1
-    if count * draws // world_size < batch_size:
-        kept = "" if val is not None else f" after holding out {len(train) - count} for validation"
-        processes = f" on each of {world_size} processes" if world_size > 1 else ""
-        raise DataError(f"only {count} training image(s){kept}, fewer than one batch of {batch_size}"
-                        f"{processes}: add images or lower batch_size")
+    per_process = count * draws // world_size  # what one process draws in an epoch
+    kept = "" if rows is None else f" after holding out {len(train) - count} for validation"
+    images = f"only {count} training image(s)" + (f" ({count * draws} patches)" if draws > 1 else "") + kept
+    if per_process < 1:
+        fewer = f", fewer than the {world_size} processes" if world_size > 1 else ""
+        raise DataError(f"{images}{fewer}: add images" + (" or use fewer processes" if fewer else ""))
+    share = max(1, min(batch_size // world_size, per_process))
+    fitted = share * world_size
+    if fitted == batch_size:
+        return fitted, None
+    if share < batch_size // world_size:
+        why = images + (f", {per_process} per process on {world_size} processes" if world_size > 1 else "")
+    elif batch_size < world_size:
+        why = f"at least one image for each of the {world_size} processes"
+    else:
+        why = f"an equal share ({share}) for each of the {world_size} processes"
+    return fitted, f"batch_size {batch_size} {'raised' if fitted > batch_size else 'lowered'} to {fitted}: {why}"
