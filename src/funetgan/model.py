@@ -22,6 +22,7 @@ from .scoring import (Scorer, Scores, image_levels, map_blur,  # noqa: F401  (Sc
                       with_calibrated_blur, without_uncalibrated_terms)
 from .thresholds import calibrate_image_threshold, calibrate_pixel_threshold
 from .train import Trainer, WeightAverage
+from .unit_scale import fit_unit_scales
 
 # A per-image Gaussian that the calibration normals are too few for is fitted on them and on
 # training images' tiles, up to this many times the samples it needs at the least.
@@ -147,6 +148,8 @@ class FUNetGAN(Scorer):
         self.calibration["pixel_threshold"] = calibrate_pixel_threshold(
             result.maps[with_truth], val.masks[with_truth] if has_masks else None, q,
             None if region is None else region[with_truth])
+        self.calibration["unit_scale"] = fit_unit_scales(result.scores[normal], result.maps[normal],
+                                                         None if region is None else region[normal], q)
         self.calibration["validation"] = {"images": len(val), "anomalous": int((val.labels == 1).sum()),
                                           "rule": "f1-optimal" if labelled else f"normal quantile {q}"}
         return self.calibration
