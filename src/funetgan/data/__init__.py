@@ -11,6 +11,7 @@ from pathlib import Path
 from ..config import DataConfig
 from . import cache
 from .base import DataError, ImageSet, Splits
+from .bmad import is_bmad_dataset, load_bmad
 from .checks import BadFiles, MissingDependency, check_batch, held_out
 from .ct import is_ct_dataset, load_ct, volume_slices
 from .folder import find_folder_dataset, load_folder, mvtec_categories
@@ -25,7 +26,8 @@ __all__ = [
     "read_mask",
 ]
 
-LAYOUTS = ("train/ (+ test/, val/, masks/ or ground_truth/), an MVTec AD category or root, "
+LAYOUTS = ("train/ (+ test/, val/, masks/ or ground_truth/), an MVTec AD category or root, a BMAD set "
+           "(train/good/, valid/ and test/ with good/ and Ungood/), "
            "MNIST-style IDX files, ct_scans/ + infection_mask/, or a Medical Segmentation Decathlon "
            "task (dataset.json + imagesTr/ + labelsTr/)")
 
@@ -56,6 +58,8 @@ def load_dataset(path: str | Path, image_size: int | None = 64, channels: int = 
     folder = find_folder_dataset(root, options.category)
     if folder is None:
         raise DataError(f"{root}: no known dataset layout; expected {LAYOUTS}")
+    if is_bmad_dataset(folder):
+        return load_bmad(folder, image_size, channels, options)
     return load_folder(folder, image_size, channels, options)
 
 
