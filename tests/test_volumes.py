@@ -99,6 +99,10 @@ def test_dicom_series_round_trip_to_nifti(tmp_path):
     lps = origin + column * 0.9 * np.array([1, 0, 0]) + row * 0.6 * np.array([0, 1, 0]) + [0, 0, 3.0 * k]
     np.testing.assert_allclose(written.affine @ [column, row, k, 1], [-lps[0], -lps[1], lps[2], 1])
     np.testing.assert_allclose(written.affine, geometry.affine)
+    # A series without study and frame-of-reference UIDs: no DICOM objects can reference it; NIfTI only.
+    assert sorted(p.suffix for p in (tmp_path / "out" / "volumes").iterdir()) == [".gz", ".gz"]
+    (note,) = images.notes
+    assert note.startswith(f"no DICOM SEG or Parametric Map: {tmp_path / 'series'}: cannot write DICOM outputs")
 
 
 def slice_set(masks, voxel=(1.0, 1.0, 2.0)):

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .data.base import ImageSet
+from .dicom_outputs import check_outputs_possible
 from .metrics import Evaluation
 from .outputs import Outputs
 from .report import ImageFiles, MapStore, finish_predictions, finish_test_outputs, write_volume_table
@@ -48,6 +49,7 @@ def score_in_chunks(model: Scorer, images: ImageSet, out, files: ImageFiles, ima
     counts those spent on files, the volumes' included)."""
     scores = np.zeros(len(images))
     sources = list(images.volume_rows())
+    check_outputs_possible(sources)
     names = dict(zip(sources, volume_names(sources)))
     top_slices = model.config.score.volume_top_slices
     volumes, seconds = [], {"scoring": 0.0, "metrics": 0.0}

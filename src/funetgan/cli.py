@@ -351,9 +351,11 @@ def test_one(model: Scorer, data: Path, out: Path, args, load_seconds: float = 0
         _print_notes(splits.test.notes)
         loaded = time.perf_counter()
         image_t, pixel_t = _thresholds(model, args)
+        shown = len(splits.test.notes)
         # Volume by volume: the whole set's maps are never held (chunked.py).
         metrics = run_test(model, splits.test, out, outputs, image_t, pixel_t,
                            {"model_seconds": round(load_seconds, 3), "data_seconds": round(loaded - started, 3)})
+        _print_notes(splits.test.notes[shown:])  # the outputs' own (volumes.write_volume)
         _print_metrics(metrics, out, outputs)
 
 
@@ -368,7 +370,9 @@ def cmd_predict(args) -> int:
         images = load_unlabelled(args.paths, working_size(model.config), model.config.model.channels, model.config.data)
         _print_notes(images.notes)
         image_t, pixel_t = _thresholds(model, args)
+        shown = len(images.notes)
         scores = run_predict(model, images, out, outputs, image_t, pixel_t)  # volume by volume, as test
+        _print_notes(images.notes[shown:])
         flagged = int((scores >= image_t).sum())  # the rule of metrics and report
         print(f"{len(images)} image(s) scored, {flagged} at or above the threshold {image_t:.4g}; "
               f"results in {out / 'predictions.csv' if outputs.scores else out}")

@@ -5,7 +5,8 @@
                      volume in millilitres, true and predicted, and 3-D Dice / IoU
     volume_metrics   detection metrics over volumes and the means of the per-volume figures
     write_volumes    (write_volume: one) each volume's anomaly map and predicted mask as NIfTI on the scan's own
-                     voxel grid and affine, so they overlay the scan in 3D Slicer or ITK-SNAP
+                     voxel grid and affine, so they overlay the scan in 3D Slicer or ITK-SNAP; for a
+                     DICOM series also as a DICOM SEG and Parametric Map over it (dicom_outputs.py)
 
 Lesion volumes and overlaps are counted on the slices at the working size; each working pixel
 stands for its share of the slice's original area times the voxel size. A slice's predicted
@@ -19,9 +20,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .data.base import SLICE_MARK, ImageSet
+from .data.base import SLICE_MARK, DataError, ImageSet
 from .data.ct import volume_name
 from .data.medical import Geometry, require, to_scan_grid
+from .dicom_outputs import from_dicom_series, write_dicom_outputs
 from .files import atomic_write, safe_names
 from .metrics import image_metrics
 
@@ -113,16 +115,23 @@ def write_volume(out_dir, imageset: ImageSet, result: dict, rows: np.ndarray, ma
     """`volumes/<volume>_map.nii.gz` (float32 anomaly map, 0 where nothing was scored) and
     `volumes/<volume>_mask.nii.gz` (uint8 0/1) of one volume (`result`, a `volume_result`),
     from the maps of its slices `rows`, on the scan's voxel grid with its affine; slices are
-    resized back to the scan's in-plane size. With `region` (the scored pixels of those slices,
+    resized back to the scan's in-plane size. A DICOM series gets the same map and mask as
+    DICOM objects over it too (`dicom_outputs`), or where its headers lack what they must
+    reference, a note in `imageset.notes` saying so. With `region` (the scored pixels of those slices,
     bool) the maps stay 0 outside it at that size."""
     folder = Path(out_dir) / FOLDER
     geometry = imageset.volumes[result["path"]]
-    volume = scan_map(imageset, maps, rows, geometry, region)
+    grid = to_scan_grid(scan_map(imageset, maps, rows, geometry, region), geometry)
     written = []
-    for suffix, values in (("map", volume), ("mask", (volume >= pixel_threshold).astype(np.uint8))):
+    for suffix, values in (("map", grid), ("mask", (grid >= pixel_threshold).astype(np.uint8))):
         path = folder / f"{result['volume']}_{suffix}.nii.gz"
-        save_nifti(path, to_scan_grid(values, geometry), geometry)
+        save_nifti(path, values, geometry)
         written.append(path)
+    if from_dicom_series(result["path"]):
+        try:
+            written += write_dicom_outputs(folder, result["volume"], Path(result["path"]), grid, pixel_threshold)
+        except DataError as err:  # a series without what DICOM objects must reference: NIfTI only
+            imageset.notes.append(f"no DICOM SEG or Parametric Map: {err}; its NIfTI files are written")
     return written
 
 
