@@ -17,11 +17,11 @@ import numpy as np
 
 from .data.base import ImageSet
 from .dicom_outputs import check_outputs_possible
-from .metrics import Evaluation
+from .metrics import Evaluation, PixelHistogram
 from .outputs import Outputs
 from .report import ImageFiles, MapStore, finish_predictions, finish_test_outputs, write_volume_table
 from .scoring import Scorer
-from .volumes import volume_metrics, volume_names, volume_result, write_volume
+from .volumes import add_voxels, pooled_voxel_ap, volume_metrics, volume_names, volume_result, write_volume
 
 CHUNK_PIXELS = 1 << 22  # working-size pixels of 2-D images per chunk (16 MiB per float32 map array)
 LUNG_SCORED = "lung (lung masks or data.lung_threshold, score.lung_only)"  # metrics.json scored_pixels
@@ -41,12 +41,13 @@ def chunks(images: ImageSet) -> Iterator[tuple[np.ndarray, str | None]]:
 
 
 def score_in_chunks(model: Scorer, images: ImageSet, out, files: ImageFiles, image_threshold: float,
-                    pixel_threshold: float, evaluation: Evaluation | None = None
-                    ) -> tuple[np.ndarray, list[dict], dict]:
+                    pixel_threshold: float, evaluation: Evaluation | None = None,
+                    voxels: PixelHistogram | None = None) -> tuple[np.ndarray, list[dict], dict]:
     """Scores `images` chunk by chunk, handing each chunk to `evaluation` (if any), `files`
-    and, for a volume, its row of volumes.csv and its NIfTI files in `out`. Returns the image
-    scores, the volumes' rows and the seconds spent scoring and on metrics (`files.seconds`
-    counts those spent on files, the volumes' included)."""
+    and, for a volume, its row of volumes.csv, its NIfTI files in `out` and its voxels to
+    `voxels` (if given: `volumes.add_voxels`). Returns the image scores, the volumes' rows and
+    the seconds spent scoring and on metrics (`files.seconds` counts those spent on files,
+    the volumes' included)."""
     scores = np.zeros(len(images))
     sources = list(images.volume_rows())
     check_outputs_possible(sources)
@@ -72,6 +73,8 @@ def score_in_chunks(model: Scorer, images: ImageSet, out, files: ImageFiles, ima
         volume = None if source is None else volume_result(
             images, source, names[source], rows, result.scores, result.maps, image_threshold, pixel_threshold,
             top_slices)
+        if volume is not None and voxels is not None:
+            add_voxels(voxels, images, rows, result.maps)
         lap("metrics")
         files.add(rows, result.scores, result.maps, [] if volume is None else volume["top_rows"])
         if volume is not None:
@@ -87,18 +90,19 @@ def run_test(model: Scorer, test: ImageSet, out: Path, outputs: Outputs, image_t
              pixel_threshold: float, timing: dict | None = None) -> dict:
     """Everything `funetgan test` writes for a labelled set, chunk by chunk; returns the
     metrics (`timing`: seconds measured before, to report with the rest)."""
-    evaluation = Evaluation(test, image_threshold, pixel_threshold)
+    evaluation, voxels = Evaluation(test, image_threshold, pixel_threshold), PixelHistogram()
     store = MapStore(out)
     files = ImageFiles(out, test, outputs, image_threshold, pixel_threshold, store)
     try:
         scores, volumes, seconds = score_in_chunks(model, test, out, files, image_threshold, pixel_threshold,
-                                                   evaluation)
+                                                   evaluation, voxels)
         started = time.perf_counter()
         metrics = evaluation.result(scores)
         whole = model.scoring_region(test) is None
         metrics["scored_pixels"] = "whole image" if whole else LUNG_SCORED
         if volumes:
-            metrics["volume"] = volume_metrics(volumes, image_threshold, model.config.score.volume_top_slices)
+            metrics["volume"] = volume_metrics(volumes, image_threshold, model.config.score.volume_top_slices,
+                                               pooled_voxel_ap(voxels))
         metrics["timing"] = {"images": len(test), "seconds": round(seconds["scoring"], 3),
                              "images_per_second": round(len(test) / max(seconds["scoring"], 1e-9), 1),
                              **(timing or {}),

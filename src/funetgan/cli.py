@@ -1,5 +1,5 @@
-"""`funetgan train | test | predict | export | demo`: parses arguments, calls the model, data
-and report modules, prints a summary. No training or metric logic lives here.
+"""`funetgan train | test | predict | export | calibrate | mood | demo`: parses arguments, calls the
+model, data and report modules, prints a summary. No training or metric logic lives here.
 
 PyTorch is imported only by the commands that need it (train, demo, export, and test or
 predict with --run): `test` and `predict` with an exported --model run on onnxruntime alone."""
@@ -21,6 +21,7 @@ from .config import RECIPES, Config, apply_overrides, working_size
 from .data import DataError, check_batch, load_dataset, load_unlabelled, mvtec_categories
 from .data.demo import make_texture_dataset
 from .files import CHECKPOINT_FILE, MODEL_FILE, atomic_write_text
+from .mood import TASKS, run_mood
 from .outputs import PREDICT_DEFAULT, TEST_DEFAULT, Outputs
 from .runlock import FolderLocked, folder_lock
 from .scoring import Scorer
@@ -150,15 +151,26 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--threads", type=int, help="CPU threads (default: the runtime's choice)")
     calibrate.set_defaults(func=cmd_calibrate)
 
+    mood = commands.add_parser("mood", help="the MOOD challenge's entry point: each volume of INPUT_DIR scored, "
+                                            "<case>.nii.gz.txt and <case>.nii.gz in [0, 1] in OUTPUT_DIR")
+    _model_arguments(mood)
+    mood.add_argument("input_dir", metavar="INPUT_DIR", help="folder of NIfTI volumes (.nii.gz)")
+    mood.add_argument("output_dir", metavar="OUTPUT_DIR", help="folder for each case's score and voxel map")
+    mood.add_argument("--task", choices=("sample", "pixel", "both"), default="both",
+                      help="write the case scores (sample), the voxel maps (pixel) or both (default)")
+    _test_settings_argument(mood)
+    mood.set_defaults(func=cmd_mood)
+
     demo = commands.add_parser("demo", help="make the built-in texture set, train and test on it")
     demo.add_argument("--out", required=True, help="folder for the data, the run and the results")
     _settings_arguments(demo, data=False)
     demo.set_defaults(func=cmd_demo)
-    for command in (train, test, predict, export, calibrate, demo):
+    for command in (train, test, predict, export, calibrate, mood, demo):
         command.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: best available; "
                                               "export: cpu)")
-    for command in (train, test, predict, export, demo):
-        command.add_argument("--overwrite", action="store_true", help="replace earlier results in --out")
+    for command in (train, test, predict, export, mood, demo):
+        command.add_argument("--overwrite", action="store_true", help="replace earlier results in --out "
+                                                                      "(mood: in OUTPUT_DIR)")
     return parser
 
 
@@ -379,6 +391,18 @@ def cmd_predict(args) -> int:
         return 0
 
 
+def cmd_mood(args) -> int:
+    """Score a MOOD input folder (mood.py). OUTPUT_DIR gets no lock file: the challenge reads
+    it as it is; every file is written atomically and none is replaced without --overwrite."""
+    check_run_settings(args.set, "mood")
+    model = load_scorer(args)
+    apply_test_settings(model, args.set)
+    tasks = TASKS if args.task == "both" else (args.task,)
+    scores = run_mood(model, Path(args.input_dir), Path(args.output_dir), tasks, args.overwrite)
+    print(f"{len(scores)} case(s) scored ({' and '.join(tasks)}); results in {args.output_dir}")
+    return 0
+
+
 def cmd_calibrate(args) -> int:
     """Calibrate the run in --run again on its calibration images under --set's scoring
     settings; the model file and config.yaml are replaced only when calibration succeeds."""
@@ -477,7 +501,7 @@ def _print_metrics(metrics: dict, out: Path, outputs: Outputs) -> None:
     if metrics.get("volume"):
         volume = metrics["volume"]
         print(line(f"volume ({volume['n_volumes']})", {**volume["detection"], **volume},
-                   ("auroc", "sensitivity", "specificity", "dice_mean", "lesion_ml_abs_error_mean")))
+                   ("auroc", "sensitivity", "specificity", "dice_mean", "lesion_ml_abs_error_mean", "voxel_ap")))
     t = metrics["timing"]
     print(f"time: model {t['model_seconds']:.1f} s, data {t['data_seconds']:.1f} s, scoring {t['seconds']:.1f} s "
           f"({t['images_per_second']:.0f} images/s), metrics {t['metrics_seconds']:.1f} s, "

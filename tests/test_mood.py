@@ -1,0 +1,121 @@
+"""The MOOD challenge's conventions (mood.py), end to end on generated volumes: a run trained
+on a lung CT layout scores a folder of NIfTI volumes with its own and an exported model."""
+import csv
+import re
+
+import numpy as np
+import pytest
+
+from funetgan.cli import main
+from funetgan.model import FUNetGAN
+from funetgan.mood import run_mood
+from funetgan.unit_scale import to_unit
+
+nibabel = pytest.importorskip("nibabel")
+from test_cli import TINY  # noqa: E402
+from test_data_medical import ct_dataset, save_nifti  # noqa: E402
+
+
+def tilted_affine() -> np.ndarray:
+    """x flipped, 0.8 x 1.1 x 2.5 mm, turned 10 degrees about z, away from the origin."""
+    turn = np.deg2rad(10)
+    rotation = np.array([[np.cos(turn), -np.sin(turn), 0], [np.sin(turn), np.cos(turn), 0], [0, 0, 1]])
+    affine = np.eye(4)
+    affine[:3, :3] = rotation @ np.diag([-0.8, 1.1, 2.5])
+    affine[:3, 3] = [40, -30, 12]
+    return affine
+
+
+@pytest.fixture(scope="module")
+def mood_run(tmp_path_factory):
+    """A trained run and a MOOD input folder of three volumes (one with a bright block)."""
+    data = ct_dataset(tmp_path_factory.mktemp("ct"), volumes=4, slices=6, lesion_from=3)
+    run = tmp_path_factory.mktemp("run")
+    assert main(["train", "--data", str(data), "--out", str(run), *TINY]) == 0
+    cases = tmp_path_factory.mktemp("in")
+    for i in range(3):
+        scan = np.full((8, 10, 5), -1000, np.int16)
+        scan[2:6, 2:8] = 400 if i < 2 else 1500
+        save_nifti(cases / f"{i:05d}.nii.gz", scan, tilted_affine())
+    return run, cases
+
+
+def test_each_case_gets_a_score_and_a_voxel_map_in_zero_one_on_its_grid(mood_run, tmp_path, capsys):
+    run, cases = mood_run
+    assert main(["mood", "--run", str(run), str(cases), str(tmp_path / "out")]) == 0
+    assert "3 case(s) scored (sample and pixel)" in capsys.readouterr().out
+    names = [f"{i:05d}.nii.gz" for i in range(3)]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted([*names, *(n + ".txt" for n in names)])
+    for name in names:
+        text = (tmp_path / "out" / f"{name}.txt").read_text()
+        assert text.count("\n") == 1 and 0 <= float(text) <= 1
+        written, source = nibabel.load(tmp_path / "out" / name), nibabel.load(cases / name)
+        assert written.shape == source.shape == (8, 10, 5)
+        np.testing.assert_allclose(written.affine, source.affine, atol=1e-6)
+        values = written.get_fdata()
+        assert values.min() >= 0 and values.max() <= 1
+
+
+def test_the_outputs_are_predicts_on_the_calibrated_scale(mood_run, tmp_path):
+    """The map: predict's NIfTI map through the calibration's map scale; the score: predict's
+    volume score through the slice scores' scale."""
+    run, cases = mood_run
+    assert main(["mood", "--run", str(run), str(cases), str(tmp_path / "mood")]) == 0
+    assert main(["predict", "--run", str(run), "--out", str(tmp_path / "predict"), str(cases)]) == 0
+    scales = FUNetGAN.load(run).calibration["unit_scale"]
+    volumes = {row["volume"]: float(row["score"]) for row in csv.DictReader((tmp_path / "predict/volumes.csv").open())}
+    for i in range(3):
+        raw = nibabel.load(tmp_path / "predict/volumes" / f"{i:05d}_map.nii.gz").get_fdata(dtype=np.float32)
+        mapped = nibabel.load(tmp_path / "mood" / f"{i:05d}.nii.gz").get_fdata(dtype=np.float32)
+        np.testing.assert_allclose(mapped, to_unit(raw, scales["map"]), rtol=1e-6)
+        score = float((tmp_path / "mood" / f"{i:05d}.nii.gz.txt").read_text())
+        assert score == pytest.approx(float(to_unit(volumes[f"{i:05d}"], scales["score"])), rel=1e-9)
+
+
+def test_an_exported_model_writes_the_same(mood_run, tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    run, cases = mood_run
+    model = tmp_path / "model.onnx"
+    assert main(["export", "--run", str(run), "--out", str(model)]) == 0
+    assert main(["mood", "--run", str(run), str(cases), str(tmp_path / "torch"), "--task", "sample"]) == 0
+    assert main(["mood", "--model", str(model), str(cases), str(tmp_path / "onnx"), "--task", "sample"]) == 0
+    assert sorted(p.name for p in (tmp_path / "onnx").iterdir()) == [f"{i:05d}.nii.gz.txt" for i in range(3)]
+    for i in range(3):
+        torch_score, onnx_score = (float((tmp_path / folder / f"{i:05d}.nii.gz.txt").read_text())
+                                   for folder in ("torch", "onnx"))
+        assert onnx_score == pytest.approx(torch_score, rel=1e-3, abs=1e-6)
+
+
+def test_earlier_outputs_are_kept_without_overwrite(mood_run, tmp_path, capsys):
+    run, cases = mood_run
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "00001.nii.gz").write_text("earlier")
+    assert main(["mood", "--run", str(run), str(cases), str(tmp_path / "out"), "--task", "pixel"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "already holds results (00001.nii.gz); use --overwrite" in err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["00001.nii.gz"]  # nothing scored
+    assert main(["mood", "--run", str(run), str(cases), str(tmp_path / "out"), "--task", "pixel", "--overwrite"]) == 0
+    assert nibabel.load(tmp_path / "out" / "00001.nii.gz").shape == (8, 10, 5)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda folder: None, r"in: no NIfTI volumes \(.nii.gz, .nii\) to score"),
+    (lambda folder: (folder / "x.nii.gz").write_bytes(b"not a volume"), r"1 bad file\(s\).*x.nii.gz"),
+])
+def test_bad_input_folders_are_one_line(mood_run, tmp_path, capsys, make, message):
+    run, _ = mood_run
+    (tmp_path / "in").mkdir()
+    make(tmp_path / "in")
+    assert main(["mood", "--run", str(run), str(tmp_path / "in"), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and re.search(message, err)
+
+
+def test_a_model_calibrated_without_the_scales_is_refused(mood_run, tmp_path):
+    run, cases = mood_run
+    model = FUNetGAN.load(run)
+    del model.calibration["unit_scale"]
+    with pytest.raises(ValueError, match=r"without the \[0, 1\] scales .*calibrate it again \(funetgan calibrate\)"):
+        run_mood(model, cases, tmp_path)
+    assert not list(tmp_path.iterdir())
