@@ -25,14 +25,15 @@ from .mood import TASKS, run_mood
 from .outputs import PREDICT_DEFAULT, TEST_DEFAULT, Outputs
 from .runlock import FolderLocked, folder_lock
 from .scoring import Scorer
+from .tracking import TENSORBOARD_FOLDER, open_tracker
 
 if TYPE_CHECKING:
     from .model import FUNetGAN
 
 CONFIG_FILE = "config.yaml"
-RUN_OUTPUTS = (MODEL_FILE, CHECKPOINT_FILE, CONFIG_FILE, "log.jsonl", "samples")
+RUN_OUTPUTS = (MODEL_FILE, CHECKPOINT_FILE, CONFIG_FILE, "log.jsonl", "samples", TENSORBOARD_FOLDER)
 RESULT_OUTPUTS = ("metrics.json", "predictions.csv", "scores.csv", "report.html", "masks", "overlays", "plots",
-                  "volumes.csv", "volumes")
+                  "volumes.csv", "volumes", TENSORBOARD_FOLDER)
 
 # The demo: 32x32 grey brick texture on a 2-core CPU in about 8 minutes, with the CPU recipe.
 DEMO_SETTINGS = [
@@ -47,10 +48,11 @@ DEMO_RESOLUTION = "data.resolution=native"
 
 
 # The settings `test` and `predict` may change with --set: where and how data is read (a lung
-# found by data.lung_threshold where a scan has no lung mask), and how much is scored at once.
+# found by data.lung_threshold where a scan has no lung mask), how much is scored at once, and
+# where test's metrics are logged (tracking.py).
 # The others are the trained run's: its normal levels and thresholds were calibrated under them.
 TEST_SETTINGS = ("data.cache_dir", "data.on_bad_file", "data.lung_threshold", "score.batch_size",
-                 "score.volume_top_slices")
+                 "score.volume_top_slices", "log.tensorboard", "log.mlflow", "log.mlflow_uri", "log.mlflow_experiment")
 
 
 class UsageError(Exception):
@@ -62,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     # add lines to the one-line error that names those files.
     warnings.filterwarnings("ignore", module=r"PIL\.")
     logging.getLogger("nibabel").setLevel(logging.ERROR)  # "sizeof_hdr should be 348; set ..."
+    for name in ("mlflow", "alembic"):  # "Creating initial MLflow database tables...", migrations
+        logging.getLogger(name).setLevel(logging.WARNING)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -368,6 +372,8 @@ def test_one(model: Scorer, data: Path, out: Path, args, load_seconds: float = 0
         metrics = run_test(model, splits.test, out, outputs, image_t, pixel_t,
                            {"model_seconds": round(load_seconds, 3), "data_seconds": round(loaded - started, 3)})
         _print_notes(splits.test.notes[shown:])  # the outputs' own (volumes.write_volume)
+        with open_tracker(out, model.config, "test") as tracker:  # TensorBoard / MLflow, if log.* says so
+            tracker.figures("test", metrics)
         _print_metrics(metrics, out, outputs)
 
 

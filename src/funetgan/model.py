@@ -21,6 +21,7 @@ from .runtime import Runtime, setup
 from .scoring import (Scorer, Scores, image_levels, map_blur,  # noqa: F401  (Scores: also importable from here)
                       with_calibrated_blur, without_uncalibrated_terms)
 from .thresholds import calibrate_image_threshold, calibrate_pixel_threshold
+from .tracking import Tracker, open_tracker
 from .train import Trainer, WeightAverage
 from .unit_scale import fit_unit_scales
 
@@ -85,9 +86,11 @@ class FUNetGAN(Scorer):
             Path(run_dir).mkdir(parents=True, exist_ok=True)
             if resume:
                 self.load_checkpoint(Path(run_dir) / CHECKPOINT_FILE)
-        trainer = Trainer(self, train.images, val.images, run_dir, rows)
-        trainer.fit()
-        self.calibrate(val, top_up=(train.images, rows))
+        # Losses and samples to TensorBoard / MLflow as settings ask (rank 0 only), then the calibration.
+        with open_tracker(run_dir, self.config, "train") if self.runtime.is_main else Tracker() as tracker:
+            Trainer(self, train.images, val.images, run_dir, rows, tracker).fit()
+            self.calibrate(val, top_up=(train.images, rows))
+            tracker.figures("calibration", self.calibration)
         if run_dir is not None and self.runtime.is_main:
             self.save(Path(run_dir) / MODEL_FILE)
         return self
