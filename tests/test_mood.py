@@ -1,19 +1,24 @@
-"""The MOOD challenge's conventions (mood.py), end to end on generated volumes: a run trained
-on a lung CT layout scores a folder of NIfTI volumes with its own and an exported model."""
+"""The MOOD challenge: its data layout (data/mood.py) and its conventions (mood.py), end to
+end on generated volumes normalised to 0..1 as the challenge's are: train on the layout, test
+(the voxel-pooled average precision), and score its toy/ folder with a run and an exported model."""
 import csv
+import json
 import re
+import shutil
 
 import numpy as np
 import pytest
 
 from funetgan.cli import main
+from funetgan.config import DataConfig
+from funetgan.data import DataError, load_dataset
 from funetgan.model import FUNetGAN
 from funetgan.mood import run_mood
 from funetgan.unit_scale import to_unit
 
 nibabel = pytest.importorskip("nibabel")
 from test_cli import TINY  # noqa: E402
-from test_data_medical import ct_dataset, save_nifti  # noqa: E402
+from test_data_medical import save_nifti  # noqa: E402
 
 
 def tilted_affine() -> np.ndarray:
@@ -26,18 +31,64 @@ def tilted_affine() -> np.ndarray:
     return affine
 
 
+def mood_region(root, train=4, toy=3, seed=0):
+    """brain_train/: `train` volumes of 8 x 10 x 6 voxels in 0..1 (a 0.5 block with noise on
+    0); toy/: `toy` more, the first with a bright 0.95 cube in slices 3 and 4, and its voxel
+    labels in toy_label/pixel/."""
+    rng = np.random.default_rng(seed)
+    for folder, count in (("brain_train", train), ("toy", toy)):
+        for i in range(count):
+            volume = np.zeros((8, 10, 6), np.float32)
+            volume[1:7, 1:9] = 0.5 + rng.normal(0, 0.05, (6, 8, 6))
+            label = np.zeros(volume.shape, np.uint8)
+            if folder == "toy" and i == 0:
+                volume[2:5, 3:6, 3:5], label[2:5, 3:6, 3:5] = 0.95, 1
+            save_nifti(root / folder / f"{i:05d}.nii.gz", volume.clip(0, 1), tilted_affine())
+            if folder == "toy":
+                save_nifti(root / "toy_label/pixel" / f"{i:05d}.nii.gz", label, tilted_affine())
+    return root
+
+
+def test_the_layout_trains_on_every_training_slice_and_tests_on_toy(tmp_path):
+    splits = load_dataset(mood_region(tmp_path), 8, 1, DataConfig())
+    assert len(splits.train) == 4 * 6 and set(splits.train.labels) == {0} and splits.train.masks is None
+    assert splits.val is None  # calibration: data.val_fraction of the training slices
+    assert len(splits.test) == 3 * 6 and splits.test.labels.sum() == 2  # slices 3 and 4 of the first
+    assert splits.test.masks.sum() > 0 and splits.test.has_mask.all()
+    # intensities in 0..1 are scaled to 0..255 (as HU would be windowed): the block at 0.5 -> about 128
+    assert 110 < np.median(splits.train.images[splits.train.images > 0]) < 145
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda r: (r / "toy_label/pixel/00002.nii.gz").unlink(),
+     r"toy/00002.nii.gz \(no voxel label in toy_label/pixel/\)"),
+    (lambda r: shutil.copy(r / "toy/00001.nii.gz", r / "toy_label/pixel/00009.nii.gz"),
+     r"00009.nii.gz \(voxel label without a volume in toy/\)"),
+    (lambda r: shutil.copytree(r / "brain_train", r / "abdom_train"),
+     r"several training folders \(abdom_train, brain_train\)"),
+])
+def test_a_broken_layout_is_one_line(tmp_path, change, message):
+    change(mood_region(tmp_path))
+    with pytest.raises(DataError, match=message) as caught:
+        load_dataset(tmp_path, 8, 1)
+    assert "\n" not in str(caught.value)
+
+
 @pytest.fixture(scope="module")
 def mood_run(tmp_path_factory):
-    """A trained run and a MOOD input folder of three volumes (one with a bright block)."""
-    data = ct_dataset(tmp_path_factory.mktemp("ct"), volumes=4, slices=6, lesion_from=3)
+    """A run trained on a MOOD region, and the region."""
+    data = mood_region(tmp_path_factory.mktemp("brain"))
     run = tmp_path_factory.mktemp("run")
     assert main(["train", "--data", str(data), "--out", str(run), *TINY]) == 0
-    cases = tmp_path_factory.mktemp("in")
-    for i in range(3):
-        scan = np.full((8, 10, 5), -1000, np.int16)
-        scan[2:6, 2:8] = 400 if i < 2 else 1500
-        save_nifti(cases / f"{i:05d}.nii.gz", scan, tilted_affine())
-    return run, cases
+    return run, data / "toy"
+
+
+def test_test_reports_the_voxel_pooled_average_precision(mood_run, tmp_path):
+    run, toy = mood_run
+    assert main(["test", "--run", str(run), "--data", str(toy.parent), "--out", str(tmp_path)]) == 0
+    volume = json.loads((tmp_path / "metrics.json").read_text())["volume"]
+    assert volume["n_volumes"] == 3 and volume["detection"]["n_anomalous"] == 1
+    assert 0 < volume["voxel_ap"] <= 1 and volume["detection"]["ap"] is not None  # MOOD's pixel and sample AP
 
 
 def test_each_case_gets_a_score_and_a_voxel_map_in_zero_one_on_its_grid(mood_run, tmp_path, capsys):
@@ -50,7 +101,7 @@ def test_each_case_gets_a_score_and_a_voxel_map_in_zero_one_on_its_grid(mood_run
         text = (tmp_path / "out" / f"{name}.txt").read_text()
         assert text.count("\n") == 1 and 0 <= float(text) <= 1
         written, source = nibabel.load(tmp_path / "out" / name), nibabel.load(cases / name)
-        assert written.shape == source.shape == (8, 10, 5)
+        assert written.shape == source.shape == (8, 10, 6)
         np.testing.assert_allclose(written.affine, source.affine, atol=1e-6)
         values = written.get_fdata()
         assert values.min() >= 0 and values.max() <= 1
@@ -96,7 +147,7 @@ def test_earlier_outputs_are_kept_without_overwrite(mood_run, tmp_path, capsys):
     assert err.count("\n") == 1 and "already holds results (00001.nii.gz); use --overwrite" in err
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["00001.nii.gz"]  # nothing scored
     assert main(["mood", "--run", str(run), str(cases), str(tmp_path / "out"), "--task", "pixel", "--overwrite"]) == 0
-    assert nibabel.load(tmp_path / "out" / "00001.nii.gz").shape == (8, 10, 5)
+    assert nibabel.load(tmp_path / "out" / "00001.nii.gz").shape == (8, 10, 6)
 
 
 @pytest.mark.parametrize("make, message", [

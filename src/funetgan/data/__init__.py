@@ -18,6 +18,7 @@ from .folder import find_folder_dataset, load_folder, mvtec_categories
 from .idx import has_idx, load_idx
 from .images import Entry, fit_image, fit_mask, load_files, read_image, read_mask
 from .medical import is_dicom_series, is_nifti
+from .mood import is_mood_dataset, load_mood
 from .msd import is_msd_dataset, load_msd
 
 __all__ = [
@@ -28,8 +29,8 @@ __all__ = [
 
 LAYOUTS = ("train/ (+ test/, val/, masks/ or ground_truth/), an MVTec AD category or root, a BMAD set "
            "(train/good/, valid/ and test/ with good/ and Ungood/), "
-           "MNIST-style IDX files, ct_scans/ + infection_mask/, or a Medical Segmentation Decathlon "
-           "task (dataset.json + imagesTr/ + labelsTr/)")
+           "MNIST-style IDX files, ct_scans/ + infection_mask/, a Medical Segmentation Decathlon "
+           "task (dataset.json + imagesTr/ + labelsTr/), or a MOOD region (<region>_train/ + toy/ + toy_label/)")
 
 
 def __getattr__(name: str):
@@ -53,6 +54,8 @@ def load_dataset(path: str | Path, image_size: int | None = 64, channels: int = 
         return load_ct(root, image_size, channels, options)
     if is_msd_dataset(root):
         return load_msd(root, image_size, channels, options)
+    if is_mood_dataset(root):
+        return load_mood(root, image_size, channels, options)
     if has_idx(root):
         return load_idx(root, image_size, channels, options)
     folder = find_folder_dataset(root, options.category)

@@ -216,9 +216,17 @@ def is_grey_levels(volume: np.ndarray) -> bool:
     return bool(volume.min() >= 0 and volume.max() <= 255)
 
 
+def is_unit_range(volume: np.ndarray) -> bool:
+    """Whether a volume holds intensities normalised to 0..1 (the MOOD challenge's brain MRI
+    and abdominal CT): all its values lie in 0..1."""
+    return bool(volume.min() >= 0 and volume.max() <= 1)
+
+
 def volume_to_uint8(volume: np.ndarray, hu_window: tuple[float, float]) -> tuple[np.ndarray, bool]:
-    """CT volume -> (uint8 volume, whether it was in HU); grey levels (`is_grey_levels`) are
-    taken as they are."""
+    """CT volume -> (uint8 volume, whether it was in HU); intensities in 0..1 (`is_unit_range`)
+    are scaled to 0..255, grey levels (`is_grey_levels`) taken as they are."""
+    if is_unit_range(volume):
+        return window(volume, 0.0, 1.0), False
     if is_grey_levels(volume):
         return np.rint(volume).astype(np.uint8), False
     return window(volume, *hu_window), True
