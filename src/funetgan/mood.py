@@ -11,9 +11,9 @@ highest slice scores), the map is the slices' maps on the scan's voxel grid. Bot
 [0, 1] by the scales calibration fitted on validation normals (`unit_scale`: 0 at or below
 their median, 0.5 at their `score.normal_quantile` quantile); the case score by the slice
 scores' scale. The challenge's measures are average precisions (of the case scores, and of
-every voxel of every case pooled): monotone maps leave them as the raw values give them, and
-`funetgan test` reports both for a volume test set (metrics.json: volume.detection.ap and
-volume.voxel_ap).
+every voxel of every case pooled): the scales keep the order of everything above the
+normals' median, so they leave them all but as the raw values give them, and `funetgan test`
+reports both for a volume test set (metrics.json: volume.detection.ap and volume.voxel_ap).
 """
 from __future__ import annotations
 

@@ -5,10 +5,11 @@ challenge: one score per case and a voxel map, both in [0, 1]).
 
 m is the median of the values of validation normals and m + s their `normal_quantile`
 (score.normal_quantile, 0.99) quantile: a value at or below the normals' median gives 0, one
-as high as their top 1 % gives 0.5, and p approaches 1 as the value grows. It is monotone, so
-rankings (AUROC, average precision) are those of the raw values. 1 - p falls as 1 / v rather
-than exponentially (a logistic curve), so strongly anomalous voxels stay apart even in
-float16, in which MOOD's evaluator reads the maps.
+as high as their top 1 % gives 0.5, and p approaches 1 as the value grows. It keeps the order of
+every value above the normals' median (those below tie at 0), so rankings (AUROC, average
+precision) are all but those of the raw values. 1 - p falls as 1 / v rather than
+exponentially (a logistic curve), so strongly anomalous voxels stay apart even in float16, in
+which MOOD's evaluator reads the maps.
 
 The parameters are fitted on validation (calibration) normals only, as thresholds are: never
 on the images they are applied to. `fit_unit_scales` is called once by calibration, and
