@@ -15,7 +15,7 @@ from funetgan.metrics import evaluate
 from funetgan.outputs import Outputs
 from funetgan.report import write_predictions, write_test_outputs, write_volume_table
 from funetgan.scoring import Scorer
-from funetgan.volumes import volume_metrics, volume_results, voxel_ap, write_volumes
+from funetgan.volumes import volume_metrics, volume_results, voxel_ap_of_set, write_volumes
 
 nibabel = pytest.importorskip("nibabel")
 from test_data_medical import save_nifti  # noqa: E402
@@ -49,7 +49,7 @@ def in_memory(model: Scorer, images: ImageSet, out, outputs: Outputs) -> dict:
     found["scored_pixels"] = "whole image" if region is None else chunked.LUNG_SCORED
     volumes = volume_results(images, result.scores, result.maps, image_t, pixel_t)
     if volumes:
-        found["volume"] = volume_metrics(volumes, image_t, voxel_ap=voxel_ap(images, result.maps))
+        found["volume"] = volume_metrics(volumes, image_t, voxel_ap=voxel_ap_of_set(images, result.maps))
     write_test_outputs(out, images, result.scores, result.maps, found, image_t, pixel_t, {}, volumes, outputs)
     write_volumes(out, images, result.maps, pixel_t, volumes, region)
     found.pop("timing")  # seconds spent on files

@@ -6,7 +6,7 @@ from sklearn.metrics import average_precision_score
 from funetgan.config import DataConfig
 from funetgan.data import ImageSet, load_unlabelled
 from funetgan.data.medical import Geometry, read_scan, read_volume
-from funetgan.volumes import volume_metrics, volume_results, voxel_ap, write_volumes
+from funetgan.volumes import volume_metrics, volume_results, voxel_ap_of_set, write_volumes
 
 nibabel = pytest.importorskip("nibabel")
 pydicom = pytest.importorskip("pydicom")
@@ -142,9 +142,10 @@ def test_per_volume_results_against_hand_computed_values():
     assert summary["lesion_ml_abs_error_mean"] == pytest.approx(0.008) and summary["voxel_ap"] is None
     # All 96 voxels pooled: at 1.0 four (2 lesion, 2 not: precision 1/2, recall 2/4), then at 0 all
     # (precision 4/96, recall 1): AP = 1/2 x 1/2 + 4/96 x 1/2.
-    assert voxel_ap(slice_set(masks), maps) == pytest.approx(0.25 + 4 / 96 / 2)
-    assert voxel_ap(slice_set(masks), maps) == pytest.approx(average_precision_score(masks.ravel(), maps.ravel()))
-    assert voxel_ap(slice_set(np.zeros_like(masks)), maps) is None  # no lesion voxel: undefined
+    assert voxel_ap_of_set(slice_set(masks), maps) == pytest.approx(0.25 + 4 / 96 / 2)
+    assert voxel_ap_of_set(slice_set(masks), maps) == pytest.approx(
+        average_precision_score(masks.ravel(), maps.ravel()))
+    assert voxel_ap_of_set(slice_set(np.zeros_like(masks)), maps) is None  # no lesion voxel: undefined
 
 
 def test_images_that_are_not_volume_slices_give_no_volume_rows():

@@ -52,7 +52,8 @@ DEMO_RESOLUTION = "data.resolution=native"
 # where test's metrics are logged (tracking.py).
 # The others are the trained run's: its normal levels and thresholds were calibrated under them.
 TEST_SETTINGS = ("data.cache_dir", "data.on_bad_file", "data.lung_threshold", "score.batch_size",
-                 "score.volume_top_slices", "log.tensorboard", "log.mlflow", "log.mlflow_uri", "log.mlflow_experiment")
+                 "score.volume_top_slices", "log.tensorboard", "log.mlflow", "log.mlflow_uri",
+                 "log.mlflow_experiment")
 
 
 class UsageError(Exception):

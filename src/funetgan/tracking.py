@@ -141,13 +141,13 @@ class MLflow:
                              else self.client.create_experiment(log.mlflow_experiment))
             tags = {"funetgan.command": command, **({"funetgan.folder": str(folder)} if folder is not None else {})}
             self.run_id = self.client.create_run(experiment_id, tags=tags, run_name=command).info.run_id
+            params = [mlflow.entities.Param(key, str(get_key(config, key))[:MAX_PARAM]) for key in all_keys()]
+            for start in range(0, len(params), BATCH):
+                self.client.log_batch(self.run_id, params=params[start:start + BATCH])
         except mlflow.exceptions.MlflowException as err:
             first = (str(err).strip().splitlines() or [type(err).__name__])[0]
             raise ValueError(f"log.mlflow: cannot start an MLflow run at {log.mlflow_uri or 'the default store'} "
                              f"({first})") from None
-        params = [mlflow.entities.Param(key, str(get_key(config, key))[:MAX_PARAM]) for key in all_keys()]
-        for start in range(0, len(params), BATCH):
-            self.client.log_batch(self.run_id, params=params[start:start + BATCH])
         self.entities = mlflow.entities
 
     def scalars(self, step: int, values: dict[str, float]) -> None:

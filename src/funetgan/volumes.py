@@ -121,7 +121,7 @@ def pooled_voxel_ap(histogram: PixelHistogram) -> float | None:
     return curves.ap() if curves.defined else None
 
 
-def voxel_ap(imageset: ImageSet, maps) -> float | None:
+def voxel_ap_of_set(imageset: ImageSet, maps) -> float | None:
     """`pooled_voxel_ap` of a whole set's volumes from all their maps in memory."""
     histogram = PixelHistogram()
     for rows in imageset.volume_rows().values():
