@@ -170,3 +170,12 @@ def test_a_model_calibrated_without_the_scales_is_refused(mood_run, tmp_path):
     with pytest.raises(ValueError, match=r"without the \[0, 1\] scales .*calibrate it again \(funetgan calibrate\)"):
         run_mood(model, cases, tmp_path)
     assert not list(tmp_path.iterdir())
+
+
+def test_the_python_api_returns_the_scores_it_writes(mood_run, tmp_path):
+    run, cases = mood_run
+    scores = run_mood(FUNetGAN.load(run), cases, tmp_path, tasks=("sample",))
+    assert sorted(scores) == [f"{i:05d}.nii.gz" for i in range(3)]
+    for name, score in scores.items():
+        assert float((tmp_path / f"{name}.txt").read_text()) == score
+    assert not list(tmp_path.glob("*.nii.gz"))  # no maps: the sample task only
