@@ -16,7 +16,7 @@ from funetgan.outputs import Outputs
 from funetgan.report import write_predictions, write_test_outputs
 from funetgan.calibration import Calibration
 from funetgan.scoring import Scorer
-from funetgan.volumes import volume_metrics, volume_results, write_volumes
+from funetgan.volumes import volume_metrics, volume_results, voxel_ap_of_set, write_volumes
 
 nibabel = pytest.importorskip("nibabel")
 from test_data_medical import save_nifti  # noqa: E402
@@ -34,7 +34,9 @@ class PixelScorer(Scorer):
                  "latent_density": 1.0}
         self.calibration = Calibration(levels=norms, image_threshold=image_threshold, pixel_threshold=pixel_threshold,
                                        region_threshold=pixel_threshold, blur_sigma=1.0, normals=100, anomalous=0,
-                                       rule="normal quantile 0.99", expected_image_rate=0.01)
+                                       rule="normal quantile 0.99", expected_image_rate=0.01,
+                                       unit_scale={"score": {"median": 0.0, "spread": 1.0},
+                                                   "map": {"median": 0.0, "spread": 1.0}})
 
     def _score_tiles(self, tiles):
         x = tiles[..., 0].astype(np.float32) / 255
@@ -53,7 +55,7 @@ def in_memory(model: Scorer, images: ImageSet, out, outputs: Outputs) -> dict:
     found["scored_pixels"] = "whole image" if region is None else chunked.LUNG_SCORED
     volumes = volume_results(images, result.scores, rule(result.maps, result.scores >= image_t), image_t)
     if volumes:
-        found["volume"] = volume_metrics(volumes, image_t)
+        found["volume"] = volume_metrics(volumes, image_t, voxel_ap=voxel_ap_of_set(images, result.maps))
     write_test_outputs(out, images, result.scores, result.maps, found, image_t, rule, {}, volumes, outputs)
     write_volumes(out, images, result.scores, result.maps, rule, image_t, volumes, region)
     found.pop("timing")  # seconds spent on files

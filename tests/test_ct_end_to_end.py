@@ -33,6 +33,7 @@ def test_test_writes_per_patient_results_and_volumes(ct_run, tmp_path, capsys):
     volume = metrics["volume"]
     assert volume["n_volumes"] == 2 and volume["n_with_lesion"] == 2  # every case has a lesion
     assert volume["detection"]["n_anomalous"] == 2 and 0 <= volume["dice_mean"] <= 1
+    assert 0 < volume["voxel_ap"] <= 1  # MOOD's measure (volumes.voxel_ap: checked by hand in test_volumes)
     rows = list(csv.DictReader((tmp_path / "volumes.csv").open()))
     assert [r["label"] for r in rows] == ["1", "1"] and float(rows[0]["lesion_ml"]) == pytest.approx(0.048)
     for row in rows:
@@ -108,3 +109,31 @@ def test_test_and_predict_refuse_training_settings(ct_run, tmp_path, capsys):
     assert main(["test", "--run", str(run), "--data", str(data), "--out", str(tmp_path), "--set", "score.kappa=2"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--set score.kappa: test and predict can change only data.cache_dir" in err
+
+
+def test_predict_on_a_dicom_series_writes_seg_and_parametric_map_matching_the_nifti_files(ct_run, tmp_path):
+    """A real CT series (pydicom's test files): the SEG's and the Parametric Map's frames hold
+    the NIfTI mask's and map's values at each source slice's position."""
+    pytest.importorskip("highdicom")
+    from test_dicom_outputs import frames_by_source, real_series
+    _, run = ct_run
+    series = real_series(tmp_path / "CT5N")
+    predict = ["predict", "--run", str(run), "--out", str(tmp_path / "out"), str(series)]
+    assert main(predict) == 0
+    folder = tmp_path / "out" / "volumes"
+    # Again with the map's median as the pixel threshold, so that the mask holds both values.
+    median = float(np.median(nibabel.load(folder / "CT5N_map.nii.gz").get_fdata()))
+    assert main([*predict, "--pixel-threshold", str(median), "--overwrite"]) == 0
+    assert sorted(p.name for p in folder.iterdir()) == ["CT5N_map.dcm", "CT5N_map.nii.gz", "CT5N_mask.nii.gz",
+                                                        "CT5N_seg.dcm"]
+    nifti = {suffix: nibabel.load(folder / f"CT5N_{suffix}.nii.gz") for suffix in ("map", "mask")}
+    to_voxel = np.linalg.inv(nifti["map"].affine)
+    for dicom, suffix in (("CT5N_map.dcm", "map"), ("CT5N_seg.dcm", "mask")):
+        frames = frames_by_source(folder / dicom)
+        assert len(frames) == 5
+        for frame, position in frames.values():
+            i, j, k = (to_voxel @ [-position[0], -position[1], position[2], 1])[:3]  # LPS -> RAS -> voxel
+            assert abs(i) < 1e-3 and abs(j) < 1e-3 and abs(k - round(k)) < 1e-3  # a slice's first voxel
+            expected = nifti[suffix].get_fdata(dtype=np.float32)[:, :, round(k)].T  # columns x rows -> rows x columns
+            np.testing.assert_array_equal(frame, expected)
+    assert set(np.unique(nifti["mask"].get_fdata())) == {0, 1}

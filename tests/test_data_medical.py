@@ -5,7 +5,7 @@ from PIL import Image
 
 from funetgan.config import DataConfig
 from funetgan.data import DataError, MissingDependency, load_dataset, load_unlabelled, read_image
-from funetgan.data.medical import read_volume
+from funetgan.data.medical import read_volume, volume_to_uint8
 
 nibabel = pytest.importorskip("nibabel")
 pydicom = pytest.importorskip("pydicom")
@@ -233,3 +233,11 @@ def test_ct_needs_two_volumes_and_its_mask_folder(tmp_path):
         path.unlink()
     (root / "infection_mask").rmdir()
     ct_error(root, "missing folder infection_mask/")
+
+
+def test_intensities_in_zero_one_are_scaled_to_grey_levels():
+    """Normalised volumes (the MOOD challenge's MRI and CT) are not HU nor 0..255 grey levels."""
+    grey, in_hu = volume_to_uint8(np.array([0.0, 0.25, 0.5, 1.0], np.float32), (-1000.0, 400.0))
+    assert grey.tolist() == [0, 64, 128, 255] and not in_hu  # 63.75 and 127.5 round to 64 and 128
+    grey, in_hu = volume_to_uint8(np.array([0.0, 30.0, 255.0]), (-1000.0, 400.0))
+    assert grey.tolist() == [0, 30, 255] and not in_hu  # grey levels, as before

@@ -1,12 +1,13 @@
 """Per-patient results and maps written back on the scan's voxel grid (NIfTI, DICOM series)."""
 import numpy as np
 import pytest
+from sklearn.metrics import average_precision_score
 
 from funetgan.config import DataConfig
 from funetgan.data import ImageSet, load_unlabelled
 from funetgan.data.medical import Geometry, read_scan, read_volume
 from funetgan.masks import MaskRule
-from funetgan.volumes import volume_metrics, volume_results, write_volumes
+from funetgan.volumes import volume_metrics, volume_results, voxel_ap_of_set, write_volumes
 
 nibabel = pytest.importorskip("nibabel")
 pydicom = pytest.importorskip("pydicom")
@@ -102,6 +103,10 @@ def test_dicom_series_round_trip_to_nifti(tmp_path):
     lps = origin + column * 0.9 * np.array([1, 0, 0]) + row * 0.6 * np.array([0, 1, 0]) + [0, 0, 3.0 * k]
     np.testing.assert_allclose(written.affine @ [column, row, k, 1], [-lps[0], -lps[1], lps[2], 1])
     np.testing.assert_allclose(written.affine, geometry.affine)
+    # A series without study and frame-of-reference UIDs: no DICOM objects can reference it; NIfTI only.
+    assert sorted(p.suffix for p in (tmp_path / "out" / "volumes").iterdir()) == [".gz", ".gz"]
+    (note,) = images.notes
+    assert note.startswith(f"no DICOM SEG or Parametric Map: {tmp_path / 'series'}: cannot write DICOM outputs")
 
 
 def slice_set(masks, voxel=(1.0, 1.0, 2.0)):
@@ -137,7 +142,13 @@ def test_per_volume_results_against_hand_computed_values():
     assert summary["detection"]["auroc"] == 1.0 and summary["detection"]["counts"] == {
         "tp": 1, "fp": 0, "fn": 0, "tn": 1}
     assert summary["dice_mean"] == pytest.approx(4 / 7) and summary["n_with_lesion"] == 1
-    assert summary["lesion_ml_abs_error_mean"] == pytest.approx(0.008)
+    assert summary["lesion_ml_abs_error_mean"] == pytest.approx(0.008) and summary["voxel_ap"] is None
+    # All 96 voxels pooled: at 1.0 four (2 lesion, 2 not: precision 1/2, recall 2/4), then at 0 all
+    # (precision 4/96, recall 1): AP = 1/2 x 1/2 + 4/96 x 1/2.
+    assert voxel_ap_of_set(slice_set(masks), maps) == pytest.approx(0.25 + 4 / 96 / 2)
+    assert voxel_ap_of_set(slice_set(masks), maps) == pytest.approx(
+        average_precision_score(masks.ravel(), maps.ravel()))
+    assert voxel_ap_of_set(slice_set(np.zeros_like(masks)), maps) is None  # no lesion voxel: undefined
 
 
 def test_images_that_are_not_volume_slices_give_no_volume_rows():

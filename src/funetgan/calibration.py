@@ -31,6 +31,7 @@ from .metrics import PixelHistogram
 from .scoring import Terms, image_evidence, map_blur, normal_levels
 from .thresholds import (f1_image_threshold, f1_pixel_threshold, normals_needed, quantile_pixel_threshold, rank,
                          rank_threshold)
+from .unit_scale import fit_unit_scale, unit_scale
 
 FORMAT = 1  # what `Calibration.to_dict` writes; other layouts are refused (calibrate again)
 CHUNK_PIXELS = 1 << 22  # working-size pixels of calibration images scored at a time
@@ -57,6 +58,9 @@ class Calibration:
     # The share of new normal images the image threshold is expected to flag (the quantile
     # rule's: `thresholds.rank_threshold`); None for an F1-optimal threshold.
     expected_image_rate: float | None
+    # Scores and map values on [0, 1] (`unit_scale`: MOOD's outputs), from the normals' medians
+    # and `normal_quantile` quantiles: {"score": ..., "map": ...}.
+    unit_scale: dict[str, dict[str, float]]
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -176,11 +180,13 @@ def image_evidence_levels(normals: Iterable[Terms], levels: dict[str, float], co
 def scored(model, terms: Terms, levels: dict[str, float], normals: ImageSet
            ) -> tuple[np.ndarray, np.ndarray, PixelHistogram]:
     """Image scores and map maxima of every calibration image, and the histogram of the map
-    values that set the pixel threshold (normal pixels, and anomalous ones where masks mark
-    them), a chunk at a time."""
+    values inside the scoring region that set the pixel threshold (group 0: normal images'
+    pixels; group 1: those of anomalies with masks), a chunk at a time."""
     scores, maxima = np.zeros(len(normals)), np.zeros(len(normals))
-    histogram = PixelHistogram()
-    counted = _counted(normals)
+    histogram = PixelHistogram(groups=2)
+    normal = normals.labels == 0
+    masked = ~normal if normals.masks is None else (normals.labels == 1) & np.asarray(normals.has_mask, bool)
+    counted = normal | masked if normals.masks is not None else normal
     for rows in chunks(np.arange(len(normals)), normals.images):
         part = terms.rows(rows)
         scores[rows], maps = model.combine(part, levels)
@@ -188,16 +194,9 @@ def scored(model, terms: Terms, levels: dict[str, float], normals: ImageSet
         keep = counted[rows]
         if keep.any():
             truth = None if normals.masks is None else np.asarray(normals.masks[rows][keep], bool)
-            histogram.add(maps[keep], truth, None if part.region is None else part.region[keep])
+            histogram.add(maps[keep], truth, None if part.region is None else part.region[keep],
+                          (~normal[rows][keep]).astype(np.int64))
     return scores, maxima, histogram
-
-
-def _counted(normals: ImageSet) -> np.ndarray:
-    """Which calibration images count in the pixel threshold: normals, and anomalies with masks."""
-    normal = normals.labels == 0
-    if normals.masks is None:
-        return normal
-    return normal | (normals.labels == 1) & np.asarray(normals.has_mask, bool)
 
 
 def thresholds(config: Config, scores: np.ndarray, maxima: np.ndarray, histogram: PixelHistogram,
@@ -214,12 +213,14 @@ def thresholds(config: Config, scores: np.ndarray, maxima: np.ndarray, histogram
     curves = histogram.curves()
     pixel_threshold = f1_pixel_threshold(curves) if curves.defined else quantile_pixel_threshold(curves, q)
     region_threshold = max(rank_threshold(maxima[normal], q)[0], pixel_threshold)
+    scales = {"score": fit_unit_scale(scores[normal], q),
+              "map": unit_scale(histogram.quantile(0.5, [0]), histogram.quantile(q, [0]))}
     notes = [*notes, *few_normals_note(int(normal.sum()), q)] if not anomalous else notes
     return Calibration(levels=levels, image_threshold=float(image_threshold), pixel_threshold=float(pixel_threshold),
                        region_threshold=float(region_threshold), blur_sigma=map_blur(config),
                        normals=int(normal.sum()), anomalous=anomalous,
                        rule="f1-optimal" if anomalous else f"normal quantile {q:g}",
-                       expected_image_rate=expected, notes=notes)
+                       expected_image_rate=expected, unit_scale=scales, notes=notes)
 
 
 def few_normals_note(count: int, q: float) -> list[str]:

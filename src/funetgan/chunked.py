@@ -16,12 +16,13 @@ from pathlib import Path
 import numpy as np
 
 from .data.base import ImageSet
+from .dicom_outputs import check_outputs_possible
 from .masks import MaskRule
-from .metrics import Evaluation
+from .metrics import Evaluation, PixelHistogram
 from .outputs import Outputs
 from .report import ImageFiles, MapStore, finish_predictions, finish_test_outputs, write_volume_table
 from .scoring import Scorer
-from .volumes import volume_metrics, volume_names, volume_result, write_volume
+from .volumes import add_voxels, pooled_voxel_ap, volume_metrics, volume_names, volume_result, write_volume
 
 CHUNK_PIXELS = 1 << 22  # working-size pixels of 2-D images per chunk (16 MiB per float32 map array)
 LUNG_SCORED = "lung (lung masks or data.lung_threshold, score.lung_only)"  # metrics.json scored_pixels
@@ -41,13 +42,16 @@ def chunks(images: ImageSet) -> Iterator[tuple[np.ndarray, str | None]]:
 
 
 def score_in_chunks(model: Scorer, images: ImageSet, out, files: ImageFiles, image_threshold: float,
-                    rule: MaskRule, evaluation: Evaluation | None = None) -> tuple[np.ndarray, list[dict], dict]:
+                    rule: MaskRule, evaluation: Evaluation | None = None, voxels: PixelHistogram | None = None
+                    ) -> tuple[np.ndarray, list[dict], dict]:
     """Scores `images` chunk by chunk, handing each chunk's maps and masks (`rule`) to
-    `evaluation` (if any), `files` and, for a volume, its row of volumes.csv and its NIfTI
-    files in `out`. Returns the image scores, the volumes' rows and the seconds spent scoring
-    and on metrics (`files.seconds` counts those spent on files, the volumes' included)."""
+    `evaluation` (if any), `files` and, for a volume, its row of volumes.csv, its NIfTI (and
+    DICOM) files in `out` and its voxels to `voxels` (if given: `volumes.add_voxels`). Returns
+    the image scores, the volumes' rows and the seconds spent scoring and on metrics
+    (`files.seconds` counts those spent on files, the volumes' included)."""
     scores = np.zeros(len(images))
     sources = list(images.volume_rows())
+    check_outputs_possible(sources)
     names = dict(zip(sources, volume_names(sources)))
     top_slices = model.config.score.volume_top_slices
     volumes, seconds = [], {"scoring": 0.0, "metrics": 0.0}
@@ -71,6 +75,8 @@ def score_in_chunks(model: Scorer, images: ImageSet, out, files: ImageFiles, ima
             evaluation.add(rows, result.maps, predicted, region)
         volume = None if source is None else volume_result(
             images, source, names[source], rows, result.scores, predicted, image_threshold, top_slices)
+        if volume is not None and voxels is not None:
+            add_voxels(voxels, images, rows, result.maps)
         lap("metrics")
         files.add(rows, result.scores, result.maps, [] if volume is None else volume["top_rows"])
         if volume is not None:
@@ -86,17 +92,19 @@ def run_test(model: Scorer, test: ImageSet, out: Path, outputs: Outputs, image_t
              rule: MaskRule, timing: dict | None = None) -> dict:
     """Everything `funetgan test` writes for a labelled set, chunk by chunk; returns the
     metrics (`timing`: seconds measured before, to report with the rest)."""
-    evaluation = Evaluation(test, image_threshold, rule.thresholds())
+    evaluation, voxels = Evaluation(test, image_threshold, rule.thresholds()), PixelHistogram()
     store = MapStore(out)
     files = ImageFiles(out, test, outputs, image_threshold, rule, store)
     try:
-        scores, volumes, seconds = score_in_chunks(model, test, out, files, image_threshold, rule, evaluation)
+        scores, volumes, seconds = score_in_chunks(model, test, out, files, image_threshold, rule, evaluation,
+                                                   voxels)
         started = time.perf_counter()
         metrics = evaluation.result(scores)
         whole = model.scoring_region(test) is None
         metrics["scored_pixels"] = "whole image" if whole else LUNG_SCORED
         if volumes:
-            metrics["volume"] = volume_metrics(volumes, image_threshold, model.config.score.volume_top_slices)
+            metrics["volume"] = volume_metrics(volumes, image_threshold, model.config.score.volume_top_slices,
+                                               pooled_voxel_ap(voxels))
         metrics["timing"] = {"images": len(test), "seconds": round(seconds["scoring"], 3),
                              "images_per_second": round(len(test) / max(seconds["scoring"], 1e-9), 1),
                              **(timing or {}),

@@ -1,5 +1,5 @@
-"""`funetgan train | test | predict | export | demo`: parses arguments, calls the model, data
-and report modules, prints a summary. No training or metric logic lives here.
+"""`funetgan train | test | predict | export | calibrate | mood | demo`: parses arguments, calls the
+model, data and report modules, prints a summary. No training or metric logic lives here.
 
 PyTorch is imported only by the commands that need it (train, demo, export, and test or
 predict with --run): `test` and `predict` with an exported --model run on onnxruntime alone."""
@@ -26,17 +26,19 @@ from .data import DataError, fit_batch, load_dataset, load_unlabelled, mvtec_cat
 from .data.demo import make_texture_dataset
 from .files import CHECKPOINT_FILE, MODEL_FILE, atomic_write_text
 from .masks import MaskRule
+from .mood import TASKS, run_mood
 from .outputs import PREDICT_DEFAULT, TEST_DEFAULT, Outputs
 from .runlock import FolderLocked, folder_lock
 from .scoring import Scorer
+from .tracking import TENSORBOARD_FOLDER, open_tracker
 
 if TYPE_CHECKING:
     from .model import FUNetGAN
 
 CONFIG_FILE = "config.yaml"
-RUN_OUTPUTS = (MODEL_FILE, CHECKPOINT_FILE, CONFIG_FILE, "log.jsonl", "samples")
+RUN_OUTPUTS = (MODEL_FILE, CHECKPOINT_FILE, CONFIG_FILE, "log.jsonl", "samples", TENSORBOARD_FOLDER)
 RESULT_OUTPUTS = ("metrics.json", "predictions.csv", "scores.csv", "report.html", "masks", "overlays", "plots",
-                  "volumes.csv", "volumes")
+                  "volumes.csv", "volumes", TENSORBOARD_FOLDER)
 
 # The demo: 32x32 grey brick texture on a 2-core CPU in about 8 minutes, with the CPU recipe.
 DEMO_SETTINGS = [
@@ -55,10 +57,12 @@ DEMO_DATA = {"n_train": 400}  # make_texture_dataset's options; crops twice the 
 
 
 # The settings `test` and `predict` may change with --set: where and how data is read (a lung
-# found by data.lung_threshold where a scan has no lung mask), and how much is scored at once.
+# found by data.lung_threshold where a scan has no lung mask), how much is scored at once, and
+# where test's metrics are logged (tracking.py).
 # The others are the trained run's: its normal levels and thresholds were calibrated under them.
 TEST_SETTINGS = ("data.cache_dir", "data.on_bad_file", "data.lung_threshold", "score.batch_size",
-                 "score.volume_top_slices")
+                 "score.volume_top_slices", "log.tensorboard", "log.mlflow", "log.mlflow_uri",
+                 "log.mlflow_experiment")
 
 
 class UsageError(Exception):
@@ -74,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     # add lines to the one-line error that names those files.
     warnings.filterwarnings("ignore", module=r"PIL\.")
     logging.getLogger("nibabel").setLevel(logging.ERROR)  # "sizeof_hdr should be 348; set ..."
+    for name in ("mlflow", "alembic"):  # "Creating initial MLflow database tables...", migrations
+        logging.getLogger(name).setLevel(logging.WARNING)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -163,15 +169,26 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--threads", type=int, help="CPU threads (default: the runtime's choice)")
     calibrate.set_defaults(func=cmd_calibrate)
 
+    mood = commands.add_parser("mood", help="the MOOD challenge's entry point: each volume of INPUT_DIR scored, "
+                                            "<case>.nii.gz.txt and <case>.nii.gz in [0, 1] in OUTPUT_DIR")
+    _model_arguments(mood)
+    mood.add_argument("input_dir", metavar="INPUT_DIR", help="folder of NIfTI volumes (.nii.gz)")
+    mood.add_argument("output_dir", metavar="OUTPUT_DIR", help="folder for each case's score and voxel map")
+    mood.add_argument("--task", choices=("sample", "pixel", "both"), default="both",
+                      help="write the case scores (sample), the voxel maps (pixel) or both (default)")
+    _test_settings_argument(mood)
+    mood.set_defaults(func=cmd_mood)
+
     demo = commands.add_parser("demo", help="make the built-in texture set, train and test on it")
     demo.add_argument("--out", required=True, help="folder for the data, the run and the results")
     _settings_arguments(demo, data=False)
     demo.set_defaults(func=cmd_demo)
-    for command in (train, test, predict, export, calibrate, demo):
+    for command in (train, test, predict, export, calibrate, mood, demo):
         command.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: best available; "
                                               "export: cpu)")
-    for command in (train, test, predict, export, demo):
-        command.add_argument("--overwrite", action="store_true", help="replace earlier results in --out")
+    for command in (train, test, predict, export, mood, demo):
+        command.add_argument("--overwrite", action="store_true", help="replace earlier results in --out "
+                                                                      "(mood: in OUTPUT_DIR)")
     return parser
 
 
@@ -381,9 +398,13 @@ def test_one(model: Scorer, data: Path, out: Path, args, load_seconds: float = 0
         _print_notes(splits.test.notes)
         loaded = time.perf_counter()
         image_t, rule = _thresholds(model, args)
+        shown = len(splits.test.notes)
         # Volume by volume: the whole set's maps are never held (chunked.py).
         metrics = run_test(model, splits.test, out, outputs, image_t, rule,
                            {"model_seconds": round(load_seconds, 3), "data_seconds": round(loaded - started, 3)})
+        _print_notes(splits.test.notes[shown:])  # the outputs' own (volumes.write_volume)
+        with open_tracker(out, model.config, "test") as tracker:  # TensorBoard / MLflow, if log.* says so
+            tracker.figures("test", metrics)
         _print_metrics(metrics, out, outputs)
 
 
@@ -398,11 +419,25 @@ def cmd_predict(args) -> int:
         images = load_unlabelled(args.paths, working_size(model.config), model.config.model.channels, model.config.data)
         _print_notes(images.notes)
         image_t, rule = _thresholds(model, args)
+        shown = len(images.notes)
         scores = run_predict(model, images, out, outputs, image_t, rule)  # volume by volume, as test
+        _print_notes(images.notes[shown:])
         flagged = int((scores >= image_t).sum())  # the rule of metrics and report
         print(f"{len(images)} image(s) scored, {flagged} at or above the threshold {image_t:.4g}; "
               f"results in {out / 'predictions.csv' if outputs.scores else out}")
         return 0
+
+
+def cmd_mood(args) -> int:
+    """Score a MOOD input folder (mood.py). OUTPUT_DIR gets no lock file: the challenge reads
+    it as it is; every file is written atomically and none is replaced without --overwrite."""
+    check_run_settings(args.set, "mood")
+    model = load_scorer(args)
+    apply_test_settings(model, args.set)
+    tasks = TASKS if args.task == "both" else (args.task,)
+    scores = run_mood(model, Path(args.input_dir), Path(args.output_dir), tasks, args.overwrite)
+    print(f"{len(scores)} case(s) scored ({' and '.join(tasks)}); results in {args.output_dir}")
+    return 0
 
 
 def cmd_calibrate(args) -> int:
@@ -505,7 +540,7 @@ def _print_metrics(metrics: dict, out: Path, outputs: Outputs) -> None:
     if metrics.get("volume"):
         volume = metrics["volume"]
         print(line(f"volume ({volume['n_volumes']})", {**volume["detection"], **volume},
-                   ("auroc", "sensitivity", "specificity", "dice_mean", "lesion_ml_abs_error_mean")))
+                   ("auroc", "sensitivity", "specificity", "dice_mean", "lesion_ml_abs_error_mean", "voxel_ap")))
     t = metrics["timing"]
     print(f"time: model {t['model_seconds']:.1f} s, data {t['data_seconds']:.1f} s, scoring {t['seconds']:.1f} s "
           f"({t['images_per_second']:.0f} images/s), metrics {t['metrics_seconds']:.1f} s, "

@@ -157,12 +157,23 @@ class DataConfig:
 
 
 @dataclass
+class LogConfig:
+    # Experiment tracking beside log.jsonl and samples/ (tracking.py): losses, sample grids,
+    # reconstructions, final figures. Off: nothing of either is imported.
+    tensorboard: bool = False  # event files in the run's (or test's) folder, tensorboard/
+    mlflow: bool = False  # one MLflow run per train or test
+    mlflow_uri: str | None = None  # None: MLflow's default (MLFLOW_TRACKING_URI, else ./mlflow.db)
+    mlflow_experiment: str = "funetgan"
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     gan: GANConfig = field(default_factory=GANConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    log: LogConfig = field(default_factory=LogConfig)
     # The global batch: under torchrun each of N processes draws batch_size / N images (rounded
     # down to a multiple of N); lowered, with a note, where the training images are fewer.
     batch_size: int = 64

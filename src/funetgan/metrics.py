@@ -256,14 +256,18 @@ class PixelHistogram:
             negatives=int(negatives.sum()),
         )
 
-    def quantile(self, q: float) -> float:
-        """The `q` quantile of every counted value (numpy's default: linear between the two
-        nearest ranks); exact while each distinct value has its own bin, else within a bin."""
-        ends = np.cumsum(self.counts.sum((1, 2)))
+    def quantile(self, q: float, groups=None) -> float:
+        """The `q` quantile of every counted value of `groups` (group indices; None: all)
+        (numpy's default: linear between the two nearest ranks); exact while each distinct
+        value has its own bin, else within a bin."""
+        chosen = slice(None) if groups is None else list(groups)
+        counts = self.counts[:, chosen].sum((1, 2))
+        keep = counts > 0
+        ends, lows = np.cumsum(counts[keep]), self.lows[keep]
         if not len(ends):
             raise ValueError("no values counted")
         position = q * (ends[-1] - 1)
-        low, high = (float(self.lows[np.searchsorted(ends, rank, side="right")])
+        low, high = (float(lows[np.searchsorted(ends, rank, side="right")])
                      for rank in (np.floor(position), np.ceil(position)))
         return low + (high - low) * (position - np.floor(position))
 

@@ -21,6 +21,7 @@ from .nn.residuals import TERM_MAPS, TERM_VALUES, ScoringNetwork
 from .nn.tensors import to_tensor
 from .runtime import Runtime, setup
 from .scoring import IZIF, MAP, Scorer, Scores  # noqa: F401  (Scores: also importable from here)
+from .tracking import Tracker, open_tracker
 from .train import Trainer, WeightAverage
 
 # The density terms' Gaussians are fitted on at most this many random patches of the training
@@ -91,12 +92,14 @@ class FUNetGAN(Scorer):
             Path(run_dir).mkdir(parents=True, exist_ok=True)
             if resume:
                 self.load_checkpoint(Path(run_dir) / CHECKPOINT_FILE)
-        trainer = Trainer(self, train.images, normals.images, run_dir, rows)
-        trainer.fit()
-        if self.runtime.is_main:  # one process calibrates and writes for all
-            self.calibrate(normals, train.images, rows)
-            if run_dir is not None:
-                self.save(Path(run_dir) / MODEL_FILE)
+        # Losses and samples to TensorBoard / MLflow as settings ask (rank 0 only), then the calibration.
+        with open_tracker(run_dir, self.config, "train") if self.runtime.is_main else Tracker() as tracker:
+            Trainer(self, train.images, normals.images, run_dir, rows, tracker).fit()
+            if self.runtime.is_main:  # one process calibrates and writes for all
+                self.calibrate(normals, train.images, rows)
+                tracker.figures("calibration", self.calibration.to_dict())
+        if run_dir is not None and self.runtime.is_main:
+            self.save(Path(run_dir) / MODEL_FILE)
         return self
 
     # ---- scoring (tiling, normalisation, blur, image scores: `Scorer`) ---------------------

@@ -556,7 +556,8 @@ def _volume_section(summary: dict, volumes: list[dict], rows: list[dict]) -> str
     overall = [[title, _number(detection.get(key))] for key, title in _VOLUME_METRICS]
     overall += [["3-D Dice (mean over volumes with lesion)", _number(summary.get("dice_mean"))],
                 ["3-D IoU (mean over volumes with lesion)", _number(summary.get("iou_mean"))],
-                ["lesion volume |predicted - true|, mean ml", _number(summary.get("lesion_ml_abs_error_mean"))]]
+                ["lesion volume |predicted - true|, mean ml", _number(summary.get("lesion_ml_abs_error_mean"))],
+                ["voxel AP (every voxel of every volume pooled, as MOOD)", _number(summary.get("voxel_ap"))]]
     parts = [f"<h2>Per patient ({len(volumes)} volumes)</h2>",
              f'<p class="note">Volume score: {html.escape(summary.get("score", ""))}. Files: '
              '<a href="volumes.csv">volumes.csv</a>, volumes/ (NIfTI maps and masks on each '

@@ -21,6 +21,7 @@ from .files import append_line, atomic_save_png
 from .losses import critic_loss, encoder_loss, generator_loss, warmup_loss
 from .nn.tensors import to_tensor, to_uint8, uint8_to_float
 from .runtime import Runtime
+from .tracking import Tracker
 
 
 class BatchSource:
@@ -259,9 +260,11 @@ class Stage:
 
 class Trainer:
     def __init__(self, model, train_images: np.ndarray, sample_images: np.ndarray, run_dir: str | Path | None,
-                 train_rows: np.ndarray | None = None):
-        """Trains on rows `train_rows` of `train_images` (all by default; see BatchSource)."""
+                 train_rows: np.ndarray | None = None, tracker: Tracker | None = None):
+        """Trains on rows `train_rows` of `train_images` (all by default; see BatchSource);
+        `tracker` gets the log lines and samples too (tracking.py)."""
         self.model, self.runtime = model, model.runtime
+        self.tracker = tracker or Tracker()
         cfg = model.config
         self.run_dir = Path(run_dir) if run_dir is not None else None
         patch = cfg.model.image_size
@@ -274,8 +277,12 @@ class Trainer:
         self.sample_z = torch.randn(64, cfg.model.z_dim, generator=g, device="cpu").to(self.runtime.device)
 
     def log(self, record: dict) -> None:
-        if self.run_dir is not None and self.runtime.is_main:
+        if not self.runtime.is_main:
+            return
+        if self.run_dir is not None:
             append_line(self.run_dir / "log.jsonl", json.dumps(record))
+        self.tracker.scalars(record["stage"], record["step"],
+                             {k: v for k, v in record.items() if k not in ("stage", "step")})
 
     def checkpoint(self) -> None:
         """Save a checkpoint (rank 0), never one with non-finite weights: every process checks
@@ -466,7 +473,8 @@ class Trainer:
             return
         with evaluating(self.model.G), self.runtime.autocast():
             images = self.model.G(self.sample_z).float()
-        save_grid(self.run_dir / "samples" / f"gan_{step:06d}.png", to_uint8(images), columns=8)
+        grid = save_grid(self.run_dir / "samples" / f"gan_{step:06d}.png", to_uint8(images), columns=8)
+        self.tracker.image("samples/gan", step, grid)
 
     @torch.no_grad()
     def save_reconstructions(self, step: int) -> None:
@@ -477,8 +485,9 @@ class Trainer:
         with evaluating(self.model.G, self.model.E), self.runtime.autocast():
             recon = self.model.G(codes(self.sample_real)).float()
         pairs = torch.stack([self.sample_real.float(), recon], 1).flatten(0, 1)  # x, G(E(x)) side by side
-        name = f"{'warmup' if warmup else 'recon'}_{step:06d}.png"  # the stages' step counts overlap
-        save_grid(self.run_dir / "samples" / name, to_uint8(pairs), columns=8)
+        kind = "warmup" if warmup else "recon"  # the stages' step counts overlap
+        grid = save_grid(self.run_dir / "samples" / f"{kind}_{step:06d}.png", to_uint8(pairs), columns=8)
+        self.tracker.image(f"samples/{kind}", step, grid)
 
 
 @contextlib.contextmanager
@@ -497,8 +506,8 @@ def evaluating(*nets: torch.nn.Module):
             net.train(mode)
 
 
-def save_grid(path: Path, images: np.ndarray, columns: int) -> None:
-    """Tile N x S x S x C uint8 images into one PNG, 2-pixel gaps."""
+def save_grid(path: Path, images: np.ndarray, columns: int) -> np.ndarray:
+    """Tile N x S x S x C uint8 images into one PNG, 2-pixel gaps; returns the grid."""
     n, s, _, c = images.shape
     rows = -(-n // columns)
     grid = np.full((rows * (s + 2), columns * (s + 2), c), 255, np.uint8)
@@ -506,3 +515,4 @@ def save_grid(path: Path, images: np.ndarray, columns: int) -> None:
         r, col = divmod(i, columns)
         grid[r * (s + 2):r * (s + 2) + s, col * (s + 2):col * (s + 2) + s] = image
     atomic_save_png(path, Image.fromarray(grid[..., 0] if c == 1 else grid))
+    return grid

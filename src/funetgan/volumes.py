@@ -3,9 +3,11 @@
     volume_results   one row per volume (volume_result: one): its score (the mean of its `top_slices` highest
                      slice scores), label (anomalous when any slice holds lesion), lesion
                      volume in millilitres, true and predicted, and 3-D Dice / IoU
-    volume_metrics   detection metrics over volumes and the means of the per-volume figures
+    volume_metrics   detection metrics over volumes and the means of the per-volume figures;
+                     voxel_ap (pooled_voxel_ap chunk by chunk): MOOD's voxel-pooled average precision
     write_volumes    (write_volume: one) each volume's anomaly map and predicted mask as NIfTI on the scan's own
-                     voxel grid and affine, so they overlay the scan in 3D Slicer or ITK-SNAP
+                     voxel grid and affine, so they overlay the scan in 3D Slicer or ITK-SNAP; for a
+                     DICOM series also as a DICOM SEG and Parametric Map over it (dicom_outputs.py)
 
 Lesion volumes and overlaps are counted on the slices at the working size; each working pixel
 stands for its share of the slice's original area times the voxel size. A slice's predicted
@@ -20,12 +22,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .data.base import SLICE_MARK, ImageSet
+from .data.base import SLICE_MARK, DataError, ImageSet
 from .data.ct import volume_name
 from .data.medical import Geometry, require, to_scan_grid
+from .dicom_outputs import from_dicom_series, write_dicom_outputs
 from .files import atomic_write, safe_names
 from .masks import MaskRule
-from .metrics import image_metrics
+from .metrics import PixelHistogram, image_metrics
 
 STRIP_SLICES = 3  # most anomalous slices per volume shown in the report
 FOLDER = "volumes"
@@ -44,7 +47,7 @@ def volume_result(imageset: ImageSet, source: str, name: str, rows: np.ndarray, 
                   predicted, image_threshold: float, top_slices: int = 1) -> dict:
     """The row of one volume, `source`, from the scores and predicted masks of its slices
     `rows` (in slice order, as `ImageSet.volume_rows` gives them)."""
-    score = float(np.sort(slice_scores)[-top_slices:].mean())
+    score = volume_score(slice_scores, top_slices)
     predicted = np.asarray(predicted, bool)
     pixel_ml = _pixel_ml(imageset, rows, imageset.volumes[source], predicted.shape[1:])
     labels = imageset.labels[rows]
@@ -61,6 +64,11 @@ def volume_result(imageset: ImageSet, source: str, name: str, rows: np.ndarray, 
     return result
 
 
+def volume_score(slice_scores, top_slices: int = 1) -> float:
+    """A volume's score: the mean of its `top_slices` highest slice scores."""
+    return float(np.sort(np.asarray(slice_scores, float))[-top_slices:].mean())
+
+
 def _pixel_ml(imageset: ImageSet, rows: np.ndarray, geometry: Geometry, size: tuple[int, int]) -> np.ndarray:
     """Millilitres one working pixel stands for, per slice."""
     return geometry.voxel_ml * imageset.sizes[rows].prod(1) / (size[0] * size[1])
@@ -75,9 +83,11 @@ def _overlap(predicted: np.ndarray, truth: np.ndarray, pixel_ml: np.ndarray) -> 
             "iou": None if both_empty else tp / (tp + fp + fn)}
 
 
-def volume_metrics(results: list[dict], image_threshold: float, top_slices: int = 1) -> dict:
+def volume_metrics(results: list[dict], image_threshold: float, top_slices: int = 1,
+                   voxel_ap: float | None = None) -> dict:
     """Detection over volumes (labels: any lesion slice) and the means, over volumes with a
-    lesion, of 3-D Dice, IoU and the absolute error of the predicted lesion volume."""
+    lesion, of 3-D Dice, IoU and the absolute error of the predicted lesion volume; with
+    `voxel_ap` (`pooled_voxel_ap`) that too."""
     with_lesion = [r for r in results if r["lesion_ml"]]
 
     def mean(values) -> float | None:
@@ -93,7 +103,32 @@ def volume_metrics(results: list[dict], image_threshold: float, top_slices: int 
         "iou_mean": mean(r["iou"] for r in with_lesion),
         "lesion_ml_abs_error_mean": mean(abs(r["predicted_ml"] - r["lesion_ml"]) for r in with_lesion),
         "n_with_lesion": len(with_lesion),
+        "voxel_ap": voxel_ap,
     }
+
+
+def add_voxels(histogram: PixelHistogram, imageset: ImageSet, rows: np.ndarray, maps) -> None:
+    """Count one volume's slices `rows` against their truth for `pooled_voxel_ap`: every
+    pixel of their maps (0 outside a scoring region, as in the written volumes). A volume
+    without truth on every slice is left out."""
+    if imageset.masks is not None and imageset.has_mask[rows].all():
+        histogram.add(np.asarray(maps), np.asarray(imageset.masks[rows], bool))
+
+
+def pooled_voxel_ap(histogram: PixelHistogram) -> float | None:
+    """The average precision of every counted voxel of every volume, pooled: the MOOD
+    challenge's pixel-level measure (on the slices at the working resolution; None without
+    both anomalous and normal voxels)."""
+    curves = histogram.curves()
+    return curves.ap() if curves.defined else None
+
+
+def voxel_ap_of_set(imageset: ImageSet, maps) -> float | None:
+    """`pooled_voxel_ap` of a whole set's volumes from all their maps in memory."""
+    histogram = PixelHistogram()
+    for rows in imageset.volume_rows().values():
+        add_voxels(histogram, imageset, rows, np.asarray(maps)[rows])
+    return pooled_voxel_ap(histogram)
 
 
 def volume_names(sources: list[str]) -> list[str]:
@@ -117,18 +152,28 @@ def write_volume(out_dir, imageset: ImageSet, result: dict, rows: np.ndarray, ma
     `volumes/<volume>_mask.nii.gz` (uint8 0/1: `rule` slice by slice, `flagged` the slices whose
     score reaches the image threshold) of one volume (`result`, a `volume_result`), from the
     maps of its slices `rows`, on the scan's voxel grid with its affine; slices are resized back
-    to the scan's in-plane size. With `region` (the scored pixels of those slices, bool) the
+    to the scan's in-plane size. A DICOM series gets the same map and mask as DICOM objects over
+    it too (`dicom_outputs`), or where its headers lack what they must reference, a note in
+    `imageset.notes` saying so. With `region` (the scored pixels of those slices, bool) the
     maps stay 0 outside it at that size."""
     folder = Path(out_dir) / FOLDER
     geometry = imageset.volumes[result["path"]]
     volume = scan_map(imageset, maps, rows, geometry, region)
     slice_flags = np.zeros(len(volume), bool)
     slice_flags[[int(imageset.paths[i].rpartition(SLICE_MARK)[2]) for i in rows]] = flagged
+    grid = to_scan_grid(volume, geometry)
+    mask = to_scan_grid(rule(volume, slice_flags).astype(np.uint8), geometry)
     written = []
-    for suffix, values in (("map", volume), ("mask", rule(volume, slice_flags).astype(np.uint8))):
+    for suffix, values in (("map", grid), ("mask", mask)):
         path = folder / f"{result['volume']}_{suffix}.nii.gz"
-        save_nifti(path, to_scan_grid(values, geometry), geometry)
+        save_nifti(path, values, geometry)
         written.append(path)
+    if from_dicom_series(result["path"]):
+        try:
+            written += write_dicom_outputs(folder, result["volume"], Path(result["path"]), grid, mask,
+                                           rule.pixel_threshold)
+        except DataError as err:  # a series without what DICOM objects must reference: NIfTI only
+            imageset.notes.append(f"no DICOM SEG or Parametric Map: {err}; its NIfTI files are written")
     return written
 
 
@@ -153,8 +198,12 @@ def scan_map(imageset: ImageSet, maps, rows: np.ndarray, geometry: Geometry,
 
 
 def save_nifti(path: Path, data: np.ndarray, geometry: Geometry) -> None:
-    """An array on `geometry`'s voxel grid as a gzipped NIfTI file, written atomically."""
+    """An array on `geometry`'s voxel grid as a NIfTI file (gzipped when its name ends in
+    .gz), written atomically."""
     nibabel = require("nibabel")
     image = nibabel.Nifti1Image(data, geometry.affine)
     image.header.set_xyzt_units("mm")
-    atomic_write(path, lambda tmp: tmp.write_bytes(gzip.compress(image.to_bytes(), compresslevel=1)))
+    content = image.to_bytes()
+    if Path(path).name.lower().endswith(".gz"):
+        content = gzip.compress(content, compresslevel=1)
+    atomic_write(path, lambda tmp: tmp.write_bytes(content))

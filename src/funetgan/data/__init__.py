@@ -11,12 +11,14 @@ from pathlib import Path
 from ..config import DataConfig
 from . import cache
 from .base import DataError, ImageSet, Splits
+from .bmad import is_bmad_dataset, load_bmad
 from .checks import BadFiles, MissingDependency, fit_batch, held_out
 from .ct import is_ct_dataset, load_ct, volume_slices
 from .folder import find_folder_dataset, load_folder, mvtec_categories
 from .idx import has_idx, load_idx
 from .images import Entry, fit_image, fit_mask, load_files, read_image, read_mask
 from .medical import is_dicom_series, is_nifti
+from .mood import is_mood_dataset, load_mood
 from .msd import is_msd_dataset, load_msd
 
 __all__ = [
@@ -25,9 +27,10 @@ __all__ = [
     "read_mask",
 ]
 
-LAYOUTS = ("train/ (+ test/, val/, masks/ or ground_truth/), an MVTec AD category or root, "
-           "MNIST-style IDX files, ct_scans/ + infection_mask/, or a Medical Segmentation Decathlon "
-           "task (dataset.json + imagesTr/ + labelsTr/)")
+LAYOUTS = ("train/ (+ test/, val/, masks/ or ground_truth/), an MVTec AD category or root, a BMAD set "
+           "(train/good/, valid/ and test/ with good/ and Ungood/), "
+           "MNIST-style IDX files, ct_scans/ + infection_mask/, a Medical Segmentation Decathlon "
+           "task (dataset.json + imagesTr/ + labelsTr/), or a MOOD region (<region>_train/ + toy/ + toy_label/)")
 
 
 def __getattr__(name: str):
@@ -51,11 +54,15 @@ def load_dataset(path: str | Path, image_size: int | None = 64, channels: int = 
         return load_ct(root, image_size, channels, options)
     if is_msd_dataset(root):
         return load_msd(root, image_size, channels, options)
+    if is_mood_dataset(root):
+        return load_mood(root, image_size, channels, options)
     if has_idx(root):
         return load_idx(root, image_size, channels, options)
     folder = find_folder_dataset(root, options.category)
     if folder is None:
         raise DataError(f"{root}: no known dataset layout; expected {LAYOUTS}")
+    if is_bmad_dataset(folder):
+        return load_bmad(folder, image_size, channels, options)
     return load_folder(folder, image_size, channels, options)
 
 

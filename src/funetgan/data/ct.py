@@ -13,6 +13,7 @@ only their normal slices, test volumes all of theirs.
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -70,22 +71,30 @@ def split_volumes(root: Path, layout: str, volumes: list[Volume], names: list[st
                 slices = replace(slices.subset(np.flatnonzero(slices.labels == 0)), masks=None, has_mask=None)
             add(split, slices)
 
-    def settle(splits: Splits) -> None:
-        bad.settle({"train": splits.train, "test": splits.test})
-
-    if options.cache_dir is not None:
-        splits = cache.cached_splits(root, layout, size, channels, options, read, settle)
-    else:
-        pieces: dict[str, list[ImageSet]] = {"train": [], "test": []}
-        read(lambda split, slices: pieces[split].append(slices))
-        splits = Splits(**{split: _concat(sets, size, channels) for split, sets in pieces.items()})
-        settle(splits)
+    splits = gather_volumes(root, layout, size, channels, options, bad, read)
     if not len(splits.train):
         raise DataError(f"{root}: no normal (lesion-free) slices in the training volumes")
     described = (f"split by patient (data.test_fraction={options.test_fraction}, data.split_seed="
                  f"{options.split_seed}): test volumes {file_list(sorted(test_names))}")
     for images in (splits.train, splits.test):
         images.notes.append(described)
+    return splits
+
+
+def gather_volumes(root: Path, layout: str, size: int, channels: int, options: DataConfig, bad: BadFiles,
+                   read: Callable[[Callable[[str, ImageSet], None]], None]) -> Splits:
+    """The train and test splits that `read(add)` passes to `add(split, slices)`, volume by
+    volume: in memory, or with `data.cache_dir` through the slice cache (decoded once,
+    memory-mapped); then `bad`'s files are settled."""
+    def settle(splits: Splits) -> None:
+        bad.settle({"train": splits.train, "test": splits.test})
+
+    if options.cache_dir is not None:
+        return cache.cached_splits(root, layout, size, channels, options, read, settle)
+    pieces: dict[str, list[ImageSet]] = {"train": [], "test": []}
+    read(lambda split, slices: pieces[split].append(slices))
+    splits = Splits(**{split: _concat(sets, size, channels) for split, sets in pieces.items()})
+    settle(splits)
     return splits
 
 
@@ -152,8 +161,8 @@ def read_slices(volume: Volume, size: int, channels: int, options: DataConfig) -
     slices.masks = fit_masks(lesion[keep], size)
     slices.has_mask = np.ones(len(keep), bool)
     if not in_hu:
-        slices.notes.append(f"{volume.scan.name}: values in 0..255, not HU: "
-                            f"used as grey levels, without the HU window")
+        slices.notes.append(f"{volume.scan.name}: values in 0..255 (or 0..1), not HU: "
+                            f"used as grey levels (0..1 scaled to 0..255), without the HU window")
     return slices
 
 

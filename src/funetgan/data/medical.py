@@ -160,15 +160,22 @@ def to_scan_grid(slices: np.ndarray, geometry: Geometry) -> np.ndarray:
 def _dicom_series(folder: Path):
     """A DICOM series folder as a NIfTI image in memory: pixels on the voxel grid (column,
     row, slice) and the affine from the series' position and orientation tags."""
-    pydicom, nibabel = require("pydicom"), require("nibabel")
+    nibabel = require("nibabel")
     from pydicom.pixels import apply_modality_lut
 
+    slices = read_dicom_series(folder)
+    pixels = np.stack([apply_modality_lut(s.pixel_array, s).astype(np.float32) for s in slices])
+    return nibabel.Nifti1Image(pixels.transpose(2, 1, 0), series_affine(slices))
+
+
+def read_dicom_series(folder: Path, pixels: bool = True) -> list:
+    """The datasets of a DICOM series folder sorted along the slice normal: the order of the
+    slices (the last axis) of its voxel grid. Without `pixels`, their headers only."""
+    pydicom = require("pydicom")
     files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
     if not files:
         raise DataError("empty DICOM series folder")
-    slices = sorted((pydicom.dcmread(file) for file in files), key=_slice_position)
-    pixels = np.stack([apply_modality_lut(s.pixel_array, s).astype(np.float32) for s in slices])
-    return nibabel.Nifti1Image(pixels.transpose(2, 1, 0), series_affine(slices))
+    return sorted((pydicom.dcmread(file, stop_before_pixels=not pixels) for file in files), key=_slice_position)
 
 
 def series_affine(slices: list) -> np.ndarray:
@@ -209,9 +216,17 @@ def is_grey_levels(volume: np.ndarray) -> bool:
     return bool(volume.min() >= 0 and volume.max() <= 255)
 
 
+def is_unit_range(volume: np.ndarray) -> bool:
+    """Whether a volume holds intensities normalised to 0..1 (the MOOD challenge's brain MRI
+    and abdominal CT): all its values lie in 0..1."""
+    return bool(volume.min() >= 0 and volume.max() <= 1)
+
+
 def volume_to_uint8(volume: np.ndarray, hu_window: tuple[float, float]) -> tuple[np.ndarray, bool]:
-    """CT volume -> (uint8 volume, whether it was in HU); grey levels (`is_grey_levels`) are
-    taken as they are."""
+    """CT volume -> (uint8 volume, whether it was in HU); intensities in 0..1 (`is_unit_range`)
+    are scaled to 0..255, grey levels (`is_grey_levels`) taken as they are."""
+    if is_unit_range(volume):
+        return window(volume, 0.0, 1.0), False
     if is_grey_levels(volume):
         return np.rint(volume).astype(np.uint8), False
     return window(volume, *hu_window), True
