@@ -68,11 +68,11 @@ class Calibration:
 
     @classmethod
     def from_dict(cls, values: dict, source: str) -> "Calibration":
-        if not isinstance(values, dict) or values.get("format") != FORMAT:
+        names = {f.name for f in dataclasses.fields(cls)}
+        if not isinstance(values, dict) or values.get("format") != FORMAT or names - set(values):
             raise ValueError(f"{source}: calibrated by an earlier funetgan (another calibration layout); "
                              f"calibrate it again: funetgan calibrate --run RUN --data DATA")
-        fields = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{key: value for key, value in values.items() if key in fields})
+        return cls(**{key: value for key, value in values.items() if key in names})
 
 
 def calibration_split(train: ImageSet, val: ImageSet | None, fraction: float, seed: int
