@@ -126,17 +126,17 @@ def mask_rules(model: FUNetGAN, normals: ImageSet) -> dict[str, MaskRule]:
     histogram.add(maps)
     pixel = {q: quantile_pixel_threshold(histogram.curves(), q) for q in (0.99, 0.999)}
     peak = {q: rank_threshold(maps.reshape(len(maps), -1).max(1), q)[0] for q in (0.9, 0.99)}
-    rules = {"pixel quantile 0.99": MaskRule(pixel[0.99], pixel[0.99]),
-             "pixel quantile 0.999": MaskRule(pixel[0.999], pixel[0.999]),
-             "per-image rate 0.99": MaskRule(peak[0.99], peak[0.99]),
-             "per-image rate 0.9": MaskRule(peak[0.9], peak[0.9])}
+    rules = {"pixel quantile 0.99 (the default)": MaskRule(pixel[0.99]),
+             "pixel quantile 0.999": MaskRule(pixel[0.999]),
+             "per-image rate 0.99": MaskRule(peak[0.99]),
+             "per-image rate 0.9": MaskRule(peak[0.9])}
     for share in (0.5, 0.75):
         rules[f"hysteresis: per-image 0.99, grow at {share:g} of it"] = MaskRule(share * peak[0.99], peak[0.99])
     rules["hysteresis: per-image 0.99, grow at pixel 0.99"] = MaskRule(pixel[0.99], peak[0.99])
     for name, rule in list(rules.items()):
         rules[f"{name}, flagged images only"] = dataclasses.replace(rule, flagged_only=True)
     for area in (0.005, 0.02):
-        rules[f"per-image rate 0.99, regions >= {area:g} of the image"] = MaskRule(peak[0.99], peak[0.99], area)
+        rules[f"per-image rate 0.99, regions >= {area:g} of the image"] = MaskRule(peak[0.99], min_area=area)
     return rules
 
 
@@ -160,8 +160,7 @@ def measure(model: FUNetGAN, splits: Splits, normals: ImageSet, extra: dict[str,
     truth = np.zeros(test.images.shape[:3], bool) if test.masks is None else test.masks.astype(bool)
     found = {
         "normals_calibrated": model.calibration.normals, "expected_image_rate": model.calibration.expected_image_rate,
-        "thresholds": {"image": model.image_threshold, "pixel": model.pixel_threshold,
-                       "region": model.calibration.region_threshold},
+        "thresholds": {"image": model.image_threshold, "pixel": model.pixel_threshold},
         "image_auroc": metrics["image"]["auroc"], "specificity": metrics["image"]["specificity"],
         "sensitivity": metrics["image"]["sensitivity"], "image_rate_test_normals": 1 - metrics["image"]["specificity"],
         "pixel_auroc": metrics.get("pixel", {}).get("auroc"), "aupro": metrics.get("pixel", {}).get("aupro"),

@@ -81,7 +81,7 @@ def test_the_note_on_too_few_normals_says_what_to_expect():
 
 def test_the_record_survives_its_file_form_and_other_layouts_are_refused():
     record = Calibration(levels={"pixel_residual": 0.5}, image_threshold=2.0, pixel_threshold=1.5,
-                         region_threshold=3.0, blur_sigma=2.0, normals=100, anomalous=0, rule="normal quantile 0.99",
+                         blur_sigma=2.0, normals=100, anomalous=0, rule="normal quantile 0.99",
                          expected_image_rate=1 / 101, unit_scale={"score": {"median": 1.0, "spread": 2.0}},
                          notes=["a note"])
     assert Calibration.from_dict(record.to_dict(), "run") == record

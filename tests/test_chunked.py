@@ -33,7 +33,7 @@ class PixelScorer(Scorer):
                  "pixel_density": 1.0, "pixel_contrast": 0.2, "pixel_contrast_std": 0.1,  # the contrast: from the images
                  "latent_density": 1.0}
         self.calibration = Calibration(levels=norms, image_threshold=image_threshold, pixel_threshold=pixel_threshold,
-                                       region_threshold=pixel_threshold, blur_sigma=1.0, normals=100, anomalous=0,
+                                       blur_sigma=1.0, normals=100, anomalous=0,
                                        rule="normal quantile 0.99", expected_image_rate=0.01,
                                        unit_scale={"score": {"median": 0.0, "spread": 1.0},
                                                    "map": {"median": 0.0, "spread": 1.0}})

@@ -68,7 +68,6 @@ def test_metadata_holds_settings_calibration_and_parity(trained, exported):
     assert float(flat["smoothness_weight"]) == model.config.score.smoothness_weight
     assert float(flat["image_density_weight"]) == model.config.score.image_density_weight
     assert float(flat["latent_density_weight"]) == model.config.score.latent_density_weight == 1.0
-    assert float(flat["region_threshold"]) == pytest.approx(model.calibration.region_threshold)
     assert "8 * latent_density" not in proto_doc(path) and "1 * latent_density / m_latent_density" in proto_doc(path)
 
 

@@ -49,8 +49,7 @@ class Calibration:
 
     levels: dict[str, float]
     image_threshold: float
-    pixel_threshold: float  # a pixel can belong to a mask region at or above this
-    region_threshold: float  # a region is kept only if its peak reaches this (`masks.MaskRule`)
+    pixel_threshold: float  # a pixel at or above this belongs to the mask (`masks.MaskRule`)
     blur_sigma: float
     normals: int  # calibration normal images
     anomalous: int  # calibration anomalous images (labelled validation data)
@@ -126,8 +125,8 @@ def find_calibration(model, normals: ImageSet, training: tuple[np.ndarray, np.nd
         for name in unfitted:  # without its level a term counts 0 (`scoring.weight`)
             del levels[name]
         levels.update(image_evidence_levels(normal_chunks(), levels, model.config))
-        scores, maxima, histogram = scored(model, terms, levels, normals)
-    return thresholds(model.config, scores, maxima, histogram, normals, levels, notes)
+        scores, histogram = scored(model, terms, levels, normals)
+    return thresholds(model.config, scores, histogram, normals, levels, notes)
 
 
 def chunks(rows: np.ndarray, images: np.ndarray) -> list[np.ndarray]:
@@ -178,11 +177,11 @@ def image_evidence_levels(normals: Iterable[Terms], levels: dict[str, float], co
 
 
 def scored(model, terms: Terms, levels: dict[str, float], normals: ImageSet
-           ) -> tuple[np.ndarray, np.ndarray, PixelHistogram]:
-    """Image scores and map maxima of every calibration image, and the histogram of the map
+           ) -> tuple[np.ndarray, PixelHistogram]:
+    """Image scores of every calibration image, and the histogram of the map
     values inside the scoring region that set the pixel threshold (group 0: normal images'
     pixels; group 1: those of anomalies with masks), a chunk at a time."""
-    scores, maxima = np.zeros(len(normals)), np.zeros(len(normals))
+    scores = np.zeros(len(normals))
     histogram = PixelHistogram(groups=2)
     normal = normals.labels == 0
     masked = ~normal if normals.masks is None else (normals.labels == 1) & np.asarray(normals.has_mask, bool)
@@ -190,16 +189,15 @@ def scored(model, terms: Terms, levels: dict[str, float], normals: ImageSet
     for rows in chunks(np.arange(len(normals)), normals.images):
         part = terms.rows(rows)
         scores[rows], maps = model.combine(part, levels)
-        maxima[rows] = maps.reshape(len(maps), -1).max(1)
         keep = counted[rows]
         if keep.any():
             truth = None if normals.masks is None else np.asarray(normals.masks[rows][keep], bool)
             histogram.add(maps[keep], truth, None if part.region is None else part.region[keep],
                           (~normal[rows][keep]).astype(np.int64))
-    return scores, maxima, histogram
+    return scores, histogram
 
 
-def thresholds(config: Config, scores: np.ndarray, maxima: np.ndarray, histogram: PixelHistogram,
+def thresholds(config: Config, scores: np.ndarray, histogram: PixelHistogram,
                normals: ImageSet, levels: dict[str, float], notes: list[str]) -> Calibration:
     """The thresholds, F1-optimal where the calibration set has labelled anomalies (and masks),
     else at `score.normal_quantile` of the calibration normals; with a note when the normals
@@ -212,12 +210,11 @@ def thresholds(config: Config, scores: np.ndarray, maxima: np.ndarray, histogram
         image_threshold, expected = f1_image_threshold(scores, normals.labels), None
     curves = histogram.curves()
     pixel_threshold = f1_pixel_threshold(curves) if curves.defined else quantile_pixel_threshold(curves, q)
-    region_threshold = max(rank_threshold(maxima[normal], q)[0], pixel_threshold)
     scales = {"score": fit_unit_scale(scores[normal], q),
               "map": unit_scale(histogram.quantile(0.5, [0]), histogram.quantile(q, [0]))}
     notes = [*notes, *few_normals_note(int(normal.sum()), q)] if not anomalous else notes
     return Calibration(levels=levels, image_threshold=float(image_threshold), pixel_threshold=float(pixel_threshold),
-                       region_threshold=float(region_threshold), blur_sigma=map_blur(config),
+                       blur_sigma=map_blur(config),
                        normals=int(normal.sum()), anomalous=anomalous,
                        rule="f1-optimal" if anomalous else f"normal quantile {q:g}",
                        expected_image_rate=expected, unit_scale=scales, notes=notes)

@@ -516,11 +516,11 @@ def _one_line(err: Exception) -> str:
 
 def _thresholds(model: Scorer, args) -> tuple[float, MaskRule]:
     """The image threshold and the mask rule: the calibrated ones, or --threshold and
-    --pixel-threshold (a plain threshold: every region at or above it)."""
+    --pixel-threshold."""
     image_t = args.threshold if args.threshold is not None else model.image_threshold
     rule = model.mask_rule
     if args.pixel_threshold is not None:
-        rule = dataclasses.replace(rule, pixel_threshold=args.pixel_threshold, region_threshold=args.pixel_threshold)
+        rule = dataclasses.replace(rule, pixel_threshold=args.pixel_threshold)
     return image_t, rule
 
 

@@ -119,10 +119,6 @@ class ScoreConfig:
     # size, and twice that on maps stitched from tiles (scoring.TILED_BLUR).
     blur_sigma: float | None = None
     normal_quantile: float = 0.99  # threshold rule when validation has no anomalies
-    # Masks (masks.MaskRule): regions smaller than this share of the image are dropped, and with
-    # mask_flagged_only only images whose score reaches the image threshold get a mask.
-    mask_min_area: float = 0.0
-    mask_flagged_only: bool = False
     # Tiled scoring (with data.resolution): tiles start every tile_stride px (None: half the
     # patch); image terms of the tiles become one per image by their max or mean.
     tile_stride: int | None = None

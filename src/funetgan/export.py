@@ -187,7 +187,7 @@ def _set_metadata(proto, meta: dict, config: Config) -> None:
         META_KEY: json.dumps(meta),
         "image_size": config.model.image_size, "channels": config.model.channels,
         "working_resolution": config.data.resolution or config.model.image_size,
-        **{key: calibration[key] for key in ("image_threshold", "pixel_threshold", "region_threshold", "blur_sigma")},
+        **{key: calibration[key] for key in ("image_threshold", "pixel_threshold", "blur_sigma")},
         "normal_levels": json.dumps(calibration["levels"]),
         **{term.weight: getattr(score, term.weight) for term in (*MAP, *IZIF) if term.weight},
         "image_smoothness_weight": image_smoothness_weight(score, tiled),

@@ -439,7 +439,7 @@ def evaluate(scores, maps, imageset, image_threshold: float, mask_rule, region=N
     "pixel" entry is there only when some of its anomalous images have pixel truth.
     (`Evaluation` with the whole set as one chunk.)
     """
-    rule = mask_rule if callable(mask_rule) else MaskRule(float(mask_rule), float(mask_rule))
+    rule = mask_rule if callable(mask_rule) else MaskRule(float(mask_rule))
     evaluation = Evaluation(imageset, image_threshold, rule.thresholds())
     predicted = rule(maps, np.asarray(scores) >= image_threshold)
     if region is not None:

@@ -200,10 +200,9 @@ class Scorer:
 
     @property
     def mask_rule(self) -> MaskRule:
-        """How masks are drawn from maps: the calibrated thresholds and the chosen options."""
-        calibration, cfg = self._calibrated(), self.config.score
-        return MaskRule(calibration.pixel_threshold, calibration.region_threshold, cfg.mask_min_area,
-                        cfg.mask_flagged_only)
+        """How masks are drawn from maps: every pixel at or above the calibrated pixel threshold
+        (the rule measured best on the selection splits: `masks`)."""
+        return MaskRule(self._calibrated().pixel_threshold)
 
 
 @dataclass(frozen=True)
