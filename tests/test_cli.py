@@ -4,6 +4,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from PIL import Image
@@ -39,11 +40,17 @@ def test_train_writes_weights_settings_and_log(run):
 def test_test_writes_metrics_for_both_levels(run, dataset, tmp_path, capsys):
     assert main(["test", "--run", str(run), "--data", str(dataset), "--out", str(tmp_path)]) == 0
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert 0 <= metrics["image"]["auroc"] <= 1 and 0 <= metrics["pixel"]["auroc"] <= 1
     assert metrics["image"]["n_normal"] == 3 and metrics["image"]["n_anomalous"] == 5
     rows = list(csv.DictReader((tmp_path / "scores.csv").open()))
     assert len(rows) == 8
-    assert "image: auroc" in capsys.readouterr().out
+    flagged = sum(row["label"] == "0" and float(row["score"]) >= metrics["image"]["threshold"] for row in rows)
+    kept = metrics["promise"]
+    assert (kept["normals"], kept["flagged"]) == (3, flagged) and kept["expected_rate"] > 0
+    out = capsys.readouterr().out
+    assert "image: auroc" in out
+    assert f"normal images flagged: {flagged} of 3 ({flagged / 3:.1%}), about {kept['expected_rate']:.1%} expected" in out
+    page = (tmp_path / "report.html").read_text()
+    assert page.index(f"{flagged} of 3") < page.index("<h2>Metrics</h2>")  # near the top, before the metrics
 
 
 def test_predict_scores_unlabelled_files(run, dataset, tmp_path):
@@ -63,6 +70,27 @@ def test_resume_of_a_finished_run_trains_nothing_more(run, dataset):
     log = (run / "log.jsonl").read_text()
     assert main(["train", "--data", str(dataset), "--out", str(run), "--resume", "--device", "cpu"]) == 0
     assert (run / "log.jsonl").read_text() == log
+
+
+def test_a_test_time_change_of_what_was_calibrated_is_refused_with_the_calibrate_command(run, dataset, tmp_path,
+                                                                                        capsys):
+    argv = ["test", "--run", str(run), "--data", str(dataset), "--out", str(tmp_path / "o"),
+            "--set", "data.lung_threshold=-400"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(f"calibrated with data.lung_threshold=None; calibrate it under the new value first: "
+                        f"funetgan calibrate --run {run} --data {dataset} --set data.lung_threshold=-400.0")
+    assert not (tmp_path / "o").exists()  # refused before any work
+
+
+def test_resume_with_settings_that_change_the_split_or_batches_is_refused_naming_them(run, dataset, capsys):
+    log = (run / "log.jsonl").read_text()
+    argv = ["train", "--data", str(dataset), "--out", str(run), "--resume", "--device", "cpu",
+            "--set", "data.val_fraction=0.5", "--set", "batch_size=2", "--set", "gan.iterations=3"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("funetgan: error: --resume: data.val_fraction, batch_size differ from")
+    assert len(err.splitlines()) == 1 and (run / "log.jsonl").read_text() == log
 
 
 def test_print_config_shows_resolved_settings(capsys):
@@ -113,6 +141,12 @@ def test_every_mvtec_category_gets_its_own_run_and_one_that_fails_stops_no_other
         assert (runs / name / "model.safetensors").exists()
         assert "batch_size: 11" in (runs / name / "config.yaml").read_text()
         assert json.loads((results / name / "metrics.json").read_text())["image"]["n_anomalous"] == 5
+    logs = {name: (runs / name / "log.jsonl").read_text() for name in ("brick", "gravel")}
+    assert main(["train", "--data", str(root), "--category", "all", "--out", str(runs), "--resume",
+                 "--device", "cpu"]) == 2  # each category's own run resumes (finished: nothing more to train)
+    assert [line for line in capsys.readouterr().err.splitlines() if line.startswith("funetgan")] == [
+        f"funetgan: error: grass: {runs / 'grass' / 'config.yaml'}: nothing to resume"]
+    assert logs == {name: (runs / name / "log.jsonl").read_text() for name in ("brick", "gravel")}
 
 
 def test_overwrite_removes_earlier_per_image_outputs(run, dataset, tmp_path):
@@ -246,3 +280,54 @@ def test_calibrate_on_other_data_than_the_run_was_trained_on_is_refused(run_copy
     err = capsys.readouterr().err.strip()
     assert str(other) in err and "3 calibration normals here, 1 when the run was calibrated" in err
     assert len(err.splitlines()) == 1 and (run_copy / "model.safetensors").read_bytes() == model
+
+
+def separable_dataset(root: Path, size: int = 32) -> Path:
+    """Flat grey normals (a little noise) and test images with one bright square each, with
+    its mask, in MVTec AD's layout: anything that ranks by the residual must separate them."""
+    rng = np.random.default_rng(0)
+
+    def flat() -> np.ndarray:
+        return np.clip(rng.normal(110, 3, (size, size)), 0, 255)
+
+    def save(path: Path, image: np.ndarray) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image.astype(np.uint8)).save(path)
+
+    for i in range(24):
+        save(root / "train" / "good" / f"{i:03d}.png", flat())
+    for i in range(6):
+        save(root / "test" / "good" / f"{i:03d}.png", flat())
+        image, mask = flat(), np.zeros((size, size))
+        top, left = rng.integers(2, size - 10, 2)
+        image[top:top + 8, left:left + 8] = mask[top:top + 8, left:left + 8] = 255
+        save(root / "test" / "square" / f"{i:03d}.png", image)
+        save(root / "ground_truth" / "square" / f"{i:03d}_mask.png", mask)
+    return root
+
+
+@pytest.fixture(scope="module")
+def separable(tmp_path_factory):
+    root = separable_dataset(tmp_path_factory.mktemp("separable") / "flat")
+    run = root.parent / "run"
+    assert main(["train", "--data", str(root), "--out", str(run), *TINY]) == 0
+    return root, run
+
+
+def test_separable_anomalies_are_found_at_both_levels(separable, tmp_path):
+    root, run = separable
+    assert main(["test", "--run", str(run), "--data", str(root), "--out", str(tmp_path)]) == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["image"]["auroc"] >= 0.9 and metrics["pixel"]["auroc"] >= 0.9
+
+
+def test_the_separable_check_fails_when_the_score_sign_is_flipped(separable, tmp_path, monkeypatch):
+    """The check above can fail: the same run with its scores and maps negated ranks backwards."""
+    from funetgan.scoring import Scorer, Scores
+    score = Scorer.score
+    monkeypatch.setattr(Scorer, "score", lambda self, *a, **k: Scores(*(-x for x in vars(score(self, *a, **k))
+                                                                            .values())))
+    root, run = separable
+    assert main(["test", "--run", str(run), "--data", str(root), "--out", str(tmp_path)]) == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["image"]["auroc"] < 0.9 and metrics["pixel"]["auroc"] < 0.9

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from funetgan.config import Config, apply_overrides
@@ -59,12 +61,13 @@ def test_bad_settings_file_names_the_file(tmp_path):
 @pytest.mark.parametrize("text, value", [("1e-4", 1e-4), ("1E-4", 1e-4), ("5e3", 5000.0), (".5", 0.5),
                                          ("1_000", 1000.0), ("-2.5e-1", -0.25), ("3", 3.0)])
 def test_numbers_as_people_type_them(text, value, tmp_path):
-    """YAML 1.1 reads 1e-4, .5 (without a sign or digit) and the like as strings."""
-    assert apply_overrides(Config(), [f"gan.lr_d={text}"]).gan.lr_d == value
+    """YAML 1.1 reads 1e-4, .5 (without a sign or digit) and the like as strings. (Settings
+    with no bound on their values: a float, an optional float and a pair.)"""
+    assert apply_overrides(Config(), [f"data.lung_threshold={text}"]).data.lung_threshold == value
     path = tmp_path / "s.yaml"
-    path.write_text(f"gan:\n  lr_d: {text}\n  betas: [{text}, 0.9]\nencoder:\n  max_minutes: {text}\n")
+    path.write_text(f"data:\n  lung_threshold: {text}\n  hu_window: [-9000, {text}]\n")
     loaded = Config.load(path)
-    assert loaded.gan.lr_d == value and loaded.gan.betas == (value, 0.9) and loaded.encoder.max_minutes == value
+    assert loaded.data.lung_threshold == value and loaded.data.hu_window == (-9000.0, value)
 
 
 def test_integer_settings_take_exponents_and_underscores():
@@ -78,3 +81,38 @@ def test_unknown_key_in_a_settings_file_names_the_file_and_the_closest_key(tmp_p
     path.write_text("gan:\n  lr_dd: 0.001\n")
     with pytest.raises(ValueError, match=r"s.yaml: unknown setting 'gan.lr_dd' \(did you mean gan.lr_d"):
         Config.load(path)
+
+
+# Numeric settings checked by something other than config.BOUNDS (validate's own checks).
+OTHER_CHECKS = {"model.image_size", "model.channels", "score.tile_stride", "data.lung_threshold", "data.hu_window",
+                "gan.betas", "encoder.betas"}
+
+
+def test_every_numeric_setting_has_a_range():
+    from funetgan.config import BOUNDS, all_keys, get_key
+    config = Config()
+    numeric = {key for key in all_keys() if isinstance(get_key(config, key), (int, float, tuple))
+               and not isinstance(get_key(config, key), bool)}
+    numeric |= {key for key in all_keys() if get_key(config, key) is None and key not in (
+        "data.resolution", "data.category", "data.normal_class", "data.cache_dir", "log.mlflow_uri")}
+    assert numeric - set(BOUNDS) - OTHER_CHECKS == set()
+
+
+@pytest.mark.parametrize("item, message", [
+    ("score.normal_quantile=1", "score.normal_quantile must be inside (0, 1), got 1"),
+    ("score.normal_quantile=0", "inside (0, 1)"),
+    ("data.val_fraction=1.5", "data.val_fraction must be inside (0, 1)"),
+    ("data.test_fraction=0", "data.test_fraction must be inside (0, 1)"),
+    ("score.latent_density_weight=-1", "score.latent_density_weight must be at least 0, got -1"),
+    ("gan.lambda_gp=-0.1", "gan.lambda_gp must be at least 0"),
+    ("gan.lr_g=0", "gan.lr_g must be above 0, got 0"),
+    ("score.topk_fraction=0", "score.topk_fraction must be in (0, 1]"),
+    ("gan.ema=1", "gan.ema must be in [0, 1)"),
+    ("model.width=0", "model.width must be at least 1"),
+    ("seed=-1", "seed must be at least 0"),
+    ("data.hu_window=[400, -1000]", "data.hu_window's low end must lie below its high end, got [400, -1000]"),
+    ("encoder.betas=[0.5, 1.0]", "encoder.betas must be two numbers in [0, 1)"),
+])
+def test_a_value_out_of_its_range_is_refused_with_the_key(item, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        apply_overrides(Config(), [item])

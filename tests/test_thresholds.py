@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from funetgan.metrics import pixel_curves
-from funetgan.thresholds import (f1_image_threshold, f1_pixel_threshold, normals_needed, quantile_pixel_threshold,
+from funetgan.thresholds import (f1_image_threshold, f1_pixel_threshold, normals_needed, promise, quantile_pixel_threshold,
                                  rank, rank_threshold)
 
 
@@ -66,3 +66,21 @@ def test_pixel_threshold_quantile_ignores_an_outlier():
     threshold = quantile_pixel_threshold(pixel_curves(maps), 0.99)
     assert threshold == pytest.approx(np.quantile(maps, 0.99), abs=1e-3)
     assert np.count_nonzero(maps >= threshold) == pytest.approx(1000, abs=15)
+
+
+def test_a_kept_promise_gives_the_rate_and_no_warning():
+    kept = promise(1, 100, 0.01)
+    assert kept["rate"] == 0.01 and kept["warning"] is None
+    assert kept["chance"] == pytest.approx(1 - 0.99 ** 100)  # P(at least 1 of 100 at 1 %)
+
+
+def test_a_broken_promise_is_a_plain_warning_with_the_counts():
+    broken = promise(41, 72, 0.01)
+    assert broken["warning"].startswith("41 of 72 normal images flagged where about 1.00% were expected")
+    assert "differ from the calibration normals" in broken["warning"] and broken["chance"] < 1e-50
+    assert promise(3, 100, 0.01)["warning"] is None  # 3 x (1 - q) exactly: not above it
+    assert promise(4, 100, 0.01)["warning"] is not None
+
+
+def test_no_promise_without_an_expected_rate_or_normals():
+    assert promise(5, 10, None) is None and promise(0, 0, 0.01) is None

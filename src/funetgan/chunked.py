@@ -22,6 +22,7 @@ from .metrics import Evaluation, PixelHistogram
 from .outputs import Outputs
 from .report import ImageFiles, MapStore, finish_predictions, finish_test_outputs, write_volume_table
 from .scoring import Scorer
+from .thresholds import promise
 from .volumes import add_voxels, pooled_voxel_ap, volume_metrics, volume_names, volume_result, write_volume
 
 CHUNK_PIXELS = 1 << 22  # working-size pixels of 2-D images per chunk (16 MiB per float32 map array)
@@ -102,6 +103,7 @@ def run_test(model: Scorer, test: ImageSet, out: Path, outputs: Outputs, image_t
         metrics = evaluation.result(scores)
         whole = model.scoring_region(test) is None
         metrics["scored_pixels"] = "whole image" if whole else LUNG_SCORED
+        metrics["promise"] = kept_promise(model, test, scores, image_threshold)
         if volumes:
             metrics["volume"] = volume_metrics(volumes, image_threshold, model.config.score.volume_top_slices,
                                                pooled_voxel_ap(voxels))
@@ -114,6 +116,14 @@ def run_test(model: Scorer, test: ImageSet, out: Path, outputs: Outputs, image_t
     finally:  # after an error too: no more files written, the kept maps gone
         files.close()
         store.close()
+
+
+def kept_promise(model: Scorer, test: ImageSet, scores: np.ndarray, image_threshold: float) -> dict | None:
+    """The test normals flagged against the calibrated threshold's promise (`thresholds.promise`;
+    None for a threshold the user set)."""
+    expected = model.calibration.expected_image_rate if image_threshold == model.image_threshold else None
+    normal = np.asarray(test.labels) == 0
+    return promise(int((np.asarray(scores)[normal] >= image_threshold).sum()), int(normal.sum()), expected)
 
 
 def run_predict(model: Scorer, images: ImageSet, out: Path, outputs: Outputs, image_threshold: float,

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from . import __version__
 from .calibration import calibration_split
 from .chunked import run_predict, run_test
-from .config import RECIPES, Config, apply_overrides, working_size
+from .config import RECIPES, Config, all_keys, apply_overrides, get_key, working_size
 from .data import DataError, fit_batch, load_dataset, load_unlabelled, mvtec_categories
 from .data.demo import make_texture_dataset
 from .files import CHECKPOINT_FILE, MODEL_FILE, atomic_write_text
@@ -60,6 +60,13 @@ DEMO_DATA = {"n_train": 400}  # make_texture_dataset's options; crops twice the 
 # found by data.lung_threshold where a scan has no lung mask), how much is scored at once, and
 # where test's metrics are logged (tracking.py).
 # The others are the trained run's: its normal levels and thresholds were calibrated under them.
+# Settings a resumed run keeps (`resumed_config`).
+RESUME_FIXED = ("model.", "data.resolution", "data.val_fraction", "data.test_fraction", "data.split_seed",
+                "data.category", "data.normal_class", "data.hu_window", "data.crop_to_lung", "data.lung_threshold",
+                "data.augment_flip", "batch_size", "seed")
+# Test-time settings that change what the thresholds were calibrated on (the lung mask
+# decides which pixels the pixel threshold and image scores saw): a change needs `calibrate`.
+CALIBRATED_SETTINGS = ("data.lung_threshold",)
 TEST_SETTINGS = ("data.cache_dir", "data.on_bad_file", "data.lung_threshold", "score.batch_size",
                  "score.volume_top_slices", "log.tensorboard", "log.mlflow", "log.mlflow_uri",
                  "log.mlflow_experiment")
@@ -263,22 +270,43 @@ def claim_folder(folder: Path, outputs: tuple[str, ...], overwrite: bool) -> Non
 # ---- commands -------------------------------------------------------------------------------
 def cmd_train(args) -> int:
     out = Path(args.out)
-    if args.resume:
-        if not (out / CONFIG_FILE).exists():
-            raise FileNotFoundError(f"{out / CONFIG_FILE}: nothing to resume")
-        args.config = str(out / CONFIG_FILE)
-    config = resolve_config(args)
+    config = resumed_config(args, out) if args.resume and args.category != "all" else resolve_config(args)
     if args.print_config:
         print(config.to_yaml(), end="")
         return 0
     if config.data.category == "all":
         def train_category(name: str) -> None:
-            category = copy.deepcopy(config)  # train_one fits its batch_size to the category
-            category.data.category = name
+            if args.resume:  # each category's own run, with its own fitted batch_size
+                category = resumed_config(args, out / name)
+            else:
+                category = copy.deepcopy(config)  # train_one fits its batch_size to the category
+                category.data.category = name
             train_one(Path(args.data), out / name, category, args.resume, args.overwrite)
         return each_category(args.data, train_category)
     train_one(Path(args.data), out, config, args.resume, args.overwrite)
     return 0
+
+
+def resumed_config(args, run: Path) -> Config:
+    """The settings of the run in `run` with --config and --set on top, refusing changes to
+    RESUME_FIXED: they decide the split, the batches or the networks the checkpoint holds."""
+    saved_file = run / CONFIG_FILE
+    if not saved_file.exists():
+        raise FileNotFoundError(f"{saved_file}: nothing to resume")
+    saved = Config.load(saved_file)
+    config = Config.load(args.config, saved) if args.config else copy.deepcopy(saved)
+    config = apply_overrides(config, args.set)
+    if args.device:
+        config.device = args.device
+    if args.category not in (None, "all"):
+        config.data.category = args.category
+    if args.normal_class is not None:
+        config.data.normal_class = args.normal_class
+    changed = [key for key in all_keys() if key.startswith(RESUME_FIXED) and get_key(config, key) != get_key(saved, key)]
+    if changed:
+        raise UsageError(f"--resume: {', '.join(changed)} differ from {saved_file} (they change the split, the batches "
+                         f"or the networks); start a new run instead (--overwrite)")
+    return config.validate()
 
 
 def train_one(data: Path, out: Path, config: Config, resume: bool, overwrite: bool) -> FUNetGAN:
@@ -360,9 +388,19 @@ def check_run_settings(items: list[str], command: str, prefixes: tuple[str, ...]
             raise UsageError(f"--set {key}: {command} can change only {allowed} (the others are the trained run's)")
 
 
-def apply_test_settings(model: Scorer, items: list[str]) -> None:
-    if items:
-        apply_overrides(model.config, items)
+def apply_test_settings(model: Scorer, items: list[str], run: str | Path | None, data: str) -> None:
+    """--set of test and predict on the run's settings, refusing a change to what its
+    thresholds were calibrated on (CALIBRATED_SETTINGS) with the command that makes it valid."""
+    if not items:
+        return
+    before = {key: get_key(model.config, key) for key in CALIBRATED_SETTINGS}
+    apply_overrides(model.config, items)
+    for key, old in before.items():
+        new = get_key(model.config, key)
+        if new != old:
+            raise UsageError(f"--set {key}={new}: this run's thresholds were calibrated with {key}={old}; "
+                             f"calibrate it under the new value first: funetgan calibrate --run {run or 'RUN'} "
+                             f"--data {data} --set {key}={new}")
 
 
 def cmd_test(args) -> int:
@@ -379,7 +417,7 @@ def cmd_test(args) -> int:
 def test_run(run: str | Path | None, out: Path, args, category: str | None) -> None:
     started = time.perf_counter()
     model = load_scorer(args, run)
-    apply_test_settings(model, args.set)
+    apply_test_settings(model, args.set, run, args.data)
     if category is not None:
         model.config.data.category = category
     if args.normal_class is not None:
@@ -412,7 +450,7 @@ def cmd_predict(args) -> int:
     outputs = Outputs.parse(args.outputs, test=False)
     check_run_settings(args.set, "test and predict")
     model = load_scorer(args)
-    apply_test_settings(model, args.set)
+    apply_test_settings(model, args.set, args.run, "DATA")
     out = Path(args.out)
     with folder_lock(out):
         claim_folder(out, RESULT_OUTPUTS, args.overwrite)
@@ -433,7 +471,7 @@ def cmd_mood(args) -> int:
     it as it is; every file is written atomically and none is replaced without --overwrite."""
     check_run_settings(args.set, "mood")
     model = load_scorer(args)
-    apply_test_settings(model, args.set)
+    apply_test_settings(model, args.set, args.run, "DATA")
     tasks = TASKS if args.task == "both" else (args.task,)
     scores = run_mood(model, Path(args.input_dir), Path(args.output_dir), tasks, args.overwrite)
     print(f"{len(scores)} case(s) scored ({' and '.join(tasks)}); results in {args.output_dir}")
@@ -535,6 +573,12 @@ def _print_metrics(metrics: dict, out: Path, outputs: Outputs) -> None:
         return f"{name}: " + ", ".join(shown)
 
     print(line("image", metrics["image"], ("auroc", "ap", "f1", "f1_max", "sensitivity", "specificity")))
+    kept = metrics.get("promise")
+    if kept is not None:
+        print(f"normal images flagged: {kept['flagged']} of {kept['normals']} ({kept['rate']:.1%}), "
+              f"about {kept['expected_rate']:.1%} expected")
+        if kept["warning"]:
+            print(f"warning: {kept['warning']}")
     if metrics.get("pixel"):
         print(line("pixel", metrics["pixel"], ("auroc", "ap", "aupro", "dice", "iou", "hausdorff")))
     if metrics.get("volume"):

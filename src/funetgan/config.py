@@ -207,15 +207,14 @@ class Config:
             raise ValueError(f"score.image_score must be izif, max or topk, got {self.score.image_score!r}")
         if self.data.on_bad_file not in ("error", "skip"):
             raise ValueError(f"data.on_bad_file must be error or skip, got {self.data.on_bad_file!r}")
-        for name in ("gan.ema", "encoder.ema"):
-            if not 0.0 <= get_key(self, name) < 1.0:
-                raise ValueError(f"{name} must lie in [0, 1), got {get_key(self, name)}")
-        if not 0.0 <= self.gan.warmup_share <= 1.0:
-            raise ValueError(f"gan.warmup_share must lie in [0, 1], got {self.gan.warmup_share}")
-        for name in ("batch_size", "score.batch_size", "score.volume_top_slices", "gan.n_critic", "gan.gp_every",
-                     "gan.iterations", "encoder.iterations"):
-            if get_key(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1")
+        for key, bound in BOUNDS.items():
+            check_bound(key, get_key(self, key), bound)
+        for key in ("gan.betas", "encoder.betas"):
+            if not all(0.0 <= beta < 1.0 for beta in get_key(self, key)):
+                raise ValueError(f"{key} must be two numbers in [0, 1), got {list(get_key(self, key))}")
+        low, high = self.data.hu_window
+        if not low < high:
+            raise ValueError(f"data.hu_window's low end must lie below its high end, got [{low:g}, {high:g}]")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -246,6 +245,38 @@ class Config:
             return cls.from_dict(values, base)
         except (KeyError, ValueError, TypeError) as err:
             raise ValueError(f"{path}: {err}") from None
+
+
+# The range of each numeric setting, checked before any work starts (None is allowed where
+# the setting's default is None): "count" >= 1, "count0" >= 0, "positive" > 0, "non-negative"
+# >= 0, "fraction" in (0, 1), "share" in [0, 1], "portion" in (0, 1], "decay" in [0, 1).
+BOUNDS = {
+    **dict.fromkeys(("model.width", "model.z_dim", "model.attn_max_size", "gan.iterations", "gan.n_critic",
+                     "gan.gp_every", "encoder.iterations", "score.batch_size", "score.volume_top_slices",
+                     "batch_size", "log_every", "sample_every", "checkpoint_every"), "count"),
+    **dict.fromkeys(("gan.warmup_iterations", "seed", "data.split_seed"), "count0"),
+    **dict.fromkeys(("gan.lr_g", "gan.lr_d", "encoder.lr"), "positive"),
+    **dict.fromkeys(("gan.max_minutes", "encoder.max_minutes", "gan.recon_weight", "gan.lambda_gp", "gan.lambda_cons", "gan.drift", "encoder.kappa",
+                     "score.kappa", "score.critic_weight", "score.density_weight", "score.smoothness_weight",
+                     "score.image_density_weight", "score.latent_density_weight", "score.image_smoothness_weight",
+                     "score.blur_sigma"), "non-negative"),
+    **dict.fromkeys(("score.normal_quantile", "data.val_fraction", "data.test_fraction"), "fraction"),
+    "gan.warmup_share": "share", "score.topk_fraction": "portion",
+    **dict.fromkeys(("gan.ema", "encoder.ema"), "decay"),
+}
+_BOUND_TESTS = {"count": (lambda v: v >= 1, "at least 1"), "count0": (lambda v: v >= 0, "at least 0"),
+                "positive": (lambda v: v > 0, "above 0"), "non-negative": (lambda v: v >= 0, "at least 0"),
+                "fraction": (lambda v: 0 < v < 1, "inside (0, 1)"), "share": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+                "portion": (lambda v: 0 < v <= 1, "in (0, 1]"),
+                "decay": (lambda v: 0 <= v < 1, "in [0, 1)")}
+
+
+def check_bound(key: str, value: Any, bound: str) -> None:
+    if value is None:
+        return
+    test, words = _BOUND_TESTS[bound]
+    if not test(value):
+        raise ValueError(f"{key} must be {words}, got {value}")
 
 
 def working_size(config: Config) -> int | None:

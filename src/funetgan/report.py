@@ -438,6 +438,7 @@ _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; padding: 0 1em; max-width: 1240px;
        color: #222; }
 table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
+.warning { background: #fdecea; border-left: 4px solid #c0392b; padding: 0.5em 1em; }
 th, td { border: 1px solid #ccc; padding: 0.3em 0.7em; text-align: right; }
 th:first-child, td:first-child { text-align: left; }
 th { background: #f2f2f2; }
@@ -577,6 +578,16 @@ def _volume_section(summary: dict, volumes: list[dict], rows: list[dict]) -> str
     return "\n".join(parts)
 
 
+def _promise_line(kept: dict | None) -> list[str]:
+    """The test normals flagged against the threshold's promise, as a warning when broken."""
+    if kept is None:
+        return []
+    if kept["warning"]:
+        return [f'<p class="warning"><strong>Warning:</strong> {html.escape(kept["warning"])}.</p>']
+    return [f'<p>Normal images flagged: {kept["flagged"]} of {kept["normals"]} ({kept["rate"]:.1%}), '
+            f'about {kept["expected_rate"]:.1%} expected.</p>']
+
+
 def _render_report(metrics: dict, rows: list[dict], plots: list[tuple[str, str]],
                    settings: dict, notes: list[str], color_max: float,
                    groups: list[tuple[str, np.ndarray, int]], outputs: Outputs,
@@ -592,6 +603,7 @@ def _render_report(metrics: dict, rows: list[dict], plots: list[tuple[str, str]]
         f"{image['threshold']:.4g}: {counts['tp']} true positives, {counts['fp']} false "
         f"positives, {counts['fn']} false negatives, {counts['tn']} true negatives. Files: "
         f"{_file_links(outputs)}.</p>",
+        *_promise_line(metrics.get("promise")),
         "<h2>Metrics</h2>", _metrics_table(metrics),
     ]
     if "scored_pixels" in metrics:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from scipy.stats import binom
 from sklearn.metrics import precision_recall_curve
 
 from .metrics import PixelCurves, both_classes, f1_scores, labelled
@@ -71,3 +72,26 @@ def quantile_pixel_threshold(curves: PixelCurves, q: float) -> float:
     # (1 - 0.9) * 50 is 4.999...: round the allowance so that exactly 10 % counts as allowed.
     allowed = curves.false_pos <= round((1 - q) * curves.negatives, 9)
     return float(curves.thresholds[max(np.count_nonzero(allowed) - 1, 0)])
+
+
+# The promise is reported broken above this multiple of the expected rate (issue 26).
+BROKEN_PROMISE = 3.0
+
+
+def promise(flagged: int, normals: int, expected: float | None) -> dict | None:
+    """How a test set's normal images fared against the image threshold's promise: `flagged`
+    of `normals` at or above it where about `expected` of them should be (None: no promise, an
+    F1-optimal or a user's threshold). With a plain warning above BROKEN_PROMISE x `expected`,
+    and the binomial chance of at least this many flags were the promise kept, so a small test
+    set's one unlucky flag can be told from a broken calibration."""
+    if expected is None or not normals:
+        return None
+    rate = flagged / normals
+    chance = float(binom.sf(flagged - 1, normals, expected)) if flagged else 1.0
+    warning = None
+    if rate > BROKEN_PROMISE * expected:
+        warning = (f"{flagged} of {normals} normal images flagged where about {expected:.2%} were expected "
+                   f"(chance {chance:.2g} were the promise kept): the test normals differ from the calibration "
+                   f"normals, or the calibration set is too small")
+    return {"normals": int(normals), "flagged": int(flagged), "rate": rate, "expected_rate": float(expected),
+            "chance": chance, "warning": warning}
