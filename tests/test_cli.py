@@ -163,8 +163,6 @@ def test_patch_training_then_tiled_test_and_predict_at_full_resolution(dataset, 
     patches = [*TINY, "--set", "data.resolution=native", "--set", "score.tile_stride=16"]
     assert main(["train", "--data", str(dataset), "--out", str(run), *patches]) == 0
     assert main(["test", "--run", str(run), "--data", str(dataset), "--out", str(results), "--outputs", "all"]) == 0
-    metrics = json.loads((results / "metrics.json").read_text())
-    assert 0 <= metrics["pixel"]["auroc"] <= 1
     with Image.open(next((results / "masks").rglob("*.png"))) as mask:
         assert mask.size == (64, 64)  # the crops' own size: scored at it, no resizing
     assert main(["predict", "--run", str(run), "--out", str(tmp_path / "p"),
