@@ -35,7 +35,7 @@ BATCHES = (1, 64)
 IMAGES = 64  # images scored per timed call (--smoke: 8)
 FASHION = "/usr/share/datasets/fashion-mnist"
 TINY_RUN = ["--normal-class", "0", "--set", "model.image_size=32", "--set", "gan.iterations=20",
-            "--set", "encoder.iterations=20", "--set", "gan.n_critic=1", "--set", "sample_every=1000",
+            "--set", "encoder.iterations=20", "--set", "gan.n_critic=1",
             "--set", "checkpoint_every=1000"]
 
 

@@ -38,7 +38,7 @@ from common import fmt, make_config, make_parser, parse, run_settings, table, wr
 from funetgan.config import RECIPES
 from funetgan.losses import critic_loss, generator_loss
 from funetgan.model import FUNetGAN
-from funetgan.train import Trainer
+from funetgan.train import RECON_WEIGHT, Trainer
 
 SIZES = (32, 64, 256)
 BREAKDOWN_SIZES = (32, 64)
@@ -140,7 +140,7 @@ def step_parts(trainer: Trainer) -> dict[str, Callable[[], object]]:
     def reconstruction():
         with rt.autocast():
             loss, _ = trainer.reconstruction_loss(0)
-        (gan.recon_weight * loss).backward()
+        (RECON_WEIGHT * loss).backward()
 
     def optimisers():
         for optimiser in (m.opt_d, m.opt_g, m.opt_e):

@@ -20,7 +20,7 @@ def tiny_config(**overrides) -> Config:
     cfg.model.image_size, cfg.model.channels, cfg.model.width, cfg.model.z_dim = 32, 1, 4, 16
     cfg.batch_size, cfg.gan.n_critic = 4, 2
     cfg.gan.iterations, cfg.encoder.iterations = 3, 3
-    cfg.log_every = cfg.sample_every = cfg.checkpoint_every = 1
+    cfg.log_every = cfg.checkpoint_every = 1
     cfg.device = "cpu"
     for key, value in overrides.items():
         section, _, name = key.partition("__")

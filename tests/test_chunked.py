@@ -40,10 +40,9 @@ class PixelScorer(Scorer):
 
     def _score_tiles(self, tiles):
         x = tiles[..., 0].astype(np.float32) / 255
-        return {"maps": {"pixel_residual": x, "pixel_features": x * x, "pixel_critic": np.zeros_like(x),
-                         "pixel_density": 1 - x},
+        return {"maps": {"pixel_residual": x, "pixel_features": x * x, "pixel_density": 1 - x},
                 "values": {"image_residual": x.mean((1, 2)), "image_features": x.max((1, 2)),
-                           "image_density": x.min((1, 2)), "latent_density": x.std((1, 2))}}
+                           "latent_density": x.std((1, 2))}}
 
 
 def in_memory(model: Scorer, images: ImageSet, out, outputs: Outputs) -> dict:
@@ -53,6 +52,7 @@ def in_memory(model: Scorer, images: ImageSet, out, outputs: Outputs) -> dict:
     image_t, rule = model.image_threshold, model.mask_rule
     found = evaluate(result.scores, result.maps, images, image_t, rule, region)
     found["scored_pixels"] = "whole image" if region is None else chunked.LUNG_SCORED
+    found["promise"] = chunked.kept_promise(model, images, result.scores, image_t)
     volumes = volume_results(images, result.scores, rule(result.maps, result.scores >= image_t), image_t)
     if volumes:
         found["volume"] = volume_metrics(volumes, image_t, voxel_ap=voxel_ap_of_set(images, result.maps))

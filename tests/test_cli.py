@@ -104,7 +104,7 @@ def test_recipe_lies_under_the_settings_file_and_set(tmp_path, capsys):
     argv = ["train", "--data", "x", "--out", "y", "--print-config", "--recipe", "cpu"]
     assert main([*argv, "--config", str(settings), "--set", "gan.lr_g=0.0003"]) == 0
     gan = yaml.safe_load(capsys.readouterr().out)["gan"]
-    assert gan["warmup_share"] == 0.4 and gan["gp_every"] == 4 and gan["max_minutes"] == 15  # the recipe
+    assert gan["warmup_iterations"] == 100000 and gan["gp_every"] == 4 and gan["max_minutes"] == 15  # the recipe
     assert gan["n_critic"] == 3 and gan["lr_g"] == 0.0003  # the file over the recipe, --set over both
 
 

@@ -155,18 +155,16 @@ def test_ct_dataset_is_split_by_patient(tmp_path):
     assert any("split by patient" in note for note in test.notes)
 
 
-def test_lung_mask_selects_slices_and_crops(tmp_path):
+def test_lung_mask_selects_slices(tmp_path):
     root = ct_dataset(tmp_path, volumes=2, slices=5)
     for v in range(2):
         lung = np.zeros((8, 8, 5), np.uint8)
         lung[1:7, 2:6, 1:4] = 1  # slices 1..3 only
         save_nifti(root / "lung_mask" / f"case{v}.nii.gz", lung)
-    splits = load_dataset(root, 16, 1, DataConfig(crop_to_lung=True))
+    splits = load_dataset(root, 16, 1, DataConfig())
     assert sorted(p.rsplit("#", 1)[1] for p in splits.test.paths) == ["z=1", "z=2", "z=3"]
     assert splits.test.labels.tolist() == [0, 1, 1]
-    np.testing.assert_array_equal(splits.test.sizes, [[4, 6]] * 3)  # rows from y, columns from x
-    uncropped = load_dataset(root, 16, 1, DataConfig())
-    np.testing.assert_array_equal(uncropped.test.sizes, [[8, 8]] * 3)
+    np.testing.assert_array_equal(splits.test.sizes, [[8, 8]] * 3)
 
 
 def test_kaggle_names_through_metadata_csv_and_grey_volumes(tmp_path):
@@ -220,7 +218,6 @@ def test_ct_bad_input(tmp_path):
     with pytest.warns(UserWarning, match="skipped 1 bad file"):
         splits = load_dataset(root, 8, 1, DataConfig(on_bad_file="skip"))
     assert "case1.nii.gz" not in " ".join(splits.train.paths + splits.test.paths)
-    ct_error(root, "crop_to_lung needs a lung_mask/ folder", DataConfig(crop_to_lung=True))
     (root / "ct_scans/readme.txt").write_text("x")
     ct_error(root, "readme.txt is neither a NIfTI file nor a DICOM series folder")
 

@@ -1,5 +1,5 @@
 """The feature-density terms (nn.density): hand-computed Mahalanobis values (one Gaussian
-for every location, or one per location; of E's latent codes), statistics equal to numpy's,
+for every location; of E's latent codes), statistics equal to numpy's,
 up-sampling, calibration, persistence and the scoring weights."""
 import numpy as np
 import pytest
@@ -8,7 +8,7 @@ import torch
 from conftest import random_images, tiny_config
 from funetgan.config import ScoreConfig, apply_overrides
 from funetgan.model import FUNetGAN
-from funetgan.nn.density import GRID, SHRINKAGE, DensityStatistics, FeatureDensity, up_sampled
+from funetgan.nn.density import SHRINKAGE, DensityStatistics, FeatureDensity, up_sampled
 from funetgan.nn.tensors import to_tensor
 from funetgan.scoring import Terms, combine
 
@@ -22,15 +22,6 @@ def test_the_term_is_the_squared_mahalanobis_distance_over_the_channels():
     assert torch.equal(density(features), torch.full((1, 2, 2), 8.0))
     density.precision.copy_(torch.tensor([[[1.0, 3.0], [3.0, 1.0]]]))  # cross terms: 2 * 3 * 0 * 2
     assert density(features)[0, 0, 0].item() == pytest.approx(2.0)  # (0 + 0 + 4) / 2
-
-
-def test_one_gaussian_per_location_by_hand():
-    """2 locations (a 1 x 2 grid), 1 channel: location 0 ~ N(0, 1), location 1 ~ N(3, 1/4)."""
-    density = FeatureDensity(1, locations=2)
-    density.mean.copy_(torch.tensor([[0.0], [3.0]]))
-    density.precision.copy_(torch.tensor([[[1.0]], [[4.0]]]))
-    features = torch.tensor([[[[2.0, 2.0]]]])  # 1 x 1 x 1 x 2: the value 2 at both locations
-    assert density(features).tolist() == [[[4.0, 4.0]]]  # (2 - 0)^2 * 1 and (2 - 3)^2 * 4
 
 
 def test_the_term_is_up_sampled_bilinearly_to_the_tile():
@@ -62,21 +53,6 @@ def test_statistics_are_the_mean_and_shrunk_covariance_of_all_pixels():
     assert mean_term == pytest.approx(np.trace(np.linalg.inv(covariance) @ unshrunk) / 2, rel=1e-4)
 
 
-def test_statistics_per_location_are_each_locations_own():
-    rng = np.random.default_rng(1)
-    features = torch.tensor(rng.normal(size=(20, 2, 1, 2)) + np.array([0.0, 5.0]), dtype=torch.float32)
-    statistics = DensityStatistics(locations=2)
-    statistics.add(features[:7])
-    statistics.add(features[7:])
-    density = statistics.fit(FeatureDensity(2, locations=2))
-    for location in range(2):
-        rows = features[:, :, 0, location].numpy().astype(np.float64)  # 20 x 2 channels
-        covariance = np.cov(rows, rowvar=False, bias=True)
-        covariance += SHRINKAGE * np.trace(covariance) / 2 * np.eye(2)
-        np.testing.assert_allclose(density.mean[location].numpy(), rows.mean(0), rtol=1e-5)
-        np.testing.assert_allclose(density.precision[location].numpy(), np.linalg.inv(covariance), rtol=1e-4)
-
-
 def test_statistics_need_features():
     with pytest.raises(ValueError, match="no normal features"):
         DensityStatistics().fit(FeatureDensity(2))
@@ -86,9 +62,7 @@ def test_statistics_need_features():
 def trained():
     torch.set_num_threads(1)
     train, val = random_images(80, seed=3), random_images(20, seed=4)
-    config = apply_overrides(tiny_config(), ["score.density_weight=1.0", "score.image_density_weight=1.0",
-                                             "score.latent_density_weight=1.0"])
-    # 80 training images: the image term's 16 Gaussians of 32 channels need 2 x 32 (MIN_SAMPLES_PER_CHANNEL).
+    config = apply_overrides(tiny_config(), ["score.density_weight=1.0", "score.latent_density_weight=1.0"])
     return FUNetGAN(config).fit(train, val), train, val
 
 
@@ -111,18 +85,15 @@ def test_the_densities_are_fitted_on_training_images_and_levelled_on_the_calibra
     assert model.calibration.levels["latent_density"] == pytest.approx(distances.mean(), rel=1e-3)
     terms = model.residual_terms(val.images)
     np.testing.assert_allclose(terms.latent_density[:, 0], distances, rtol=1e-3)
-    for name in ("pixel_density", "image_density"):
-        assert model.calibration.levels[name] == pytest.approx(getattr(terms, name).mean(), rel=1e-5)
+    assert model.calibration.levels["pixel_density"] == pytest.approx(terms.pixel_density.mean(), rel=1e-5)
 
 
-def test_the_map_and_image_densities_have_their_shapes(trained):
+def test_the_map_density_has_its_shape(trained):
     model, train, _ = trained
     assert not torch.equal(model.density.precision, torch.eye(len(model.density.mean)))
-    assert model.image_density.mean.shape == (GRID, model.D.bottleneck_width)
-    assert not torch.equal(model.image_density.mean[0], model.image_density.mean[5])  # locations differ
+    assert model.density.mean.shape == (1, model.D.bottleneck_width)
     terms = model.residual_terms(train.images[:5])
     assert terms.pixel_density.shape == terms.pixel_residual.shape and (terms.pixel_density >= 0).all()
-    assert terms.image_density.shape == (5, 1) and (terms.image_density > 0).all()
 
 
 def test_held_out_normals_are_never_in_the_fit():
@@ -150,8 +121,7 @@ def test_the_density_is_saved_with_the_weights(trained, tmp_path):
     np.testing.assert_allclose(loaded.score(val).scores, model.score(val).scores, rtol=1e-6)
 
 
-@pytest.mark.parametrize("term, images, needed", [("image_density", 63, 64),  # 2 x 32 bottleneck channels
-                                                  ("latent_density", 31, 32)])  # 2 x 16 latent values
+@pytest.mark.parametrize("term, images, needed", [("latent_density", 31, 32)])  # 2 x 16 latent values
 def test_too_few_training_images_leave_a_density_term_out_with_a_note(term, images, needed):
     model = FUNetGAN(apply_overrides(tiny_config(), [f"score.{term}_weight=1.0"]))
     unfitted, notes = model.fit_densities(random_images(images, seed=4).images)
@@ -163,9 +133,9 @@ def test_too_few_training_images_leave_a_density_term_out_with_a_note(term, imag
 
 def test_the_weight_adds_the_term_over_its_normal_level():
     ones = np.ones((1, 2, 2), np.float32)
-    terms = Terms(pixel_residual=ones, pixel_features=ones * 0, pixel_critic=ones * 0,
+    terms = Terms(pixel_residual=ones, pixel_features=ones * 0,
                   pixel_density=np.array([[[2.0, 4.0], [0.0, 2.0]]], np.float32),
-                  image_residual=np.ones((1, 1)), image_features=np.ones((1, 1)), image_density=np.ones((1, 1)),
+                  image_residual=np.ones((1, 1)), image_features=np.ones((1, 1)),
                   latent_density=np.ones((1, 1)),
                   pixel_contrast=ones * 0)
     norms = {"pixel_residual": 1.0, "pixel_features": 1.0, "pixel_density": 2.0,

@@ -155,13 +155,13 @@ def noisy_ct_set(root, volumes: int, slices: int):
 
 @pytest.mark.slow
 def test_four_processes_on_a_cached_volume_set_build_it_once_and_end_with_the_same_weights(tmp_path):
-    """torchrun with 4 gloo processes, every stage (warm-up, EMA, logs between which ranks must
+    """torchrun with 4 gloo processes, every stage (warm-up, logs between which ranks must
     not wait), the training slices memory-mapped from a slice cache that one of them builds."""
     data = noisy_ct_set(tmp_path / "ct", volumes=8, slices=6)
     script = tmp_path / "fit.py"
     script.write_text(RANK_FIT)
     settings = ["device=cpu", "model.image_size=32", "model.width=4", "model.z_dim=16", "batch_size=8",
-                "gan.n_critic=1", "gan.warmup_iterations=2", "gan.iterations=4", "gan.ema=0.9",
+                "gan.n_critic=1", "gan.warmup_iterations=2", "gan.iterations=4",
                 "encoder.iterations=3", "log_every=2", f"data.cache_dir={tmp_path / 'cache'}"]
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "4",
                str(script), str(data), str(tmp_path), *settings]

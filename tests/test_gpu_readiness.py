@@ -11,12 +11,11 @@ from funetgan.model import FUNetGAN
 from funetgan.runtime import Runtime
 from funetgan.train import Trainer
 
-# Every stage and every option that adds code to a step: warm-up, reconstruction term, EMA,
-# lazy penalties, CutMix, patches of larger images, flips.
+# Every stage and every option that adds code to a step: warm-up (and the reconstruction term
+# after it), lazy penalties, CutMix, patches of larger images.
 SETTINGS = {
-    "whole": dict(gan__warmup_iterations=2, gan__recon_weight=1.0, gan__ema=0.9, encoder__ema=0.9),
-    "patches": dict(gan__warmup_iterations=2, gan__gp_every=2, gan__consistency="cutmix", data__resolution="48",
-                    data__augment_flip=True),
+    "whole": dict(gan__warmup_iterations=2),
+    "patches": dict(gan__warmup_iterations=2, gan__gp_every=2, gan__consistency="cutmix", data__resolution="48"),
 }
 
 
@@ -121,10 +120,9 @@ def test_steps_that_log_nothing_never_wait_for_the_device(monkeypatch):
     step before it makes no read-back, blocking copy or collective but its gradient averages."""
     config = tiny_config(**{**SETTINGS["patches"], "gan__iterations": 5, "encoder__iterations": 5,
                             "gan__warmup_iterations": 5})
-    config.log_every = config.sample_every = config.checkpoint_every = 1000
+    config.log_every = config.checkpoint_every = 1000
     audit = SyncAudit(monkeypatch)
-    model = audit.model = FUNetGAN(config, runtime=Runtime(torch.device("cpu"), rank=0, world_size=2,
-                                                           channels_last=True))
+    model = audit.model = FUNetGAN(config, runtime=Runtime(torch.device("cpu"), rank=0, world_size=2))
     for name in ("opt_g", "opt_d", "opt_e"):
         old = getattr(model, name)
         setattr(model, name, torch.optim.Adam(old.param_groups[0]["params"], lr=1e-4, fused=True))
@@ -135,8 +133,9 @@ def test_steps_that_log_nothing_never_wait_for_the_device(monkeypatch):
     assert {key: events for key, events in quiet.items() if events} == {}
     averages = {key: events.count("all_reduce in average_gradients") for key, events in audit.events.items()
                 if 0 < key[1] < 5}
-    # warm-up: G and E; stage 1: D at each of 2 critic steps, then G; stage 2: E
-    assert averages == {**{("warmup", k): 2 for k in range(1, 5)}, **{("gan", k): 3 for k in range(1, 5)},
+    # warm-up: G and E; stage 1: D at each of 2 critic steps, then G and E (the reconstruction
+    # term after the warm-up); stage 2: E
+    assert averages == {**{("warmup", k): 2 for k in range(1, 5)}, **{("gan", k): 4 for k in range(1, 5)},
                         **{("encoder", k): 1 for k in range(1, 5)}}
 
 
@@ -168,7 +167,7 @@ def test_bf16_autocast_trains_every_stage_as_float32_does(stage):
     step, trained = STEPS[stage]
     grads, stats = [], []
     for amp in (False, True):
-        trainer = trainer_for("whole", gan__recon_weight=1.0)
+        trainer = trainer_for("whole")
         trainer.model.runtime.amp = amp
         if stage == "encoder":
             trainer.model.freeze_gan()

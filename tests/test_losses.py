@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+from funetgan import losses
 from funetgan.config import GANConfig
 from funetgan.losses import (critic_loss, cutmix_masks, encoder_loss, generator_loss, gradient_penalty,
                              per_sample_uniform, pixel_projection, relative_mse)
@@ -75,15 +76,16 @@ def test_mixup_consistency_by_hand():
     assert stats["consistency"].item() == pytest.approx(expected.item(), rel=1e-5)
 
 
-def test_critic_loss_terms_by_hand():
+def test_critic_loss_terms_by_hand(monkeypatch):
     """L_D = wasserstein terms of both heads + lambda_gp * (GP_g + GP_p) + lambda_cons * cons."""
+    monkeypatch.setattr(losses, "DRIFT", 0.0)
     # Seeded, and fakes half the reals' range: with both in the same range, the pixel head's
     # Wasserstein term (a difference of mean squares) can fall near 0, where a relative
     # comparison fails on float32 rounding alone.
     draw = torch.Generator().manual_seed(0)
     real, fake = torch.rand(3, 1, 4, 4, generator=draw), -0.5 * torch.rand(3, 1, 4, 4, generator=draw)
     critic = PixelwiseCritic()
-    cfg = GANConfig(lambda_gp=10.0, lambda_cons=2.0, drift=0.0, pixel_gp="mean")
+    cfg = GANConfig(lambda_gp=10.0, lambda_cons=2.0, pixel_gp="mean")
     loss, stats = critic_loss(critic, real, fake, cfg, penalise=True, generator=torch.Generator().manual_seed(1))
     a, b = critic.a.item(), critic.b.item()
     wd_global = b * (real.sum() - fake.sum()).item() / 3
@@ -112,13 +114,15 @@ def test_local_pixel_penalty_constrains_each_pixel():
     assert mean.item() == pytest.approx((3.0 / 8 - 1) ** 2, rel=1e-5)
 
 
-def test_drift_penalises_critic_values_on_real_images():
+def test_drift_penalises_critic_values_on_real_images(monkeypatch):
     real, fake = torch.rand(2, 1, 4, 4), -torch.rand(2, 1, 4, 4)
     critic = PixelwiseCritic()
-    losses = [critic_loss(critic, real, fake, GANConfig(drift=d, consistency="none"), False)[0].item()
-              for d in (0.0, 0.5)]
+    values = []
+    for drift in (0.0, 0.5):
+        monkeypatch.setattr(losses, "DRIFT", drift)
+        values.append(critic_loss(critic, real, fake, GANConfig(consistency="none"), False)[0].item())
     out = critic(real)
-    assert losses[1] - losses[0] == pytest.approx(0.5 * (out.score.pow(2).mean() + out.pixel.pow(2).mean()).item())
+    assert values[1] - values[0] == pytest.approx(0.5 * (out.score.pow(2).mean() + out.pixel.pow(2).mean()).item())
 
 
 def test_lazy_penalty_is_weighted_by_its_interval():

@@ -44,26 +44,24 @@ def test_pixel_threshold_from_lung_pixels_only():
 def test_map_and_image_residual_use_lung_pixels_only():
     residual = np.array([[[1.0, 2.0], [3.0, 4.0]]], np.float32)  # |x - G(E(x))| of one grey 2 x 2 image
     lung = np.array([[[True, False], [True, False]]])
-    critic = np.array([[[2.0, 9.0], [4.0, 9.0]]], np.float32)
     density = np.array([[[1.0, 8.0], [3.0, 8.0]]], np.float32)
     contrast = np.array([[[0.0, 5.0], [1.0, 5.0]]], np.float32)
-    whole = Terms(residual, np.ones_like(residual), critic, density, np.array([[7.5]]), np.array([[1.0]]),
-                  np.array([[2.0]]), np.array([[3.0]]), pixel_contrast=contrast)
+    whole = Terms(residual, np.ones_like(residual), density, np.array([[7.5]]), np.array([[1.0]]),
+                  np.array([[3.0]]), pixel_contrast=contrast)
     terms = restrict(whole, lung)
     assert terms.pixel_residual[0].tolist() == [[1.0, 0.0], [3.0, 0.0]]
     assert terms.pixel_features[0].tolist() == [[1.0, 0.0], [1.0, 0.0]]
     assert terms.image_residual.item() == pytest.approx((1 + 9) / 2)  # mean squared residual over lung pixels
-    assert terms.image_density.item() == 2.0  # like D's global features, of the whole image
-    assert terms.latent_density.item() == 3.0  # so is E's latent code
+    assert terms.latent_density.item() == 3.0  # like D's global features, E's code is of the whole image
     levels = terms.normal_levels()
     assert levels["pixel_residual"] == pytest.approx(2.0)  # over lung pixels too
-    assert (levels["pixel_critic"], levels["pixel_critic_std"]) == pytest.approx((3.0, 1.0))  # of 2 and 4
+    assert (levels["pixel_contrast"], levels["pixel_contrast_std"]) == pytest.approx((0.5, 0.5))  # of 0 and 1
     assert levels["pixel_density"] == pytest.approx(2.0)  # of 1 and 3
     assert terms.pixel_density[0].tolist() == [[1.0, 0.0], [3.0, 0.0]]
     norms = {**dict.fromkeys(("pixel_residual", "pixel_features", "image_residual", "image_features"), 1.0),
-             "pixel_critic": 3.0, "pixel_critic_std": 1.0, "pixel_density": 2.0,
+             "pixel_density": 2.0,
              "pixel_contrast": 2.0, "pixel_contrast_std": 1.0}  # smoothness 2 and 1 in the lung, 0 outside
-    settings = ScoreConfig(kappa=0.0, critic_weight=1.0, blur_sigma=1.0, image_score="max")
+    settings = ScoreConfig(kappa=0.0, blur_sigma=1.0, image_score="max")
     scores, maps = combine(terms, norms, settings, 2)
     assert np.abs(maps[0, :, 1]).sum() == 0 and (maps[0, :, 0] > 0).all()  # 0 outside after the blur
     assert scores.item() == pytest.approx(maps.max())

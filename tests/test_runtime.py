@@ -28,13 +28,13 @@ def test_bf16_autocast_only_on_gpus_with_bf16_units(monkeypatch, capability, amp
 def test_scoring_and_calibration_are_float32_under_amp(monkeypatch):
     """A run that trains under bf16 autocast scores and fits its densities exactly as without:
     on the CPU autocast would round to bf16 too, so any autocast left in scoring shows here."""
-    images = random_images(80, seed=3).images  # enough to fit every density (the image one needs 64)
+    images = random_images(80, seed=3).images  # enough to fit every density
     model = FUNetGAN(tiny_config())
     terms, densities = [], []
     for amp in (False, True):
         monkeypatch.setattr(model.runtime, "amp", amp)
         model.fit_densities(images)
-        densities.append({k: v.clone() for k, v in model.image_density.state_dict().items()})
+        densities.append({k: v.clone() for _, density in model.densities() for k, v in density.state_dict().items()})
         terms.append(model.residual_terms(images))
     with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast works here: the check can see it
         assert torch.mm(torch.ones(2, 2), torch.ones(2, 2)).dtype == torch.bfloat16
@@ -63,7 +63,7 @@ def two_process_critic(monkeypatch, other_rank: float):
 
     monkeypatch.setattr(torch.distributed, "all_reduce", all_reduce)
     monkeypatch.setattr(torch.distributed, "broadcast", lambda tensor, src: None)
-    model = FUNetGAN(tiny_config(), runtime=runtime.Runtime(torch.device("cpu"), world_size=2, channels_last=True))
+    model = FUNetGAN(tiny_config(), runtime=runtime.Runtime(torch.device("cpu"), world_size=2))
     out = model.D(model.runtime.prepare(torch.randn(2, 1, 32, 32)))
     (out.score.sum() + out.pixel.sum()).backward()
     return model
@@ -80,17 +80,12 @@ def test_gradients_are_averaged_in_place_whatever_their_layout(monkeypatch):
 
 
 def test_per_step_bookkeeping_is_a_few_operations_whatever_the_number_of_parameters(monkeypatch):
-    """Averaging gradients and the weight average: a handful of operations for the critic's
-    dozens of parameter tensors (each operation is a kernel launch on a GPU, where a small
-    step's time is mostly launches)."""
-    from funetgan.train import WeightAverage
-
+    """Averaging gradients: a handful of operations for the critic's dozens of parameter
+    tensors (each operation is a kernel launch on a GPU, where a small step's time is mostly
+    launches)."""
     model = two_process_critic(monkeypatch, other_rank=1.0)
     parameters = len(list(model.D.parameters()))
     with Operations() as averaging:
         model.runtime.average_gradients(model.D)
-    average = WeightAverage(model.D, 0.9)
-    with Operations() as updating:
-        average.update(model.D)
-    assert parameters > 40 and averaging.count <= 4 and updating.count == 1
+    assert parameters > 40 and averaging.count <= 4
     assert model.opt_d.defaults["foreach"] and runtime.Runtime(torch.device("cuda")).adam_options() == {"fused": True}

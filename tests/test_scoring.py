@@ -55,69 +55,47 @@ def test_residual_terms_by_hand():
     r[0, 0, 0, 0] = 1.0  # one channel of one pixel off by 1
     verdict = torch.tensor([[[[1.0, -2.0], [0.5, 0.0]]]])  # D_p(x): B x 1 x S x S
     f = lambda v: CriticOutput(None, verdict, torch.full((1, 1, 1, 1), v), torch.full((1, 3, 2, 2), v))  # noqa
-    pixel_residual, pixel_features, pixel_critic, image_residual, image_features = residual_terms(
-        x, r, f(0.0), f(2.0))
+    pixel_residual, pixel_features, image_residual, image_features = residual_terms(x, r, f(0.0), f(2.0))
     assert pixel_residual[0].tolist() == [[0.5, 0.0], [0.0, 0.0]]
     assert pixel_features[0].tolist() == [[2.0, 2.0], [2.0, 2.0]]
-    assert pixel_critic[0].tolist() == [[-1.0, 2.0], [-0.5, 0.0]]  # less real = higher
     assert image_residual.item() == pytest.approx(1 / 8)
     assert image_features.item() == pytest.approx(4.0)
 
 
-def test_global_critic_has_no_per_pixel_terms():
+def test_global_critic_has_no_per_pixel_feature_term():
     x, r = torch.zeros(1, 1, 2, 2), torch.ones(1, 1, 2, 2)
     out = CriticOutput(torch.zeros(1), None, torch.zeros(1, 3, 1, 1), None)
-    _, pixel_features, pixel_critic, _, _ = residual_terms(x, r, out, out)
-    assert pixel_features.abs().sum() == 0 and pixel_critic.abs().sum() == 0
+    _, pixel_features, _, _ = residual_terms(x, r, out, out)
+    assert pixel_features.abs().sum() == 0
 
 
 def zeros_terms(maps: np.ndarray, image_residual: np.ndarray) -> Terms:
     """Terms with `maps` as the pixel residual, `image_residual` per tile and zeros elsewhere."""
-    return Terms(maps, np.zeros_like(maps), np.zeros_like(maps), np.zeros_like(maps), image_residual,
-                 np.zeros_like(image_residual), np.zeros_like(image_residual), np.zeros_like(image_residual),
-                 np.zeros_like(maps))
+    return Terms(maps, np.zeros_like(maps), np.zeros_like(maps), image_residual,
+                 np.zeros_like(image_residual), np.zeros_like(image_residual), np.zeros_like(maps))
 
 
 def test_combine_normalises_terms_by_their_normal_level():
-    terms = Terms(np.full((1, 4, 4), 2.0), np.full((1, 4, 4), 30.0), np.zeros((1, 4, 4)), np.zeros((1, 4, 4)),
-                  np.array([[0.5]]), np.array([[6.0]]), np.array([[3.0]]), np.array([[4.0]]), np.zeros((1, 4, 4)))
+    terms = Terms(np.full((1, 4, 4), 2.0), np.full((1, 4, 4), 30.0), np.zeros((1, 4, 4)),
+                  np.array([[0.5]]), np.array([[6.0]]), np.array([[4.0]]), np.zeros((1, 4, 4)))
     norms = {"pixel_residual": 1.0, "pixel_features": 10.0, "image_residual": 0.25, "image_features": 3.0}
     cfg = ScoreConfig(kappa=0.5, blur_sigma=0.0, density_weight=0.0, smoothness_weight=0.0, latent_density_weight=0.0)
     scores, maps = combine(terms, norms, cfg, 4)
     np.testing.assert_allclose(maps, np.full((1, 4, 4), 2.0 + 0.5 * 3.0))
     assert scores.item() == pytest.approx(2.0 + 0.5 * 2.0)
     # A density term without its level (its Gaussian could not be fitted) counts 0.
-    unfitted, _ = combine(terms, norms, dataclasses.replace(cfg, image_density_weight=1.0), 4)
+    unfitted, _ = combine(terms, norms, dataclasses.replace(cfg, latent_density_weight=1.0), 4)
     assert unfitted.item() == pytest.approx(2.0 + 0.5 * 2.0)
-    norms["image_density"] = 1.5
-    scores, _ = combine(terms, norms, dataclasses.replace(cfg, image_density_weight=2.0), 4)
-    assert scores.item() == pytest.approx(2.0 + 0.5 * 2.0 + 2.0 * 3.0 / 1.5)
     norms["latent_density"] = 2.0
-    scores, _ = combine(terms, norms, dataclasses.replace(cfg, image_density_weight=2.0, latent_density_weight=0.5), 4)
-    assert scores.item() == pytest.approx(2.0 + 0.5 * 2.0 + 2.0 * 3.0 / 1.5 + 0.5 * 4.0 / 2.0)
+    scores, _ = combine(terms, norms, dataclasses.replace(cfg, latent_density_weight=0.5), 4)
+    assert scores.item() == pytest.approx(2.0 + 0.5 * 2.0 + 0.5 * 4.0 / 2.0)
     cfg.image_score = "max"
     assert combine(terms, norms, cfg, 4)[0].item() == pytest.approx(3.5)
 
 
-def test_critic_term_is_standardised_by_its_normal_mean_and_spread():
-    critic = np.array([[[3.0, 1.0], [-1.0, 1.0]]])
-    terms = Terms(np.ones((1, 2, 2)), np.zeros((1, 2, 2)), critic, np.zeros((1, 2, 2)), np.array([[1.0]]),
-                  np.array([[0.0]]), np.array([[0.0]]), np.array([[0.0]]), np.zeros((1, 2, 2)))
-    levels = terms.normal_levels()
-    assert levels["pixel_critic"] == pytest.approx(1.0)  # mean of 3, 1, -1, 1
-    assert levels["pixel_critic_std"] == pytest.approx(2 ** 0.5)  # sqrt((4 + 0 + 4 + 0) / 4)
-    norms = {**levels, "pixel_residual": 2.0}
-    _, maps = combine(terms, norms, ScoreConfig(kappa=0.0, critic_weight=0.5, blur_sigma=0.0, density_weight=0.0, smoothness_weight=0.0), 2)
-    expected = 0.5 + 0.5 * (critic - 1.0) / 2 ** 0.5
-    np.testing.assert_allclose(maps, expected, rtol=1e-6)
-    without = combine(terms, norms, ScoreConfig(kappa=0.0, blur_sigma=0.0, density_weight=0.0, smoothness_weight=0.0), 2)[1]
-    np.testing.assert_allclose(without, np.full((1, 2, 2), 0.5))  # weight 0: the term is off
-
-
 def test_the_term_table_names_every_raw_term_and_the_setting_weighing_it():
-    assert [t.name for t in MAP] == ["pixel_residual", "pixel_features", "pixel_critic", "pixel_density",
-                                     "pixel_contrast"]
-    assert [t.name for t in IZIF] == ["image_residual", "image_features", "image_density", "latent_density"]
+    assert [t.name for t in MAP] == ["pixel_residual", "pixel_features", "pixel_density", "pixel_contrast"]
+    assert [t.name for t in IZIF] == ["image_residual", "image_features", "latent_density"]
     for term in (*MAP, *IZIF):
         assert term.weight is None or hasattr(ScoreConfig(), term.weight)
         assert term.name in {f.name for f in dataclasses.fields(Terms)}
@@ -127,26 +105,24 @@ def test_the_formula_shows_the_terms_that_count_with_their_weights():
     text = formula(tiny_config(score__density_weight=0.5, score__latent_density_weight=0.0))
     assert "0.5 * pixel_density / m_pixel_density" in text
     assert "2 * max(m_pixel_contrast - pixel_contrast, 0) / pixel_contrast_std" in text
-    assert "latent_density" not in text and "pixel_critic" not in text  # weight 0: not shown
+    assert "latent_density" not in text  # weight 0: not shown
     assert "blur_1px" in text  # 4 px at 128, scaled to 32
 
 
-def test_tile_values_reduce_to_one_image_score_by_max_or_mean():
+def test_tile_values_reduce_to_one_image_score_by_their_max():
     tiles = np.array([[1.0, 3.0, 2.0]])  # one image, three tiles
     terms = zeros_terms(np.zeros((1, 4, 4)), tiles)
     norms = {"pixel_residual": 1.0, "pixel_features": 1.0, "image_residual": 1.0, "image_features": 1.0}
     cfg = ScoreConfig(kappa=0.0, blur_sigma=0.0, density_weight=0.0, smoothness_weight=0.0, latent_density_weight=0.0)
     assert combine(terms, norms, cfg, 4)[0].item() == 3.0
-    cfg.tile_reduce = "mean"
-    assert combine(terms, norms, cfg, 4)[0].item() == 2.0
 
 
 def test_topk_score_is_the_mean_of_the_largest_values():
-    maps = np.arange(100.0).reshape(1, 10, 10)
+    maps = np.arange(1000.0).reshape(1, 25, 40)
     terms = zeros_terms(maps, np.zeros((1, 1)))
-    cfg = ScoreConfig(kappa=0.0, blur_sigma=0.0, image_score="topk", topk_fraction=0.05, density_weight=0.0, smoothness_weight=0.0)
+    cfg = ScoreConfig(kappa=0.0, blur_sigma=0.0, image_score="topk", density_weight=0.0, smoothness_weight=0.0)
     norms = {k: 1.0 for k in ("pixel_residual", "pixel_features", "image_residual", "image_features")}
-    assert combine(terms, norms, cfg, 10)[0].item() == pytest.approx(np.mean([95, 96, 97, 98, 99]))
+    assert combine(terms, norms, cfg, 10)[0].item() == pytest.approx(np.mean(np.arange(990, 1000)))  # the top 1 %
 
 
 def test_model_scores_have_the_documented_shapes_and_are_deterministic():

@@ -36,9 +36,8 @@ def test_local_contrast_is_the_windowed_standard_deviation():
 
 def terms_with_contrast(contrast: np.ndarray) -> Terms:
     zeros = np.zeros_like(contrast)
-    return Terms(pixel_residual=zeros + 1, pixel_features=zeros, pixel_critic=zeros, pixel_density=zeros,
+    return Terms(pixel_residual=zeros + 1, pixel_features=zeros, pixel_density=zeros,
                  image_residual=np.ones((len(contrast), 1)), image_features=np.ones((len(contrast), 1)),
-                 image_density=np.ones((len(contrast), 1)),
                  latent_density=np.ones((len(contrast), 1)), pixel_contrast=contrast)
 
 

@@ -36,9 +36,10 @@ def test_the_cli_logs_losses_samples_calibration_and_test_metrics(dataset, tmp_p
     mlflow = pytest.importorskip("mlflow")
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
     store = f"file:{tmp_path / 'mlruns'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)  # MLflow's own variable: no setting of ours
     run, results = tmp_path / "run", tmp_path / "results"
     assert main(["train", "--data", str(dataset), "--out", str(run), *TINY, "--set", "log.tensorboard=true",
-                 "--set", "log.mlflow=true", "--set", f"log.mlflow_uri={store}"]) == 0
+                 "--set", "log.mlflow=true"]) == 0
     logged = events(run / "tensorboard")
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     for stage in ("gan", "encoder"):
@@ -72,7 +73,9 @@ def test_mlflow_gets_settings_losses_samples_and_final_figures_through_the_pytho
     mlflow = pytest.importorskip("mlflow")
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # the local file store (newer MLflow prefer SQLite)
     store = f"file:{tmp_path / 'mlruns'}"
-    config = tiny_config(log__mlflow=True, log__mlflow_uri=store, log__mlflow_experiment="tiny")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "tiny")
+    config = tiny_config(log__mlflow=True)
     model = FUNetGAN(config).fit(random_images(12), run_dir=tmp_path / "run")
     result = model.score(random_images(4, seed=1))
     with open_tracker(tmp_path / "results", config, "test") as tracker:  # what `funetgan test` does
@@ -119,12 +122,13 @@ def test_a_missing_package_is_one_line_naming_the_extra(tmp_path, monkeypatch):
             open_tracker(tmp_path, tiny_config(**{f"log__{key}": True}), "train")
 
 
-def test_tensorboard_needs_a_folder_and_an_unreachable_mlflow_store_is_one_line(tmp_path):
+def test_tensorboard_needs_a_folder_and_an_unreachable_mlflow_store_is_one_line(tmp_path, monkeypatch):
     pytest.importorskip("tensorboard")
     with pytest.raises(ValueError, match=r"log.tensorboard needs a folder"):
         open_tracker(None, tiny_config(log__tensorboard=True), "train")
     pytest.importorskip("mlflow")
     with pytest.raises(ValueError, match=r"^log.mlflow: cannot start an MLflow run at nowhere://x \(") as caught:
-        open_tracker(tmp_path, tiny_config(log__mlflow=True, log__mlflow_uri="nowhere://x"), "train")
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", "nowhere://x")
+        open_tracker(tmp_path, tiny_config(log__mlflow=True), "train")
     assert "\n" not in str(caught.value)
 

@@ -10,7 +10,7 @@ from conftest import random_images, tiny_config
 from funetgan.model import FUNetGAN
 from funetgan.runtime import Runtime
 from funetgan.nn.tensors import to_tensor
-from funetgan import checkpoint, train
+from funetgan import train
 from funetgan.train import BatchSource, Trainer
 
 
@@ -95,22 +95,19 @@ def test_warmup_counts_against_the_stage_1_budget(monkeypatch):
         stage_init(self, name, total, max_minutes, trainer)
 
     monkeypatch.setattr(train.Stage, "__init__", record)
-    cfg = tiny_config(gan__warmup_iterations=100_000, gan__warmup_share=0.5)
+    cfg = tiny_config(gan__warmup_iterations=100_000)
     cfg.gan.iterations, cfg.gan.max_minutes = 100_000, 0.01
     model = FUNetGAN(cfg).fit(random_images(12))
     done = model.state["completed"]
     assert 0 < done["warmup"]["steps"] < 100_000  # stopped by its share of the budget
-    assert budgets["warmup"] == 0.005
+    assert budgets["warmup"] == pytest.approx(train.WARMUP_SHARE * 0.01)
     assert budgets["gan"] == pytest.approx(0.01 - done["warmup"]["seconds"] / 60, abs=1e-4)
     assert budgets["encoder"] is None and done["encoder"]["steps"] == 3
 
 
-EMA = {"gan__ema": 0.9, "encoder__ema": 0.9}
-
-
 @pytest.mark.parametrize("size, settings, stage", [(32, {}, "encoder"), (48, {"data__resolution": "48"}, "encoder"),
-                                                   (32, EMA, "encoder"), (32, EMA, "gan")],
-                         ids=["whole", "patches", "ema-stopped-in-stage-2", "ema-stopped-in-stage-1"])
+                                                   (32, {"gan__warmup_iterations": 2}, "gan")],
+                         ids=["whole", "patches", "warmup-stopped-in-stage-1"])
 def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch, size, settings, stage):
     images = random_images(12, size=size)
     config = lambda: tiny_config(**settings)  # noqa: E731
@@ -129,67 +126,12 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch, size
     with pytest.raises(train.TrainingStopped, match=f"stopped by SIGINT at {stage} step 2; checkpoint saved"):
         FUNetGAN(config()).fit(images, run_dir=tmp_path / "b")
     assert signal.getsignal(signal.SIGINT) is before  # handlers restored
-    if settings.get(f"{stage}__ema"):
-        _, meta = checkpoint.load(tmp_path / "b" / "checkpoint.safetensors")
-        assert meta["averages"] == {"G" if stage == "gan" else "E": {"decay": 0.9, "count": 2}}
     monkeypatch.setattr(Trainer, step_name, original)
     resumed = FUNetGAN(config()).fit(images, run_dir=tmp_path / "b", resume=True)
     for name in "GDE":
         assert same(state_of(getattr(straight, name)), state_of(getattr(resumed, name))), name
     assert resumed.calibration.levels == pytest.approx(straight.calibration.levels)
     assert resumed.image_threshold == pytest.approx(straight.image_threshold)
-
-
-def test_weight_average_by_hand():
-    net = torch.nn.Linear(1, 1, bias=False)
-    with torch.no_grad():
-        net.weight.fill_(0.0)
-    average = train.WeightAverage(net, decay=0.15)
-    assert average.rate() == pytest.approx(0.1)  # (1 + 0) / (10 + 0): the start is soon forgotten
-    with torch.no_grad():
-        net.weight.fill_(1.0)
-    average.update(net)  # 0.1 * 0 + 0.9 * 1
-    assert average.shadow["weight"].item() == pytest.approx(0.9) and average.count == 1
-    assert average.rate() == pytest.approx(0.15)  # min(0.15, 2 / 11)
-    with torch.no_grad():
-        net.weight.fill_(3.0)
-    average.update(net)  # 0.15 * 0.9 + 0.85 * 3
-    assert average.shadow["weight"].item() == pytest.approx(2.685)
-    assert net.weight.item() == 3.0  # the network itself is untouched until copy_to
-    average.copy_to(net)
-    assert net.weight.item() == pytest.approx(2.685)
-    assert train.WeightAverage(net, 0.999).rate() == pytest.approx(0.1)
-    big = train.WeightAverage(net, 0.999)
-    big.count = 90
-    assert big.rate() == pytest.approx(0.91)  # the cap binds only from n = 8990 on
-
-
-@pytest.mark.parametrize("stage, name", [("gan", "G"), ("encoder", "E")])
-def test_a_stage_with_ema_ends_with_the_average_of_its_steps(monkeypatch, stage, name):
-    """G (E) after training is the hand-computed average of its weights after each step of
-    stage 1 (2), starting from the weights at the stage's start; without ema, the last step's."""
-    seen = []
-    original = getattr(Trainer, f"{stage}_step")
-
-    def record(self, step):
-        if not seen:
-            seen.append(state_of(getattr(self.model, name)))
-        stats = original(self, step)
-        seen.append(state_of(getattr(self.model, name)))
-        return stats
-
-    monkeypatch.setattr(Trainer, f"{stage}_step", record)
-    model = FUNetGAN(tiny_config(**{f"{stage}__ema": 0.5, f"{stage}__iterations": 4})).fit(random_images(12))
-    assert len(seen) == 5
-    params = dict(getattr(model, name).named_parameters())
-    for key, value in params.items():
-        expected = seen[0][key].clone()
-        for n, weights in enumerate(seen[1:]):
-            decay = min(0.5, (1 + n) / (10 + n))
-            expected = decay * expected + (1 - decay) * weights[key]
-        assert torch.allclose(value.detach(), expected, atol=1e-6), key
-        assert not torch.allclose(value.detach(), seen[-1][key]), key  # not simply the last weights
-    assert not model.averages  # used up at the end of its stage
 
 
 def test_resumed_ranks_draw_their_own_latents(tmp_path):
@@ -224,9 +166,9 @@ def test_warmup_codes_have_the_prior_moments():
     assert z.mean(0).abs().max() < 1e-5 and (z.std(0) - 1).abs().max() < 1e-3
 
 
-def test_reconstruction_term_in_stage_one_also_trains_e():
-    for weight, e_changes in ((0.0, False), (5.0, True)):
-        model = FUNetGAN(tiny_config(gan__recon_weight=weight))
+def test_reconstruction_term_in_stage_one_after_a_warmup_also_trains_e():
+    for warmup, e_changes in ((0, False), (2, True)):
+        model = FUNetGAN(tiny_config(gan__warmup_iterations=warmup))
         trainer = Trainer(model, random_images(8).images, random_images(4).images, None)
         before = state_of(model.E)
         stats = trainer.gan_step(0)
@@ -255,7 +197,7 @@ def test_same_seed_and_steps_give_bit_identical_weights_and_metrics_on_the_cpu(t
     test.labels[:3] = 1
     runs = []
     for every, run_dir in ((1, tmp_path), (1000, None)):
-        cfg = tiny_config(gan__warmup_iterations=2, sample_every=every, checkpoint_every=every, log_every=every)
+        cfg = tiny_config(gan__warmup_iterations=2, checkpoint_every=every, log_every=every)
         model = FUNetGAN(cfg).fit(images, run_dir=run_dir)
         result = model.score(test)
         runs.append((model, result, evaluate(result.scores, result.maps, test, model.image_threshold,
@@ -326,8 +268,8 @@ def test_a_memory_mapped_set_gives_the_same_batches_as_in_memory(tmp_path, patch
     mapped[:] = images
     rows = np.array([0, 2, 3, 5, 6, 7, 9])  # a calibration split's training rows
     cpu = Runtime(torch.device("cpu"))
-    memory = BatchSource(images[rows], 4, 3, cpu, flip=True, patch=patch)
-    disk = BatchSource(np.load(tmp_path / "x.npy", mmap_mode="c"), 4, 3, cpu, flip=True, patch=patch, rows=rows)
+    memory = BatchSource(images[rows], 4, 3, cpu, patch=patch)
+    disk = BatchSource(np.load(tmp_path / "x.npy", mmap_mode="c"), 4, 3, cpu, patch=patch, rows=rows)
     assert disk.mapped is not None and len(disk) == len(memory) == 7
     for i in range(5):  # past the end of the first epoch
         assert torch.equal(memory.batch(i), disk.batch(i))

@@ -54,7 +54,6 @@ def score_in_chunks(model: Scorer, images: ImageSet, out, files: ImageFiles, ima
     sources = list(images.volume_rows())
     check_outputs_possible(sources)
     names = dict(zip(sources, volume_names(sources)))
-    top_slices = model.config.score.volume_top_slices
     volumes, seconds = [], {"scoring": 0.0, "metrics": 0.0}
     clock = time.perf_counter()
 
@@ -75,7 +74,7 @@ def score_in_chunks(model: Scorer, images: ImageSet, out, files: ImageFiles, ima
         if evaluation is not None:
             evaluation.add(rows, result.maps, predicted, region)
         volume = None if source is None else volume_result(
-            images, source, names[source], rows, result.scores, predicted, image_threshold, top_slices)
+            images, source, names[source], rows, result.scores, predicted, image_threshold)
         if volume is not None and voxels is not None:
             add_voxels(voxels, images, rows, result.maps)
         lap("metrics")
@@ -105,8 +104,7 @@ def run_test(model: Scorer, test: ImageSet, out: Path, outputs: Outputs, image_t
         metrics["scored_pixels"] = "whole image" if whole else LUNG_SCORED
         metrics["promise"] = kept_promise(model, test, scores, image_threshold)
         if volumes:
-            metrics["volume"] = volume_metrics(volumes, image_threshold, model.config.score.volume_top_slices,
-                                               pooled_voxel_ap(voxels))
+            metrics["volume"] = volume_metrics(volumes, image_threshold, pooled_voxel_ap(voxels))
         metrics["timing"] = {"images": len(test), "seconds": round(seconds["scoring"], 3),
                              "images_per_second": round(len(test) / max(seconds["scoring"], 1e-9), 1),
                              **(timing or {}),

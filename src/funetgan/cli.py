@@ -43,7 +43,7 @@ RESULT_OUTPUTS = ("metrics.json", "predictions.csv", "scores.csv", "report.html"
 # The demo: 32x32 grey brick texture on a 2-core CPU in about 8 minutes, with the CPU recipe.
 DEMO_SETTINGS = [
     "model.image_size=32", "model.channels=1", "model.width=8", "batch_size=16", *RECIPES["cpu"],
-    "gan.max_minutes=6", "encoder.max_minutes=1.5", "sample_every=200", "checkpoint_every=200",
+    "gan.max_minutes=6", "encoder.max_minutes=1.5", "checkpoint_every=200",
 ]
 # The demo keeps its 64-px crops as they are and trains on 32-px patches of them: on brick at
 # the same budget this gave image / pixel AUROC / AUPRO 0.820 / 0.953 / 0.865 against whole
@@ -62,14 +62,12 @@ DEMO_DATA = {"n_train": 400}  # make_texture_dataset's options; crops twice the 
 # The others are the trained run's: its normal levels and thresholds were calibrated under them.
 # Settings a resumed run keeps (`resumed_config`).
 RESUME_FIXED = ("model.", "data.resolution", "data.val_fraction", "data.test_fraction", "data.split_seed",
-                "data.category", "data.normal_class", "data.hu_window", "data.crop_to_lung", "data.lung_threshold",
-                "data.augment_flip", "batch_size", "seed")
+                "data.category", "data.normal_class", "data.hu_window", "data.lung_threshold", "batch_size", "seed")
 # Test-time settings that change what the thresholds were calibrated on (the lung mask
 # decides which pixels the pixel threshold and image scores saw): a change needs `calibrate`.
 CALIBRATED_SETTINGS = ("data.lung_threshold",)
 TEST_SETTINGS = ("data.cache_dir", "data.on_bad_file", "data.lung_threshold", "score.batch_size",
-                 "score.volume_top_slices", "log.tensorboard", "log.mlflow", "log.mlflow_uri",
-                 "log.mlflow_experiment")
+                 "log.tensorboard", "log.mlflow")
 
 
 class UsageError(Exception):

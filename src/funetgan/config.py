@@ -24,8 +24,7 @@ RECIPES = {
     # budget on an autoencoder warm-up (a step costs a fifth to a tenth of an adversarial one),
     # then keeps a reconstruction term; one critic step per generator step at a 4x critic
     # learning rate; penalties on every 4th critic step. Budgets, not step counts, end the stages.
-    "cpu": ["gan.warmup_iterations=100000", "gan.warmup_share=0.4", "gan.recon_weight=20",
-            "gan.n_critic=1", "gan.lr_d=0.0004", "gan.gp_every=4", "gan.iterations=100000",
+    "cpu": ["gan.warmup_iterations=100000", "gan.n_critic=1", "gan.lr_d=0.0004", "gan.gp_every=4", "gan.iterations=100000",
             "gan.max_minutes=15", "encoder.iterations=100000", "encoder.max_minutes=5"],
 }
 
@@ -37,37 +36,25 @@ class ModelConfig:
     width: int = 8
     z_dim: int = 128
     variant: str = "res_attn"
-    # CBAM only on feature maps this small or smaller: it is ~40% of the cost at high
-    # resolution on a CPU (see README, "speed") for little gain.
-    attn_max_size: int = 16
     critic_head: str = "unet"  # "unet" (F-UNetGAN) or "global" (f-AnoGAN baseline critic)
-    # Spectral norm in D on top of the gradient penalty. Off: with it, WGAN-GP plus the pixel
-    # consistency term diverged within 50 generator steps in every run we made (README, "design").
-    d_spectral_norm: bool = False
 
 
 @dataclass
 class GANConfig:
     iterations: int = 2000  # generator steps
-    warmup_iterations: int = 0  # G+E autoencoder steps before the adversarial stage (0: none)
-    warmup_share: float = 0.4  # under max_minutes, the warm-up stops at this share of it
-    recon_weight: float = 0.0  # G+E autoencoder loss added to L_G in stage 1 (0: pure GAN)
+    # G+E autoencoder steps before the adversarial stage (0: none, the published method); under
+    # max_minutes the warm-up stops at train.WARMUP_SHARE of it. After a warm-up, L_G keeps its
+    # loss at train.RECON_WEIGHT (the CPU recipe's measured pair; README, "design choices").
+    warmup_iterations: int = 0
     max_minutes: float | None = None  # wall-clock cap on stage 1, warm-up included
     lr_g: float = 1e-4
     lr_d: float = 1e-4
-    betas: tuple[float, float] = (0.0, 0.9)
     n_critic: int = 5
     lambda_gp: float = 10.0
     lambda_cons: float = 1.0
     consistency: str = "mixup"  # "mixup", "cutmix" or "none"
     gp_every: int = 1  # lazy regularisation: penalties every k-th critic step, weighted by k
     pixel_gp: str = "local"  # GP_p on "mean" of D_p (METHOD.md) or "local": per-pixel (losses.py)
-    drift: float = 1e-3  # weight of mean D(x)^2 on reals (ProGAN): keeps critic values near 0
-    # Exponential moving average of G's weights over the adversarial steps (0: off); G takes the
-    # average at the end of stage 1, so stage 2 and scoring use it. Step n's decay is
-    # min(ema, (1 + n) / (10 + n)): under short budgets the average spans about the last tenth
-    # of the stage's steps whatever their number (train.WeightAverage; README, "A longer budget").
-    ema: float = 0.0
 
 
 @dataclass
@@ -75,17 +62,12 @@ class EncoderConfig:
     iterations: int = 2000
     max_minutes: float | None = None
     lr: float = 1e-4
-    betas: tuple[float, float] = (0.5, 0.999)
     kappa: float = 1.0
-    ema: float = 0.0  # the same average for E's weights over stage 2 (see gan.ema)
 
 
 @dataclass
 class ScoreConfig:
     kappa: float = 1.0  # weight of D-feature residuals in maps and image scores
-    # Weight of the critic's standardised per-pixel verdict -D_p(x) in the map (0: off; a
-    # global-only critic has none). See README, "Localisation" benchmark, for its effect.
-    critic_weight: float = 0.0
     # Weight of the feature-density term in the map (nn/density.py: how unlike validation
     # normals' D's bottleneck features are at each location). With the smoothness term
     # beside it, 1 beat 2 on all three selection textures (pixel AUROC and AUPRO; README,
@@ -99,9 +81,6 @@ class ScoreConfig:
     # "Localisation"). 0: off.
     smoothness_weight: float = 2.0
     image_score: str = "izif"  # "izif" (f-AnoGAN mse terms), "max" or "topk" of the pixel map
-    # Weight of the image-density term in izif (nn/density.py: how unlike validation normals'
-    # D's whole bottleneck is, one Gaussian per location of its 4 x 4 grid). 0: izif as METHOD.md.
-    image_density_weight: float = 0.0
     # Weight of the latent-density term in izif (nn/density.py: how unlike validation normals'
     # codes E's latent code z = E(x) is, one Gaussian of its z_dim values). 8 was chosen on the
     # selection splits: image AUROC +0.066 on Fashion-MNIST (5 classes x 3 seeds), +0.042 on
@@ -114,18 +93,15 @@ class ScoreConfig:
     # 1 on images scored in tiles, 0 (izif alone) on whole images (scoring.TILED_IMAGE_SMOOTHNESS;
     # chosen on the selection splits: README, "Localisation").
     image_smoothness_weight: float | None = None
-    topk_fraction: float = 0.01
     # The map's blur, in the map's pixels; None: 4 px at a model size of 128, scaled with the
     # size, and twice that on maps stitched from tiles (scoring.TILED_BLUR).
     blur_sigma: float | None = None
     normal_quantile: float = 0.99  # threshold rule when validation has no anomalies
     # Tiled scoring (with data.resolution): tiles start every tile_stride px (None: half the
-    # patch); image terms of the tiles become one per image by their max or mean.
+    # patch); image terms of the tiles become one per image by their maximum.
     tile_stride: int | None = None
-    tile_reduce: str = "max"
     batch_size: int = 64  # images (or tiles) per pass of the networks: bounds scoring memory
     lung_only: bool = True  # CT with lung masks: maps, scores, metrics and thresholds in the lung only
-    volume_top_slices: int = 1  # a volume's score: the mean of its k highest slice scores
 
 
 @dataclass
@@ -140,13 +116,11 @@ class DataConfig:
     normal_class: int | None = None  # one-class protocol for labelled sets (IDX)
     on_bad_file: str = "error"  # "error" or "skip" (skipped files are listed)
     hu_window: tuple[float, float] = (-1000.0, 400.0)  # CT lung window
-    crop_to_lung: bool = False
     # CT volumes without a lung mask: the lung found as the air-like voxels inside the body
     # (HU below this, e.g. -320; data/lungs.py) and scored as a lung mask would be; None: none.
     lung_threshold: float | None = None
     test_fraction: float = 0.3  # CT volumes (patients) held out for testing; split by volume
     split_seed: int = 0  # seed of that patient split, fixed so the test set never changes
-    augment_flip: bool = False
     # Volume sets (CT, MSD): a folder for the memory-mapped slice cache (data/cache.py), so
     # volumes are decoded once and slices are read from disk; None: decoded into memory.
     cache_dir: str | None = None
@@ -157,9 +131,9 @@ class LogConfig:
     # Experiment tracking beside log.jsonl and samples/ (tracking.py): losses, sample grids,
     # reconstructions, final figures. Off: nothing of either is imported.
     tensorboard: bool = False  # event files in the run's (or test's) folder, tensorboard/
-    mlflow: bool = False  # one MLflow run per train or test
-    mlflow_uri: str | None = None  # None: MLflow's default (MLFLOW_TRACKING_URI, else ./mlflow.db)
-    mlflow_experiment: str = "funetgan"
+    # One MLflow run per train or test, at MLflow's MLFLOW_TRACKING_URI (default ./mlflow.db),
+    # in experiment MLFLOW_EXPERIMENT_NAME (default "funetgan").
+    mlflow: bool = False
 
 
 @dataclass
@@ -178,10 +152,8 @@ class Config:
     # bf16 autocast in training where the device has bf16 units (CUDA compute capability >= 8.0);
     # never on a CPU. Scoring and calibration always run float32.
     amp: bool = True
-    channels_last: bool = True
     log_every: int = 25
-    sample_every: int = 250
-    checkpoint_every: int = 250
+    checkpoint_every: int = 250  # a checkpoint and sample grids every this many steps
 
     def validate(self) -> "Config":
         m = self.model
@@ -201,17 +173,12 @@ class Config:
         stride = self.score.tile_stride
         if stride is not None and not 0 < stride <= m.image_size:
             raise ValueError(f"score.tile_stride must lie in 1..{m.image_size} (the patch size), got {stride}")
-        if self.score.tile_reduce not in ("max", "mean"):
-            raise ValueError(f"score.tile_reduce must be max or mean, got {self.score.tile_reduce!r}")
         if self.score.image_score not in ("izif", "max", "topk"):
             raise ValueError(f"score.image_score must be izif, max or topk, got {self.score.image_score!r}")
         if self.data.on_bad_file not in ("error", "skip"):
             raise ValueError(f"data.on_bad_file must be error or skip, got {self.data.on_bad_file!r}")
         for key, bound in BOUNDS.items():
             check_bound(key, get_key(self, key), bound)
-        for key in ("gan.betas", "encoder.betas"):
-            if not all(0.0 <= beta < 1.0 for beta in get_key(self, key)):
-                raise ValueError(f"{key} must be two numbers in [0, 1), got {list(get_key(self, key))}")
         low, high = self.data.hu_window
         if not low < high:
             raise ValueError(f"data.hu_window's low end must lie below its high end, got [{low:g}, {high:g}]")
@@ -249,26 +216,20 @@ class Config:
 
 # The range of each numeric setting, checked before any work starts (None is allowed where
 # the setting's default is None): "count" >= 1, "count0" >= 0, "positive" > 0, "non-negative"
-# >= 0, "fraction" in (0, 1), "share" in [0, 1], "portion" in (0, 1], "decay" in [0, 1).
+# >= 0, "fraction" in (0, 1).
 BOUNDS = {
-    **dict.fromkeys(("model.width", "model.z_dim", "model.attn_max_size", "gan.iterations", "gan.n_critic",
-                     "gan.gp_every", "encoder.iterations", "score.batch_size", "score.volume_top_slices",
-                     "batch_size", "log_every", "sample_every", "checkpoint_every"), "count"),
+    **dict.fromkeys(("model.width", "model.z_dim", "gan.iterations", "gan.n_critic", "gan.gp_every",
+                     "encoder.iterations", "score.batch_size", "batch_size", "log_every", "checkpoint_every"), "count"),
     **dict.fromkeys(("gan.warmup_iterations", "seed", "data.split_seed"), "count0"),
     **dict.fromkeys(("gan.lr_g", "gan.lr_d", "encoder.lr"), "positive"),
-    **dict.fromkeys(("gan.max_minutes", "encoder.max_minutes", "gan.recon_weight", "gan.lambda_gp", "gan.lambda_cons", "gan.drift", "encoder.kappa",
-                     "score.kappa", "score.critic_weight", "score.density_weight", "score.smoothness_weight",
-                     "score.image_density_weight", "score.latent_density_weight", "score.image_smoothness_weight",
-                     "score.blur_sigma"), "non-negative"),
+    **dict.fromkeys(("gan.max_minutes", "encoder.max_minutes", "gan.lambda_gp", "gan.lambda_cons", "encoder.kappa",
+                     "score.kappa", "score.density_weight", "score.smoothness_weight",
+                     "score.latent_density_weight", "score.image_smoothness_weight", "score.blur_sigma"), "non-negative"),
     **dict.fromkeys(("score.normal_quantile", "data.val_fraction", "data.test_fraction"), "fraction"),
-    "gan.warmup_share": "share", "score.topk_fraction": "portion",
-    **dict.fromkeys(("gan.ema", "encoder.ema"), "decay"),
 }
 _BOUND_TESTS = {"count": (lambda v: v >= 1, "at least 1"), "count0": (lambda v: v >= 0, "at least 0"),
                 "positive": (lambda v: v > 0, "above 0"), "non-negative": (lambda v: v >= 0, "at least 0"),
-                "fraction": (lambda v: 0 < v < 1, "inside (0, 1)"), "share": (lambda v: 0 <= v <= 1, "in [0, 1]"),
-                "portion": (lambda v: 0 < v <= 1, "in (0, 1]"),
-                "decay": (lambda v: 0 <= v < 1, "in [0, 1)")}
+                "fraction": (lambda v: 0 < v < 1, "inside (0, 1)")}
 
 
 def check_bound(key: str, value: Any, bound: str) -> None:

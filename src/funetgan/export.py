@@ -192,7 +192,7 @@ def _set_metadata(proto, meta: dict, config: Config) -> None:
         **{term.weight: getattr(score, term.weight) for term in (*MAP, *IZIF) if term.weight},
         "image_smoothness_weight": image_smoothness_weight(score, tiled),
         "image_score": score.image_score,
-        "tile_stride": tile_stride(config), "tile_reduce": score.tile_reduce,
+        "tile_stride": tile_stride(config),
     }
     del proto.metadata_props[:]
     for key, value in entries.items():

@@ -9,6 +9,11 @@ from .config import GANConfig
 from .nn import CriticOutput
 
 
+# Weight of mean D(x)^2 on real images (ProGAN's drift term): keeps the unbounded WGAN
+# critic values near 0.
+DRIFT = 1e-3
+
+
 def gradient_penalty(output: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
     """mean_b (||d output_b / d inputs_b||_2 - 1)^2 for a per-sample `output` (shape B)."""
     (grad,) = torch.autograd.grad(output.sum(), inputs, create_graph=True)
@@ -69,10 +74,10 @@ def critic_loss(critic, real: torch.Tensor, fake: torch.Tensor, cfg: GANConfig, 
     scores, pixels = out.score.float().split(b), None if out.pixel is None else out.pixel.float().split(b)
 
     stats = {"wd_global": (scores[0].mean() - scores[1].mean()).detach()}
-    loss = scores[1].mean() - scores[0].mean() + cfg.drift * scores[0].pow(2).mean()
+    loss = scores[1].mean() - scores[0].mean() + DRIFT * scores[0].pow(2).mean()
     if pixels is not None:
         wd_pixel = pixels[0].mean() - pixels[1].mean()
-        loss = loss - wd_pixel + cfg.drift * pixels[0].pow(2).mean()
+        loss = loss - wd_pixel + DRIFT * pixels[0].pow(2).mean()
         stats["wd_pixel"] = wd_pixel.detach()
         if use_mix:
             # Not detached: with a detached target, D chased its own moving pixel maps and

@@ -16,19 +16,21 @@ from .data.base import ImageSet
 from .export import PARITY_TOLERANCE, export_onnx
 from .files import CHECKPOINT_FILE, MODEL_FILE
 from .nn import Discriminator, Encoder, Generator
-from .nn.density import GRID, DensityStatistics, FeatureDensity, as_grid, samples_needed
+from .nn.density import DensityStatistics, FeatureDensity, as_grid, samples_needed
 from .nn.residuals import TERM_MAPS, TERM_VALUES, ScoringNetwork
 from .nn.tensors import to_tensor
 from .runtime import Runtime, setup
 from .scoring import IZIF, MAP, Scorer, Scores  # noqa: F401  (Scores: also importable from here)
 from .tracking import Tracker, open_tracker
-from .train import Trainer, WeightAverage
+from .train import Trainer
 
 # The density terms' Gaussians are fitted on at most this many random patches of the training
 # images (whole images where they are the model's size): twice the 2,048 that 8 samples per
 # dimension of the largest Gaussian (D's bottleneck from 64 px up) ask for.
 FIT_SAMPLES = 4096
 WEIGHTS = {term.name: term.weight for term in (*MAP, *IZIF)}  # the setting weighing each term
+# Adam's betas: METHOD.md's (0.0, 0.9) for G and D (WGAN-GP practice); E's as in f-AnoGAN.
+GAN_BETAS, ENCODER_BETAS = (0.0, 0.9), (0.5, 0.999)
 
 
 class FUNetGAN(Scorer):
@@ -40,30 +42,27 @@ class FUNetGAN(Scorer):
 
     def __init__(self, config: Config | None = None, runtime: Runtime | None = None):
         self.config = cfg = (config or Config()).validate()
-        self.runtime = runtime or setup(cfg.device, cfg.amp, cfg.channels_last)
+        self.runtime = runtime or setup(cfg.device, cfg.amp)
         m = cfg.model
         # The same initial weights on every process, from a seeded copy of torch's global
         # generator: the caller's random state is left as it was.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
-            self.G = self.runtime.place(Generator(m.image_size, m.channels, m.width, m.z_dim, m.attn_max_size))
-            self.D = self.runtime.place(Discriminator(m.image_size, m.channels, m.width, m.variant, m.attn_max_size,
-                                                      pixel_head=m.critic_head == "unet", sn=m.d_spectral_norm))
+            self.G = self.runtime.place(Generator(m.image_size, m.channels, m.width, m.z_dim))
+            self.D = self.runtime.place(Discriminator(m.image_size, m.channels, m.width, m.variant,
+                                                      pixel_head=m.critic_head == "unet"))
             self.E = self.runtime.place(Encoder(m.image_size, m.channels, m.width, m.z_dim))
-        # Set by calibrate: the map's density (one Gaussian for all locations), the image's (one
-        # per location) and the latent code's.
+        # Set by calibrate: the map's density (one Gaussian for all locations) and the latent code's.
         self.density = self.runtime.place(FeatureDensity(self.D.bottleneck_width))
-        self.image_density = self.runtime.place(FeatureDensity(self.D.bottleneck_width, GRID))
         self.latent_density = self.runtime.place(FeatureDensity(m.z_dim))
         for net in (self.G, self.D, self.E):
             self.runtime.sync_parameters(net)
         adam = self.runtime.adam_options()
-        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.gan.lr_g, betas=cfg.gan.betas, **adam)
-        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.gan.lr_d, betas=cfg.gan.betas, **adam)
-        self.opt_e = torch.optim.Adam(self.E.parameters(), lr=cfg.encoder.lr, betas=cfg.encoder.betas, **adam)
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.gan.lr_g, betas=GAN_BETAS, **adam)
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.gan.lr_d, betas=GAN_BETAS, **adam)
+        self.opt_e = torch.optim.Adam(self.E.parameters(), lr=cfg.encoder.lr, betas=ENCODER_BETAS, **adam)
         self.rng = torch.Generator(self.runtime.device).manual_seed(cfg.seed * 10_007 + self.runtime.rank)
         self.state = {"stage": "warmup", "step": 0, "seconds": 0.0, "critic_steps": 0}
-        self.averages: dict[str, WeightAverage] = {}  # gan.ema / encoder.ema, during their stage
         self.calibration: Calibration | None = None
 
     # ---- training ------------------------------------------------------------------------
@@ -107,10 +106,9 @@ class FUNetGAN(Scorer):
     def _score_tiles(self, tiles: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
         """The residual terms of uint8 B x S x S x C tiles, as numpy (a `tiling.TileScorer`)."""
         rt = self.runtime
-        network = ScoringNetwork(self.E, self.G, self.D, self.density, self.image_density, self.latent_density,
-                                 torch.channels_last if rt.channels_last else torch.contiguous_format).eval()
+        network = ScoringNetwork(self.E, self.G, self.D, self.density, self.latent_density).eval()
         terms = network(rt.prepare(to_tensor(tiles, rt.device)))
-        # One copy to the host for all eight terms: each copy waits for the device.
+        # One copy to the host for all six terms: each copy waits for the device.
         joined = torch.cat([term.float().reshape(len(tiles), -1) for term in terms], 1).cpu().numpy()
         parts = np.split(joined, np.cumsum([term[0].numel() for term in terms])[:-1], axis=1)
         terms = [part.reshape(term.shape) for part, term in zip(parts, terms)]
@@ -138,14 +136,13 @@ class FUNetGAN(Scorer):
     @torch.inference_mode()
     def fit_densities(self, images: np.ndarray, rows: np.ndarray | None = None) -> tuple[list[str], list[str]]:
         """Fit the Gaussians of the density terms (`nn.density`: D's bottleneck features for the
-        map's and the image's, E's codes for the latent's) on normal training images `images`
+        map's, E's codes for the latent's) on normal training images `images`
         (the `rows` training drew from, None: all): `FIT_SAMPLES` random patches of the model's
         size, seeded (whole images where they are its size, at most that many). Returns the
         terms whose Gaussian has fewer samples than it needs (`samples_needed`: they stay
         unfitted and count 0) and a note for each of those the settings weigh."""
         cfg, rt = self.config, self.runtime
-        statistics = {density: DensityStatistics(GRID if density is self.image_density else 1)
-                      for _, density in self.densities()}
+        statistics = {density: DensityStatistics() for _, density in self.densities()}
         for patches in tiling.random_patches(images, rows, cfg.model.image_size, FIT_SAMPLES, cfg.seed,
                                              cfg.score.batch_size):
             x = rt.prepare(to_tensor(patches, rt.device))
@@ -197,8 +194,7 @@ class FUNetGAN(Scorer):
     def densities(self) -> tuple[tuple[str, FeatureDensity], ...]:
         """The Gaussians calibration fits, by the name of the term each serves (`scoring.MAP`,
         `scoring.IZIF`), which their tensors are saved under."""
-        return (("pixel_density", self.density), ("image_density", self.image_density),
-                ("latent_density", self.latent_density))
+        return (("pixel_density", self.density), ("latent_density", self.latent_density))
 
     def save(self, path: str | Path) -> None:
         """Weights, settings and calibration in one safetensors file."""
@@ -217,7 +213,10 @@ class FUNetGAN(Scorer):
         if not path.exists():
             raise FileNotFoundError(f"{path}: no trained model here (did training finish?)")
         tensors, meta = checkpoint.load(path)
-        config = Config.from_dict(meta["config"])
+        try:
+            config = Config.from_dict(meta["config"])
+        except (KeyError, ValueError, TypeError) as err:
+            raise ValueError(f"{path}: {err}") from None
         if device is not None:
             config.device = device
         model = cls(config)
@@ -249,9 +248,6 @@ class FUNetGAN(Scorer):
             tensors.update(opt_tensors)
             meta[name] = opt_meta
         tensors["rng"] = self.rng.get_state()
-        for name, average in self.averages.items():
-            tensors.update(checkpoint.prefixed(f"ema.{name}", average.shadow))
-        meta["averages"] = {name: {"decay": a.decay, "count": a.count} for name, a in self.averages.items()}
         checkpoint.save(path, tensors, meta)
 
     def load_checkpoint(self, path: str | Path) -> None:
@@ -263,13 +259,6 @@ class FUNetGAN(Scorer):
         for name, opt in (("opt_g", self.opt_g), ("opt_d", self.opt_d), ("opt_e", self.opt_e)):
             checkpoint.load_optimizer_state(opt, name, tensors, meta[name])
         self._restore_rng(tensors["rng"])
-        self.averages = {}
-        for name, saved in meta.get("averages", {}).items():
-            average = WeightAverage(getattr(self, name), saved["decay"])
-            shadow = checkpoint.unprefixed(f"ema.{name}", tensors)
-            average.shadow = {k: v.to(self.runtime.device) for k, v in shadow.items()}
-            average.count = saved["count"]
-            self.averages[name] = average
         if self.runtime.rank:
             # Only rank 0's generator is saved: the other ranks derive their own stream from it,
             # else every process would draw the same z for the rest of the run.

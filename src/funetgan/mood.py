@@ -6,8 +6,7 @@ a folder of NIfTI volumes in, and per case in the output folder
 
 named as the challenge's own example names them: the input file's name, plus ".txt" for the
 score. Cases are scored one at a time (memory for one volume), slice by slice as `predict`
-scores a volume: the case score is the volume score (the mean of its `score.volume_top_slices`
-highest slice scores), the map is the slices' maps on the scan's voxel grid. Both go to
+scores a volume: the case score is the volume score (its highest slice score), the map is the slices' maps on the scan's voxel grid. Both go to
 [0, 1] by the scales calibration fitted on validation normals (`unit_scale`: 0 at or below
 their median, 0.5 at their `score.normal_quantile` quantile); the case score by the slice
 scores' scale. The challenge's measures are average precisions (of the case scores, and of
@@ -87,4 +86,4 @@ def score_case(model: Scorer, case: Path):
     region = model.scoring_region(images)
     geometry = images.volumes[source]
     volume = scan_map(images, result.maps[rows], rows, geometry, None if region is None else region[rows])
-    return volume_score(result.scores[rows], config.score.volume_top_slices), to_scan_grid(volume, geometry), geometry
+    return volume_score(result.scores[rows]), to_scan_grid(volume, geometry), geometry

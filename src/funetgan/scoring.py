@@ -3,29 +3,27 @@
 With r = G(E(x)), each term of the map (`MAP`) and of izif (`IZIF`) is measured against the
 calibration normals (`Term.normaliser`), weighed by its setting and added:
   pixel map   A = |x - r| / m_r + kappa * |f_p(x) - f_p(r)| / m_f
-                  + critic_weight * (-D_p(x) - mu_c) / sd_c
                   + density_weight * d(x) / m_d
                   + smoothness_weight * max(mu_l - l(x), 0) / sd_l               (then Gaussian blur)
   izif        s = mse(x, r) / m_i + kappa * mse(f_g(x), f_g(r)) / m_g
-                  + image_density_weight * e(x) / m_e + latent_density_weight * q(x) / m_q
+                  + latent_density_weight * q(x) / m_q
   image score   izif, or max((s - mu_s) / sd_s, w * (t(x) - mu_t) / sd_t) with the smoothness
                 evidence on (w = image_smoothness_weight, the default on tiled images; t(x) the
                 maximum of the blurred smoothness term, the image's smoothest region), or the
-                max / top-k mean of A (`score.image_score`).
+                max / top-1 % mean of A (`score.image_score`).
 The m_*, mu_* and sd_* are means and spreads over calibration normals (`calibration`): METHOD.md
 adds the raw terms; dividing by their normal level first makes kappa a relative weight whatever
 the scale D's features have after training (it varies from run to run by orders of magnitude).
-The critic's verdict D_p(x) is a WGAN critic value with no fixed zero, so it is standardised.
-d(x) is how unlike normal images D's bottleneck features of x are at each location, e(x) the
-same for the whole bottleneck, q(x) for E's latent code (`nn.density`: Mahalanobis distances to
+d(x) is how unlike normal images D's bottleneck features of x are at each location, q(x) how
+unlike normal codes E's latent code is (`nn.density`: Mahalanobis distances to
 Gaussians fitted on training images); l(x) is the local contrast of x itself (the standard
 deviation of its pixels in a 5 x 5 window; no network): where it falls below normal texture's,
 a smudge or a flat foreign object lies on a stochastic texture, which G rebuilds all too well
 and izif cannot see, hence the smoothest region as image evidence on tiled images.
 With a scoring region (the lung of CT slices, `score.lung_only`), the pixel terms and the
 image residual count only its pixels and the map is 0 outside it; D's global features still
-see the whole image. Tiled images (`tiling`) have one izif value per tile; `score.tile_reduce`
-turns them into one per image.
+see the whole image. Tiled images (`tiling`) have one izif value per tile; an image's is their
+maximum (a defect that fills one tile of a large image would be diluted by the mean).
 
 Numpy only, so the PyTorch and the ONNX runtime paths share it: `Scorer` is all of scoring
 except the networks' forward pass, which each runtime supplies as a tile scorer (`FUNetGAN`
@@ -50,8 +48,8 @@ from .masks import MaskRule
 if TYPE_CHECKING:
     from .calibration import Calibration
 
-MAP_TERMS = ("pixel_residual", "pixel_features", "pixel_critic", "pixel_density")  # nn.residuals' TERM_MAPS
-VALUE_TERMS = ("image_residual", "image_features", "image_density", "latent_density")  # and TERM_VALUES (numpy only: no torch here)
+MAP_TERMS = ("pixel_residual", "pixel_features", "pixel_density")  # nn.residuals' TERM_MAPS
+VALUE_TERMS = ("image_residual", "image_features", "latent_density")  # and TERM_VALUES (numpy only: no torch here)
 TERMS = (*MAP_TERMS, *VALUE_TERMS)
 
 
@@ -62,11 +60,9 @@ class Terms:
 
     pixel_residual: np.ndarray
     pixel_features: np.ndarray
-    pixel_critic: np.ndarray
     pixel_density: np.ndarray
     image_residual: np.ndarray
     image_features: np.ndarray
-    image_density: np.ndarray
     latent_density: np.ndarray
     pixel_contrast: np.ndarray  # N x H x W: `local_contrast` of the images themselves (no network)
     region: np.ndarray | None = None  # N x H x W bool: the pixels that count (None: all)
@@ -81,13 +77,13 @@ class Terms:
         return Terms(**{name: None if value is None else value[index] for name, value in values.items()})
 
 
-STANDARDISED = ("pixel_critic", "pixel_contrast")  # the terms measured in their normal spread too
+STANDARDISED = ("pixel_contrast",)  # the terms measured in their normal spread too
 
 
 def normal_levels(chunks: Iterable[Terms]) -> dict[str, float]:
     """Mean of each term over the images of `chunks` (the calibration normals, a chunk of
-    images at a time), and the standard deviations of the critic's verdict and the local
-    contrast ("pixel_critic_std", "pixel_contrast_std"); pixel terms over the scoring region's
+    images at a time), and the standard deviation of the local contrast ("pixel_contrast_std");
+    pixel terms over the scoring region's
     pixels only (they are 0 outside it)."""
     sums: dict[str, float] = {}
     pixels = values = 0
@@ -115,10 +111,8 @@ def restrict(terms: Terms, region: np.ndarray) -> Terms:
     area = np.maximum(inside.reshape(len(inside), -1).sum(1), 1)
     squared = (terms.pixel_residual ** 2 * inside).reshape(len(inside), -1).sum(1, dtype=np.float64)
     return Terms(pixel_residual=terms.pixel_residual * inside, pixel_features=terms.pixel_features * inside,
-                 pixel_critic=terms.pixel_critic * inside, pixel_density=terms.pixel_density * inside,
-                 image_residual=(squared / area)[:, None],
-                 image_features=terms.image_features, image_density=terms.image_density,
-                 latent_density=terms.latent_density,
+                 pixel_density=terms.pixel_density * inside, image_residual=(squared / area)[:, None],
+                 image_features=terms.image_features, latent_density=terms.latent_density,
                  pixel_contrast=terms.pixel_contrast * inside, region=region)
 
 
@@ -208,9 +202,8 @@ class Scorer:
 @dataclass(frozen=True)
 class Term:
     """One raw term of the map or of izif: the setting that weighs it (None: weight 1), what it
-    is measured against on calibration normals ("level": divided by its mean there;
-    "standardised": minus that mean, in their spread; "below": how far below that mean, in
-    their spread, 0 above it), and whether it needs a Gaussian fitted at calibration (a density
+    is measured against on calibration normals ("level": divided by its mean there; "below":
+    how far below that mean, in their spread, 0 above it), and whether it needs a Gaussian fitted at calibration (a density
     term: `nn.density`)."""
 
     name: str
@@ -223,16 +216,19 @@ class Term:
 MAP = (
     Term("pixel_residual", None, "level"),  # |x - G(E(x))|
     Term("pixel_features", "kappa", "level"),  # D's decoder-feature residual
-    Term("pixel_critic", "critic_weight", "standardised"),  # the critic's verdict -D_p(x)
     Term("pixel_density", "density_weight", "level", fitted=True),  # D's bottleneck features unlike normals'
     Term("pixel_contrast", "smoothness_weight", "below"),  # the image smoother than normal texture
 )
 IZIF = (
     Term("image_residual", None, "level"),  # mse(x, G(E(x)))
     Term("image_features", "kappa", "level"),  # D's bottleneck feature mse
-    Term("image_density", "image_density_weight", "level", fitted=True),  # D's whole bottleneck unlike normals'
     Term("latent_density", "latent_density_weight", "level", fitted=True),  # E's code unlike normals' codes
 )
+
+
+# The share of a map's pixels whose mean is the "topk" image score: the top 1 %, as in the
+# published ablations (METHOD.md: "a statistic of the pixel map (max, top-k mean)").
+TOP_FRACTION = 0.01
 
 
 def weight(term: Term, cfg: ScoreConfig, levels: dict[str, float]) -> float:
@@ -244,14 +240,12 @@ def weight(term: Term, cfg: ScoreConfig, levels: dict[str, float]) -> float:
 
 def normalised(term: Term, terms: Terms, levels: dict[str, float]) -> np.ndarray:
     """The term against calibration normals (`Term.normaliser`), 0 outside the scoring region
-    for the standardised ones (so the blur spreads nothing in)."""
+    for the "below" ones (so the blur spreads nothing in)."""
     values, level = getattr(terms, term.name), levels[term.name]
     if term.normaliser == "level":
         return values / max(level, 1e-12)
-    standard = ((values - level) / max(levels[f"{term.name}_std"], 1e-12)).astype(np.float32)
-    if term.normaliser == "below":
-        standard = np.maximum(-standard, 0)
-    return standard if terms.region is None else standard * terms.region
+    below = np.maximum((level - values) / max(levels[f"{term.name}_std"], 1e-12), 0).astype(np.float32)
+    return below if terms.region is None else below * terms.region
 
 
 def combine(terms: Terms, levels: dict[str, float], cfg: ScoreConfig, image_size: int,
@@ -279,7 +273,7 @@ def combine(terms: Terms, levels: dict[str, float], cfg: ScoreConfig, image_size
         scores = maps.reshape(len(maps), -1).max(1)
     else:
         flat = maps.reshape(len(maps), -1)
-        k = max(1, round(cfg.topk_fraction * flat.shape[1]))
+        k = max(1, round(TOP_FRACTION * flat.shape[1]))
         scores = np.partition(flat, flat.shape[1] - k, axis=1)[:, -k:].mean(1, dtype=np.float64)
     return scores.astype(np.float64), maps
 
@@ -287,12 +281,12 @@ def combine(terms: Terms, levels: dict[str, float], cfg: ScoreConfig, image_size
 def image_evidence(terms: Terms, levels: dict[str, float], cfg: ScoreConfig, image_size: int,
                    tiled: bool = False) -> dict[str, np.ndarray]:
     """Each kind of evidence the izif image score weighs, N values each: "image_izif" (izif,
-    its tiles reduced by `score.tile_reduce`) and, when the smoothness evidence is on
+    the maximum over its tiles) and, when the smoothness evidence is on
     (`image_smoothness_weight`), "image_smoothness": the maximum of each image's blurred
     smoothness term, how much smoother than normal texture its smoothest region is."""
     per_tile = sum(weight(term, cfg, levels) * normalised(term, terms, levels)
                    for term in IZIF if weight(term, cfg, levels))
-    evidence = {"image_izif": per_tile.max(1) if cfg.tile_reduce == "max" else per_tile.mean(1)}
+    evidence = {"image_izif": per_tile.max(1)}
     if image_smoothness_weight(cfg, tiled):
         below = normalised(MAP[-1], terms, levels)
         blurred = gaussian_blur(below, blur_sigma(cfg, image_size, tiled))
@@ -306,16 +300,16 @@ def formula(config: Config) -> str:
     cfg, tiled = config.score, scored_in_tiles(config)
 
     def total(terms: tuple[Term, ...]) -> str:
-        shown = {"level": "{name} / m_{name}", "standardised": "({name} - m_{name}) / {name}_std",
-                 "below": "max(m_{name} - {name}, 0) / {name}_std"}
+        shown = {"level": "{name} / m_{name}", "below": "max(m_{name} - {name}, 0) / {name}_std"}
         return " + ".join(f"{weight(t, cfg, {t.name: 1.0}):g} * " + shown[t.normaliser].format(name=t.name)
                           for t in terms if weight(t, cfg, {t.name: 1.0}))
 
     text = (f"Anomaly map = blur_{blur_sigma(cfg, config.model.image_size, tiled):g}px({total(MAP)}), "
             f"pixel_contrast the standard deviation of the image's pixels in a 5 x 5 window (from the images). ")
-    izif = f"izif = {cfg.tile_reduce} over tiles of ({total(IZIF)})"
+    izif = f"izif = max over tiles of ({total(IZIF)})"
     if cfg.image_score != "izif":
-        return text + f"Image score = {cfg.image_score} of the map."
+        statistic = "max" if cfg.image_score == "max" else f"mean of the top {TOP_FRACTION:.0%}"
+        return text + f"Image score = {statistic} of the map."
     smoothness = image_smoothness_weight(cfg, tiled)
     if not smoothness:
         return text + f"Image score = {izif}."

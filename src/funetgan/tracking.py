@@ -4,8 +4,8 @@ calibration at the end of training, the metrics of `test`).
 
     log.tensorboard   event files in FOLDER/tensorboard (`tensorboard --logdir FOLDER`);
                       pip install funetgan[tensorboard]
-    log.mlflow        one MLflow run per command, at log.mlflow_uri (default: MLflow's own,
-                      MLFLOW_TRACKING_URI or ./mlflow.db), in experiment log.mlflow_experiment;
+    log.mlflow        one MLflow run per command, at MLflow's MLFLOW_TRACKING_URI (default
+                      ./mlflow.db), in experiment MLFLOW_EXPERIMENT_NAME (default "funetgan");
                       pip install funetgan[mlflow]
 
 Nothing is imported while both are off. The TensorBoard writer is tensorboard's own event
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import io
+import os
 import re
 import time
 from pathlib import Path
@@ -23,10 +24,11 @@ from types import ModuleType
 import numpy as np
 from PIL import Image
 
-from .config import Config, LogConfig, all_keys, get_key
+from .config import Config, all_keys, get_key
 from .data.checks import MissingDependency
 
 TENSORBOARD_FOLDER = "tensorboard"
+DEFAULT_EXPERIMENT = "funetgan"  # MLflow's experiment where MLFLOW_EXPERIMENT_NAME is not set
 BATCH, MAX_PARAM = 100, 500  # MLflow's limits: entries per log_batch call, characters per parameter value
 
 
@@ -80,7 +82,7 @@ def open_tracker(folder: str | Path | None, config: Config, command: str) -> Tra
             raise ValueError("log.tensorboard needs a folder for its event files (fit(..., run_dir=...))")
         backends.append(TensorBoard(Path(folder) / TENSORBOARD_FOLDER, command))
     if log.mlflow:
-        backends.append(MLflow(log, command, folder, config))
+        backends.append(MLflow(command, folder, config))
     return Tracker(backends)
 
 
@@ -132,13 +134,13 @@ class MLflow:
     """One MLflow run: every setting (dotted key) as a parameter, scalars as metrics, images
     as artifacts (by MlflowClient: the caller's own active MLflow run, if any, is left alone)."""
 
-    def __init__(self, log: LogConfig, command: str, folder: str | Path | None, config: Config):
+    def __init__(self, command: str, folder: str | Path | None, config: Config):
         mlflow = require("mlflow", "mlflow")
         try:
-            self.client = mlflow.MlflowClient(log.mlflow_uri)
-            experiment = self.client.get_experiment_by_name(log.mlflow_experiment)
-            experiment_id = (experiment.experiment_id if experiment is not None
-                             else self.client.create_experiment(log.mlflow_experiment))
+            self.client = mlflow.MlflowClient()  # at MLFLOW_TRACKING_URI, MLflow's own variable
+            name = os.environ.get("MLFLOW_EXPERIMENT_NAME", DEFAULT_EXPERIMENT)
+            experiment = self.client.get_experiment_by_name(name)
+            experiment_id = experiment.experiment_id if experiment is not None else self.client.create_experiment(name)
             tags = {"funetgan.command": command, **({"funetgan.folder": str(folder)} if folder is not None else {})}
             self.run_id = self.client.create_run(experiment_id, tags=tags, run_name=command).info.run_id
             params = [mlflow.entities.Param(key, str(get_key(config, key))[:MAX_PARAM]) for key in all_keys()]
@@ -146,8 +148,8 @@ class MLflow:
                 self.client.log_batch(self.run_id, params=params[start:start + BATCH])
         except mlflow.exceptions.MlflowException as err:
             first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-            raise ValueError(f"log.mlflow: cannot start an MLflow run at {log.mlflow_uri or 'the default store'} "
-                             f"({first})") from None
+            store = os.environ.get("MLFLOW_TRACKING_URI", "the default store")
+            raise ValueError(f"log.mlflow: cannot start an MLflow run at {store} ({first})") from None
         self.entities = mlflow.entities
 
     def scalars(self, step: int, values: dict[str, float]) -> None:

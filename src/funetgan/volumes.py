@@ -1,7 +1,7 @@
 """Per-patient results of slice-level scoring, for images that are slices of CT volumes.
 
-    volume_results   one row per volume (volume_result: one): its score (the mean of its `top_slices` highest
-                     slice scores), label (anomalous when any slice holds lesion), lesion
+    volume_results   one row per volume (volume_result: one): its score (its highest slice
+                     score), label (anomalous when any slice holds lesion), lesion
                      volume in millilitres, true and predicted, and 3-D Dice / IoU
     volume_metrics   detection metrics over volumes and the means of the per-volume figures;
                      voxel_ap (pooled_voxel_ap chunk by chunk): MOOD's voxel-pooled average precision
@@ -34,20 +34,20 @@ STRIP_SLICES = 3  # most anomalous slices per volume shown in the report
 FOLDER = "volumes"
 
 
-def volume_results(imageset: ImageSet, scores, predicted, image_threshold: float, top_slices: int = 1) -> list[dict]:
+def volume_results(imageset: ImageSet, scores, predicted, image_threshold: float) -> list[dict]:
     """One row per volume of `imageset` (none when it holds no volume slices), from every
     slice's score and predicted mask."""
     by_volume = imageset.volume_rows()
     return [volume_result(imageset, source, name, rows, np.asarray(scores, float)[rows], np.asarray(predicted)[rows],
-                          image_threshold, top_slices)
+                          image_threshold)
             for (source, rows), name in zip(by_volume.items(), volume_names(list(by_volume)))]
 
 
 def volume_result(imageset: ImageSet, source: str, name: str, rows: np.ndarray, slice_scores: np.ndarray,
-                  predicted, image_threshold: float, top_slices: int = 1) -> dict:
+                  predicted, image_threshold: float) -> dict:
     """The row of one volume, `source`, from the scores and predicted masks of its slices
     `rows` (in slice order, as `ImageSet.volume_rows` gives them)."""
-    score = volume_score(slice_scores, top_slices)
+    score = volume_score(slice_scores)
     predicted = np.asarray(predicted, bool)
     pixel_ml = _pixel_ml(imageset, rows, imageset.volumes[source], predicted.shape[1:])
     labels = imageset.labels[rows]
@@ -64,9 +64,9 @@ def volume_result(imageset: ImageSet, source: str, name: str, rows: np.ndarray, 
     return result
 
 
-def volume_score(slice_scores, top_slices: int = 1) -> float:
-    """A volume's score: the mean of its `top_slices` highest slice scores."""
-    return float(np.sort(np.asarray(slice_scores, float))[-top_slices:].mean())
+def volume_score(slice_scores) -> float:
+    """A volume's score: its highest slice score (a lesion on one slice makes the patient's)."""
+    return float(np.max(np.asarray(slice_scores, float)))
 
 
 def _pixel_ml(imageset: ImageSet, rows: np.ndarray, geometry: Geometry, size: tuple[int, int]) -> np.ndarray:
@@ -83,8 +83,7 @@ def _overlap(predicted: np.ndarray, truth: np.ndarray, pixel_ml: np.ndarray) -> 
             "iou": None if both_empty else tp / (tp + fp + fn)}
 
 
-def volume_metrics(results: list[dict], image_threshold: float, top_slices: int = 1,
-                   voxel_ap: float | None = None) -> dict:
+def volume_metrics(results: list[dict], image_threshold: float, voxel_ap: float | None = None) -> dict:
     """Detection over volumes (labels: any lesion slice) and the means, over volumes with a
     lesion, of 3-D Dice, IoU and the absolute error of the predicted lesion volume; with
     `voxel_ap` (`pooled_voxel_ap`) that too."""
@@ -96,7 +95,7 @@ def volume_metrics(results: list[dict], image_threshold: float, top_slices: int 
 
     return {
         "n_volumes": len(results),
-        "score": f"mean of the {top_slices} highest slice score(s)" if top_slices > 1 else "highest slice score",
+        "score": "highest slice score",
         "detection": image_metrics([r["score"] for r in results], np.array([r["label"] for r in results]),
                                    image_threshold),
         "dice_mean": mean(r["dice"] for r in with_lesion),
@@ -181,10 +180,9 @@ def scan_map(imageset: ImageSet, maps, rows: np.ndarray, geometry: Geometry,
              region: np.ndarray | None = None) -> np.ndarray:
     """The maps of one volume's slices `rows` (`maps` and `region`: one per row, in that
     order) as float32 Z x H x W in `read_scan`'s slice order, each resized (bilinearly) to its
-    slice's size and placed where the slice was cut from; 0 outside `region` resized by nearest
+    slice's size; 0 outside `region` resized by nearest
     neighbour (bilinear resizing blurs over its edge)."""
     volume = np.zeros(geometry.slice_shape, np.float32)
-    top, left = (geometry.box[0], geometry.box[2]) if geometry.box else (0, 0)
     for k, i in enumerate(rows):
         z = int(imageset.paths[i].rpartition(SLICE_MARK)[2])
         height, width = (int(v) for v in imageset.sizes[i])
@@ -193,7 +191,7 @@ def scan_map(imageset: ImageSet, maps, rows: np.ndarray, geometry: Geometry,
         if region is not None:
             values = values * np.asarray(Image.fromarray(np.asarray(region[k])).resize(
                 (width, height), Image.Resampling.NEAREST))
-        volume[z, top:top + height, left:left + width] = values
+        volume[z, :height, :width] = values
     return volume
 
 

@@ -105,7 +105,7 @@ def _key(source: str | list[str], name: str, layout: str, size: int | None, chan
          options: DataConfig) -> str:
     """The cache folder's name: the data (`source`) and every setting that changes the slices."""
     settings = [VERSION, source, layout, size, channels, list(options.hu_window),
-                options.crop_to_lung, options.test_fraction, options.split_seed, options.on_bad_file]
+                options.test_fraction, options.split_seed, options.on_bad_file]
     if options.lung_threshold is not None:  # appended only when set: caches built without it stay valid
         settings.append(options.lung_threshold)
     digest = hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:16]
@@ -139,9 +139,7 @@ def _set(folder: Path, split: str, entry: dict) -> ImageSet:
         images=array("images"), labels=np.array(entry["labels"], np.int64), paths=entry["paths"],
         kinds=entry["kinds"], sizes=np.array(entry["sizes"], np.int64).reshape(n, 2),
         masks=array("masks"), has_mask=array("has_mask"), notes=entry["notes"], lung=array("lung"),
-        volumes={source: Geometry(np.array(g["affine"]), tuple(g["shape"]),
-                                  None if g["box"] is None else tuple(g["box"]))
-                 for source, g in entry["volumes"].items()})
+        volumes={source: Geometry(np.array(g["affine"]), tuple(g["shape"])) for source, g in entry["volumes"].items()})
 
 
 def _build(folder: Path, fingerprint: str, read: Reader, settle: Callable[[Splits], None],
@@ -215,8 +213,7 @@ class _SplitWriter:
         self.entry["kinds"] += slices.kinds
         self.entry["sizes"] += slices.sizes.tolist()
         self.entry["notes"] += slices.notes
-        self.entry["volumes"].update({source: {"affine": g.affine.tolist(), "shape": [int(v) for v in g.shape],
-                                               "box": None if g.box is None else [int(v) for v in g.box]}
+        self.entry["volumes"].update({source: {"affine": g.affine.tolist(), "shape": [int(v) for v in g.shape]}
                                       for source, g in slices.volumes.items()})
 
     def close(self, empty_shape: list[int]) -> dict:

@@ -3,7 +3,7 @@ Infection Segmentation Dataset":
 
     ct_scans/          one volume per patient: .nii / .nii.gz, or a folder of DICOM slices
     infection_mask/    the lesion mask of each volume, matched by name (or metadata.csv)
-    lung_mask/         optional: slices without lung are left out; crop_to_lung crops to it
+    lung_mask/         optional: slices without lung are left out and only the lung is scored
                        (without it, data.lung_threshold finds the lung: lungs.py)
 
 Axial slices without lesion are normal, slices with lesion anomalous with the lesion as pixel
@@ -49,7 +49,7 @@ def load_ct(root: Path, size: int, channels: int, options: DataConfig) -> Splits
     if not scans:
         raise DataError(f"{root / SCANS}: no CT volumes (.nii, .nii.gz or DICOM series folders)")
     bad = BadFiles(options.on_bad_file)
-    volumes = pair_masks(root, scans, bad, options.crop_to_lung)
+    volumes = pair_masks(root, scans, bad)
     return split_volumes(root, "ct", volumes, list(scans), size, channels, options, bad)
 
 
@@ -98,13 +98,11 @@ def gather_volumes(root: Path, layout: str, size: int, channels: int, options: D
     return splits
 
 
-def pair_masks(root: Path, scans: dict[str, Path], bad: BadFiles, need_lung: bool) -> list[Volume]:
+def pair_masks(root: Path, scans: dict[str, Path], bad: BadFiles) -> list[Volume]:
     """Each scan with its masks; scans without a lesion mask and masks without a scan are
     bad files."""
     if not (root / LESIONS).is_dir():
         raise DataError(f"{root}: missing folder {LESIONS}/ (the lesion masks)")
-    if need_lung and not (root / LUNGS).is_dir():
-        raise DataError(f"{root}: data.crop_to_lung needs a {LUNGS}/ folder")
     lesions = _volume_files(root / LESIONS)
     lungs = _volume_files(root / LUNGS) if (root / LUNGS).is_dir() else {}
     renamed = _metadata_names(root)
@@ -114,8 +112,6 @@ def pair_masks(root: Path, scans: dict[str, Path], bad: BadFiles, need_lung: boo
         lung = lungs.pop(renamed.get((LUNGS, name), name), None)
         if lesion is None:
             bad.add("test", scan, f"no lesion mask in {LESIONS}/")
-        elif need_lung and lung is None:
-            bad.add("test", scan, f"no lung mask in {LUNGS}/ (needed by data.crop_to_lung)")
         else:
             volumes.append(Volume(name, scan, lesion, lung))
     for mask in [*lesions.values(), *lungs.values()]:
@@ -148,10 +144,6 @@ def read_slices(volume: Volume, size: int, channels: int, options: DataConfig) -
         lung = lung_by_threshold(scan, options.lung_threshold)
     if lung is not None:
         keep = np.flatnonzero(lung.any(axis=(1, 2)))
-        if options.crop_to_lung:
-            rows, cols = _bounding_box(lung.any(axis=0))
-            scan, lesion, lung = scan[:, rows, cols], lesion[:, rows, cols], lung[:, rows, cols]
-            geometry = replace(geometry, box=(rows.start, rows.stop, cols.start, cols.stop))
     grey, in_hu = volume_to_uint8(scan, options.hu_window)
     slices = slices_to_set(grey[keep], keep, volume.scan, geometry, size, channels)
     if lung is not None:
@@ -206,11 +198,6 @@ def _read_mask(path: Path, shape: tuple[int, ...]) -> np.ndarray:
     if mask.shape != shape:
         raise DataError(f"its mask {path.name} has shape {mask.shape}, the scan {shape}")
     return mask
-
-
-def _bounding_box(mask: np.ndarray) -> tuple[slice, slice]:
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
 
 
 def _volume_files(folder: Path) -> dict[str, Path]:

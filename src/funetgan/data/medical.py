@@ -110,11 +110,10 @@ class Geometry:
 
     affine: np.ndarray  # 4 x 4: voxel (i, j, k) of the stored grid -> RAS+ millimetres
     shape: tuple[int, int, int]  # the stored voxel grid
-    box: tuple[int, int, int, int] | None = None  # slices cropped to rows r0:r1, columns c0:c1
 
     @property
     def slice_shape(self) -> tuple[int, int, int]:
-        """(Z, H, W) of the slices `read_scan` returns, before any crop."""
+        """(Z, H, W) of the slices `read_scan` returns."""
         nibabel = require("nibabel")
         axes = nibabel.orientations.io_orientation(self.affine)[:, 0].astype(int)
         canonical = [0, 0, 0]

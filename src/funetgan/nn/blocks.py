@@ -10,6 +10,11 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 
+# CBAM only on feature maps this small or smaller: at high resolution it is ~40 % of a step's
+# cost on a CPU for little gain (README, "Speed"; never measured to change quality).
+ATTENTION_MAX_SIZE = 16
+
+
 def widths(image_size: int, width: int) -> dict[int, int]:
     """Channels at each feature-map size: `width` at full resolution, doubling per halving,
     capped at 16 * width (the METHOD's ch .. 16ch)."""

@@ -1,14 +1,11 @@
 """How unlike normal images D's bottleneck features, and E's latent code, of an image are.
 
 D's bottleneck features f_g (C channels on a 4 x 4 grid per tile, the input of its global
-head) are modelled over validation normals by Gaussians of the C channels, in two ways:
-- the map term: one Gaussian shared by every grid location (the networks see random patches
-  and tiles, so a location in a patch means nothing for *where* a defect is); a location's
-  term is the squared Mahalanobis distance of its feature vector divided by C (about 1 for
-  normal locations), up-sampled bilinearly to the tile's pixels;
-- the image term: one Gaussian per grid location, so the layout of the features counts too
-  (where in the image a garment's sleeve is, what lies beside a brick's mortar joint); the
-  term is the mean over the grid of each location's distance, divided by C.
+head) are modelled over normal training images by one Gaussian of the C channels shared by
+every grid location (the networks see random patches and tiles, so a location in a patch
+means nothing for *where* a defect is): the map term at a location is the squared Mahalanobis
+distance of its feature vector divided by C (about 1 for normal locations), up-sampled
+bilinearly to the tile's pixels.
 E's latent code z = E(x) (z_dim values per tile) is modelled the same way, by one Gaussian
 of validation normals' codes: the latent term is its squared Mahalanobis distance / z_dim.
 
@@ -27,24 +24,22 @@ import torch.nn.functional as F
 from torch import nn
 
 # Shrinkage of each covariance towards its mean variance (16 * width channels of strongly
-# correlated features, estimated from a few thousand locations, or, per location, from as
-# many normal images or tiles as calibration has).
+# correlated features, estimated from a few thousand locations).
 SHRINKAGE = 0.01
-GRID = 4 * 4  # locations of D's bottleneck at every image size
 # Fewest normal feature vectors per channel a Gaussian is fitted from: with fewer, its
 # covariance is too far from full rank for 1 % shrinkage to make a usable precision.
 MIN_SAMPLES_PER_CHANNEL = 2
 
 
 class FeatureDensity(nn.Module):
-    """Means and precisions (inverse covariances) of C feature channels: one Gaussian shared
-    by every location (`locations=1`) or one per location of the h x w grid (`locations=h*w`);
-    standard normal until `DensityStatistics.fit` sets them from normal images."""
+    """The mean and precision (inverse covariance) of C feature channels, one Gaussian shared
+    by every location; standard normal until `DensityStatistics.fit` sets them from normal
+    images. Stored 1 x C and 1 x C x C, the layout saved models and ONNX graphs hold."""
 
-    def __init__(self, channels: int, locations: int = 1):
+    def __init__(self, channels: int):
         super().__init__()
-        self.register_buffer("mean", torch.zeros(locations, channels))
-        self.register_buffer("precision", torch.eye(channels).repeat(locations, 1, 1))
+        self.register_buffer("mean", torch.zeros(1, channels))
+        self.register_buffer("precision", torch.eye(channels)[None])
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """B x C x h x w -> B x h x w: (f - mean)' precision (f - mean) / C at each location, in
@@ -52,8 +47,7 @@ class FeatureDensity(nn.Module):
         with torch.autocast(features.device.type, enabled=False):
             batch, channels, height, width = features.shape
             centred = features.float().flatten(2).transpose(1, 2) - self.mean  # B x hw x C
-            # A batched matrix product broadcasts one shared precision or one per location
-            # (ONNX-friendly, unlike einsum).
+            # A batched matrix product broadcasts the precision (ONNX-friendly, unlike einsum).
             weighted = (centred.unsqueeze(-2) @ self.precision).squeeze(-2)
             return ((centred * weighted).sum(-1) / channels).reshape(batch, height, width)
 
@@ -74,18 +68,16 @@ def samples_needed(density: FeatureDensity) -> int:
 
 
 class DensityStatistics:
-    """Sums of feature vectors and of their outer products (float64), over the locations of
-    batches (`locations=1`) or location by location, then the Gaussians they define."""
+    """Sums of feature vectors and of their outer products (float64) over every location of
+    the batches added, then the Gaussian they define."""
 
-    def __init__(self, locations: int = 1):
-        self.locations = locations
+    def __init__(self):
         self.sum = self.products = None
         self.count = 0
 
     def add(self, features: torch.Tensor) -> None:
         rows = features.detach().flatten(2).transpose(1, 2).double().cpu()  # B x hw x C
-        if self.locations == 1:
-            rows = rows.reshape(-1, 1, rows.shape[-1])
+        rows = rows.reshape(-1, 1, rows.shape[-1])  # every location a sample of the one Gaussian
         total, products = rows.sum(0), torch.einsum("nlc,nld->lcd", rows, rows)
         if self.sum is None:
             self.sum, self.products = total, products

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import VARIANTS
-from .blocks import Block, conv, linear, widths
+from .blocks import ATTENTION_MAX_SIZE, Block, conv, linear, widths
 
 
 class CriticOutput(NamedTuple):
@@ -23,10 +23,11 @@ class Discriminator(nn.Module):
     """`variant`: conv (two plain convs per block), conv_attn (+ CBAM after each encoder
     block), res (residual blocks, 1x1 shortcuts), res_attn (residual + CBAM).
     `pixel_head=False` gives the ordinary global WGAN critic of the f-AnoGAN baseline.
-    `sn` adds spectral norm to every layer (see `ModelConfig.d_spectral_norm`)."""
+    No spectral norm: the gradient penalty is WGAN-GP's Lipschitz control, and with spectral
+    norm on top training diverged within 50 generator steps in every run (README, "design")."""
 
     def __init__(self, image_size: int, channels: int, width: int, variant: str = "res_attn",
-                 attn_max_size: int = 16, pixel_head: bool = True, sn: bool = False):
+                 attn_max_size: int = ATTENTION_MAX_SIZE, pixel_head: bool = True):
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
@@ -34,23 +35,23 @@ class Discriminator(nn.Module):
         w = widths(image_size, width)
         encoder, in_ch, size = [], channels, image_size
         while size > 4:
-            encoder.append(Block(in_ch, w[size // 2], resample="down", residual=residual, sn=sn,
+            encoder.append(Block(in_ch, w[size // 2], resample="down", residual=residual,
                                  attention=attention and size // 2 <= attn_max_size, preact=bool(encoder)))
             in_ch, size = w[size // 2], size // 2
         self.encoder = nn.ModuleList(encoder)
         self.act = nn.LeakyReLU(0.2)
-        self.global_head = linear(in_ch, 1, sn=sn)
+        self.global_head = linear(in_ch, 1, sn=False)
         self.decoder = self.pixel_out = None
         if pixel_head:
             # Up-sample, concatenate the encoder's output at that size, block; last step to full size has no skip.
             skip_widths = [w[s] for s in _sizes_between(8, image_size // 2)]
             decoder = []
             for skip_ch in skip_widths:
-                decoder.append(Block(in_ch + skip_ch, skip_ch, residual=residual, sn=sn))
+                decoder.append(Block(in_ch + skip_ch, skip_ch, residual=residual))
                 in_ch = skip_ch
-            decoder.append(Block(in_ch, w[image_size], residual=residual, sn=sn))
+            decoder.append(Block(in_ch, w[image_size], residual=residual))
             self.decoder = nn.ModuleList(decoder)
-            self.pixel_out = conv(w[image_size], 1, 1, sn=sn)
+            self.pixel_out = conv(w[image_size], 1, 1, sn=False)
 
     @property
     def bottleneck_width(self) -> int:

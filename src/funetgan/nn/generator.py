@@ -4,11 +4,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .blocks import Block, conv, group_norm, linear, widths
+from .blocks import ATTENTION_MAX_SIZE, Block, conv, group_norm, linear, widths
 
 
 class Generator(nn.Module):
-    def __init__(self, image_size: int, channels: int, width: int, z_dim: int, attn_max_size: int = 16):
+    def __init__(self, image_size: int, channels: int, width: int, z_dim: int, attn_max_size: int = ATTENTION_MAX_SIZE):
         super().__init__()
         w = widths(image_size, width)
         self.z_dim = z_dim
