@@ -9,6 +9,7 @@ import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from funetgan import chunked, metrics
+from funetgan.data import base
 from funetgan.config import Config
 from funetgan.data import ImageSet, load_dataset
 from funetgan.metrics import evaluate
@@ -149,7 +150,7 @@ def image_set():
                                    ["masks=worst:3+best:2", "overlays=flagged"]])
 def test_images_in_chunks_equal_the_whole_set(image_set, tmp_path, monkeypatch, items):
     model = PixelScorer(12, image_threshold=0.55, pixel_threshold=0.6)
-    monkeypatch.setattr(chunked, "CHUNK_PIXELS", 7 * 12 * 12)  # 9 chunks of 7 images (and one of 4)
+    monkeypatch.setattr(base, "CHUNK_PIXELS", 7 * 12 * 12)  # 9 chunks of 7 images (and one of 4)
     outputs = Outputs.parse(items)
     whole = in_memory(model, image_set, tmp_path / "whole", outputs)
     found = chunked.run_test(model, image_set, tmp_path / "chunked", outputs, 0.55, model.mask_rule)
@@ -172,7 +173,7 @@ def test_only_the_maps_the_files_need_are_kept(image_set, tmp_path, monkeypatch)
     """Default outputs: the report's examples (4 sections of at most 12) are all that wait
     for the whole set; with chunks of 7 images not every map is kept."""
     model = PixelScorer(12, image_threshold=0.55, pixel_threshold=0.6)
-    monkeypatch.setattr(chunked, "CHUNK_PIXELS", 7 * 12 * 12)
+    monkeypatch.setattr(base, "CHUNK_PIXELS", 7 * 12 * 12)
     kept = []
     real = chunked.MapStore.put
 
@@ -188,7 +189,7 @@ def test_only_the_maps_the_files_need_are_kept(image_set, tmp_path, monkeypatch)
 
 def test_predict_in_chunks_equals_the_whole_set(image_set, tmp_path, monkeypatch):
     model = PixelScorer(12, image_threshold=0.55, pixel_threshold=0.6)
-    monkeypatch.setattr(chunked, "CHUNK_PIXELS", 5 * 12 * 12)
+    monkeypatch.setattr(base, "CHUNK_PIXELS", 5 * 12 * 12)
     outputs = Outputs.parse(["scores", "masks=flagged", "overlays=worst:4"], test=False)
     result = model.score(image_set)
     write_predictions(tmp_path / "whole", image_set, result.scores, result.maps, 0.55, model.mask_rule, outputs)

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import Config, scored_in_tiles
-from .data.base import ImageSet
+from .data.base import ImageSet, row_chunks
 from .data.checks import held_out
 from .metrics import PixelHistogram
 from .scoring import Terms, image_evidence, map_blur, normal_levels
@@ -34,7 +34,6 @@ from .thresholds import (f1_image_threshold, f1_pixel_threshold, normals_needed,
 from .unit_scale import fit_unit_scale, unit_scale
 
 FORMAT = 1  # what `Calibration.to_dict` writes; other layouts are refused (calibrate again)
-CHUNK_PIXELS = 1 << 22  # working-size pixels of calibration images scored at a time
 # Terms for calibration images beyond this many bytes are kept in a temporary file, not in
 # memory (2,000 CT slices at 512 px hold about 10 GB of maps).
 IN_MEMORY_BYTES = 1 << 30
@@ -119,7 +118,7 @@ def find_calibration(model, normals: ImageSet, training: tuple[np.ndarray, np.nd
         terms = calibration_terms(model, normals, Path(folder))
 
         def normal_chunks() -> Iterator[Terms]:
-            return (terms.rows(rows) for rows in chunks(normal, normals.images))
+            return (terms.rows(rows) for rows in row_chunks(normal, normals.images.shape[1:3]))
 
         levels = normal_levels(normal_chunks())
         for name in unfitted:  # without its level a term counts 0 (`scoring.weight`)
@@ -129,19 +128,13 @@ def find_calibration(model, normals: ImageSet, training: tuple[np.ndarray, np.nd
     return thresholds(model.config, scores, histogram, normals, levels, notes)
 
 
-def chunks(rows: np.ndarray, images: np.ndarray) -> list[np.ndarray]:
-    """`rows` in chunks of at most CHUNK_PIXELS pixels of `images` (one image at the least)."""
-    step = max(1, CHUNK_PIXELS // int(np.prod(images.shape[1:3])))
-    return [rows[start:start + step] for start in range(0, len(rows), step)]
-
-
 def calibration_terms(model, normals: ImageSet, folder: Path) -> Terms:
     """The raw terms of the calibration images, a chunk at a time, kept in memory, or in
     files in `folder` when they are large."""
     images, region = normals.images, model.scoring_region(normals)
     on_disk = images.shape[0] * int(np.prod(images.shape[1:3])) * 4 * 6 > IN_MEMORY_BYTES
     parts: dict[str, np.ndarray] = {}
-    for rows in chunks(np.arange(len(images)), images):
+    for rows in row_chunks(np.arange(len(images)), images.shape[1:3]):
         chunk = model.residual_terms(np.asarray(images[rows]), region=None if region is None else region[rows])
         for name, value in dataclasses.asdict(chunk).items():
             if value is not None:
@@ -186,7 +179,7 @@ def scored(model, terms: Terms, levels: dict[str, float], normals: ImageSet
     normal = normals.labels == 0
     masked = ~normal if normals.masks is None else (normals.labels == 1) & np.asarray(normals.has_mask, bool)
     counted = normal | masked if normals.masks is not None else normal
-    for rows in chunks(np.arange(len(normals)), normals.images):
+    for rows in row_chunks(np.arange(len(normals)), normals.images.shape[1:3]):
         part = terms.rows(rows)
         scores[rows], maps = model.combine(part, levels)
         keep = counted[rows]

@@ -1,6 +1,7 @@
 """Scoring a set chunk by chunk, so that `test` and `predict` need memory for one chunk and
 not for the whole set's anomaly maps: each volume's slices together (its 3-D figures and NIfTI
-files need them all), other images CHUNK_PIXELS at a time. Each chunk's maps go to the metrics
+files need them all), other images `data.base.CHUNK_PIXELS` pixels at a time. Each chunk's maps
+go to the metrics
 (`metrics.Evaluation`), the per-image files (`report.ImageFiles`) and the volume's outputs
 (`volumes.volume_result`, `write_volume`) as soon as it is scored, and are dropped.
 
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data.base import ImageSet
+from .data.base import ImageSet, row_chunks
 from .dicom_outputs import check_outputs_possible
 from .masks import MaskRule
 from .metrics import Evaluation, PixelHistogram
@@ -25,21 +26,18 @@ from .scoring import Scorer
 from .thresholds import promise
 from .volumes import add_voxels, pooled_voxel_ap, volume_metrics, volume_names, volume_result, write_volume
 
-CHUNK_PIXELS = 1 << 22  # working-size pixels of 2-D images per chunk (16 MiB per float32 map array)
 LUNG_SCORED = "lung (lung masks or data.lung_threshold, score.lung_only)"  # metrics.json scored_pixels
 
 
 def chunks(images: ImageSet) -> Iterator[tuple[np.ndarray, str | None]]:
     """(rows, source): each volume's slices in slice order with its source path, then the
-    other images in chunks of at most CHUNK_PIXELS pixels (source None)."""
+    other images in chunks of at most `data.base.CHUNK_PIXELS` pixels (source None)."""
     in_volume = np.zeros(len(images), bool)
     for source, rows in images.volume_rows().items():
         in_volume[rows] = True
         yield rows, source
-    rest = np.flatnonzero(~in_volume)
-    step = max(1, CHUNK_PIXELS // max(int(np.prod(images.images.shape[1:3])), 1))
-    for start in range(0, len(rest), step):
-        yield rest[start:start + step], None
+    for rows in row_chunks(np.flatnonzero(~in_volume), images.images.shape[1:3]):
+        yield rows, None
 
 
 def score_in_chunks(model: Scorer, images: ImageSet, out, files: ImageFiles, image_threshold: float,

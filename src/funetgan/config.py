@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from .tiling import check_tile_stride
+
 VARIANTS = ("conv", "conv_attn", "res", "res_attn")
 
 # Named sets of settings (`funetgan train --recipe NAME`), applied under the settings file and --set.
@@ -170,9 +172,8 @@ class Config:
         if self.gan.pixel_gp not in ("mean", "local"):
             raise ValueError(f"gan.pixel_gp must be mean or local, got {self.gan.pixel_gp!r}")
         working_size(self)  # checks data.resolution
-        stride = self.score.tile_stride
-        if stride is not None and not 0 < stride <= m.image_size:
-            raise ValueError(f"score.tile_stride must lie in 1..{m.image_size} (the patch size), got {stride}")
+        if self.score.tile_stride is not None:
+            check_tile_stride(self.score.tile_stride, m.image_size)
         if self.score.image_score not in ("izif", "max", "topk"):
             raise ValueError(f"score.image_score must be izif, max or topk, got {self.score.image_score!r}")
         if self.data.on_bad_file not in ("error", "skip"):
@@ -208,10 +209,16 @@ class Config:
             raise ValueError(f"{path}: cannot read settings: {err}") from None
         if not isinstance(values, dict):
             raise ValueError(f"{path}: settings must be a mapping of keys to values")
+        return cls.from_saved(values, str(path), base)
+
+    @classmethod
+    def from_saved(cls, values: dict[str, Any], source: str, base: "Config | None" = None) -> "Config":
+        """`from_dict` of settings stored in `source` (a settings file, a model's metadata): a
+        key this version does not know, or a bad value, is one line naming the source."""
         try:
             return cls.from_dict(values, base)
         except (KeyError, ValueError, TypeError) as err:
-            raise ValueError(f"{path}: {err}") from None
+            raise ValueError(f"{source}: {err}") from None
 
 
 # The range of each numeric setting, checked before any work starts (None is allowed where

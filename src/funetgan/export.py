@@ -36,7 +36,7 @@ from .files import atomic_write
 from .nn.residuals import TERM_MAPS, TERM_VALUES, ScoringNetwork
 from .nn.tensors import uint8_to_float
 from .onnx_scorer import FORMAT, INPUT, MAP_OUTPUTS, META_KEY, VALUE_OUTPUTS, OnnxScorer, require
-from .scoring import IZIF, MAP, Scorer, formula, image_smoothness_weight
+from .scoring import IZIF, MAP, Scorer, formula, image_smoothness_weight, named_terms
 
 # Largest accepted error of the ONNX model's maps and scores, relative to the largest value of
 # each in PyTorch. Measured (README, "Deployment"): 1e-6 to 1e-5 on trained models (float32 on
@@ -213,8 +213,7 @@ class _TorchGraph(Scorer):
 
     @torch.inference_mode()
     def _score_tiles(self, tiles: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
-        terms = [t.numpy() for t in self.graph(torch.from_numpy(np.ascontiguousarray(tiles)))]
-        return {"maps": dict(zip(TERM_MAPS, terms)), "values": dict(zip(TERM_VALUES, terms[len(TERM_MAPS):]))}
+        return named_terms([t.numpy() for t in self.graph(torch.from_numpy(np.ascontiguousarray(tiles)))])
 
 
 def reference(model) -> Scorer:

@@ -19,10 +19,10 @@ import numpy as np
 from scipy import ndimage
 from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_auc_score
 
+from .data.base import CHUNK_PIXELS
 from .masks import MaskRule
 
 N_BINS = 1 << 16  # most histogram bins (values are merged beyond): 2 MiB of counts per group
-CHUNK_PIXELS = 1 << 20  # pixels per chunk of images; bounds the working memory
 PRO_FPR_LIMIT = 0.3  # AUPRO is integrated up to this false-positive rate (MVTec AD)
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)  # MVTec AD's definition of a defect region
 

@@ -17,10 +17,10 @@ from .export import PARITY_TOLERANCE, export_onnx
 from .files import CHECKPOINT_FILE, MODEL_FILE
 from .nn import Discriminator, Encoder, Generator
 from .nn.density import DensityStatistics, FeatureDensity, as_grid, samples_needed
-from .nn.residuals import TERM_MAPS, TERM_VALUES, ScoringNetwork
+from .nn.residuals import ScoringNetwork
 from .nn.tensors import to_tensor
 from .runtime import Runtime, setup
-from .scoring import IZIF, MAP, Scorer, Scores  # noqa: F401  (Scores: also importable from here)
+from .scoring import IZIF, MAP, Scorer, Scores, named_terms  # noqa: F401  (Scores: also importable from here)
 from .tracking import Tracker, open_tracker
 from .train import Trainer
 
@@ -111,8 +111,7 @@ class FUNetGAN(Scorer):
         # One copy to the host for all six terms: each copy waits for the device.
         joined = torch.cat([term.float().reshape(len(tiles), -1) for term in terms], 1).cpu().numpy()
         parts = np.split(joined, np.cumsum([term[0].numel() for term in terms])[:-1], axis=1)
-        terms = [part.reshape(term.shape) for part, term in zip(parts, terms)]
-        return {"maps": dict(zip(TERM_MAPS, terms)), "values": dict(zip(TERM_VALUES, terms[len(TERM_MAPS):]))}
+        return named_terms([part.reshape(term.shape) for part, term in zip(parts, terms)])
 
     def recalibrate(self, train: ImageSet, val: ImageSet | None = None) -> Calibration:
         """Calibrate a trained model again (e.g. after changing its scoring settings: no
@@ -213,10 +212,7 @@ class FUNetGAN(Scorer):
         if not path.exists():
             raise FileNotFoundError(f"{path}: no trained model here (did training finish?)")
         tensors, meta = checkpoint.load(path)
-        try:
-            config = Config.from_dict(meta["config"])
-        except (KeyError, ValueError, TypeError) as err:
-            raise ValueError(f"{path}: {err}") from None
+        config = Config.from_saved(meta["config"], str(path))
         if device is not None:
             config.device = device
         model = cls(config)

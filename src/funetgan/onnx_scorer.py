@@ -21,7 +21,7 @@ import numpy as np
 from .calibration import Calibration
 from .config import Config
 from .data.checks import MissingDependency
-from .scoring import MAP_TERMS, VALUE_TERMS, Scorer
+from .scoring import MAP_TERMS, VALUE_TERMS, Scorer, named_terms
 
 META_KEY = "funetgan"  # metadata entry holding settings, calibration and parity as JSON
 FORMAT = 1  # of what the graph computes and of META_KEY's content; other formats are refused
@@ -43,7 +43,7 @@ class OnnxScorer(Scorer):
     def __init__(self, session, meta: dict, source: str = "<bytes>"):
         self.session = session
         self.source = source
-        self.config = Config.from_dict(meta["config"])
+        self.config = Config.from_saved(meta["config"], source)
         self.calibration = Calibration.from_dict(meta["calibration"], source)
         self.training = meta.get("training", {})
         self.parity = meta.get("parity", {})
@@ -51,7 +51,6 @@ class OnnxScorer(Scorer):
         if [i.name for i in session.get_inputs()] != [INPUT] or set(names) != {*MAP_OUTPUTS, *VALUE_OUTPUTS}:
             raise ValueError(f"{source}: not a funetgan graph (inputs {[i.name for i in session.get_inputs()]}, "
                              f"outputs {names})")
-        self._names = names
 
     @classmethod
     def load(cls, path: str | Path | bytes, threads: int | None = None,
@@ -75,9 +74,7 @@ class OnnxScorer(Scorer):
         return cls(session, read_metadata(session.get_modelmeta().custom_metadata_map, source), source)
 
     def _score_tiles(self, tiles: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
-        outputs = dict(zip(self._names, self.session.run(self._names, {INPUT: np.ascontiguousarray(tiles)})))
-        return {"maps": {name: outputs[name] for name in MAP_OUTPUTS},
-                "values": {name: outputs[name] for name in VALUE_OUTPUTS}}
+        return named_terms(self.session.run([*MAP_OUTPUTS, *VALUE_OUTPUTS], {INPUT: np.ascontiguousarray(tiles)}))
 
 
 def read_metadata(entries: dict[str, str], source: str) -> dict:

@@ -53,6 +53,12 @@ VALUE_TERMS = ("image_residual", "image_features", "latent_density")  # and TERM
 TERMS = (*MAP_TERMS, *VALUE_TERMS)
 
 
+def named_terms(outputs: list[np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
+    """The networks' outputs, in their order (MAP_TERMS, then VALUE_TERMS), by name: what a
+    tile scorer returns (`tiling.TileScorer`), whichever runtime ran them."""
+    return {"maps": dict(zip(MAP_TERMS, outputs)), "values": dict(zip(VALUE_TERMS, outputs[len(MAP_TERMS):]))}
+
+
 @dataclass
 class Terms:
     """Raw residual terms: maps N x H x W (stitched at working resolution), image terms N x T

@@ -20,6 +20,12 @@ import numpy as np
 TileScorer = Callable[[np.ndarray], dict[str, dict[str, np.ndarray]]]
 
 
+def check_tile_stride(stride: int, patch: int) -> None:
+    """Tiles must start at most a patch apart, or pixels between them would go unscored."""
+    if not 0 < stride <= patch:
+        raise ValueError(f"score.tile_stride must lie in 1..{patch} (the patch size), got {stride}")
+
+
 def starts(length: int, patch: int, stride: int) -> np.ndarray:
     """Tile offsets along one axis: every `stride` pixels, the last one flush with the end,
     so every pixel is covered whatever the length."""
@@ -50,8 +56,7 @@ class TileGrid:
     stride: int
 
     def __post_init__(self) -> None:
-        if not 0 < self.stride <= self.patch:
-            raise ValueError(f"score.tile_stride must lie in 1..{self.patch} (the patch size), got {self.stride}")
+        check_tile_stride(self.stride, self.patch)
         self.corners  # noqa: B018 (computed now, so a patch that does not fit is an error at once)
 
     @cached_property

@@ -16,6 +16,17 @@ if TYPE_CHECKING:
     from .medical import Geometry
 
 SLICE_MARK = "#z="  # paths of volume slices: "<volume file or folder>#z=<slice index>"
+# Working-size pixels of images handled at a time where a whole set's maps need not fit in
+# memory (scoring, calibration, the metrics' histograms): 16 MiB per float32 map array.
+CHUNK_PIXELS = 1 << 22
+
+
+def row_chunks(rows: np.ndarray, image_size: tuple[int, int]) -> list[np.ndarray]:
+    """`rows` in runs of at most CHUNK_PIXELS pixels of images of `image_size` (height,
+    width), one image at the least."""
+    step = max(1, CHUNK_PIXELS // max(int(np.prod(image_size)), 1))
+    return [rows[start:start + step] for start in range(0, len(rows), step)]
+
 
 class DataError(ValueError):
     """Bad or missing input data; the message names the file(s) and the problem."""
@@ -80,16 +91,23 @@ class ImageSet:
             lung=None if self.lung is None else self.lung[index],
         )
 
+    def filled_masks(self) -> tuple[np.ndarray, np.ndarray]:
+        """(masks, has_mask), empty where the set has none: images without a mask have no
+        pixel truth. How sets with and without masks join (`concat`, the slice cache)."""
+        if self.masks is None:
+            return np.zeros(self.images.shape[:3], bool), np.zeros(len(self), bool)
+        return self.masks, self.has_mask
+
+    def filled_lung(self) -> np.ndarray:
+        """The lung, or every pixel where the set has none: images without a lung are scored whole."""
+        return self.lung if self.lung is not None else np.ones(self.images.shape[:3], bool)
+
     @staticmethod
     def concat(sets: list["ImageSet"]) -> "ImageSet":
         sets = [s for s in sets if len(s)] or sets[:1]  # an empty set's image size may be a placeholder
-        any_masks = any(s.masks is not None for s in sets)
         masks = has_mask = None
-        if any_masks:
-            masks = np.concatenate([s.masks if s.masks is not None
-                                    else np.zeros(s.images.shape[:3], bool) for s in sets])
-            has_mask = np.concatenate([s.has_mask if s.masks is not None
-                                       else np.zeros(len(s), bool) for s in sets])
+        if any(s.masks is not None for s in sets):
+            masks, has_mask = (np.concatenate(part) for part in zip(*(s.filled_masks() for s in sets)))
         return ImageSet(
             images=np.concatenate([s.images for s in sets]),
             labels=np.concatenate([s.labels for s in sets]),
@@ -100,9 +118,7 @@ class ImageSet:
             has_mask=has_mask,
             notes=[n for s in sets for n in s.notes],
             volumes={k: g for s in sets for k, g in s.volumes.items()},
-            # Images without a lung mask are scored whole.
-            lung=None if all(s.lung is None for s in sets) else np.concatenate(
-                [s.lung if s.lung is not None else np.ones(s.images.shape[:3], bool) for s in sets]),
+            lung=None if all(s.lung is None for s in sets) else np.concatenate([s.filled_lung() for s in sets]),
         )
 
 

@@ -199,11 +199,8 @@ class _SplitWriter:
         elif shape != self.entry["shape"]:
             raise DataError(f"{slices.paths[0]}: slices of {shape[:2]} pixels, others of "
                             f"{self.entry['shape'][:2]} (set data.resolution)")
-        n, plane = len(slices), slices.images.shape[1:3]
-        # As ImageSet.concat: slices without a mask have no truth, without a lung are scored whole.
-        masks = slices.masks if slices.masks is not None else np.zeros((n, *plane), bool)
-        has_mask = slices.has_mask if slices.masks is not None else np.zeros(n, bool)
-        lung = slices.lung if slices.lung is not None else np.ones((n, *plane), bool)
+        masks, has_mask = slices.filled_masks()  # joined as ImageSet.concat joins sets
+        lung = slices.filled_lung()
         self.present["masks"] |= slices.masks is not None
         self.present["lung"] |= slices.lung is not None
         for name, values in (("images", slices.images), ("masks", masks), ("has_mask", has_mask), ("lung", lung)):
