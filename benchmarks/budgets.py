@@ -26,7 +26,7 @@ from fashion_mnist import BASE, DATA, class_list, shrink
 from funetgan.metrics import image_metrics
 from funetgan.model import FUNetGAN
 from funetgan.nn.tensors import to_tensor, to_uint8
-from funetgan.train import evaluating, save_grid
+from funetgan.samples import evaluating, save_grid
 
 # Settings compared at every budget, run by run (the weight averages measured here once were
 # removed: REMOVED_SETTINGS.md); add a variant as a list of --set items.

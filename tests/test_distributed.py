@@ -20,7 +20,7 @@ def _fit_one_rank(rank: int, folder: str, port: int) -> None:
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
     if rank == 1:  # E's codes come out otherwise here, as a GPU's kernels may round them on each rank
-        from funetgan.train import BatchSource
+        from funetgan.batches import BatchSource
 
         images = BatchSource.images
         BatchSource.images = lambda self, start, stop: images(self, start, stop) * 0.99

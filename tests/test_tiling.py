@@ -9,7 +9,7 @@ from funetgan.config import Config, apply_overrides, working_size
 from funetgan.model import FUNetGAN
 from funetgan.runtime import Runtime
 from funetgan.tiling import TileGrid, blend_window, patches_per_image, random_corners, score_tiled, starts
-from funetgan.train import BatchSource
+from funetgan.batches import BatchSource
 
 
 def echo_scorer(tiles):

@@ -10,8 +10,9 @@ from conftest import random_images, tiny_config
 from funetgan.model import FUNetGAN
 from funetgan.runtime import Runtime
 from funetgan.nn.tensors import to_tensor
-from funetgan import train
-from funetgan.train import BatchSource, Trainer
+from funetgan import stages, train
+from funetgan.batches import BatchSource
+from funetgan.train import Trainer
 
 
 def state_of(net):
@@ -88,13 +89,13 @@ def test_warmup_and_encoder_reconstructions_are_kept_apart(tmp_path):
 
 def test_warmup_counts_against_the_stage_1_budget(monkeypatch):
     budgets = {}
-    stage_init = train.Stage.__init__
+    stage_init = stages.Stage.__init__
 
     def record(self, name, total, max_minutes, trainer):
         budgets[name] = max_minutes
         stage_init(self, name, total, max_minutes, trainer)
 
-    monkeypatch.setattr(train.Stage, "__init__", record)
+    monkeypatch.setattr(stages.Stage, "__init__", record)
     cfg = tiny_config(gan__warmup_iterations=100_000)
     cfg.gan.iterations, cfg.gan.max_minutes = 100_000, 0.01
     model = FUNetGAN(cfg).fit(random_images(12))
@@ -123,7 +124,7 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch, size
 
     monkeypatch.setattr(Trainer, step_name, ctrl_c_during_second_step)
     before = signal.getsignal(signal.SIGINT)  # SIG_IGN where the suite runs in the background
-    with pytest.raises(train.TrainingStopped, match=f"stopped by SIGINT at {stage} step 2; checkpoint saved"):
+    with pytest.raises(stages.TrainingStopped, match=f"stopped by SIGINT at {stage} step 2; checkpoint saved"):
         FUNetGAN(config()).fit(images, run_dir=tmp_path / "b")
     assert signal.getsignal(signal.SIGINT) is before  # handlers restored
     monkeypatch.setattr(Trainer, step_name, original)
@@ -241,7 +242,7 @@ def test_divergence_stops_training_and_keeps_the_last_finite_checkpoint(tmp_path
     cfg = tiny_config(log_every=2, checkpoint_every=2)
     cfg.gan.iterations = 50
     _poison_after(monkeypatch, "gan_step", 3, poison)  # poisoned after step 4 is computed, before its log
-    with pytest.raises(train.TrainingDiverged, match=rf"stage gan at step 4 \(non-finite {what}\).*lower gan.lr_d"):
+    with pytest.raises(stages.TrainingDiverged, match=rf"stage gan at step 4 \(non-finite {what}\).*lower gan.lr_d"):
         FUNetGAN(cfg).fit(random_images(12), run_dir=tmp_path)
     saved = FUNetGAN(cfg)
     saved.load_checkpoint(tmp_path / "checkpoint.safetensors")
@@ -254,7 +255,7 @@ def test_a_checkpoint_with_non_finite_weights_is_never_written(tmp_path, monkeyp
     """Between log steps a checkpoint step checks the weights itself."""
     cfg = tiny_config(log_every=100, checkpoint_every=1)
     _poison_after(monkeypatch, "gan_step", 1, lambda trainer, stats: next(trainer.model.G.parameters()).data.fill_(float("nan")))
-    with pytest.raises(train.TrainingDiverged, match="at step 2 .non-finite weights"):
+    with pytest.raises(stages.TrainingDiverged, match="at step 2 .non-finite weights"):
         FUNetGAN(cfg).fit(random_images(12), run_dir=tmp_path)
     saved = FUNetGAN(cfg)
     saved.load_checkpoint(tmp_path / "checkpoint.safetensors")

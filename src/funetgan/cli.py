@@ -111,10 +111,10 @@ class _NeverRaised(Exception):
 
 
 def _training_stopped() -> type[Exception]:
-    """train.TrainingStopped, once training code is loaded (only it raises it): importing it
+    """stages.TrainingStopped, once training code is loaded (only it raises it): importing it
     up front would import PyTorch into every command, `predict --model` included."""
-    train = sys.modules.get("funetgan.train")
-    return train.TrainingStopped if train is not None else _NeverRaised
+    stages = sys.modules.get("funetgan.stages")
+    return stages.TrainingStopped if stages is not None else _NeverRaised
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -91,7 +91,7 @@ def fit_batch(train: ImageSet, rows: np.ndarray | None, batch_size: int, world_s
     multiple of the processes (one image each at the least) and lowered to what the training
     images `rows` of `train` (None: all; the rest are held out for validation) fill, so small
     sets train instead of being refused. Images larger than the model's `patch` count once per
-    patch they hold (`train.BatchSource` draws that many patches from each per epoch). Raises
+    patch they hold (`batches.BatchSource` draws that many patches from each per epoch). Raises
     only when a process would get no image at all."""
     count = len(train) if rows is None else len(rows)
     draws = patches_per_image(*train.images.shape[1:3], patch) if patch else 1
