@@ -6,7 +6,7 @@ budget, over several seeds.
 
 Every variant trains for the same wall-clock budget (--minutes), so a slower variant gets
 fewer steps: the comparison is at equal cost. Model: the demo's settings
-(`funetgan.cli.DEMO_SETTINGS`: 32x32x1, its CPU training recipe); for another dataset set
+(`funetgan.commands.demo.DEMO_SETTINGS`: 32x32x1, its CPU training recipe); for another dataset set
 its size with e.g. --set model.image_size=128 --set model.channels=3.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ import sys
 
 from common import (data_folder, fmt, load, make_config, make_parser, mean_std, parse, run_group, run_settings,
                     table, texture_data)
-from funetgan.cli import DEMO_SETTINGS
+from funetgan.commands.demo import DEMO_SETTINGS
 from funetgan.data.demo import TEXTURES
 
 VARIANTS = {

@@ -4,7 +4,7 @@
                                      [--seeds 0 1 2] [--classes 0 4 7] [--runs DIR] [--fashion-minutes 5]
     python benchmarks/calibration.py --show results/a.json [results/b.json ...]
 
-For each data set and seed: train with the demo's settings (`funetgan.cli.DEMO_SETTINGS`, the
+For each data set and seed: train with the demo's settings (`funetgan.commands.demo.DEMO_SETTINGS`, the
 demo's data options and budget; Fashion-MNIST: its benchmark's settings at --fashion-minutes),
 or take the run saved in --runs and calibrate it again with today's code; then measure, on
 normal images that played no part in training or calibration, the share the calibrated
@@ -43,7 +43,7 @@ from fashion_mnist import BASE as FASHION_BASE
 from fashion_mnist import DATA as FASHION_DATA
 from fashion_mnist import selection_split, shrink
 from funetgan.calibration import calibration_split, find_calibration
-from funetgan.cli import DEMO_DATA, DEMO_DATA_SETTINGS, DEMO_SETTINGS
+from funetgan.commands.demo import DEMO_DATA, DEMO_DATA_SETTINGS, DEMO_SETTINGS
 from funetgan.data import ImageSet, Splits
 from funetgan.data.demo import make_texture_dataset, normal_crops
 from funetgan.masks import MaskRule

@@ -61,7 +61,7 @@ if {train}:
         # its default files (report, example overlays, volumes' NIfTI maps and masks).
         import argparse
         from pathlib import Path
-        from funetgan.cli import test_one
+        from funetgan.commands.trained import test_one
         from funetgan.outputs import TEST_DEFAULT
         args = argparse.Namespace(outputs=list(TEST_DEFAULT), overwrite=True, threshold=None, pixel_threshold=None)
         test_one(model, Path({data!r}), Path({results!r}), args)

@@ -10,7 +10,7 @@ anomalies (`--split report`, what the README reports). `--split selection`, wher
 are chosen, uses the training file only: 1,000 images of class k and 1,000 of the other
 classes (a fixed draw per class) are held out as the test set, and class k's other 5,000
 train. Test labels serve only the final metrics. Model: the demo's CPU training recipe
-(`funetgan.cli.DEMO_SETTINGS`) at 32x32x1, the smallest size the networks take (the 28 px
+(`funetgan.commands.demo.DEMO_SETTINGS`) at 32x32x1, the smallest size the networks take (the 28 px
 images are resized to it). `--train-images N` trains on N of them (a fixed draw per class):
 a small data set, where the calibration normals (10 % of N) are few.
 """
@@ -25,7 +25,7 @@ import numpy as np
 
 from common import (alternatives_table, fmt, load, make_config, make_parser, mean_std, parse, run_group,
                     run_settings, summarise, table, write_results)
-from funetgan.cli import DEMO_SETTINGS
+from funetgan.commands.demo import DEMO_SETTINGS
 from funetgan.data import DataError, Splits
 from funetgan.data.idx import FASHION_CLASSES, find_idx, image_set, read_pair
 

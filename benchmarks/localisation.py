@@ -10,7 +10,7 @@ Data: `common.texture_set` (256-px crops of scikit-image's brick, grass and grav
 training crops from the top half, test crops from the bottom half, half of the defects at a
 quarter size); `--split selection` (data seed 1) is where scoring settings are chosen,
 `--split report` (data seed 0) is what the README reports. Models: the demo's settings
-(`funetgan.cli.DEMO_SETTINGS`, 32x32x1 networks, the CPU recipe) with `--resolution`
+(`funetgan.commands.demo.DEMO_SETTINGS`, 32x32x1 networks, the CPU recipe) with `--resolution`
 (working resolution: 32-px patches and tiles; "whole" resizes crops to 32 px); f-AnoGAN is
 the same recipe with the ordinary global ResNet critic and no consistency term. The baseline scores
 as published (residual maps only: `score.density_weight=0`, `score.smoothness_weight=0`; izif
@@ -35,7 +35,7 @@ from PIL import Image
 
 from common import (CROP, SPLIT_SEEDS, SUMMARY_KEYS, at_resolution, data_folder, fmt, make_parser, mean_std, parse,
                     print_crop_alternatives, run_crop_group, run_settings, summarise, table, texture_set)
-from funetgan.cli import DEMO_SETTINGS
+from funetgan.commands.demo import DEMO_SETTINGS
 from funetgan.data.demo import TEXTURES
 
 MODELS = {

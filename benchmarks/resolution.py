@@ -8,7 +8,7 @@ Data: `make_texture_dataset` with 256-px crops (training crops from the top half
 photo, test crops from the bottom half), half of the defects drawn at a quarter of the usual
 size (a few pixels across at 256 px). `--split selection` makes the set with data seed 1,
 on which settings are chosen; `--split report` (data seed 0) is the one the README reports.
-Model: the demo's settings (`funetgan.cli.DEMO_SETTINGS`: 32x32x1 networks, the CPU
+Model: the demo's settings (`funetgan.commands.demo.DEMO_SETTINGS`: 32x32x1 networks, the CPU
 recipe) in every row; "whole" resizes each crop to 32 px, a number N keeps crops at N x N
 and trains on / tiles with 32-px patches. Pixel metrics are computed at the crops' own
 resolution (maps resized bilinearly, masks as drawn), so every row is judged on the same
@@ -20,7 +20,7 @@ import sys
 
 from common import (CROP, SPLIT_SEEDS, data_folder, fmt, make_parser, mean_std, parse, print_crop_alternatives,
                     run_crop_group, run_settings, table, texture_set)
-from funetgan.cli import DEMO_SETTINGS
+from funetgan.commands.demo import DEMO_SETTINGS
 from funetgan.data.demo import TEXTURES
 
 TARGETS = {"brick": {"image_auroc": 0.95, "pixel_auroc": 0.95}, "grass": {"pixel_auroc": 0.90}}  # issue 9

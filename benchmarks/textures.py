@@ -5,7 +5,7 @@ detection and segmentation beside the issue's targets.
 
 Each texture's set is made deterministically (`make_texture_dataset`, data seed 0: 240
 training crops, 40 normal and 60 defective test crops of 64 px, twice the model's size) in --data-dir or a
-temporary folder. Model: the demo's settings (`funetgan.cli.DEMO_SETTINGS`: 32x32x1, the CPU
+temporary folder. Model: the demo's settings (`funetgan.commands.demo.DEMO_SETTINGS`: 32x32x1, the CPU
 recipe) with the budget of --minutes. Also printed: the same models under other scoring
 settings (`common.SCORING_ALTERNATIVES`).
 """
@@ -15,7 +15,7 @@ import sys
 
 from common import (alternatives_table, data_folder, fmt, load, make_config, make_parser, mean_std, parse, run_group, run_settings,
                     table, texture_data, write_results)
-from funetgan.cli import DEMO_SETTINGS
+from funetgan.commands.demo import DEMO_SETTINGS
 from funetgan.data.demo import TEXTURES
 
 TARGETS = {"image_auroc": 0.95, "pixel_auroc": 0.95, "train_minutes": 15.0}  # issue 5

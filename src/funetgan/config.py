@@ -26,8 +26,8 @@ RECIPES = {
     # budget on an autoencoder warm-up (a step costs a fifth to a tenth of an adversarial one),
     # then keeps a reconstruction term; one critic step per generator step at a 4x critic
     # learning rate; penalties on every 4th critic step. Budgets, not step counts, end the stages.
-    "cpu": ["gan.warmup_iterations=100000", "gan.n_critic=1", "gan.lr_d=0.0004", "gan.gp_every=4", "gan.iterations=100000",
-            "gan.max_minutes=15", "encoder.iterations=100000", "encoder.max_minutes=5"],
+    "cpu": ["gan.warmup_iterations=100000", "gan.n_critic=1", "gan.lr_d=0.0004", "gan.gp_every=4",
+            "gan.iterations=100000", "gan.max_minutes=15", "encoder.iterations=100000", "encoder.max_minutes=5"],
 }
 
 
@@ -231,7 +231,8 @@ BOUNDS = {
     **dict.fromkeys(("gan.lr_g", "gan.lr_d", "encoder.lr"), "positive"),
     **dict.fromkeys(("gan.max_minutes", "encoder.max_minutes", "gan.lambda_gp", "gan.lambda_cons", "encoder.kappa",
                      "score.kappa", "score.density_weight", "score.smoothness_weight",
-                     "score.latent_density_weight", "score.image_smoothness_weight", "score.blur_sigma"), "non-negative"),
+                     "score.latent_density_weight", "score.image_smoothness_weight", "score.blur_sigma"),
+                    "non-negative"),
     **dict.fromkeys(("score.normal_quantile", "data.val_fraction", "data.test_fraction"), "fraction"),
 }
 _BOUND_TESTS = {"count": (lambda v: v >= 1, "at least 1"), "count0": (lambda v: v >= 0, "at least 0"),

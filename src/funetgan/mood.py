@@ -6,9 +6,10 @@ a folder of NIfTI volumes in, and per case in the output folder
 
 named as the challenge's own example names them: the input file's name, plus ".txt" for the
 score. Cases are scored one at a time (memory for one volume), slice by slice as `predict`
-scores a volume: the case score is the volume score (its highest slice score), the map is the slices' maps on the scan's voxel grid. Both go to
-[0, 1] by the scales calibration fitted on validation normals (`unit_scale`: 0 at or below
-their median, 0.5 at their `score.normal_quantile` quantile); the case score by the slice
+scores a volume: the case score is the volume score (its highest slice score), the map is
+the slices' maps on the scan's voxel grid. Both go to [0, 1] by the scales calibration fitted
+on validation normals (`unit_scale`: 0 at or below their median, 0.5 at their
+`score.normal_quantile` quantile); the case score by the slice
 scores' scale. The challenge's measures are average precisions (of the case scores, and of
 every voxel of every case pooled): the scales keep the order of everything above the
 normals' median, so they leave them all but as the raw values give them, and `funetgan test`

@@ -1,0 +1,84 @@
+"""What the commands share: the errors they report in one line, the run and results folders
+they write, the loop over MVTec AD categories, the --category / --normal-class choice of data,
+and printed notes."""
+from __future__ import annotations
+
+import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from ..config import Config
+from ..data import DataError, mvtec_categories
+from ..files import CHECKPOINT_FILE, MODEL_FILE
+from ..runlock import FolderLocked
+from ..tracking import TENSORBOARD_FOLDER
+
+CONFIG_FILE = "config.yaml"
+RUN_OUTPUTS = (MODEL_FILE, CHECKPOINT_FILE, CONFIG_FILE, "log.jsonl", "samples", TENSORBOARD_FOLDER)
+RESULT_OUTPUTS = ("metrics.json", "predictions.csv", "scores.csv", "report.html", "masks", "overlays", "plots",
+                  "volumes.csv", "volumes", TENSORBOARD_FOLDER)
+
+
+class UsageError(Exception):
+    """Arguments that cannot work together (e.g. --set of a setting the run fixes)."""
+
+
+# What a command reports in one line (exit code 2) rather than as a traceback.
+EXPECTED_ERRORS = (DataError, UsageError, ValueError, FolderLocked, OSError)
+
+
+def one_line(err: Exception) -> str:
+    """The message of an expected error; an OSError from outside our own messages names its
+    file and the reason ("[Errno 13] Permission denied: '...'" otherwise)."""
+    if isinstance(err, OSError) and err.strerror and err.filename:
+        return f"{err.filename}: {err.strerror}"
+    return str(err)
+
+
+def claim_folder(folder: Path, outputs: tuple[str, ...], overwrite: bool) -> None:
+    """Refuse to write over earlier results unless --overwrite; with it, remove them first."""
+    existing = [folder / name for name in outputs if (folder / name).exists()]
+    if existing and not overwrite:
+        resume = " or --resume to continue" if CHECKPOINT_FILE in outputs else ""
+        raise FileExistsError(f"{folder} already holds results ({existing[0].name}); "
+                              f"use --overwrite to replace them{resume}")
+    for path in existing:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    folder.mkdir(parents=True, exist_ok=True)
+
+
+def each_category(data: str, run: Callable[[str], None]) -> int:
+    """`run(name)` for every MVTec AD category under `data`. A category that fails does not
+    stop the others: each failure is reported at the end, one line each, with exit code 2."""
+    failed = []
+    for name in categories(data):
+        print(f"== {name}")
+        try:
+            run(name)
+        except EXPECTED_ERRORS as err:
+            failed.append(f"{name}: {one_line(err)}")
+            print(f"== {name}: failed (reported at the end)")
+    for line in failed:
+        print(f"funetgan: error: {line}", file=sys.stderr)
+    return 2 if failed else 0
+
+
+def categories(data: str) -> list[str]:
+    found = mvtec_categories(data)
+    if not found:
+        raise DataError(f"{data}: no MVTec AD categories (folders with train/good) found")
+    return found
+
+
+def choose_data(config: Config, category: str | None, normal_class: int | None) -> None:
+    """--category and --normal-class on `config.data` (None: the settings' own choice)."""
+    if category is not None:
+        config.data.category = category
+    if normal_class is not None:
+        config.data.normal_class = normal_class
+
+
+def print_notes(notes: list[str]) -> None:
+    for note in notes:
+        print(f"note: {note}")

@@ -1,0 +1,100 @@
+"""`funetgan train`: the settings (defaults, recipe, settings file, --set; or a resumed
+run's), one run per dataset or per MVTec AD category, each in its own locked folder."""
+from __future__ import annotations
+
+import contextlib
+import copy
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..calibration import calibration_split
+from ..config import RECIPES, Config, all_keys, apply_overrides, get_key, working_size
+from ..data import fit_batch, load_dataset
+from ..files import MODEL_FILE, atomic_write_text
+from ..runlock import folder_lock
+from .common import CONFIG_FILE, RUN_OUTPUTS, UsageError, choose_data, claim_folder, each_category, print_notes
+
+if TYPE_CHECKING:
+    from ..model import FUNetGAN
+
+# Settings a resumed run keeps (`resumed_config`): they decide the split, the batches or the
+# networks its checkpoint holds.
+RESUME_FIXED = ("model.", "data.resolution", "data.val_fraction", "data.test_fraction", "data.split_seed",
+                "data.category", "data.normal_class", "data.hu_window", "data.lung_threshold", "batch_size", "seed")
+
+
+def resolve_config(args, base: list[str] = ()) -> Config:
+    """Defaults < --recipe < --config file < `base` (the demo's settings) < --set."""
+    config = apply_overrides(Config(), RECIPES[args.recipe]) if getattr(args, "recipe", None) else Config()
+    if getattr(args, "config", None):
+        config = Config.load(args.config, config)
+    config = apply_overrides(config, [*base, *args.set])
+    if args.device:
+        config.device = args.device
+    choose_data(config, getattr(args, "category", None), getattr(args, "normal_class", None))
+    return config.validate()
+
+
+def cmd_train(args) -> int:
+    out = Path(args.out)
+    config = resumed_config(args, out) if args.resume and args.category != "all" else resolve_config(args)
+    if args.print_config:
+        print(config.to_yaml(), end="")
+        return 0
+    if config.data.category == "all":
+        def train_category(name: str) -> None:
+            if args.resume:  # each category's own run, with its own fitted batch_size
+                category = resumed_config(args, out / name)
+            else:
+                category = copy.deepcopy(config)  # train_one fits its batch_size to the category
+                category.data.category = name
+            train_one(Path(args.data), out / name, category, args.resume, args.overwrite)
+        return each_category(args.data, train_category)
+    train_one(Path(args.data), out, config, args.resume, args.overwrite)
+    return 0
+
+
+def resumed_config(args, run: Path) -> Config:
+    """The settings of the run in `run` with --config and --set on top, refusing changes to
+    RESUME_FIXED: they decide the split, the batches or the networks the checkpoint holds."""
+    saved_file = run / CONFIG_FILE
+    if not saved_file.exists():
+        raise FileNotFoundError(f"{saved_file}: nothing to resume")
+    saved = Config.load(saved_file)
+    config = Config.load(args.config, saved) if args.config else copy.deepcopy(saved)
+    config = apply_overrides(config, args.set)
+    if args.device:
+        config.device = args.device
+    choose_data(config, None if args.category == "all" else args.category, args.normal_class)
+    changed = [key for key in all_keys() if key.startswith(RESUME_FIXED) and get_key(config, key) != get_key(saved, key)]
+    if changed:
+        raise UsageError(f"--resume: {', '.join(changed)} differ from {saved_file} (they change the split, the batches "
+                         f"or the networks); start a new run instead (--overwrite)")
+    return config.validate()
+
+
+def train_one(data: Path, out: Path, config: Config, resume: bool, overwrite: bool) -> FUNetGAN:
+    from ..model import FUNetGAN
+    from ..runtime import is_main_process, world_size
+    main_process = is_main_process()
+    with folder_lock(out) if main_process else contextlib.nullcontext():  # rank 0 writes for all
+        if not resume and main_process:
+            claim_folder(out, RUN_OUTPUTS, overwrite)
+        splits = load_dataset(data, working_size(config), config.model.channels, config.data)
+        rows, _ = calibration_split(splits.train, splits.val, config.data.val_fraction, config.seed)
+        config.batch_size, batch_note = fit_batch(splits.train, rows, config.batch_size, world_size(),
+                                                  config.model.image_size)
+        if main_process:
+            print_notes(splits.train.notes + ([batch_note] if batch_note else []))
+            atomic_write_text(out / CONFIG_FILE, config.to_yaml())
+        started = time.monotonic()
+        model = FUNetGAN(config)
+        model.fit(splits.train, splits.val, run_dir=out, resume=resume)
+        if model.runtime.is_main:
+            print_notes(model.calibration.notes)
+            print(f"trained in {(time.monotonic() - started) / 60:.1f} min on {model.runtime.device}; "
+                  f"model: {out / MODEL_FILE}; image threshold {model.image_threshold:.4g}, "
+                  f"pixel threshold {model.pixel_threshold:.4g} ({model.calibration.rule}, "
+                  f"{model.calibration.normals} calibration normals)")
+        return model
