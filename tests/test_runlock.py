@@ -4,6 +4,7 @@ import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import pytest
 
@@ -53,9 +54,11 @@ def test_the_lock_is_released_when_the_block_ends(tmp_path):
     ["predict", "--run", "{tmp}/model", "--out", "{tmp}/run", "{tmp}/x.png"],
 ])
 def test_commands_refuse_a_locked_folder_in_one_line(command, tmp_path, holder, capsys, monkeypatch):
+    from funetgan.config import Config
     from funetgan.model import FUNetGAN  # what the commands load (imported by them on first use)
 
-    monkeypatch.setattr(FUNetGAN, "load", lambda *a, **k: None)  # the lock is taken before any work
+    # A stand-in for a loaded model (its settings only): the lock is taken before any work.
+    monkeypatch.setattr(FUNetGAN, "load", lambda *a, **k: SimpleNamespace(config=Config()))
     (tmp_path / "run" / "config.yaml").write_text("seed: 0\n")  # something to resume
     (tmp_path / "run" / "log.jsonl").write_text("")
     before = sorted(p.name for p in (tmp_path / "run").iterdir())
