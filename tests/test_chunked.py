@@ -53,6 +53,7 @@ def in_memory(model: Scorer, images: ImageSet, out, outputs: Outputs) -> dict:
     image_t, rule = model.image_threshold, model.mask_rule
     found = evaluate(result.scores, result.maps, images, image_t, rule, region)
     found["scored_pixels"] = "whole image" if region is None else chunked.LUNG_SCORED
+    found["promise"] = chunked.kept_promise(model, images, result.scores, image_t)
     volumes = volume_results(images, result.scores, rule(result.maps, result.scores >= image_t), image_t)
     if volumes:
         found["volume"] = volume_metrics(volumes, image_t, voxel_ap=voxel_ap_of_set(images, result.maps))
