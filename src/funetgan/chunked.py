@@ -5,7 +5,7 @@ files need them all), other images CHUNK_PIXELS at a time. Each chunk's maps go 
 (`volumes.volume_result`, `write_volume`) as soon as it is scored, and are dropped.
 
 Every image is scored on its own (tiles, blur and normal levels are per image), so the maps do
-not depend on the chunking; the metrics' histograms do not either (`metrics.PixelHistogram`).
+not depend on the chunking; the metrics' histograms do not either (`pixel_histogram.PixelHistogram`).
 """
 from __future__ import annotations
 
@@ -18,8 +18,9 @@ import numpy as np
 from .data.base import ImageSet
 from .dicom_outputs import check_outputs_possible
 from .masks import MaskRule
-from .metrics import Evaluation, PixelHistogram
+from .metrics import Evaluation
 from .outputs import Outputs
+from .pixel_histogram import PixelHistogram
 from .report import ImageFiles, MapStore, finish_predictions, finish_test_outputs, write_volume_table
 from .scoring import Scorer
 from .thresholds import promise

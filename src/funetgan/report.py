@@ -35,8 +35,9 @@ from sklearn.metrics import precision_recall_curve, roc_curve
 
 from .files import atomic_save_png, atomic_write_text, safe_names
 from .masks import MaskRule
-from .metrics import PRO_FPR_LIMIT, PixelCurves, PixelHistogram, labelled, pixel_curves, pixel_truth
+from .metrics import labelled, pixel_truth
 from .outputs import Outputs
+from .pixel_histogram import PRO_FPR_LIMIT, PixelCurves, PixelHistogram, pixel_curves
 
 DISPLAY_SIZE = 256  # overlay panel side, pixels
 COLOR_QUANTILE = 0.999  # heat-map scale: 0 .. this quantile of all maps, the same for all images
