@@ -1,7 +1,7 @@
 """Scoring a set chunk by chunk, so that `test` and `predict` need memory for one chunk and
 not for the whole set's anomaly maps: each volume's slices together (its 3-D figures and NIfTI
 files need them all), other images CHUNK_PIXELS at a time. Each chunk's maps go to the metrics
-(`metrics.Evaluation`), the per-image files (`report.ImageFiles`) and the volume's outputs
+(`metrics.Evaluation`), the per-image files (`image_files.ImageFiles`) and the volume's outputs
 (`volumes.volume_result`, `write_volume`) as soon as it is scored, and are dropped.
 
 Every image is scored on its own (tiles, blur and normal levels are per image), so the maps do
@@ -17,12 +17,14 @@ import numpy as np
 
 from .data.base import ImageSet
 from .dicom_outputs import check_outputs_possible
+from .image_files import ImageFiles, MapStore
 from .masks import MaskRule
 from .metrics import Evaluation
 from .outputs import Outputs
 from .pixel_histogram import PixelHistogram
-from .report import ImageFiles, MapStore, finish_predictions, finish_test_outputs, write_volume_table
+from .report import finish_predictions, finish_test_outputs
 from .scoring import Scorer
+from .tables import write_volume_table
 from .thresholds import promise
 from .volumes import add_voxels, pooled_voxel_ap, volume_metrics, volume_names, volume_result, write_volume
 
