@@ -47,8 +47,9 @@ from funetgan.commands.demo import DEMO_DATA, DEMO_DATA_SETTINGS, DEMO_SETTINGS
 from funetgan.data import ImageSet, Splits
 from funetgan.data.demo import make_texture_dataset, normal_crops
 from funetgan.masks import MaskRule
-from funetgan.metrics import PixelHistogram, evaluate
+from funetgan.metrics import evaluate
 from funetgan.model import FUNetGAN
+from funetgan.pixel_histogram import PixelHistogram
 from funetgan.thresholds import quantile_pixel_threshold, rank_threshold
 
 DATASETS = ("demo", "grass", "gravel", "fashion-mnist")  # "demo": the demo's brick set itself

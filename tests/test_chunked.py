@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from funetgan import chunked, metrics
+from funetgan import chunked
 from funetgan.data import base
 from funetgan.config import Config
 from funetgan.data import ImageSet, load_dataset
@@ -104,7 +104,7 @@ def ct_set(tmp_path):
 
 def test_ct_volume_by_volume_equals_the_whole_set(ct_set, tmp_path, monkeypatch):
     model = PixelScorer(16, image_threshold=0.3, pixel_threshold=0.55)
-    monkeypatch.setattr(metrics, "CHUNK_PIXELS", 2 * 16 * 16)  # and 2 slices per histogram chunk
+    monkeypatch.setattr(base, "CHUNK_PIXELS", 2 * 16 * 16)  # and 2 slices per histogram chunk
     outputs = Outputs.parse(["all"])
     whole = in_memory(model, ct_set, tmp_path / "whole", outputs)
     chunks = [rows.tolist() for rows, _ in chunked.chunks(ct_set)]

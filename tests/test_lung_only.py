@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from funetgan.config import ScoreConfig
-from funetgan.metrics import pixel_curves, pixel_metrics
+from funetgan.metrics import pixel_metrics
+from funetgan.pixel_histogram import pixel_curves
 from funetgan.scoring import Terms, combine, restrict
 from funetgan.thresholds import quantile_pixel_threshold
 

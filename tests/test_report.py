@@ -7,9 +7,10 @@ import pytest
 from PIL import Image
 
 from funetgan.data import ImageSet
+from funetgan.image_files import output_names
 from funetgan.masks import MaskRule
 from funetgan.metrics import evaluate
-from funetgan.report import output_names, write_predictions, write_test_outputs
+from funetgan.report import write_predictions, write_test_outputs
 
 S = 8
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from funetgan.metrics import pixel_curves
+from funetgan.pixel_histogram import pixel_curves
 from funetgan.thresholds import (f1_image_threshold, f1_pixel_threshold, normals_needed, promise, quantile_pixel_threshold,
                                  rank, rank_threshold)
 

@@ -27,7 +27,7 @@ import numpy as np
 from .config import Config, scored_in_tiles
 from .data.base import ImageSet, row_chunks
 from .data.checks import held_out
-from .metrics import PixelHistogram
+from .pixel_histogram import PixelHistogram
 from .scoring import Terms, image_evidence, map_blur, normal_levels
 from .thresholds import (f1_image_threshold, f1_pixel_threshold, normals_needed, quantile_pixel_threshold, rank,
                          rank_threshold)

@@ -2,11 +2,11 @@
 not for the whole set's anomaly maps: each volume's slices together (its 3-D figures and NIfTI
 files need them all), other images `data.base.CHUNK_PIXELS` pixels at a time. Each chunk's maps
 go to the metrics
-(`metrics.Evaluation`), the per-image files (`report.ImageFiles`) and the volume's outputs
+(`metrics.Evaluation`), the per-image files (`image_files.ImageFiles`) and the volume's outputs
 (`volumes.volume_result`, `write_volume`) as soon as it is scored, and are dropped.
 
 Every image is scored on its own (tiles, blur and normal levels are per image), so the maps do
-not depend on the chunking; the metrics' histograms do not either (`metrics.PixelHistogram`).
+not depend on the chunking; the metrics' histograms do not either (`pixel_histogram.PixelHistogram`).
 """
 from __future__ import annotations
 
@@ -18,11 +18,14 @@ import numpy as np
 
 from .data.base import ImageSet, row_chunks
 from .dicom_outputs import check_outputs_possible
+from .image_files import ImageFiles, MapStore
 from .masks import MaskRule
-from .metrics import Evaluation, PixelHistogram
+from .metrics import Evaluation
 from .outputs import Outputs
-from .report import ImageFiles, MapStore, finish_predictions, finish_test_outputs, write_volume_table
+from .pixel_histogram import PixelHistogram
+from .report import finish_predictions, finish_test_outputs
 from .scoring import Scorer
+from .tables import write_volume_table
 from .thresholds import promise
 from .volumes import add_voxels, pooled_voxel_ap, volume_metrics, volume_names, volume_result, write_volume
 

@@ -13,7 +13,8 @@ import numpy as np
 from scipy.stats import binom
 from sklearn.metrics import precision_recall_curve
 
-from .metrics import PixelCurves, both_classes, f1_scores, labelled
+from .metrics import both_classes, labelled
+from .pixel_histogram import PixelCurves, f1_scores
 
 
 def rank(count: int, q: float) -> int:
@@ -57,7 +58,7 @@ def f1_image_threshold(scores, labels) -> float:
 
 
 def f1_pixel_threshold(curves: PixelCurves) -> float:
-    """The F1-optimal pixel threshold on binned pixel curves (`metrics.PixelHistogram`): exact
+    """The F1-optimal pixel threshold on binned pixel curves (`pixel_histogram.PixelHistogram`): exact
     up to 65,536 distinct values, else to one bin."""
     if not curves.defined:
         raise ValueError("an F1-optimal pixel threshold needs normal and anomalous pixels")

@@ -28,7 +28,8 @@ from .data.medical import Geometry, require, to_scan_grid
 from .dicom_outputs import from_dicom_series, write_dicom_outputs
 from .files import atomic_write, safe_names
 from .masks import MaskRule
-from .metrics import PixelHistogram, image_metrics
+from .metrics import image_metrics
+from .pixel_histogram import PixelHistogram
 
 STRIP_SLICES = 3  # most anomalous slices per volume shown in the report
 FOLDER = "volumes"
