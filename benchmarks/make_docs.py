@@ -122,7 +122,9 @@ def groups_of(document: dict) -> dict:
     for name, group in document["results"].get("groups", {}).items():
         runs = group.get("runs") or []
         summary = dict(group.get("summary") or {})
-        for key in {k for run in runs for k, v in run.items() if isinstance(v, (int, float))} - set(summary):
+        numeric = dict.fromkeys(k for run in runs for k, v in run.items()
+                                if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "seed")
+        for key in (k for k in numeric if k not in summary):  # in the runs' order: the same page every time
             summary[key] = summary_of([run.get(key) for run in runs])
         if runs or summary:
             groups[name] = {"runs": runs, "summary": summary}
@@ -266,7 +268,18 @@ def plot_names(stem: str, document: dict) -> list[str]:
         return [f"{stem}-quality.png", f"{stem}-flagged.png"]
     if is_train_speed(document) and document["results"].get("stages"):
         return [f"{stem}-steps.png"]
+    if headline_keys(groups_of(document) if "groups" in document["results"] else {}):
+        return [f"{stem}-quality.png"]
     return []
+
+
+HEADLINE = {"image AUROC": "image_auroc", "pixel AUROC": "pixel_auroc", "AUPRO": "aupro"}
+
+
+def headline_keys(groups: dict) -> dict[str, str]:
+    """The headline metrics some group of a `run_group`-layout file has a mean for."""
+    return {label: key for label, key in HEADLINE.items()
+            if any((g["summary"].get(key) or {}).get("mean") is not None for g in groups.values())}
 
 
 def section(stem: str, document: dict) -> str:
@@ -351,8 +364,10 @@ def write_plots(documents: list[tuple[str, dict]], images: Path) -> list[Path]:
         if is_calibration(document):
             groups = groups_of(document)
             figures = [quality_plot(plt, document, groups), flagged_plot(plt, document, groups)]
-        else:
+        elif is_train_speed(document):
             figures = [speed_plot(plt, document)]
+        else:
+            figures = [groups_plot(plt, document, groups_of(document))]
         for name, figure in zip(names, figures):
             path = images / name
             figure.savefig(path, dpi=110, bbox_inches="tight", metadata={"Software": None})
@@ -370,7 +385,7 @@ def bars(ax, labels: list[str], series: dict[str, tuple[list, list]], ylabel: st
         xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(labels))]
         heights = [max(m, floor) if m is not None else 0 for m in means]
         errors = [s if s is not None and m is not None else 0 for m, s in zip(means, stds)]
-        drawn = ax.bar(xs, heights, width, yerr=errors, capsize=3, label=name, zorder=2)
+        drawn = ax.bar(xs, heights, width, yerr=errors if any(errors) else None, capsize=3, label=name, zorder=2)
         if values:
             ax.bar_label(drawn, [values % m if m is not None else "" for m in means], fontsize=7, padding=2)
     ax.set_xticks(range(len(labels)), labels, rotation=20 if len(labels) > 4 else 0)
@@ -418,6 +433,17 @@ def flagged_plot(plt, document: dict, groups: dict):
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     ax.set_title(f"{document['results'].get('split', '')} split, {date_of(document)}: normals flagged against "
                  "the promise", fontsize=9)
+    return figure
+
+
+def groups_plot(plt, document: dict, groups: dict):
+    """Headline metrics per group (e.g. "brick F-UNetGAN" beside "brick f-AnoGAN"), mean ± std."""
+    keys = headline_keys(groups)
+    figure, ax = plt.subplots(figsize=(max(6, 0.9 * len(groups) + 3), 3.6))
+    bars(ax, list(groups), {label: stats(groups, key) for label, key in keys.items()}, "mean ± std over seeds")
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+    ax.set_title(f"{Path(str(document.get('script', ''))).name}, {date_of(document)}", fontsize=9)
     return figure
 
 
