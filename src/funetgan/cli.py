@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     _settings_arguments(train)
     train.add_argument("--recipe", choices=list(RECIPES),
                        help="named settings under --config and --set: 'cpu' trains in minutes on a CPU "
-                            "(15 + 5 min budget; README, 'design choices')")
+                            "(15 + 5 min budget; docs/design.md)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     train.set_defaults(func=cmd_train)
 

@@ -22,7 +22,7 @@ VARIANTS = ("conv", "conv_attn", "res", "res_attn")
 
 # Named sets of settings (`funetgan train --recipe NAME`), applied under the settings file and --set.
 RECIPES = {
-    # Useful maps from minutes of CPU time (README, "design choices"): stage 1 spends 40% of its
+    # Useful maps from minutes of CPU time (docs/design.md): stage 1 spends 40% of its
     # budget on an autoencoder warm-up (a step costs a fifth to a tenth of an adversarial one),
     # then keeps a reconstruction term; one critic step per generator step at a 4x critic
     # learning rate; penalties on every 4th critic step. Budgets, not step counts, end the stages.
@@ -46,7 +46,7 @@ class GANConfig:
     iterations: int = 2000  # generator steps
     # G+E autoencoder steps before the adversarial stage (0: none, the published method); under
     # max_minutes the warm-up stops at train.WARMUP_SHARE of it. After a warm-up, L_G keeps its
-    # loss at train.RECON_WEIGHT (the CPU recipe's measured pair; README, "design choices").
+    # loss at train.RECON_WEIGHT (the CPU recipe's measured pair; docs/design.md).
     warmup_iterations: int = 0
     max_minutes: float | None = None  # wall-clock cap on stage 1, warm-up included
     lr_g: float = 1e-4
@@ -72,28 +72,28 @@ class ScoreConfig:
     kappa: float = 1.0  # weight of D-feature residuals in maps and image scores
     # Weight of the feature-density term in the map (nn/density.py: how unlike validation
     # normals' D's bottleneck features are at each location). With the smoothness term
-    # beside it, 1 beat 2 on all three selection textures (pixel AUROC and AUPRO; README,
-    # "Localisation"). 0: residual maps only, as METHOD.md.
+    # beside it, 1 beat 2 on all three selection textures (pixel AUROC and AUPRO;
+    # CHANGELOG.md, "Textures and localisation"). 0: residual maps only, as METHOD.md.
     density_weight: float = 1.0
     # Weight of the smoothness term: how far below validation normals' local contrast (the
     # standard deviation in a 5 x 5 window of the image itself) each pixel's is, in their
     # spreads (scoring.smoothness_term): a smooth defect on a stochastic texture is rebuilt
     # well by G and missed by the residual. 2 was chosen on the selection split: it raised
-    # pixel AUROC / AUPRO on grass and gravel by 0.1-0.2 and cost brick little (README,
+    # pixel AUROC / AUPRO on grass and gravel by 0.1-0.2 and cost brick little (CHANGELOG.md,
     # "Localisation"). 0: off.
     smoothness_weight: float = 2.0
     image_score: str = "izif"  # "izif" (f-AnoGAN mse terms), "max" or "topk" of the pixel map
     # Weight of the latent-density term in izif (nn/density.py: how unlike validation normals'
     # codes E's latent code z = E(x) is, one Gaussian of its z_dim values). 8 was chosen on the
     # selection splits: image AUROC +0.066 on Fashion-MNIST (5 classes x 3 seeds), +0.042 on
-    # grass, +0.006 on brick, -0.007 on gravel (README, "Design choices"). 0: izif as METHOD.md.
+    # grass, +0.006 on brick, -0.007 on gravel (docs/design.md). 0: izif as METHOD.md.
     latent_density_weight: float = 8.0
     # Smoothness evidence in the izif image score: the score becomes the larger of izif and this
     # weight times the image's smoothest region (the maximum of the blurred smoothness term),
     # each standardised by its mean and spread over validation normals (scoring.image_levels):
     # izif misses what G rebuilds well, a smudge or a flat patch on a stochastic texture. None:
     # 1 on images scored in tiles, 0 (izif alone) on whole images (scoring.TILED_IMAGE_SMOOTHNESS;
-    # chosen on the selection splits: README, "Localisation").
+    # chosen on the selection splits: CHANGELOG.md, "Textures and localisation").
     image_smoothness_weight: float | None = None
     # The map's blur, in the map's pixels; None: 4 px at a model size of 128, scaled with the
     # size, and twice that on maps stitched from tiles (scoring.TILED_BLUR).

@@ -5,7 +5,7 @@ What the graph holds: uint8 tiles B x S x S x C (B dynamic) -> E, G, D -> the ra
 residual terms (`nn.residuals.ScoringNetwork`). What it does not: tiling, the normal-level
 normalisation, the blur and the image score. Those run in `scoring.Scorer`, the same numpy
 code for PyTorch and onnxruntime, configured from the settings and calibration stored in the
-graph's metadata (README, "Design choices": with tiling the blur must run on the stitched
+graph's metadata (docs/design.md: with tiling the blur must run on the stitched
 map, so an in-graph blur would be a second implementation beside the tiled one, and two
 implementations are what drift apart after an export).
 
@@ -39,7 +39,7 @@ from .onnx_scorer import FORMAT, INPUT, MAP_OUTPUTS, META_KEY, VALUE_OUTPUTS, On
 from .scoring import IZIF, MAP, Scorer, formula, image_smoothness_weight, named_terms
 
 # Largest accepted error of the ONNX model's maps and scores, relative to the largest value of
-# each in PyTorch. Measured (README, "Deployment"): 1e-6 to 1e-5 on trained models (float32 on
+# each in PyTorch. Measured (docs/deployment.md): 1e-6 to 1e-5 on trained models (float32 on
 # both sides, other kernels and summation orders), up to a few 1e-4 on untrained networks, where
 # D's features of x and of G(E(x)) nearly cancel. A broken export (weights without their
 # spectral norm, another resampling rule, a batch size frozen into the graph) is off by 1e-2 to

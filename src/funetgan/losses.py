@@ -82,7 +82,7 @@ def critic_loss(critic, real: torch.Tensor, fake: torch.Tensor, cfg: GANConfig, 
         if use_mix:
             # Not detached: with a detached target, D chased its own moving pixel maps and
             # diverged within 30 generator steps in every run; as a function of D alone the
-            # term is a plain regulariser (README, "design choices").
+            # term is a plain regulariser (docs/design.md).
             target = weight * pixels[0] + (1 - weight) * pixels[1]
             consistency = (pixels[2] - target).pow(2).mean()
             loss = loss + cfg.lambda_cons * consistency

@@ -13,7 +13,7 @@ report shows). "masks" alone means masks=all. Items not named are not written.
 
 The per-image files are what made a large test slow: written durably, an overlay costs ~9 ms
 and a 28 px mask 0.5 ms even with 8 writer threads (7 and 22 ms one at a time), against ~1 ms
-to score a 32 px image (README, "Deployment"). So the test default writes the numbers, the
+to score a 32 px image (docs/deployment.md). So the test default writes the numbers, the
 report and the overlays of the report's examples (about 50 files whatever the test set's
 size); `masks`, `overlays=flagged` or `all` ask for more.
 """

@@ -39,7 +39,7 @@ class Runtime:
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
 
     # Batches and networks are channels-last: faster convolutions on CPUs and GPUs alike (5 % at
-    # 64 px on a 2-core CPU, within the noise at 32 px: README, "Speed").
+    # 64 px on a 2-core CPU, within the noise at 32 px: CHANGELOG.md, "Speed").
     def prepare(self, batch: torch.Tensor) -> torch.Tensor:
         return batch.contiguous(memory_format=torch.channels_last)
 

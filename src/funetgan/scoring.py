@@ -365,7 +365,7 @@ def local_contrast(images: np.ndarray, window: int = 5) -> np.ndarray:
 # size: a tile's terms (D's 4 x 4 bottleneck, the 5 x 5 contrast window) are coarse beside the
 # stitched map's pixels. 2 was chosen on the selection split: pixel AUROC +0.02 on grass and
 # gravel and AUPRO +0.01, brick level; 3 and more raise pixel AUROC further but lower AUPRO
-# (thin scratches, small defects) on all three (README, "Localisation").
+# (thin scratches, small defects) on all three (CHANGELOG.md, "Textures and localisation").
 TILED_BLUR = 2.0
 
 

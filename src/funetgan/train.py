@@ -19,7 +19,7 @@ from .stages import Stage, TrainingDiverged
 from .tracking import Tracker
 
 
-# The CPU recipe's stage 1 (README, "design choices"): under gan.max_minutes the autoencoder
+# The CPU recipe's stage 1 (docs/design.md): under gan.max_minutes the autoencoder
 # warm-up stops at this share of the budget (a warm-up step costs a fifth to a tenth of an
 # adversarial one), and the adversarial steps after it keep the autoencoder loss at this weight
 # in L_G. Together: image AUROC 0.56 -> 0.81 on brick at the same 2-core CPU budget.
@@ -116,7 +116,7 @@ class Trainer:
 
     def warmup_step(self, step: int) -> dict[str, torch.Tensor]:
         """G and E as an autoencoder, E's codes standardised over the batch: a cheap start that
-        gives G image structure before the adversarial stage (README, "design choices")."""
+        gives G image structure before the adversarial stage (docs/design.md)."""
         m, rt = self.model, self.runtime
         with rt.autocast():
             loss, stats = self.reconstruction_loss(step)

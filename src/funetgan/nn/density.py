@@ -15,7 +15,7 @@ those maps are darkest on the defect. The density terms ask instead whether D ha
 features in normal images, or whether E maps the image where it maps normal ones, and need
 no reconstruction. On the selection split the
 bottleneck gave the best maps of D's depths on grass and gravel (decoder and shallower
-encoder features, alone or averaged with it, were worse: README, "Localisation").
+encoder features, alone or averaged with it, were worse: CHANGELOG.md, "Textures and localisation").
 """
 from __future__ import annotations
 

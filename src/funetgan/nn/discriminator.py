@@ -24,7 +24,7 @@ class Discriminator(nn.Module):
     block), res (residual blocks, 1x1 shortcuts), res_attn (residual + CBAM).
     `pixel_head=False` gives the ordinary global WGAN critic of the f-AnoGAN baseline.
     No spectral norm: the gradient penalty is WGAN-GP's Lipschitz control, and with spectral
-    norm on top training diverged within 50 generator steps in every run (README, "design")."""
+    norm on top training diverged within 50 generator steps in every run (docs/design.md)."""
 
     def __init__(self, image_size: int, channels: int, width: int, variant: str = "res_attn",
                  attn_max_size: int = ATTENTION_MAX_SIZE, pixel_head: bool = True):
