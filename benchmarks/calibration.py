@@ -81,10 +81,12 @@ def run_folder(args, dataset: str, seed: int) -> Path | None:
 
 
 def trained(config, splits: Splits, folder: Path | None) -> tuple[FUNetGAN, float]:
-    """A trained, calibrated model: the run in `folder` calibrated again (today's code), or a
+    """A trained, calibrated model: the run in `folder` calibrated again (today's code and
+    scoring settings, so --set score.* can be measured without training again), or a
     new one trained there (or nowhere); and its training minutes (0 when reused)."""
     if folder is not None and (folder / "model.safetensors").exists():
         model = FUNetGAN.load(folder, device=config.device, calibrated=False)
+        model.config.score = config.score  # today's scoring choices (--set score.*) on the trained networks
         model.recalibrate(splits.train, splits.val)
         return model, 0.0
     started = time.perf_counter()
