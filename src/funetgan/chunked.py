@@ -1,8 +1,7 @@
 """Scoring a set chunk by chunk, so that `test` and `predict` need memory for one chunk and
 not for the whole set's anomaly maps: each volume's slices together (its 3-D figures and NIfTI
-files need them all), other images `data.base.CHUNK_PIXELS` pixels at a time. Each chunk's maps
-go to the metrics
-(`metrics.Evaluation`), the per-image files (`image_files.ImageFiles`) and the volume's outputs
+files need them all), other images `data.base.CHUNK_PIXELS` pixels at a time. Each chunk's
+maps go to the metrics (`metrics.Evaluation`), the per-image files (`image_files.ImageFiles`) and the volume's outputs
 (`volumes.volume_result`, `write_volume`) as soon as it is scored, and are dropped.
 
 Every image is scored on its own (tiles, blur and normal levels are per image), so the maps do

@@ -26,10 +26,14 @@ class MaskRule:
     min_area: float = 0.0  # regions smaller than this share of the image's pixels are dropped
     flagged_only: bool = False  # no mask in images below the image threshold
 
+    @property
+    def peak_threshold(self) -> float:
+        """The region threshold in force: without one, every region's own pixels reach it."""
+        return self.pixel_threshold if self.region_threshold is None else self.region_threshold
+
     def thresholds(self) -> dict[str, float]:
         """The rule's numbers, as metrics record them ("threshold": the pixel threshold)."""
-        region = self.pixel_threshold if self.region_threshold is None else self.region_threshold
-        return {"threshold": float(self.pixel_threshold), "region_threshold": float(region),
+        return {"threshold": float(self.pixel_threshold), "region_threshold": float(self.peak_threshold),
                 "min_area": float(self.min_area), "flagged_only": self.flagged_only}
 
     def __call__(self, maps: np.ndarray, flagged: np.ndarray | None = None) -> np.ndarray:
@@ -41,8 +45,7 @@ class MaskRule:
             if flagged is None:
                 raise ValueError("this mask rule needs the images' flags (score >= image threshold)")
             candidate &= np.asarray(flagged, bool)[:, None, None]
-        region_threshold = self.pixel_threshold if self.region_threshold is None else self.region_threshold
-        if region_threshold <= self.pixel_threshold and not self.min_area:
+        if self.peak_threshold <= self.pixel_threshold and not self.min_area:
             return candidate  # every region reaches its own pixels' threshold: nothing to drop
         structure = np.zeros((3, 3, 3), bool)
         structure[1] = _EIGHT_CONNECTED  # regions lie within one image
@@ -52,5 +55,5 @@ class MaskRule:
         index = np.arange(1, count + 1)
         peaks = ndimage.maximum(maps, regions, index)
         sizes = np.bincount(regions.ravel(), minlength=count + 1)[1:]
-        keep = (peaks >= region_threshold) & (sizes >= self.min_area * maps[0].size)
+        keep = (peaks >= self.peak_threshold) & (sizes >= self.min_area * maps[0].size)
         return np.r_[False, keep][regions]

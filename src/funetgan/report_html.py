@@ -11,6 +11,7 @@ import yaml
 
 from .outputs import Outputs
 from .pixel_histogram import PRO_FPR_LIMIT
+from .thresholds import promise_summary
 
 _STYLE = """
 * { box-sizing: border-box; }
@@ -141,8 +142,8 @@ def _promise_line(kept: dict | None) -> list[str]:
         return []
     if kept["warning"]:
         return [f'<p class="warning"><strong>Warning:</strong> {html.escape(kept["warning"])}.</p>']
-    return [f'<p>Normal images flagged: {kept["flagged"]} of {kept["normals"]} ({kept["rate"]:.1%}), '
-            f'about {kept["expected_rate"]:.1%} expected.</p>']
+    summary = promise_summary(kept)
+    return [f"<p>{html.escape(summary[0].upper() + summary[1:])}.</p>"]
 
 
 def render_report(metrics: dict, rows: list[dict], plots: list[tuple[str, str]],

@@ -96,3 +96,9 @@ def promise(flagged: int, normals: int, expected: float | None) -> dict | None:
                    f"normals, or the calibration set is too small")
     return {"normals": int(normals), "flagged": int(flagged), "rate": rate, "expected_rate": float(expected),
             "chance": chance, "warning": warning}
+
+
+def promise_summary(kept: dict) -> str:
+    """A `promise` in words, as `funetgan test` prints it and the report shows it."""
+    return (f"normal images flagged: {kept['flagged']} of {kept['normals']} ({kept['rate']:.1%}), "
+            f"about {kept['expected_rate']:.1%} expected")

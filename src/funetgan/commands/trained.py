@@ -17,6 +17,7 @@ from ..mood import TASKS, run_mood
 from ..outputs import Outputs
 from ..runlock import folder_lock
 from ..scoring import Scorer
+from ..thresholds import promise_summary
 from ..tracking import open_tracker
 from .common import CONFIG_FILE, RESULT_OUTPUTS, UsageError, choose_data, claim_folder, each_category, print_notes
 
@@ -213,8 +214,7 @@ def print_metrics(metrics: dict, out: Path, outputs: Outputs) -> None:
     print(line("image", metrics["image"], ("auroc", "ap", "f1", "f1_max", "sensitivity", "specificity")))
     kept = metrics.get("promise")
     if kept is not None:
-        print(f"normal images flagged: {kept['flagged']} of {kept['normals']} ({kept['rate']:.1%}), "
-              f"about {kept['expected_rate']:.1%} expected")
+        print(promise_summary(kept))
         if kept["warning"]:
             print(f"warning: {kept['warning']}")
     if metrics.get("pixel"):

@@ -29,11 +29,16 @@ def resolve_config(args, base: list[str] = ()) -> Config:
     config = apply_overrides(Config(), RECIPES[args.recipe]) if getattr(args, "recipe", None) else Config()
     if getattr(args, "config", None):
         config = Config.load(args.config, config)
+    return command_line_on(config, args, getattr(args, "category", None), base).validate()
+
+
+def command_line_on(config: Config, args, category: str | None, base: list[str] = ()) -> Config:
+    """`base`, then --set, --device, `category` and --normal-class on `config`."""
     config = apply_overrides(config, [*base, *args.set])
     if args.device:
         config.device = args.device
-    choose_data(config, getattr(args, "category", None), getattr(args, "normal_class", None))
-    return config.validate()
+    choose_data(config, category, getattr(args, "normal_class", None))
+    return config
 
 
 def cmd_train(args) -> int:
@@ -63,10 +68,7 @@ def resumed_config(args, run: Path) -> Config:
         raise FileNotFoundError(f"{saved_file}: nothing to resume")
     saved = Config.load(saved_file)
     config = Config.load(args.config, saved) if args.config else copy.deepcopy(saved)
-    config = apply_overrides(config, args.set)
-    if args.device:
-        config.device = args.device
-    choose_data(config, None if args.category == "all" else args.category, args.normal_class)
+    config = command_line_on(config, args, None if args.category == "all" else args.category)
     changed = [key for key in all_keys() if key.startswith(RESUME_FIXED) and get_key(config, key) != get_key(saved, key)]
     if changed:
         raise UsageError(f"--resume: {', '.join(changed)} differ from {saved_file} (they change the split, the batches "
