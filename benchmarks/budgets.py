@@ -23,10 +23,10 @@ import torch
 
 from common import budget, fmt, load, make_config, make_parser, parse, run_settings, table, write_results
 from fashion_mnist import BASE, DATA, class_list, shrink
-from funetgan.metrics import image_metrics
+from funetgan.evaluation.metrics import image_metrics
 from funetgan.model import FUNetGAN
 from funetgan.nn.tensors import to_tensor, to_uint8
-from funetgan.samples import evaluating, save_grid
+from funetgan.training.samples import evaluating, save_grid
 
 # Settings compared at every budget, run by run (the weight averages measured here once were
 # removed: REMOVED_SETTINGS.md); add a variant as a list of --set items.

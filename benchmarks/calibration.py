@@ -42,15 +42,15 @@ from common import (budget, data_folder, fmt, load, make_config, make_parser, me
 from fashion_mnist import BASE as FASHION_BASE
 from fashion_mnist import DATA as FASHION_DATA
 from fashion_mnist import selection_split, shrink
-from funetgan.calibration import calibration_split, find_calibration
+from funetgan.scoring.calibration import calibration_split, find_calibration
 from funetgan.commands.demo import DEMO_DATA, DEMO_DATA_SETTINGS, DEMO_SETTINGS
 from funetgan.data import ImageSet, Splits
 from funetgan.data.demo import make_texture_dataset, normal_crops
-from funetgan.masks import MaskRule
-from funetgan.metrics import evaluate
+from funetgan.scoring.masks import MaskRule
+from funetgan.evaluation.metrics import evaluate
 from funetgan.model import FUNetGAN
-from funetgan.pixel_histogram import PixelHistogram
-from funetgan.thresholds import quantile_pixel_threshold, rank_threshold
+from funetgan.scoring.pixel_histogram import PixelHistogram
+from funetgan.scoring.thresholds import quantile_pixel_threshold, rank_threshold
 
 DATASETS = ("demo", "grass", "gravel", "fashion-mnist")  # "demo": the demo's brick set itself
 EXTRA_NORMALS = 400  # fresh and shifted crops per texture run

@@ -27,10 +27,10 @@ from funetgan.config import Config, ScoreConfig, apply_overrides, working_size
 from funetgan.data import DataError, ImageSet, Splits, load_dataset
 from funetgan.data.demo import make_texture_dataset
 from funetgan.files import atomic_write_text
-from funetgan.metrics import evaluate
+from funetgan.evaluation.metrics import evaluate
 from funetgan.model import FUNetGAN
 from funetgan.runtime import select_device
-from funetgan.scoring import IZIF, MAP, Terms
+from funetgan.scoring.scorer import IZIF, MAP, Terms
 
 # Share of each run's --minutes given to stage 1 (G and D); stage 2 (E) gets the rest. E
 # converges much faster than the GAN (the demo's tuned split is 5.5 / 1.5 min).

@@ -62,7 +62,7 @@ if {train}:
         import argparse
         from pathlib import Path
         from funetgan.commands.trained import test_one
-        from funetgan.outputs import TEST_DEFAULT
+        from funetgan.outputs.selection import TEST_DEFAULT
         args = argparse.Namespace(outputs=list(TEST_DEFAULT), overwrite=True, threshold=None, pixel_threshold=None)
         test_one(model, Path({data!r}), Path({results!r}), args)
         mark = phase("test", mark)

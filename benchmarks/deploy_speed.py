@@ -43,7 +43,7 @@ TINY_RUN = ["--normal-class", "0", "--set", "model.image_size=32", "--set", "gan
 def measure(spec: dict) -> dict:
     started = time.perf_counter()
     if spec["runtime"] == "onnx":
-        from funetgan.onnx_scorer import OnnxScorer
+        from funetgan.deploy.onnx_scorer import OnnxScorer
         model = OnnxScorer.load(spec["model"], threads=spec["threads"])
     else:
         import torch

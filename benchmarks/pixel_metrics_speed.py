@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from funetgan.metrics import pixel_metrics
+from funetgan.evaluation.metrics import pixel_metrics
 
 
 def structured_maps(n: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -34,8 +34,8 @@ from common import fmt, make_config, make_parser, parse, run_settings, table, wr
 from funetgan.config import working_size
 from funetgan.data import ImageSet
 from funetgan.model import FUNetGAN
-from funetgan.tiling import TileGrid
-from funetgan.train import Trainer
+from funetgan.scoring.tiling import TileGrid
+from funetgan.training.trainer import Trainer
 
 TRAIN_SHAPES = ((32, 1), (64, 3))
 SCORE_SIZES = (32, 64, 128)

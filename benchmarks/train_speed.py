@@ -36,9 +36,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from common import fmt, make_config, make_parser, parse, run_settings, table, write_results
 from funetgan.config import RECIPES
-from funetgan.losses import critic_loss, generator_loss
+from funetgan.training.losses import critic_loss, generator_loss
 from funetgan.model import FUNetGAN
-from funetgan.train import RECON_WEIGHT, Trainer
+from funetgan.training.trainer import RECON_WEIGHT, Trainer
 
 SIZES = (32, 64, 256)
 BREAKDOWN_SIZES = (32, 64)

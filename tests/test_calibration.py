@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from conftest import random_images, tiny_config
-from funetgan.calibration import Calibration, calibration_split, few_normals_note, image_groups
+from funetgan.scoring.calibration import Calibration, calibration_split, few_normals_note, image_groups
 from funetgan.config import apply_overrides
 from funetgan.data.base import ImageSet
 from funetgan.data.medical import Geometry

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from conftest import random_images, tiny_config
-from funetgan import checkpoint
+from funetgan.training import checkpoint
 from funetgan.model import FUNetGAN
 
 
@@ -82,7 +82,7 @@ def as_saved_on_a_gpu(path) -> None:
 
 
 def test_a_checkpoint_from_a_gpu_resumes_on_the_cpu(tmp_path):
-    from funetgan.train import Trainer
+    from funetgan.training.trainer import Trainer
 
     images = random_images(12)
     saved = FUNetGAN(tiny_config())

@@ -8,16 +8,16 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from funetgan import chunked
+from funetgan import pipeline as chunked
 from funetgan.data import base
 from funetgan.config import Config
 from funetgan.data import ImageSet, load_dataset
-from funetgan.metrics import evaluate
-from funetgan.outputs import Outputs
-from funetgan.report import write_predictions, write_test_outputs
-from funetgan.calibration import Calibration
-from funetgan.scoring import Scorer
-from funetgan.volumes import volume_metrics, volume_results, voxel_ap_of_set, write_volumes
+from funetgan.evaluation.metrics import evaluate
+from funetgan.outputs.selection import Outputs
+from funetgan.outputs.report import write_predictions, write_test_outputs
+from funetgan.scoring.calibration import Calibration
+from funetgan.scoring.scorer import Scorer
+from funetgan.medical.volumes import volume_metrics, volume_results, voxel_ap_of_set, write_volumes
 
 nibabel = pytest.importorskip("nibabel")
 from test_data_medical import save_nifti  # noqa: E402

@@ -202,7 +202,7 @@ def test_a_full_disk_during_training_is_one_line_and_keeps_the_earlier_checkpoin
                                                                                   monkeypatch):
     from safetensors import SafetensorError
 
-    from funetgan import checkpoint
+    from funetgan.training import checkpoint
 
     saves, original = [], checkpoint.save_file
 
@@ -321,7 +321,7 @@ def test_separable_anomalies_are_found_at_both_levels(separable, tmp_path):
 
 def test_the_separable_check_fails_when_the_score_sign_is_flipped(separable, tmp_path, monkeypatch):
     """The check above can fail: the same run with its scores and maps negated ranks backwards."""
-    from funetgan.scoring import Scorer, Scores
+    from funetgan.scoring.scorer import Scorer, Scores
     score = Scorer.score
     monkeypatch.setattr(Scorer, "score", lambda self, *a, **k: Scores(*(-x for x in vars(score(self, *a, **k))
                                                                             .values())))

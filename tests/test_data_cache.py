@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from funetgan.errors import DataError
 from funetgan.config import DataConfig
 from funetgan.data import ct, load_dataset
 
@@ -97,7 +98,7 @@ def test_an_interrupted_build_leaves_no_cache(data, tmp_path, monkeypatch):
 
 def test_bad_files_stop_the_build_or_are_noted_in_the_cache(data, tmp_path):
     (data / "ct_scans" / "case1.nii.gz").write_bytes(b"not a volume")
-    with pytest.raises(ValueError, match="case1"):
+    with pytest.raises(DataError, match="case1"):
         load_dataset(data, 8, 1, options(tmp_path))
     assert cache_folders(tmp_path) == []
     with pytest.warns(UserWarning):

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from funetgan.config import DataConfig
-from funetgan.calibration import calibration_split
+from funetgan.scoring.calibration import calibration_split
 from funetgan.data import (DataError, fit_batch, load_dataset, load_unlabelled,
                            mvtec_categories)
 

@@ -10,7 +10,7 @@ from funetgan.config import ScoreConfig, apply_overrides
 from funetgan.model import FUNetGAN
 from funetgan.nn.density import SHRINKAGE, DensityStatistics, FeatureDensity, up_sampled
 from funetgan.nn.tensors import to_tensor
-from funetgan.scoring import Terms, combine
+from funetgan.scoring.scorer import Terms, combine
 
 
 def test_the_term_is_the_squared_mahalanobis_distance_over_the_channels():

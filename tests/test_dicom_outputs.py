@@ -17,7 +17,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid  # 
 from funetgan import __version__  # noqa: E402
 from funetgan.data import DataError  # noqa: E402
 from funetgan.data.medical import read_scan, to_scan_grid  # noqa: E402
-from funetgan.dicom_outputs import write_dicom_outputs  # noqa: E402
+from funetgan.medical.dicom_outputs import write_dicom_outputs  # noqa: E402
 
 REAL_SERIES = "dicomdirtests/98892001/CT5N"  # 5 axial CT slices of 16 x 16, z decreasing with the file names
 
@@ -144,7 +144,7 @@ def test_a_series_without_what_a_seg_must_reference_is_one_line(tmp_path):
 
 
 def test_a_missing_highdicom_is_named_before_any_volume_is_scored(tmp_path, monkeypatch):
-    from funetgan import dicom_outputs
+    from funetgan.medical import dicom_outputs
     from funetgan.data import MissingDependency
 
     def no_module(name):

@@ -20,7 +20,7 @@ def _fit_one_rank(rank: int, folder: str, port: int) -> None:
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
     if rank == 1:  # E's codes come out otherwise here, as a GPU's kernels may round them on each rank
-        from funetgan.batches import BatchSource
+        from funetgan.training.batches import BatchSource
 
         images = BatchSource.images
         BatchSource.images = lambda self, start, stop: images(self, start, stop) * 0.99
@@ -90,7 +90,7 @@ def test_sigterm_to_one_rank_stops_every_rank_at_the_same_step(tmp_path):
     import signal
     import time
 
-    from funetgan import checkpoint
+    from funetgan.training import checkpoint
 
     out = tmp_path / "run"
     command = _torchrun_train(tmp_path / "data", out, "gan.iterations=100000", "log_every=1")

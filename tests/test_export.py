@@ -12,14 +12,14 @@ import pytest
 import torch
 
 from conftest import random_images, tiny_config
-from funetgan import export
+from funetgan.deploy import export
 from funetgan.cli import main
 from funetgan.config import apply_overrides
 from funetgan.model import FUNetGAN
 
 onnxruntime = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
-from funetgan.onnx_scorer import OnnxScorer  # noqa: E402
+from funetgan.deploy.onnx_scorer import OnnxScorer  # noqa: E402
 from test_cli import TINY, dataset, run  # noqa: E402, F401 (test_cli's module fixtures, instantiated here too)
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -99,7 +99,7 @@ def test_the_onnx_scorer_computes_the_local_contrast_as_pytorch_does(trained, ex
 
 def test_a_file_of_another_format_is_refused_in_one_line(trained, exported, tmp_path):
     import onnx
-    from funetgan.onnx_scorer import META_KEY
+    from funetgan.deploy.onnx_scorer import META_KEY
     proto = onnx.load(str(exported[0]))
     entry = next(e for e in proto.metadata_props if e.key == META_KEY)
     meta = json.loads(entry.value)

@@ -58,7 +58,7 @@ def test_a_failed_append_names_the_file(tmp_path):
 def test_a_full_disk_during_a_checkpoint_is_one_line_and_leaves_no_file(tmp_path, tmpfs):
     import torch
 
-    from funetgan import checkpoint
+    from funetgan.training import checkpoint
 
     small_filesystem = tmpfs(tmp_path / "small", "size=64k")
     checkpoint.save(small_filesystem / "c.safetensors", {"w": torch.zeros(10)}, {"step": 1})

@@ -9,7 +9,7 @@ import torch
 from conftest import random_images, tiny_config
 from funetgan.model import FUNetGAN
 from funetgan.runtime import Runtime
-from funetgan.train import Trainer
+from funetgan.training.trainer import Trainer
 
 # Every stage and every option that adds code to a step: warm-up (and the reconstruction term
 # after it), lazy penalties, CutMix, patches of larger images.

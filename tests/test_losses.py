@@ -4,9 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-from funetgan import losses
+from funetgan.training import losses
 from funetgan.config import GANConfig
-from funetgan.losses import (critic_loss, cutmix_masks, encoder_loss, generator_loss, gradient_penalty,
+from funetgan.training.losses import (critic_loss, cutmix_masks, encoder_loss, generator_loss, gradient_penalty,
                              per_sample_uniform, pixel_projection, relative_mse)
 from funetgan.nn import CriticOutput
 

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 
 from funetgan.config import ScoreConfig
-from funetgan.metrics import pixel_metrics
-from funetgan.pixel_histogram import pixel_curves
-from funetgan.scoring import Terms, combine, restrict
-from funetgan.thresholds import quantile_pixel_threshold
+from funetgan.evaluation.metrics import pixel_metrics
+from funetgan.scoring.pixel_histogram import pixel_curves
+from funetgan.scoring.scorer import Terms, combine, restrict
+from funetgan.scoring.thresholds import quantile_pixel_threshold
 
 # One 4 x 4 slice. Lung: the two left columns. In the lung, the lesion (0,0), (1,0) has the
 # two highest values; outside, a rib at 0.95 and a lesion pixel at 0 would spoil the ranking.

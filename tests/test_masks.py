@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from funetgan.masks import MaskRule
+from funetgan.scoring.masks import MaskRule
 
 # Two regions above 1.0 in one 6 x 6 map: a 2 x 2 one peaking at 3.0 (top left) and a 3-pixel
 # one peaking at 1.5 (bottom right); 0.5 elsewhere.

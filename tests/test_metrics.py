@@ -3,8 +3,8 @@ import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from funetgan.data import ImageSet
-from funetgan.metrics import evaluate, hausdorff_distance, image_metrics, pixel_metrics
-from funetgan.pixel_histogram import N_BINS, PixelHistogram, pixel_curves
+from funetgan.evaluation.metrics import evaluate, hausdorff_distance, image_metrics, pixel_metrics
+from funetgan.scoring.pixel_histogram import N_BINS, PixelHistogram, pixel_curves
 
 # The classic 4-score example: of the 4 (anomalous, normal) pairs, 3 are ranked right.
 SCORES = [0.1, 0.4, 0.35, 0.8]

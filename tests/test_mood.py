@@ -13,8 +13,8 @@ from funetgan.cli import main
 from funetgan.config import DataConfig
 from funetgan.data import DataError, load_dataset
 from funetgan.model import FUNetGAN
-from funetgan.mood import run_mood
-from funetgan.unit_scale import to_unit
+from funetgan.medical.mood import run_mood
+from funetgan.scoring.unit_scale import to_unit
 
 nibabel = pytest.importorskip("nibabel")
 from test_cli import TINY  # noqa: E402

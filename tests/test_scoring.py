@@ -9,7 +9,7 @@ from funetgan.config import ScoreConfig, apply_overrides, scored_in_tiles
 from funetgan.model import FUNetGAN
 from funetgan.nn import CriticOutput
 from funetgan.nn.residuals import residual_terms
-from funetgan.scoring import IZIF, MAP, Terms, blur_sigma, combine, formula, gaussian_blur
+from funetgan.scoring.scorer import IZIF, MAP, Terms, blur_sigma, combine, formula, gaussian_blur
 
 
 def test_blur_keeps_constants_and_spreads_a_point():

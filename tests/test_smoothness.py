@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from conftest import random_images, tiny_config
-from funetgan.calibration import image_evidence_levels
+from funetgan.scoring.calibration import image_evidence_levels
 from funetgan.config import ScoreConfig, apply_overrides
 from funetgan.model import FUNetGAN
-from funetgan.scoring import (MAP, Terms, combine, image_evidence, image_smoothness_weight, local_contrast,
+from funetgan.scoring.scorer import (MAP, Terms, combine, image_evidence, image_smoothness_weight, local_contrast,
                               normalised, restrict, standardised_value)
 
 SMOOTHNESS = MAP[-1]  # pixel_contrast, "below" its normal level

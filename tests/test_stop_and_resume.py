@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from funetgan.data.demo import make_texture_dataset
-from funetgan import checkpoint
+from funetgan.training import checkpoint
 
 TINY = ["--device", "cpu", "--set", "model.image_size=32", "--set", "model.width=4", "--set", "model.z_dim=16",
         "--set", "batch_size=4", "--set", "gan.n_critic=1", "--set", "encoder.iterations=2", "--set", "log_every=1"]

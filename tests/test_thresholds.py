@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from funetgan.pixel_histogram import pixel_curves
-from funetgan.thresholds import (f1_image_threshold, f1_pixel_threshold, normals_needed, promise, quantile_pixel_threshold,
+from funetgan.scoring.pixel_histogram import pixel_curves
+from funetgan.scoring.thresholds import (f1_image_threshold, f1_pixel_threshold, normals_needed, promise, quantile_pixel_threshold,
                                  rank, rank_threshold)
 
 

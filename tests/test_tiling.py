@@ -8,8 +8,8 @@ from conftest import random_images, tiny_config
 from funetgan.config import Config, apply_overrides, working_size
 from funetgan.model import FUNetGAN
 from funetgan.runtime import Runtime
-from funetgan.tiling import TileGrid, blend_window, patches_per_image, random_corners, score_tiled, starts
-from funetgan.batches import BatchSource
+from funetgan.scoring.tiling import TileGrid, blend_window, patches_per_image, random_corners, score_tiled, starts
+from funetgan.training.batches import BatchSource
 
 
 def echo_scorer(tiles):

@@ -13,7 +13,7 @@ from conftest import random_images, tiny_config
 from funetgan.cli import main
 from funetgan.data import MissingDependency
 from funetgan.model import FUNetGAN
-from funetgan.tracking import flat_numbers, open_tracker
+from funetgan.training.tracking import flat_numbers, open_tracker
 from test_cli import TINY, dataset  # noqa: F401 (test_cli's module fixture, instantiated here too)
 
 
@@ -111,7 +111,7 @@ def test_nothing_is_imported_while_tracking_is_off(dataset, tmp_path):  # noqa: 
 
 
 def test_a_missing_package_is_one_line_naming_the_extra(tmp_path, monkeypatch):
-    from funetgan import tracking
+    from funetgan.training import tracking
 
     def no_module(name):
         raise ImportError(name)

@@ -10,9 +10,9 @@ from conftest import random_images, tiny_config
 from funetgan.model import FUNetGAN
 from funetgan.runtime import Runtime
 from funetgan.nn.tensors import to_tensor
-from funetgan import stages, train
-from funetgan.batches import BatchSource
-from funetgan.train import Trainer
+from funetgan.training import stages, trainer as train
+from funetgan.training.batches import BatchSource
+from funetgan.training.trainer import Trainer
 
 
 def state_of(net):
@@ -191,7 +191,7 @@ def test_same_seed_and_steps_give_bit_identical_weights_and_metrics_on_the_cpu(t
     """What is logged, sampled and saved, and when, changes nothing: one run writes samples,
     logs and checkpoints every step, the other writes nothing. (Sample grids drawn in
     training mode advanced G's spectral-norm power iteration.)"""
-    from funetgan.metrics import evaluate
+    from funetgan.evaluation.metrics import evaluate
 
     images = random_images(12)
     test = random_images(6, seed=1)

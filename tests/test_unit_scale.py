@@ -7,7 +7,7 @@ import pytest
 from conftest import random_images, tiny_config
 from funetgan.data.base import ImageSet
 from funetgan.model import FUNetGAN
-from funetgan.unit_scale import fit_unit_scale, to_unit
+from funetgan.scoring.unit_scale import fit_unit_scale, to_unit
 
 
 def test_fit_takes_the_median_and_the_quantile_of_normals():

@@ -6,8 +6,8 @@ from sklearn.metrics import average_precision_score
 from funetgan.config import DataConfig
 from funetgan.data import ImageSet, load_unlabelled
 from funetgan.data.medical import Geometry, read_scan, read_volume
-from funetgan.masks import MaskRule
-from funetgan.volumes import volume_metrics, volume_results, voxel_ap_of_set, write_volumes
+from funetgan.scoring.masks import MaskRule
+from funetgan.medical.volumes import volume_metrics, volume_results, voxel_ap_of_set, write_volumes
 
 nibabel = pytest.importorskip("nibabel")
 pydicom = pytest.importorskip("pydicom")

@@ -3,14 +3,14 @@ __version__ = "0.1.0"
 
 from .config import Config  # noqa: E402
 from .data import ImageSet, Splits, load_dataset, load_unlabelled  # noqa: E402
-from .scoring import Scores  # noqa: E402
+from .scoring.scorer import Scores  # noqa: E402
 
 __all__ = ["Config", "FUNetGAN", "ImageSet", "OnnxScorer", "Scores", "Splits", "load_dataset", "load_unlabelled",
            "__version__"]
 
 # Imported on first use: FUNetGAN needs PyTorch, OnnxScorer onnxruntime; scoring an exported
 # model must work where PyTorch is not installed.
-_LAZY = {"FUNetGAN": "model", "OnnxScorer": "onnx_scorer"}
+_LAZY = {"FUNetGAN": "model", "OnnxScorer": "deploy.onnx_scorer"}
 
 
 def __getattr__(name: str):

@@ -17,7 +17,7 @@ from .commands.demo import cmd_demo
 from .commands.trained import TEST_SETTINGS, cmd_calibrate, cmd_export, cmd_mood, cmd_predict, cmd_test
 from .commands.training import cmd_train
 from .config import RECIPES
-from .outputs import PREDICT_DEFAULT, TEST_DEFAULT
+from .outputs.selection import PREDICT_DEFAULT, TEST_DEFAULT
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,7 +55,7 @@ class _NeverRaised(Exception):
 def _training_stopped() -> type[Exception]:
     """stages.TrainingStopped, once training code is loaded (only it raises it): importing it
     up front would import PyTorch into every command, `predict --model` included."""
-    stages = sys.modules.get("funetgan.stages")
+    stages = sys.modules.get("funetgan.training.stages")
     return stages.TrainingStopped if stages is not None else _NeverRaised
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from .tiling import check_tile_stride
+from .scoring.tiling import check_tile_stride
 
 VARIANTS = ("conv", "conv_attn", "res", "res_attn")
 

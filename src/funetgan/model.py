@@ -8,21 +8,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import checkpoint, tiling
-from .calibration import Calibration, calibration_split, find_calibration
+from .training import checkpoint
+from .scoring import tiling
+from .scoring.calibration import Calibration, calibration_split, find_calibration
 from .config import Config
 from .data import fit_batch
 from .data.base import ImageSet
-from .export import PARITY_TOLERANCE, export_onnx
+from .deploy.export import PARITY_TOLERANCE, export_onnx
 from .files import CHECKPOINT_FILE, MODEL_FILE
 from .nn import Discriminator, Encoder, Generator
 from .nn.density import DensityStatistics, FeatureDensity, as_grid, samples_needed
 from .nn.residuals import ScoringNetwork
 from .nn.tensors import to_tensor
 from .runtime import Runtime, setup
-from .scoring import IZIF, MAP, Scorer, Scores, named_terms  # noqa: F401  (Scores: also importable from here)
-from .tracking import Tracker, open_tracker
-from .train import Trainer
+from .scoring.scorer import IZIF, MAP, Scorer, Scores, named_terms  # noqa: F401  (Scores: also importable from here)
+from .training.tracking import Tracker, open_tracker
+from .training.trainer import Trainer
 
 # The density terms' Gaussians are fitted on at most this many random patches of the training
 # images (whole images where they are the model's size): twice the 2,048 that 8 samples per

@@ -9,10 +9,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..config import Config
+from ..errors import FunetganError
 from ..data import DataError, mvtec_categories
 from ..files import CHECKPOINT_FILE, MODEL_FILE
 from ..runlock import FolderLocked
-from ..tracking import TENSORBOARD_FOLDER
+from ..training.tracking import TENSORBOARD_FOLDER
 
 CONFIG_FILE = "config.yaml"
 RUN_OUTPUTS = (MODEL_FILE, CHECKPOINT_FILE, CONFIG_FILE, "log.jsonl", "samples", TENSORBOARD_FOLDER)
@@ -25,7 +26,7 @@ class UsageError(Exception):
 
 
 # What a command reports in one line (exit code 2) rather than as a traceback.
-EXPECTED_ERRORS = (DataError, UsageError, ValueError, FolderLocked, OSError)
+EXPECTED_ERRORS = (FunetganError, DataError, UsageError, ValueError, FolderLocked, OSError)
 
 
 def one_line(err: Exception) -> str:

@@ -8,17 +8,17 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..chunked import run_predict, run_test
+from ..pipeline import run_predict, run_test
 from ..config import apply_overrides, get_key, working_size
 from ..data import DataError, load_dataset, load_unlabelled
 from ..files import MODEL_FILE, atomic_write_text
-from ..masks import MaskRule
-from ..mood import TASKS, run_mood
-from ..outputs import Outputs
+from ..scoring.masks import MaskRule
+from ..medical.mood import TASKS, run_mood
+from ..outputs.selection import Outputs
 from ..runlock import folder_lock
-from ..scoring import Scorer
-from ..thresholds import promise_summary
-from ..tracking import open_tracker
+from ..scoring.scorer import Scorer
+from ..scoring.thresholds import promise_summary
+from ..training.tracking import open_tracker
 from .common import CONFIG_FILE, RESULT_OUTPUTS, UsageError, choose_data, claim_folder, each_category, print_notes
 
 if TYPE_CHECKING:
@@ -39,7 +39,7 @@ def load_scorer(args, run: str | Path | None = None) -> Scorer:
     """The trained run (`run`, else --run) on PyTorch, or --model on onnxruntime (and then
     PyTorch is never imported)."""
     if args.model is not None:
-        from ..onnx_scorer import OnnxScorer
+        from ..deploy.onnx_scorer import OnnxScorer
         return OnnxScorer.load(args.model, threads=args.threads)
     return load_run(run or args.run, args.device, args.threads)
 
@@ -176,7 +176,7 @@ def cmd_calibrate(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from ..export import PARITY_TOLERANCE, export_onnx, validation_images
+    from ..deploy.export import PARITY_TOLERANCE, export_onnx, validation_images
     from ..model import FUNetGAN
     out = Path(args.out)
     if out.exists() and not args.overwrite:

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..calibration import calibration_split
+from ..scoring.calibration import calibration_split
 from ..config import RECIPES, Config, all_keys, apply_overrides, get_key, working_size
 from ..data import fit_batch, load_dataset
 from ..files import MODEL_FILE, atomic_write_text

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..errors import DataError  # noqa: F401  (re-exported: data's errors)
+
 if TYPE_CHECKING:
     from .medical import Geometry
 
@@ -26,10 +28,6 @@ def row_chunks(rows: np.ndarray, image_size: tuple[int, int]) -> list[np.ndarray
     width), one image at the least."""
     step = max(1, CHUNK_PIXELS // max(int(np.prod(image_size)), 1))
     return [rows[start:start + step] for start in range(0, len(rows), step)]
-
-
-class DataError(ValueError):
-    """Bad or missing input data; the message names the file(s) and the problem."""
 
 
 @dataclass

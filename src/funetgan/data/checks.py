@@ -8,15 +8,12 @@ from typing import TypeVar
 import numpy as np
 from PIL import UnidentifiedImageError
 
-from ..tiling import patches_per_image
+from ..scoring.tiling import patches_per_image
+from ..errors import MissingExtra as MissingDependency  # noqa: F401
 from .base import DataError, ImageSet, Splits
 
 MAX_LISTED = 10
 T = TypeVar("T")
-
-
-class MissingDependency(DataError):
-    """An optional package needed for this input is not installed (never a bad file)."""
 
 
 def file_list(items: Iterable[str]) -> str:

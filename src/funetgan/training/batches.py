@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from . import tiling
-from .nn.tensors import uint8_to_float
-from .runtime import Runtime
+from ..scoring import tiling
+from ..nn.tensors import uint8_to_float
+from ..runtime import Runtime
 
 
 class BatchSource:

@@ -21,13 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import working_size
-from .data import load_unlabelled
-from .data.base import DataError
-from .data.medical import is_nifti, to_scan_grid
-from .files import atomic_write_text
-from .scoring import Scorer
-from .unit_scale import to_unit
+from ..config import working_size
+from ..data import load_unlabelled
+from ..data.base import DataError
+from ..data.medical import is_nifti, to_scan_grid
+from ..files import atomic_write_text
+from ..scoring.scorer import Scorer
+from ..scoring.unit_scale import to_unit
 from .volumes import save_nifti, scan_map, volume_score
 
 TASKS = ("sample", "pixel")

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .files import atomic_save_png
+from ..files import atomic_save_png
 
 
 @contextlib.contextmanager

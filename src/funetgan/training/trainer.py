@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import tiling
+from ..scoring import tiling
 from .batches import BatchSource
-from .files import append_line
+from ..files import append_line
 from .losses import critic_loss, encoder_loss, generator_loss, warmup_loss
-from .nn.tensors import to_tensor, to_uint8
+from ..nn.tensors import to_tensor, to_uint8
 from .samples import evaluating, save_grid
 from .stages import Stage, TrainingDiverged
 from .tracking import Tracker

@@ -28,15 +28,15 @@ from PIL import Image
 from torch import nn
 from torch.nn.utils import parametrize
 
-from . import __version__
-from .calibration import calibration_split
-from .config import Config, scored_in_tiles, tile_stride, working_size
-from .data import ImageSet, load_dataset
-from .files import atomic_write
-from .nn.residuals import TERM_MAPS, TERM_VALUES, ScoringNetwork
-from .nn.tensors import uint8_to_float
+from .. import __version__
+from ..scoring.calibration import calibration_split
+from ..config import Config, scored_in_tiles, tile_stride, working_size
+from ..data import ImageSet, load_dataset
+from ..files import atomic_write
+from ..nn.residuals import TERM_MAPS, TERM_VALUES, ScoringNetwork
+from ..nn.tensors import uint8_to_float
 from .onnx_scorer import FORMAT, INPUT, MAP_OUTPUTS, META_KEY, VALUE_OUTPUTS, OnnxScorer, require
-from .scoring import IZIF, MAP, Scorer, formula, image_smoothness_weight, named_terms
+from ..scoring.scorer import IZIF, MAP, Scorer, formula, image_smoothness_weight, named_terms
 
 # Largest accepted error of the ONNX model's maps and scores, relative to the largest value of
 # each in PyTorch. Measured (docs/deployment.md): 1e-6 to 1e-5 on trained models (float32 on

@@ -16,12 +16,12 @@ import time
 import numpy as np
 
 from .examples import example_groups
-from .files import atomic_write_text
+from ..files import atomic_write_text
 from .image_files import ImageFiles, InMemory
-from .masks import MaskRule
-from .metrics import pixel_truth
-from .outputs import Outputs
-from .pixel_histogram import PixelCurves, pixel_curves
+from ..scoring.masks import MaskRule
+from ..evaluation.metrics import pixel_truth
+from .selection import Outputs
+from ..scoring.pixel_histogram import PixelCurves, pixel_curves
 from .plots import write_plots
 from .report_html import render_report
 from .tables import write_prediction_table, write_score_table, write_volume_table

@@ -16,7 +16,7 @@ import numpy as np
 from scipy import ndimage
 from sklearn.metrics import auc
 
-from .data.base import row_chunks
+from ..data.base import row_chunks
 
 N_BINS = 1 << 16  # most histogram bins (values are merged beyond): 2 MiB of counts per group
 PRO_FPR_LIMIT = 0.3  # AUPRO is integrated up to this false-positive rate (MVTec AD)

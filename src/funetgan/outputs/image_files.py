@@ -23,11 +23,11 @@ from PIL import Image
 from skimage.segmentation import find_boundaries
 
 from .examples import best_of, ranked, rankings
-from .files import atomic_save_png, safe_names
-from .masks import MaskRule
-from .metrics import pixel_truth
-from .outputs import Outputs
-from .pixel_histogram import PixelHistogram
+from ..files import atomic_save_png, safe_names
+from ..scoring.masks import MaskRule
+from ..evaluation.metrics import pixel_truth
+from .selection import Outputs
+from ..scoring.pixel_histogram import PixelHistogram
 
 DISPLAY_SIZE = 256  # overlay panel side, pixels
 COLOR_QUANTILE = 0.999  # heat-map scale: 0 .. this quantile of all maps, the same for all images

@@ -24,8 +24,8 @@ from types import ModuleType
 import numpy as np
 from PIL import Image
 
-from .config import Config, all_keys, get_key
-from .data.checks import MissingDependency
+from ..config import Config, all_keys, get_key
+from ..data.checks import MissingDependency
 
 TENSORBOARD_FOLDER = "tensorboard"
 DEFAULT_EXPERIMENT = "funetgan"  # MLflow's experiment where MLFLOW_EXPERIMENT_NAME is not set

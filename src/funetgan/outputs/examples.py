@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .outputs import Outputs
+from .selection import Outputs
 
 N_EXAMPLES = 12  # images per example section of the report
 

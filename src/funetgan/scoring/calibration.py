@@ -24,11 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import Config, scored_in_tiles
-from .data.base import ImageSet, row_chunks
-from .data.checks import held_out
+from ..config import Config, scored_in_tiles
+from ..data.base import ImageSet, row_chunks
+from ..data.checks import held_out
 from .pixel_histogram import PixelHistogram
-from .scoring import Terms, image_evidence, map_blur, normal_levels
+from .scorer import Terms, image_evidence, map_blur, normal_levels
 from .thresholds import (f1_image_threshold, f1_pixel_threshold, normals_needed, quantile_pixel_threshold, rank,
                          rank_threshold)
 from .unit_scale import fit_unit_scale, unit_scale

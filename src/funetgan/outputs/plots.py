@@ -8,8 +8,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from sklearn.metrics import precision_recall_curve, roc_curve
 
-from .metrics import labelled
-from .pixel_histogram import PRO_FPR_LIMIT, PixelCurves
+from ..scoring.thresholds import labelled
+from ..scoring.pixel_histogram import PRO_FPR_LIMIT, PixelCurves
 
 
 def write_plots(folder: Path, imageset, scores, curves: PixelCurves | None, metrics: dict) -> list[tuple[str, str]]:

@@ -6,7 +6,7 @@ import csv
 import io
 from pathlib import Path
 
-from .files import atomic_write_text
+from ..files import atomic_write_text
 
 SCORE_COLUMNS = ["path", "label", "kind", "score", "predicted", "anomalous_fraction", "name"]
 PREDICTION_COLUMNS = ["path", "score", "predicted", "anomalous_fraction", "name"]

@@ -18,10 +18,10 @@ from types import ModuleType
 
 import numpy as np
 
-from .calibration import Calibration
-from .config import Config
-from .data.checks import MissingDependency
-from .scoring import MAP_TERMS, VALUE_TERMS, Scorer, named_terms
+from ..scoring.calibration import Calibration
+from ..config import Config
+from ..data.checks import MissingDependency
+from ..scoring.scorer import MAP_TERMS, VALUE_TERMS, Scorer, named_terms
 
 META_KEY = "funetgan"  # metadata entry holding settings, calibration and parity as JSON
 FORMAT = 1  # of what the graph computes and of META_KEY's content; other formats are refused

@@ -13,8 +13,18 @@ import numpy as np
 from scipy.stats import binom
 from sklearn.metrics import precision_recall_curve
 
-from .metrics import both_classes, labelled
 from .pixel_histogram import PixelCurves, f1_scores
+
+
+def labelled(scores, labels) -> tuple[np.ndarray, np.ndarray]:
+    """The scores of images labelled 0 or 1 (not -1, unknown), and their labels as bool."""
+    scores, labels = np.asarray(scores, float), np.asarray(labels)
+    known = (labels == 0) | (labels == 1)
+    return scores[known], labels[known].astype(bool)
+
+
+def both_classes(labels: np.ndarray) -> bool:
+    return bool(labels.any() and not labels.all())
 
 
 def rank(count: int, q: float) -> int:

@@ -14,24 +14,14 @@ import numpy as np
 from scipy import ndimage
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
-from .data.base import row_chunks
-from .masks import MaskRule
-from .pixel_histogram import PixelCurves, PixelHistogram, f1_scores
+from ..data.base import row_chunks
+from ..scoring.thresholds import both_classes, labelled
+from ..scoring.masks import MaskRule
+from ..scoring.pixel_histogram import PixelCurves, PixelHistogram, f1_scores
 
 
 def _ratio(numerator: float, denominator: float) -> float | None:
     return float(numerator / denominator) if denominator > 0 else None
-
-
-def labelled(scores, labels) -> tuple[np.ndarray, np.ndarray]:
-    """The scores of images labelled 0 or 1 (not -1, unknown), and their labels as bool."""
-    scores, labels = np.asarray(scores, float), np.asarray(labels)
-    known = (labels == 0) | (labels == 1)
-    return scores[known], labels[known].astype(bool)
-
-
-def both_classes(labels: np.ndarray) -> bool:
-    return bool(labels.any() and not labels.all())
 
 
 def image_metrics(scores, labels, threshold: float) -> dict:

@@ -22,14 +22,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .data.base import SLICE_MARK, DataError, ImageSet
-from .data.ct import volume_name
-from .data.medical import Geometry, require, to_scan_grid
+from ..data.base import SLICE_MARK, DataError, ImageSet
+from ..data.ct import volume_name
+from ..data.medical import Geometry, require, to_scan_grid
 from .dicom_outputs import from_dicom_series, write_dicom_outputs
-from .files import atomic_write, safe_names
-from .masks import MaskRule
-from .metrics import image_metrics
-from .pixel_histogram import PixelHistogram
+from ..files import atomic_write, safe_names
+from ..scoring.masks import MaskRule
+from ..evaluation.metrics import image_metrics
+from ..scoring.pixel_histogram import PixelHistogram
 
 STRIP_SLICES = 3  # most anomalous slices per volume shown in the report
 FOLDER = "volumes"

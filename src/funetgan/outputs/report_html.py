@@ -9,9 +9,9 @@ import json
 import numpy as np
 import yaml
 
-from .outputs import Outputs
-from .pixel_histogram import PRO_FPR_LIMIT
-from .thresholds import promise_summary
+from .selection import Outputs
+from ..scoring.pixel_histogram import PRO_FPR_LIMIT
+from ..scoring.thresholds import promise_summary
 
 _STYLE = """
 * { box-sizing: border-box; }

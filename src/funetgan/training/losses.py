@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .config import GANConfig
-from .nn import CriticOutput
+from ..config import GANConfig
+from ..nn import CriticOutput
 
 
 # Weight of mean D(x)^2 on real images (ProGAN's drift term): keeps the unbounded WGAN

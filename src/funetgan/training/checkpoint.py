@@ -10,7 +10,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
-from .files import atomic_write, os_error
+from ..files import atomic_write, os_error
 
 META_KEY = "funetgan"
 IMPLEMENTATION = ("foreach", "fused", "capturable")  # optimiser settings that say how, not what, it computes

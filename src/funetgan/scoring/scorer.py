@@ -41,8 +41,8 @@ import numpy as np
 from scipy import ndimage
 
 from . import tiling
-from .config import Config, ScoreConfig, scored_in_tiles, tile_stride, working_size
-from .data.base import ImageSet
+from ..config import Config, ScoreConfig, scored_in_tiles, tile_stride, working_size
+from ..data.base import ImageSet
 from .masks import MaskRule
 
 if TYPE_CHECKING:

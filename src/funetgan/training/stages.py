@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 if TYPE_CHECKING:
-    from .train import Trainer
+    from .trainer import Trainer
 
 
 class TrainingStopped(Exception):

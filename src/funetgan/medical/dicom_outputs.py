@@ -21,11 +21,11 @@ from types import ModuleType
 
 import numpy as np
 
-from . import __version__
-from .data.base import DataError
-from .data.checks import MissingDependency
-from .data.medical import read_dicom_series
-from .files import atomic_write
+from .. import __version__
+from ..data.base import DataError
+from ..data.checks import MissingDependency
+from ..data.medical import read_dicom_series
+from ..files import atomic_write
 
 SEG_SUFFIX, MAP_SUFFIX = "_seg.dcm", "_map.dcm"
 ALGORITHM = "funetgan"

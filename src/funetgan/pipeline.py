@@ -16,17 +16,17 @@ from pathlib import Path
 import numpy as np
 
 from .data.base import ImageSet, row_chunks
-from .dicom_outputs import check_outputs_possible
-from .image_files import ImageFiles, MapStore
-from .masks import MaskRule
-from .metrics import Evaluation
-from .outputs import Outputs
-from .pixel_histogram import PixelHistogram
-from .report import finish_predictions, finish_test_outputs
-from .scoring import Scorer
-from .tables import write_volume_table
-from .thresholds import promise
-from .volumes import add_voxels, pooled_voxel_ap, volume_metrics, volume_names, volume_result, write_volume
+from .medical.dicom_outputs import check_outputs_possible
+from .outputs.image_files import ImageFiles, MapStore
+from .scoring.masks import MaskRule
+from .evaluation.metrics import Evaluation
+from .outputs.selection import Outputs
+from .scoring.pixel_histogram import PixelHistogram
+from .outputs.report import finish_predictions, finish_test_outputs
+from .scoring.scorer import Scorer
+from .outputs.tables import write_volume_table
+from .scoring.thresholds import promise
+from .medical.volumes import add_voxels, pooled_voxel_ap, volume_metrics, volume_names, volume_result, write_volume
 
 LUNG_SCORED = "lung (lung masks or data.lung_threshold, score.lung_only)"  # metrics.json scored_pixels
 

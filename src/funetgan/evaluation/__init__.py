@@ -1,0 +1,1 @@
+"""Evaluation against labels: image and pixel metrics, exact and chunked."""
