@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import DataConfig
-from . import cache
+from .cache import cached_splits
 from .base import SLICE_MARK, DataError, ImageSet, Splits
 from .checks import BadFiles, file_list
 from .images import empty_set, fit_images, fit_masks
@@ -90,7 +90,7 @@ def gather_volumes(root: Path, layout: str, size: int, channels: int, options: D
         bad.settle({"train": splits.train, "test": splits.test})
 
     if options.cache_dir is not None:
-        return cache.cached_splits(root, layout, size, channels, options, read, settle)
+        return cached_splits(root, layout, size, channels, options, read, settle)
     pieces: dict[str, list[ImageSet]] = {"train": [], "test": []}
     read(lambda split, slices: pieces[split].append(slices))
     splits = Splits(**{split: _concat(sets, size, channels) for split, sets in pieces.items()})

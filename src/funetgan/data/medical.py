@@ -14,8 +14,7 @@ from types import ModuleType
 import numpy as np
 from PIL import Image
 
-from .base import DataError
-from .checks import MissingDependency
+from ..errors import DataError, MissingExtra as MissingDependency
 
 DEFAULT_HU_WINDOW = (-1000.0, 400.0)  # lung window, as DataConfig.hu_window
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
