@@ -68,7 +68,7 @@ def run(args, config, splits, test, folder: Path | None, name: str) -> dict:
     if run_dir is not None:
         save_reconstructions(model, test, run_dir / "test_reconstructions.png")
     norms = model.calibration.levels
-    completed = model.state.get("completed", {})
+    completed = model.training
     return {"seed": config.seed, "image_auroc": metrics["auroc"],
             "steps": {stage: v["steps"] for stage, v in completed.items()},
             "seconds": {stage: v["seconds"] for stage, v in completed.items()},

@@ -42,7 +42,7 @@ from common import (budget, data_folder, fmt, load, make_config, make_parser, me
 from fashion_mnist import BASE as FASHION_BASE
 from fashion_mnist import DATA as FASHION_DATA
 from fashion_mnist import selection_split, shrink
-from funetgan.scoring.calibration import calibration_split, find_calibration
+from funetgan.scoring.calibration import calibration_split
 from funetgan.commands.demo import DEMO_DATA, DEMO_DATA_SETTINGS, DEMO_SETTINGS
 from funetgan.data import ImageSet, Splits
 from funetgan.data.demo import make_texture_dataset, normal_crops
@@ -149,7 +149,7 @@ def in_sample(model: FUNetGAN, normals: ImageSet) -> FUNetGAN:
     other = FUNetGAN(model.config, model.runtime)
     for name in ("G", "D", "E"):
         getattr(other, name).load_state_dict(getattr(model, name).state_dict())
-    other.calibration = find_calibration(other, normals, (normals.images, None))
+    other.calibrate(normals, normals.images)
     return other
 
 
@@ -200,7 +200,7 @@ def run_dataset(args, results: dict, dataset: str, name: str, folder: Path) -> N
         model, minutes = trained(config, splits, run_folder(args, name, seed))
         _, normals = calibration_split(splits.train, splits.val, config.data.val_fraction, config.seed)
         found = measure(model, splits, normals, extra, args.split == "selection")
-        group["runs"].append({"seed": seed, "train_minutes": minutes, "steps": model.state.get("completed", {}),
+        group["runs"].append({"seed": seed, "train_minutes": minutes, "steps": model.training,
                               "settings": model.config.to_dict(), **found})
         group["summary"] = summarise(group["runs"], SUMMARY)
         write_results(args, results)

@@ -30,7 +30,7 @@ from funetgan.files import atomic_write_text
 from funetgan.evaluation.metrics import evaluate
 from funetgan.model import FUNetGAN
 from funetgan.runtime import select_device
-from funetgan.scoring.scorer import IZIF, MAP, Terms
+from funetgan.scoring.terms import TERMS, Terms
 
 # Share of each run's --minutes given to stage 1 (G and D); stage 2 (E) gets the rest. E
 # converges much faster than the GAN (the demo's tuned split is 5.5 / 1.5 min).
@@ -188,7 +188,7 @@ def calibrated_for(model: FUNetGAN, changes: dict) -> bool:
     """Whether the model's calibration has the normal level of every term `changes` weighs
     (a density term's is missing when its Gaussian could not be fitted)."""
     levels = model.calibration.levels
-    return all(not changes.get(term.weight) or term.name in levels for term in (*MAP, *IZIF))
+    return all(not changes.get(term.weight) or term.name in levels for term in TERMS)
 
 
 def run_group(args: argparse.Namespace, results: dict, name: str, settings: list[str], splits: Splits) -> dict:
@@ -240,7 +240,7 @@ def run_crop_group(args: argparse.Namespace, results: dict, name: str, settings:
             for alternative, changes in alternatives.items() if calibrated_for(model, changes)}
         group["runs"].append({
             "seed": seed, **headline(metrics), **timings, "settings": model.config.to_dict(), "metrics": metrics,
-            "steps": model.state.get("completed", {}), "small_defects_pixel_auroc": small_defects(metrics),
+            "steps": model.training, "small_defects_pixel_auroc": small_defects(metrics),
             "scoring_alternatives": figures,
         })
         group["summary"] = summarise(group["runs"], SUMMARY_KEYS)

@@ -37,6 +37,7 @@ from common import (CROP, SPLIT_SEEDS, SUMMARY_KEYS, at_resolution, data_folder,
                     print_crop_alternatives, run_crop_group, run_settings, summarise, table, texture_set)
 from funetgan.commands.demo import DEMO_SETTINGS
 from funetgan.data.demo import TEXTURES
+from funetgan.scoring.terms import Terms
 
 MODELS = {
     "F-UNetGAN": [],  # the library's defaults: res_attn U-Net critic, consistency term
@@ -85,7 +86,7 @@ def preview_writer(folder: str | None):
 
     def write(name: str, seed: int, model, terms, truth) -> None:
         rows = np.flatnonzero(truth.labels == 1)[::12][:8]  # a crop of each defect kind
-        alone = dataclasses.replace(terms, pixel_residual=np.zeros_like(terms.pixel_residual))
+        alone = Terms({**terms.arrays, "pixel_residual": np.zeros_like(terms["pixel_residual"])}, terms.region)
         density, smoothness = (dataclasses.replace(model.config.score, kappa=0.0, density_weight=d, smoothness_weight=s)
                                for d, s in ((1.0, 0.0), (0.0, 1.0)))
         size = truth.images.shape[1:3]

@@ -80,7 +80,7 @@ def flops(call: Callable[[], object]) -> int:
 def stage_steps(trainer: Trainer) -> dict[str, Callable[[int], object]]:
     """Each stage's step; the encoder's last, as it freezes G and D."""
     def encoder(step: int):
-        trainer.model.freeze_gan()
+        trainer.freeze_gan()
         return trainer.encoder_step(step)
 
     return {"warm-up": trainer.warmup_step, "adversarial": trainer.gan_step, "encoder": encoder}
@@ -114,26 +114,26 @@ def step_parts(trainer: Trainer) -> dict[str, Callable[[], object]]:
     gan = m.config.gan
     real = trainer.source.batch(0)
     with torch.no_grad(), rt.autocast():
-        fake = rt.prepare(m.G(m.latent(len(real))).float())
+        fake = rt.prepare(m.G(trainer.latent(len(real))).float())
 
     def fakes():
         with torch.no_grad(), rt.autocast():
-            m.G(m.latent(len(real)))
+            m.G(trainer.latent(len(real)))
 
     def critic(consistency: str, penalise: bool) -> Callable[[], None]:
         settings = dataclasses.replace(gan, consistency=consistency)
 
         def run():
-            m.opt_d.zero_grad(set_to_none=True)
+            trainer.opt_d.zero_grad(set_to_none=True)
             with rt.autocast():
-                loss, _ = critic_loss(m.D, real, fake, settings, penalise=penalise, generator=m.rng)
+                loss, _ = critic_loss(m.D, real, fake, settings, penalise=penalise, generator=trainer.rng)
             loss.backward()
         return run
 
     def adversarial():
         m.D.requires_grad_(False)
         with rt.autocast():
-            loss = generator_loss(m.D(rt.prepare(m.G(m.latent(len(real))))))
+            loss = generator_loss(m.D(rt.prepare(m.G(trainer.latent(len(real))))))
         loss.backward()
         m.D.requires_grad_(True)
 
@@ -143,7 +143,7 @@ def step_parts(trainer: Trainer) -> dict[str, Callable[[], object]]:
         (RECON_WEIGHT * loss).backward()
 
     def optimisers():
-        for optimiser in (m.opt_d, m.opt_g, m.opt_e):
+        for optimiser in (trainer.opt_d, trainer.opt_g, trainer.opt_e):
             optimiser.step()
 
     return {"G forward for the fakes": fakes, "critic: D on reals and fakes": critic("none", False),

@@ -85,20 +85,20 @@ def test_a_checkpoint_from_a_gpu_resumes_on_the_cpu(tmp_path):
     from funetgan.training.trainer import Trainer
 
     images = random_images(12)
-    saved = FUNetGAN(tiny_config())
-    Trainer(saved, images.images, images.images, None).gan_step(0)
+    saved = Trainer(FUNetGAN(tiny_config()), images.images, images.images, None)
+    saved.gan_step(0)
     saved.save_checkpoint(tmp_path / "checkpoint.safetensors")
     as_saved_on_a_gpu(tmp_path / "checkpoint.safetensors")
     draws = []
     for _ in range(2):
-        resumed = FUNetGAN(tiny_config())
-        resumed.load_checkpoint(tmp_path / "checkpoint.safetensors")
+        resumed = Trainer(FUNetGAN(tiny_config()), images.images, images.images, None)
+        resumed.resume(tmp_path / "checkpoint.safetensors")
         draws.append(resumed.latent(3))
         # how the optimisers step is this device's choice, not the checkpoint's
         assert all(g["foreach"] is True and not g["fused"] for g in resumed.opt_d.param_groups)
     assert torch.equal(draws[0], draws[1])  # a stream seeded from the saved state: reproducible
-    resumed = FUNetGAN(tiny_config()).fit(images, run_dir=tmp_path, resume=True)
-    assert resumed.state["stage"] == "done"
+    model = FUNetGAN(tiny_config()).fit(images, run_dir=tmp_path, resume=True)
+    assert set(model.training) == {"warmup", "gan", "encoder"}
 
 
 class CudaLikeGenerator:
@@ -119,11 +119,14 @@ class CudaLikeGenerator:
 
 
 def test_a_checkpoint_from_the_cpu_resumes_on_a_gpu(tmp_path):
-    FUNetGAN(tiny_config()).save_checkpoint(tmp_path / "c.safetensors")
+    from funetgan.training.trainer import Trainer
+
+    images = random_images(8).images
+    Trainer(FUNetGAN(tiny_config()), images, images, None).save_checkpoint(tmp_path / "c.safetensors")
     seeds = []
     for _ in range(2):
-        model = FUNetGAN(tiny_config())
-        model.rng = CudaLikeGenerator()
-        model.load_checkpoint(tmp_path / "c.safetensors")
-        seeds += model.rng.seeds
+        trainer = Trainer(FUNetGAN(tiny_config()), images, images, None)
+        trainer.rng = CudaLikeGenerator()
+        trainer.resume(tmp_path / "c.safetensors")
+        seeds += trainer.rng.seeds
     assert len(seeds) == 2 and seeds[0] == seeds[1]  # seeded once, from the saved state

@@ -10,7 +10,8 @@ from funetgan.config import ScoreConfig, apply_overrides
 from funetgan.model import FUNetGAN
 from funetgan.nn.density import SHRINKAGE, DensityStatistics, FeatureDensity, up_sampled
 from funetgan.nn.tensors import to_tensor
-from funetgan.scoring.scorer import Terms, combine
+from funetgan.scoring.combine import combine
+from funetgan.scoring.terms import Terms
 
 
 def test_the_term_is_the_squared_mahalanobis_distance_over_the_channels():
@@ -77,23 +78,23 @@ def test_the_densities_are_fitted_on_training_images_and_levelled_on_the_calibra
     it never saw."""
     model, train, val = trained
     codes = latent_codes(model, train.images)
-    np.testing.assert_allclose(model.latent_density.mean[0].numpy(), codes.mean(0), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(model.densities["latent_density"].mean[0].numpy(), codes.mean(0), rtol=1e-4, atol=1e-6)
     covariance = np.cov(codes.T, bias=True)
     covariance += SHRINKAGE * np.trace(covariance) / len(covariance) * np.eye(len(covariance))
     centred = latent_codes(model, val.images) - codes.mean(0)
     distances = np.einsum("ni,ij,nj->n", centred, np.linalg.inv(covariance), centred) / codes.shape[1]
     assert model.calibration.levels["latent_density"] == pytest.approx(distances.mean(), rel=1e-3)
     terms = model.residual_terms(val.images)
-    np.testing.assert_allclose(terms.latent_density[:, 0], distances, rtol=1e-3)
-    assert model.calibration.levels["pixel_density"] == pytest.approx(terms.pixel_density.mean(), rel=1e-5)
+    np.testing.assert_allclose(terms["latent_density"][:, 0], distances, rtol=1e-3)
+    assert model.calibration.levels["pixel_density"] == pytest.approx(terms["pixel_density"].mean(), rel=1e-5)
 
 
 def test_the_map_density_has_its_shape(trained):
     model, train, _ = trained
-    assert not torch.equal(model.density.precision, torch.eye(len(model.density.mean)))
-    assert model.density.mean.shape == (1, model.D.bottleneck_width)
+    assert not torch.equal(model.densities["pixel_density"].precision, torch.eye(len(model.densities["pixel_density"].mean)))
+    assert model.densities["pixel_density"].mean.shape == (1, model.D.bottleneck_width)
     terms = model.residual_terms(train.images[:5])
-    assert terms.pixel_density.shape == terms.pixel_residual.shape and (terms.pixel_density >= 0).all()
+    assert terms["pixel_density"].shape == terms["pixel_residual"].shape and (terms["pixel_density"] >= 0).all()
 
 
 def test_held_out_normals_are_never_in_the_fit():
@@ -105,7 +106,7 @@ def test_held_out_normals_are_never_in_the_fit():
     model = FUNetGAN(config).fit(images)
     held_out = np.sort(np.random.default_rng(config.seed).permutation(60)[:15])  # calibration_split's draw
     rows = np.setdiff1d(np.arange(60), held_out)
-    np.testing.assert_allclose(model.latent_density.mean[0].numpy(), latent_codes(model, images.images[rows]).mean(0),
+    np.testing.assert_allclose(model.densities["latent_density"].mean[0].numpy(), latent_codes(model, images.images[rows]).mean(0),
                                rtol=1e-4, atol=1e-6)
     assert model.calibration.normals == 15 and model.calibration.notes == [
         "15 calibration normals: the 0.99 quantile of their scores is their maximum, so about 1 in 16 (6.2 %) "
@@ -133,11 +134,11 @@ def test_too_few_training_images_leave_a_density_term_out_with_a_note(term, imag
 
 def test_the_weight_adds_the_term_over_its_normal_level():
     ones = np.ones((1, 2, 2), np.float32)
-    terms = Terms(pixel_residual=ones, pixel_features=ones * 0,
+    terms = Terms(dict(pixel_residual=ones, pixel_features=ones * 0,
                   pixel_density=np.array([[[2.0, 4.0], [0.0, 2.0]]], np.float32),
                   image_residual=np.ones((1, 1)), image_features=np.ones((1, 1)),
                   latent_density=np.ones((1, 1)),
-                  pixel_contrast=ones * 0)
+                  pixel_contrast=ones * 0))
     norms = {"pixel_residual": 1.0, "pixel_features": 1.0, "pixel_density": 2.0,
              "image_residual": 1.0, "image_features": 1.0}
     _, maps = combine(terms, norms, ScoreConfig(kappa=0.0, density_weight=0.5, smoothness_weight=0.0, blur_sigma=0.0,

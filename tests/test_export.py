@@ -79,22 +79,22 @@ def test_any_batch_size_gives_the_same_terms(trained, exported):
     _, images = trained
     scorer = OnnxScorer.load(exported[0])
     one, five = scorer.residual_terms(images.images, batch_size=1), scorer.residual_terms(images.images, 5)
-    np.testing.assert_allclose(one.pixel_residual, five.pixel_residual, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(one.image_features, five.image_features, rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(one["pixel_residual"], five["pixel_residual"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(one["image_features"], five["image_features"], rtol=1e-5, atol=1e-9)
 
 
 def test_both_densities_are_in_the_graph(trained, exported):
     model, images = trained
     ours, theirs = OnnxScorer.load(exported[0]).residual_terms(images.images), model.residual_terms(images.images)
-    assert theirs.pixel_density.max() > 0 and theirs.latent_density.min() > 0
-    np.testing.assert_allclose(ours.pixel_density, theirs.pixel_density, rtol=1e-4, atol=1e-4 * theirs.pixel_density.max())
-    np.testing.assert_allclose(ours.latent_density, theirs.latent_density, rtol=1e-4)
+    assert theirs["pixel_density"].max() > 0 and theirs["latent_density"].min() > 0
+    np.testing.assert_allclose(ours["pixel_density"], theirs["pixel_density"], rtol=1e-4, atol=1e-4 * theirs["pixel_density"].max())
+    np.testing.assert_allclose(ours["latent_density"], theirs["latent_density"], rtol=1e-4)
 
 
 def test_the_onnx_scorer_computes_the_local_contrast_as_pytorch_does(trained, exported):
     model, images = trained  # numpy on the images on both sides (scoring.local_contrast)
     ours, theirs = OnnxScorer.load(exported[0]).residual_terms(images.images), model.residual_terms(images.images)
-    assert theirs.pixel_contrast.max() > 0 and np.array_equal(ours.pixel_contrast, theirs.pixel_contrast)
+    assert theirs["pixel_contrast"].max() > 0 and np.array_equal(ours["pixel_contrast"], theirs["pixel_contrast"])
 
 
 def test_a_file_of_another_format_is_refused_in_one_line(trained, exported, tmp_path):

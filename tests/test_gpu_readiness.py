@@ -37,10 +37,10 @@ def trainer_for(name: str, memory_mapped: bool = False, run_dir=None, **override
     return Trainer(FUNetGAN(config), images, images, run_dir)
 
 
-def start_optimisers(model: FUNetGAN) -> None:
+def start_optimisers(trainer: Trainer) -> None:
     """Give each Adam its state (a step of zero gradients changes no weight): on the CPU Adam
     keeps its step counts on the host by design, and makes them without a device."""
-    for optimiser in (model.opt_g, model.opt_d, model.opt_e):
+    for _, optimiser in trainer.optimisers():
         for group in optimiser.param_groups:
             for p in group["params"]:
                 p.grad = torch.zeros_like(p)
@@ -55,10 +55,10 @@ def test_every_stage_makes_its_tensors_on_the_device(name, memory_mapped, tmp_pa
     the step fails where, on a GPU, it would have been made on the host (and copied, or mixed
     with device tensors). Samples and checkpoints are written at every step."""
     trainer = trainer_for(name, memory_mapped, tmp_path)
-    start_optimisers(trainer.model)
+    start_optimisers(trainer)
     with torch.device("meta"):
         trainer.fit()
-    assert trainer.model.state["stage"] == "done" and (tmp_path / "samples" / "recon_000003.png").exists()
+    assert trainer.state.stage == "done" and (tmp_path / "samples" / "recon_000003.png").exists()
     assert all(p.device.type == "cpu" for net in (trainer.model.G, trainer.model.D, trainer.model.E)
                for p in net.parameters())
 
@@ -77,7 +77,7 @@ class SyncAudit:
     holds what happens after step k - 1 (its log, when it logs) and in step k."""
 
     def __init__(self, monkeypatch):
-        self.model, self.events = None, {}  # `model`: set once it is built (its state says the step)
+        self.trainer, self.events = None, {}  # `trainer`: set once it is built (its state says the step)
         for name in READS:
             self._wrap(monkeypatch, torch.Tensor, name, lambda *args, **kwargs: True)
         self._wrap(monkeypatch, torch.Tensor, "to", self._blocking_copy)
@@ -110,8 +110,8 @@ class SyncAudit:
         return record
 
     def note(self, what: str) -> None:
-        state = self.model.state if self.model is not None else {"stage": "setup", "step": 0}
-        self.events.setdefault((state["stage"], state["step"]), []).append(what)
+        stage, step = (self.trainer.state.stage, self.trainer.state.step) if self.trainer is not None else ("setup", 0)
+        self.events.setdefault((stage, step), []).append(what)
 
 
 def test_steps_that_log_nothing_never_wait_for_the_device(monkeypatch):
@@ -122,12 +122,12 @@ def test_steps_that_log_nothing_never_wait_for_the_device(monkeypatch):
                             "gan__warmup_iterations": 5})
     config.log_every = config.checkpoint_every = 1000
     audit = SyncAudit(monkeypatch)
-    model = audit.model = FUNetGAN(config, runtime=Runtime(torch.device("cpu"), rank=0, world_size=2))
-    for name in ("opt_g", "opt_d", "opt_e"):
-        old = getattr(model, name)
-        setattr(model, name, torch.optim.Adam(old.param_groups[0]["params"], lr=1e-4, fused=True))
+    model = FUNetGAN(config, runtime=Runtime(torch.device("cpu"), rank=0, world_size=2))
     images = random_images(24, size=48).images
-    Trainer(model, images, images, None).fit()
+    trainer = audit.trainer = Trainer(model, images, images, None)
+    for name, old in trainer.optimisers():
+        setattr(trainer, name, torch.optim.Adam(old.param_groups[0]["params"], lr=1e-4, fused=True))
+    trainer.fit()
     quiet = {key: [e for e in events if e != "all_reduce in average_gradients"]
              for key, events in audit.events.items() if 0 < key[1] < 5}
     assert {key: events for key, events in quiet.items() if events} == {}
@@ -146,7 +146,7 @@ def test_scoring_reads_each_batch_back_from_the_device_once(monkeypatch):
     terms = model.residual_terms(random_images(3, size=48).images, batch_size=10)  # 3 x 4 tiles: 2 batches
     reads = [event for events in audit.events.values() for event in events if event.split()[0] in READS]
     assert reads == ["cpu in _score_tiles"] * 2
-    assert terms.pixel_residual.shape == (3, 48, 48) and terms.image_features.shape == (3, 4)
+    assert terms["pixel_residual"].shape == (3, 48, 48) and terms["image_features"].shape == (3, 4)
 
 
 STEPS = {  # each step, and the networks it trains
@@ -170,7 +170,7 @@ def test_bf16_autocast_trains_every_stage_as_float32_does(stage):
         trainer = trainer_for("whole")
         trainer.model.runtime.amp = amp
         if stage == "encoder":
-            trainer.model.freeze_gan()
+            trainer.freeze_gan()
         stats.append(step(trainer))
         grads.append(torch.cat([p.grad.flatten() for name in trained for p in getattr(trainer.model, name).parameters()
                                 if p.grad is not None]))

@@ -6,7 +6,8 @@ import pytest
 from funetgan.config import ScoreConfig
 from funetgan.evaluation.metrics import pixel_metrics
 from funetgan.scoring.pixel_histogram import pixel_curves
-from funetgan.scoring.scorer import Terms, combine, restrict
+from funetgan.scoring.combine import combine
+from funetgan.scoring.terms import Terms, restrict
 from funetgan.scoring.thresholds import quantile_pixel_threshold
 
 # One 4 x 4 slice. Lung: the two left columns. In the lung, the lesion (0,0), (1,0) has the
@@ -47,18 +48,19 @@ def test_map_and_image_residual_use_lung_pixels_only():
     lung = np.array([[[True, False], [True, False]]])
     density = np.array([[[1.0, 8.0], [3.0, 8.0]]], np.float32)
     contrast = np.array([[[0.0, 5.0], [1.0, 5.0]]], np.float32)
-    whole = Terms(residual, np.ones_like(residual), density, np.array([[7.5]]), np.array([[1.0]]),
-                  np.array([[3.0]]), pixel_contrast=contrast)
+    whole = Terms(dict(pixel_residual=residual, pixel_features=np.ones_like(residual), pixel_density=density,
+                       image_residual=np.array([[7.5]]), image_features=np.array([[1.0]]),
+                       latent_density=np.array([[3.0]]), pixel_contrast=contrast))
     terms = restrict(whole, lung)
-    assert terms.pixel_residual[0].tolist() == [[1.0, 0.0], [3.0, 0.0]]
-    assert terms.pixel_features[0].tolist() == [[1.0, 0.0], [1.0, 0.0]]
-    assert terms.image_residual.item() == pytest.approx((1 + 9) / 2)  # mean squared residual over lung pixels
-    assert terms.latent_density.item() == 3.0  # like D's global features, E's code is of the whole image
+    assert terms["pixel_residual"][0].tolist() == [[1.0, 0.0], [3.0, 0.0]]
+    assert terms["pixel_features"][0].tolist() == [[1.0, 0.0], [1.0, 0.0]]
+    assert terms["image_residual"].item() == pytest.approx((1 + 9) / 2)  # mean squared residual over lung pixels
+    assert terms["latent_density"].item() == 3.0  # like D's global features, E's code is of the whole image
     levels = terms.normal_levels()
     assert levels["pixel_residual"] == pytest.approx(2.0)  # over lung pixels too
     assert (levels["pixel_contrast"], levels["pixel_contrast_std"]) == pytest.approx((0.5, 0.5))  # of 0 and 1
     assert levels["pixel_density"] == pytest.approx(2.0)  # of 1 and 3
-    assert terms.pixel_density[0].tolist() == [[1.0, 0.0], [3.0, 0.0]]
+    assert terms["pixel_density"][0].tolist() == [[1.0, 0.0], [3.0, 0.0]]
     norms = {**dict.fromkeys(("pixel_residual", "pixel_features", "image_residual", "image_features"), 1.0),
              "pixel_density": 2.0,
              "pixel_contrast": 2.0, "pixel_contrast_std": 1.0}  # smoothness 2 and 1 in the lung, 0 outside

@@ -7,6 +7,7 @@ import torch
 from conftest import random_images, tiny_config
 from funetgan import runtime
 from funetgan.model import FUNetGAN
+from funetgan.training.trainer import Trainer
 from torch.utils._python_dispatch import TorchDispatchMode
 
 
@@ -34,12 +35,12 @@ def test_scoring_and_calibration_are_float32_under_amp(monkeypatch):
     for amp in (False, True):
         monkeypatch.setattr(model.runtime, "amp", amp)
         model.fit_densities(images)
-        densities.append({k: v.clone() for _, density in model.densities() for k, v in density.state_dict().items()})
+        densities.append({k: v.clone() for density in model.densities.values() for k, v in density.state_dict().items()})
         terms.append(model.residual_terms(images))
     with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast works here: the check can see it
         assert torch.mm(torch.ones(2, 2), torch.ones(2, 2)).dtype == torch.bfloat16
     for name in ("pixel_residual", "pixel_features", "pixel_density", "image_features", "latent_density"):
-        np.testing.assert_array_equal(getattr(terms[0], name), getattr(terms[1], name), err_msg=name)
+        np.testing.assert_array_equal(terms[0][name], terms[1][name], err_msg=name)
     assert all(torch.equal(densities[0][k], densities[1][k]) for k in densities[0])
 
 
@@ -88,4 +89,6 @@ def test_per_step_bookkeeping_is_a_few_operations_whatever_the_number_of_paramet
     with Operations() as averaging:
         model.runtime.average_gradients(model.D)
     assert parameters > 40 and averaging.count <= 4
-    assert model.opt_d.defaults["foreach"] and runtime.Runtime(torch.device("cuda")).adam_options() == {"fused": True}
+    images = random_images(4).images
+    trainer = Trainer(model, images, images, None)
+    assert trainer.opt_d.defaults["foreach"] and runtime.Runtime(torch.device("cuda")).adam_options() == {"fused": True}

@@ -1,4 +1,5 @@
 import dataclasses
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -8,8 +9,9 @@ from conftest import random_images, tiny_config
 from funetgan.config import ScoreConfig, apply_overrides, scored_in_tiles
 from funetgan.model import FUNetGAN
 from funetgan.nn import CriticOutput
-from funetgan.nn.residuals import residual_terms
-from funetgan.scoring.scorer import IZIF, MAP, Terms, blur_sigma, combine, formula, gaussian_blur
+from funetgan.scoring import terms as table
+from funetgan.scoring.combine import blur_sigma, combine, formula, gaussian_blur
+from funetgan.scoring.terms import IMAGE, MAP, Terms, of_kind
 
 
 def test_blur_keeps_constants_and_spreads_a_point():
@@ -55,7 +57,10 @@ def test_residual_terms_by_hand():
     r[0, 0, 0, 0] = 1.0  # one channel of one pixel off by 1
     verdict = torch.tensor([[[[1.0, -2.0], [0.5, 0.0]]]])  # D_p(x): B x 1 x S x S
     f = lambda v: CriticOutput(None, verdict, torch.full((1, 1, 1, 1), v), torch.full((1, 3, 2, 2), v))  # noqa
-    pixel_residual, pixel_features, image_residual, image_features = residual_terms(x, r, f(0.0), f(2.0))
+    step = SimpleNamespace(x=x, recon=r, out_x=f(0.0), out_r=f(2.0))  # one pass of the networks (`Forward`)
+    pixel_residual, pixel_features, image_residual, image_features = (
+        function(step) for function in (table.pixel_residual, table.pixel_features, table.image_residual,
+                                        table.image_features))
     assert pixel_residual[0].tolist() == [[0.5, 0.0], [0.0, 0.0]]
     assert pixel_features[0].tolist() == [[2.0, 2.0], [2.0, 2.0]]
     assert image_residual.item() == pytest.approx(1 / 8)
@@ -65,19 +70,22 @@ def test_residual_terms_by_hand():
 def test_global_critic_has_no_per_pixel_feature_term():
     x, r = torch.zeros(1, 1, 2, 2), torch.ones(1, 1, 2, 2)
     out = CriticOutput(torch.zeros(1), None, torch.zeros(1, 3, 1, 1), None)
-    _, pixel_features, _, _ = residual_terms(x, r, out, out)
+    pixel_features = table.pixel_features(SimpleNamespace(x=x, recon=r, out_x=out, out_r=out))
     assert pixel_features.abs().sum() == 0
 
 
 def zeros_terms(maps: np.ndarray, image_residual: np.ndarray) -> Terms:
     """Terms with `maps` as the pixel residual, `image_residual` per tile and zeros elsewhere."""
-    return Terms(maps, np.zeros_like(maps), np.zeros_like(maps), image_residual,
-                 np.zeros_like(image_residual), np.zeros_like(image_residual), np.zeros_like(maps))
+    return Terms(dict(pixel_residual=maps, pixel_features=np.zeros_like(maps), pixel_density=np.zeros_like(maps),
+                      image_residual=image_residual, image_features=np.zeros_like(image_residual),
+                      latent_density=np.zeros_like(image_residual), pixel_contrast=np.zeros_like(maps)))
 
 
 def test_combine_normalises_terms_by_their_normal_level():
-    terms = Terms(np.full((1, 4, 4), 2.0), np.full((1, 4, 4), 30.0), np.zeros((1, 4, 4)),
-                  np.array([[0.5]]), np.array([[6.0]]), np.array([[4.0]]), np.zeros((1, 4, 4)))
+    terms = Terms(dict(pixel_residual=np.full((1, 4, 4), 2.0), pixel_features=np.full((1, 4, 4), 30.0),
+                       pixel_density=np.zeros((1, 4, 4)), image_residual=np.array([[0.5]]),
+                       image_features=np.array([[6.0]]), latent_density=np.array([[4.0]]),
+                       pixel_contrast=np.zeros((1, 4, 4))))
     norms = {"pixel_residual": 1.0, "pixel_features": 10.0, "image_residual": 0.25, "image_features": 3.0}
     cfg = ScoreConfig(kappa=0.5, blur_sigma=0.0, density_weight=0.0, smoothness_weight=0.0, latent_density_weight=0.0)
     scores, maps = combine(terms, norms, cfg, 4)
@@ -94,11 +102,10 @@ def test_combine_normalises_terms_by_their_normal_level():
 
 
 def test_the_term_table_names_every_raw_term_and_the_setting_weighing_it():
-    assert [t.name for t in MAP] == ["pixel_residual", "pixel_features", "pixel_density", "pixel_contrast"]
-    assert [t.name for t in IZIF] == ["image_residual", "image_features", "latent_density"]
-    for term in (*MAP, *IZIF):
+    assert [t.name for t in of_kind(MAP)] == ["pixel_residual", "pixel_features", "pixel_density", "pixel_contrast"]
+    assert [t.name for t in of_kind(IMAGE)] == ["image_residual", "image_features", "latent_density"]
+    for term in table.TERMS:
         assert term.weight is None or hasattr(ScoreConfig(), term.weight)
-        assert term.name in {f.name for f in dataclasses.fields(Terms)}
 
 
 def test_the_formula_shows_the_terms_that_count_with_their_weights():

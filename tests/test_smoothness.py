@@ -1,4 +1,4 @@
-"""The smoothness term (the "below" term of pixel_contrast in scoring.MAP): the local contrast of
+"""The smoothness term (the "below" term pixel_contrast of scoring.terms): the local contrast of
 the images, its normal levels, the term and its weight in the map, lung restriction and
 calibration; the image's smoothest region as evidence in the image score
 (scoring.image_evidence, calibration.image_evidence_levels)."""
@@ -12,10 +12,10 @@ from conftest import random_images, tiny_config
 from funetgan.scoring.calibration import image_evidence_levels
 from funetgan.config import ScoreConfig, apply_overrides
 from funetgan.model import FUNetGAN
-from funetgan.scoring.scorer import (MAP, Terms, combine, image_evidence, image_smoothness_weight, local_contrast,
-                              normalised, restrict, standardised_value)
+from funetgan.scoring.combine import combine, image_evidence, image_smoothness_weight, normalised, standardised_value
+from funetgan.scoring.terms import Terms, local_contrast, restrict, term
 
-SMOOTHNESS = MAP[-1]  # pixel_contrast, "below" its normal level
+SMOOTHNESS = term("pixel_contrast")  # "below" its normal level
 
 
 def smoothness_term(terms: Terms, levels: dict) -> np.ndarray:
@@ -36,9 +36,9 @@ def test_local_contrast_is_the_windowed_standard_deviation():
 
 def terms_with_contrast(contrast: np.ndarray) -> Terms:
     zeros = np.zeros_like(contrast)
-    return Terms(pixel_residual=zeros + 1, pixel_features=zeros, pixel_density=zeros,
+    return Terms(dict(pixel_residual=zeros + 1, pixel_features=zeros, pixel_density=zeros,
                  image_residual=np.ones((len(contrast), 1)), image_features=np.ones((len(contrast), 1)),
-                 latent_density=np.ones((len(contrast), 1)), pixel_contrast=contrast)
+                 latent_density=np.ones((len(contrast), 1)), pixel_contrast=contrast))
 
 
 def test_the_term_counts_only_what_is_smoother_than_normal_in_normal_spreads():
@@ -50,7 +50,7 @@ def test_the_term_counts_only_what_is_smoother_than_normal_in_normal_spreads():
 def test_normal_levels_give_the_contrasts_mean_and_spread_inside_the_region():
     terms = terms_with_contrast(np.array([[[1.0, 5.0], [3.0, 7.0]]], np.float32))
     inside = restrict(terms, np.array([[[True, False], [True, False]]]))
-    assert inside.pixel_contrast.tolist() == [[[1.0, 0.0], [3.0, 0.0]]]
+    assert inside["pixel_contrast"].tolist() == [[[1.0, 0.0], [3.0, 0.0]]]
     levels = inside.normal_levels()
     assert levels["pixel_contrast"] == pytest.approx(2.0) and levels["pixel_contrast_std"] == pytest.approx(1.0)
     norms = {"pixel_contrast": 4.0, "pixel_contrast_std": 1.0}
@@ -82,7 +82,7 @@ def test_calibration_measures_the_contrast_and_smooth_patches_score_higher():
 def test_the_smoothest_region_counts_beside_izif_in_their_normal_spreads():
     # Contrasts 0.5 (normal: term 0), 0.25 (term 1) and 0 (term 2); izif = image residual.
     terms = terms_with_contrast(np.array([[[0.5, 0.5]], [[0.25, 0.5]], [[0.0, 0.5]]], np.float32))
-    terms.image_residual = np.array([[3.0], [1.0], [1.0]])
+    terms.arrays["image_residual"] = np.array([[3.0], [1.0], [1.0]])
     norms = {"pixel_residual": 1.0, "image_residual": 1.0, "pixel_contrast": 0.5, "pixel_contrast_std": 0.25,
              "image_izif": 1.0, "image_izif_std": 0.5, "image_smoothness": 0.5, "image_smoothness_std": 0.25}
     settings = dict(kappa=0.0, density_weight=0.0, smoothness_weight=0.0, blur_sigma=0.0, latent_density_weight=0.0)
@@ -100,7 +100,7 @@ def test_the_smoothest_region_counts_beside_izif_in_their_normal_spreads():
 
 def test_image_levels_are_the_normals_mean_and_spread_of_each_kind_of_evidence():
     terms = terms_with_contrast(np.array([[[0.25, 0.5]], [[0.0, 0.5]]], np.float32))
-    terms.image_residual = np.array([[1.0, 3.0], [2.0, 1.0]])  # two tiles: the max counts
+    terms.arrays["image_residual"] = np.array([[1.0, 3.0], [2.0, 1.0]])  # two tiles: the max counts
     norms = {"pixel_residual": 1.0, "image_residual": 1.0, "pixel_contrast": 0.5, "pixel_contrast_std": 0.25}
     config = tiny_config(score__kappa=0.0, score__blur_sigma=0.0, score__latent_density_weight=8.0,
                          score__image_smoothness_weight=1.0)  # no latent level: counts 0

@@ -23,6 +23,10 @@ def same(a, b):
     return all(torch.equal(a[k], b[k]) for k in a)
 
 
+def trainer_of(model):
+    return Trainer(model, random_images(8).images, random_images(4).images, None)
+
+
 def test_batches_are_a_function_of_the_index_and_shard_disjointly():
     images = np.arange(24, dtype=np.uint8).reshape(24, 1, 1, 1).repeat(2, 1).repeat(2, 2)
     one = BatchSource(images, 4, seed=3, runtime=Runtime(torch.device("cpu")))
@@ -41,7 +45,7 @@ def test_gan_step_updates_g_and_d_only():
     before = {n: state_of(getattr(model, n)) for n in "GDE"}
     stats = trainer.gan_step(0)
     assert {"wd_global", "wd_pixel", "consistency", "gp", "loss_d", "loss_g"} <= set(stats)
-    assert model.state["critic_steps"] == model.config.gan.n_critic
+    assert trainer.state.critic_steps == model.config.gan.n_critic
     assert not same(before["G"], state_of(model.G)) and not same(before["D"], state_of(model.D))
     assert same(before["E"], state_of(model.E))
 
@@ -49,7 +53,7 @@ def test_gan_step_updates_g_and_d_only():
 def test_encoder_stage_trains_e_through_frozen_g_and_d():
     model = FUNetGAN(tiny_config())
     trainer = Trainer(model, random_images(8).images, random_images(4).images, None)
-    model.freeze_gan()
+    trainer.freeze_gan()
     before = {n: state_of(getattr(model, n)) for n in "GDE"}
     trainer.encoder_step(0)
     assert same(before["G"], state_of(model.G)), "G (weights or batch-norm statistics) changed"
@@ -68,7 +72,7 @@ def test_fit_writes_logs_samples_and_model(tmp_path):
     assert (tmp_path / "samples" / "recon_000003.png").exists()
     assert (tmp_path / "model.safetensors").exists()
     assert model.calibration.rule == "normal quantile 0.99" and model.calibration.normals == 1
-    done = FUNetGAN.load(tmp_path).state["completed"]
+    done = FUNetGAN.load(tmp_path).training
     assert done["gan"]["steps"] == 3 and done["gan"]["critic_steps"] == 3 * model.config.gan.n_critic
     assert done["encoder"]["steps"] == 3
 
@@ -77,7 +81,7 @@ def test_time_budget_stops_a_stage(tmp_path):
     cfg = tiny_config()
     cfg.gan.iterations, cfg.gan.max_minutes = 1000, 0.0
     model = FUNetGAN(cfg).fit(random_images(12), run_dir=tmp_path)
-    assert model.state["stage"] == "done"
+    assert set(model.training) == {"warmup", "gan", "encoder"}  # every stage finished
     assert not any(json.loads(line)["stage"] == "gan" for line in (tmp_path / "log.jsonl").read_text().splitlines())
 
 
@@ -99,7 +103,7 @@ def test_warmup_counts_against_the_stage_1_budget(monkeypatch):
     cfg = tiny_config(gan__warmup_iterations=100_000)
     cfg.gan.iterations, cfg.gan.max_minutes = 100_000, 0.01
     model = FUNetGAN(cfg).fit(random_images(12))
-    done = model.state["completed"]
+    done = model.training
     assert 0 < done["warmup"]["steps"] < 100_000  # stopped by its share of the budget
     assert budgets["warmup"] == pytest.approx(train.WARMUP_SHARE * 0.01)
     assert budgets["gan"] == pytest.approx(0.01 - done["warmup"]["seconds"] / 60, abs=1e-4)
@@ -136,7 +140,7 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch, size
 
 
 def test_resumed_ranks_draw_their_own_latents(tmp_path):
-    saved = FUNetGAN(tiny_config())
+    saved = trainer_of(FUNetGAN(tiny_config()))
     saved.latent(3)
     saved.save_checkpoint(tmp_path / "c.safetensors")
     expected = saved.latent(4)
@@ -144,8 +148,9 @@ def test_resumed_ranks_draw_their_own_latents(tmp_path):
     for rank in (0, 1, 2):
         model = FUNetGAN(tiny_config())
         model.runtime = Runtime(torch.device("cpu"), rank=rank, world_size=3)
-        model.load_checkpoint(tmp_path / "c.safetensors")
-        ranks.append(model.latent(4))
+        trainer = trainer_of(model)
+        trainer.resume(tmp_path / "c.safetensors")
+        ranks.append(trainer.latent(4))
     assert torch.equal(ranks[0], expected)  # rank 0 (and a single process) continues exactly
     assert not torch.equal(ranks[1], ranks[0]) and not torch.equal(ranks[2], ranks[1])
 
@@ -244,10 +249,10 @@ def test_divergence_stops_training_and_keeps_the_last_finite_checkpoint(tmp_path
     _poison_after(monkeypatch, "gan_step", 3, poison)  # poisoned after step 4 is computed, before its log
     with pytest.raises(stages.TrainingDiverged, match=rf"stage gan at step 4 \(non-finite {what}\).*lower gan.lr_d"):
         FUNetGAN(cfg).fit(random_images(12), run_dir=tmp_path)
-    saved = FUNetGAN(cfg)
-    saved.load_checkpoint(tmp_path / "checkpoint.safetensors")
-    assert saved.state["step"] == 2
-    assert all(torch.isfinite(p).all() for p in saved.D.parameters())
+    saved = trainer_of(FUNetGAN(cfg))
+    saved.resume(tmp_path / "checkpoint.safetensors")
+    assert saved.state.step == 2
+    assert all(torch.isfinite(p).all() for p in saved.model.D.parameters())
     assert not (tmp_path / "model.safetensors").exists()
 
 
@@ -257,9 +262,9 @@ def test_a_checkpoint_with_non_finite_weights_is_never_written(tmp_path, monkeyp
     _poison_after(monkeypatch, "gan_step", 1, lambda trainer, stats: next(trainer.model.G.parameters()).data.fill_(float("nan")))
     with pytest.raises(stages.TrainingDiverged, match="at step 2 .non-finite weights"):
         FUNetGAN(cfg).fit(random_images(12), run_dir=tmp_path)
-    saved = FUNetGAN(cfg)
-    saved.load_checkpoint(tmp_path / "checkpoint.safetensors")
-    assert saved.state["step"] == 1 and all(torch.isfinite(p).all() for p in saved.G.parameters())
+    saved = trainer_of(FUNetGAN(cfg))
+    saved.resume(tmp_path / "checkpoint.safetensors")
+    assert saved.state.step == 1 and all(torch.isfinite(p).all() for p in saved.model.G.parameters())
 
 
 @pytest.mark.parametrize("patch", [None, 32])

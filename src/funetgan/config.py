@@ -19,6 +19,7 @@ import yaml
 from .scoring.tiling import check_tile_stride
 
 VARIANTS = ("conv", "conv_attn", "res", "res_attn")
+CRITIC_HEADS = ("unet", "global")  # the critics model.CRITICS builds
 
 # Named sets of settings (`funetgan train --recipe NAME`), applied under the settings file and --set.
 RECIPES = {
@@ -165,8 +166,8 @@ class Config:
             raise ValueError(f"model.channels must be 1 or 3, got {m.channels}")
         if m.variant not in VARIANTS:
             raise ValueError(f"model.variant must be one of {VARIANTS}, got {m.variant!r}")
-        if m.critic_head not in ("unet", "global"):
-            raise ValueError(f"model.critic_head must be 'unet' or 'global', got {m.critic_head!r}")
+        if m.critic_head not in CRITIC_HEADS:
+            raise ValueError(f"model.critic_head must be one of {CRITIC_HEADS}, got {m.critic_head!r}")
         if self.gan.consistency not in ("mixup", "cutmix", "none"):
             raise ValueError(f"gan.consistency must be mixup, cutmix or none, got {self.gan.consistency!r}")
         if self.gan.pixel_gp not in ("mean", "local"):

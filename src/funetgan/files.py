@@ -9,9 +9,11 @@ import secrets
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-# What a run folder holds (model.py writes them, the CLI guards them; no PyTorch needed to name them).
+# What a run folder holds (the model and its trainer write them, the CLI guards them; no PyTorch
+# needed to name them).
 MODEL_FILE = "model.safetensors"
 CHECKPOINT_FILE = "checkpoint.safetensors"
+LOG_FILE = "log.jsonl"  # training's losses, one JSON line per log step
 
 
 class WriteError(OSError):

@@ -11,12 +11,12 @@ from pathlib import Path
 from ..config import Config
 from ..errors import FunetganError
 from ..data import DataError, mvtec_categories
-from ..files import CHECKPOINT_FILE, MODEL_FILE
+from ..files import CHECKPOINT_FILE, LOG_FILE, MODEL_FILE
 from ..runlock import FolderLocked
 from ..training.tracking import TENSORBOARD_FOLDER
 
 CONFIG_FILE = "config.yaml"
-RUN_OUTPUTS = (MODEL_FILE, CHECKPOINT_FILE, CONFIG_FILE, "log.jsonl", "samples", TENSORBOARD_FOLDER)
+RUN_OUTPUTS = (MODEL_FILE, CHECKPOINT_FILE, CONFIG_FILE, LOG_FILE, "samples", TENSORBOARD_FOLDER)
 RESULT_OUTPUTS = ("metrics.json", "predictions.csv", "scores.csv", "report.html", "masks", "overlays", "plots",
                   "volumes.csv", "volumes", TENSORBOARD_FOLDER)
 

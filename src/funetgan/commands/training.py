@@ -8,9 +8,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..scoring.calibration import calibration_split
 from ..config import RECIPES, Config, all_keys, apply_overrides, get_key, working_size
-from ..data import fit_batch, load_dataset
+from ..data import load_dataset
 from ..files import MODEL_FILE, atomic_write_text
 from ..runlock import folder_lock
 from .common import CONFIG_FILE, RUN_OUTPUTS, UsageError, choose_data, claim_folder, each_category, print_notes
@@ -77,16 +76,14 @@ def resumed_config(args, run: Path) -> Config:
 
 
 def train_one(data: Path, out: Path, config: Config, resume: bool, overwrite: bool) -> FUNetGAN:
-    from ..model import FUNetGAN
+    from ..model import FUNetGAN, training_split
     from ..runtime import is_main_process, world_size
     main_process = is_main_process()
     with folder_lock(out) if main_process else contextlib.nullcontext():  # rank 0 writes for all
         if not resume and main_process:
             claim_folder(out, RUN_OUTPUTS, overwrite)
         splits = load_dataset(data, working_size(config), config.model.channels, config.data)
-        rows, _ = calibration_split(splits.train, splits.val, config.data.val_fraction, config.seed)
-        config.batch_size, batch_note = fit_batch(splits.train, rows, config.batch_size, world_size(),
-                                                  config.model.image_size)
+        _, _, batch_note = training_split(config, splits.train, splits.val, world_size())
         if main_process:
             print_notes(splits.train.notes + ([batch_note] if batch_note else []))
             atomic_write_text(out / CONFIG_FILE, config.to_yaml())

@@ -1,8 +1,9 @@
 """ONNX export with a parity check: a model file is only written once it passes the ONNX
 checker and scores like PyTorch.
 
-What the graph holds: uint8 tiles B x S x S x C (B dynamic) -> E, G, D -> the raw
-residual terms (`nn.residuals.ScoringNetwork`). What it does not: tiling, the normal-level
+What the graph holds: uint8 tiles B x S x S x C (B dynamic) -> E, G, D -> the raw network
+terms, one output each, named and ordered as the table of terms says (`scoring.terms`,
+`nn.residuals.ScoringNetwork`). What it does not: tiling, the normal-level
 normalisation, the blur and the image score. Those run in `scoring.Scorer`, the same numpy
 code for PyTorch and onnxruntime, configured from the settings and calibration stored in the
 graph's metadata (docs/design.md: with tiling the blur must run on the stitched
@@ -29,14 +30,16 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from .. import __version__
-from ..scoring.calibration import calibration_split
 from ..config import Config, scored_in_tiles, tile_stride, working_size
 from ..data import ImageSet, load_dataset
 from ..files import atomic_write
-from ..nn.residuals import TERM_MAPS, TERM_VALUES, ScoringNetwork
+from ..nn.residuals import ScoringNetwork
 from ..nn.tensors import uint8_to_float
-from .onnx_scorer import FORMAT, INPUT, MAP_OUTPUTS, META_KEY, VALUE_OUTPUTS, OnnxScorer, require
-from ..scoring.scorer import IZIF, MAP, Scorer, formula, image_smoothness_weight, named_terms
+from ..scoring.calibration import calibration_split
+from ..scoring.combine import formula, image_smoothness_weight
+from ..scoring.scorer import Scorer
+from ..scoring.terms import IMAGE, MAP, TERMS, named_terms, network_terms
+from .onnx_scorer import FORMAT, INPUT, META_KEY, OnnxScorer, require
 
 # Largest accepted error of the ONNX model's maps and scores, relative to the largest value of
 # each in PyTorch. Measured (docs/deployment.md): 1e-6 to 1e-5 on trained models (float32 on
@@ -56,7 +59,7 @@ class ParityError(ValueError):
 
 
 class ExportGraph(nn.Module):
-    """What the ONNX graph computes: uint8 tiles B x S x S x C -> the residual terms."""
+    """What the ONNX graph computes: uint8 tiles B x S x S x C -> the network terms."""
 
     def __init__(self, network: ScoringNetwork):
         super().__init__()
@@ -133,8 +136,10 @@ def export_graph(model) -> ExportGraph:
     """The scoring network on float32 CPU copies of E, G, D and the feature densities, with
     spectral norm folded into the weights (in eval mode it is a fixed rescaling; ONNX has no
     op for its vdot)."""
-    nets = (model.E, model.G, model.D, *(density for _, density in model.densities()))
-    return ExportGraph(ScoringNetwork(*(_plain_copy(net) for net in nets))).eval()
+    densities = {name: _plain_copy(density) for name, density in model.densities.items()}
+    network = ScoringNetwork(_plain_copy(model.E), _plain_copy(model.G), _plain_copy(model.D), densities,
+                             network_terms())
+    return ExportGraph(network).eval()
 
 
 def _plain_copy(net: nn.Module) -> nn.Module:
@@ -155,8 +160,7 @@ def _plain_copy(net: nn.Module) -> nn.Module:
 def _trace(graph: ExportGraph, config, exporter: str) -> bytes:
     patch, channels = config.model.image_size, config.model.channels
     example = torch.randint(0, 256, (2, patch, patch, channels), dtype=torch.uint8)
-    outputs = [*MAP_OUTPUTS, *VALUE_OUTPUTS]
-    assert tuple(outputs) == (*TERM_MAPS, *TERM_VALUES)
+    outputs = [term.name for term in network_terms()]  # in the order the network returns them
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice; tracer notes
         if exporter == "dynamo":
@@ -176,7 +180,7 @@ def _trace(graph: ExportGraph, config, exporter: str) -> bytes:
 def metadata(model) -> dict:
     return {"format": FORMAT, "funetgan": __version__, "torch": torch.__version__,
             "config": model.config.to_dict(), "calibration": model.calibration.to_dict(),
-            "training": model.state.get("completed", {})}
+            "training": model.training}
 
 
 def _set_metadata(proto, meta: dict, config: Config) -> None:
@@ -189,7 +193,7 @@ def _set_metadata(proto, meta: dict, config: Config) -> None:
         "working_resolution": config.data.resolution or config.model.image_size,
         **{key: calibration[key] for key in ("image_threshold", "pixel_threshold", "blur_sigma")},
         "normal_levels": json.dumps(calibration["levels"]),
-        **{term.weight: getattr(score, term.weight) for term in (*MAP, *IZIF) if term.weight},
+        **{term.weight: getattr(score, term.weight) for term in TERMS if term.weight},
         "image_smoothness_weight": image_smoothness_weight(score, tiled),
         "image_score": score.image_score,
         "tile_stride": tile_stride(config),
@@ -198,9 +202,10 @@ def _set_metadata(proto, meta: dict, config: Config) -> None:
     for key, value in entries.items():
         proto.metadata_props.add(key=key, value=str(value))
     proto.producer_name, proto.producer_version = "funetgan", __version__
+    outputs = {kind: ", ".join(t.name for t in network_terms() if t.kind == kind) for kind in (MAP, IMAGE)}
     proto.doc_string = (
         f"F-UNetGAN scoring network. Input '{INPUT}': uint8 B x S x S x C tiles (S = image_size). Outputs: the raw "
-        f"terms {', '.join(MAP_OUTPUTS)} (B x S x S) and {', '.join(VALUE_OUTPUTS)} (B). {formula(config)} "
+        f"terms {outputs[MAP]} (B x S x S) and {outputs[IMAGE]} (B). {formula(config)} "
         f"The levels are normal_levels; funetgan's OnnxScorer (onnxruntime + numpy) does this and the tiling.")
 
 

@@ -4,7 +4,7 @@
     result = scorer.score(images)        # the same `Scores` as FUNetGAN.score
 
 The ONNX graph (written by `funetgan export`, see `export.py`) is the networks' part of
-scoring: uint8 tiles B x S x S x C (any B) -> the raw residual terms. Everything around
+scoring: uint8 tiles B x S x S x C (any B) -> the raw network terms (`scoring.terms`). Everything around
 it (tiling and stitching, normal-level normalisation, blur, image scores, thresholds) is the
 same numpy code the PyTorch model runs (`scoring.Scorer`), configured from the settings and
 calibration stored in the graph's metadata. onnxruntime is the optional `onnx` extra.
@@ -18,15 +18,15 @@ from types import ModuleType
 
 import numpy as np
 
-from ..scoring.calibration import Calibration
 from ..config import Config
 from ..data.checks import MissingDependency
-from ..scoring.scorer import MAP_TERMS, VALUE_TERMS, Scorer, named_terms
+from ..scoring.calibration import Calibration
+from ..scoring.scorer import Scorer
+from ..scoring.terms import named_terms, network_terms
 
 META_KEY = "funetgan"  # metadata entry holding settings, calibration and parity as JSON
 FORMAT = 1  # of what the graph computes and of META_KEY's content; other formats are refused
-INPUT = "images"  # uint8 B x S x S x C tiles
-MAP_OUTPUTS, VALUE_OUTPUTS = MAP_TERMS, VALUE_TERMS  # B x S x S each, B each (nn.residuals' order)
+INPUT = "images"  # uint8 B x S x S x C tiles; the outputs are the network terms, by name
 
 
 def require(package: str) -> ModuleType:
@@ -48,7 +48,7 @@ class OnnxScorer(Scorer):
         self.training = meta.get("training", {})
         self.parity = meta.get("parity", {})
         names = [output.name for output in session.get_outputs()]
-        if [i.name for i in session.get_inputs()] != [INPUT] or set(names) != {*MAP_OUTPUTS, *VALUE_OUTPUTS}:
+        if [i.name for i in session.get_inputs()] != [INPUT] or set(names) != {t.name for t in network_terms()}:
             raise ValueError(f"{source}: not a funetgan graph (inputs {[i.name for i in session.get_inputs()]}, "
                              f"outputs {names})")
 
@@ -74,7 +74,8 @@ class OnnxScorer(Scorer):
         return cls(session, read_metadata(session.get_modelmeta().custom_metadata_map, source), source)
 
     def _score_tiles(self, tiles: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
-        return named_terms(self.session.run([*MAP_OUTPUTS, *VALUE_OUTPUTS], {INPUT: np.ascontiguousarray(tiles)}))
+        outputs = [term.name for term in network_terms()]
+        return named_terms(self.session.run(outputs, {INPUT: np.ascontiguousarray(tiles)}))
 
 
 def read_metadata(entries: dict[str, str], source: str) -> dict:

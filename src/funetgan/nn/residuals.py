@@ -1,49 +1,85 @@
-"""E, G and D as one scoring network: images in, the raw residual terms out.
+"""E, G and D as one scoring network: images in, the raw network terms out.
 
-One module serves PyTorch scoring and ONNX export, so both compute the same terms.
+One module serves PyTorch scoring and ONNX export, so both compute the same terms. Which
+terms, and how each is computed from one pass of the networks (`Forward`), is the table of
+terms' (`scoring.terms`): this module only runs the functions it is given, in their order.
 """
 from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from functools import cached_property
+from typing import Protocol
 
 import torch
 from torch import nn
 
-from .density import FeatureDensity, as_grid, up_sampled
+from .density import FeatureDensity, up_sampled
 from .discriminator import CriticOutput
 
-TERM_MAPS = ("pixel_residual", "pixel_features", "pixel_density")  # B x S x S each
-TERM_VALUES = ("image_residual", "image_features", "latent_density")  # B each
+
+class Forward:
+    """One pass of E, G and D on a batch x (float B x C x S x S in [-1, 1]), each network run
+    the first time a term asks for its output: fitting one density needs only D(x) or E(x)."""
+
+    def __init__(self, x: torch.Tensor, encoder: nn.Module, generator: nn.Module, critic: nn.Module):
+        self.x, self.E, self.G, self.D = x, encoder, generator, critic
+
+    @cached_property
+    def z(self) -> torch.Tensor:
+        """E(x): B x z_dim."""
+        return self.E(self.x)
+
+    @cached_property
+    def recon(self) -> torch.Tensor:
+        """G(E(x)), channels-last (the layout D's weights are in: it speeds D up on CPUs and GPUs alike)."""
+        return self.G(self.z).contiguous(memory_format=torch.channels_last)
+
+    @cached_property
+    def out_x(self) -> CriticOutput:
+        return self.D(self.x)
+
+    @cached_property
+    def out_r(self) -> CriticOutput:
+        return self.D(self.recon)
 
 
-def residual_terms(x: torch.Tensor, recon: torch.Tensor, out_x: CriticOutput,
-                   out_r: CriticOutput) -> tuple[torch.Tensor, ...]:
-    """|x - r| and the D-decoder feature residual per pixel (channel means); the image mse and
-    D's bottleneck feature mse per image. A global-only critic has no decoder features: zeros."""
-    pixel_features = torch.zeros_like(x[:, 0])
-    if out_x.f_p is not None:
-        pixel_features = (out_x.f_p - out_r.f_p).abs().mean(1)
-    return ((x - recon).abs().mean(1), pixel_features.float(),
-            (x - recon).pow(2).flatten(1).mean(1), (out_x.f_g - out_r.f_g).float().pow(2).flatten(1).mean(1))
+class NetworkTerm(Protocol):
+    """What the scoring network needs of a term (`scoring.terms.Term`)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def kind(self) -> str: ...  # "map": B x S x S; "image": B
+
+    @property
+    def network(self) -> Callable[[Forward], torch.Tensor] | None: ...
+
+    @property
+    def features(self) -> Callable[[Forward], torch.Tensor] | None: ...
 
 
 class ScoringNetwork(nn.Module):
-    """x (float B x C x S x S in [-1, 1]) -> r = G(E(x)) -> the residual terms of x and r,
-    the density term of D's bottleneck features of x per pixel (`nn.density`) and that of E's
-    latent code of x; the densities are meaningless until calibration
-    has fitted them, and then used only by a calibration that has their normal levels."""
+    """x (float B x C x S x S in [-1, 1]) -> each of `terms` in its order: `term.network` of
+    the pass, or for a density term (`term.features`) the density of its features at each
+    location (`nn.density`), up-sampled to the pixels for a map and averaged for an image
+    term. The densities (by term name) are meaningless until calibration has fitted them, and
+    then used only by a calibration that has their normal levels."""
 
-    def __init__(self, encoder: nn.Module, generator: nn.Module, critic: nn.Module, density: FeatureDensity,
-                 latent_density: FeatureDensity):
+    def __init__(self, encoder: nn.Module, generator: nn.Module, critic: nn.Module,
+                 densities: dict[str, FeatureDensity], terms: Sequence[NetworkTerm]):
         super().__init__()
         self.E, self.G, self.D = encoder, generator, critic
-        self.density, self.latent_density = density, latent_density
+        self.densities = nn.ModuleDict(densities)
+        self.terms = tuple(terms)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        z = self.E(x)
-        # channels-last (the layout D's weights are in) speeds D up on CPUs and GPUs alike
-        recon = self.G(z).contiguous(memory_format=torch.channels_last)
-        out_x = self.D(x)
-        pixel_residual, pixel_features, image_residual, image_features = residual_terms(
-            x.float(), recon.float(), out_x, self.D(recon))
-        density = up_sampled(self.density(out_x.f_g), x.shape[-1])
-        latent_density = self.latent_density(as_grid(z)).flatten(1).mean(1)
-        return pixel_residual, pixel_features, density, image_residual, image_features, latent_density
+        step = Forward(x, self.E, self.G, self.D)
+        return tuple(self.term(term, step) for term in self.terms)
+
+    def term(self, term: NetworkTerm, step: Forward) -> torch.Tensor:
+        if term.features is None:
+            assert term.network is not None, f"term {term.name} has no network function"
+            return term.network(step)
+        density = self.densities[term.name](term.features(step))
+        return up_sampled(density, step.x.shape[-1]) if term.kind == "map" else density.flatten(1).mean(1)

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import dataclasses
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -28,7 +29,8 @@ from ..config import Config, scored_in_tiles
 from ..data.base import ImageSet, row_chunks
 from ..data.checks import held_out
 from .pixel_histogram import PixelHistogram
-from .scorer import Terms, image_evidence, map_blur, normal_levels
+from .combine import image_evidence, map_blur
+from .terms import MAP, TERMS, Terms, normal_levels, of_kind
 from .thresholds import (f1_image_threshold, f1_pixel_threshold, normals_needed, quantile_pixel_threshold, rank,
                          rank_threshold)
 from .unit_scale import fit_unit_scale, unit_scale
@@ -37,6 +39,21 @@ FORMAT = 1  # what `Calibration.to_dict` writes; other layouts are refused (cali
 # Terms for calibration images beyond this many bytes are kept in a temporary file, not in
 # memory (2,000 CT slices at 512 px hold about 10 GB of maps).
 IN_MEMORY_BYTES = 1 << 30
+
+
+class TermScorer(Protocol):
+    """What calibration needs of a model (`scorer.Scorer` is one): its settings, the raw terms
+    of images (`residual_terms`), the pixels that count and the terms' combination."""
+
+    @property
+    def config(self) -> Config: ...
+
+    def residual_terms(self, images: np.ndarray, batch_size: int | None = None,
+                       region: np.ndarray | None = None) -> Terms: ...
+
+    def scoring_region(self, images: ImageSet) -> np.ndarray | None: ...
+
+    def combine(self, terms: Terms, levels: dict[str, float]) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 @dataclass
@@ -104,16 +121,15 @@ def image_groups(images: ImageSet) -> np.ndarray:
     return groups
 
 
-def find_calibration(model, normals: ImageSet, training: tuple[np.ndarray, np.ndarray | None]) -> Calibration:
-    """Fit the density terms on `training` (images, the rows to draw from, None: all), then
-    take the normal levels and the thresholds on `normals` (the calibration set: its normal
-    images, and its anomalies and masks where it has them; `calibration_split`). `model`
-    supplies the networks (`fit_densities`, `residual_terms`, `combine`) and its settings.
-    A chunk of images at a time: memory holds one chunk's maps whatever the set's size."""
+def find_calibration(model: TermScorer, normals: ImageSet, unfitted: Sequence[str] = (),
+                     notes: Sequence[str] = ()) -> Calibration:
+    """The normal levels and the thresholds on `normals` (the calibration set: its normal
+    images, and its anomalies and masks where it has them; `calibration_split`), for a model
+    whose density terms are fitted, but for those named `unfitted` (they count 0; `notes`
+    say why). A chunk of images at a time: memory holds one chunk's maps whatever the set's size."""
     normal = np.flatnonzero(normals.labels == 0)
     if len(normal) == 0:
         raise ValueError("the calibration images hold no normal image")
-    unfitted, notes = model.fit_densities(*training)
     with tempfile.TemporaryDirectory(prefix="funetgan-calibration-") as folder:
         terms = calibration_terms(model, normals, Path(folder))
 
@@ -125,24 +141,25 @@ def find_calibration(model, normals: ImageSet, training: tuple[np.ndarray, np.nd
             del levels[name]
         levels.update(image_evidence_levels(normal_chunks(), levels, model.config))
         scores, histogram = scored(model, terms, levels, normals)
-    return thresholds(model.config, scores, histogram, normals, levels, notes)
+    return thresholds(model.config, scores, histogram, normals, levels, list(notes))
 
 
-def calibration_terms(model, normals: ImageSet, folder: Path) -> Terms:
+def calibration_terms(model: TermScorer, normals: ImageSet, folder: Path) -> Terms:
     """The raw terms of the calibration images, a chunk at a time, kept in memory, or in
     files in `folder` when they are large."""
     images, region = normals.images, model.scoring_region(normals)
-    on_disk = images.shape[0] * int(np.prod(images.shape[1:3])) * 4 * 6 > IN_MEMORY_BYTES
+    map_bytes = images.shape[0] * int(np.prod(images.shape[1:3])) * np.dtype(np.float32).itemsize
+    on_disk = map_bytes * (len(of_kind(MAP)) + 1) > IN_MEMORY_BYTES  # the map terms and the region
     parts: dict[str, np.ndarray] = {}
     for rows in row_chunks(np.arange(len(images)), images.shape[1:3]):
         chunk = model.residual_terms(np.asarray(images[rows]), region=None if region is None else region[rows])
-        for name, value in dataclasses.asdict(chunk).items():
-            if value is not None:
-                if name not in parts:
-                    parts[name] = _array(folder if on_disk else None, name, (len(images), *value.shape[1:]),
-                                         value.dtype)
-                parts[name][rows] = value
-    return Terms(**parts)
+        arrays = {**chunk.arrays, **({} if chunk.region is None else {"region": chunk.region})}
+        for name, value in arrays.items():
+            if name not in parts:
+                parts[name] = _array(folder if on_disk else None, name, (len(images), *value.shape[1:]), value.dtype)
+            parts[name][rows] = value
+    region = parts.pop("region", None)
+    return Terms({t.name: parts[t.name] for t in TERMS}, region)
 
 
 def _array(folder: Path | None, name: str, shape: tuple, dtype) -> np.ndarray:
@@ -169,7 +186,7 @@ def image_evidence_levels(normals: Iterable[Terms], levels: dict[str, float], co
     return result
 
 
-def scored(model, terms: Terms, levels: dict[str, float], normals: ImageSet
+def scored(model: TermScorer, terms: Terms, levels: dict[str, float], normals: ImageSet
            ) -> tuple[np.ndarray, PixelHistogram]:
     """Image scores of every calibration image, and the histogram of the map
     values inside the scoring region that set the pixel threshold (group 0: normal images'

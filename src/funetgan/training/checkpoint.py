@@ -2,6 +2,7 @@
 else (settings, step, thresholds) as JSON in the file's metadata. Loading never unpickles."""
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -73,3 +74,15 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, prefix: str, tensors:
                **{key: own[key] for key in IMPLEMENTATION if key in own}}
               for saved, own in zip(meta["param_groups"], optimizer.param_groups)]
     optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+def restore_generator(generator: torch.Generator, state: torch.Tensor) -> None:
+    """Continue the saved random stream. A checkpoint of another device type holds a state
+    this generator cannot take (a CUDA generator's is its seed and offset, a CPU one's a
+    Mersenne Twister's): the stream is then seeded from that state, so a resumed run stays
+    reproducible, though it draws other numbers than the run would have on its own device."""
+    try:
+        generator.set_state(state)
+    except RuntimeError:
+        digest = hashlib.sha256(state.numpy().tobytes()).digest()
+        generator.manual_seed(int.from_bytes(digest[:8], "little"))

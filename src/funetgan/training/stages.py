@@ -1,7 +1,7 @@
 """The loop every training stage runs (`Stage`): steps within a step count and a time
 budget, a progress bar, log lines, periodic samples and checkpoints, a stop between two steps
 on SIGTERM or SIGINT, and a stop when losses or weights stop being finite. What a step does
-is the trainer's (`train.Trainer`)."""
+is the trainer's (`trainer.Trainer`), which this loop sees as a `StageHost`."""
 from __future__ import annotations
 
 import contextlib
@@ -10,13 +10,15 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import Protocol
 
 import torch
 from tqdm import tqdm
 
-if TYPE_CHECKING:
-    from .trainer import Trainer
+from ..config import Config
+from ..runtime import Runtime
+from .state import TrainingState
 
 
 class TrainingStopped(Exception):
@@ -58,6 +60,24 @@ class StopSignals:
         self._restore()
 
 
+class StageHost(Protocol):
+    """What the loop needs of the trainer: where training stands, the settings (log and
+    checkpoint steps), the processes, and its log, checkpoint and finiteness checks."""
+
+    state: TrainingState
+    config: Config
+    runtime: Runtime
+    run_dir: Path | None
+
+    def log(self, record: dict) -> None: ...
+
+    def checkpoint(self) -> None: ...
+
+    def finite_weights(self) -> bool: ...
+
+    def diverged(self, what: str) -> Exception: ...
+
+
 class Stage:
     """Runs `step_fn(step) -> stats` from the saved step to `total`, within `max_minutes`
     (time already spent before a resume counts), with a progress bar, a JSONL log, periodic
@@ -73,14 +93,14 @@ class Stage:
 
     BUDGET = 1  # reasons to stop; a signal's number (2, 15) outranks the budget across ranks
 
-    def __init__(self, name: str, total: int, max_minutes: float | None, trainer: "Trainer"):
+    def __init__(self, name: str, total: int, max_minutes: float | None, trainer: StageHost):
         self.name, self.total, self.max_minutes, self.trainer = name, total, max_minutes, trainer
 
     def run(self, step_fn: Callable[[int], dict[str, torch.Tensor]], sample_fn: Callable[[int], None]) -> None:
         t = self.trainer
-        state = t.model.state
-        cfg = t.model.config
-        start, spent = state["step"], state["seconds"]
+        state = t.state
+        cfg = t.config
+        start, spent = state.step, state.seconds
         began = time.monotonic()
         # Under a time budget the step count is rarely reached: show steps and rate, not an ETA.
         timed = self.max_minutes is not None
@@ -106,12 +126,12 @@ class Stage:
                                           f"{saved}", stop)
                 stats = step_fn(step)
                 step += 1
-                state["step"], state["seconds"] = step, spent + time.monotonic() - began
+                state.step, state.seconds = step, spent + time.monotonic() - began
                 bar.update(1)
                 if step % cfg.log_every == 0 or step == self.total:
                     values = {k: round(float(v), 5) for k, v in stats.items()}
                     bar.set_postfix({k: f"{v:.3g}" for k, v in values.items()}, refresh=False)
-                    t.log({"stage": self.name, "step": step, "seconds": round(state["seconds"], 2), **values})
+                    t.log({"stage": self.name, "step": step, "seconds": round(state.seconds, 2), **values})
                     self.check_finite(values)
                 if step % cfg.checkpoint_every == 0:
                     sample_fn(step)
