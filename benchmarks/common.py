@@ -30,7 +30,7 @@ from funetgan.files import atomic_write_text
 from funetgan.evaluation.metrics import evaluate
 from funetgan.model import FUNetGAN
 from funetgan.runtime import select_device
-from funetgan.scoring.terms import TERMS, Terms
+from funetgan.scoring.terms import Terms, all_terms
 
 # Share of each run's --minutes given to stage 1 (G and D); stage 2 (E) gets the rest. E
 # converges much faster than the GAN (the demo's tuned split is 5.5 / 1.5 min).
@@ -188,7 +188,7 @@ def calibrated_for(model: FUNetGAN, changes: dict) -> bool:
     """Whether the model's calibration has the normal level of every term `changes` weighs
     (a density term's is missing when its Gaussian could not be fitted)."""
     levels = model.calibration.levels
-    return all(not changes.get(term.weight) or term.name in levels for term in TERMS)
+    return all(not changes.get(term.weight) or term.name in levels for term in all_terms())
 
 
 def run_group(args: argparse.Namespace, results: dict, name: str, settings: list[str], splits: Splits) -> dict:

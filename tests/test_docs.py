@@ -144,3 +144,27 @@ def test_make_docs_without_results(tmp_path):
     assert "No results files yet" in readme.read_text()
     readme.write_text("no markers\n")
     assert make_docs().main(["--results", str(tmp_path), "--docs", str(tmp_path), "--readme", str(readme)]) == 2
+
+
+ARCHITECTURE = ROOT / "docs" / "architecture.md"
+
+
+def section_rows(page: Path, heading: str) -> list[list[str]]:
+    """The cells of each row of the first table under `heading`, backticks removed."""
+    text = page.read_text().split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line.strip("|").split(" | ") for line in text.splitlines() if line.startswith("| `")]
+    return [[cell.strip().strip("`") for cell in row] for row in rows]
+
+
+def test_the_module_map_lists_exactly_the_modules_in_src():
+    listed = [row[0] for row in section_rows(ARCHITECTURE, "Module map")]
+    modules = sorted(path.relative_to(ROOT / "src").as_posix() for path in (ROOT / "src").rglob("*.py"))
+    assert sorted(listed) == modules and len(set(listed)) == len(listed)
+
+
+def test_the_term_list_is_the_table_of_terms():
+    from funetgan.scoring.terms import all_terms
+
+    listed = [(name, kind, weight) for name, kind, weight, _ in section_rows(ARCHITECTURE, "Terms")]
+    table = [(t.name, t.kind, "none" if t.weight is None else f"score.{t.weight}") for t in all_terms()]
+    assert listed == table

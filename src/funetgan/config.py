@@ -57,7 +57,7 @@ class GANConfig:
     lambda_cons: float = 1.0
     consistency: str = "mixup"  # "mixup", "cutmix" or "none"
     gp_every: int = 1  # lazy regularisation: penalties every k-th critic step, weighted by k
-    pixel_gp: str = "local"  # GP_p on "mean" of D_p (METHOD.md) or "local": per-pixel (losses.py)
+    pixel_gp: str = "local"  # GP_p on "mean" of D_p (as published) or "local": per-pixel (losses.py)
 
 
 @dataclass
@@ -71,33 +71,34 @@ class EncoderConfig:
 @dataclass
 class ScoreConfig:
     kappa: float = 1.0  # weight of D-feature residuals in maps and image scores
-    # Weight of the feature-density term in the map (nn/density.py: how unlike validation
-    # normals' D's bottleneck features are at each location). With the smoothness term
-    # beside it, 1 beat 2 on all three selection textures (pixel AUROC and AUPRO;
-    # CHANGELOG.md, "Textures and localisation"). 0: residual maps only, as METHOD.md.
+    # Weight of the feature-density term pixel_density in the map (nn/density.py: how unlike
+    # training normals' D's bottleneck features are at each location). With the smoothness
+    # term beside it, 1 beat 2 on all three selection textures (pixel AUROC and AUPRO;
+    # CHANGELOG.md, "Textures and localisation"). 0: residual maps only, as published.
     density_weight: float = 1.0
-    # Weight of the smoothness term: how far below validation normals' local contrast (the
-    # standard deviation in a 5 x 5 window of the image itself) each pixel's is, in their
-    # spreads (scoring.smoothness_term): a smooth defect on a stochastic texture is rebuilt
+    # Weight of the smoothness term pixel_contrast: how far below calibration normals' local
+    # contrast (the standard deviation in a 5 x 5 window of the image itself) each pixel's is,
+    # in their spreads (scoring.terms, "below"): a smooth defect on a stochastic texture is rebuilt
     # well by G and missed by the residual. 2 was chosen on the selection split: it raised
     # pixel AUROC / AUPRO on grass and gravel by 0.1-0.2 and cost brick little (CHANGELOG.md,
     # "Localisation"). 0: off.
     smoothness_weight: float = 2.0
     image_score: str = "izif"  # "izif" (f-AnoGAN mse terms), "max" or "topk" of the pixel map
-    # Weight of the latent-density term in izif (nn/density.py: how unlike validation normals'
+    # Weight of the latent-density term in izif (nn/density.py: how unlike training normals'
     # codes E's latent code z = E(x) is, one Gaussian of its z_dim values). 8 was chosen on the
     # selection splits: image AUROC +0.066 on Fashion-MNIST (5 classes x 3 seeds), +0.042 on
-    # grass, +0.006 on brick, -0.007 on gravel (docs/design.md). 0: izif as METHOD.md.
+    # grass, +0.006 on brick, -0.007 on gravel (docs/design.md). 0: izif as published.
     latent_density_weight: float = 8.0
     # Smoothness evidence in the izif image score: the score becomes the larger of izif and this
     # weight times the image's smoothest region (the maximum of the blurred smoothness term),
-    # each standardised by its mean and spread over validation normals (scoring.image_levels):
+    # each standardised by its mean and spread over calibration normals
+    # (calibration.image_evidence_levels):
     # izif misses what G rebuilds well, a smudge or a flat patch on a stochastic texture. None:
-    # 1 on images scored in tiles, 0 (izif alone) on whole images (scoring.TILED_IMAGE_SMOOTHNESS;
+    # 1 on images scored in tiles, 0 (izif alone) on whole images (combine.TILED_IMAGE_SMOOTHNESS;
     # chosen on the selection splits: CHANGELOG.md, "Textures and localisation").
     image_smoothness_weight: float | None = None
     # The map's blur, in the map's pixels; None: 4 px at a model size of 128, scaled with the
-    # size, and twice that on maps stitched from tiles (scoring.TILED_BLUR).
+    # size, and twice that on maps stitched from tiles (combine.TILED_BLUR).
     blur_sigma: float | None = None
     normal_quantile: float = 0.99  # threshold rule when validation has no anomalies
     # Tiled scoring (with data.resolution): tiles start every tile_stride px (None: half the

@@ -10,10 +10,13 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+M = TypeVar("M", bound=nn.Module)
 
 
 @dataclass
@@ -51,7 +54,7 @@ class Runtime:
             host = host.pin_memory()
         return host.to(self.device, non_blocking=True)
 
-    def place(self, module: nn.Module) -> nn.Module:
+    def place(self, module: M) -> M:
         return module.to(self.device, memory_format=torch.channels_last)
 
     def adam_options(self) -> dict:

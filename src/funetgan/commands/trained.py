@@ -111,7 +111,7 @@ def test_one(model: Scorer, data: Path, out: Path, args, load_seconds: float = 0
         loaded = time.perf_counter()
         image_t, rule = thresholds(model, args)
         shown = len(splits.test.notes)
-        # Volume by volume: the whole set's maps are never held (chunked.py).
+        # Volume by volume: the whole set's maps are never held (pipeline.py).
         metrics = run_test(model, splits.test, out, outputs, image_t, rule,
                            {"model_seconds": round(load_seconds, 3), "data_seconds": round(loaded - started, 3)})
         print_notes(splits.test.notes[shown:])  # the outputs' own (volumes.write_volume)

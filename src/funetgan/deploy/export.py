@@ -38,7 +38,7 @@ from ..nn.tensors import uint8_to_float
 from ..scoring.calibration import calibration_split
 from ..scoring.combine import formula, image_smoothness_weight
 from ..scoring.scorer import Scorer
-from ..scoring.terms import IMAGE, MAP, TERMS, named_terms, network_terms
+from ..scoring.terms import IMAGE, MAP, all_terms, named_terms, network_terms
 from .onnx_scorer import FORMAT, INPUT, META_KEY, OnnxScorer, require
 
 # Largest accepted error of the ONNX model's maps and scores, relative to the largest value of
@@ -128,7 +128,10 @@ def export_onnx(model, path: str | Path, check_images: ImageSet | np.ndarray | N
         raise ParityError("the exported model does not score like PyTorch, nothing written:\n"
                           + "\n".join(parity.lines()))
     _set_metadata(proto, {**meta, "parity": {**asdict(parity), "passed": True}}, model.config)
-    atomic_write(path, lambda tmp: tmp.write_bytes(proto.SerializeToString()))
+    def write(tmp: Path) -> None:
+        tmp.write_bytes(proto.SerializeToString())
+
+    atomic_write(path, write)
     return parity
 
 
@@ -146,10 +149,12 @@ def _plain_copy(net: nn.Module) -> nn.Module:
     """A float32 CPU eval-mode copy of `net` whose parametrized weights are plain parameters
     holding their current values. By hand rather than `remove_parametrizations`: a deep copy
     shares its parametrized classes with the original, and that function edits the class."""
-    net = copy.deepcopy(net).float().cpu().eval().to(memory_format=torch.contiguous_format)
+    net = copy.deepcopy(net).float().cpu().eval()
+    net = net.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]  # (not in torch's stubs)
     for module in net.modules():
         if parametrize.is_parametrized(module):
-            values = {name: getattr(module, name).detach().clone() for name in module.parametrizations}
+            names = list(module.parametrizations)  # type: ignore[arg-type]
+            values = {name: getattr(module, name).detach().clone() for name in names}
             module.__class__ = module.__class__.__bases__[0]  # the layer's own class (Conv2d, Linear)
             del module._modules["parametrizations"]
             for name, value in values.items():
@@ -170,9 +175,11 @@ def _trace(graph: ExportGraph, config, exporter: str) -> bytes:
             program = torch.onnx.export(graph, (example,), dynamo=True, optimize=False, verbose=False,
                                         input_names=[INPUT], output_names=outputs,
                                         dynamic_shapes=({0: torch.export.Dim.DYNAMIC},))
+            assert program is not None  # the dynamo exporter returns its program
             return program.model_proto.SerializeToString()
         buffer = io.BytesIO()
-        torch.onnx.export(graph, (example,), buffer, dynamo=False, opset_version=OPSET, input_names=[INPUT],
+        torch.onnx.export(graph, (example,), buffer, dynamo=False,  # type: ignore[arg-type]  # (a file object)
+                          opset_version=OPSET, input_names=[INPUT],
                           output_names=outputs, dynamic_axes={name: {0: "batch"} for name in [INPUT, *outputs]})
         return buffer.getvalue()
 
@@ -193,7 +200,7 @@ def _set_metadata(proto, meta: dict, config: Config) -> None:
         "working_resolution": config.data.resolution or config.model.image_size,
         **{key: calibration[key] for key in ("image_threshold", "pixel_threshold", "blur_sigma")},
         "normal_levels": json.dumps(calibration["levels"]),
-        **{term.weight: getattr(score, term.weight) for term in TERMS if term.weight},
+        **{term.weight: getattr(score, term.weight) for term in all_terms() if term.weight},
         "image_smoothness_weight": image_smoothness_weight(score, tiled),
         "image_score": score.image_score,
         "tile_stride": tile_stride(config),

@@ -54,7 +54,7 @@ class OnnxScorer(Scorer):
 
     @classmethod
     def load(cls, path: str | Path | bytes, threads: int | None = None,
-             providers: list[str] | None = None) -> "OnnxScorer":
+             providers: list[str] | None = None) -> OnnxScorer:
         """An exported model from a .onnx file (or its bytes). `threads`: onnxruntime's
         intra-op threads (default: its choice, one per physical core); `providers`: its
         execution providers (default: the CPU)."""

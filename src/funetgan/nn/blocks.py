@@ -17,7 +17,7 @@ ATTENTION_MAX_SIZE = 16
 
 def widths(image_size: int, width: int) -> dict[int, int]:
     """Channels at each feature-map size: `width` at full resolution, doubling per halving,
-    capped at 16 * width (the METHOD's ch .. 16ch)."""
+    capped at 16 * width (the published ch .. 16ch)."""
     sizes = [image_size >> i for i in range(int(math.log2(image_size // 4)) + 1)]
     return {s: width * min(16, image_size // s) for s in sizes}
 

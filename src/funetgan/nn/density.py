@@ -7,7 +7,10 @@ means nothing for *where* a defect is): the map term at a location is the square
 distance of its feature vector divided by C (about 1 for normal locations), up-sampled
 bilinearly to the tile's pixels.
 E's latent code z = E(x) (z_dim values per tile) is modelled the same way, by one Gaussian
-of validation normals' codes: the latent term is its squared Mahalanobis distance / z_dim.
+of training normals' codes: the latent term is its squared Mahalanobis distance / z_dim.
+Both Gaussians are fitted on training images, their terms' normal levels taken on other,
+calibration normals (`scoring.calibration`); the table of terms (`scoring.terms`) says which
+features each density term models.
 
 Why: the residual |x - G(E(x))| and D's feature residual only see what G fails to rebuild,
 and on stochastic textures G rebuilds a smooth defect better than the texture around it, so
@@ -35,6 +38,9 @@ class FeatureDensity(nn.Module):
     """The mean and precision (inverse covariance) of C feature channels, one Gaussian shared
     by every location; standard normal until `DensityStatistics.fit` sets them from normal
     images. Stored 1 x C and 1 x C x C, the layout saved models and ONNX graphs hold."""
+
+    mean: torch.Tensor
+    precision: torch.Tensor
 
     def __init__(self, channels: int):
         super().__init__()
@@ -71,15 +77,16 @@ class DensityStatistics:
     """Sums of feature vectors and of their outer products (float64) over every location of
     the batches added, then the Gaussian they define."""
 
-    def __init__(self):
-        self.sum = self.products = None
+    def __init__(self) -> None:
+        self.sum: torch.Tensor | None = None
+        self.products: torch.Tensor | None = None
         self.count = 0
 
     def add(self, features: torch.Tensor) -> None:
         rows = features.detach().flatten(2).transpose(1, 2).double().cpu()  # B x hw x C
         rows = rows.reshape(-1, 1, rows.shape[-1])  # every location a sample of the one Gaussian
         total, products = rows.sum(0), torch.einsum("nlc,nld->lcd", rows, rows)
-        if self.sum is None:
+        if self.sum is None or self.products is None:
             self.sum, self.products = total, products
         else:
             self.sum += total
@@ -88,7 +95,7 @@ class DensityStatistics:
 
     def fit(self, density: FeatureDensity) -> FeatureDensity:
         """Set `density`'s means and precisions from what was added."""
-        if not self.count:
+        if not self.count or self.sum is None or self.products is None:
             raise ValueError("no normal features were seen")
         mean = self.sum / self.count
         covariance = self.products / self.count - mean[:, :, None] * mean[:, None, :]

@@ -6,14 +6,14 @@ terms' (`scoring.terms`): this module only runs the functions it is given, in th
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import cached_property
 from typing import Protocol
 
 import torch
 from torch import nn
 
-from .density import FeatureDensity, up_sampled
+from .density import up_sampled
 from .discriminator import CriticOutput
 
 
@@ -67,7 +67,7 @@ class ScoringNetwork(nn.Module):
     then used only by a calibration that has their normal levels."""
 
     def __init__(self, encoder: nn.Module, generator: nn.Module, critic: nn.Module,
-                 densities: dict[str, FeatureDensity], terms: Sequence[NetworkTerm]):
+                 densities: Mapping[str, nn.Module], terms: Sequence[NetworkTerm]):
         super().__init__()
         self.E, self.G, self.D = encoder, generator, critic
         self.densities = nn.ModuleDict(densities)

@@ -21,18 +21,24 @@ import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
 from ..config import Config, scored_in_tiles
 from ..data.base import ImageSet, row_chunks
 from ..data.checks import held_out
-from .pixel_histogram import PixelHistogram
 from .combine import image_evidence, map_blur
-from .terms import MAP, TERMS, Terms, normal_levels, of_kind
-from .thresholds import (f1_image_threshold, f1_pixel_threshold, normals_needed, quantile_pixel_threshold, rank,
-                         rank_threshold)
+from .pixel_histogram import PixelHistogram
+from .terms import MAP, Terms, normal_levels, of_kind
+from .thresholds import (
+    f1_image_threshold,
+    f1_pixel_threshold,
+    normals_needed,
+    quantile_pixel_threshold,
+    rank,
+    rank_threshold,
+)
 from .unit_scale import fit_unit_scale, unit_scale
 
 FORMAT = 1  # what `Calibration.to_dict` writes; other layouts are refused (calibrate again)
@@ -82,7 +88,7 @@ class Calibration:
         return {"format": FORMAT, **dataclasses.asdict(self)}
 
     @classmethod
-    def from_dict(cls, values: dict, source: str) -> "Calibration":
+    def from_dict(cls, values: Any, source: str) -> Calibration:
         names = {f.name for f in dataclasses.fields(cls)}
         if not isinstance(values, dict) or values.get("format") != FORMAT or names - set(values):
             raise ValueError(f"{source}: calibrated by an earlier funetgan (another calibration layout); "
@@ -159,7 +165,7 @@ def calibration_terms(model: TermScorer, normals: ImageSet, folder: Path) -> Ter
                 parts[name] = _array(folder if on_disk else None, name, (len(images), *value.shape[1:]), value.dtype)
             parts[name][rows] = value
     region = parts.pop("region", None)
-    return Terms({t.name: parts[t.name] for t in TERMS}, region)
+    return Terms(parts, region)
 
 
 def _array(folder: Path | None, name: str, shape: tuple, dtype) -> np.ndarray:
@@ -215,6 +221,7 @@ def thresholds(config: Config, scores: np.ndarray, histogram: PixelHistogram,
     q = config.score.normal_quantile
     normal = normals.labels == 0
     anomalous = int((normals.labels == 1).sum())
+    expected: float | None
     image_threshold, expected = rank_threshold(scores[normal], q)
     if anomalous:
         image_threshold, expected = f1_image_threshold(scores, normals.labels), None

@@ -31,9 +31,8 @@ import numpy as np
 from scipy import ndimage
 
 from ..config import Config, ScoreConfig, scored_in_tiles
-from .terms import BELOW, IMAGE, LEVEL, MAP, SMOOTHNESS, TERMS, Term, Terms, of_kind
+from .terms import BELOW, IMAGE, LEVEL, MAP, SMOOTHNESS, Term, Terms, all_terms, of_kind
 from .terms import term as named
-
 
 # The share of a map's pixels whose mean is the "topk" image score: the top 1 %, as in the
 # published ablations (F-UNetGAN's image score options: a statistic of the map, max or top-k mean).
@@ -76,8 +75,8 @@ def combine(terms: Terms, levels: dict[str, float], cfg: ScoreConfig, image_size
         scores = evidence["image_izif"]
         if "image_smoothness" in evidence:
             smoothness = image_smoothness_weight(cfg, tiled)
-            scores = np.maximum(standardised_value(scores, levels, "image_izif"),
-                                smoothness * standardised_value(evidence["image_smoothness"], levels, "image_smoothness"))
+            smoothest = standardised_value(evidence["image_smoothness"], levels, "image_smoothness")
+            scores = np.maximum(standardised_value(scores, levels, "image_izif"), smoothness * smoothest)
     elif cfg.image_score == "max":
         scores = maps.reshape(len(maps), -1).max(1)
     else:
@@ -93,8 +92,8 @@ def image_evidence(terms: Terms, levels: dict[str, float], cfg: ScoreConfig, ima
     the maximum over its tiles) and, when the smoothness evidence is on
     (`image_smoothness_weight`), "image_smoothness": the maximum of each image's blurred
     smoothness term, how much smoother than normal texture its smoothest region is."""
-    per_tile = sum(weight(term, cfg, levels) * normalised(term, terms, levels)
-                   for term in of_kind(IMAGE) if weight(term, cfg, levels))
+    per_tile = np.asarray(sum(weight(term, cfg, levels) * normalised(term, terms, levels)
+                              for term in of_kind(IMAGE) if weight(term, cfg, levels)))
     evidence = {"image_izif": per_tile.max(1)}
     if image_smoothness_weight(cfg, tiled):
         below = normalised(named(SMOOTHNESS), terms, levels)
@@ -114,7 +113,7 @@ def formula(config: Config) -> str:
                           for t in terms if weight(t, cfg, {t.name: 1.0}))
 
     text = (f"Anomaly map = blur_{blur_sigma(cfg, config.model.image_size, tiled):g}px({total(of_kind(MAP))}), "
-            + "".join(f"{t.name} {t.about} (from the images); " for t in TERMS if t.images is not None))
+            + "".join(f"{t.name} {t.about} (from the images); " for t in all_terms() if t.images is not None))
     izif = f"izif = max over tiles of ({total(of_kind(IMAGE))})"
     if cfg.image_score != "izif":
         statistic = "max" if cfg.image_score == "max" else f"mean of the top {TOP_FRACTION:.0%}"
@@ -122,8 +121,9 @@ def formula(config: Config) -> str:
     smoothness = image_smoothness_weight(cfg, tiled)
     if not smoothness:
         return text + f"Image score = {izif}."
-    return text + (f"Image score = max((izif - m_image_izif) / image_izif_std, {smoothness:g} * (t - m_image_smoothness) "
-                   f"/ image_smoothness_std), {izif}, t the maximum of the blurred smoothness term.")
+    return text + (f"Image score = max((izif - m_image_izif) / image_izif_std, "
+                   f"{smoothness:g} * (t - m_image_smoothness) / image_smoothness_std), {izif}, "
+                   f"t the maximum of the blurred smoothness term.")
 
 
 # An image statistic's spread is taken as at least this share of its mean: a handful of

@@ -71,7 +71,7 @@ def pixel_residual(f: Forward) -> torch.Tensor:
 
 def pixel_features(f: Forward) -> torch.Tensor:
     """D's decoder features of x against those of G(E(x)); a global-only critic has none: zeros."""
-    if f.out_x.f_p is None:
+    if f.out_x.f_p is None or f.out_r.f_p is None:
         import torch  # only ever called with PyTorch at hand
 
         return torch.zeros_like(f.x[:, 0].float())
@@ -125,6 +125,12 @@ TERMS: tuple[Term, ...] = (
 )
 # The term whose smoothest region is image evidence on tiled images (`combine.image_evidence`).
 SMOOTHNESS = "pixel_contrast"
+
+
+# Other modules read the table through these functions, at the time of the call (a test adds a
+# term to `TERMS` for its duration).
+def all_terms() -> tuple[Term, ...]:
+    return TERMS
 
 
 def of_kind(kind: str) -> tuple[Term, ...]:

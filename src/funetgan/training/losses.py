@@ -107,7 +107,7 @@ def critic_loss(critic, real: torch.Tensor, fake: torch.Tensor, cfg: GANConfig, 
 def pixel_projection(pixel: torch.Tensor, mode: str, generator: torch.Generator | None) -> torch.Tensor:
     """The per-sample scalar whose input gradient GP_p penalises.
 
-    "mean": the pixel mean of D_p (METHOD.md). It leaves single pixels unconstrained: their
+    "mean": the pixel mean of D_p (as published). It leaves single pixels unconstrained: their
     gradients may cancel in the mean. "local": sum_ij e_ij D_p_ij / sqrt(HW) with random signs
     e_ij = +-1, whose squared input-gradient norm is, in expectation, the mean over pixels of
     each pixel's squared gradient norm: a one-backward estimate of per-pixel Lipschitzness."""

@@ -41,7 +41,7 @@ class StopSignals:
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-    def __enter__(self) -> "StopSignals":
+    def __enter__(self) -> StopSignals:
         self.received = 0
         self.previous = {}
         if threading.current_thread() is threading.main_thread():
@@ -114,7 +114,7 @@ class Stage:
                     stop = 0  # processes agree on stopping only where they log (see below)
                 else:
                     elapsed = spent + time.monotonic() - began
-                    over_budget = timed and elapsed >= 60 * self.max_minutes
+                    over_budget = self.max_minutes is not None and elapsed >= 60 * self.max_minutes
                     stop = t.runtime.max_rank(signals.received or (self.BUDGET if over_budget else 0))
                 if stop == self.BUDGET:
                     bar.write(f"{self.name}: time budget of {self.max_minutes:.3g} min reached at step {step}")

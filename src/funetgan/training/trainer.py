@@ -12,10 +12,10 @@ from typing import Protocol
 
 import numpy as np
 import torch
-from torch import nn
 
 from ..config import Config
 from ..files import CHECKPOINT_FILE, LOG_FILE, append_line
+from ..nn import Discriminator, Encoder, Generator
 from ..nn.tensors import to_tensor, to_uint8
 from ..runtime import Runtime
 from ..scoring import tiling
@@ -26,7 +26,6 @@ from .samples import evaluating, save_grid
 from .stages import Stage, TrainingDiverged
 from .state import TrainingState
 from .tracking import Tracker
-
 
 # The CPU recipe's stage 1 (docs/design.md): under gan.max_minutes the autoencoder
 # warm-up stops at this share of the budget (a warm-up step costs a fifth to a tenth of an
@@ -45,9 +44,9 @@ class Networks(Protocol):
     """What the trainer trains (`model.FUNetGAN`): G, D and E, their settings and where they run,
     and all the weights a checkpoint holds."""
 
-    G: nn.Module
-    D: nn.Module
-    E: nn.Module
+    G: Generator
+    D: Discriminator
+    E: Encoder
     config: Config
     runtime: Runtime
 
@@ -117,17 +116,19 @@ class Trainer:
         cfg = self.config.gan
         if state.stage == "warmup":
             warmup_minutes = None if cfg.max_minutes is None else WARMUP_SHARE * cfg.max_minutes
-            Stage("warmup", cfg.warmup_iterations, warmup_minutes, self).run(self.warmup_step, self.save_reconstructions)
+            warmup = Stage("warmup", cfg.warmup_iterations, warmup_minutes, self)
+            warmup.run(self.warmup_step, self.save_reconstructions)
             self.finish_stage()
         if state.stage == "gan":
             Stage("gan", cfg.iterations, self.minutes_after_warmup(), self).run(self.gan_step, self.save_gan_samples)
             self.finish_stage()
         if state.stage == "encoder":
-            cfg = self.config.encoder
+            encoder = self.config.encoder
             self.freeze_gan()
             if state.step == 0:
                 self.standardise_encoder()
-            Stage("encoder", cfg.iterations, cfg.max_minutes, self).run(self.encoder_step, self.save_reconstructions)
+            Stage("encoder", encoder.iterations, encoder.max_minutes, self).run(self.encoder_step,
+                                                                               self.save_reconstructions)
             self.finish_stage()
         return state
 
