@@ -33,13 +33,13 @@ class Scorer:
     calibration: Calibration | None
 
     def _score_tiles(self, tiles: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
-        """The raw residual terms of uint8 B x S x S x C tiles (a `tiling.TileScorer`)."""
+        """The network terms of uint8 B x S x S x C tiles (a `tiling.TileScorer`)."""
         raise NotImplementedError
 
     def residual_terms(self, images: np.ndarray, batch_size: int | None = None,
                        region: np.ndarray | None = None) -> Terms:
-        """The raw residual terms of E, G and D on uint8 `images`: what `score` combines, so
-        several scoring settings can be compared on one pass of the networks. Images larger
+        """Every raw term of the table (`terms.TERMS`) on uint8 `images`: what `score` combines,
+        so several scoring settings can be compared on one pass of the networks. Images larger
         than the model are scored tile by tile (`tiling`), `batch_size` tiles at a time.
         `region` (N x H x W bool): the pixels that count (see `scoring_region`)."""
         maps, values = tiling.score_tiled(images, self.config.model.image_size, tile_stride(self.config),
