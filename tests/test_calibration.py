@@ -9,6 +9,7 @@ from funetgan.scoring.calibration import Calibration, calibration_split, few_nor
 from funetgan.config import apply_overrides
 from funetgan.data.base import ImageSet
 from funetgan.data.medical import Geometry
+from funetgan.errors import DataError, RunFolderError
 from funetgan.model import FUNetGAN
 
 
@@ -42,13 +43,13 @@ def test_images_that_are_no_slices_are_each_their_own_group():
 
 
 def test_a_single_volume_cannot_be_split_and_a_validation_set_is_used_as_it_is():
-    with pytest.raises(ValueError, match="one training volume"):
+    with pytest.raises(DataError, match="one training volume"):
         calibration_split(volume_slices(volumes=1, slices=8), None, 0.5, seed=0)
     val = random_images(3)
     assert calibration_split(random_images(5), val, 0.5, seed=0) == (None, val)
     anomalous = random_images(4)
     anomalous.labels[1] = 1
-    with pytest.raises(ValueError, match="1 anomalous images"):
+    with pytest.raises(DataError, match="1 anomalous images"):
         calibration_split(anomalous, None, 0.5, seed=0)
 
 
@@ -85,5 +86,5 @@ def test_the_record_survives_its_file_form_and_other_layouts_are_refused():
                          expected_image_rate=1 / 101, unit_scale={"score": {"median": 1.0, "spread": 2.0}},
                          notes=["a note"])
     assert Calibration.from_dict(record.to_dict(), "run") == record
-    with pytest.raises(ValueError, match="run: calibrated by an earlier funetgan"):
+    with pytest.raises(RunFolderError, match="run: calibrated by an earlier funetgan"):
         Calibration.from_dict({"norms": {}, "image_threshold": 2.0}, "run")

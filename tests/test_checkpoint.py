@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from conftest import random_images, tiny_config
+from funetgan.errors import RunFolderError
 from funetgan.training import checkpoint
 from funetgan.model import FUNetGAN
 
@@ -32,9 +33,9 @@ def test_optimizer_state_round_trip():
 def test_unreadable_checkpoint_gives_one_line_error(tmp_path):
     bad = tmp_path / "model.safetensors"
     bad.write_bytes(b"this is not a safetensors file")
-    with pytest.raises(ValueError, match="not a readable funetgan checkpoint"):
+    with pytest.raises(RunFolderError, match="not a readable funetgan checkpoint"):
         checkpoint.load(bad)
-    with pytest.raises(FileNotFoundError, match="no such checkpoint"):
+    with pytest.raises(RunFolderError, match="no such checkpoint"):
         checkpoint.load(tmp_path / "missing.safetensors")
 
 
@@ -53,7 +54,7 @@ def test_weights_from_other_settings_are_refused(tmp_path):
     tensors, meta = checkpoint.load(tmp_path / "m.safetensors")
     meta["config"]["model"]["width"] = 8
     checkpoint.save(tmp_path / "m.safetensors", tensors, meta)
-    with pytest.raises(ValueError, match="weights do not fit the settings"):
+    with pytest.raises(RunFolderError, match="weights do not fit the settings"):
         FUNetGAN.load(tmp_path / "m.safetensors")
 
 

@@ -1,7 +1,10 @@
 """A tiny end-to-end run through the command line: train, test, predict, resume, refusals."""
 import csv
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,10 +12,13 @@ import pytest
 import yaml
 from PIL import Image
 
-from funetgan.cli import main
+from funetgan.cli import BUG, main
+from funetgan.commands.common import each_category
+from funetgan.errors import DataError, RunFolderError
 from funetgan.data.demo import make_texture_dataset
 from funetgan.model import FUNetGAN
 
+SOURCE = Path(__file__).resolve().parents[1] / "src"
 TINY = ["--set", "model.image_size=32", "--set", "model.width=4", "--set", "model.z_dim=16",
         "--set", "batch_size=4", "--set", "gan.iterations=2", "--set", "gan.n_critic=1",
         "--set", "encoder.iterations=2", "--device", "cpu"]
@@ -114,11 +120,66 @@ def test_recipe_lies_under_the_settings_file_and_set(tmp_path, capsys):
     (["test", "--run", "{tmp}", "--data", "{tmp}", "--out", "{tmp}/o"], "no trained model"),
     (["train", "--data", "{tmp}", "--out", "{tmp}/r", "--set", "gan.lr_dd=1e-4"], "did you mean gan.lr_d"),
     (["train", "--data", "{tmp}", "--out", "{tmp}/r", "--set", "gan.lr_d=fast"], "must be a number"),
+    (["train", "--data", "{tmp}", "--out", "{tmp}/r", "--set", "gan.lr_d=[1"], "gan.lr_d must be a YAML value"),
+    (["train", "--data", "{tmp}", "--out", "{tmp}/r", "--config", "{tmp}"], "cannot read settings"),
+    (["test", "--model", "{tmp}/m.onnx", "--data", "{tmp}", "--out", "{tmp}/o"], "m.onnx: no such model file"),
 ])
 def test_bad_input_gives_one_line_error(argv, message, tmp_path, capsys):
     assert main([a.replace("{tmp}", str(tmp_path)) for a in argv]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_a_bug_shows_its_traceback_after_a_line_saying_so(tmp_path):
+    """A plain ValueError is a bug, never a user's mistake: not one line and exit code 2."""
+    script = ("import sys; from funetgan import cli; from funetgan.commands import training\n"
+              "def broken(*args): raise ValueError('a bug')\n"
+              "training.resolve_config = broken\n"
+              "sys.exit(cli.main(['train', '--data', 'x', '--out', 'y', '--print-config']))")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(SOURCE)})
+    assert done.returncode == 1
+    lines = done.stderr.splitlines()
+    assert lines[0] == f"funetgan: {BUG}" and "report it" in lines[0]
+    assert lines[1] == "Traceback (most recent call last):" and lines[-1] == "ValueError: a bug"
+
+
+def categories_root(root: Path, names: tuple[str, ...]) -> str:
+    for name in names:
+        (root / name / "train" / "good").mkdir(parents=True)
+    return str(root)
+
+
+def test_each_category_goes_on_past_expected_errors_and_lists_them_at_the_end(tmp_path, capsys):
+    ran = []
+
+    def run(name: str) -> None:
+        ran.append(name)
+        if name == "b":
+            raise DataError("b/train/good: no training images")
+        if name == "c":
+            raise RunFolderError("runs/c is in use by another funetgan process")
+
+    assert each_category(categories_root(tmp_path, ("a", "b", "c", "d")), run) == 2
+    assert ran == ["a", "b", "c", "d"]
+    out, err = capsys.readouterr()
+    assert "== b: failed (reported at the end)" in out
+    assert err.splitlines() == ["funetgan: error: 2 of 4 categories failed:",
+                                "funetgan: error: b: b/train/good: no training images",
+                                "funetgan: error: c: runs/c is in use by another funetgan process"]
+
+
+def test_each_category_stops_at_a_bug(tmp_path):
+    ran = []
+
+    def run(name: str) -> None:
+        ran.append(name)
+        if name == "b":
+            raise ValueError("a bug")
+
+    with pytest.raises(ValueError, match="a bug"):
+        each_category(categories_root(tmp_path, ("a", "b", "c")), run)
+    assert ran == ["a", "b"]
 
 
 def test_every_mvtec_category_gets_its_own_run_and_one_that_fails_stops_no_other(tmp_path, capsys):
@@ -132,10 +193,12 @@ def test_every_mvtec_category_gets_its_own_run_and_one_that_fails_stops_no_other
     assert out.count("note: batch_size 12 lowered to 11: only 11 training image(s) after holding out 1 "
                      "for validation") == 2
     assert [line for line in err.splitlines() if line.startswith("funetgan")] == [  # not tqdm's bars
+        "funetgan: error: 1 of 3 categories failed:",
         "funetgan: error: grass: one training volume (or image) cannot be split into training and calibration "
         "normals: add normals or give a validation split"]
     assert main(["test", "--run", str(runs), "--data", str(root), "--category", "all", "--out", str(results)]) == 2
     assert [line for line in capsys.readouterr().err.splitlines() if line.startswith("funetgan")] == [
+        "funetgan: error: 1 of 3 categories failed:",
         f"funetgan: error: grass: {runs / 'grass' / 'model.safetensors'}: no trained model here (did training finish?)"]
     for name in ("brick", "gravel"):
         assert (runs / name / "model.safetensors").exists()
@@ -145,6 +208,7 @@ def test_every_mvtec_category_gets_its_own_run_and_one_that_fails_stops_no_other
     assert main(["train", "--data", str(root), "--category", "all", "--out", str(runs), "--resume",
                  "--device", "cpu"]) == 2  # each category's own run resumes (finished: nothing more to train)
     assert [line for line in capsys.readouterr().err.splitlines() if line.startswith("funetgan")] == [
+        "funetgan: error: 1 of 3 categories failed:",
         f"funetgan: error: grass: {runs / 'grass' / 'config.yaml'}: nothing to resume"]
     assert logs == {name: (runs / name / "log.jsonl").read_text() for name in ("brick", "gravel")}
 
@@ -226,7 +290,7 @@ def test_a_read_only_output_folder_is_one_line(run, dataset, tmp_path, tmpfs, ca
     out = tmpfs(tmp_path / "ro", "ro")
     assert main(["test", "--run", str(run), "--data", str(dataset), "--out", str(out / "results")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == f"funetgan: error: {out / 'results'}: Read-only file system"
+    assert err == f"funetgan: error: {out / 'results'}: cannot write (Read-only file system)"
 
 
 @pytest.fixture

@@ -4,7 +4,8 @@ import pytest
 from PIL import Image
 
 from funetgan.config import DataConfig
-from funetgan.data import DataError, MissingDependency, load_dataset, load_unlabelled, read_image
+from funetgan.data import load_dataset, load_unlabelled, read_image
+from funetgan.errors import DataError, MissingExtra
 from funetgan.data.medical import read_volume, volume_to_uint8
 
 nibabel = pytest.importorskip("nibabel")
@@ -96,7 +97,7 @@ def test_missing_package_is_named_and_never_skipped(tmp_path, monkeypatch):
 
     monkeypatch.setattr(medical.importlib, "import_module", no_module)
     write_dicom(tmp_path / "train/a.dcm", np.zeros((4, 4), np.int16))
-    with pytest.raises(MissingDependency, match=r"needs pydicom: pip install funetgan\[medical\]"):
+    with pytest.raises(MissingExtra, match=r"needs pydicom: pip install funetgan\[medical\]"):
         load_dataset(tmp_path, 8, 1, DataConfig(on_bad_file="skip"))
 
 

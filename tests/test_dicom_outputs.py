@@ -145,7 +145,7 @@ def test_a_series_without_what_a_seg_must_reference_is_one_line(tmp_path):
 
 def test_a_missing_highdicom_is_named_before_any_volume_is_scored(tmp_path, monkeypatch):
     from funetgan.medical import dicom_outputs
-    from funetgan.data import MissingDependency
+    from funetgan.errors import MissingExtra
 
     def no_module(name):
         raise ImportError(name)
@@ -153,5 +153,5 @@ def test_a_missing_highdicom_is_named_before_any_volume_is_scored(tmp_path, monk
     monkeypatch.setattr(dicom_outputs.importlib, "import_module", no_module)
     nifti_only = [str(tmp_path / "scan.nii.gz")]
     assert dicom_outputs.check_outputs_possible(nifti_only) is None  # NIfTI volumes need no highdicom
-    with pytest.raises(MissingDependency, match=r"need highdicom: pip install funetgan\[medical\]"):
+    with pytest.raises(MissingExtra, match=r"need highdicom: pip install funetgan\[medical\]"):
         dicom_outputs.check_outputs_possible([*nifti_only, str(tmp_path)])  # a folder: a DICOM series

@@ -15,6 +15,7 @@ from conftest import random_images, tiny_config
 from funetgan.deploy import export
 from funetgan.cli import main
 from funetgan.config import apply_overrides
+from funetgan.errors import RunFolderError
 from funetgan.model import FUNetGAN
 
 onnxruntime = pytest.importorskip("onnxruntime")
@@ -106,7 +107,7 @@ def test_a_file_of_another_format_is_refused_in_one_line(trained, exported, tmp_
     meta["calibration"] = {"norms": meta["calibration"]["levels"]}  # an earlier funetgan's layout
     entry.value = json.dumps(meta)
     onnx.save(proto, str(tmp_path / "old.onnx"))
-    with pytest.raises(ValueError, match="calibrated by an earlier funetgan") as err:
+    with pytest.raises(RunFolderError, match="calibrated by an earlier funetgan") as err:
         OnnxScorer.load(tmp_path / "old.onnx")
     assert str(tmp_path / "old.onnx") in str(err.value) and len(str(err.value).splitlines()) == 1
 
@@ -166,10 +167,10 @@ def test_the_dynamo_exporter_agrees_too(trained, tmp_path):
 
 
 def test_other_files_are_refused_in_one_line(tmp_path):
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(RunFolderError, match="missing.onnx: no such model file"):
         OnnxScorer.load(tmp_path / "missing.onnx")
     (tmp_path / "junk.onnx").write_bytes(b"not a model")
-    with pytest.raises(ValueError, match="not a readable ONNX model"):
+    with pytest.raises(RunFolderError, match="not a readable ONNX model"):
         OnnxScorer.load(tmp_path / "junk.onnx")
 
 

@@ -8,6 +8,7 @@ import pytest
 
 from funetgan.data import ImageSet
 from funetgan.outputs.examples import N_EXAMPLES, example_groups
+from funetgan.errors import UsageError
 from funetgan.evaluation.metrics import evaluate
 from funetgan.outputs.selection import TEST_DEFAULT, Outputs
 from funetgan.scoring.masks import MaskRule
@@ -32,14 +33,14 @@ def test_items_parse_into_a_plan():
     (["masks=some:3"], "expected all, none"),
 ])
 def test_bad_items_are_named(items, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(UsageError, match=message):
         Outputs.parse(items)
 
 
 def test_predict_has_no_metrics_report_or_examples():
-    with pytest.raises(ValueError, match="test only"):
+    with pytest.raises(UsageError, match="test only"):
         Outputs.parse(["report"], test=False)
-    with pytest.raises(ValueError, match="examples is for test"):
+    with pytest.raises(UsageError, match="examples is for test"):
         Outputs.parse(["overlays=examples"], test=False)
 
 

@@ -6,6 +6,7 @@ import torch
 
 from conftest import random_images, tiny_config
 from funetgan.config import Config, apply_overrides, working_size
+from funetgan.errors import DataError
 from funetgan.model import FUNetGAN
 from funetgan.runtime import Runtime
 from funetgan.scoring.tiling import TileGrid, blend_window, patches_per_image, random_corners, score_tiled, starts
@@ -22,7 +23,7 @@ def test_tile_starts_cover_every_pixel_and_end_flush():
     assert starts(10, 4, 2).tolist() == [0, 2, 4, 6]
     assert starts(11, 4, 3).tolist() == [0, 3, 6, 7]  # the last tile moved back to fit
     assert starts(4, 4, 2).tolist() == [0]
-    with pytest.raises(ValueError, match="does not fit"):
+    with pytest.raises(DataError, match="tile of 4 px does not fit an image side of 3 px; lower model.image_size"):
         starts(3, 4, 2)
 
 

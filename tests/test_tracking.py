@@ -11,7 +11,7 @@ from PIL import Image
 
 from conftest import random_images, tiny_config
 from funetgan.cli import main
-from funetgan.data import MissingDependency
+from funetgan.errors import MissingExtra, SettingsError
 from funetgan.model import FUNetGAN
 from funetgan.training.tracking import flat_numbers, open_tracker
 from test_cli import TINY, dataset  # noqa: F401 (test_cli's module fixture, instantiated here too)
@@ -118,7 +118,7 @@ def test_a_missing_package_is_one_line_naming_the_extra(tmp_path, monkeypatch):
 
     monkeypatch.setattr(tracking.importlib, "import_module", no_module)
     for key, extra in (("tensorboard", "tensorboard"), ("mlflow", "mlflow")):
-        with pytest.raises(MissingDependency, match=rf"^log.{key} needs {extra}: pip install funetgan\[{extra}\]$"):
+        with pytest.raises(MissingExtra, match=rf"^log.{key} needs {extra}: pip install funetgan\[{extra}\]$"):
             open_tracker(tmp_path, tiny_config(**{f"log__{key}": True}), "train")
 
 
@@ -127,7 +127,7 @@ def test_tensorboard_needs_a_folder_and_an_unreachable_mlflow_store_is_one_line(
     with pytest.raises(ValueError, match=r"log.tensorboard needs a folder"):
         open_tracker(None, tiny_config(log__tensorboard=True), "train")
     pytest.importorskip("mlflow")
-    with pytest.raises(ValueError, match=r"^log.mlflow: cannot start an MLflow run at nowhere://x \(") as caught:
+    with pytest.raises(SettingsError, match=r"^log.mlflow: cannot start an MLflow run at nowhere://x \(") as caught:
         monkeypatch.setenv("MLFLOW_TRACKING_URI", "nowhere://x")
         open_tracker(tmp_path, tiny_config(log__mlflow=True), "train")
     assert "\n" not in str(caught.value)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from conftest import random_images, tiny_config
+from funetgan.errors import TrainingDiverged, TrainingStopped
 from funetgan.model import FUNetGAN
 from funetgan.runtime import Runtime
 from funetgan.nn.tensors import to_tensor
@@ -124,7 +125,7 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch, size
 
     monkeypatch.setattr(Trainer, step_name, ctrl_c_during_second_step)
     before = signal.getsignal(signal.SIGINT)  # SIG_IGN where the suite runs in the background
-    with pytest.raises(stages.TrainingStopped, match=f"stopped by SIGINT at {stage} step 2; checkpoint saved"):
+    with pytest.raises(TrainingStopped, match=f"stopped by SIGINT at {stage} step 2; checkpoint saved"):
         FUNetGAN(config()).fit(images, run_dir=tmp_path / "b")
     assert signal.getsignal(signal.SIGINT) is before  # handlers restored
     monkeypatch.setattr(Trainer, step_name, original)
@@ -242,7 +243,7 @@ def test_divergence_stops_training_and_keeps_the_last_finite_checkpoint(tmp_path
     cfg = tiny_config(log_every=2, checkpoint_every=2)
     cfg.gan.iterations = 50
     _poison_after(monkeypatch, "gan_step", 3, poison)  # poisoned after step 4 is computed, before its log
-    with pytest.raises(stages.TrainingDiverged, match=rf"stage gan at step 4 \(non-finite {what}\).*lower gan.lr_d"):
+    with pytest.raises(TrainingDiverged, match=rf"stage gan at step 4 \(non-finite {what}\).*lower gan.lr_d"):
         FUNetGAN(cfg).fit(random_images(12), run_dir=tmp_path)
     saved = FUNetGAN(cfg)
     saved.load_checkpoint(tmp_path / "checkpoint.safetensors")
@@ -255,7 +256,7 @@ def test_a_checkpoint_with_non_finite_weights_is_never_written(tmp_path, monkeyp
     """Between log steps a checkpoint step checks the weights itself."""
     cfg = tiny_config(log_every=100, checkpoint_every=1)
     _poison_after(monkeypatch, "gan_step", 1, lambda trainer, stats: next(trainer.model.G.parameters()).data.fill_(float("nan")))
-    with pytest.raises(stages.TrainingDiverged, match="at step 2 .non-finite weights"):
+    with pytest.raises(TrainingDiverged, match="at step 2 .non-finite weights"):
         FUNetGAN(cfg).fit(random_images(12), run_dir=tmp_path)
     saved = FUNetGAN(cfg)
     saved.load_checkpoint(tmp_path / "checkpoint.safetensors")

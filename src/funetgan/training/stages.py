@@ -15,20 +15,10 @@ from typing import TYPE_CHECKING
 import torch
 from tqdm import tqdm
 
+from ..errors import TrainingStopped
+
 if TYPE_CHECKING:
     from .trainer import Trainer
-
-
-class TrainingStopped(Exception):
-    """SIGTERM or SIGINT stopped training at a step boundary, after a checkpoint."""
-
-    def __init__(self, message: str, signum: int):
-        super().__init__(message)
-        self.signum = signum
-
-
-class TrainingDiverged(ValueError):
-    """Losses or weights became NaN or infinite; nothing non-finite was saved."""
 
 
 class StopSignals:

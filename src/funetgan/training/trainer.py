@@ -11,11 +11,12 @@ import torch
 
 from ..scoring import tiling
 from .batches import BatchSource
+from ..errors import TrainingDiverged
 from ..files import append_line
 from .losses import critic_loss, encoder_loss, generator_loss, warmup_loss
 from ..nn.tensors import to_tensor, to_uint8
 from .samples import evaluating, save_grid
-from .stages import Stage, TrainingDiverged
+from .stages import Stage
 from .tracking import Tracker
 
 
