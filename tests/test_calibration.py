@@ -4,13 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import random_images, tiny_config
-from funetgan.scoring.calibration import Calibration, calibration_split, few_normals_note, image_groups
 from funetgan.config import apply_overrides
 from funetgan.data.base import ImageSet
 from funetgan.data.medical import Geometry
 from funetgan.errors import DataError, RunFolderError
 from funetgan.model import FUNetGAN
+from funetgan.scoring.calibration import Calibration, calibration_split, few_normals_note, image_groups
 
 
 def volume_slices(volumes: int, slices: int) -> ImageSet:
@@ -35,14 +34,14 @@ def test_volumes_are_held_out_whole():
     np.testing.assert_array_equal(again[0], rows)  # the same draw for the same seed
 
 
-def test_images_that_are_no_slices_are_each_their_own_group():
+def test_images_that_are_no_slices_are_each_their_own_group(random_images):
     images = random_images(5)
     np.testing.assert_array_equal(image_groups(images), np.arange(5))
     rows, held_out = calibration_split(images, None, 0.4, seed=0)
     assert len(rows) == 3 and len(held_out) == 2
 
 
-def test_a_single_volume_cannot_be_split_and_a_validation_set_is_used_as_it_is():
+def test_a_single_volume_cannot_be_split_and_a_validation_set_is_used_as_it_is(random_images):
     with pytest.raises(DataError, match="one training volume"):
         calibration_split(volume_slices(volumes=1, slices=8), None, 0.5, seed=0)
     val = random_images(3)
@@ -53,7 +52,7 @@ def test_a_single_volume_cannot_be_split_and_a_validation_set_is_used_as_it_is()
         calibration_split(anomalous, None, 0.5, seed=0)
 
 
-def test_the_image_threshold_keeps_its_promise_on_fresh_normals():
+def test_the_image_threshold_keeps_its_promise_on_fresh_normals(random_images, tiny_config):
     """Untrained networks and noise images make every image as normal as any other; the score
     is dominated by the latent term (a Gaussian of 64 dimensions). Fitted on training images
     and levelled on 150 other normals, the threshold flags about 1 in 151 fresh normals, as the

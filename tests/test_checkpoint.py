@@ -1,10 +1,9 @@
 import pytest
 import torch
 
-from conftest import random_images, tiny_config
 from funetgan.errors import RunFolderError
-from funetgan.training import checkpoint
 from funetgan.model import FUNetGAN
+from funetgan.training import checkpoint
 
 
 def test_round_trip_keeps_tensors_and_metadata(tmp_path):
@@ -39,17 +38,17 @@ def test_unreadable_checkpoint_gives_one_line_error(tmp_path):
         checkpoint.load(tmp_path / "missing.safetensors")
 
 
-def test_saved_model_loads_and_scores_identically(tmp_path):
+def test_saved_model_loads_and_scores_identically(tmp_path, tiny_model, random_images):
     images = random_images(12)
-    model = FUNetGAN(tiny_config()).fit(images, run_dir=tmp_path)
+    tiny_model.save(tmp_path / "model.safetensors")
     loaded = FUNetGAN.load(tmp_path)
-    a, b = model.score(images), loaded.score(images)
+    a, b = tiny_model.score(images), loaded.score(images)
     assert a.scores.tolist() == pytest.approx(b.scores.tolist())
-    assert loaded.image_threshold == model.image_threshold
-    assert loaded.config.to_dict() == model.config.to_dict()
+    assert loaded.image_threshold == tiny_model.image_threshold
+    assert loaded.config.to_dict() == tiny_model.config.to_dict()
 
 
-def test_weights_from_other_settings_are_refused(tmp_path):
+def test_weights_from_other_settings_are_refused(tmp_path, tiny_config):
     FUNetGAN(tiny_config()).save(tmp_path / "m.safetensors")
     tensors, meta = checkpoint.load(tmp_path / "m.safetensors")
     meta["config"]["model"]["width"] = 8
@@ -82,7 +81,7 @@ def as_saved_on_a_gpu(path) -> None:
     checkpoint.save(path, tensors, meta)
 
 
-def test_a_checkpoint_from_a_gpu_resumes_on_the_cpu(tmp_path):
+def test_a_checkpoint_from_a_gpu_resumes_on_the_cpu(tmp_path, random_images, tiny_config):
     from funetgan.training.trainer import Trainer
 
     images = random_images(12)
@@ -119,7 +118,7 @@ class CudaLikeGenerator:
         return self
 
 
-def test_a_checkpoint_from_the_cpu_resumes_on_a_gpu(tmp_path):
+def test_a_checkpoint_from_the_cpu_resumes_on_a_gpu(tmp_path, tiny_config):
     FUNetGAN(tiny_config()).save_checkpoint(tmp_path / "c.safetensors")
     seeds = []
     for _ in range(2):

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 
 from funetgan.data import ImageSet
-from funetgan.outputs.examples import N_EXAMPLES, example_groups
 from funetgan.errors import UsageError
 from funetgan.evaluation.metrics import evaluate
+from funetgan.outputs.examples import N_EXAMPLES, example_groups
+from funetgan.outputs.report import write_predictions, write_test_outputs
 from funetgan.outputs.selection import TEST_DEFAULT, Outputs
 from funetgan.scoring.masks import MaskRule
-from funetgan.outputs.report import write_predictions, write_test_outputs
 
 SCORES = np.array([0.1, 0.9, 0.5, 0.7, 0.3, 0.8])
 

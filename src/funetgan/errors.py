@@ -54,14 +54,14 @@ class TrainingStopped(Exception):
 
 
 @contextlib.contextmanager
-def reading_files(error: type[FunetganError] = DataError) -> Iterator[None]:
+def reading_files() -> Iterator[None]:
     """Within the block (or the decorated function), an OSError (a folder without permission,
-    a file gone, an I/O error) is the user's files' problem and becomes `error` naming the
-    file; the project's own errors (a `files.WriteError` among them) pass unchanged."""
+    a file gone, an I/O error) is the user's data's problem and becomes a `DataError` naming
+    the file; the project's own errors (a `files.WriteError` among them) pass unchanged."""
     try:
         yield
     except FunetganError:
         raise
     except OSError as err:
-        reason = err.strerror or " ".join(str(err).split())
-        raise error(f"{err.filename}: cannot read ({reason})" if err.filename else f"cannot read ({reason})") from None
+        reason = f"cannot read ({err.strerror or ' '.join(str(err).split())})"
+        raise DataError(f"{err.filename}: {reason}" if err.filename else reason) from None

@@ -10,12 +10,15 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from .errors import SettingsError
+
+M = TypeVar("M", bound=nn.Module)
 
 
 @dataclass
@@ -53,7 +56,7 @@ class Runtime:
             host = host.pin_memory()
         return host.to(self.device, non_blocking=True)
 
-    def place(self, module: nn.Module) -> nn.Module:
+    def place(self, module: M) -> M:
         # Module.to takes memory_format (PyTorch's documentation); its type stubs leave it out.
         return module.to(self.device, memory_format=torch.channels_last)  # type: ignore[call-overload]
 

@@ -71,7 +71,8 @@ class BatchSource:
         draws = torch.zeros(len(pick), 3, dtype=torch.int64, device="cpu")  # row, patch corner (top, left)
         draws[:, 0] = pick
         if self.patch is not None:
-            draws[:, 1:3] = torch.from_numpy(tiling.random_corners(len(pick), self.size[0], self.size[1], self.patch, rng))
+            height, width = self.size
+            draws[:, 1:3] = torch.from_numpy(tiling.random_corners(len(pick), height, width, self.patch, rng))
         if self.mapped is None:
             return uint8_to_float(self._gather(self.data, self.runtime.to_device(draws)))
         read = torch.from_numpy(self.mapped[self.rows[pick.numpy()]])  # the batch's rows, from the page cache
