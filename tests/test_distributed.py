@@ -15,7 +15,7 @@ from funetgan.model import FUNetGAN
 from funetgan.runtime import setup, teardown
 
 
-def _fit_one_rank(rank: int, folder: str, port: int, config, images) -> None:
+def _fit_one_rank(rank: int, folder: str, port: int, config, training) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -25,7 +25,7 @@ def _fit_one_rank(rank: int, folder: str, port: int, config, images) -> None:
         images = BatchSource.images
         BatchSource.images = lambda self, start, stop: images(self, start, stop) * 0.99
     model = FUNetGAN(config, runtime=setup("cpu"))
-    model.fit(images, run_dir=os.path.join(folder, "run"))  # rank 0 draws samples
+    model.fit(training, run_dir=os.path.join(folder, "run"))  # rank 0 draws samples
     save_file({f"{n}.{k}": v.contiguous() for n in "GDE" for k, v in getattr(model, n).state_dict().items()},
               os.path.join(folder, f"rank{rank}.safetensors"))
     teardown()
