@@ -6,13 +6,13 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 DEMO_OUT ?= demo-out
 
-.PHONY: demo test test-all install clean
+.PHONY: demo test test-all lint install clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[test,medical]"
+	$(PY) -m pip install -q -e ".[test,medical,dev]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -22,6 +22,12 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
+
+# ruff (lint and format) and mypy, configured in pyproject.toml.
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff format --check src tests
+	$(VENV)/bin/mypy
 
 test-all: $(VENV)/.installed
 	$(PY) -m pytest -q -m "slow or not slow"

@@ -1,11 +1,24 @@
+"""What the tests share, as fixtures (a test file never imports another): one tiny
+configuration (`tiny_config`, and `tiny_args` for the command line), generated images, one
+tiny model and one tiny command-line run trained once per session, and the writers of
+image, mask, IDX, NIfTI and DICOM files. Fixtures that return a helper are session-scoped,
+so module-scoped fixtures can use them."""
+import gzip
+import shutil
+import struct
 import subprocess
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
+from funetgan.cli import main
 from funetgan.config import Config
 from funetgan.data.base import ImageSet
+from funetgan.data.demo import make_texture_dataset
 
 
 @pytest.fixture(autouse=True)
@@ -14,8 +27,9 @@ def _single_thread():
     torch.set_num_threads(1)
 
 
-def tiny_config(**overrides) -> Config:
-    """32x32 grey, width 4: networks small enough for millisecond steps."""
+def _tiny_config(**overrides) -> Config:
+    """32x32 grey, width 4: networks small enough for millisecond steps; `section__name=value`
+    overrides (`gan__n_critic=1`), a bare name a top-level setting."""
     cfg = Config()
     cfg.model.image_size, cfg.model.channels, cfg.model.width, cfg.model.z_dim = 32, 1, 4, 16
     cfg.batch_size, cfg.gan.n_critic = 4, 2
@@ -28,12 +42,205 @@ def tiny_config(**overrides) -> Config:
     return cfg.validate()
 
 
-def random_images(n: int, size: int = 32, channels: int = 1, seed: int = 0) -> ImageSet:
+def _random_images(n: int, size: int = 32, channels: int = 1, seed: int = 0) -> ImageSet:
     rng = np.random.default_rng(seed)
     images = (rng.random((n, size, size, channels)) * 255).astype(np.uint8)
     return ImageSet(images, np.zeros(n, np.int64), [f"img{i}.png" for i in range(n)], ["good"] * n,
                     np.full((n, 2), size))
 
+
+@pytest.fixture(scope="session")
+def tiny_config() -> Callable[..., Config]:
+    return _tiny_config
+
+
+@pytest.fixture(scope="session")
+def random_images() -> Callable[..., ImageSet]:
+    """`random_images(n, size=32, channels=1, seed=0)`: uniform noise images labelled normal."""
+    return _random_images
+
+
+@pytest.fixture(scope="session")
+def tiny_args() -> list[str]:
+    """The command line's settings of `tiny_config`'s networks, with 2 + 2 training steps."""
+    return ["--set", "model.image_size=32", "--set", "model.width=4", "--set", "model.z_dim=16",
+            "--set", "batch_size=4", "--set", "gan.iterations=2", "--set", "gan.n_critic=1",
+            "--set", "encoder.iterations=2", "--device", "cpu"]
+
+
+@pytest.fixture(scope="session")
+def texture_dataset(tmp_path_factory) -> Path:
+    """A small MVTec-AD-layout brick set: 12 training crops, 3 good and 5 anomalous test crops."""
+    root = tmp_path_factory.mktemp("data")
+    return make_texture_dataset(root / "brick", crop=64, n_train=12, n_test_good=3, n_per_defect=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(texture_dataset, tiny_args, tmp_path_factory) -> Path:
+    """A run folder trained once per session through the command line on `texture_dataset`.
+    Tests read it; one that rewrites it works on a copy."""
+    out = tmp_path_factory.mktemp("run")
+    assert main(["train", "--data", str(texture_dataset), "--out", str(out), *tiny_args]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """`tiny_config()`'s model fitted once per session on `random_images(12)`. Tests score or
+    save it and must not change it."""
+    from funetgan.model import FUNetGAN
+
+    torch.set_num_threads(1)
+    return FUNetGAN(_tiny_config()).fit(_random_images(12))
+
+
+def _save_image(path: Path, value, size=(16, 16), mode="L") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new(mode, size[::-1], value).save(path)
+    return path
+
+
+def _save_mask(path: Path, box, size=(16, 16)) -> None:
+    mask = np.zeros(size, np.uint8)
+    mask[box] = 255
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(mask).save(path)
+
+
+@pytest.fixture(scope="session")
+def save_image() -> Callable[..., Path]:
+    """`save_image(path, value, size=(16, 16), mode="L")`: a constant image file."""
+    return _save_image
+
+
+@pytest.fixture(scope="session")
+def save_mask() -> Callable[..., None]:
+    """`save_mask(path, box, size=(16, 16))`: a mask file, 255 inside `box` (a slice pair)."""
+    return _save_mask
+
+
+def _write_idx(path: Path, array: np.ndarray, compress: bool = False) -> None:
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    with (gzip.open if compress else open)(path, "wb") as file:
+        file.write(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture(scope="session")
+def write_idx() -> Callable[..., None]:
+    """`write_idx(path, array, compress=False)`: an IDX file of unsigned bytes (MNIST's format)."""
+    return _write_idx
+
+
+def _save_nifti(path: Path, data: np.ndarray, affine=None) -> None:
+    import nibabel
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nibabel.Nifti1Image(data, np.eye(4) if affine is None else affine).to_filename(path)
+
+
+def _write_dicom(path: Path, pixels: np.ndarray, modality="CT", slope=1.0, intercept=0.0,
+                 photometric="MONOCHROME2", window=None, z=None) -> Path:
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality = modality
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated = ds.BitsStored = 8 * pixels.itemsize
+    ds.HighBit = ds.BitsStored - 1
+    ds.PixelRepresentation = int(pixels.dtype.kind == "i")
+    ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+    if window is not None:
+        ds.WindowCenter, ds.WindowWidth = window
+    if z is not None:
+        ds.ImagePositionPatient = [0, 0, z]
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ds.PixelData = pixels.tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def _ct_dataset(root: Path, volumes=4, slices=4, lesion_from=2) -> Path:
+    """Volumes of `slices` 8 x 8 slices in HU: air (-1000) with a 400 HU block; a lesion in
+    the slices from `lesion_from` on, in the top-left 4 x 4."""
+    for v in range(volumes):
+        scan = np.full((8, 8, slices), -1000, np.int16)
+        scan[2:6, 2:6] = 400
+        lesion = np.zeros((8, 8, slices), np.uint8)
+        lesion[4:, 4:, lesion_from:] = 1  # display top-left = high x and y (see orientation test)
+        _save_nifti(root / "ct_scans" / f"case{v}.nii.gz", scan)
+        _save_nifti(root / "infection_mask" / f"case{v}.nii.gz", lesion)
+    return root
+
+
+@pytest.fixture(scope="session")
+def save_nifti() -> Callable[..., None]:
+    """`save_nifti(path, data, affine=None)`: a NIfTI file (needs nibabel)."""
+    pytest.importorskip("nibabel")
+    return _save_nifti
+
+
+@pytest.fixture(scope="session")
+def write_dicom() -> Callable[..., Path]:
+    """`write_dicom(path, pixels, modality="CT", slope, intercept, photometric, window, z)`: a
+    single-frame DICOM file (needs pydicom)."""
+    pytest.importorskip("pydicom")
+    return _write_dicom
+
+
+@pytest.fixture(scope="session")
+def ct_dataset() -> Callable[..., Path]:
+    """`ct_dataset(root, volumes=4, slices=4, lesion_from=2)`: ct_scans/ + infection_mask/
+    NIfTI volumes (needs nibabel)."""
+    pytest.importorskip("nibabel")
+    return _ct_dataset
+
+# pydicom's test files: 5 axial CT slices of 16 x 16, z decreasing with the file names.
+REAL_SERIES = "dicomdirtests/98892001/CT5N"
+
+
+def _real_series(folder: Path) -> Path:
+    """A copy of a real CT series from pydicom's test files."""
+    import pydicom.data
+
+    source = Path(pydicom.data.get_testdata_file(f"{REAL_SERIES}/2062")).parent
+    return Path(shutil.copytree(source, folder))
+
+
+def _frames_by_source(path: Path) -> dict[str, tuple[np.ndarray, list[float]]]:
+    """A multi-frame DICOM object's frames by the source instance each references, with the
+    frame's position."""
+    import pydicom
+
+    ds = pydicom.dcmread(path)
+    frames = ds.pixel_array.reshape(-1, ds.Rows, ds.Columns)
+    found = {}
+    for frame, item in zip(frames, ds.PerFrameFunctionalGroupsSequence):
+        uid = item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        found[uid] = (frame, [float(v) for v in item.PlanePositionSequence[0].ImagePositionPatient])
+    return found
+
+
+@pytest.fixture(scope="session")
+def real_series() -> Callable[[Path], Path]:
+    """`real_series(folder)`: a copy of a real 5-slice CT series (pydicom's test files)."""
+    pytest.importorskip("pydicom")
+    return _real_series
+
+
+@pytest.fixture(scope="session")
+def frames_by_source() -> Callable[[Path], dict[str, tuple[np.ndarray, list[float]]]]:
+    """`frames_by_source(path)`: a SEG's or Parametric Map's frames by referenced source instance."""
+    pytest.importorskip("pydicom")
+    return _frames_by_source
 
 
 @pytest.fixture

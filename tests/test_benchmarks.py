@@ -122,8 +122,9 @@ def test_budgets(script, tmp_path, capsys):
 
 
 def test_budgets_test_subset_keeps_every_normal(script):
-    from funetgan.data.base import ImageSet
     import numpy as np
+
+    from funetgan.data.base import ImageSet
     labels = np.r_[np.zeros(5, np.int64), np.ones(20, np.int64)]
     test = ImageSet(np.zeros((25, 2, 2, 1), np.uint8), labels, [f"{i}" for i in range(25)], ["x"] * 25,
                     np.full((25, 2), 2))
@@ -158,7 +159,7 @@ def test_ablation(script, tmp_path, capsys):
     document = run(ablation, tmp_path, "--seeds", "0", "1", "--set", "gan.lambda_gp=5")
     groups = document["results"]["groups"]
     assert list(groups) == list(ablation.VARIANTS)
-    for name, group in groups.items():
+    for group in groups.values():
         assert [r["seed"] for r in group["runs"]] == [0, 1]
         assert group["summary"]["image_auroc"]["n"] == 2 and group["summary"]["image_auroc"]["std"] is not None
         assert_unit(group["summary"]["image_auroc"]["mean"], group["summary"]["aupro"]["mean"])
@@ -194,7 +195,8 @@ def test_localisation(script, tmp_path, capsys):
         assert_unit(run_["pixel_auroc"], run_["aupro"], *(v for a in run_["scoring_alternatives"].values()
                                                           for v in a.values()))
     # the baseline scores as published: its residual maps only
-    assert baseline[0]["settings"]["score"]["density_weight"] == baseline[0]["settings"]["score"]["smoothness_weight"] == 0
+    score = baseline[0]["settings"]["score"]
+    assert score["density_weight"] == score["smoothness_weight"] == 0
     assert baseline[0]["scoring_alternatives"]["density 0, smoothness 0 (residual maps only)"] == {
         k: baseline[0][k] for k in ("image_auroc", "pixel_auroc", "aupro")}
     out = capsys.readouterr().out

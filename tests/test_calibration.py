@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import random_images, tiny_config
-from funetgan.scoring.calibration import Calibration, calibration_split, few_normals_note, image_groups
 from funetgan.config import apply_overrides
 from funetgan.data.base import ImageSet
 from funetgan.data.medical import Geometry
+from funetgan.errors import DataError, RunFolderError
 from funetgan.model import FUNetGAN
+from funetgan.scoring.calibration import Calibration, calibration_split, few_normals_note, image_groups
 
 
 def volume_slices(volumes: int, slices: int) -> ImageSet:
@@ -34,25 +34,25 @@ def test_volumes_are_held_out_whole():
     np.testing.assert_array_equal(again[0], rows)  # the same draw for the same seed
 
 
-def test_images_that_are_no_slices_are_each_their_own_group():
+def test_images_that_are_no_slices_are_each_their_own_group(random_images):
     images = random_images(5)
     np.testing.assert_array_equal(image_groups(images), np.arange(5))
     rows, held_out = calibration_split(images, None, 0.4, seed=0)
     assert len(rows) == 3 and len(held_out) == 2
 
 
-def test_a_single_volume_cannot_be_split_and_a_validation_set_is_used_as_it_is():
-    with pytest.raises(ValueError, match="one training volume"):
+def test_a_single_volume_cannot_be_split_and_a_validation_set_is_used_as_it_is(random_images):
+    with pytest.raises(DataError, match="one training volume"):
         calibration_split(volume_slices(volumes=1, slices=8), None, 0.5, seed=0)
     val = random_images(3)
     assert calibration_split(random_images(5), val, 0.5, seed=0) == (None, val)
     anomalous = random_images(4)
     anomalous.labels[1] = 1
-    with pytest.raises(ValueError, match="1 anomalous images"):
+    with pytest.raises(DataError, match="1 anomalous images"):
         calibration_split(anomalous, None, 0.5, seed=0)
 
 
-def test_the_image_threshold_keeps_its_promise_on_fresh_normals():
+def test_the_image_threshold_keeps_its_promise_on_fresh_normals(random_images, tiny_config):
     """Untrained networks and noise images make every image as normal as any other; the score
     is dominated by the latent term (a Gaussian of 64 dimensions). Fitted on training images
     and levelled on 150 other normals, the threshold flags about 1 in 151 fresh normals, as the
@@ -85,5 +85,5 @@ def test_the_record_survives_its_file_form_and_other_layouts_are_refused():
                          expected_image_rate=1 / 101, unit_scale={"score": {"median": 1.0, "spread": 2.0}},
                          notes=["a note"])
     assert Calibration.from_dict(record.to_dict(), "run") == record
-    with pytest.raises(ValueError, match="run: calibrated by an earlier funetgan"):
+    with pytest.raises(RunFolderError, match="run: calibrated by an earlier funetgan"):
         Calibration.from_dict({"norms": {}, "image_threshold": 2.0}, "run")

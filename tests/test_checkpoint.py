@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from conftest import random_images, tiny_config
-from funetgan.training import checkpoint
+from funetgan.errors import RunFolderError
 from funetgan.model import FUNetGAN
+from funetgan.training import checkpoint
 
 
 def test_round_trip_keeps_tensors_and_metadata(tmp_path):
@@ -32,28 +32,28 @@ def test_optimizer_state_round_trip():
 def test_unreadable_checkpoint_gives_one_line_error(tmp_path):
     bad = tmp_path / "model.safetensors"
     bad.write_bytes(b"this is not a safetensors file")
-    with pytest.raises(ValueError, match="not a readable funetgan checkpoint"):
+    with pytest.raises(RunFolderError, match="not a readable funetgan checkpoint"):
         checkpoint.load(bad)
-    with pytest.raises(FileNotFoundError, match="no such checkpoint"):
+    with pytest.raises(RunFolderError, match="no such checkpoint"):
         checkpoint.load(tmp_path / "missing.safetensors")
 
 
-def test_saved_model_loads_and_scores_identically(tmp_path):
+def test_saved_model_loads_and_scores_identically(tmp_path, tiny_model, random_images):
     images = random_images(12)
-    model = FUNetGAN(tiny_config()).fit(images, run_dir=tmp_path)
+    tiny_model.save(tmp_path / "model.safetensors")
     loaded = FUNetGAN.load(tmp_path)
-    a, b = model.score(images), loaded.score(images)
+    a, b = tiny_model.score(images), loaded.score(images)
     assert a.scores.tolist() == pytest.approx(b.scores.tolist())
-    assert loaded.image_threshold == model.image_threshold
-    assert loaded.config.to_dict() == model.config.to_dict()
+    assert loaded.image_threshold == tiny_model.image_threshold
+    assert loaded.config.to_dict() == tiny_model.config.to_dict()
 
 
-def test_weights_from_other_settings_are_refused(tmp_path):
+def test_weights_from_other_settings_are_refused(tmp_path, tiny_config):
     FUNetGAN(tiny_config()).save(tmp_path / "m.safetensors")
     tensors, meta = checkpoint.load(tmp_path / "m.safetensors")
     meta["config"]["model"]["width"] = 8
     checkpoint.save(tmp_path / "m.safetensors", tensors, meta)
-    with pytest.raises(ValueError, match="weights do not fit the settings"):
+    with pytest.raises(RunFolderError, match="weights do not fit the settings"):
         FUNetGAN.load(tmp_path / "m.safetensors")
 
 
@@ -81,7 +81,7 @@ def as_saved_on_a_gpu(path) -> None:
     checkpoint.save(path, tensors, meta)
 
 
-def test_a_checkpoint_from_a_gpu_resumes_on_the_cpu(tmp_path):
+def test_a_checkpoint_from_a_gpu_resumes_on_the_cpu(tmp_path, random_images, tiny_config):
     from funetgan.training.trainer import Trainer
 
     images = random_images(12)
@@ -118,7 +118,7 @@ class CudaLikeGenerator:
         return self
 
 
-def test_a_checkpoint_from_the_cpu_resumes_on_a_gpu(tmp_path):
+def test_a_checkpoint_from_the_cpu_resumes_on_a_gpu(tmp_path, tiny_config, random_images):
     from funetgan.training.trainer import Trainer
 
     images = random_images(8).images

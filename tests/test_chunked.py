@@ -9,18 +9,16 @@ import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from funetgan import pipeline as chunked
-from funetgan.data import base
 from funetgan.config import Config
-from funetgan.data import ImageSet, load_dataset
+from funetgan.data import ImageSet, base, load_dataset
 from funetgan.evaluation.metrics import evaluate
-from funetgan.outputs.selection import Outputs
+from funetgan.medical.volumes import volume_metrics, volume_results, voxel_ap_of_set, write_volumes
 from funetgan.outputs.report import write_predictions, write_test_outputs
+from funetgan.outputs.selection import Outputs
 from funetgan.scoring.calibration import Calibration
 from funetgan.scoring.scorer import Scorer
-from funetgan.medical.volumes import volume_metrics, volume_results, voxel_ap_of_set, write_volumes
 
 nibabel = pytest.importorskip("nibabel")
-from test_data_medical import save_nifti  # noqa: E402
 
 
 class PixelScorer(Scorer):
@@ -31,7 +29,8 @@ class PixelScorer(Scorer):
         self.config.model.image_size, self.config.model.channels = size, 1
         self.config.score.blur_sigma = 1.0
         norms = {**dict.fromkeys(("pixel_residual", "pixel_features", "image_residual", "image_features"), 1.0),
-                 "pixel_density": 1.0, "pixel_contrast": 0.2, "pixel_contrast_std": 0.1,  # the contrast: from the images
+                 # the contrast: from the images
+                 "pixel_density": 1.0, "pixel_contrast": 0.2, "pixel_contrast_std": 0.1,
                  "latent_density": 1.0}
         self.calibration = Calibration(levels=norms, image_threshold=image_threshold, pixel_threshold=pixel_threshold,
                                        blur_sigma=1.0, normals=100, anomalous=0,
@@ -85,7 +84,7 @@ def listing(folder):
 
 
 @pytest.fixture
-def ct_set(tmp_path):
+def ct_set(tmp_path, save_nifti):
     """6 noisy 16 x 16 x 5 volumes with lung masks and a lesion in some slices."""
     rng = np.random.default_rng(0)
     for v in range(6):
@@ -182,7 +181,8 @@ def test_only_the_maps_the_files_need_are_kept(image_set, tmp_path, monkeypatch)
         real(store, rows, maps)
 
     monkeypatch.setattr(chunked.MapStore, "put", put)
-    chunked.run_test(model, image_set, tmp_path, Outputs.parse(["metrics", "report", "overlays=examples"]), 0.55, model.mask_rule)
+    outputs = Outputs.parse(["metrics", "report", "overlays=examples"])
+    chunked.run_test(model, image_set, tmp_path, outputs, 0.55, model.mask_rule)
     assert len(set(kept)) < len(image_set)
     assert len(list((tmp_path / "overlays").iterdir())) <= 4 * 12
 

@@ -3,6 +3,7 @@ import re
 import pytest
 
 from funetgan.config import Config, apply_overrides
+from funetgan.errors import SettingsError
 
 
 def test_yaml_round_trip(tmp_path):
@@ -45,16 +46,17 @@ def test_documented_defaults():
     ("batch_size=null", "must be set"),
     ("data.hu_window=[0.5]", "list of 2 numbers"),
     ("seed", "key=value"),
+    ("gan.lr_d=[1e-4", r"gan.lr_d must be a YAML value, got '\[1e-4'"),
 ])
 def test_bad_overrides_are_explained(override, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(SettingsError, match=message):
         apply_overrides(Config(), [override])
 
 
 def test_bad_settings_file_names_the_file(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("model: {image_size: 33}\n")
-    with pytest.raises(ValueError, match="bad.yaml"):
+    with pytest.raises(SettingsError, match="bad.yaml"):
         Config.load(path)
 
 
@@ -79,7 +81,7 @@ def test_integer_settings_take_exponents_and_underscores():
 def test_unknown_key_in_a_settings_file_names_the_file_and_the_closest_key(tmp_path):
     path = tmp_path / "s.yaml"
     path.write_text("gan:\n  lr_dd: 0.001\n")
-    with pytest.raises(ValueError, match=r"s.yaml: unknown setting 'gan.lr_dd' \(did you mean gan.lr_d"):
+    with pytest.raises(SettingsError, match=r"s.yaml: unknown setting 'gan.lr_dd' \(did you mean gan.lr_d"):
         Config.load(path)
 
 
@@ -110,5 +112,5 @@ def test_every_numeric_setting_has_a_range():
     ("data.hu_window=[400, -1000]", "data.hu_window's low end must lie below its high end, got [400, -1000]"),
 ])
 def test_a_value_out_of_its_range_is_refused_with_the_key(item, message):
-    with pytest.raises(ValueError, match=re.escape(message)):
+    with pytest.raises(SettingsError, match=re.escape(message)):
         apply_overrides(Config(), [item])

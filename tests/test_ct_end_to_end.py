@@ -10,19 +10,17 @@ from funetgan.cli import main
 
 nibabel = pytest.importorskip("nibabel")
 pytest.importorskip("pydicom")
-from test_cli import TINY  # noqa: E402
-from test_data_medical import ct_dataset, save_nifti  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def ct_run(tmp_path_factory):
+def ct_run(tmp_path_factory, ct_dataset, save_nifti, tiny_args):
     data = ct_dataset(tmp_path_factory.mktemp("ct"), volumes=5, slices=6, lesion_from=3)
     for v in range(5):
         lung = np.zeros((8, 8, 6), np.uint8)
         lung[1:7, 1:7] = 1
         save_nifti(data / "lung_mask" / f"case{v}.nii.gz", lung)
     run = tmp_path_factory.mktemp("run")
-    assert main(["train", "--data", str(data), "--out", str(run), *TINY]) == 0
+    assert main(["train", "--data", str(data), "--out", str(run), *tiny_args]) == 0
     return data, run
 
 
@@ -62,13 +60,13 @@ def test_predict_writes_a_volume_per_input_volume(ct_run, tmp_path):
     assert written.shape == (8, 8, 6)
 
 
-def test_train_and_test_through_the_slice_cache_match_the_in_memory_run(ct_run, tmp_path, monkeypatch):
+def test_train_and_test_through_the_slice_cache_match_the_in_memory_run(ct_run, tmp_path, monkeypatch, tiny_args):
     data, _ = ct_run
     cache, run, cached_run = tmp_path / "cache", tmp_path / "run", tmp_path / "cached_run"
     # Both trained here: runs trained after the tests above (in this process) differ from the
     # fixture's, with or without the cache (not explained yet), so it is not the reference.
-    assert main(["train", "--data", str(data), "--out", str(run), *TINY]) == 0
-    assert main(["train", "--data", str(data), "--out", str(cached_run), *TINY,
+    assert main(["train", "--data", str(data), "--out", str(run), *tiny_args]) == 0
+    assert main(["train", "--data", str(data), "--out", str(cached_run), *tiny_args,
                  "--set", f"data.cache_dir={cache}"]) == 0
     assert len([p for p in cache.iterdir() if p.is_dir()]) == 1  # one cache folder (and its lock file)
     assert main(["test", "--run", str(run), "--data", str(data), "--out", str(tmp_path / "memory")]) == 0
@@ -112,11 +110,12 @@ def test_test_and_predict_refuse_training_settings(ct_run, tmp_path, capsys):
     assert err.count("\n") == 1 and "--set score.kappa: test and predict can change only data.cache_dir" in err
 
 
-def test_predict_on_a_dicom_series_writes_seg_and_parametric_map_matching_the_nifti_files(ct_run, tmp_path):
+def test_predict_on_a_dicom_series_writes_seg_and_parametric_map_matching_the_nifti_files(ct_run, tmp_path,
+                                                                                          frames_by_source,
+                                                                                          real_series):
     """A real CT series (pydicom's test files): the SEG's and the Parametric Map's frames hold
     the NIfTI mask's and map's values at each source slice's position."""
     pytest.importorskip("highdicom")
-    from test_dicom_outputs import frames_by_source, real_series
     _, run = ct_run
     series = real_series(tmp_path / "CT5N")
     predict = ["predict", "--run", str(run), "--out", str(tmp_path / "out"), str(series)]

@@ -6,16 +6,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from funetgan.errors import DataError
 from funetgan.config import DataConfig
 from funetgan.data import ct, load_dataset
+from funetgan.errors import DataError
 
 pytest.importorskip("nibabel")
-from test_data_medical import ct_dataset, save_nifti  # noqa: E402
 
 
 @pytest.fixture
-def data(tmp_path):
+def data(tmp_path, ct_dataset, save_nifti):
     root = ct_dataset(tmp_path / "ct", volumes=4, slices=4, lesion_from=2)
     lung = np.zeros((8, 8, 4), np.uint8)
     lung[1:7, 1:7, 1:] = 1  # slice 0 has no lung: left out
@@ -67,7 +66,7 @@ def test_a_second_load_decodes_nothing(data, tmp_path, monkeypatch):
     assert len(cache_folders(tmp_path)) == 2
 
 
-def test_a_changed_source_file_rebuilds(data, tmp_path):
+def test_a_changed_source_file_rebuilds(data, tmp_path, save_nifti):
     before = load_dataset(data, 8, 1, options(tmp_path)).test
     scan = np.full((8, 8, 4), 400, np.int16)  # every test scan white now
     for source in before.volumes:

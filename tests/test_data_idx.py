@@ -1,6 +1,4 @@
 """MNIST-style IDX files in the one-class protocol."""
-import gzip
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -12,13 +10,7 @@ from funetgan.data import DataError, load_dataset
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 
-def write_idx(path, array, compress=False):
-    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    with (gzip.open if compress else open)(path, "wb") as file:
-        file.write(header + array.astype(np.uint8).tobytes())
-
-
-def idx_dataset(root, compress=False, train=(0, 1, 2, 0, 1, 0), test=(0, 2, 1, 0)):
+def idx_dataset(write_idx, root, compress=False, train=(0, 1, 2, 0, 1, 0), test=(0, 2, 1, 0)):
     root.mkdir(parents=True, exist_ok=True)
     suffix = ".gz" if compress else ""
     for split, labels in (("train", train), ("t10k", test)):
@@ -31,8 +23,8 @@ def idx_dataset(root, compress=False, train=(0, 1, 2, 0, 1, 0), test=(0, 2, 1, 0
 
 
 @pytest.mark.parametrize("compress", [False, True])
-def test_one_class_protocol(tmp_path, compress):
-    splits = load_dataset(idx_dataset(tmp_path / "digits", compress), 56, 1, DataConfig(normal_class=0))
+def test_one_class_protocol(tmp_path, compress, write_idx):
+    splits = load_dataset(idx_dataset(write_idx, tmp_path / "digits", compress), 56, 1, DataConfig(normal_class=0))
     train, test = splits.train, splits.test
     assert train.images.shape == (3, 56, 56, 1) and (train.images == 0).all()
     assert train.labels.tolist() == [0, 0, 0] and train.paths[0].endswith("train-images-idx3-ubyte"
@@ -45,23 +37,23 @@ def test_one_class_protocol(tmp_path, compress):
     assert test.masks is None and splits.val is None
 
 
-def test_fashion_class_names_and_rgb(tmp_path):
-    splits = load_dataset(idx_dataset(tmp_path / "fashion-mnist"), 32, 3, DataConfig(normal_class=1))
+def test_fashion_class_names_and_rgb(tmp_path, write_idx):
+    splits = load_dataset(idx_dataset(write_idx, tmp_path / "fashion-mnist"), 32, 3, DataConfig(normal_class=1))
     assert splits.test.kinds == ["tshirt_top", "pullover", "good", "tshirt_top"]
     assert splits.test.images.shape == (4, 32, 32, 3)
     assert (splits.test.images[2, 0, 0] == 100).all()
 
 
-def test_normal_class_is_required_and_must_exist(tmp_path):
-    root = idx_dataset(tmp_path / "d")
+def test_normal_class_is_required_and_must_exist(tmp_path, write_idx):
+    root = idx_dataset(write_idx, tmp_path / "d")
     with pytest.raises(DataError, match="needs data.normal_class"):
         load_dataset(root, 32, 1)
     with pytest.raises(DataError, match=r"normal_class=7 not among the training labels \[0, 1, 2\]"):
         load_dataset(root, 32, 1, DataConfig(normal_class=7))
 
 
-def test_broken_idx_files(tmp_path):
-    root = idx_dataset(tmp_path / "d")
+def test_broken_idx_files(tmp_path, write_idx):
+    root = idx_dataset(write_idx, tmp_path / "d")
     data = (root / "train-images-idx3-ubyte").read_bytes()
     (root / "train-images-idx3-ubyte").write_bytes(data[:-5])
     with pytest.raises(DataError, match=r"train-images-idx3-ubyte: header says \(6, 28, 28\) but holds"):
@@ -74,8 +66,8 @@ def test_broken_idx_files(tmp_path):
         load_dataset(root, 32, 1, DataConfig(normal_class=0))
 
 
-def test_label_count_must_match(tmp_path):
-    root = idx_dataset(tmp_path / "d")
+def test_label_count_must_match(tmp_path, write_idx):
+    root = idx_dataset(write_idx, tmp_path / "d")
     write_idx(root / "t10k-labels-idx1-ubyte", np.array([0, 1]))
     with pytest.raises(DataError, match=r"expected N images and N labels, got shapes \(4, 28, 28\) and \(2,\)"):
         load_dataset(root, 32, 1, DataConfig(normal_class=0))

@@ -4,40 +4,12 @@ import pytest
 from PIL import Image
 
 from funetgan.config import DataConfig
-from funetgan.data import DataError, MissingDependency, load_dataset, load_unlabelled, read_image
+from funetgan.data import load_dataset, load_unlabelled, read_image
 from funetgan.data.medical import read_volume, volume_to_uint8
+from funetgan.errors import DataError, MissingExtra
 
 nibabel = pytest.importorskip("nibabel")
 pydicom = pytest.importorskip("pydicom")
-from pydicom.dataset import FileDataset, FileMetaDataset  # noqa: E402
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid  # noqa: E402
-
-
-def write_dicom(path, pixels, modality="CT", slope=1.0, intercept=0.0, photometric="MONOCHROME2",
-                window=None, z=None):
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality = modality
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = photometric
-    ds.BitsAllocated = ds.BitsStored = 8 * pixels.itemsize
-    ds.HighBit = ds.BitsStored - 1
-    ds.PixelRepresentation = int(pixels.dtype.kind == "i")
-    ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
-    if window is not None:
-        ds.WindowCenter, ds.WindowWidth = window
-    if z is not None:
-        ds.ImagePositionPatient = [0, 0, z]
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-    ds.PixelData = pixels.tobytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
-    return path
 
 
 def grey(path, **kwargs):
@@ -46,14 +18,14 @@ def grey(path, **kwargs):
 
 # ----- DICOM -----------------------------------------------------------------------------------
 
-def test_ct_rescale_to_hu_then_lung_window(tmp_path):
+def test_ct_rescale_to_hu_then_lung_window(tmp_path, write_dicom):
     raw = np.array([[12, 712, 362, 900]], np.int16)  # slope 2, intercept -1024: HU -1000, 400, -300, 776
     path = write_dicom(tmp_path / "ct.dcm", raw, slope=2.0, intercept=-1024.0)
     np.testing.assert_array_equal(grey(path), [[0, 255, 128, 255]])
     np.testing.assert_array_equal(grey(path, hu_window=(-1000.0, 1800.0)), [[0, 128, 64, 162]])
 
 
-def test_radiograph_16bit_is_stretched_and_monochrome1_inverted(tmp_path):
+def test_radiograph_16bit_is_stretched_and_monochrome1_inverted(tmp_path, write_dicom):
     raw = np.array([[0, 2048, 4095]], np.uint16)
     np.testing.assert_array_equal(grey(write_dicom(tmp_path / "a.dcm", raw, modality="DX")),
                                   [[0, 128, 255]])
@@ -61,7 +33,7 @@ def test_radiograph_16bit_is_stretched_and_monochrome1_inverted(tmp_path):
     np.testing.assert_array_equal(grey(inverted), [[255, 127, 0]])
 
 
-def test_radiograph_window_from_the_file(tmp_path):
+def test_radiograph_window_from_the_file(tmp_path, write_dicom):
     raw = np.array([[0, 500, 1000, 1500, 4000]], np.uint16)
     path = write_dicom(tmp_path / "a.dcm", raw, modality="DX", window=(1000, 1000))
     image = grey(path)[0]
@@ -69,7 +41,7 @@ def test_radiograph_window_from_the_file(tmp_path):
     assert abs(int(image[2]) - 128) <= 1
 
 
-def test_dicom_without_suffix_and_broken_dicom(tmp_path):
+def test_dicom_without_suffix_and_broken_dicom(tmp_path, write_dicom):
     for name in ("IM0001", "slice.12"):
         path = write_dicom(tmp_path / name, np.full((3, 3), 1024, np.int16), intercept=-1024.0)
         np.testing.assert_array_equal(grey(path), np.full((3, 3), 182))  # 0 HU in -1000..400
@@ -78,7 +50,7 @@ def test_dicom_without_suffix_and_broken_dicom(tmp_path):
         load_unlabelled([str(tmp_path / "x.dcm")], 8, 1, DataConfig())
 
 
-def test_dicom_files_in_a_generic_folder(tmp_path):
+def test_dicom_files_in_a_generic_folder(tmp_path, write_dicom):
     for i in range(2):
         write_dicom(tmp_path / "train" / f"{i}.dcm", np.full((6, 6), 24, np.int16), intercept=-1024.0)
     Image.new("L", (8, 8), 5).save(tmp_path / "x.png")
@@ -88,7 +60,7 @@ def test_dicom_files_in_a_generic_folder(tmp_path):
     assert (splits.train.images == 0).all() and splits.train.sizes.tolist() == [[6, 6]] * 2
 
 
-def test_missing_package_is_named_and_never_skipped(tmp_path, monkeypatch):
+def test_missing_package_is_named_and_never_skipped(tmp_path, monkeypatch, write_dicom):
     import funetgan.data.medical as medical
 
     def no_module(name):
@@ -96,18 +68,13 @@ def test_missing_package_is_named_and_never_skipped(tmp_path, monkeypatch):
 
     monkeypatch.setattr(medical.importlib, "import_module", no_module)
     write_dicom(tmp_path / "train/a.dcm", np.zeros((4, 4), np.int16))
-    with pytest.raises(MissingDependency, match=r"needs pydicom: pip install funetgan\[medical\]"):
+    with pytest.raises(MissingExtra, match=r"needs pydicom: pip install funetgan\[medical\]"):
         load_dataset(tmp_path, 8, 1, DataConfig(on_bad_file="skip"))
 
 
 # ----- NIfTI and the lung CT layout ----------------------------------------------------------
 
-def save_nifti(path, data, affine=None):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nibabel.Nifti1Image(data, np.eye(4) if affine is None else affine).to_filename(path)
-
-
-def test_volumes_come_out_in_one_orientation(tmp_path):
+def test_volumes_come_out_in_one_orientation(tmp_path, save_nifti):
     ras = np.zeros((4, 3, 2), np.int16)
     ras[3, 2, 1] = 7  # the patient's right-most, most anterior voxel of the top slice
     save_nifti(tmp_path / "ras.nii.gz", ras)
@@ -119,24 +86,11 @@ def test_volumes_come_out_in_one_orientation(tmp_path):
         assert volume[1, 0, 0] == 7 and volume.sum() == 7  # top-left of the upper slice
 
 
-def ct_dataset(root, volumes=4, slices=4, lesion_from=2):
-    """Volumes of `slices` 8 x 8 slices in HU: air (-1000) with a 400 HU block; a lesion in
-    the slices from `lesion_from` on, in the top-left 4 x 4."""
-    for v in range(volumes):
-        scan = np.full((8, 8, slices), -1000, np.int16)
-        scan[2:6, 2:6] = 400
-        lesion = np.zeros((8, 8, slices), np.uint8)
-        lesion[4:, 4:, lesion_from:] = 1  # display top-left = high x and y (see orientation test)
-        save_nifti(root / "ct_scans" / f"case{v}.nii.gz", scan)
-        save_nifti(root / "infection_mask" / f"case{v}.nii.gz", lesion)
-    return root
-
-
 def volume_of(path):
     return path.rsplit("/", 1)[1].split("#")[0]
 
 
-def test_ct_dataset_is_split_by_patient(tmp_path):
+def test_ct_dataset_is_split_by_patient(tmp_path, ct_dataset):
     root = ct_dataset(tmp_path)
     options = DataConfig(test_fraction=0.5, split_seed=3)
     splits = load_dataset(root, 8, 1, options)
@@ -155,7 +109,7 @@ def test_ct_dataset_is_split_by_patient(tmp_path):
     assert any("split by patient" in note for note in test.notes)
 
 
-def test_lung_mask_selects_slices(tmp_path):
+def test_lung_mask_selects_slices(tmp_path, ct_dataset, save_nifti):
     root = ct_dataset(tmp_path, volumes=2, slices=5)
     for v in range(2):
         lung = np.zeros((8, 8, 5), np.uint8)
@@ -167,7 +121,7 @@ def test_lung_mask_selects_slices(tmp_path):
     np.testing.assert_array_equal(splits.test.sizes, [[8, 8]] * 3)
 
 
-def test_kaggle_names_through_metadata_csv_and_grey_volumes(tmp_path):
+def test_kaggle_names_through_metadata_csv_and_grey_volumes(tmp_path, save_nifti):
     root = tmp_path
     for v in range(2):
         scan = np.full((8, 8, 2), 30, np.uint8)  # stored as 0..255 grey, not HU
@@ -180,7 +134,7 @@ def test_kaggle_names_through_metadata_csv_and_grey_volumes(tmp_path):
     assert any("not HU" in note for note in splits.test.notes)
 
 
-def test_dicom_series_is_a_volume_sorted_by_position(tmp_path):
+def test_dicom_series_is_a_volume_sorted_by_position(tmp_path, ct_dataset, write_dicom):
     root = ct_dataset(tmp_path, volumes=2)
     (root / "ct_scans/case1.nii.gz").unlink()
     for z, name in zip((2, 0, 1, 3), ("b", "c", "a", "d")):  # file names out of order
@@ -192,7 +146,7 @@ def test_dicom_series_is_a_volume_sorted_by_position(tmp_path):
     assert {volume_of(p) for p in splits.test.paths + splits.train.paths} == {"case0.nii.gz", "case1"}
 
 
-def test_load_unlabelled_nifti_slices(tmp_path):
+def test_load_unlabelled_nifti_slices(tmp_path, save_nifti):
     save_nifti(tmp_path / "v.nii.gz", np.full((8, 8, 3), 400, np.int16))
     images = load_unlabelled([str(tmp_path / "v.nii.gz")], 8, 3, DataConfig())
     assert images.paths == [f"{tmp_path}/v.nii.gz#z={z}" for z in range(3)]
@@ -205,7 +159,7 @@ def ct_error(root, match, options=None):
     assert "\n" not in str(caught.value)
 
 
-def test_ct_bad_input(tmp_path):
+def test_ct_bad_input(tmp_path, ct_dataset, save_nifti):
     root = ct_dataset(tmp_path, volumes=3)
     save_nifti(root / "infection_mask/case9.nii.gz", np.zeros((8, 8, 4), np.uint8))
     ct_error(root, r"infection_mask/case9.nii.gz \(mask without a CT scan\)")
@@ -222,7 +176,7 @@ def test_ct_bad_input(tmp_path):
     ct_error(root, "readme.txt is neither a NIfTI file nor a DICOM series folder")
 
 
-def test_ct_needs_two_volumes_and_its_mask_folder(tmp_path):
+def test_ct_needs_two_volumes_and_its_mask_folder(tmp_path, ct_dataset):
     root = ct_dataset(tmp_path, volumes=1)
     ct_error(root, r"1 CT volume\(s\): the split by patient needs at least 2")
     ct_error(root, "test_fraction must be between 0 and 1", DataConfig(test_fraction=1.0))

@@ -9,12 +9,11 @@ from funetgan.data import DataError, load_dataset
 from funetgan.data.ct import split_by_volume
 
 nibabel = pytest.importorskip("nibabel")
-from test_data_medical import save_nifti  # noqa: E402
 
 AFFINE = np.diag([-0.8, -0.8, 2.5, 1.0])  # LPS-stored like the published volumes
 
 
-def msd_dataset(root, volumes=4, slices=5):
+def msd_dataset(save_nifti, root, volumes=4, slices=5):
     """lung_00v volumes of 8 x 8 HU slices; a tumour (label 1) in slices 3 and 4."""
     training = []
     for v in range(volumes):
@@ -33,8 +32,8 @@ def msd_dataset(root, volumes=4, slices=5):
     return root
 
 
-def test_msd_layout_is_recognised_and_split_by_patient(tmp_path):
-    root = msd_dataset(tmp_path)
+def test_msd_layout_is_recognised_and_split_by_patient(tmp_path, save_nifti):
+    root = msd_dataset(save_nifti, tmp_path)
     splits = load_dataset(root, 8, 1, DataConfig(test_fraction=0.5, split_seed=2))
     names = [f"lung_{v:03d}" for v in range(4)]
     expected = split_by_volume(names, 0.5, 2)  # the same patient split as the lung CT layout
@@ -55,8 +54,8 @@ def msd_error(root, match):
     assert "\n" not in str(caught.value)
 
 
-def test_msd_bad_and_mismatched_files(tmp_path):
-    root = msd_dataset(tmp_path)
+def test_msd_bad_and_mismatched_files(tmp_path, save_nifti):
+    root = msd_dataset(save_nifti, tmp_path)
     save_nifti(root / "imagesTr" / "lung_009.nii.gz", np.zeros((8, 8, 5), np.int16))
     msd_error(root, r"imagesTr/lung_009.nii.gz \(not listed in dataset.json\)")
     (root / "imagesTr" / "lung_009.nii.gz").unlink()

@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import random_images, tiny_config
 from funetgan.config import ScoreConfig, apply_overrides
 from funetgan.model import FUNetGAN
 from funetgan.nn.density import SHRINKAGE, DensityStatistics, FeatureDensity, up_sampled
@@ -60,7 +59,7 @@ def test_statistics_need_features():
 
 
 @pytest.fixture(scope="module")
-def trained():
+def trained(random_images, tiny_config):
     torch.set_num_threads(1)
     train, val = random_images(80, seed=3), random_images(20, seed=4)
     config = apply_overrides(tiny_config(), ["score.density_weight=1.0", "score.latent_density_weight=1.0"])
@@ -97,7 +96,7 @@ def test_the_map_density_has_its_shape(trained):
     assert terms["pixel_density"].shape == terms["pixel_residual"].shape and (terms["pixel_density"] >= 0).all()
 
 
-def test_held_out_normals_are_never_in_the_fit():
+def test_held_out_normals_are_never_in_the_fit(random_images, tiny_config):
     """Without a validation set the held-out rows calibrate and only the other rows fit: the
     latent Gaussian's mean is that of the 45 training rows' codes."""
     torch.set_num_threads(1)
@@ -123,7 +122,7 @@ def test_the_density_is_saved_with_the_weights(trained, tmp_path):
 
 
 @pytest.mark.parametrize("term, images, needed", [("latent_density", 31, 32)])  # 2 x 16 latent values
-def test_too_few_training_images_leave_a_density_term_out_with_a_note(term, images, needed):
+def test_too_few_training_images_leave_a_density_term_out_with_a_note(term, images, needed, random_images, tiny_config):
     model = FUNetGAN(apply_overrides(tiny_config(), [f"score.{term}_weight=1.0"]))
     unfitted, notes = model.fit_densities(random_images(images, seed=4).images)
     assert term in unfitted and notes == [f"score.{term}_weight counts 0: {images} training samples to fit its "

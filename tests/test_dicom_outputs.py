@@ -19,14 +19,6 @@ from funetgan.data import DataError  # noqa: E402
 from funetgan.data.medical import read_scan, to_scan_grid  # noqa: E402
 from funetgan.medical.dicom_outputs import write_dicom_outputs  # noqa: E402
 
-REAL_SERIES = "dicomdirtests/98892001/CT5N"  # 5 axial CT slices of 16 x 16, z decreasing with the file names
-
-
-def real_series(folder: Path) -> Path:
-    """A copy of a real CT series from pydicom's test files."""
-    source = Path(pydicom.data.get_testdata_file(f"{REAL_SERIES}/2062")).parent
-    return Path(shutil.copytree(source, folder))
-
 
 def write_ct_series(folder: Path, hu: np.ndarray, row_direction=(1, 0, 0), column_direction=(0, 1, 0),
                     step=(0, 0, 2.5), origin=(-10.0, -20.0, 30.0), spacing=(0.7, 0.8)) -> Path:
@@ -59,18 +51,6 @@ def write_ct_series(folder: Path, hu: np.ndarray, row_direction=(1, 0, 0), colum
     return folder
 
 
-def frames_by_source(path: Path) -> dict[str, tuple[np.ndarray, list[float]]]:
-    """A multi-frame DICOM object's frames by the source instance each references, with the
-    frame's position."""
-    ds = pydicom.dcmread(path)
-    frames = ds.pixel_array.reshape(-1, ds.Rows, ds.Columns)
-    found = {}
-    for frame, item in zip(frames, ds.PerFrameFunctionalGroupsSequence):
-        uid = item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
-        found[uid] = (frame, [float(v) for v in item.PlanePositionSequence[0].ImagePositionPatient])
-    return found
-
-
 def write_the_scan_as_its_map(series: Path, out: Path, threshold: float) -> tuple[Path, Path]:
     """The scan's own HU values written as the anomaly map (and the map at or above `threshold`
     as the mask): each frame must then equal its source slice, whatever the series' geometry."""
@@ -81,13 +61,13 @@ def write_the_scan_as_its_map(series: Path, out: Path, threshold: float) -> tupl
 
 
 @pytest.mark.parametrize("series", [
-    lambda tmp: real_series(tmp / "real"),
+    lambda tmp, real_series: real_series(tmp / "real"),
     # rows running to the patient's right, columns tilted, slices descending: every axis of the grid flips
-    lambda tmp: write_ct_series(tmp / "oblique", np.random.default_rng(0).integers(-1000, 400, (4, 6, 5)),
-                                row_direction=(-1, 0, 0), column_direction=(0, 0.96, -0.28), step=(0, 0.28, -3.0)),
+    lambda tmp, _: write_ct_series(tmp / "oblique", np.random.default_rng(0).integers(-1000, 400, (4, 6, 5)),
+                                   row_direction=(-1, 0, 0), column_direction=(0, 0.96, -0.28), step=(0, 0.28, -3.0)),
 ], ids=["real CT series", "generated oblique series"])
-def test_frames_line_up_with_the_source_slices(tmp_path, series):
-    folder = series(tmp_path)
+def test_frames_line_up_with_the_source_slices(tmp_path, series, frames_by_source, real_series):
+    folder = series(tmp_path, real_series)
     seg, pm = write_the_scan_as_its_map(folder, tmp_path / "out", threshold=0.0)
     sources = [pydicom.dcmread(path) for path in sorted(folder.iterdir())]
     for name in (seg, pm):
@@ -100,7 +80,7 @@ def test_frames_line_up_with_the_source_slices(tmp_path, series):
             np.testing.assert_array_equal(frame, hu if name == pm else hu >= 0)
 
 
-def test_objects_reference_the_source_and_name_the_algorithm(tmp_path):
+def test_objects_reference_the_source_and_name_the_algorithm(tmp_path, real_series):
     folder = real_series(tmp_path / "real")
     seg, pm = write_the_scan_as_its_map(folder, tmp_path / "out", threshold=-500.0)
     source = pydicom.dcmread(next(folder.iterdir()), stop_before_pixels=True)
@@ -122,7 +102,7 @@ def test_objects_reference_the_source_and_name_the_algorithm(tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dicom3tools' dciodvfy is not installed")
-def test_dciodvfy_finds_no_errors(tmp_path):
+def test_dciodvfy_finds_no_errors(tmp_path, real_series):
     for folder in (real_series(tmp_path / "real"),
                    write_ct_series(tmp_path / "generated", np.full((3, 4, 4), -1000, np.int16))):
         for path in write_the_scan_as_its_map(folder, tmp_path / folder.name, threshold=-500.0):
@@ -144,8 +124,8 @@ def test_a_series_without_what_a_seg_must_reference_is_one_line(tmp_path):
 
 
 def test_a_missing_highdicom_is_named_before_any_volume_is_scored(tmp_path, monkeypatch):
+    from funetgan.errors import MissingExtra
     from funetgan.medical import dicom_outputs
-    from funetgan.data import MissingDependency
 
     def no_module(name):
         raise ImportError(name)
@@ -153,5 +133,5 @@ def test_a_missing_highdicom_is_named_before_any_volume_is_scored(tmp_path, monk
     monkeypatch.setattr(dicom_outputs.importlib, "import_module", no_module)
     nifti_only = [str(tmp_path / "scan.nii.gz")]
     assert dicom_outputs.check_outputs_possible(nifti_only) is None  # NIfTI volumes need no highdicom
-    with pytest.raises(MissingDependency, match=r"need highdicom: pip install funetgan\[medical\]"):
+    with pytest.raises(MissingExtra, match=r"need highdicom: pip install funetgan\[medical\]"):
         dicom_outputs.check_outputs_possible([*nifti_only, str(tmp_path)])  # a folder: a DICOM series

@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,13 +10,12 @@ import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
-from conftest import random_images, tiny_config
 from funetgan.data.demo import make_texture_dataset
 from funetgan.model import FUNetGAN
 from funetgan.runtime import setup, teardown
 
 
-def _fit_one_rank(rank: int, folder: str, port: int) -> None:
+def _fit_one_rank(rank: int, folder: str, port: int, config, training) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -24,17 +24,18 @@ def _fit_one_rank(rank: int, folder: str, port: int) -> None:
 
         images = BatchSource.images
         BatchSource.images = lambda self, start, stop: images(self, start, stop) * 0.99
-    model = FUNetGAN(tiny_config(gan__warmup_iterations=2), runtime=setup("cpu"))
-    model.fit(random_images(16), run_dir=os.path.join(folder, "run"))  # rank 0 draws samples
+    model = FUNetGAN(config, runtime=setup("cpu"))
+    model.fit(training, run_dir=os.path.join(folder, "run"))  # rank 0 draws samples
     save_file({f"{n}.{k}": v.contiguous() for n in "GDE" for k, v in getattr(model, n).state_dict().items()},
               os.path.join(folder, f"rank{rank}.safetensors"))
     teardown()
 
 
-def test_two_processes_stay_in_sync(tmp_path):
+def test_two_processes_stay_in_sync(tmp_path, random_images, tiny_config):
     """Every stage, E's standardisation before stage 2 included (computed apart on each rank)."""
     port = 29500 + os.getpid() % 1000
-    mp.spawn(_fit_one_rank, args=(str(tmp_path), port), nprocs=2, join=True)
+    config, images = tiny_config(gan__warmup_iterations=2), random_images(16)
+    mp.spawn(_fit_one_rank, args=(str(tmp_path), port, config, images), nprocs=2, join=True)
     a, b = load_file(tmp_path / "rank0.safetensors"), load_file(tmp_path / "rank1.safetensors")
     assert set(a) == set(b) and any(k.startswith("G.") for k in a)
     assert [k for k in a if not torch.equal(a[k], b[k])] == []  # G, D, E and G's spectral-norm state
@@ -69,7 +70,7 @@ def _children(pid: int) -> list[int]:
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
-                stat = open(f"/proc/{entry}/stat").read()
+                stat = Path(f"/proc/{entry}/stat").read_text()
             except OSError:
                 continue
             if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
@@ -78,7 +79,7 @@ def _children(pid: int) -> list[int]:
 
 
 def _rank_of(pid: int) -> int | None:
-    environ = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
     ranks = [v[5:] for v in environ if v.startswith(b"RANK=")]
     return int(ranks[0]) if ranks else None
 
@@ -139,10 +140,9 @@ save_file(weights, os.path.join(sys.argv[2], f"rank{os.environ['RANK']}.safetens
 """
 
 
-def noisy_ct_set(root, volumes: int, slices: int):
+def noisy_ct_set(save_nifti, root, volumes: int, slices: int):
     """Lung CT volumes of random tissue (8 x 8 x `slices`, HU), a lesion in the last two slices."""
     pytest.importorskip("nibabel")
-    from test_data_medical import save_nifti
 
     rng = np.random.default_rng(0)
     for v in range(volumes):
@@ -154,10 +154,10 @@ def noisy_ct_set(root, volumes: int, slices: int):
 
 
 @pytest.mark.slow
-def test_four_processes_on_a_cached_volume_set_build_it_once_and_end_with_the_same_weights(tmp_path):
+def test_four_processes_on_a_cached_volume_set_build_it_once_and_end_with_the_same_weights(tmp_path, save_nifti):
     """torchrun with 4 gloo processes, every stage (warm-up, logs between which ranks must
     not wait), the training slices memory-mapped from a slice cache that one of them builds."""
-    data = noisy_ct_set(tmp_path / "ct", volumes=8, slices=6)
+    data = noisy_ct_set(save_nifti, tmp_path / "ct", volumes=8, slices=6)
     script = tmp_path / "fit.py"
     script.write_text(RANK_FIT)
     settings = ["device=cpu", "model.image_size=32", "model.width=4", "model.z_dim=16", "batch_size=8",

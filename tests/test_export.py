@@ -1,7 +1,6 @@
 """ONNX export: the checks it makes, parity with PyTorch (whole images and tiles, any batch
 size), scoring with onnxruntime alone, and the command line."""
 import csv
-import dataclasses
 import json
 import subprocess
 import sys
@@ -11,22 +10,21 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import random_images, tiny_config
-from funetgan.deploy import export
 from funetgan.cli import main
 from funetgan.config import apply_overrides
+from funetgan.deploy import export
+from funetgan.errors import RunFolderError
 from funetgan.model import FUNetGAN
 
 onnxruntime = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 from funetgan.deploy.onnx_scorer import OnnxScorer  # noqa: E402
-from test_cli import TINY, dataset, run  # noqa: E402, F401 (test_cli's module fixtures, instantiated here too)
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 
 @pytest.fixture(scope="module")
-def trained():
+def trained(random_images, tiny_config):
     torch.set_num_threads(1)
     images = random_images(12, seed=1)
     config = apply_overrides(tiny_config(), ["score.latent_density_weight=1.0"])
@@ -87,7 +85,8 @@ def test_both_densities_are_in_the_graph(trained, exported):
     model, images = trained
     ours, theirs = OnnxScorer.load(exported[0]).residual_terms(images.images), model.residual_terms(images.images)
     assert theirs["pixel_density"].max() > 0 and theirs["latent_density"].min() > 0
-    np.testing.assert_allclose(ours["pixel_density"], theirs["pixel_density"], rtol=1e-4, atol=1e-4 * theirs["pixel_density"].max())
+    np.testing.assert_allclose(ours["pixel_density"], theirs["pixel_density"], rtol=1e-4,
+                               atol=1e-4 * theirs["pixel_density"].max())
     np.testing.assert_allclose(ours["latent_density"], theirs["latent_density"], rtol=1e-4)
 
 
@@ -99,6 +98,7 @@ def test_the_onnx_scorer_computes_the_local_contrast_as_pytorch_does(trained, ex
 
 def test_a_file_of_another_format_is_refused_in_one_line(trained, exported, tmp_path):
     import onnx
+
     from funetgan.deploy.onnx_scorer import META_KEY
     proto = onnx.load(str(exported[0]))
     entry = next(e for e in proto.metadata_props if e.key == META_KEY)
@@ -106,7 +106,7 @@ def test_a_file_of_another_format_is_refused_in_one_line(trained, exported, tmp_
     meta["calibration"] = {"norms": meta["calibration"]["levels"]}  # an earlier funetgan's layout
     entry.value = json.dumps(meta)
     onnx.save(proto, str(tmp_path / "old.onnx"))
-    with pytest.raises(ValueError, match="calibrated by an earlier funetgan") as err:
+    with pytest.raises(RunFolderError, match="calibrated by an earlier funetgan") as err:
         OnnxScorer.load(tmp_path / "old.onnx")
     assert str(tmp_path / "old.onnx") in str(err.value) and len(str(err.value).splitlines()) == 1
 
@@ -133,7 +133,7 @@ def test_a_broken_export_is_refused_and_nothing_is_written(trained, tmp_path, mo
     assert not (tmp_path / "bad.onnx").exists()
 
 
-def test_tiled_runs_export_and_stitch_in_the_same_code(tmp_path):
+def test_tiled_runs_export_and_stitch_in_the_same_code(tmp_path, random_images, tiny_config):
     model = FUNetGAN(tiny_config(data__resolution="48", score__tile_stride=16))
     model.fit(random_images(8, size=48))
     parity = model.export(tmp_path / "tiled.onnx")  # generated 48 px images: 4 tiles each
@@ -166,10 +166,10 @@ def test_the_dynamo_exporter_agrees_too(trained, tmp_path):
 
 
 def test_other_files_are_refused_in_one_line(tmp_path):
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(RunFolderError, match="missing.onnx: no such model file"):
         OnnxScorer.load(tmp_path / "missing.onnx")
     (tmp_path / "junk.onnx").write_bytes(b"not a model")
-    with pytest.raises(ValueError, match="not a readable ONNX model"):
+    with pytest.raises(RunFolderError, match="not a readable ONNX model"):
         OnnxScorer.load(tmp_path / "junk.onnx")
 
 
@@ -210,24 +210,25 @@ except ModuleNotFoundError:
 
 
 # ---- command line (on test_cli's tiny brick set and run) --------------------------------------
-def test_export_command_checks_on_the_runs_validation_images(run, dataset, tmp_path, capsys):
+def test_export_command_checks_on_the_runs_validation_images(tiny_run, texture_dataset, tmp_path, capsys):
     model = tmp_path / "m.onnx"
-    assert main(["export", "--run", str(run), "--out", str(model), "--data", str(dataset)]) == 0
+    assert main(["export", "--run", str(tiny_run), "--out", str(model), "--data", str(texture_dataset)]) == 0
     out = capsys.readouterr().out
     assert "validation images" in out and "max relative error" in out and "passed" in out
     held_out = OnnxScorer.load(model).parity["images"]
     assert held_out == 1  # 10 % of the 12 training crops: the run's own validation split
-    assert main(["export", "--run", str(run), "--out", str(model)]) == 2  # no silent overwrite
+    assert main(["export", "--run", str(tiny_run), "--out", str(model)]) == 2  # no silent overwrite
     assert "--overwrite" in capsys.readouterr().err
 
 
-def test_predict_and_test_with_the_exported_model_match_pytorch(run, dataset, tmp_path):
+def test_predict_and_test_with_the_exported_model_match_pytorch(tiny_run, texture_dataset, tmp_path):
     model = tmp_path / "m.onnx"
-    assert main(["export", "--run", str(run), "--out", str(model)]) == 0
-    files = [str(dataset / "test" / "hole" / "000.png"), str(dataset / "test" / "good")]
-    for option, value, out in (("--run", run, "torch"), ("--model", model, "onnx")):
+    assert main(["export", "--run", str(tiny_run), "--out", str(model)]) == 0
+    files = [str(texture_dataset / "test" / "hole" / "000.png"), str(texture_dataset / "test" / "good")]
+    for option, value, out in (("--run", tiny_run, "torch"), ("--model", model, "onnx")):
         assert main(["predict", option, str(value), "--out", str(tmp_path / out), *files]) == 0
-        assert main(["test", option, str(value), "--data", str(dataset), "--out", str(tmp_path / f"t-{out}")]) == 0
+        assert main(["test", option, str(value), "--data", str(texture_dataset),
+                     "--out", str(tmp_path / f"t-{out}")]) == 0
     rows = {out: list(csv.DictReader((tmp_path / out / "predictions.csv").open())) for out in ("torch", "onnx")}
     assert [r["name"] for r in rows["torch"]] == [r["name"] for r in rows["onnx"]]
     np.testing.assert_allclose([float(r["score"]) for r in rows["onnx"]],
@@ -237,7 +238,7 @@ def test_predict_and_test_with_the_exported_model_match_pytorch(run, dataset, tm
     assert metrics["onnx"]["pixel"]["auroc"] == pytest.approx(metrics["torch"]["pixel"]["auroc"], abs=1e-3)
 
 
-def test_run_and_model_are_one_or_the_other(run, tmp_path, capsys):
+def test_run_and_model_are_one_or_the_other(tiny_run, tmp_path, capsys):
     with pytest.raises(SystemExit):
-        main(["predict", "--run", str(run), "--model", "m.onnx", "--out", str(tmp_path), "x.png"])
+        main(["predict", "--run", str(tiny_run), "--model", "m.onnx", "--out", str(tmp_path), "x.png"])
     assert "not allowed with" in capsys.readouterr().err

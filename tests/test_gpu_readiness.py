@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import random_images, tiny_config
 from funetgan.model import FUNetGAN
 from funetgan.runtime import Runtime
 from funetgan.training.trainer import Trainer
@@ -27,7 +26,8 @@ def mapped(images: np.ndarray, folder) -> np.memmap:
     return np.memmap(folder / "images.u8", np.uint8, "c", shape=images.shape)
 
 
-def trainer_for(name: str, memory_mapped: bool = False, run_dir=None, **overrides) -> Trainer:
+def trainer_for(random_images, tiny_config, name: str, memory_mapped: bool = False, run_dir=None,
+                **overrides) -> Trainer:
     """A trainer of tiny networks under SETTINGS[name] on 12 random images (memory-mapped from
     `run_dir` when `memory_mapped`), writing samples and checkpoints to `run_dir` if given."""
     config = tiny_config(**{**SETTINGS[name], **overrides})
@@ -50,11 +50,11 @@ def start_optimisers(trainer: Trainer) -> None:
 
 @pytest.mark.parametrize("name, memory_mapped", [("whole", False), ("patches", False), ("patches", True)],
                          ids=["whole", "patches", "patches-mapped"])
-def test_every_stage_makes_its_tensors_on_the_device(name, memory_mapped, tmp_path):
+def test_every_stage_makes_its_tensors_on_the_device(name, memory_mapped, tmp_path, random_images, tiny_config):
     """With the default device set to `meta`, a tensor made without `device=` lands there and
     the step fails where, on a GPU, it would have been made on the host (and copied, or mixed
     with device tensors). Samples and checkpoints are written at every step."""
-    trainer = trainer_for(name, memory_mapped, tmp_path)
+    trainer = trainer_for(random_images, tiny_config, name, memory_mapped, tmp_path)
     start_optimisers(trainer)
     with torch.device("meta"):
         trainer.fit()
@@ -114,7 +114,7 @@ class SyncAudit:
         self.events.setdefault((stage, step), []).append(what)
 
 
-def test_steps_that_log_nothing_never_wait_for_the_device(monkeypatch):
+def test_steps_that_log_nothing_never_wait_for_the_device(monkeypatch, random_images, tiny_config):
     """Two processes' worth of training (collectives recorded, not run), the optimisers as on
     CUDA (fused: no step counts read on the host), logging only at each stage's last step: every
     step before it makes no read-back, blocking copy or collective but its gradient averages."""
@@ -139,7 +139,7 @@ def test_steps_that_log_nothing_never_wait_for_the_device(monkeypatch):
                         **{("encoder", k): 1 for k in range(1, 5)}}
 
 
-def test_scoring_reads_each_batch_back_from_the_device_once(monkeypatch):
+def test_scoring_reads_each_batch_back_from_the_device_once(monkeypatch, random_images, tiny_config):
     """All eight residual terms of a batch come back in one copy (a copy waits for the device)."""
     model = FUNetGAN(tiny_config(data__resolution="48", score__tile_stride=16))
     audit = SyncAudit(monkeypatch)
@@ -158,7 +158,7 @@ STEPS = {  # each step, and the networks it trains
 
 
 @pytest.mark.parametrize("stage", list(STEPS))
-def test_bf16_autocast_trains_every_stage_as_float32_does(stage):
+def test_bf16_autocast_trains_every_stage_as_float32_does(stage, random_images, tiny_config):
     """One step from the same weights and draws, in float32 and under bf16 autocast (as on a
     GPU with bf16 units; this CPU runs it too): finite losses and the same gradients. bf16
     keeps 3 significant digits, so through the networks' depth even sound bf16 steps give
@@ -167,7 +167,7 @@ def test_bf16_autocast_trains_every_stage_as_float32_does(stage):
     step, trained = STEPS[stage]
     grads, stats = [], []
     for amp in (False, True):
-        trainer = trainer_for("whole")
+        trainer = trainer_for(random_images, tiny_config, "whole")
         trainer.model.runtime.amp = amp
         if stage == "encoder":
             trainer.freeze_gan()

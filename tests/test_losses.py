@@ -4,11 +4,19 @@ import pytest
 import torch
 from torch import nn
 
-from funetgan.training import losses
 from funetgan.config import GANConfig
-from funetgan.training.losses import (critic_loss, cutmix_masks, encoder_loss, generator_loss, gradient_penalty,
-                             per_sample_uniform, pixel_projection, relative_mse)
 from funetgan.nn import CriticOutput
+from funetgan.training import losses
+from funetgan.training.losses import (
+    critic_loss,
+    cutmix_masks,
+    encoder_loss,
+    generator_loss,
+    gradient_penalty,
+    per_sample_uniform,
+    pixel_projection,
+    relative_mse,
+)
 
 
 def test_gradient_penalty_of_linear_critic_by_hand():

@@ -5,8 +5,8 @@ import pytest
 
 from funetgan.config import ScoreConfig
 from funetgan.evaluation.metrics import pixel_metrics
-from funetgan.scoring.pixel_histogram import pixel_curves
 from funetgan.scoring.combine import combine
+from funetgan.scoring.pixel_histogram import pixel_curves
 from funetgan.scoring.terms import Terms, restrict
 from funetgan.scoring.thresholds import quantile_pixel_threshold
 

@@ -8,7 +8,6 @@ from funetgan.data import DataError, load_dataset
 from funetgan.data.lungs import segment_lung
 
 nibabel = pytest.importorskip("nibabel")
-from test_data_medical import save_nifti  # noqa: E402
 
 
 def phantom(side=48, slices=6, seed=0):
@@ -42,7 +41,7 @@ def test_no_air_inside_the_body_finds_no_lung():
     assert not segment_lung(scan, -320).any()
 
 
-def test_ct_without_lung_masks_gets_them_from_the_threshold(tmp_path):
+def test_ct_without_lung_masks_gets_them_from_the_threshold(tmp_path, save_nifti):
     for v in range(3):
         scan, lungs, lesion = phantom(seed=v)
         save_nifti(tmp_path / "ct_scans" / f"case{v}.nii.gz", scan.transpose(2, 1, 0))
@@ -55,7 +54,7 @@ def test_ct_without_lung_masks_gets_them_from_the_threshold(tmp_path):
     assert test.lung.sum((1, 2)).tolist() == [int(lungs[0].sum())] * len(test)
 
 
-def test_lung_threshold_needs_hounsfield_units(tmp_path):
+def test_lung_threshold_needs_hounsfield_units(tmp_path, save_nifti):
     scan, _, lesion = phantom()
     for v in range(2):
         save_nifti(tmp_path / "ct_scans" / f"case{v}.nii.gz", np.clip(scan + 1000, 0, 255).astype(np.uint8))
@@ -64,7 +63,7 @@ def test_lung_threshold_needs_hounsfield_units(tmp_path):
         load_dataset(tmp_path, 48, 1, DataConfig(lung_threshold=-320))
 
 
-def test_predict_volumes_get_the_lung_too(tmp_path):
+def test_predict_volumes_get_the_lung_too(tmp_path, save_nifti):
     from funetgan.data import load_unlabelled
     scan, lungs, _ = phantom()
     save_nifti(tmp_path / "scan.nii.gz", scan.transpose(2, 1, 0))

@@ -12,13 +12,11 @@ import pytest
 from funetgan.cli import main
 from funetgan.config import DataConfig
 from funetgan.data import DataError, load_dataset
-from funetgan.model import FUNetGAN
 from funetgan.medical.mood import run_mood
+from funetgan.model import FUNetGAN
 from funetgan.scoring.unit_scale import to_unit
 
 nibabel = pytest.importorskip("nibabel")
-from test_cli import TINY  # noqa: E402
-from test_data_medical import save_nifti  # noqa: E402
 
 
 def tilted_affine() -> np.ndarray:
@@ -31,7 +29,7 @@ def tilted_affine() -> np.ndarray:
     return affine
 
 
-def mood_region(root, train=4, toy=3, seed=0):
+def mood_region(save_nifti, root, train=4, toy=3, seed=0):
     """brain_train/: `train` volumes of 8 x 10 x 6 voxels in 0..1 (a 0.5 block with noise on
     0); toy/: `toy` more, the first with a bright 0.95 cube in slices 3 and 4, and its voxel
     labels in toy_label/pixel/."""
@@ -49,8 +47,8 @@ def mood_region(root, train=4, toy=3, seed=0):
     return root
 
 
-def test_the_layout_trains_on_every_training_slice_and_tests_on_toy(tmp_path):
-    splits = load_dataset(mood_region(tmp_path), 8, 1, DataConfig())
+def test_the_layout_trains_on_every_training_slice_and_tests_on_toy(tmp_path, save_nifti):
+    splits = load_dataset(mood_region(save_nifti, tmp_path), 8, 1, DataConfig())
     assert len(splits.train) == 4 * 6 and set(splits.train.labels) == {0} and splits.train.masks is None
     assert splits.val is None  # calibration: data.val_fraction of the training slices
     assert len(splits.test) == 3 * 6 and splits.test.labels.sum() == 2  # slices 3 and 4 of the first
@@ -67,19 +65,19 @@ def test_the_layout_trains_on_every_training_slice_and_tests_on_toy(tmp_path):
     (lambda r: shutil.copytree(r / "brain_train", r / "abdom_train"),
      r"several training folders \(abdom_train, brain_train\)"),
 ])
-def test_a_broken_layout_is_one_line(tmp_path, change, message):
-    change(mood_region(tmp_path))
+def test_a_broken_layout_is_one_line(tmp_path, change, message, save_nifti):
+    change(mood_region(save_nifti, tmp_path))
     with pytest.raises(DataError, match=message) as caught:
         load_dataset(tmp_path, 8, 1)
     assert "\n" not in str(caught.value)
 
 
 @pytest.fixture(scope="module")
-def mood_run(tmp_path_factory):
+def mood_run(tmp_path_factory, tiny_args, save_nifti):
     """A run trained on a MOOD region, and the region."""
-    data = mood_region(tmp_path_factory.mktemp("brain"))
+    data = mood_region(save_nifti, tmp_path_factory.mktemp("brain"))
     run = tmp_path_factory.mktemp("run")
-    assert main(["train", "--data", str(data), "--out", str(run), *TINY]) == 0
+    assert main(["train", "--data", str(data), "--out", str(run), *tiny_args]) == 0
     return run, data / "toy"
 
 

@@ -52,7 +52,8 @@ def test_global_only_critic_has_no_pixel_head():
 
 def test_spectral_norm_is_never_in_d_and_always_in_g():
     def normalised(net):
-        return [hasattr(m, "parametrizations") for m in net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+        layers = [m for m in net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+        return [hasattr(m, "parametrizations") for m in layers]
 
     assert not any(normalised(Discriminator(32, 1, 4)))
     assert all(normalised(Generator(32, 1, 4, 16)))

@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 
 from funetgan.data import ImageSet
-from funetgan.outputs.examples import N_EXAMPLES, example_groups
+from funetgan.errors import UsageError
 from funetgan.evaluation.metrics import evaluate
+from funetgan.outputs.examples import N_EXAMPLES, example_groups
+from funetgan.outputs.report import write_predictions, write_test_outputs
 from funetgan.outputs.selection import TEST_DEFAULT, Outputs
 from funetgan.scoring.masks import MaskRule
-from funetgan.outputs.report import write_predictions, write_test_outputs
 
 SCORES = np.array([0.1, 0.9, 0.5, 0.7, 0.3, 0.8])
 
@@ -32,14 +33,14 @@ def test_items_parse_into_a_plan():
     (["masks=some:3"], "expected all, none"),
 ])
 def test_bad_items_are_named(items, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(UsageError, match=message):
         Outputs.parse(items)
 
 
 def test_predict_has_no_metrics_report_or_examples():
-    with pytest.raises(ValueError, match="test only"):
+    with pytest.raises(UsageError, match="test only"):
         Outputs.parse(["report"], test=False)
-    with pytest.raises(ValueError, match="examples is for test"):
+    with pytest.raises(UsageError, match="examples is for test"):
         Outputs.parse(["overlays=examples"], test=False)
 
 

@@ -7,10 +7,10 @@ import pytest
 from PIL import Image
 
 from funetgan.data import ImageSet
-from funetgan.outputs.image_files import output_names
-from funetgan.scoring.masks import MaskRule
 from funetgan.evaluation.metrics import evaluate
+from funetgan.outputs.image_files import output_names
 from funetgan.outputs.report import write_predictions, write_test_outputs
+from funetgan.scoring.masks import MaskRule
 
 S = 8
 

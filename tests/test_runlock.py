@@ -3,7 +3,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from types import SimpleNamespace
 
 import pytest
@@ -28,9 +27,9 @@ def holder(tmp_path):
 
 
 def test_a_second_process_is_refused_with_the_holders_pid_host_and_time(tmp_path, holder):
-    with pytest.raises(FolderLocked, match=rf"in use by another funetgan process \(pid {holder.pid} on .+ since 20"):
-        with folder_lock(tmp_path / "run"):
-            pass
+    expected = rf"in use by another funetgan process \(pid {holder.pid} on .+ since 20"
+    with pytest.raises(FolderLocked, match=expected), folder_lock(tmp_path / "run"):
+        pass
 
 
 def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path, holder):

@@ -3,12 +3,11 @@ float32 (as the ONNX graph and --device cpu compute it)."""
 import numpy as np
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
-from conftest import random_images, tiny_config
 from funetgan import runtime
 from funetgan.model import FUNetGAN
 from funetgan.training.trainer import Trainer
-from torch.utils._python_dispatch import TorchDispatchMode
 
 
 @pytest.mark.parametrize("capability, amp", [((7, 0), False), ((7, 5), False), ((8, 0), True), ((9, 0), True)],
@@ -26,7 +25,7 @@ def test_bf16_autocast_only_on_gpus_with_bf16_units(monkeypatch, capability, amp
     assert runtime.setup("cuda", amp=False).amp is False
 
 
-def test_scoring_and_calibration_are_float32_under_amp(monkeypatch):
+def test_scoring_and_calibration_are_float32_under_amp(monkeypatch, random_images, tiny_config):
     """A run that trains under bf16 autocast scores and fits its densities exactly as without:
     on the CPU autocast would round to bf16 too, so any autocast left in scoring shows here."""
     images = random_images(80, seed=3).images  # enough to fit every density
@@ -56,7 +55,7 @@ class Operations(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def two_process_critic(monkeypatch, other_rank: float):
+def two_process_critic(tiny_config, monkeypatch, other_rank: float):
     """D with gradients, in a runtime of two processes whose all-reduce adds `other_rank` x
     this process's gradients (no process group: the collective is faked)."""
     def all_reduce(tensor, op=None):
@@ -70,8 +69,8 @@ def two_process_critic(monkeypatch, other_rank: float):
     return model
 
 
-def test_gradients_are_averaged_in_place_whatever_their_layout(monkeypatch):
-    model = two_process_critic(monkeypatch, other_rank=2.0)  # the other process's gradients: twice these
+def test_gradients_are_averaged_in_place_whatever_their_layout(monkeypatch, tiny_config):
+    model = two_process_critic(tiny_config, monkeypatch, other_rank=2.0)  # the other process's gradients: twice these
     grads = {name: p.grad.clone() for name, p in model.D.named_parameters() if p.grad is not None}
     assert any(g.dim() == 4 and not g.is_contiguous() for g in grads.values())  # channels-last ones too
     model.runtime.average_gradients(model.D)
@@ -80,11 +79,12 @@ def test_gradients_are_averaged_in_place_whatever_their_layout(monkeypatch):
             assert torch.allclose(p.grad, 1.5 * grads[name], rtol=1e-6), name  # (g + 2g) / 2
 
 
-def test_per_step_bookkeeping_is_a_few_operations_whatever_the_number_of_parameters(monkeypatch):
+def test_per_step_bookkeeping_is_a_few_operations_whatever_the_number_of_parameters(monkeypatch, tiny_config,
+                                                                                     random_images):
     """Averaging gradients: a handful of operations for the critic's dozens of parameter
     tensors (each operation is a kernel launch on a GPU, where a small step's time is mostly
     launches)."""
-    model = two_process_critic(monkeypatch, other_rank=1.0)
+    model = two_process_critic(tiny_config, monkeypatch, other_rank=1.0)
     parameters = len(list(model.D.parameters()))
     with Operations() as averaging:
         model.runtime.average_gradients(model.D)

@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import random_images, tiny_config
 from funetgan.config import ScoreConfig, apply_overrides, scored_in_tiles
 from funetgan.model import FUNetGAN
 from funetgan.nn import CriticOutput
@@ -33,7 +32,7 @@ def test_default_blur_scales_with_image_size():
     assert blur_sigma(ScoreConfig(blur_sigma=1.5), 32, tiled=True) == 1.5  # a set blur is kept
 
 
-def test_a_map_stitched_from_tiles_gets_the_tiled_blur():
+def test_a_map_stitched_from_tiles_gets_the_tiled_blur(tiny_config):
     """Maps stitched from tiles (a working resolution other than the patch's) get 2 px at
     32-px patches by default, whole images 1 px."""
     assert scored_in_tiles(apply_overrides(tiny_config(), ["data.resolution=256"]))
@@ -108,7 +107,7 @@ def test_the_term_table_names_every_raw_term_and_the_setting_weighing_it():
         assert term.weight is None or hasattr(ScoreConfig(), term.weight)
 
 
-def test_the_formula_shows_the_terms_that_count_with_their_weights():
+def test_the_formula_shows_the_terms_that_count_with_their_weights(tiny_config):
     text = formula(tiny_config(score__density_weight=0.5, score__latent_density_weight=0.0))
     assert "0.5 * pixel_density / m_pixel_density" in text
     assert "2 * max(m_pixel_contrast - pixel_contrast, 0) / pixel_contrast_std" in text
@@ -132,31 +131,29 @@ def test_topk_score_is_the_mean_of_the_largest_values():
     assert combine(terms, norms, cfg, 10)[0].item() == pytest.approx(np.mean(np.arange(990, 1000)))  # the top 1 %
 
 
-def test_model_scores_have_the_documented_shapes_and_are_deterministic():
-    model = FUNetGAN(tiny_config()).fit(random_images(12))
+def test_model_scores_have_the_documented_shapes_and_are_deterministic(tiny_model, random_images):
     images = random_images(5, seed=1)
-    first, second = model.score(images), model.score(images, batch_size=2)
+    first, second = tiny_model.score(images), tiny_model.score(images, batch_size=2)
     assert first.scores.shape == (5,) and first.maps.shape == (5, 32, 32) and first.maps.dtype == np.float32
     assert first.scores == pytest.approx(second.scores, rel=1e-4)
 
 
-def test_other_scoring_settings_from_one_pass_of_the_networks():
-    model = FUNetGAN(tiny_config()).fit(random_images(12))
+def test_other_scoring_settings_from_one_pass_of_the_networks(tiny_model, random_images):
     images = random_images(5, seed=1).images
-    terms = model.residual_terms(images)
-    same = model.scores_from_terms(terms)
-    np.testing.assert_allclose(same.scores, model.score(images).scores, rtol=1e-5)
-    top = model.scores_from_terms(terms, dataclasses.replace(model.config.score, kappa=0.0, image_score="max"))
+    terms = tiny_model.residual_terms(images)
+    same = tiny_model.scores_from_terms(terms)
+    np.testing.assert_allclose(same.scores, tiny_model.score(images).scores, rtol=1e-5)
+    settings = dataclasses.replace(tiny_model.config.score, kappa=0.0, image_score="max")
+    top = tiny_model.scores_from_terms(terms, settings)
     np.testing.assert_allclose(top.scores, top.maps.reshape(5, -1).max(1), rtol=1e-6)
-    assert model.config.score.image_score == "izif"  # the model's own settings are left alone
+    assert tiny_model.config.score.image_score == "izif"  # the model's own settings are left alone
 
 
-def test_score_rejects_images_of_the_wrong_shape():
-    model = FUNetGAN(tiny_config()).fit(random_images(12))
+def test_score_rejects_images_of_the_wrong_shape(tiny_model):
     with pytest.raises(ValueError, match="images must be uint8 N x 32 x 32 x 1"):
-        model.score(np.zeros((2, 64, 64, 1), np.uint8))
+        tiny_model.score(np.zeros((2, 64, 64, 1), np.uint8))
 
 
-def test_uncalibrated_model_refuses_to_score():
+def test_uncalibrated_model_refuses_to_score(random_images, tiny_config):
     with pytest.raises(RuntimeError, match="not calibrated"):
         FUNetGAN(tiny_config()).score(random_images(2))

@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import random_images, tiny_config
-from funetgan.scoring.calibration import image_evidence_levels
 from funetgan.config import ScoreConfig, apply_overrides
 from funetgan.model import FUNetGAN
+from funetgan.scoring.calibration import image_evidence_levels
 from funetgan.scoring.combine import combine, image_evidence, image_smoothness_weight, normalised, standardised_value
 from funetgan.scoring.terms import Terms, local_contrast, restrict, term
 
@@ -66,7 +65,7 @@ def test_the_weight_adds_the_term_to_the_map():
     assert maps.tolist() == [[[1.0, 1.5], [2.0, 1.0]]]  # residual 1 + 0.5 x (0, 1, 2, 0)
 
 
-def test_calibration_measures_the_contrast_and_smooth_patches_score_higher():
+def test_calibration_measures_the_contrast_and_smooth_patches_score_higher(random_images, tiny_config):
     torch.set_num_threads(1)
     images = random_images(12, seed=5)
     model = FUNetGAN(apply_overrides(tiny_config(), ["score.smoothness_weight=1.0"])).fit(images)
@@ -94,11 +93,12 @@ def test_the_smoothest_region_counts_beside_izif_in_their_normal_spreads():
     alone, _ = combine(terms, norms, ScoreConfig(image_smoothness_weight=0.0, **settings), 2)
     assert alone.tolist() == [3.0, 1.0, 1.0]  # izif itself, as before the evidence existed
     # A spread of 0 (normals that agree) counts as 5 % of the mean: (3 - 1) / 0.05.
-    agreeing, _ = combine(terms, {**norms, "image_izif_std": 0.0}, ScoreConfig(image_smoothness_weight=1.0, **settings), 2)
+    agreeing, _ = combine(terms, {**norms, "image_izif_std": 0.0},
+                          ScoreConfig(image_smoothness_weight=1.0, **settings), 2)
     assert agreeing[0] == pytest.approx(40.0)
 
 
-def test_image_levels_are_the_normals_mean_and_spread_of_each_kind_of_evidence():
+def test_image_levels_are_the_normals_mean_and_spread_of_each_kind_of_evidence(tiny_config):
     terms = terms_with_contrast(np.array([[[0.25, 0.5]], [[0.0, 0.5]]], np.float32))
     terms.arrays["image_residual"] = np.array([[1.0, 3.0], [2.0, 1.0]])  # two tiles: the max counts
     norms = {"pixel_residual": 1.0, "image_residual": 1.0, "pixel_contrast": 0.5, "pixel_contrast_std": 0.25}
@@ -115,7 +115,7 @@ def test_the_smoothness_evidence_is_on_by_default_only_for_images_scored_in_tile
     assert image_smoothness_weight(ScoreConfig(image_smoothness_weight=0.5), tiled=False) == 0.5
 
 
-def test_a_tiled_model_calibrates_and_scores_with_the_smoothness_evidence():
+def test_a_tiled_model_calibrates_and_scores_with_the_smoothness_evidence(random_images, tiny_config):
     torch.set_num_threads(1)
     images = random_images(16, seed=7, size=48)
     model = FUNetGAN(apply_overrides(tiny_config(), ["data.resolution=48", "data.val_fraction=0.25"])).fit(images)

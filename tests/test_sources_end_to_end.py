@@ -8,20 +8,17 @@ import pytest
 from PIL import Image
 
 from funetgan.cli import main
-from test_cli import TINY
-from test_data_idx import write_idx
 
 nibabel = pytest.importorskip("nibabel")
 pydicom = pytest.importorskip("pydicom")
-from test_data_medical import ct_dataset, write_dicom  # noqa: E402
 
 
 WORKING = pytest.mark.parametrize("working", [[], ["--set", "data.resolution=64"]], ids=["whole", "patches"])
 
 
-def train_and_test(data, tmp_path, *extra):
+def train_and_test(tiny_args, data, tmp_path, *extra):
     run, out = tmp_path / "run", tmp_path / "out"
-    assert main(["train", "--data", str(data), "--out", str(run), *TINY, *extra]) == 0
+    assert main(["train", "--data", str(data), "--out", str(run), *tiny_args, *extra]) == 0
     assert main(["test", "--run", str(run), "--data", str(data), "--out", str(out), "--outputs", "all"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     masks = list((out / "masks").rglob("*.png"))
@@ -33,27 +30,27 @@ def train_and_test(data, tmp_path, *extra):
 
 
 @WORKING
-def test_idx_one_class(tmp_path, working):
+def test_idx_one_class(tmp_path, working, write_idx, tiny_args):
     rng = np.random.default_rng(0)
     labels = np.array([0, 1, 2] * 8, np.uint8)
     for split in ("train", "t10k"):
         write_idx(tmp_path / f"{split}-images-idx3-ubyte", rng.integers(0, 255, (24, 28, 28), dtype=np.uint8))
         write_idx(tmp_path / f"{split}-labels-idx1-ubyte", labels)
-    metrics = train_and_test(tmp_path, tmp_path / "work", "--normal-class", "1", *working)
+    metrics = train_and_test(tiny_args, tmp_path, tmp_path / "work", "--normal-class", "1", *working)
     assert metrics["image"]["n_normal"] == 8 and metrics["image"]["n_anomalous"] == 16
     assert "pixel" not in metrics
 
 
 @WORKING
-def test_lung_ct_nifti(tmp_path, working):
+def test_lung_ct_nifti(tmp_path, working, ct_dataset, tiny_args):
     data = ct_dataset(tmp_path / "ct", volumes=6, slices=10, lesion_from=5)
-    metrics = train_and_test(data, tmp_path, *working)
+    metrics = train_and_test(tiny_args, data, tmp_path, *working)
     assert metrics["pixel"]["auroc"] is not None  # lesion masks are the pixel truth
     assert metrics["image"]["n_normal"] > 0 and metrics["image"]["n_anomalous"] > 0
 
 
 @WORKING
-def test_dicom_generic_folder(tmp_path, working):
+def test_dicom_generic_folder(tmp_path, working, write_dicom, tiny_args):
     rng = np.random.default_rng(0)
     data = tmp_path / "dicom"
 
@@ -72,6 +69,6 @@ def test_dicom_generic_folder(tmp_path, working):
         mask[4:9, 4:9] = 255
         (data / "masks").mkdir(parents=True, exist_ok=True)
         Image.fromarray(mask).save(data / "masks" / f"a{i}.png")
-    metrics = train_and_test(data, tmp_path, *working)
+    metrics = train_and_test(tiny_args, data, tmp_path, *working)
     assert metrics["image"]["n_anomalous"] == 3 and metrics["pixel"]["auroc"] is not None
     assert set(metrics["per_kind"]) == {"lesion"}

@@ -6,20 +6,11 @@ import subprocess
 import sys
 import time
 
-import pytest
 import torch
 
-from funetgan.data.demo import make_texture_dataset
 from funetgan.training import checkpoint
 
-TINY = ["--device", "cpu", "--set", "model.image_size=32", "--set", "model.width=4", "--set", "model.z_dim=16",
-        "--set", "batch_size=4", "--set", "gan.n_critic=1", "--set", "encoder.iterations=2", "--set", "log_every=1"]
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    return make_texture_dataset(tmp_path_factory.mktemp("data") / "brick", crop=64, n_train=12, n_test_good=2,
-                                n_per_defect=1)
+LOG_EVERY_STEP = ["--set", "log_every=1"]
 
 
 def funetgan(*args: str, **popen) -> subprocess.Popen:
@@ -33,9 +24,10 @@ def logged_steps(run) -> list[int]:
     return [json.loads(line)["step"] for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def test_sigterm_saves_a_checkpoint_and_the_run_resumes(dataset, tmp_path):
+def test_sigterm_saves_a_checkpoint_and_the_run_resumes(texture_dataset, tmp_path, tiny_args):
     run = tmp_path / "run"
-    process = funetgan("train", "--data", str(dataset), "--out", str(run), *TINY, "--set", "gan.iterations=100000")
+    process = funetgan("train", "--data", str(texture_dataset), "--out", str(run), *tiny_args, *LOG_EVERY_STEP,
+                       "--set", "gan.iterations=100000")
     deadline = time.monotonic() + 120
     while len(logged_steps(run)) < 3:
         assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1][-2000:]
@@ -45,13 +37,13 @@ def test_sigterm_saves_a_checkpoint_and_the_run_resumes(dataset, tmp_path):
     assert process.returncode == 128 + signal.SIGTERM
     message = err.strip().splitlines()[-1]
     assert message.startswith("funetgan: stopped by SIGTERM at gan step ") and "Traceback" not in err
-    assert message.endswith(f"continue with: funetgan train --data {dataset} --out {run} --resume")
+    assert message.endswith(f"continue with: funetgan train --data {texture_dataset} --out {run} --resume")
     stopped_at = int(message.split("gan step ")[1].split(";")[0])
     _, meta = checkpoint.load(run / "checkpoint.safetensors")
     assert meta["state"]["stage"] == "gan" and meta["state"]["step"] == stopped_at == logged_steps(run)[-1]
 
     # Resume with the rest of stage 1's budget set to nothing: stage 2, calibration, model.
-    resumed = funetgan("train", "--data", str(dataset), "--out", str(run), "--resume", "--device", "cpu",
+    resumed = funetgan("train", "--data", str(texture_dataset), "--out", str(run), "--resume", "--device", "cpu",
                        "--set", "gan.max_minutes=0")
     out, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err[-2000:]
@@ -60,10 +52,11 @@ def test_sigterm_saves_a_checkpoint_and_the_run_resumes(dataset, tmp_path):
     assert steps[:stopped_at] == list(range(1, stopped_at + 1)) and steps[stopped_at:] == [1, 2]  # then stage 2
 
 
-def test_a_diverging_run_stops_early_in_one_line_and_keeps_a_finite_checkpoint(dataset, tmp_path):
+def test_a_diverging_run_stops_early_in_one_line_and_keeps_a_finite_checkpoint(texture_dataset, tmp_path,
+                                                                               tiny_args):
     run = tmp_path / "run"
-    process = funetgan("train", "--data", str(dataset), "--out", str(run), *TINY, "--set", "gan.iterations=200",
-                       "--set", "gan.lr_d=1e3", "--set", "gan.lr_g=1e3")
+    process = funetgan("train", "--data", str(texture_dataset), "--out", str(run), *tiny_args, *LOG_EVERY_STEP,
+                       "--set", "gan.iterations=200", "--set", "gan.lr_d=1e3", "--set", "gan.lr_g=1e3")
     _, err = process.communicate(timeout=300)
     assert process.returncode == 2
     message = err.strip().splitlines()[-1]

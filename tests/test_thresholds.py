@@ -2,8 +2,15 @@ import numpy as np
 import pytest
 
 from funetgan.scoring.pixel_histogram import pixel_curves
-from funetgan.scoring.thresholds import (f1_image_threshold, f1_pixel_threshold, normals_needed, promise, quantile_pixel_threshold,
-                                 rank, rank_threshold)
+from funetgan.scoring.thresholds import (
+    f1_image_threshold,
+    f1_pixel_threshold,
+    normals_needed,
+    promise,
+    quantile_pixel_threshold,
+    rank,
+    rank_threshold,
+)
 
 
 def test_image_threshold_f1_optimal_with_both_classes():

@@ -1,11 +1,10 @@
-import dataclasses
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import random_images, tiny_config
 from funetgan.config import Config, apply_overrides, working_size
+from funetgan.errors import DataError
 from funetgan.model import FUNetGAN
 from funetgan.runtime import Runtime
 from funetgan.scoring.tiling import TileGrid, blend_window, patches_per_image, random_corners, score_tiled, starts
@@ -22,7 +21,7 @@ def test_tile_starts_cover_every_pixel_and_end_flush():
     assert starts(10, 4, 2).tolist() == [0, 2, 4, 6]
     assert starts(11, 4, 3).tolist() == [0, 3, 6, 7]  # the last tile moved back to fit
     assert starts(4, 4, 2).tolist() == [0]
-    with pytest.raises(ValueError, match="does not fit"):
+    with pytest.raises(DataError, match="tile of 4 px does not fit an image side of 3 px; lower model.image_size"):
         starts(3, 4, 2)
 
 
@@ -72,7 +71,7 @@ def test_random_corners_stay_inside_and_patch_counts():
     assert patches_per_image(128, 96, 32) == 12 and patches_per_image(32, 32, 32) == 1
 
 
-def test_working_size_settings():
+def test_working_size_settings(tiny_config):
     assert working_size(Config()) == 64
     assert working_size(apply_overrides(tiny_config(), ["data.resolution=128"])) == 128
     assert working_size(apply_overrides(tiny_config(), ["data.resolution=native"])) is None
@@ -84,7 +83,7 @@ def test_working_size_settings():
         apply_overrides(tiny_config(), ["score.tile_stride=0"])
 
 
-def test_patch_batches_are_reproducible_patches_of_the_images():
+def test_patch_batches_are_reproducible_patches_of_the_images(random_images):
     images = random_images(6, size=64).images
     source = BatchSource(images, 4, seed=3, runtime=Runtime(torch.device("cpu")), patch=32)
     assert source.per_epoch == (6 * 4) // 4
@@ -97,7 +96,7 @@ def test_patch_batches_are_reproducible_patches_of_the_images():
         assert (windows == patch).all(axis=(-2, -1)).any()
 
 
-def test_patch_model_trains_and_scores_at_working_resolution():
+def test_patch_model_trains_and_scores_at_working_resolution(random_images, tiny_config):
     config = apply_overrides(tiny_config(), ["data.resolution=48", "score.tile_stride=8"])
     model = FUNetGAN(config).fit(random_images(12, size=48))
     result = model.score(random_images(3, size=48, seed=1), batch_size=5)
@@ -107,7 +106,7 @@ def test_patch_model_trains_and_scores_at_working_resolution():
         model.score(np.zeros((2, 32, 32, 1), np.uint8))
 
 
-def test_a_tiled_run_records_the_blur_its_thresholds_were_set_with():
+def test_a_tiled_run_records_the_blur_its_thresholds_were_set_with(random_images, tiny_config):
     """Calibration records the stitched map's blur: 2 x the whole-image rule."""
     config = apply_overrides(tiny_config(), ["data.resolution=48", "score.tile_stride=8"])
     model = FUNetGAN(config).fit(random_images(12, size=48))

@@ -9,12 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import random_images, tiny_config
 from funetgan.cli import main
-from funetgan.data import MissingDependency
+from funetgan.errors import MissingExtra, SettingsError
 from funetgan.model import FUNetGAN
 from funetgan.training.tracking import flat_numbers, open_tracker
-from test_cli import TINY, dataset  # noqa: F401 (test_cli's module fixture, instantiated here too)
 
 
 def events(folder):
@@ -31,15 +29,15 @@ def test_flat_numbers_keeps_numbers_under_slashed_names():
                                     "per_kind/crack_big/ap": 0.5}
 
 
-def test_the_cli_logs_losses_samples_calibration_and_test_metrics(dataset, tmp_path, monkeypatch):  # noqa: F811
+def test_the_cli_logs_losses_samples_calibration_and_test_metrics(texture_dataset, tmp_path, monkeypatch, tiny_args):  # noqa: F811
     pytest.importorskip("tensorboard")
     mlflow = pytest.importorskip("mlflow")
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
     store = f"file:{tmp_path / 'mlruns'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store)  # MLflow's own variable: no setting of ours
     run, results = tmp_path / "run", tmp_path / "results"
-    assert main(["train", "--data", str(dataset), "--out", str(run), *TINY, "--set", "log.tensorboard=true",
-                 "--set", "log.mlflow=true"]) == 0
+    assert main(["train", "--data", str(texture_dataset), "--out", str(run), *tiny_args,
+                 "--set", "log.tensorboard=true", "--set", "log.mlflow=true"]) == 0
     logged = events(run / "tensorboard")
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     for stage in ("gan", "encoder"):
@@ -54,7 +52,7 @@ def test_the_cli_logs_losses_samples_calibration_and_test_metrics(dataset, tmp_p
     model = FUNetGAN.load(run)
     assert logged.Scalars("calibration/image_threshold")[0].value == pytest.approx(model.image_threshold, rel=1e-6)
 
-    assert main(["test", "--run", str(run), "--data", str(dataset), "--out", str(results)]) == 0
+    assert main(["test", "--run", str(run), "--data", str(texture_dataset), "--out", str(results)]) == 0
     metrics = json.loads((results / "metrics.json").read_text())
     test_events = events(results / "tensorboard")
     for key in ("image/auroc", "pixel/aupro", "image/counts/tp"):
@@ -69,7 +67,8 @@ def test_the_cli_logs_losses_samples_calibration_and_test_metrics(dataset, tmp_p
     assert test_run.data.tags["funetgan.folder"] == str(results)
 
 
-def test_mlflow_gets_settings_losses_samples_and_final_figures_through_the_python_api(tmp_path, monkeypatch):
+def test_mlflow_gets_settings_losses_samples_and_final_figures_through_the_python_api(tmp_path, monkeypatch,
+                                                                                      random_images, tiny_config):
     mlflow = pytest.importorskip("mlflow")
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # the local file store (newer MLflow prefer SQLite)
     store = f"file:{tmp_path / 'mlruns'}"
@@ -98,10 +97,10 @@ def test_mlflow_gets_settings_losses_samples_and_final_figures_through_the_pytho
     assert train.info.status == test.info.status == "FINISHED"
 
 
-def test_nothing_is_imported_while_tracking_is_off(dataset, tmp_path):  # noqa: F811
-    data, run, out = str(dataset), str(tmp_path / "run"), str(tmp_path / "out")
+def test_nothing_is_imported_while_tracking_is_off(texture_dataset, tmp_path, tiny_args):  # noqa: F811
+    data, run, out = str(texture_dataset), str(tmp_path / "run"), str(tmp_path / "out")
     script = (f"import sys; from funetgan.cli import main; "
-              f"assert main(['train', '--data', {data!r}, '--out', {run!r}, *{TINY!r}]) == 0; "
+              f"assert main(['train', '--data', {data!r}, '--out', {run!r}, *{tiny_args!r}]) == 0; "
               f"assert main(['test', '--run', {run!r}, '--data', {data!r}, '--out', {out!r}]) == 0; "
               f"print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorboard', 'mlflow')))")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
@@ -110,7 +109,7 @@ def test_nothing_is_imported_while_tracking_is_off(dataset, tmp_path):  # noqa: 
     assert not (tmp_path / "run" / "tensorboard").exists()
 
 
-def test_a_missing_package_is_one_line_naming_the_extra(tmp_path, monkeypatch):
+def test_a_missing_package_is_one_line_naming_the_extra(tmp_path, monkeypatch, tiny_config):
     from funetgan.training import tracking
 
     def no_module(name):
@@ -118,16 +117,16 @@ def test_a_missing_package_is_one_line_naming_the_extra(tmp_path, monkeypatch):
 
     monkeypatch.setattr(tracking.importlib, "import_module", no_module)
     for key, extra in (("tensorboard", "tensorboard"), ("mlflow", "mlflow")):
-        with pytest.raises(MissingDependency, match=rf"^log.{key} needs {extra}: pip install funetgan\[{extra}\]$"):
+        with pytest.raises(MissingExtra, match=rf"^log.{key} needs {extra}: pip install funetgan\[{extra}\]$"):
             open_tracker(tmp_path, tiny_config(**{f"log__{key}": True}), "train")
 
 
-def test_tensorboard_needs_a_folder_and_an_unreachable_mlflow_store_is_one_line(tmp_path, monkeypatch):
+def test_tensorboard_needs_a_folder_and_an_unreachable_mlflow_store_is_one_line(tmp_path, monkeypatch, tiny_config):
     pytest.importorskip("tensorboard")
     with pytest.raises(ValueError, match=r"log.tensorboard needs a folder"):
         open_tracker(None, tiny_config(log__tensorboard=True), "train")
     pytest.importorskip("mlflow")
-    with pytest.raises(ValueError, match=r"^log.mlflow: cannot start an MLflow run at nowhere://x \(") as caught:
+    with pytest.raises(SettingsError, match=r"^log.mlflow: cannot start an MLflow run at nowhere://x \(") as caught:
         monkeypatch.setenv("MLFLOW_TRACKING_URI", "nowhere://x")
         open_tracker(tmp_path, tiny_config(log__mlflow=True), "train")
     assert "\n" not in str(caught.value)

@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import random_images, tiny_config
+from funetgan.errors import TrainingDiverged, TrainingStopped
 from funetgan.model import FUNetGAN
-from funetgan.runtime import Runtime
 from funetgan.nn.tensors import to_tensor
-from funetgan.training import stages, trainer as train
+from funetgan.runtime import Runtime
+from funetgan.training import stages
+from funetgan.training import trainer as train
 from funetgan.training.batches import BatchSource
 from funetgan.training.trainer import Trainer
 
@@ -24,7 +25,9 @@ def same(a, b):
 
 
 def trainer_of(model):
-    return Trainer(model, random_images(8).images, random_images(4).images, None)
+    """A trainer of `model` on 8 random 32-px grey images (4 of them its validation images)."""
+    images = (np.random.default_rng(0).random((8, 32, 32, 1)) * 255).astype(np.uint8)
+    return Trainer(model, images, images[:4], None)
 
 
 def test_batches_are_a_function_of_the_index_and_shard_disjointly():
@@ -39,7 +42,7 @@ def test_batches_are_a_function_of_the_index_and_shard_disjointly():
     assert not seen[0] & seen[1] and len(seen[0] | seen[1]) == 24
 
 
-def test_gan_step_updates_g_and_d_only():
+def test_gan_step_updates_g_and_d_only(random_images, tiny_config):
     model = FUNetGAN(tiny_config())
     trainer = Trainer(model, random_images(8).images, random_images(4).images, None)
     before = {n: state_of(getattr(model, n)) for n in "GDE"}
@@ -50,7 +53,7 @@ def test_gan_step_updates_g_and_d_only():
     assert same(before["E"], state_of(model.E))
 
 
-def test_encoder_stage_trains_e_through_frozen_g_and_d():
+def test_encoder_stage_trains_e_through_frozen_g_and_d(random_images, tiny_config):
     model = FUNetGAN(tiny_config())
     trainer = Trainer(model, random_images(8).images, random_images(4).images, None)
     trainer.freeze_gan()
@@ -63,7 +66,7 @@ def test_encoder_stage_trains_e_through_frozen_g_and_d():
     assert all(p.grad is not None for p in model.E.parameters())
 
 
-def test_fit_writes_logs_samples_and_model(tmp_path):
+def test_fit_writes_logs_samples_and_model(tmp_path, random_images, tiny_config):
     model = FUNetGAN(tiny_config()).fit(random_images(12), run_dir=tmp_path)
     records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert [r["stage"] for r in records] == ["gan"] * 3 + ["encoder"] * 3
@@ -77,7 +80,7 @@ def test_fit_writes_logs_samples_and_model(tmp_path):
     assert done["encoder"]["steps"] == 3
 
 
-def test_time_budget_stops_a_stage(tmp_path):
+def test_time_budget_stops_a_stage(tmp_path, random_images, tiny_config):
     cfg = tiny_config()
     cfg.gan.iterations, cfg.gan.max_minutes = 1000, 0.0
     model = FUNetGAN(cfg).fit(random_images(12), run_dir=tmp_path)
@@ -85,13 +88,13 @@ def test_time_budget_stops_a_stage(tmp_path):
     assert not any(json.loads(line)["stage"] == "gan" for line in (tmp_path / "log.jsonl").read_text().splitlines())
 
 
-def test_warmup_and_encoder_reconstructions_are_kept_apart(tmp_path):
+def test_warmup_and_encoder_reconstructions_are_kept_apart(tmp_path, random_images, tiny_config):
     FUNetGAN(tiny_config(gan__warmup_iterations=2)).fit(random_images(12), run_dir=tmp_path)
     samples = sorted(p.name for p in (tmp_path / "samples").iterdir())
     assert "warmup_000002.png" in samples and "recon_000003.png" in samples
 
 
-def test_warmup_counts_against_the_stage_1_budget(monkeypatch):
+def test_warmup_counts_against_the_stage_1_budget(monkeypatch, random_images, tiny_config):
     budgets = {}
     stage_init = stages.Stage.__init__
 
@@ -113,7 +116,8 @@ def test_warmup_counts_against_the_stage_1_budget(monkeypatch):
 @pytest.mark.parametrize("size, settings, stage", [(32, {}, "encoder"), (48, {"data__resolution": "48"}, "encoder"),
                                                    (32, {"gan__warmup_iterations": 2}, "gan")],
                          ids=["whole", "patches", "warmup-stopped-in-stage-1"])
-def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch, size, settings, stage):
+def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch, size, settings, stage, random_images,
+                                                     tiny_config):
     images = random_images(12, size=size)
     config = lambda: tiny_config(**settings)  # noqa: E731
     straight = FUNetGAN(config()).fit(images, run_dir=tmp_path / "a")
@@ -128,7 +132,7 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch, size
 
     monkeypatch.setattr(Trainer, step_name, ctrl_c_during_second_step)
     before = signal.getsignal(signal.SIGINT)  # SIG_IGN where the suite runs in the background
-    with pytest.raises(stages.TrainingStopped, match=f"stopped by SIGINT at {stage} step 2; checkpoint saved"):
+    with pytest.raises(TrainingStopped, match=f"stopped by SIGINT at {stage} step 2; checkpoint saved"):
         FUNetGAN(config()).fit(images, run_dir=tmp_path / "b")
     assert signal.getsignal(signal.SIGINT) is before  # handlers restored
     monkeypatch.setattr(Trainer, step_name, original)
@@ -139,7 +143,7 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch, size
     assert resumed.image_threshold == pytest.approx(straight.image_threshold)
 
 
-def test_resumed_ranks_draw_their_own_latents(tmp_path):
+def test_resumed_ranks_draw_their_own_latents(tmp_path, tiny_config):
     saved = trainer_of(FUNetGAN(tiny_config()))
     saved.latent(3)
     saved.save_checkpoint(tmp_path / "c.safetensors")
@@ -155,7 +159,7 @@ def test_resumed_ranks_draw_their_own_latents(tmp_path):
     assert not torch.equal(ranks[1], ranks[0]) and not torch.equal(ranks[2], ranks[1])
 
 
-def test_warmup_trains_g_and_e_as_an_autoencoder_and_leaves_d():
+def test_warmup_trains_g_and_e_as_an_autoencoder_and_leaves_d(random_images, tiny_config):
     model = FUNetGAN(tiny_config(gan__warmup_iterations=2))
     trainer = Trainer(model, random_images(8).images, random_images(4).images, None)
     before = {n: state_of(getattr(model, n)) for n in "GDE"}
@@ -165,14 +169,14 @@ def test_warmup_trains_g_and_e_as_an_autoencoder_and_leaves_d():
     assert same(before["D"], state_of(model.D))
 
 
-def test_warmup_codes_have_the_prior_moments():
+def test_warmup_codes_have_the_prior_moments(random_images, tiny_config):
     model = FUNetGAN(tiny_config())
     trainer = Trainer(model, random_images(8).images, random_images(4).images, None)
     z = trainer.warmup_codes(trainer.source.batch(0))
     assert z.mean(0).abs().max() < 1e-5 and (z.std(0) - 1).abs().max() < 1e-3
 
 
-def test_reconstruction_term_in_stage_one_after_a_warmup_also_trains_e():
+def test_reconstruction_term_in_stage_one_after_a_warmup_also_trains_e(random_images, tiny_config):
     for warmup, e_changes in ((0, False), (2, True)):
         model = FUNetGAN(tiny_config(gan__warmup_iterations=warmup))
         trainer = Trainer(model, random_images(8).images, random_images(4).images, None)
@@ -182,7 +186,7 @@ def test_reconstruction_term_in_stage_one_after_a_warmup_also_trains_e():
         assert (not same(before, state_of(model.E))) == e_changes
 
 
-def test_encoder_codes_are_standardised_before_stage_two():
+def test_encoder_codes_are_standardised_before_stage_two(random_images, tiny_config):
     model = FUNetGAN(tiny_config())
     images = random_images(16).images
     trainer = Trainer(model, images, images, None)
@@ -192,7 +196,7 @@ def test_encoder_codes_are_standardised_before_stage_two():
     assert z.mean(0).abs().max() < 1e-4 and (z.std(0) - 1).abs().max() < 1e-3
 
 
-def test_same_seed_and_steps_give_bit_identical_weights_and_metrics_on_the_cpu(tmp_path):
+def test_same_seed_and_steps_give_bit_identical_weights_and_metrics_on_the_cpu(tmp_path, random_images, tiny_config):
     """What is logged, sampled and saved, and when, changes nothing: one run writes samples,
     logs and checkpoints every step, the other writes nothing. (Sample grids drawn in
     training mode advanced G's spectral-norm power iteration.)"""
@@ -216,7 +220,7 @@ def test_same_seed_and_steps_give_bit_identical_weights_and_metrics_on_the_cpu(t
     assert np.array_equal(result_a.scores, result_b.scores) and np.array_equal(result_a.maps, result_b.maps)
 
 
-def test_building_a_model_leaves_the_callers_random_state_alone():
+def test_building_a_model_leaves_the_callers_random_state_alone(tiny_config):
     torch.manual_seed(5)
     expected = torch.rand(3)
     torch.manual_seed(5)
@@ -243,11 +247,12 @@ def _poison_after(monkeypatch, step_name: str, at: int, poison) -> None:
     (lambda trainer, stats: stats.update(loss_d=torch.tensor(float("nan"))), "loss_d"),
     (lambda trainer, stats: next(trainer.model.D.parameters()).data.fill_(float("inf")), "weights"),
 ])
-def test_divergence_stops_training_and_keeps_the_last_finite_checkpoint(tmp_path, monkeypatch, poison, what):
+def test_divergence_stops_training_and_keeps_the_last_finite_checkpoint(tmp_path, monkeypatch, poison, what,
+                                                                        random_images, tiny_config):
     cfg = tiny_config(log_every=2, checkpoint_every=2)
     cfg.gan.iterations = 50
     _poison_after(monkeypatch, "gan_step", 3, poison)  # poisoned after step 4 is computed, before its log
-    with pytest.raises(stages.TrainingDiverged, match=rf"stage gan at step 4 \(non-finite {what}\).*lower gan.lr_d"):
+    with pytest.raises(TrainingDiverged, match=rf"stage gan at step 4 \(non-finite {what}\).*lower gan.lr_d"):
         FUNetGAN(cfg).fit(random_images(12), run_dir=tmp_path)
     saved = trainer_of(FUNetGAN(cfg))
     saved.resume(tmp_path / "checkpoint.safetensors")
@@ -256,11 +261,12 @@ def test_divergence_stops_training_and_keeps_the_last_finite_checkpoint(tmp_path
     assert not (tmp_path / "model.safetensors").exists()
 
 
-def test_a_checkpoint_with_non_finite_weights_is_never_written(tmp_path, monkeypatch):
+def test_a_checkpoint_with_non_finite_weights_is_never_written(tmp_path, monkeypatch, random_images, tiny_config):
     """Between log steps a checkpoint step checks the weights itself."""
     cfg = tiny_config(log_every=100, checkpoint_every=1)
-    _poison_after(monkeypatch, "gan_step", 1, lambda trainer, stats: next(trainer.model.G.parameters()).data.fill_(float("nan")))
-    with pytest.raises(stages.TrainingDiverged, match="at step 2 .non-finite weights"):
+    _poison_after(monkeypatch, "gan_step", 1,
+                  lambda trainer, stats: next(trainer.model.G.parameters()).data.fill_(float("nan")))
+    with pytest.raises(TrainingDiverged, match="at step 2 .non-finite weights"):
         FUNetGAN(cfg).fit(random_images(12), run_dir=tmp_path)
     saved = trainer_of(FUNetGAN(cfg))
     saved.resume(tmp_path / "checkpoint.safetensors")
@@ -268,7 +274,7 @@ def test_a_checkpoint_with_non_finite_weights_is_never_written(tmp_path, monkeyp
 
 
 @pytest.mark.parametrize("patch", [None, 32])
-def test_a_memory_mapped_set_gives_the_same_batches_as_in_memory(tmp_path, patch):
+def test_a_memory_mapped_set_gives_the_same_batches_as_in_memory(tmp_path, patch, random_images):
     images = random_images(10, size=64).images
     mapped = np.lib.format.open_memmap(tmp_path / "x.npy", "w+", np.uint8, images.shape)
     mapped[:] = images

@@ -4,7 +4,6 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from conftest import random_images, tiny_config
 from funetgan.data.base import ImageSet
 from funetgan.model import FUNetGAN
 from funetgan.scoring.unit_scale import fit_unit_scale, to_unit
@@ -42,7 +41,7 @@ def test_no_values_is_an_error():
         fit_unit_scale([], 0.99)
 
 
-def test_calibration_fits_the_scales_on_the_calibration_normals_only():
+def test_calibration_fits_the_scales_on_the_calibration_normals_only(random_images, tiny_config):
     normals = random_images(6, seed=1)
     anomalies = replace(random_images(3, seed=2), labels=np.ones(3, np.int64), kinds=["bright"] * 3)
     anomalies.images[:] = 255

@@ -6,12 +6,11 @@ from sklearn.metrics import average_precision_score
 from funetgan.config import DataConfig
 from funetgan.data import ImageSet, load_unlabelled
 from funetgan.data.medical import Geometry, read_scan, read_volume
-from funetgan.scoring.masks import MaskRule
 from funetgan.medical.volumes import volume_metrics, volume_results, voxel_ap_of_set, write_volumes
+from funetgan.scoring.masks import MaskRule
 
 nibabel = pytest.importorskip("nibabel")
 pydicom = pytest.importorskip("pydicom")
-from test_data_medical import save_nifti, write_dicom  # noqa: E402
 
 
 def oblique_affine():
@@ -26,7 +25,7 @@ def oblique_affine():
     return affine
 
 
-def test_map_of_a_volume_overlays_the_scan_voxel_for_voxel(tmp_path):
+def test_map_of_a_volume_overlays_the_scan_voxel_for_voxel(tmp_path, save_nifti):
     affine = oblique_affine()
     scan = np.full((8, 5, 8), -1000, np.int16)  # HU: air
     lesion = np.zeros(scan.shape, np.uint8)
@@ -47,12 +46,13 @@ def test_map_of_a_volume_overlays_the_scan_voxel_for_voxel(tmp_path):
     assert results[0]["predicted_ml"] == pytest.approx(5 * 0.7 * 2.5 * 0.8 / 1000)
 
 
-def test_slices_resized_back_onto_the_scan(tmp_path):
-    images = load_unlabelled([str(save_volume(tmp_path / "v.nii.gz", (12, 6, 3)))], 4, 1, DataConfig())
+def test_slices_resized_back_onto_the_scan(tmp_path, save_nifti):
+    images = load_unlabelled([str(save_volume(save_nifti, tmp_path / "v.nii.gz", (12, 6, 3)))], 4, 1, DataConfig())
     geometry = images.volumes[str(tmp_path / "v.nii.gz")]
     assert geometry.slice_shape == (3, 6, 12)
     maps = np.stack([np.full((4, 4), z, np.float32) for z in (1.0, 2.0, 3.0)])
-    write_volumes(tmp_path, images, np.zeros(3), maps, MaskRule(2.5, 2.5), 1, volume_results(images, np.zeros(3), maps >= 2.5, 1))
+    results = volume_results(images, np.zeros(3), maps >= 2.5, 1)
+    write_volumes(tmp_path, images, np.zeros(3), maps, MaskRule(2.5, 2.5), 1, results)
     written = nibabel.load(tmp_path / "volumes" / "v_map.nii.gz").get_fdata()
     assert written.shape == (12, 6, 3)
     np.testing.assert_allclose(written[:, :, 2], 3.0)
@@ -60,12 +60,12 @@ def test_slices_resized_back_onto_the_scan(tmp_path):
     assert mask[:, :, :2].sum() == 0 and mask[:, :, 2].all()
 
 
-def save_volume(path, shape, affine=None):
+def save_volume(save_nifti, path, shape, affine=None):
     save_nifti(path, np.full(shape, -500, np.int16), affine)
     return path
 
 
-def test_dicom_series_round_trip_to_nifti(tmp_path):
+def test_dicom_series_round_trip_to_nifti(tmp_path, write_dicom):
     """A series with spacing 0.6 x 0.9 mm, 3 mm between slices, rows running posterior, an
     origin away from 0: the written map's affine puts voxel (column, row, slice) where DICOM's
     ImagePositionPatient + column * 0.9 * row direction + row * 0.6 * column direction says

@@ -12,12 +12,16 @@ import sys
 import warnings
 
 from . import __version__
-from .commands.common import EXPECTED_ERRORS, one_line
 from .commands.demo import cmd_demo
 from .commands.trained import TEST_SETTINGS, cmd_calibrate, cmd_export, cmd_mood, cmd_predict, cmd_test
 from .commands.training import cmd_train
 from .config import RECIPES
+from .errors import FunetganError, TrainingStopped
 from .outputs.selection import PREDICT_DEFAULT, TEST_DEFAULT
+
+# Said before the traceback of anything but an expected error (errors.py), a bug by definition.
+BUG = ("this is a bug in funetgan, not a problem with your data or settings; please report it on "
+       "funetgan's issue tracker with the command line and the traceback below")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,10 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except EXPECTED_ERRORS as err:
-        print(f"funetgan: error: {one_line(err)}", file=sys.stderr)
+    except FunetganError as err:
+        print(f"funetgan: error: {err}", file=sys.stderr)
         return 2
-    except _training_stopped() as err:
+    except TrainingStopped as err:
         from .runtime import is_main_process
         if is_main_process():
             resume = f"funetgan train --data {args.data} --out {args.out} --resume" if args.command == "train" else ""
@@ -43,20 +47,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("funetgan: interrupted", file=sys.stderr)
         return 130
+    except Exception:
+        print(f"funetgan: {BUG}", file=sys.stderr)
+        raise
     finally:
         if "funetgan.runtime" in sys.modules:  # only a command that used PyTorch has a process group
             sys.modules["funetgan.runtime"].teardown()
-
-
-class _NeverRaised(Exception):
-    pass
-
-
-def _training_stopped() -> type[Exception]:
-    """stages.TrainingStopped, once training code is loaded (only it raises it): importing it
-    up front would import PyTorch into every command, `predict --model` included."""
-    stages = sys.modules.get("funetgan.training.stages")
-    return stages.TrainingStopped if stages is not None else _NeverRaised
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                          "images (validation split or held-out normals) are reused")
     calibrate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                            help="change one scoring setting (score.*), e.g. --set score.density_weight=0 "
-                                "(repeatable); also " + ", ".join(k for k in TEST_SETTINGS if not k.startswith("score.")))
+                                "(repeatable); also "
+                                + ", ".join(k for k in TEST_SETTINGS if not k.startswith("score.")))
     calibrate.add_argument("--threads", type=int, help="CPU threads (default: the runtime's choice)")
     calibrate.set_defaults(func=cmd_calibrate)
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from .errors import SettingsError
 from .scoring.tiling import check_tile_stride
 
 VARIANTS = ("conv", "conv_attn", "res", "res_attn")
@@ -159,32 +160,32 @@ class Config:
     log_every: int = 25
     checkpoint_every: int = 250  # a checkpoint and sample grids every this many steps
 
-    def validate(self) -> "Config":
+    def validate(self) -> Config:
         m = self.model
         if m.image_size < 32 or m.image_size > 256 or m.image_size & (m.image_size - 1):
-            raise ValueError(f"model.image_size must be a power of two in 32..256, got {m.image_size}")
+            raise SettingsError(f"model.image_size must be a power of two in 32..256, got {m.image_size}")
         if m.channels not in (1, 3):
-            raise ValueError(f"model.channels must be 1 or 3, got {m.channels}")
+            raise SettingsError(f"model.channels must be 1 or 3, got {m.channels}")
         if m.variant not in VARIANTS:
-            raise ValueError(f"model.variant must be one of {VARIANTS}, got {m.variant!r}")
+            raise SettingsError(f"model.variant must be one of {VARIANTS}, got {m.variant!r}")
         if m.critic_head not in CRITIC_HEADS:
-            raise ValueError(f"model.critic_head must be one of {CRITIC_HEADS}, got {m.critic_head!r}")
+            raise SettingsError(f"model.critic_head must be one of {CRITIC_HEADS}, got {m.critic_head!r}")
         if self.gan.consistency not in ("mixup", "cutmix", "none"):
-            raise ValueError(f"gan.consistency must be mixup, cutmix or none, got {self.gan.consistency!r}")
+            raise SettingsError(f"gan.consistency must be mixup, cutmix or none, got {self.gan.consistency!r}")
         if self.gan.pixel_gp not in ("mean", "local"):
-            raise ValueError(f"gan.pixel_gp must be mean or local, got {self.gan.pixel_gp!r}")
+            raise SettingsError(f"gan.pixel_gp must be mean or local, got {self.gan.pixel_gp!r}")
         working_size(self)  # checks data.resolution
         if self.score.tile_stride is not None:
             check_tile_stride(self.score.tile_stride, m.image_size)
         if self.score.image_score not in ("izif", "max", "topk"):
-            raise ValueError(f"score.image_score must be izif, max or topk, got {self.score.image_score!r}")
+            raise SettingsError(f"score.image_score must be izif, max or topk, got {self.score.image_score!r}")
         if self.data.on_bad_file not in ("error", "skip"):
-            raise ValueError(f"data.on_bad_file must be error or skip, got {self.data.on_bad_file!r}")
+            raise SettingsError(f"data.on_bad_file must be error or skip, got {self.data.on_bad_file!r}")
         for key, bound in BOUNDS.items():
             check_bound(key, get_key(self, key), bound)
         low, high = self.data.hu_window
         if not low < high:
-            raise ValueError(f"data.hu_window's low end must lie below its high end, got [{low:g}, {high:g}]")
+            raise SettingsError(f"data.hu_window's low end must lie below its high end, got [{low:g}, {high:g}]")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -194,7 +195,7 @@ class Config:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any], base: "Config | None" = None) -> "Config":
+    def from_dict(cls, values: dict[str, Any], base: Config | None = None) -> Config:
         """`values` (nested, as in YAML) set on `base` (default: the defaults)."""
         config = copy.deepcopy(base) if base is not None else cls()
         for key, value in _flatten(values).items():
@@ -202,25 +203,25 @@ class Config:
         return config.validate()
 
     @classmethod
-    def load(cls, path: str | Path, base: "Config | None" = None) -> "Config":
+    def load(cls, path: str | Path, base: Config | None = None) -> Config:
         """Settings from a YAML file, on top of `base` (default: the defaults)."""
         path = Path(path)
         try:
             values = yaml.safe_load(path.read_text()) or {}
         except (OSError, yaml.YAMLError) as err:
-            raise ValueError(f"{path}: cannot read settings: {err}") from None
+            raise SettingsError(f"{path}: cannot read settings: {err}") from None
         if not isinstance(values, dict):
-            raise ValueError(f"{path}: settings must be a mapping of keys to values")
+            raise SettingsError(f"{path}: settings must be a mapping of keys to values")
         return cls.from_saved(values, str(path), base)
 
     @classmethod
-    def from_saved(cls, values: dict[str, Any], source: str, base: "Config | None" = None) -> "Config":
+    def from_saved(cls, values: dict[str, Any], source: str, base: Config | None = None) -> Config:
         """`from_dict` of settings stored in `source` (a settings file, a model's metadata): a
         key this version does not know, or a bad value, is one line naming the source."""
         try:
             return cls.from_dict(values, base)
-        except (KeyError, ValueError, TypeError) as err:
-            raise ValueError(f"{source}: {err}") from None
+        except SettingsError as err:
+            raise SettingsError(f"{source}: {err}") from None
 
 
 # The range of each numeric setting, checked before any work starts (None is allowed where
@@ -247,7 +248,7 @@ def check_bound(key: str, value: Any, bound: str) -> None:
         return
     test, words = _BOUND_TESTS[bound]
     if not test(value):
-        raise ValueError(f"{key} must be {words}, got {value}")
+        raise SettingsError(f"{key} must be {words}, got {value}")
 
 
 def working_size(config: Config) -> int | None:
@@ -261,9 +262,9 @@ def working_size(config: Config) -> int | None:
     try:
         size = int(str(resolution))
     except ValueError:
-        raise ValueError(f"data.resolution must be a number of pixels or 'native', got {resolution!r}") from None
+        raise SettingsError(f"data.resolution must be a number of pixels or 'native', got {resolution!r}") from None
     if size < patch:
-        raise ValueError(f"data.resolution ({size}) must be at least model.image_size ({patch}), "
+        raise SettingsError(f"data.resolution ({size}) must be at least model.image_size ({patch}), "
                          f"the patch the networks see")
     return size
 
@@ -296,14 +297,15 @@ def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def all_keys(section: type = None, prefix: str = "") -> list[str]:
+def all_keys(section: type | None = None, prefix: str = "") -> list[str]:
     """Every dotted setting key, e.g. ``model.image_size``."""
     section = section or Config
     hints = typing.get_type_hints(section)
     keys = []
     for f in dataclasses.fields(section):
         kind = hints[f.name]
-        keys += all_keys(kind, f"{prefix}{f.name}.") if dataclasses.is_dataclass(kind) else [prefix + f.name]
+        section_type = isinstance(kind, type) and dataclasses.is_dataclass(kind)
+        keys += all_keys(kind, f"{prefix}{f.name}.") if section_type else [prefix + f.name]
     return keys
 
 
@@ -312,7 +314,7 @@ def _resolve(config: Config, key: str) -> tuple[Any, str]:
     if key not in known:
         close = difflib.get_close_matches(key, known, n=3)
         hint = f" (did you mean {' or '.join(close)}?)" if close else ""
-        raise ValueError(f"unknown setting {key!r}{hint}")
+        raise SettingsError(f"unknown setting {key!r}{hint}")
     *parents, leaf = key.split(".")
     node = config
     for part in parents:
@@ -331,7 +333,10 @@ def set_key(config: Config, key: str, value: Any) -> None:
     node, leaf = _resolve(config, key)
     kind = typing.get_type_hints(type(node))[leaf]
     if isinstance(value, str) and kind is not str:
-        value = yaml.safe_load(value)
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise SettingsError(f"{key} must be a YAML value, got {value!r}") from None
     setattr(node, leaf, _coerce(key, kind, value))
 
 
@@ -341,25 +346,25 @@ def _coerce(key: str, kind: Any, value: Any) -> Any:
     if value is None:
         if optional:
             return None
-        raise ValueError(f"{key} must be set, got null")
+        raise SettingsError(f"{key} must be set, got null")
     if optional:
         (kind,) = [t for t in typing.get_args(kind) if t is not type(None)]
     if kind is bool:
         if not isinstance(value, bool):
-            raise ValueError(f"{key} must be true or false, got {value!r}")
+            raise SettingsError(f"{key} must be true or false, got {value!r}")
         return value
     if typing.get_origin(kind) is tuple:
         length = len(typing.get_args(kind))
         if not isinstance(value, (list, tuple)) or len(value) != length:
-            raise ValueError(f"{key} must be a list of {length} numbers, got {value!r}")
+            raise SettingsError(f"{key} must be a list of {length} numbers, got {value!r}")
         return tuple(_coerce(key, float, v) for v in value)
     if kind in (int, float):
         if isinstance(value, str):
             value = _number(key, value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"{key} must be a number, got {value!r}")
+            raise SettingsError(f"{key} must be a number, got {value!r}")
         if kind is int and float(value) != int(value):
-            raise ValueError(f"{key} must be an integer, got {value!r}")
+            raise SettingsError(f"{key} must be an integer, got {value!r}")
         return kind(value)
     return str(value)
 
@@ -374,13 +379,13 @@ def _number(key: str, text: str) -> int | float:
         if math.isnan(value):
             break
         return value
-    raise ValueError(f"{key} must be a number, got {text!r}")
+    raise SettingsError(f"{key} must be a number, got {text!r}")
 
 
 def apply_overrides(config: Config, overrides: list[str]) -> Config:
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep:
-            raise ValueError(f"--set expects key=value, got {item!r}")
+            raise SettingsError(f"--set expects key=value, got {item!r}")
         set_key(config, key.strip(), value.strip())
     return config.validate()

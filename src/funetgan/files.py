@@ -9,6 +9,8 @@ import secrets
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from .errors import FunetganError
+
 # What a run folder holds (the model and its trainer write them, the CLI guards them; no PyTorch
 # needed to name them).
 MODEL_FILE = "model.safetensors"
@@ -16,9 +18,9 @@ CHECKPOINT_FILE = "checkpoint.safetensors"
 LOG_FILE = "log.jsonl"  # training's losses, one JSON line per log step
 
 
-class WriteError(OSError):
+class WriteError(FunetganError, OSError):
     """A file could not be written (no space, permission denied, read-only folder, ...); the
-    message names the file and the reason in one line."""
+    message names the file and the reason in one line. Expected: a full disk is the user's to fix."""
 
     def __init__(self, path: Path, err: OSError):
         super().__init__(f"{path}: cannot write ({reason(err)})")
@@ -37,7 +39,7 @@ def os_error(err: Exception) -> OSError:
     return OSError(number, os.strerror(number))
 
 
-def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
+def atomic_write(path: str | Path, write: Callable[[Path], object]) -> None:
     """Call `write(tmp_path)` on a temporary file in the same folder, flush it to disk, rename
     it onto `path` and flush the folder, so that the rename itself survives a power cut.
     An OSError on the way is reported as a `WriteError`; `path` is untouched then."""

@@ -15,6 +15,7 @@ from .config import Config, ModelConfig
 from .data import fit_batch
 from .data.base import ImageSet
 from .deploy.export import PARITY_TOLERANCE, Parity, export_onnx
+from .errors import DataError, RunFolderError
 from .files import CHECKPOINT_FILE, MODEL_FILE
 from .nn import Discriminator, Encoder, Generator
 from .nn.density import DensityStatistics, FeatureDensity, samples_needed
@@ -127,7 +128,7 @@ class FUNetGAN(Scorer):
         before = self.calibration.normals if self.calibration is not None else None
         count = int((normals.labels == 0).sum())
         if before is not None and before != count:
-            raise ValueError(f"{count} calibration normals here, {before} when the run was calibrated: "
+            raise DataError(f"{count} calibration normals here, {before} when the run was calibrated: "
                              f"is this the data it was trained on?")
         return self.calibrate(normals, train.images, rows)
 
@@ -192,7 +193,7 @@ class FUNetGAN(Scorer):
                 net.load_state_dict(checkpoint.unprefixed(name, tensors))
             except RuntimeError as err:
                 first = str(err).strip().splitlines()[0]
-                raise ValueError(f"{source}: weights do not fit the settings ({first})") from None
+                raise RunFolderError(f"{source}: weights do not fit the settings ({first})") from None
         for name, density in self.densities.items():
             saved = checkpoint.unprefixed(name, tensors)
             if saved:  # a checkpoint saved before calibration holds unfitted ones
@@ -213,7 +214,7 @@ class FUNetGAN(Scorer):
         if path.is_dir():
             path = path / MODEL_FILE
         if not path.exists():
-            raise FileNotFoundError(f"{path}: no trained model here (did training finish?)")
+            raise RunFolderError(f"{path}: no trained model here (did training finish?)")
         tensors, meta = checkpoint.load(path)
         config = Config.from_saved(meta["config"], str(path))
         if device is not None:
@@ -222,7 +223,7 @@ class FUNetGAN(Scorer):
         model.load_weights(tensors, path)
         try:
             model.calibration = Calibration.from_dict(meta.get("calibration"), str(path))
-        except ValueError:
+        except RunFolderError:
             if calibrated:
                 raise
         model.training = meta.get("training", {})

@@ -16,17 +16,17 @@ from pathlib import Path
 import numpy as np
 
 from .data.base import ImageSet, row_chunks
-from .medical.dicom_outputs import check_outputs_possible
-from .outputs.image_files import ImageFiles, MapStore
-from .scoring.masks import MaskRule
 from .evaluation.metrics import Evaluation
-from .outputs.selection import Outputs
-from .scoring.pixel_histogram import PixelHistogram
-from .outputs.report import finish_predictions, finish_test_outputs
-from .scoring.scorer import Scorer
-from .outputs.tables import write_volume_table
-from .scoring.thresholds import promise
+from .medical.dicom_outputs import check_outputs_possible
 from .medical.volumes import add_voxels, pooled_voxel_ap, volume_metrics, volume_names, volume_result, write_volume
+from .outputs.image_files import ImageFiles, MapStore
+from .outputs.report import finish_predictions, finish_test_outputs
+from .outputs.selection import Outputs
+from .outputs.tables import write_volume_table
+from .scoring.masks import MaskRule
+from .scoring.pixel_histogram import PixelHistogram
+from .scoring.scorer import Scorer
+from .scoring.thresholds import promise
 
 LUNG_SCORED = "lung (lung masks or data.lung_threshold, score.lung_only)"  # metrics.json scored_pixels
 
@@ -119,7 +119,9 @@ def run_test(model: Scorer, test: ImageSet, out: Path, outputs: Outputs, image_t
 def kept_promise(model: Scorer, test: ImageSet, scores: np.ndarray, image_threshold: float) -> dict | None:
     """The test normals flagged against the calibrated threshold's promise (`thresholds.promise`;
     None for a threshold the user set)."""
-    expected = model.calibration.expected_image_rate if image_threshold == model.image_threshold else None
+    calibration = model.calibration
+    assert calibration is not None  # a model's thresholds come from it
+    expected = calibration.expected_image_rate if image_threshold == model.image_threshold else None
     normal = np.asarray(test.labels) == 0
     return promise(int((np.asarray(scores)[normal] >= image_threshold).sum()), int(normal.sum()), expected)
 

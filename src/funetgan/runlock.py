@@ -18,10 +18,13 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
+from .errors import RunFolderError
+from .files import WriteError
+
 LOCK_FILE = ".funetgan.lock"
 
 
-class FolderLocked(Exception):
+class FolderLocked(RunFolderError):
     """Another process holds the folder's lock."""
 
 
@@ -30,9 +33,12 @@ def folder_lock(folder: str | Path) -> Iterator[None]:
     """Hold `folder`'s lock (creating the folder) until the block ends; `FolderLocked`,
     naming the holder, when another process has it."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK_FILE
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as err:  # a read-only or full file system: the user's to fix
+        raise WriteError(folder, err) from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

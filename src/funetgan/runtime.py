@@ -16,6 +16,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .errors import SettingsError
+
 M = TypeVar("M", bound=nn.Module)
 
 
@@ -55,7 +57,8 @@ class Runtime:
         return host.to(self.device, non_blocking=True)
 
     def place(self, module: M) -> M:
-        return module.to(self.device, memory_format=torch.channels_last)
+        # Module.to takes memory_format (PyTorch's documentation); its type stubs leave it out.
+        return module.to(self.device, memory_format=torch.channels_last)  # type: ignore[call-overload]
 
     def adam_options(self) -> dict:
         """How Adam steps here: one fused kernel on CUDA; elsewhere each update as one operation
@@ -117,9 +120,9 @@ def select_device(name: str = "auto") -> torch.device:
     if name != "auto":
         device = torch.device(name)
         if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device {name!r} asked for, but CUDA is not available in this torch build")
+            raise SettingsError(f"device {name!r} asked for, but CUDA is not available in this torch build")
         if device.type == "mps" and not torch.backends.mps.is_available():
-            raise ValueError(f"device {name!r} asked for, but MPS is not available")
+            raise SettingsError(f"device {name!r} asked for, but MPS is not available")
         return device
     if torch.cuda.is_available():
         return torch.device("cuda")

@@ -1,6 +1,6 @@
-"""What the commands share: the errors they report in one line, the run and results folders
-they write, the loop over MVTec AD categories, the --category / --normal-class choice of data,
-and printed notes."""
+"""What the commands share: the one-line wording of an expected error, the run and results
+folders they write, the loop over MVTec AD categories, the --category / --normal-class choice
+of data, and printed notes."""
 from __future__ import annotations
 
 import shutil
@@ -9,10 +9,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..config import Config
-from ..errors import FunetganError
-from ..data import DataError, mvtec_categories
-from ..files import CHECKPOINT_FILE, LOG_FILE, MODEL_FILE
-from ..runlock import FolderLocked
+from ..data import mvtec_categories
+from ..errors import DataError, FunetganError, RunFolderError
+from ..files import CHECKPOINT_FILE, LOG_FILE, MODEL_FILE, WriteError
 from ..training.tracking import TENSORBOARD_FOLDER
 
 CONFIG_FILE = "config.yaml"
@@ -21,45 +20,37 @@ RESULT_OUTPUTS = ("metrics.json", "predictions.csv", "scores.csv", "report.html"
                   "volumes.csv", "volumes", TENSORBOARD_FOLDER)
 
 
-class UsageError(Exception):
-    """Arguments that cannot work together (e.g. --set of a setting the run fixes)."""
-
-
-# What a command reports in one line (exit code 2) rather than as a traceback.
-EXPECTED_ERRORS = (FunetganError, DataError, UsageError, ValueError, FolderLocked, OSError)
-
-
-def one_line(err: Exception) -> str:
-    """The message of an expected error; an OSError from outside our own messages names its
-    file and the reason ("[Errno 13] Permission denied: '...'" otherwise)."""
-    if isinstance(err, OSError) and err.strerror and err.filename:
-        return f"{err.filename}: {err.strerror}"
-    return str(err)
-
 
 def claim_folder(folder: Path, outputs: tuple[str, ...], overwrite: bool) -> None:
     """Refuse to write over earlier results unless --overwrite; with it, remove them first."""
     existing = [folder / name for name in outputs if (folder / name).exists()]
     if existing and not overwrite:
         resume = " or --resume to continue" if CHECKPOINT_FILE in outputs else ""
-        raise FileExistsError(f"{folder} already holds results ({existing[0].name}); "
+        raise RunFolderError(f"{folder} already holds results ({existing[0].name}); "
                               f"use --overwrite to replace them{resume}")
-    for path in existing:
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        for path in existing:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise WriteError(Path(err.filename or folder), err) from None
 
 
 def each_category(data: str, run: Callable[[str], None]) -> int:
-    """`run(name)` for every MVTec AD category under `data`. A category that fails does not
-    stop the others: each failure is reported at the end, one line each, with exit code 2."""
+    """`run(name)` for every MVTec AD category under `data`. A category that fails with an
+    expected error does not stop the others: the failed ones are listed at the end, one line
+    each with the reason, with exit code 2. A bug stops the loop (the CLI shows its traceback)."""
+    names = categories(data)
     failed = []
-    for name in categories(data):
+    for name in names:
         print(f"== {name}")
         try:
             run(name)
-        except EXPECTED_ERRORS as err:
-            failed.append(f"{name}: {one_line(err)}")
+        except FunetganError as err:
+            failed.append(f"{name}: {err}")
             print(f"== {name}: failed (reported at the end)")
+    if failed:
+        print(f"funetgan: error: {len(failed)} of {len(names)} categories failed:", file=sys.stderr)
     for line in failed:
         print(f"funetgan: error: {line}", file=sys.stderr)
     return 2 if failed else 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import Any
 
 from ..config import RECIPES
 from ..data.demo import make_texture_dataset
@@ -27,7 +28,7 @@ DEMO_SETTINGS = [
 # data themselves (benchmarks/calibration.py takes the demo's as it is).
 DEMO_RESOLUTION = "data.resolution=native"
 DEMO_DATA_SETTINGS = [DEMO_RESOLUTION, "data.val_fraction=0.25"]
-DEMO_DATA = {"n_train": 400}  # make_texture_dataset's options; crops twice the model's size
+DEMO_DATA: dict[str, Any] = {"n_train": 400}  # make_texture_dataset's options; crops twice the model's size
 
 
 def cmd_demo(args) -> int:

@@ -8,18 +8,19 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..pipeline import run_predict, run_test
 from ..config import apply_overrides, get_key, working_size
-from ..data import DataError, load_dataset, load_unlabelled
+from ..data import load_dataset, load_unlabelled
+from ..errors import DataError, RunFolderError, UsageError
 from ..files import MODEL_FILE, atomic_write_text
-from ..scoring.masks import MaskRule
 from ..medical.mood import TASKS, run_mood
 from ..outputs.selection import Outputs
+from ..pipeline import run_predict, run_test
 from ..runlock import folder_lock
+from ..scoring.masks import MaskRule
 from ..scoring.scorer import Scorer
 from ..scoring.thresholds import promise_summary
 from ..training.tracking import open_tracker
-from .common import CONFIG_FILE, RESULT_OUTPUTS, UsageError, choose_data, claim_folder, each_category, print_notes
+from .common import CONFIG_FILE, RESULT_OUTPUTS, choose_data, claim_folder, each_category, print_notes
 
 if TYPE_CHECKING:
     from ..model import FUNetGAN
@@ -44,7 +45,7 @@ def load_scorer(args, run: str | Path | None = None) -> Scorer:
     return load_run(run or args.run, args.device, args.threads)
 
 
-def load_run(run: str | Path, device: str | None, threads: int | None, calibrated: bool = True) -> "FUNetGAN":
+def load_run(run: str | Path, device: str | None, threads: int | None, calibrated: bool = True) -> FUNetGAN:
     """A trained run on PyTorch (imported only here), with `threads` CPU threads if given
     (`calibrated` False: whatever its calibration, to calibrate it again)."""
     import torch
@@ -163,15 +164,15 @@ def cmd_calibrate(args) -> int:
         splits = load_dataset(args.data, working_size(model.config), model.config.model.channels, model.config.data)
         print_notes(splits.train.notes)
         try:
-            model.recalibrate(splits.train, splits.val)
-        except ValueError as err:
+            calibration = model.recalibrate(splits.train, splits.val)
+        except DataError as err:  # the calibration images' problem: name the data they came from
             raise DataError(f"{args.data}: {err}") from None
         model.save(run / MODEL_FILE)
         atomic_write_text(run / CONFIG_FILE, model.config.to_yaml())
-    print_notes(model.calibration.notes)
-    print(f"{run / MODEL_FILE}: calibrated again on {model.calibration.normals} normal image(s); "
+    print_notes(calibration.notes)
+    print(f"{run / MODEL_FILE}: calibrated again on {calibration.normals} normal image(s); "
           f"image / pixel threshold {model.image_threshold:.4g} / {model.pixel_threshold:.4g} "
-          f"({model.calibration.rule})")
+          f"({calibration.rule})")
     return 0
 
 
@@ -180,7 +181,7 @@ def cmd_export(args) -> int:
     from ..model import FUNetGAN
     out = Path(args.out)
     if out.exists() and not args.overwrite:
-        raise FileExistsError(f"{out} already exists; use --overwrite to replace it")
+        raise RunFolderError(f"{out} already exists; use --overwrite to replace it")
     model = FUNetGAN.load(args.run, device=args.device or "cpu")
     images = source = None
     if args.data is not None:

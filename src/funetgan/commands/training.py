@@ -5,14 +5,16 @@ from __future__ import annotations
 import contextlib
 import copy
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..config import RECIPES, Config, all_keys, apply_overrides, get_key, working_size
 from ..data import load_dataset
+from ..errors import RunFolderError, UsageError
 from ..files import MODEL_FILE, atomic_write_text
 from ..runlock import folder_lock
-from .common import CONFIG_FILE, RUN_OUTPUTS, UsageError, choose_data, claim_folder, each_category, print_notes
+from .common import CONFIG_FILE, RUN_OUTPUTS, choose_data, claim_folder, each_category, print_notes
 
 if TYPE_CHECKING:
     from ..model import FUNetGAN
@@ -23,7 +25,7 @@ RESUME_FIXED = ("model.", "data.resolution", "data.val_fraction", "data.test_fra
                 "data.category", "data.normal_class", "data.hu_window", "data.lung_threshold", "batch_size", "seed")
 
 
-def resolve_config(args, base: list[str] = ()) -> Config:
+def resolve_config(args, base: Sequence[str] = ()) -> Config:
     """Defaults < --recipe < --config file < `base` (the demo's settings) < --set."""
     config = apply_overrides(Config(), RECIPES[args.recipe]) if getattr(args, "recipe", None) else Config()
     if getattr(args, "config", None):
@@ -31,7 +33,7 @@ def resolve_config(args, base: list[str] = ()) -> Config:
     return command_line_on(config, args, getattr(args, "category", None), base).validate()
 
 
-def command_line_on(config: Config, args, category: str | None, base: list[str] = ()) -> Config:
+def command_line_on(config: Config, args, category: str | None, base: Sequence[str] = ()) -> Config:
     """`base`, then --set, --device, `category` and --normal-class on `config`."""
     config = apply_overrides(config, [*base, *args.set])
     if args.device:
@@ -64,11 +66,12 @@ def resumed_config(args, run: Path) -> Config:
     RESUME_FIXED: they decide the split, the batches or the networks the checkpoint holds."""
     saved_file = run / CONFIG_FILE
     if not saved_file.exists():
-        raise FileNotFoundError(f"{saved_file}: nothing to resume")
+        raise RunFolderError(f"{saved_file}: nothing to resume")
     saved = Config.load(saved_file)
     config = Config.load(args.config, saved) if args.config else copy.deepcopy(saved)
     config = command_line_on(config, args, None if args.category == "all" else args.category)
-    changed = [key for key in all_keys() if key.startswith(RESUME_FIXED) and get_key(config, key) != get_key(saved, key)]
+    changed = [key for key in all_keys()
+               if key.startswith(RESUME_FIXED) and get_key(config, key) != get_key(saved, key)]
     if changed:
         raise UsageError(f"--resume: {', '.join(changed)} differ from {saved_file} (they change the split, the batches "
                          f"or the networks); start a new run instead (--overwrite)")
@@ -90,10 +93,12 @@ def train_one(data: Path, out: Path, config: Config, resume: bool, overwrite: bo
         started = time.monotonic()
         model = FUNetGAN(config)
         model.fit(splits.train, splits.val, run_dir=out, resume=resume)
+        calibration = model.calibration
+        assert calibration is not None  # fit calibrates
         if model.runtime.is_main:
-            print_notes(model.calibration.notes)
+            print_notes(calibration.notes)
             print(f"trained in {(time.monotonic() - started) / 60:.1f} min on {model.runtime.device}; "
                   f"model: {out / MODEL_FILE}; image threshold {model.image_threshold:.4g}, "
-                  f"pixel threshold {model.pixel_threshold:.4g} ({model.calibration.rule}, "
-                  f"{model.calibration.normals} calibration normals)")
+                  f"pixel threshold {model.pixel_threshold:.4g} ({calibration.rule}, "
+                  f"{calibration.normals} calibration normals)")
         return model

@@ -9,10 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import DataConfig
+from ..errors import DataError, reading_files
 from . import cache
-from .base import DataError, ImageSet, Splits
+from .base import ImageSet, Splits
 from .bmad import is_bmad_dataset, load_bmad
-from .checks import BadFiles, MissingDependency, fit_batch, held_out
+from .checks import BadFiles, fit_batch, held_out
 from .ct import is_ct_dataset, load_ct, volume_slices
 from .folder import find_folder_dataset, load_folder, mvtec_categories
 from .idx import has_idx, load_idx
@@ -22,7 +23,7 @@ from .mood import is_mood_dataset, load_mood
 from .msd import is_msd_dataset, load_msd
 
 __all__ = [
-    "DataError", "ImageSet", "MissingDependency", "Splits", "fit_batch", "fit_image", "held_out",
+    "DataError", "ImageSet", "Splits", "fit_batch", "fit_image", "held_out",
     "fit_mask", "load_dataset", "load_unlabelled", "mvtec_categories", "read_image",
     "read_mask",
 ]
@@ -40,6 +41,7 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+@reading_files()
 def load_dataset(path: str | Path, image_size: int | None = 64, channels: int = 1,
                  options: DataConfig | None = None) -> Splits:
     """Read a dataset folder into train / test / val splits of images at `image_size` (the
@@ -66,6 +68,7 @@ def load_dataset(path: str | Path, image_size: int | None = 64, channels: int = 
     return load_folder(folder, image_size, channels, options)
 
 
+@reading_files()
 def load_unlabelled(paths: list[str], image_size: int | None, channels: int,
                     options: DataConfig | None = None) -> ImageSet:
     """Images to score without labels (labels -1, kinds "unknown"): image or DICOM files,
@@ -74,7 +77,8 @@ def load_unlabelled(paths: list[str], image_size: int | None, channels: int,
     first, then each volume's slices."""
     options = options or DataConfig()
     _check_shape(image_size, channels)
-    files, volumes = [], []
+    files: list[Path] = []
+    volumes: list[Path] = []
     for path in paths:
         for file in _files_under(Path(path)):
             (volumes if is_nifti(file) or file.is_dir() else files).append(file)
@@ -100,9 +104,9 @@ def _volume_sets(volumes: list[Path], image_size: int | None, channels: int, opt
     def reader(problems: BadFiles):
         def read(add) -> None:
             for volume in volumes:
-                slices = problems.attempt("images", volume,
-                                          lambda: volume_slices(volume, image_size, channels, options.hu_window,
-                                                                options.lung_threshold))
+                slices = problems.attempt("images", volume,  # `attempt` calls the lambda at once
+                                          lambda: volume_slices(volume, image_size, channels,  # noqa: B023
+                                                                options.hu_window, options.lung_threshold))
                 if slices is not None:
                     add("test", slices)
         return read

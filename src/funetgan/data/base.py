@@ -12,8 +12,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import DataError  # noqa: F401  (re-exported: data's errors)
-
 if TYPE_CHECKING:
     from .medical import Geometry
 
@@ -71,7 +69,7 @@ class ImageSet:
                 rows.setdefault(source, []).append((int(z), i))
         return {source: np.array([i for _, i in sorted(pairs)]) for source, pairs in rows.items()}
 
-    def subset(self, index) -> "ImageSet":
+    def subset(self, index) -> ImageSet:
         index = np.asarray(index)
         pick = lambda seq: [seq[i] for i in index]  # noqa: E731
         paths = pick(self.paths)
@@ -94,6 +92,7 @@ class ImageSet:
         pixel truth. How sets with and without masks join (`concat`, the slice cache)."""
         if self.masks is None:
             return np.zeros(self.images.shape[:3], bool), np.zeros(len(self), bool)
+        assert self.has_mask is not None  # set with the masks (__post_init__)
         return self.masks, self.has_mask
 
     def filled_lung(self) -> np.ndarray:
@@ -101,7 +100,7 @@ class ImageSet:
         return self.lung if self.lung is not None else np.ones(self.images.shape[:3], bool)
 
     @staticmethod
-    def concat(sets: list["ImageSet"]) -> "ImageSet":
+    def concat(sets: list[ImageSet]) -> ImageSet:
         sets = [s for s in sets if len(s)] or sets[:1]  # an empty set's image size may be a placeholder
         masks = has_mask = None
         if any(s.masks is not None for s in sets):

@@ -16,7 +16,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import DataConfig
-from .base import DataError, ImageSet, Splits
+from ..errors import DataError
+from .base import ImageSet, Splits
 from .checks import BadFiles, file_list
 from .folder import image_files
 from .images import Entry, load_files
@@ -31,7 +32,7 @@ def is_bmad_dataset(root: Path) -> bool:
     return (root / "train" / NORMAL).is_dir() and ((root / "valid").is_dir() or (root / "test" / ANOMALOUS).is_dir())
 
 
-def load_bmad(root: Path, size: int, channels: int, options: DataConfig) -> Splits:
+def load_bmad(root: Path, size: int | None, channels: int, options: DataConfig) -> Splits:
     bad = BadFiles(options.on_bad_file)
     entries = {"train": [Entry(path) for path in _images(root / "train" / NORMAL)]}
     for folder in ("valid", "test"):
@@ -40,17 +41,16 @@ def load_bmad(root: Path, size: int, channels: int, options: DataConfig) -> Spli
     if not entries["train"]:
         raise DataError(f"{root / 'train' / NORMAL}: no training images")
 
-    def load(split: str) -> ImageSet | None:
-        if split not in entries:
-            return None
+    def load(split: str) -> ImageSet:
         with_masks = any(entry.mask is not None for entry in entries[split])
         return load_files(entries[split], size, channels, split, bad, with_masks, options.hu_window)
 
-    splits = Splits(train=load("train"), val=load("val"), test=load("test"))
+    val = load("val")  # valid/ is always read (`entries`)
+    splits = Splits(train=load("train"), val=val, test=load("test") if "test" in entries else None)
     bad.settle({"train": splits.train, "val": splits.val, "test": splits.test})
     if not len(splits.train):
         raise DataError(f"{root / 'train' / NORMAL}: no readable training images")
-    if not (splits.val.labels == 0).any():
+    if not (val.labels == 0).any():
         raise DataError(f"{root / 'valid' / NORMAL}: no readable normal validation images to calibrate on")
     return splits
 

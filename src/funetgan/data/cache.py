@@ -26,9 +26,10 @@ from pathlib import Path
 import numpy as np
 
 from ..config import DataConfig
+from ..errors import DataError
 from ..files import WriteError, atomic_write_text
 from ..runlock import waiting_lock
-from .base import DataError, ImageSet, Splits
+from .base import ImageSet, Splits
 from .medical import Geometry
 
 VERSION = 1  # bump when the layout or the slice decoding changes
@@ -47,7 +48,7 @@ def cached_splits(root: Path, layout: str, size: int | None, channels: int, opti
     after a build, before the index is written (it adds notes, or raises for bad files)."""
     resolved = root.resolve()
     key = _key(str(resolved), resolved.name, layout, size, channels, options)
-    return _cached(Path(options.cache_dir), key, [root], read, settle, [size or 0, size or 0, channels])
+    return _cached(_cache_folder(options), key, [root], read, settle, [size or 0, size or 0, channels])
 
 
 def cached_volumes(sources: list[Path], size: int | None, channels: int, options: DataConfig,
@@ -57,7 +58,14 @@ def cached_volumes(sources: list[Path], size: int | None, channels: int, options
     resolved = [source.resolve() for source in sources]
     name = resolved[0].name + (f"+{len(sources) - 1}" if len(sources) > 1 else "")
     key = _key([str(source) for source in resolved], name, "volumes", size, channels, options)
-    return _cached(Path(options.cache_dir), key, sources, read, settle, [size or 0, size or 0, channels]).test
+    test = _cached(_cache_folder(options), key, sources, read, settle, [size or 0, size or 0, channels]).test
+    assert test is not None  # a cache holds both splits (`SPLITS`)
+    return test
+
+
+def _cache_folder(options: DataConfig) -> Path:
+    assert options.cache_dir is not None  # the caller's choice: the cache only with data.cache_dir
+    return Path(options.cache_dir)
 
 
 def _cached(cache: Path, key: str, sources: list[Path], read: Reader, settle: Callable[[Splits], None],
@@ -126,19 +134,20 @@ def _open(folder: Path, fingerprint: str) -> Splits | None:
 def _set(folder: Path, split: str, entry: dict) -> ImageSet:
     n, shape = len(entry["paths"]), tuple(entry["shape"])
 
-    def array(name: str) -> np.ndarray | None:
-        if name not in entry["arrays"]:
-            return None
+    def array(name: str) -> np.ndarray:
         full = (n, *shape) if name == "images" else (n, *shape[:2]) if name != "has_mask" else (n,)
         if n == 0:  # an empty file cannot be mapped
             return np.zeros(full, ARRAYS[name])
         # Copy-on-write: writable for torch, never written back to the cache.
         return np.memmap(folder / f"{split}.{name}.u8", ARRAYS[name], "c", shape=full)
 
+    def optional(name: str) -> np.ndarray | None:
+        return array(name) if name in entry["arrays"] else None
+
     return ImageSet(
         images=array("images"), labels=np.array(entry["labels"], np.int64), paths=entry["paths"],
         kinds=entry["kinds"], sizes=np.array(entry["sizes"], np.int64).reshape(n, 2),
-        masks=array("masks"), has_mask=array("has_mask"), notes=entry["notes"], lung=array("lung"),
+        masks=optional("masks"), has_mask=optional("has_mask"), notes=entry["notes"], lung=optional("lung"),
         volumes={source: Geometry(np.array(g["affine"]), tuple(g["shape"])) for source, g in entry["volumes"].items()})
 
 
@@ -187,7 +196,8 @@ class _SplitWriter:
 
     def __init__(self, folder: Path, split: str):
         self.folder, self.split = folder, split
-        self.files = {name: open(folder / f"{split}.{name}.u8", "wb") for name in ARRAYS}
+        # Open until `close`: one volume at a time is appended to each.
+        self.files = {name: open(folder / f"{split}.{name}.u8", "wb") for name in ARRAYS}  # noqa: SIM115
         self.entry: dict = {"paths": [], "labels": [], "kinds": [], "sizes": [], "volumes": {},
                             "notes": [], "shape": None}
         self.present = {"masks": False, "lung": False}

@@ -8,9 +8,9 @@ from typing import TypeVar
 import numpy as np
 from PIL import UnidentifiedImageError
 
+from ..errors import DataError, MissingExtra
 from ..scoring.tiling import patches_per_image
-from ..errors import MissingExtra as MissingDependency  # noqa: F401
-from .base import DataError, ImageSet, Splits
+from .base import ImageSet
 
 MAX_LISTED = 10
 T = TypeVar("T")
@@ -53,7 +53,7 @@ class BadFiles:
         """`read()`, or None with the failure recorded against `file`."""
         try:
             return read()
-        except MissingDependency:
+        except MissingExtra:
             raise
         except Exception as err:  # any decoder failure is a problem with that one file
             self.add(split, file, describe(err))
@@ -91,7 +91,8 @@ def fit_batch(train: ImageSet, rows: np.ndarray | None, batch_size: int, world_s
     patch they hold (`batches.BatchSource` draws that many patches from each per epoch). Raises
     only when a process would get no image at all."""
     count = len(train) if rows is None else len(rows)
-    draws = patches_per_image(*train.images.shape[1:3], patch) if patch else 1
+    height, width = train.images.shape[1:3]
+    draws = patches_per_image(height, width, patch) if patch else 1
     per_process = count * draws // world_size  # what one process draws in an epoch
     kept = "" if rows is None else f" after holding out {len(train) - count} for validation"
     images = f"only {count} training image(s)" + (f" ({count * draws} patches)" if draws > 1 else "") + kept

@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from ..config import DataConfig
+from ..errors import DataError
+from .base import SLICE_MARK, ImageSet, Splits
 from .cache import cached_splits
-from .base import SLICE_MARK, DataError, ImageSet, Splits
 from .checks import BadFiles, file_list
 from .images import empty_set, fit_images, fit_masks
 from .lungs import segment_lung
@@ -44,7 +45,7 @@ def is_ct_dataset(root: Path) -> bool:
     return (root / SCANS).is_dir()
 
 
-def load_ct(root: Path, size: int, channels: int, options: DataConfig) -> Splits:
+def load_ct(root: Path, size: int | None, channels: int, options: DataConfig) -> Splits:
     scans = _volume_files(root / SCANS)
     if not scans:
         raise DataError(f"{root / SCANS}: no CT volumes (.nii, .nii.gz or DICOM series folders)")
@@ -53,7 +54,7 @@ def load_ct(root: Path, size: int, channels: int, options: DataConfig) -> Splits
     return split_volumes(root, "ct", volumes, list(scans), size, channels, options, bad)
 
 
-def split_volumes(root: Path, layout: str, volumes: list[Volume], names: list[str], size: int, channels: int,
+def split_volumes(root: Path, layout: str, volumes: list[Volume], names: list[str], size: int | None, channels: int,
                   options: DataConfig, bad: BadFiles) -> Splits:
     """Read `volumes` into a train split (the normal slices of the training patients) and a
     test split (every slice of the test patients): in memory, or with `data.cache_dir`
@@ -64,7 +65,8 @@ def split_volumes(root: Path, layout: str, volumes: list[Volume], names: list[st
     def read(add) -> None:
         for volume in volumes:
             split = "test" if volume.name in test_names else "train"
-            slices = bad.attempt(split, volume.scan, lambda: read_slices(volume, size, channels, options))
+            slices = bad.attempt(split, volume.scan,  # `attempt` calls the lambda at once
+                                 lambda: read_slices(volume, size, channels, options))  # noqa: B023
             if slices is None:
                 continue
             if split == "train":
@@ -77,11 +79,12 @@ def split_volumes(root: Path, layout: str, volumes: list[Volume], names: list[st
     described = (f"split by patient (data.test_fraction={options.test_fraction}, data.split_seed="
                  f"{options.split_seed}): test volumes {file_list(sorted(test_names))}")
     for images in (splits.train, splits.test):
-        images.notes.append(described)
+        if images is not None:
+            images.notes.append(described)
     return splits
 
 
-def gather_volumes(root: Path, layout: str, size: int, channels: int, options: DataConfig, bad: BadFiles,
+def gather_volumes(root: Path, layout: str, size: int | None, channels: int, options: DataConfig, bad: BadFiles,
                    read: Callable[[Callable[[str, ImageSet], None]], None]) -> Splits:
     """The train and test splits that `read(add)` passes to `add(split, slices)`, volume by
     volume: in memory, or with `data.cache_dir` through the slice cache (decoded once,
@@ -130,7 +133,7 @@ def split_by_volume(names: list[str], test_fraction: float, seed: int) -> set[st
     return set(order[:count].tolist())
 
 
-def read_slices(volume: Volume, size: int, channels: int, options: DataConfig) -> ImageSet:
+def read_slices(volume: Volume, size: int | None, channels: int, options: DataConfig) -> ImageSet:
     """All usable axial slices of one volume, labelled by its lesion mask."""
     scan, geometry = read_scan(volume.scan)
     lesion = _read_mask(volume.lesion, scan.shape)
@@ -148,7 +151,7 @@ def read_slices(volume: Volume, size: int, channels: int, options: DataConfig) -
     slices = slices_to_set(grey[keep], keep, volume.scan, geometry, size, channels)
     if lung is not None:
         slices.lung = fit_masks(lung[keep], size)
-    slices.labels = lesion[keep].any(axis=(1, 2)).astype(np.int64)
+    slices.labels = np.asarray(lesion[keep].any(axis=(1, 2)), np.int64)
     slices.kinds = ["lesion" if label else "good" for label in slices.labels]
     slices.masks = fit_masks(lesion[keep], size)
     slices.has_mask = np.ones(len(keep), bool)
@@ -158,7 +161,7 @@ def read_slices(volume: Volume, size: int, channels: int, options: DataConfig) -
     return slices
 
 
-def volume_slices(path: Path, size: int, channels: int, hu_window: tuple[float, float],
+def volume_slices(path: Path, size: int | None, channels: int, hu_window: tuple[float, float],
                   lung_threshold: float | None = None) -> ImageSet:
     """Every axial slice of one volume, unlabelled (for scoring); with `lung_threshold`, with
     the lung found by it (`lungs.segment_lung`)."""
@@ -180,7 +183,7 @@ def lung_by_threshold(scan: np.ndarray, threshold: float) -> np.ndarray:
     return lung
 
 
-def slices_to_set(grey: np.ndarray, z: np.ndarray, source: Path, geometry: Geometry, size: int,
+def slices_to_set(grey: np.ndarray, z: np.ndarray, source: Path, geometry: Geometry, size: int | None,
                   channels: int) -> ImageSet:
     """uint8 slices Z x H x W -> an unlabelled ImageSet, paths `source#z=<index>`."""
     return ImageSet(
@@ -234,5 +237,5 @@ def _metadata_names(root: Path) -> dict[tuple[str, str], str]:
             if row.get(METADATA_SCAN) and row.get(folder)}
 
 
-def _concat(sets: list[ImageSet], size: int, channels: int) -> ImageSet:
+def _concat(sets: list[ImageSet], size: int | None, channels: int) -> ImageSet:
     return ImageSet.concat(sets) if sets else empty_set(size, channels)

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from ..config import DataConfig
-from .base import DataError, ImageSet, Splits
+from ..errors import DataError
+from .base import ImageSet, Splits
 from .checks import BadFiles, file_list
 from .images import Entry, load_files
 
@@ -53,7 +54,7 @@ def find_folder_dataset(path: Path, category: str | None) -> Path | None:
     return path / category
 
 
-def load_folder(root: Path, size: int, channels: int, options: DataConfig) -> Splits:
+def load_folder(root: Path, size: int | None, channels: int, options: DataConfig) -> Splits:
     train_dir = root / "train" / "good" if is_mvtec_category(root) else root / "train"
     train_entries = [Entry(path) for path in image_files(train_dir)]
     if not train_entries:
@@ -115,7 +116,7 @@ def _labelled_entries(folder: Path, masks: MaskIndex | None) -> list[Entry]:
 def _truth_notes(images: ImageSet) -> list[str]:
     if images.masks is None:
         return ["no ground_truth/ or masks/ folder: no pixel-level truth"]
-    missing = int(np.sum((images.labels == 1) & ~images.has_mask))
+    missing = int(np.sum((images.labels == 1) & ~images.filled_masks()[1]))
     if not missing:
         return []
     return [f"{missing} anomalous image(s) without a mask: pixel metrics use only images with masks"]

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from ..config import DataConfig
-from .base import DataError, ImageSet, Splits
+from ..errors import DataError
+from .base import ImageSet, Splits
 from .images import fit_images
 
 FASHION_CLASSES = ("tshirt_top", "trouser", "pullover", "dress", "coat",
@@ -23,11 +24,12 @@ def find_idx(root: Path, split: str) -> tuple[Path, Path] | None:
     for name in (f"{split}-images-idx3-ubyte", f"{split}-labels-idx1-ubyte"):
         files = [root / name, root / f"{name}.gz"]
         found.append(next((f for f in files if f.is_file()), None))
-    if found == [None, None]:
+    images, labels = found
+    if images is None and labels is None:
         return None
-    if None in found:
+    if images is None or labels is None:
         raise DataError(f"{root}: {split} IDX images and labels must both be present")
-    return found[0], found[1]
+    return images, labels
 
 
 def has_idx(root: Path) -> bool:
@@ -53,7 +55,7 @@ def read_idx(path: Path) -> np.ndarray:
     return values.reshape(shape)
 
 
-def load_idx(root: Path, size: int, channels: int, options: DataConfig) -> Splits:
+def load_idx(root: Path, size: int | None, channels: int, options: DataConfig) -> Splits:
     normal = options.normal_class
     if normal is None:
         raise DataError(f"{root}: one-class IDX data needs data.normal_class "
@@ -86,7 +88,7 @@ def read_pair(images_file: Path, labels_file: Path) -> tuple[np.ndarray, np.ndar
 
 
 def image_set(images: np.ndarray, labels: np.ndarray, index: np.ndarray, normal: int,
-               names: tuple[str, ...] | None, source: Path, size: int, channels: int) -> ImageSet:
+               names: tuple[str, ...] | None, source: Path, size: int | None, channels: int) -> ImageSet:
     """The images at `index` of one IDX split."""
     images, labels = images[index], labels[index]
     anomalous = labels != normal

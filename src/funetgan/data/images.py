@@ -6,7 +6,7 @@ treated the same way whatever the layout.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +15,8 @@ from typing import TypeVar
 import numpy as np
 from PIL import Image, ImageOps
 
-from .base import DataError, ImageSet
+from ..errors import DataError
+from .base import ImageSet
 from .checks import BadFiles, describe
 from .medical import DEFAULT_HU_WINDOW, is_dicom, read_dicom
 
@@ -54,7 +55,7 @@ def read_mask(path: str | Path) -> np.ndarray:
         ImageOps.exif_transpose(image, in_place=True)
         values = np.asarray(image).reshape(image.height, image.width, -1)
         colour = [i for i, band in enumerate(image.getbands()) if band != "A"]
-    return values[..., colour].any(axis=2)
+    return np.asarray(values[..., colour].any(axis=2))
 
 
 def fit_image(image: np.ndarray, size: int | None, channels: int) -> np.ndarray:
@@ -75,12 +76,14 @@ def fit_mask(mask: np.ndarray, size: int | None) -> np.ndarray:
     return np.asarray(Image.fromarray(mask).resize((size, size), Image.Resampling.NEAREST))
 
 
-def fit_images(images: Sequence[np.ndarray], size: int | None, channels: int) -> np.ndarray:
+def fit_images(images: Collection[np.ndarray], size: int | None, channels: int) -> np.ndarray:
     fitted = parallel_map(lambda image: fit_image(image, size, channels), images)
-    return stack_same_size(fitted, ["image"] * len(fitted)) if fitted else np.zeros((0, size or 0, size or 0, channels), np.uint8)
+    if not fitted:
+        return np.zeros((0, size or 0, size or 0, channels), np.uint8)
+    return stack_same_size(fitted, ["image"] * len(fitted))
 
 
-def fit_masks(masks: Sequence[np.ndarray], size: int | None) -> np.ndarray:
+def fit_masks(masks: Collection[np.ndarray], size: int | None) -> np.ndarray:
     fitted = [fit_mask(mask, size) for mask in masks]
     return stack_same_size(fitted, ["mask"] * len(fitted)) if fitted else np.zeros((0, size or 0, size or 0), bool)
 
@@ -97,7 +100,7 @@ def stack_same_size(arrays: Sequence[np.ndarray], names: Sequence[str]) -> np.nd
     return np.stack(arrays)
 
 
-def parallel_map(function: Callable[[T], R], items: Sequence[T]) -> list[R]:
+def parallel_map(function: Callable[[T], R], items: Collection[T]) -> list[R]:
     """`map` on a thread pool: PIL, zlib and numpy release the GIL while they decode."""
     if len(items) < PARALLEL_FROM:
         return [function(item) for item in items]
@@ -128,7 +131,7 @@ class Decoded:
     mask: np.ndarray | None  # S x S bool
 
 
-def load_files(entries: Sequence[Entry], size: int, channels: int, split: str, bad: BadFiles,
+def load_files(entries: Sequence[Entry], size: int | None, channels: int, split: str, bad: BadFiles,
                with_masks: bool, hu_window: tuple[float, float] = DEFAULT_HU_WINDOW) -> ImageSet:
     """Decode `entries` into an ImageSet; files that fail are recorded in `bad` and left out.
 
@@ -157,7 +160,7 @@ def load_files(entries: Sequence[Entry], size: int, channels: int, split: str, b
     return images
 
 
-def _decode(entry: Entry, size: int, channels: int, hu_window: tuple[float, float]) -> Decoded:
+def _decode(entry: Entry, size: int | None, channels: int, hu_window: tuple[float, float]) -> Decoded:
     image = read_image(entry.path, hu_window)
     mask = None
     if entry.mask is not None:

@@ -14,7 +14,7 @@ from types import ModuleType
 import numpy as np
 from PIL import Image
 
-from ..errors import DataError, MissingExtra as MissingDependency
+from ..errors import DataError, MissingExtra
 
 DEFAULT_HU_WINDOW = (-1000.0, 400.0)  # lung window, as DataConfig.hu_window
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -25,7 +25,7 @@ def require(package: str) -> ModuleType:
     try:
         return importlib.import_module(package)
     except ImportError:
-        raise MissingDependency(f"reading this data needs {package}: "
+        raise MissingExtra(f"reading this data needs {package}: "
                                 f"pip install funetgan[medical]") from None
 
 

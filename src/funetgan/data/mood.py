@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from ..config import DataConfig
-from .base import DataError, Splits
+from ..errors import DataError
+from .base import Splits
 from .checks import BadFiles, file_list
 from .ct import Volume, gather_volumes, read_slices, volume_name, volume_slices
 from .medical import is_nifti
@@ -31,7 +32,7 @@ def is_mood_dataset(root: Path) -> bool:
     return any(_volumes(folder) for folder in _train_folders(root))
 
 
-def load_mood(root: Path, size: int, channels: int, options: DataConfig) -> Splits:
+def load_mood(root: Path, size: int | None, channels: int, options: DataConfig) -> Splits:
     folders = [folder for folder in _train_folders(root) if _volumes(folder)]
     if len(folders) > 1:
         raise DataError(f"{root}: several training folders ({file_list(f.name for f in folders)}); keep one")
@@ -41,12 +42,14 @@ def load_mood(root: Path, size: int, channels: int, options: DataConfig) -> Spli
 
     def read(add) -> None:
         for path in train:
-            slices = bad.attempt("train", path, lambda: volume_slices(path, size, channels, options.hu_window,
-                                                                       options.lung_threshold))
+            slices = bad.attempt("train", path,  # `attempt` calls the lambda at once
+                                 lambda: volume_slices(path, size, channels,  # noqa: B023
+                                                       options.hu_window, options.lung_threshold))
             if slices is not None:
                 add("train", replace(slices, labels=np.zeros(len(slices), np.int64), kinds=["good"] * len(slices)))
         for volume in test:
-            slices = bad.attempt("test", volume.scan, lambda: read_slices(volume, size, channels, options))
+            slices = bad.attempt("test", volume.scan,  # `attempt` calls the lambda at once
+                                 lambda: read_slices(volume, size, channels, options))  # noqa: B023
             if slices is not None:
                 add("test", slices)
 

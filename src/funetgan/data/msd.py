@@ -14,7 +14,8 @@ import json
 from pathlib import Path
 
 from ..config import DataConfig
-from .base import DataError, Splits
+from ..errors import DataError
+from .base import Splits
 from .checks import BadFiles
 from .ct import Volume, split_volumes, volume_name
 from .medical import is_nifti
@@ -26,7 +27,7 @@ def is_msd_dataset(root: Path) -> bool:
     return (root / INDEX).is_file() and (root / IMAGES).is_dir()
 
 
-def load_msd(root: Path, size: int, channels: int, options: DataConfig) -> Splits:
+def load_msd(root: Path, size: int | None, channels: int, options: DataConfig) -> Splits:
     bad = BadFiles(options.on_bad_file)
     listed = _training_entries(root)
     volumes = []
@@ -57,7 +58,7 @@ def _training_entries(root: Path) -> list[tuple[Path, Path]]:
         raise DataError(f"{index}: no \"training\" list of image/label pairs")
     pairs = []
     for i, entry in enumerate(entries):
-        if not (isinstance(entry, dict) and isinstance(entry.get("image"), str) and isinstance(entry.get("label"), str)):
+        if not (isinstance(entry, dict) and all(isinstance(entry.get(key), str) for key in ("image", "label"))):
             raise DataError(f"{index}: training entry {i} is not an image/label pair: {str(entry)[:80]}")
         pairs.append((root / entry["image"], root / entry["label"]))
     return pairs

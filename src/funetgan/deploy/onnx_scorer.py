@@ -19,7 +19,7 @@ from types import ModuleType
 import numpy as np
 
 from ..config import Config
-from ..data.checks import MissingDependency
+from ..errors import MissingExtra, RunFolderError
 from ..scoring.calibration import Calibration
 from ..scoring.scorer import Scorer
 from ..scoring.terms import named_terms, network_terms
@@ -33,7 +33,7 @@ def require(package: str) -> ModuleType:
     try:
         return importlib.import_module(package)
     except ImportError:
-        raise MissingDependency(f"ONNX export and scoring need {package}: pip install funetgan[onnx]") from None
+        raise MissingExtra(f"ONNX export and scoring need {package}: pip install funetgan[onnx]") from None
 
 
 class OnnxScorer(Scorer):
@@ -49,7 +49,7 @@ class OnnxScorer(Scorer):
         self.parity = meta.get("parity", {})
         names = [output.name for output in session.get_outputs()]
         if [i.name for i in session.get_inputs()] != [INPUT] or set(names) != {t.name for t in network_terms()}:
-            raise ValueError(f"{source}: not a funetgan graph (inputs {[i.name for i in session.get_inputs()]}, "
+            raise RunFolderError(f"{source}: not a funetgan graph (inputs {[i.name for i in session.get_inputs()]}, "
                              f"outputs {names})")
 
     @classmethod
@@ -61,7 +61,7 @@ class OnnxScorer(Scorer):
         ort = require("onnxruntime")
         source = "<bytes>" if isinstance(path, bytes) else str(path)
         if not isinstance(path, bytes) and not Path(path).is_file():
-            raise FileNotFoundError(f"{path}: no such model file")
+            raise RunFolderError(f"{path}: no such model file")
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
@@ -70,7 +70,7 @@ class OnnxScorer(Scorer):
                                            providers=providers or ["CPUExecutionProvider"])
         except Exception as err:  # onnxruntime raises its own exception types
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ValueError(f"{source}: not a readable ONNX model ({first})") from None
+            raise RunFolderError(f"{source}: not a readable ONNX model ({first})") from None
         return cls(session, read_metadata(session.get_modelmeta().custom_metadata_map, source), source)
 
     def _score_tiles(self, tiles: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
@@ -81,12 +81,13 @@ class OnnxScorer(Scorer):
 def read_metadata(entries: dict[str, str], source: str) -> dict:
     """The funetgan entry of an ONNX model's metadata, checked for the format this code reads."""
     if META_KEY not in entries:
-        raise ValueError(f"{source}: not a funetgan model (no '{META_KEY}' metadata; export it with funetgan export)")
+        raise RunFolderError(f"{source}: not a funetgan model (no '{META_KEY}' metadata; "
+                             "export it with funetgan export)")
     try:
         meta = json.loads(entries[META_KEY])
     except json.JSONDecodeError as err:
-        raise ValueError(f"{source}: unreadable funetgan metadata ({err})") from None
+        raise RunFolderError(f"{source}: unreadable funetgan metadata ({err})") from None
     if meta.get("format") != FORMAT:
-        raise ValueError(f"{source}: exported in format {meta.get('format')}, this funetgan reads format "
+        raise RunFolderError(f"{source}: exported in format {meta.get('format')}, this funetgan reads format "
                          f"{FORMAT}; export the run again")
     return meta

@@ -15,9 +15,9 @@ from scipy import ndimage
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
 from ..data.base import row_chunks
-from ..scoring.thresholds import both_classes, labelled
 from ..scoring.masks import MaskRule
 from ..scoring.pixel_histogram import PixelCurves, PixelHistogram, f1_scores
+from ..scoring.thresholds import both_classes, labelled
 
 
 def _ratio(numerator: float, denominator: float) -> float | None:
@@ -117,7 +117,8 @@ def pixel_metrics(maps, masks, threshold: float, sizes=None, has_mask=None, regi
     if len(rows) == 0:
         raise ValueError("pixel metrics need at least one image with pixel truth")
     tally = PixelTally({"threshold": float(threshold)})
-    tally.add(rows, maps[rows], masks[rows], maps[rows] >= threshold, None if region is None else np.asarray(region)[rows],
+    inside = None if region is None else np.asarray(region)[rows]
+    tally.add(rows, maps[rows], masks[rows], maps[rows] >= threshold, inside,
               spacing=None if sizes is None else np.asarray(sizes)[rows] / maps.shape[1:])
     return tally.metrics()
 

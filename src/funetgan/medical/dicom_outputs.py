@@ -14,6 +14,7 @@ highdicom (in the `medical` extra) builds them and checks them against the stand
 """
 from __future__ import annotations
 
+import functools
 import importlib
 from collections.abc import Iterable
 from pathlib import Path
@@ -22,9 +23,8 @@ from types import ModuleType
 import numpy as np
 
 from .. import __version__
-from ..data.base import DataError
-from ..data.checks import MissingDependency
 from ..data.medical import read_dicom_series
+from ..errors import DataError, MissingExtra
 from ..files import atomic_write
 
 SEG_SUFFIX, MAP_SUFFIX = "_seg.dcm", "_map.dcm"
@@ -37,7 +37,7 @@ def require_highdicom() -> ModuleType:
     try:
         return importlib.import_module("highdicom")
     except ImportError:
-        raise MissingDependency("DICOM outputs (SEG, Parametric Map) need highdicom: "
+        raise MissingExtra("DICOM outputs (SEG, Parametric Map) need highdicom: "
                                 "pip install funetgan[medical]") from None
 
 
@@ -47,7 +47,7 @@ def from_dicom_series(source: str | Path) -> bool:
 
 
 def check_outputs_possible(sources: Iterable[str]) -> None:
-    """Before scoring: raise MissingDependency if some volume needs DICOM outputs and
+    """Before scoring: raise MissingExtra if some volume needs DICOM outputs and
     highdicom is missing, rather than after its NIfTI files are written."""
     if any(from_dicom_series(source) for source in sources):
         require_highdicom()
@@ -70,7 +70,7 @@ def write_dicom_outputs(folder: Path, name: str, series: Path, grid: np.ndarray,
     written = []
     for suffix, dataset in objects.items():
         path = folder / f"{name}{suffix}"
-        atomic_write(path, lambda tmp, dataset=dataset: dataset.save_as(tmp, enforce_file_format=True))
+        atomic_write(path, functools.partial(dataset.save_as, enforce_file_format=True))
         written.append(path)
     return written
 

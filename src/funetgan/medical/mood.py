@@ -23,8 +23,8 @@ import numpy as np
 
 from ..config import working_size
 from ..data import load_unlabelled
-from ..data.base import DataError
 from ..data.medical import is_nifti, to_scan_grid
+from ..errors import DataError, RunFolderError
 from ..files import atomic_write_text
 from ..scoring.scorer import Scorer
 from ..scoring.unit_scale import to_unit
@@ -60,7 +60,7 @@ def run_mood(model: Scorer, input_dir: Path, output_dir: Path, tasks: tuple[str,
     output_dir = Path(output_dir)
     existing = [path for case in cases for path in outputs_of(case, output_dir, tasks) if path.exists()]
     if existing and not overwrite:
-        raise FileExistsError(f"{output_dir} already holds results ({existing[0].name}); "
+        raise RunFolderError(f"{output_dir} already holds results ({existing[0].name}); "
                               f"use --overwrite to replace them")
     scores = {}
     for case in cases:

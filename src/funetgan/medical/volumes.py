@@ -22,14 +22,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..data.base import SLICE_MARK, DataError, ImageSet
+from ..data.base import SLICE_MARK, ImageSet
 from ..data.ct import volume_name
 from ..data.medical import Geometry, require, to_scan_grid
-from .dicom_outputs import from_dicom_series, write_dicom_outputs
+from ..errors import DataError
+from ..evaluation.metrics import image_metrics
 from ..files import atomic_write, safe_names
 from ..scoring.masks import MaskRule
-from ..evaluation.metrics import image_metrics
 from ..scoring.pixel_histogram import PixelHistogram
+from .dicom_outputs import from_dicom_series, write_dicom_outputs
 
 STRIP_SLICES = 3  # most anomalous slices per volume shown in the report
 FOLDER = "volumes"
@@ -60,8 +61,9 @@ def volume_result(imageset: ImageSet, source: str, name: str, rows: np.ndarray, 
         "lesion_ml": None, "dice": None, "iou": None,
         "top_rows": rows[np.argsort(-slice_scores, kind="stable")[:STRIP_SLICES]].tolist(),
     }
-    if imageset.masks is not None and imageset.has_mask[rows].all():
-        result.update(_overlap(predicted, np.asarray(imageset.masks[rows], bool), pixel_ml))
+    masks, has_mask = imageset.filled_masks()
+    if imageset.masks is not None and has_mask[rows].all():
+        result.update(_overlap(predicted, np.asarray(masks[rows], bool), pixel_ml))
     return result
 
 
@@ -111,8 +113,9 @@ def add_voxels(histogram: PixelHistogram, imageset: ImageSet, rows: np.ndarray, 
     """Count one volume's slices `rows` against their truth for `pooled_voxel_ap`: every
     pixel of their maps (0 outside a scoring region, as in the written volumes). A volume
     without truth on every slice is left out."""
-    if imageset.masks is not None and imageset.has_mask[rows].all():
-        histogram.add(np.asarray(maps), np.asarray(imageset.masks[rows], bool))
+    masks, has_mask = imageset.filled_masks()
+    if imageset.masks is not None and has_mask[rows].all():
+        histogram.add(np.asarray(maps), np.asarray(masks[rows], bool))
 
 
 def pooled_voxel_ap(histogram: PixelHistogram) -> float | None:

@@ -9,7 +9,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-
 # CBAM only on feature maps this small or smaller: at high resolution it is ~40 % of a step's
 # cost on a CPU for little gain (CHANGELOG.md, "Speed"; never measured to change quality).
 ATTENTION_MAX_SIZE = 16

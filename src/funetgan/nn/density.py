@@ -39,7 +39,7 @@ class FeatureDensity(nn.Module):
     by every location; standard normal until `DensityStatistics.fit` sets them from normal
     images. Stored 1 x C and 1 x C x C, the layout saved models and ONNX graphs hold."""
 
-    mean: torch.Tensor
+    mean: torch.Tensor  # buffers, registered in __init__
     precision: torch.Tensor
 
     def __init__(self, channels: int):

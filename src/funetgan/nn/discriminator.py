@@ -33,7 +33,8 @@ class Discriminator(nn.Module):
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
         residual, attention = variant.startswith("res"), variant.endswith("attn")
         w = widths(image_size, width)
-        encoder, in_ch, size = [], channels, image_size
+        encoder: list[Block] = []
+        in_ch, size = channels, image_size
         while size > 4:
             encoder.append(Block(in_ch, w[size // 2], resample="down", residual=residual,
                                  attention=attention and size // 2 <= attn_max_size, preact=bool(encoder)))
@@ -41,7 +42,9 @@ class Discriminator(nn.Module):
         self.encoder = nn.ModuleList(encoder)
         self.act = nn.LeakyReLU(0.2)
         self.global_head = linear(in_ch, 1, sn=False)
-        self.decoder = self.pixel_out = None
+        self.bottleneck_width = in_ch  # channels of f_g
+        self.decoder: nn.ModuleList | None = None
+        self.pixel_out: nn.Module | None = None
         if pixel_head:
             # Up-sample, concatenate the encoder's output at that size, block; last step to full size has no skip.
             skip_widths = [w[s] for s in _sizes_between(8, image_size // 2)]
@@ -53,11 +56,6 @@ class Discriminator(nn.Module):
             self.decoder = nn.ModuleList(decoder)
             self.pixel_out = conv(w[image_size], 1, 1, sn=False)
 
-    @property
-    def bottleneck_width(self) -> int:
-        """Channels of f_g."""
-        return self.global_head.in_features
-
     def forward(self, x: torch.Tensor) -> CriticOutput:
         skips, h = [], x
         for block in self.encoder:
@@ -65,7 +63,7 @@ class Discriminator(nn.Module):
             skips.append(h)
         f_g = self.act(h)
         score = self.global_head(f_g.sum((2, 3))).squeeze(1)
-        if self.decoder is None:
+        if self.decoder is None or self.pixel_out is None:
             return CriticOutput(score, None, f_g, None)
         skips = skips[-2::-1]  # encoder outputs from 8x8 up to S/2, deepest first
         for i, block in enumerate(self.decoder):

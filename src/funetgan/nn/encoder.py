@@ -26,5 +26,6 @@ class Encoder(nn.Module):
     def standardise_output(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         """Fold z -> (z - mean) / std into the last linear layer."""
         linear = self.head[-1]
+        assert isinstance(linear, nn.Linear)
         linear.weight.div_(std.unsqueeze(1))
         linear.bias.sub_(mean).div_(std)

@@ -35,14 +35,14 @@ def example_groups(labels, scores, image_threshold: float) -> list[tuple[str, np
 
 # A ranking: (label or None, flagged or None: which images compete; highest first; how many;
 # ties: earlier row first (1) or later (-1), as outputs.images and example_groups break them).
-Ranking = tuple
+Ranking = tuple[int | None, int | None, bool, int, int]
 
 
 def rankings(outputs: Outputs) -> list[Ranking]:
     """The rankings whose top images may get a file: the report's example sections, and
     worst:N / best:N of masks and overlays."""
-    found = [(label, flagged, highest, N_EXAMPLES, 1) for _, label, flagged, highest in EXAMPLE_SECTIONS] \
-        if outputs.report else []
+    sections = EXAMPLE_SECTIONS if outputs.report else []
+    found: list[Ranking] = [(label, flagged, highest, N_EXAMPLES, 1) for _, label, flagged, highest in sections]
     for part in (*outputs.masks, *outputs.overlays):
         if part.startswith(("worst:", "best:")):
             worst = part.startswith("worst")

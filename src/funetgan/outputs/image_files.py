@@ -22,12 +22,12 @@ import numpy as np
 from PIL import Image
 from skimage.segmentation import find_boundaries
 
-from .examples import best_of, ranked, rankings
+from ..evaluation.metrics import pixel_truth
 from ..files import atomic_save_png, safe_names
 from ..scoring.masks import MaskRule
-from ..evaluation.metrics import pixel_truth
-from .selection import Outputs
 from ..scoring.pixel_histogram import PixelHistogram
+from .examples import best_of, ranked, rankings
+from .selection import Outputs
 
 DISPLAY_SIZE = 256  # overlay panel side, pixels
 COLOR_QUANTILE = 0.999  # heat-map scale: 0 .. this quantile of all maps, the same for all images
@@ -76,9 +76,9 @@ class MapStore:
     """The maps `ImageFiles` needs after scoring, by image row, in an unnamed temporary file
     in `folder` (gone when closed or when the process ends): memory stays one map."""
 
-    def __init__(self, folder):
+    def __init__(self, folder: str | Path) -> None:
         Path(folder).mkdir(parents=True, exist_ok=True)
-        self.file = tempfile.TemporaryFile(dir=folder)
+        self.file = tempfile.TemporaryFile(dir=folder)  # noqa: SIM115 (open until close())
         self.where: dict[int, tuple[int, tuple[int, ...]]] = {}
 
     def put(self, rows, maps) -> None:

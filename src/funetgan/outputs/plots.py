@@ -8,8 +8,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from sklearn.metrics import precision_recall_curve, roc_curve
 
-from ..scoring.thresholds import labelled
 from ..scoring.pixel_histogram import PRO_FPR_LIMIT, PixelCurves
+from ..scoring.thresholds import labelled
 
 
 def write_plots(folder: Path, imageset, scores, curves: PixelCurves | None, metrics: dict) -> list[tuple[str, str]]:
@@ -62,7 +62,7 @@ def _histogram(path: Path, labels: np.ndarray, scores: np.ndarray, threshold: fl
     edges = np.histogram_bin_edges(scores, bins=40)
     for value, name in ((0, "normal"), (1, "anomalous"), (-1, "unlabelled")):
         if np.any(labels == value):
-            axes.hist(scores[labels == value], bins=edges, alpha=0.6, label=name)
+            axes.hist(scores[labels == value], bins=edges.tolist(), alpha=0.6, label=name)
     axes.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.4g}")
     axes.set(xlabel="image score", ylabel="images")
     axes.legend()

@@ -15,15 +15,15 @@ import time
 
 import numpy as np
 
-from .examples import example_groups
-from ..files import atomic_write_text
-from .image_files import ImageFiles, InMemory
-from ..scoring.masks import MaskRule
 from ..evaluation.metrics import pixel_truth
-from .selection import Outputs
+from ..files import atomic_write_text
+from ..scoring.masks import MaskRule
 from ..scoring.pixel_histogram import PixelCurves, pixel_curves
+from .examples import example_groups
+from .image_files import ImageFiles, InMemory
 from .plots import write_plots
 from .report_html import render_report
+from .selection import Outputs
 from .tables import write_prediction_table, write_score_table, write_volume_table
 
 

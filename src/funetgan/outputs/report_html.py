@@ -9,9 +9,9 @@ import json
 import numpy as np
 import yaml
 
-from .selection import Outputs
 from ..scoring.pixel_histogram import PRO_FPR_LIMIT
 from ..scoring.thresholds import promise_summary
+from .selection import Outputs
 
 _STYLE = """
 * { box-sizing: border-box; }

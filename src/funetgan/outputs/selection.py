@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import UsageError
+
 TEST_DEFAULT = ("metrics", "scores", "report", "overlays=examples")
 PREDICT_DEFAULT = ("scores", "masks=all", "overlays=all")
 _SELECTION = re.compile(r"^(all|none|flagged|examples|(worst|best):(\d+))$")
@@ -38,7 +40,7 @@ class Outputs:
     overlays: tuple[str, ...] = ("all",)
 
     @classmethod
-    def parse(cls, items: list[str] | tuple[str, ...], test: bool = True) -> "Outputs":
+    def parse(cls, items: list[str] | tuple[str, ...], test: bool = True) -> Outputs:
         """From `--outputs` items (see the module docstring); `test` False for predict, which
         has no metrics, report or examples."""
         chosen: dict = {"metrics": False, "scores": False, "report": False, "masks": ("none",),
@@ -52,10 +54,10 @@ class Outputs:
             elif name in ("masks", "overlays"):
                 chosen[name] = _selection(name, which if sep else "all", test)
             else:
-                raise ValueError(f"--outputs: unknown item {item!r}; expected metrics, scores, report, "
+                raise UsageError(f"--outputs: unknown item {item!r}; expected metrics, scores, report, "
                                  f"masks[=WHICH], overlays[=WHICH] or all")
             if not test and name in ("metrics", "report"):
-                raise ValueError(f"--outputs: {name} is written by test only (predict has no labels)")
+                raise UsageError(f"--outputs: {name} is written by test only (predict has no labels)")
         return cls(**chosen)
 
     def images(self, kind: str, scores: np.ndarray, threshold: float,
@@ -81,9 +83,9 @@ def _selection(name: str, which: str, test: bool) -> tuple[str, ...]:
     parts = tuple(part.strip() for part in which.split("+"))
     for part in parts:
         if not _SELECTION.match(part):
-            raise ValueError(f"--outputs: {name}={which}: expected all, none, flagged, examples, worst:N or "
+            raise UsageError(f"--outputs: {name}={which}: expected all, none, flagged, examples, worst:N or "
                              f"best:N (joined by +)")
         if part == "examples" and not test:
-            raise ValueError(f"--outputs: {name}=examples is for test (the report's examples); "
+            raise UsageError(f"--outputs: {name}=examples is for test (the report's examples); "
                              f"use worst:N or best:N")
     return parts

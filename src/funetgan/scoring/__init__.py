@@ -1,1 +1,2 @@
-"""Scoring: anomaly maps and image scores (the table of terms), tiling, calibration, thresholds, masks and the [0, 1] unit scale."""
+"""Scoring: anomaly maps and image scores (the table of terms), tiling, calibration,
+thresholds, masks and the [0, 1] unit scale."""

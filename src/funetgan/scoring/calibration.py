@@ -28,6 +28,7 @@ import numpy as np
 from ..config import Config, scored_in_tiles
 from ..data.base import ImageSet, row_chunks
 from ..data.checks import held_out
+from ..errors import DataError, RunFolderError
 from .combine import image_evidence, map_blur
 from .pixel_histogram import PixelHistogram
 from .terms import MAP, Terms, normal_levels, of_kind
@@ -91,7 +92,7 @@ class Calibration:
     def from_dict(cls, values: Any, source: str) -> Calibration:
         names = {f.name for f in dataclasses.fields(cls)}
         if not isinstance(values, dict) or values.get("format") != FORMAT or names - set(values):
-            raise ValueError(f"{source}: calibrated by an earlier funetgan (another calibration layout); "
+            raise RunFolderError(f"{source}: calibrated by an earlier funetgan (another calibration layout); "
                              f"calibrate it again: funetgan calibrate --run RUN --data DATA")
         return cls(**{key: value for key, value in values.items() if key in names})
 
@@ -103,14 +104,14 @@ def calibration_split(train: ImageSet, val: ImageSet | None, fraction: float, se
     volume stay together (a patient is held out whole: neighbouring slices are nearly the
     same image). Rows rather than a copy, so a memory-mapped training set stays on disk."""
     if (train.labels != 0).any():
-        raise ValueError(f"training set has {int((train.labels != 0).sum())} anomalous images; "
+        raise DataError(f"training set has {int((train.labels != 0).sum())} anomalous images; "
                          f"train on normals only")
     if val is not None:
         return None, val
     groups = image_groups(train)
     names = np.unique(groups)
     if len(names) < 2:
-        raise ValueError("one training volume (or image) cannot be split into training and calibration "
+        raise DataError("one training volume (or image) cannot be split into training and calibration "
                          "normals: add normals or give a validation split")
     count = min(held_out(len(names), fraction), len(names) - 1)
     chosen = np.random.default_rng(seed).permutation(names)[:count]
@@ -135,7 +136,7 @@ def find_calibration(model: TermScorer, normals: ImageSet, unfitted: Sequence[st
     say why). A chunk of images at a time: memory holds one chunk's maps whatever the set's size."""
     normal = np.flatnonzero(normals.labels == 0)
     if len(normal) == 0:
-        raise ValueError("the calibration images hold no normal image")
+        raise DataError("the calibration images hold no normal image")
     with tempfile.TemporaryDirectory(prefix="funetgan-calibration-") as folder:
         terms = calibration_terms(model, normals, Path(folder))
 

@@ -16,6 +16,11 @@ from functools import cached_property
 
 import numpy as np
 
+from ..errors import DataError, SettingsError
+
+# How to fix images smaller than the networks' patch (possible at data.resolution=native).
+SMALLER_PATCH = "lower model.image_size, or set data.resolution to a number of pixels"
+
 # A tile scorer: uint8 B x P x P x C tiles -> {"maps": {name: B x P x P}, "values": {name: B}}.
 TileScorer = Callable[[np.ndarray], dict[str, dict[str, np.ndarray]]]
 
@@ -23,14 +28,14 @@ TileScorer = Callable[[np.ndarray], dict[str, dict[str, np.ndarray]]]
 def check_tile_stride(stride: int, patch: int) -> None:
     """Tiles must start at most a patch apart, or pixels between them would go unscored."""
     if not 0 < stride <= patch:
-        raise ValueError(f"score.tile_stride must lie in 1..{patch} (the patch size), got {stride}")
+        raise SettingsError(f"score.tile_stride must lie in 1..{patch} (the patch size), got {stride}")
 
 
 def starts(length: int, patch: int, stride: int) -> np.ndarray:
     """Tile offsets along one axis: every `stride` pixels, the last one flush with the end,
     so every pixel is covered whatever the length."""
     if patch > length:
-        raise ValueError(f"a tile of {patch} px does not fit an image side of {length} px")
+        raise DataError(f"a tile of {patch} px does not fit an image side of {length} px; {SMALLER_PATCH}")
     offsets = list(range(0, length - patch + 1, stride))
     if offsets[-1] != length - patch:
         offsets.append(length - patch)
@@ -126,7 +131,7 @@ def patches_per_image(height: int, width: int, patch: int) -> int:
 def random_corners(count: int, height: int, width: int, patch: int, generator: np.random.Generator) -> np.ndarray:
     """`count` x 2 uniformly random top-left corners of P x P patches inside H x W."""
     if patch > min(height, width):
-        raise ValueError(f"a patch of {patch} px does not fit images of {height}x{width} px")
+        raise DataError(f"a patch of {patch} px does not fit images of {height}x{width} px; {SMALLER_PATCH}")
     return np.stack([generator.integers(0, height - patch + 1, count),
                      generator.integers(0, width - patch + 1, count)], 1)
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..scoring import tiling
 from ..nn.tensors import uint8_to_float
 from ..runtime import Runtime
+from ..scoring import tiling
 
 
 class BatchSource:
@@ -37,9 +37,9 @@ class BatchSource:
         self.batch_size, self.seed, self.runtime = batch_size, seed, runtime
         self.size = images.shape[1:3]
         self.patch = patch if patch is not None and self.size != (patch, patch) else None
-        self.draws = tiling.patches_per_image(*self.size, self.patch) if self.patch else 1
+        self.draws = tiling.patches_per_image(self.size[0], self.size[1], self.patch) if self.patch else 1
         self.per_epoch = (self.count * self.draws // runtime.world_size) // batch_size  # >= 1: data.fit_batch
-        self._epoch, self._order = -1, None
+        self._epoch, self._order = -1, torch.empty(0, dtype=torch.long)  # epoch -1: drawn on first use
 
     def __len__(self) -> int:
         return self.count
@@ -71,7 +71,8 @@ class BatchSource:
         draws = torch.zeros(len(pick), 3, dtype=torch.int64, device="cpu")  # row, patch corner (top, left)
         draws[:, 0] = pick
         if self.patch is not None:
-            draws[:, 1:3] = torch.from_numpy(tiling.random_corners(len(pick), *self.size, self.patch, rng))
+            height, width = self.size
+            draws[:, 1:3] = torch.from_numpy(tiling.random_corners(len(pick), height, width, self.patch, rng))
         if self.mapped is None:
             return uint8_to_float(self._gather(self.data, self.runtime.to_device(draws)))
         read = torch.from_numpy(self.mapped[self.rows[pick.numpy()]])  # the batch's rows, from the page cache

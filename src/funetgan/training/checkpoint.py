@@ -11,6 +11,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
+from ..errors import RunFolderError
 from ..files import atomic_write, os_error
 
 META_KEY = "funetgan"
@@ -33,15 +34,15 @@ def save(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any
 def load(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such checkpoint")
+        raise RunFolderError(f"{path}: no such checkpoint")
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = json.loads((f.metadata() or {}).get(META_KEY, "null"))
         tensors = load_file(str(path))
     except (SafetensorError, OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: not a readable funetgan checkpoint ({err})") from None
+        raise RunFolderError(f"{path}: not a readable funetgan checkpoint ({err})") from None
     if not isinstance(meta, dict):
-        raise ValueError(f"{path}: not a funetgan checkpoint (no '{META_KEY}' metadata)")
+        raise RunFolderError(f"{path}: not a funetgan checkpoint (no '{META_KEY}' metadata)")
     return tensors, meta
 
 

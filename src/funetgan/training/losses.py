@@ -8,7 +8,6 @@ import torch.nn.functional as F
 from ..config import GANConfig
 from ..nn import CriticOutput
 
-
 # Weight of mean D(x)^2 on real images (ProGAN's drift term): keeps the unbounded WGAN
 # critic values near 0.
 DRIFT = 1e-3
@@ -97,6 +96,7 @@ def critic_loss(critic, real: torch.Tensor, fake: torch.Tensor, cfg: GANConfig, 
             penalised_score, penalised_pixel = own.score, own.pixel
         gp = gradient_penalty(penalised_score, interp)
         if pixels is not None:
+            assert penalised_pixel is not None  # a critic with a pixel head gives both
             gp = gp + gradient_penalty(pixel_projection(penalised_pixel, cfg.pixel_gp, generator), interp)
         loss = loss + cfg.lambda_gp * cfg.gp_every * gp
         stats["gp"] = gp.detach()
@@ -135,7 +135,7 @@ def encoder_loss(recon: torch.Tensor, real: torch.Tensor, out_recon: CriticOutpu
     orders of magnitude in our runs; relative errors keep kappa meaningful."""
     image = F.mse_loss(recon.float(), real.float())
     features = relative_mse(out_recon.f_g, out_real.f_g)
-    if out_recon.f_p is not None:
+    if out_recon.f_p is not None and out_real.f_p is not None:
         features = features + relative_mse(out_recon.f_p, out_real.f_p)
     loss = image + kappa * features
     return loss, {"loss_e": loss.detach(), "mse_image": image.detach(), "feature_error": features.detach()}

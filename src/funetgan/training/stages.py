@@ -17,20 +17,9 @@ import torch
 from tqdm import tqdm
 
 from ..config import Config
+from ..errors import TrainingStopped
 from ..runtime import Runtime
 from .state import TrainingState
-
-
-class TrainingStopped(Exception):
-    """SIGTERM or SIGINT stopped training at a step boundary, after a checkpoint."""
-
-    def __init__(self, message: str, signum: int):
-        super().__init__(message)
-        self.signum = signum
-
-
-class TrainingDiverged(ValueError):
-    """Losses or weights became NaN or infinite; nothing non-finite was saved."""
 
 
 class StopSignals:

@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from ..config import Config, all_keys, get_key
-from ..data.checks import MissingDependency
+from ..errors import MissingExtra, SettingsError
 
 TENSORBOARD_FOLDER = "tensorboard"
 DEFAULT_EXPERIMENT = "funetgan"  # MLflow's experiment where MLFLOW_EXPERIMENT_NAME is not set
@@ -36,7 +36,7 @@ def require(module: str, extra: str) -> ModuleType:
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise MissingDependency(f"log.{extra} needs {extra}: pip install funetgan[{extra}]") from None
+        raise MissingExtra(f"log.{extra} needs {extra}: pip install funetgan[{extra}]") from None
 
 
 class Tracker:
@@ -65,7 +65,7 @@ class Tracker:
         for backend in self.backends:
             backend.close()
 
-    def __enter__(self) -> "Tracker":
+    def __enter__(self) -> Tracker:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -76,7 +76,7 @@ def open_tracker(folder: str | Path | None, config: Config, command: str) -> Tra
     """The trackers `config.log` turns on for `command` ("train", "test") writing to
     `folder` (a run or results folder; TensorBoard's event files go in its tensorboard/)."""
     log = config.log
-    backends = []
+    backends: list[TensorBoard | MLflow] = []
     if log.tensorboard:
         if folder is None:
             raise ValueError("log.tensorboard needs a folder for its event files (fit(..., run_dir=...))")
@@ -149,7 +149,7 @@ class MLflow:
         except mlflow.exceptions.MlflowException as err:
             first = (str(err).strip().splitlines() or [type(err).__name__])[0]
             store = os.environ.get("MLFLOW_TRACKING_URI", "the default store")
-            raise ValueError(f"log.mlflow: cannot start an MLflow run at {store} ({first})") from None
+            raise SettingsError(f"log.mlflow: cannot start an MLflow run at {store} ({first})") from None
         self.entities = mlflow.entities
 
     def scalars(self, step: int, values: dict[str, float]) -> None:

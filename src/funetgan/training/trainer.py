@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ..config import Config
+from ..errors import RunFolderError, TrainingDiverged
 from ..files import CHECKPOINT_FILE, LOG_FILE, append_line
 from ..nn import Discriminator, Encoder, Generator
 from ..nn.tensors import to_tensor, to_uint8
@@ -23,7 +24,7 @@ from . import checkpoint
 from .batches import BatchSource
 from .losses import critic_loss, encoder_loss, generator_loss, warmup_loss
 from .samples import evaluating, save_grid
-from .stages import Stage, TrainingDiverged
+from .stages import Stage
 from .state import TrainingState
 from .tracking import Tracker
 
@@ -170,7 +171,7 @@ class Trainer:
         """Continue from the checkpoint at `path`: weights, optimisers, random stream and state."""
         path = Path(path)
         if not path.exists():
-            raise FileNotFoundError(f"{path}: no checkpoint to resume from")
+            raise RunFolderError(f"{path}: no checkpoint to resume from")
         tensors, meta = checkpoint.load(path)
         self.model.load_weights(tensors, path)
         for name, opt in self.optimisers():
