@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 # Bytes per parameter in training: float32 weights, their gradients and Adam's two moments.
 TRAINING_BYTES_PER_PARAMETER = 16
 FLOAT32 = 4
 # Where the machine's memory cannot be read (no sysconf): a cap no single machine reaches.
 UNKNOWN_MEMORY_CAP = 1 << 40
+DEFLATE_MAX_RATIO = 1032  # deflate's largest compression ratio (long runs of one byte)
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,13 @@ def physical_memory() -> int:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (AttributeError, ValueError, OSError):
         return UNKNOWN_MEMORY_CAP
+
+
+def max_inflated(path: Path) -> int:
+    """The most bytes a file can hold once decompressed: its size, or for gzip (.gz) its size
+    times deflate's largest ratio. What a header promises beyond this is a lie or a truncation."""
+    size = path.stat().st_size
+    return size * DEFLATE_MAX_RATIO if path.suffix == ".gz" else size
 
 
 def unaffordable(sizes: Sizes, available: int | None = None) -> str | None:

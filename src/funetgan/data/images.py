@@ -17,7 +17,7 @@ from PIL import Image, ImageOps
 
 from .base import DataError, ImageSet
 from .checks import BadFiles, describe
-from .medical import DEFAULT_HU_WINDOW, is_dicom, read_dicom
+from .medical import DEFAULT_HU_WINDOW, finite, is_dicom, read_dicom
 
 SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
 GREY_MODES = {"1", "L", "LA", "La", "F"} | SIXTEEN_BIT_MODES
@@ -39,6 +39,8 @@ def read_image(path: str | Path, hu_window: tuple[float, float] = DEFAULT_HU_WIN
             raise DataError(f"{image.width}x{image.height} pixels, more than the limit of "
                             f"{Image.MAX_IMAGE_PIXELS} (a decompression bomb?)")
         ImageOps.exif_transpose(image, in_place=True)
+        if image.mode == "F":  # 32-bit float (TIFF): may hold NaN or infinity
+            finite(np.asarray(image), "pixels")
         if image.mode in SIXTEEN_BIT_MODES:
             # The full 16-bit range onto 8 bits: one scale for every image, so intensities
             # stay comparable between images (a per-image stretch would hide anomalies).

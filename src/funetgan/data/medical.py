@@ -7,6 +7,7 @@ way: anterior at the top, the patient's right on the image's left.
 from __future__ import annotations
 
 import importlib
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -14,6 +15,7 @@ from types import ModuleType
 import numpy as np
 from PIL import Image
 
+from ..memory import FLOAT32, human_bytes, max_inflated, physical_memory
 from .base import DataError
 from .checks import MissingDependency
 
@@ -88,10 +90,11 @@ def read_dicom(path: str | Path, hu_window: tuple[float, float] = DEFAULT_HU_WIN
         raise DataError("DICOM file without pixel data")
     if int(dataset.get("NumberOfFrames", 1)) > 1:
         raise DataError("multi-frame DICOM (give its frames as a series folder of files)")
-    pixels = dataset.pixel_array
+    pixels = bounded_pixels(dataset)
     if dataset.get("SamplesPerPixel", 1) == 3:
         return stretch(pixels) if pixels.dtype != np.uint8 else pixels
-    values = apply_modality_lut(pixels, dataset)
+    with np.errstate(over="ignore", invalid="ignore"):  # what overflows is refused just below
+        values = finite(apply_modality_lut(pixels, dataset), "pixels")
     if dataset.get("Modality") == "CT":
         grey = window(values, *hu_window)
     else:
@@ -101,6 +104,16 @@ def read_dicom(path: str | Path, hu_window: tuple[float, float] = DEFAULT_HU_WIN
     if dataset.get("PhotometricInterpretation") == "MONOCHROME1":
         grey = 255 - grey
     return grey[..., None]
+
+
+def bounded_pixels(dataset) -> np.ndarray:
+    """A DICOM dataset's pixels, refused unread beyond the pixel limit on every other image:
+    a compressed frame of a few bytes can decode to gigabytes."""
+    count = int(dataset.get("Rows", 0)) * int(dataset.get("Columns", 0))
+    if count > Image.MAX_IMAGE_PIXELS:
+        raise DataError(f"{dataset.get('Columns')}x{dataset.get('Rows')} pixels, more than the limit of "
+                        f"{Image.MAX_IMAGE_PIXELS} (a decompression bomb?)")
+    return dataset.pixel_array
 
 
 @dataclass(frozen=True, eq=False)
@@ -135,16 +148,39 @@ def read_scan(path: str | Path) -> tuple[np.ndarray, Geometry]:
     """A volume as float32 slices Z x H x W (see top) and its geometry."""
     path = Path(path)
     nibabel = require("nibabel")
-    image = _dicom_series(path) if path.is_dir() else nibabel.load(path)
+    image = _dicom_series(path) if path.is_dir() else _nifti(path)
     if image.ndim == 4 and image.shape[3] == 1:
         image = image.slicer[..., 0]
     if image.ndim != 3:
         raise DataError(f"expected a 3-D volume, got shape {image.shape}")
-    data = nibabel.as_closest_canonical(image).get_fdata(dtype=np.float32)
+    data = finite(nibabel.as_closest_canonical(image).get_fdata(dtype=np.float32), "voxels")
     # Canonical RAS+ voxel axes (x to the patient's right, y anterior, z superior) -> slices
     # [z, row, column] with row = anterior first and column = patient's right first.
     slices = np.flip(data, (0, 1)).transpose(2, 1, 0)
     return slices, Geometry(np.asarray(image.affine, float), tuple(image.shape))
+
+
+def _nifti(path: Path):
+    """A NIfTI file, refused when its header promises more voxels than the file can hold or
+    memory takes: nibabel would allocate them all before finding the file short."""
+    image = require("nibabel").load(path)
+    voxels = math.prod(image.shape)
+    stored = voxels * image.get_data_dtype().itemsize
+    if stored > max_inflated(path) or voxels * FLOAT32 > physical_memory():
+        raise DataError(f"header says {image.shape} voxels ({human_bytes(stored)}), more than the file can "
+                        f"hold or this machine's memory (truncated, or a damaged header?)")
+    return image
+
+
+def finite(values: np.ndarray, what: str) -> np.ndarray:
+    """`values`, refused when any is NaN or infinite: no intensity can stand in for them (a
+    guess would move every value derived from the range, e.g. the 0..1 test of
+    `volume_to_uint8`), so the user decides (docs/reliability.md)."""
+    bad = values.size - int(np.count_nonzero(np.isfinite(values)))
+    if bad:
+        raise DataError(f"{bad} of {values.size} {what} are not finite numbers (NaN or infinity); "
+                        f"replace them, e.g. by the background value")
+    return values
 
 
 def to_scan_grid(slices: np.ndarray, geometry: Geometry) -> np.ndarray:
@@ -163,7 +199,8 @@ def _dicom_series(folder: Path):
     from pydicom.pixels import apply_modality_lut
 
     slices = read_dicom_series(folder)
-    pixels = np.stack([apply_modality_lut(s.pixel_array, s).astype(np.float32) for s in slices])
+    with np.errstate(over="ignore", invalid="ignore"):  # overflows are refused by `read_scan`
+        pixels = np.stack([apply_modality_lut(bounded_pixels(s), s).astype(np.float32) for s in slices])
     return nibabel.Nifti1Image(pixels.transpose(2, 1, 0), series_affine(slices))
 
 
