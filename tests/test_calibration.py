@@ -1,6 +1,7 @@
 """Calibration (calibration.py): the split that keeps patients whole, the promise on normals no
 part was fitted on, the note on too few normals, the typed record and its file form."""
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -106,3 +107,53 @@ def test_the_record_survives_its_file_form_and_other_layouts_are_refused():
     assert Calibration.from_dict(record.to_dict(), "run") == record
     with pytest.raises(ValueError, match="run: calibrated by an earlier funetgan"):
         Calibration.from_dict({"norms": {}, "image_threshold": 2.0}, "run")
+
+
+def dicom_slices(tmp_path, patients: list[str], series: list[str]) -> ImageSet:
+    """One DICOM slice file per (patient, series) pair given, read as 2-D images would be."""
+    pydicom = pytest.importorskip("pydicom")
+    from test_data_medical import write_dicom
+    paths = []
+    for n, (patient, uid) in enumerate(zip(patients, series)):
+        path = write_dicom(tmp_path / f"slice_{n:03d}.dcm", np.zeros((4, 4), np.int16), z=n)
+        dataset = pydicom.dcmread(path)
+        dataset.PatientID, dataset.SeriesInstanceUID = patient, uid
+        dataset.save_as(path)
+        paths.append(str(path))
+    n = len(paths)
+    return ImageSet(np.zeros((n, 4, 4, 1), np.uint8), np.zeros(n, np.int64), paths, ["good"] * n, np.full((n, 2), 4))
+
+
+def test_dicom_slices_are_held_out_by_patient_or_else_by_series(tmp_path):
+    """A folder of DICOM slices read as images was split image by image, neighbouring slices
+    of one patient on both sides of the calibration split."""
+    patients = ["P1", "P2", "P1", "P3", "P2", "P3"]
+    by_patient = dicom_slices(tmp_path / "a", patients, ["1.1", "1.2", "1.1", "1.3", "1.2", "1.3"])
+    np.testing.assert_array_equal(np.unique(image_groups(by_patient), return_inverse=True)[1], [0, 1, 0, 2, 1, 2])
+    rows, held_out = calibration_split(by_patient, None, 0.34, seed=0)  # 1 of 3 patients
+    out = {patients[by_patient.paths.index(path)] for path in held_out.paths}
+    assert len(out) == 1 and len(held_out) == 2 and not out & {patients[i] for i in rows}
+    one_patient = dicom_slices(tmp_path / "b", ["P1"] * 4, ["1.1", "1.2", "1.1", "1.2"])
+    np.testing.assert_array_equal(np.unique(image_groups(one_patient), return_inverse=True)[1], [0, 1, 0, 1])
+
+
+def slice_images(count: int, smooth: bool) -> ImageSet:
+    """Images named in order: slices of one smooth volume (each like the next), or noise."""
+    rng = np.random.default_rng(0)
+    if smooth:
+        base = rng.random((32, 32)) * 200
+        images = np.stack([base + 40 * np.sin(z / 5) for z in range(count)])
+    else:
+        images = rng.random((count, 32, 32)) * 255
+    images = images.astype(np.uint8)[..., None]
+    return ImageSet(images, np.zeros(count, np.int64), [f"slice_{z:03d}.png" for z in range(count)],
+                    ["good"] * count, np.full((count, 2), 32))
+
+
+def test_slice_like_images_without_series_information_are_split_per_image_with_a_warning():
+    with pytest.warns(UserWarning, match="20 images in name order look like slices of volumes"):
+        groups = image_groups(slice_images(20, smooth=True))
+    np.testing.assert_array_equal(groups, np.arange(20))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        image_groups(slice_images(20, smooth=False))  # unrelated images: no warning
