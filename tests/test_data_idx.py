@@ -1,7 +1,7 @@
 """MNIST-style IDX files in the one-class protocol."""
 import gzip
-import zlib
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np

@@ -3,6 +3,7 @@ are refused in one line naming the file and the count, and headers promising mor
 file can hold (or memory take) are refused before anything is allocated."""
 import gzip
 import resource
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -85,3 +86,21 @@ def test_a_nifti_header_promising_more_than_its_file_is_refused_unread(tmp_path,
     with pytest.raises(DataError, match=r"header says \(2000, 2000, 2000\) voxels \(14.9 GiB\), more than the file"):
         read_volume(path)
     assert _peak_mb() - before < 50
+
+
+def test_a_dicom_element_length_beyond_the_file_allocates_nothing(tmp_path):
+    """pydicom reads each element's declared length; from a file, Python allocates that much
+    first: a 1 kB slice claiming 3.75 GiB of pixel data took 3.75 GiB (found by test_fuzz)."""
+    path = write_dicom(tmp_path / "slice.dcm", np.zeros((16, 16), np.int16))
+    data = path.read_bytes()
+    start = data.index(b"\xe0\x7f\x10\x00OW") + 8  # pixel data: tag, VR, 2 reserved bytes, then its length
+    path.write_bytes(data[:start] + b"\x00\x02\x00\xf0" + data[start + 4:])
+    tracemalloc.start()
+    try:
+        _load(path)
+    except DataError:
+        pass
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert peak < 50 << 20

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import functools
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -317,10 +318,15 @@ def all_keys(section: type = None, prefix: str = "") -> list[str]:
     return keys
 
 
+@functools.cache
+def _known_keys() -> frozenset[str]:
+    """all_keys() once: every setting's lookup checks its key (type hints cost ~1 ms a class)."""
+    return frozenset(all_keys())
+
+
 def _resolve(config: Config, key: str) -> tuple[Any, str]:
-    known = all_keys()
-    if key not in known:
-        close = difflib.get_close_matches(key, known, n=3)
+    if key not in _known_keys():
+        close = difflib.get_close_matches(key, all_keys(), n=3)
         hint = f" (did you mean {' or '.join(close)}?)" if close else ""
         raise ValueError(f"unknown setting {key!r}{hint}")
     *parents, leaf = key.split(".")

@@ -7,6 +7,7 @@ way: anterior at the top, the patient's right on the image's left.
 from __future__ import annotations
 
 import importlib
+import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,11 +52,18 @@ def is_dicom_series(folder: Path) -> bool:
         return False
     pydicom = require("pydicom")
     try:
-        headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in files]
+        headers = [read_dataset(p, stop_before_pixels=True) for p in files]
     except pydicom.errors.InvalidDicomError:
         return False  # reported as a bad file when read as single images
     series = {h.get("SeriesInstanceUID") for h in headers}
     return len(series) == 1 and all("ImagePositionPatient" in h for h in headers)
+
+
+def read_dataset(path: str | Path, **options):
+    """pydicom.dcmread from the file's bytes in memory: pydicom asks for each element's
+    declared length, and a damaged length of up to 4 GiB would have Python allocate that much
+    for a read from a file, where a read from memory takes what there is."""
+    return require("pydicom").dcmread(io.BytesIO(Path(path).read_bytes()), **options)
 
 
 def is_nifti(path: str | Path) -> bool:
@@ -83,7 +91,7 @@ def read_dicom(path: str | Path, hu_window: tuple[float, float] = DEFAULT_HU_WIN
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     try:
-        dataset = pydicom.dcmread(path)
+        dataset = read_dataset(path)
     except pydicom.errors.InvalidDicomError:
         raise DataError("not a DICOM file") from None
     if "PixelData" not in dataset:
@@ -207,11 +215,10 @@ def _dicom_series(folder: Path):
 def read_dicom_series(folder: Path, pixels: bool = True) -> list:
     """The datasets of a DICOM series folder sorted along the slice normal: the order of the
     slices (the last axis) of its voxel grid. Without `pixels`, their headers only."""
-    pydicom = require("pydicom")
     files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
     if not files:
         raise DataError("empty DICOM series folder")
-    return sorted((pydicom.dcmread(file, stop_before_pixels=not pixels) for file in files), key=_slice_position)
+    return sorted((read_dataset(file, stop_before_pixels=not pixels) for file in files), key=_slice_position)
 
 
 def series_affine(slices: list) -> np.ndarray:
