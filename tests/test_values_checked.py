@@ -104,3 +104,22 @@ def test_a_dicom_element_length_beyond_the_file_allocates_nothing(tmp_path):
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
     assert peak < 50 << 20
+
+
+def test_a_png_chunk_length_beyond_the_file_allocates_nothing(tmp_path):
+    """PIL reads a PNG's last image-data chunk by its declared length; from a file Python
+    allocated that much first: 256 MiB for a 700-byte file (found by test_fuzz's deep profile)."""
+    path = tmp_path / "slice.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (24, 24), np.uint8)).save(path)
+    data = path.read_bytes()
+    start = data.index(b"IDAT") - 4  # the chunk's length field
+    path.write_bytes(data[:start] + (0x10000263).to_bytes(4, "big") + data[start + 4:])
+    tracemalloc.start()
+    try:
+        _load(path)
+    except DataError:
+        pass
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert peak < 50 << 20

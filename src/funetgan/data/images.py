@@ -5,6 +5,7 @@ treated the same way whatever the layout.
 """
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -32,7 +33,7 @@ def read_image(path: str | Path, hu_window: tuple[float, float] = DEFAULT_HU_WIN
     at its original size and EXIF orientation, alpha dropped."""
     if is_dicom(path):
         return read_dicom(path, hu_window)
-    with Image.open(path) as image:
+    with open_image(path) as image:
         # PIL refuses more than twice this many pixels and only warns below that; a file of a
         # few hundred kB could still take gigabytes on every decoding thread.
         if image.width * image.height > Image.MAX_IMAGE_PIXELS:
@@ -50,9 +51,16 @@ def read_image(path: str | Path, hu_window: tuple[float, float] = DEFAULT_HU_WIN
         return np.asarray(image).reshape(image.height, image.width, -1)
 
 
+def open_image(path: str | Path) -> Image.Image:
+    """Image.open on the file's bytes in memory: PIL reads some chunks by their declared length
+    (PNG's last IDAT: up to 2 GiB), and from a file Python allocates that much first; from
+    memory a read takes what there is (found by tests/test_fuzz.py)."""
+    return Image.open(io.BytesIO(Path(path).read_bytes()))
+
+
 def read_mask(path: str | Path) -> np.ndarray:
     """A mask file -> bool H x W: any non-zero value (palette index, grey or colour) is truth."""
-    with Image.open(path) as image:
+    with open_image(path) as image:
         ImageOps.exif_transpose(image, in_place=True)
         values = np.asarray(image).reshape(image.height, image.width, -1)
         colour = [i for i, band in enumerate(image.getbands()) if band != "A"]
