@@ -113,7 +113,7 @@ def _number(key: str, kind: type, value: Any) -> int | float:
     try:
         return float(value)
     except OverflowError:  # an integer beyond float's range
-        raise SettingsError(f"{key} must be a finite number, got one of {value.bit_length()} bits") from None
+        raise SettingsError(f"{key} must be a finite number, got one of {int(value).bit_length()} bits") from None
 
 
 def _typed_number(key: str, text: str) -> int | float:

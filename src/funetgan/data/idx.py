@@ -4,10 +4,10 @@ other class being an anomaly."""
 from __future__ import annotations
 
 import gzip
+import io
 import math
 import zlib
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 
@@ -58,7 +58,7 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(data, np.uint8).reshape(shape)
 
 
-def _header(path: Path, file: BinaryIO) -> tuple[int, ...]:
+def _header(path: Path, file: io.BufferedIOBase) -> tuple[int, ...]:
     """The shape in an IDX header of unsigned bytes."""
     magic = file.read(4)
     if len(magic) < 4 or magic[:2] != b"\0\0" or magic[2] != UNSIGNED_BYTE:

@@ -118,7 +118,7 @@ def bounded_pixels(dataset) -> np.ndarray:
     """A DICOM dataset's pixels, refused unread beyond the pixel limit on every other image:
     a compressed frame of a few bytes can decode to gigabytes."""
     count = int(dataset.get("Rows", 0)) * int(dataset.get("Columns", 0))
-    if count > Image.MAX_IMAGE_PIXELS:
+    if Image.MAX_IMAGE_PIXELS is not None and count > Image.MAX_IMAGE_PIXELS:
         raise DataError(f"{dataset.get('Columns')}x{dataset.get('Rows')} pixels, more than the limit of "
                         f"{Image.MAX_IMAGE_PIXELS} (a decompression bomb?)")
     return dataset.pixel_array
