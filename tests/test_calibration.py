@@ -1,8 +1,12 @@
 """Calibration (calibration.py): the split that keeps patients whole, the promise on normals no
 part was fitted on, the note on too few normals, the typed record and its file form."""
+import math
+import warnings
+
 import numpy as np
 import pytest
 import torch
+from scipy import stats
 
 from funetgan.config import apply_overrides
 from funetgan.data.base import ImageSet
@@ -55,19 +59,35 @@ def test_a_single_volume_cannot_be_split_and_a_validation_set_is_used_as_it_is(r
 def test_the_image_threshold_keeps_its_promise_on_fresh_normals(random_images, tiny_config):
     """Untrained networks and noise images make every image as normal as any other; the score
     is dominated by the latent term (a Gaussian of 64 dimensions). Fitted on training images
-    and levelled on 150 other normals, the threshold flags about 1 in 151 fresh normals, as the
-    calibration expects; fitted on those 150 normals themselves (in-sample, as before), its
-    Mahalanobis distances are biased low and it flags several times as many."""
+    and levelled on 150 other normals, the calibration normals and fresh normals are
+    exchangeable, which is tested directly on their ranks; fitted on those 150 normals
+    themselves (in-sample, as before), their Mahalanobis distances are biased low and fresh
+    normals rank far above them.
+
+    Each check fails a correct calibration with probability under 1/2,000, so the test fails
+    under 1 in 1,000 correct runs whatever the draws (the band it had held a correct
+    calibration's rate only ~73 % of the time):
+    - Mann-Whitney's p-value of fresh against calibration scores is uniform when they are
+      exchangeable: P(p < 0.0005) = 0.0005.
+    - The threshold is the calibration normals' maximum (a 1/151 rate), so K fresh normals lie
+      above it exactly when the K highest of all 3,150 scores are fresh. With every placing of
+      the 150 calibration scores among the 3,150 equally likely, P(K >= k) = C(3150 - k, 150) /
+      C(3150, 150): 0.376 at k = 20 (the expected 3000/151), 0.000498 at k = 152."""
     torch.set_num_threads(1)
     config = apply_overrides(tiny_config(), ["model.z_dim=64", "score.latent_density_weight=50"])
     model = FUNetGAN(config)
     training, normals, fresh = random_images(1000, seed=1), random_images(150, seed=2), random_images(3000, seed=3)
     calibration = model.calibrate(normals, training.images)
     assert calibration.expected_image_rate == pytest.approx(1 / 151)
-    rate = np.mean(model.score(fresh).scores >= model.image_threshold)
-    assert 0.2 / 151 < rate < 2.5 / 151
+    assert math.comb(3150 - 152, 150) / math.comb(3150, 150) < 0.0005
+    calibration_scores, fresh_scores = model.score(normals).scores, model.score(fresh).scores
+    assert model.image_threshold == calibration_scores.max()
+    assert stats.mannwhitneyu(fresh_scores, calibration_scores).pvalue > 0.0005
+    assert np.sum(fresh_scores >= model.image_threshold) < 152
     model.calibrate(normals, normals.images)  # the densities fitted on the calibration normals themselves
-    assert np.mean(model.score(fresh).scores >= model.image_threshold) > 4 * rate
+    calibration_scores, fresh_scores = model.score(normals).scores, model.score(fresh).scores
+    assert stats.mannwhitneyu(fresh_scores, calibration_scores, alternative="greater").pvalue < 1e-6
+    assert np.sum(fresh_scores >= model.image_threshold) >= 152
 
 
 def test_the_note_on_too_few_normals_says_what_to_expect():
@@ -87,3 +107,53 @@ def test_the_record_survives_its_file_form_and_other_layouts_are_refused():
     assert Calibration.from_dict(record.to_dict(), "run") == record
     with pytest.raises(RunFolderError, match="run: calibrated by an earlier funetgan"):
         Calibration.from_dict({"norms": {}, "image_threshold": 2.0}, "run")
+
+
+def dicom_slices(tmp_path, patients: list[str], series: list[str]) -> ImageSet:
+    """One DICOM slice file per (patient, series) pair given, read as 2-D images would be."""
+    pydicom = pytest.importorskip("pydicom")
+    from test_data_medical import write_dicom
+    paths = []
+    for n, (patient, uid) in enumerate(zip(patients, series)):
+        path = write_dicom(tmp_path / f"slice_{n:03d}.dcm", np.zeros((4, 4), np.int16), z=n)
+        dataset = pydicom.dcmread(path)
+        dataset.PatientID, dataset.SeriesInstanceUID = patient, uid
+        dataset.save_as(path)
+        paths.append(str(path))
+    n = len(paths)
+    return ImageSet(np.zeros((n, 4, 4, 1), np.uint8), np.zeros(n, np.int64), paths, ["good"] * n, np.full((n, 2), 4))
+
+
+def test_dicom_slices_are_held_out_by_patient_or_else_by_series(tmp_path):
+    """A folder of DICOM slices read as images was split image by image, neighbouring slices
+    of one patient on both sides of the calibration split."""
+    patients = ["P1", "P2", "P1", "P3", "P2", "P3"]
+    by_patient = dicom_slices(tmp_path / "a", patients, ["1.1", "1.2", "1.1", "1.3", "1.2", "1.3"])
+    np.testing.assert_array_equal(np.unique(image_groups(by_patient), return_inverse=True)[1], [0, 1, 0, 2, 1, 2])
+    rows, held_out = calibration_split(by_patient, None, 0.34, seed=0)  # 1 of 3 patients
+    out = {patients[by_patient.paths.index(path)] for path in held_out.paths}
+    assert len(out) == 1 and len(held_out) == 2 and not out & {patients[i] for i in rows}
+    one_patient = dicom_slices(tmp_path / "b", ["P1"] * 4, ["1.1", "1.2", "1.1", "1.2"])
+    np.testing.assert_array_equal(np.unique(image_groups(one_patient), return_inverse=True)[1], [0, 1, 0, 1])
+
+
+def slice_images(count: int, smooth: bool) -> ImageSet:
+    """Images named in order: slices of one smooth volume (each like the next), or noise."""
+    rng = np.random.default_rng(0)
+    if smooth:
+        base = rng.random((32, 32)) * 200
+        images = np.stack([base + 40 * np.sin(z / 5) for z in range(count)])
+    else:
+        images = rng.random((count, 32, 32)) * 255
+    images = images.astype(np.uint8)[..., None]
+    return ImageSet(images, np.zeros(count, np.int64), [f"slice_{z:03d}.png" for z in range(count)],
+                    ["good"] * count, np.full((count, 2), 32))
+
+
+def test_slice_like_images_without_series_information_are_split_per_image_with_a_warning():
+    with pytest.warns(UserWarning, match="20 images in name order look like slices of volumes"):
+        groups = image_groups(slice_images(20, smooth=True))
+    np.testing.assert_array_equal(groups, np.arange(20))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        image_groups(slice_images(20, smooth=False))  # unrelated images: no warning

@@ -108,7 +108,7 @@ def test_every_numeric_setting_has_a_range():
     ("gan.lambda_gp=-0.1", "gan.lambda_gp must be at least 0"),
     ("gan.lr_g=0", "gan.lr_g must be above 0, got 0"),
     ("model.width=0", "model.width must be at least 1"),
-    ("seed=-1", "seed must be at least 0"),
+    ("seed=-1", "seed must be in 0 .. 2^32 - 1"), ("data.split_seed=4294967296", "data.split_seed must be in 0"),
     ("data.hu_window=[400, -1000]", "data.hu_window's low end must lie below its high end, got [400, -1000]"),
 ])
 def test_a_value_out_of_its_range_is_refused_with_the_key(item, message):

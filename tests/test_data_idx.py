@@ -1,4 +1,7 @@
 """MNIST-style IDX files in the one-class protocol."""
+import gzip
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -6,6 +9,7 @@ import pytest
 
 from funetgan.config import DataConfig
 from funetgan.data import DataError, load_dataset
+from funetgan.data.idx import read_idx
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 
@@ -81,3 +85,35 @@ def test_real_fashion_mnist():
     assert int((splits.test.labels == 0).sum()) == 1000
     assert set(splits.test.kinds) == {"good", "tshirt_top", "trouser", "pullover", "dress", "coat",
                                       "sandal", "shirt", "bag", "ankle_boot"}
+
+
+def _peak_mb() -> float:
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def test_a_gzip_bomb_is_refused_after_reading_what_its_header_promises(tmp_path):
+    """A header of 6 images of 28 x 28 followed by 300 MB of zeros (300 kB gzipped): the whole
+    stream was inflated before its size was checked (the issue's 5 MiB file took 6 GiB)."""
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    packer, zeros = zlib.compressobj(9, zlib.DEFLATED, 31), bytes(1 << 20)  # 31: gzip framing
+    body = [packer.compress(struct.pack(">BBBBIII", 0, 0, 8, 3, 6, 28, 28))]
+    body += [packer.compress(zeros) for _ in range(300)] + [packer.flush()]
+    path.write_bytes(b"".join(body))
+    before = _peak_mb()
+    with pytest.raises(DataError, match=r"train-images-idx3-ubyte.gz: header says \(6, 28, 28\) but holds more values"):
+        read_idx(path)
+    assert _peak_mb() - before < 50
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_a_header_promising_more_than_the_file_can_hold_is_refused_unread(tmp_path, compress):
+    path = tmp_path / ("images.gz" if compress else "images")
+    write_idx(path, np.zeros((2, 28, 28)), compress)
+    header = struct.pack(">BBBBIII", 0, 0, 8, 3, 4_000_000_000, 4_000_000_000, 28)
+    with (gzip.open if compress else open)(path, "wb") as file:
+        file.write(header + bytes(2 * 28 * 28))
+    before = _peak_mb()
+    with pytest.raises(DataError, match=r"more than the file can hold or this machine's memory"):
+        read_idx(path)
+    assert _peak_mb() - before < 50

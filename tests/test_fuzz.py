@@ -2,18 +2,29 @@
 files, written by the test itself. Every case gives a one-line error naming the file, or a
 listed skip; never a traceback, a hang or unbounded memory. The default run checks a few
 mutants per format; `-m slow` checks many."""
+import functools
+import gzip
 import io
+import os
 import resource
 import signal
 import struct
+import tempfile
+import tracemalloc
 import zlib
+from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from funetgan.cli import main
-from funetgan.config import DataConfig
+from funetgan.errors import FunetganError
+from funetgan.config import Config, DataConfig, all_keys, apply_overrides
 from funetgan.data import DataError, load_dataset, load_unlabelled
 
 MEMORY_GROWTH_LIMIT_MB = 1024  # growth of the test process's peak resident memory over a corpus
@@ -229,3 +240,191 @@ def test_a_decompression_bomb_under_pils_error_limit_is_refused(tmp_path):
             pytest.raises(DataError, match=r"bomb.png \(12000x12000 pixels, more than the limit .* decompression bomb"):
         load_unlabelled([str(path)], 32, 1, DataConfig())
     assert _peak_mb() - before < 100
+
+
+# ----- Property-based (hypothesis) --------------------------------------------------------------
+# Every reader and the settings parser, on generated and mutated inputs: a result, or an error the
+# CLI reports in one line (funetgan.errors.FunetganError) naming the file or setting; within
+# SECONDS_PER_CASE and TRACED_MB_PER_CASE of Python and numpy allocations per input. The "ci"
+# profile is derandomised with a fixed budget of examples, so CI runs the same inputs every time
+# (about a minute on a loaded 2-core machine); HYPOTHESIS_PROFILE=deep explores far more.
+
+TRACED_MB_PER_CASE = 256
+# The pixel limit during fuzzing: an image the limit accepts may rightly take ~12 bytes a pixel
+# (decoded, then float32 copies), so with PIL's own limit (89 M pixels) a legitimate input could
+# pass TRACED_MB_PER_CASE. Lowered, anything above the bound is memory no limit accounts for.
+FUZZ_MAX_IMAGE_PIXELS = 1 << 20
+_QUIET = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large,
+          HealthCheck.filter_too_much]
+settings.register_profile("ci", max_examples=100, derandomize=True, database=None, deadline=None,
+                          suppress_health_check=_QUIET)
+settings.register_profile("deep", max_examples=500, deadline=None, suppress_health_check=_QUIET)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def _one_line_or_result(read, name: str) -> None:
+    """`read()` returns, or raises an expected error in one line naming `name`; bounded."""
+    def expire(signum, frame):
+        raise TimeoutError(f"{name}: a generated input took over {SECONDS_PER_CASE} s (a hang?)")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(SECONDS_PER_CASE)
+    tracemalloc.start()
+    try:
+        with mock.patch.object(Image, "MAX_IMAGE_PIXELS", FUZZ_MAX_IMAGE_PIXELS):
+            read()
+    except FunetganError as err:
+        assert "\n" not in str(err) and name in str(err), f"not one line naming {name}: {err!r}"
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert peak < TRACED_MB_PER_CASE << 20, f"{name}: {peak >> 20} MB traced for one input"
+
+
+EXTREMES = [b"\xff\xff\xff\xff", b"\x7f\xff\xff\xff", b"\0\0\0\0", b"\x80\0\0\0", b"\0\0\x01\0"]
+
+
+def _apply(seed: bytes, cut: int, changes: list[tuple[int, int]], extreme: tuple[int, bytes] | None) -> bytes:
+    changed = bytearray(seed)
+    for position, value in changes:
+        changed[position % len(changed)] = value
+    if extreme is not None:
+        start = extreme[0] % max(1, len(changed) - 4)
+        changed[start:start + 4] = extreme[1]
+    return bytes(changed[:cut])
+
+
+def mutated(seed: bytes) -> st.SearchStrategy[bytes]:
+    """`seed` cut short, with bytes changed, and/or a 4-byte field set to an extreme value (a huge
+    or negative size, zero); or random bytes."""
+    edits = st.builds(_apply, st.just(seed), st.integers(0, len(seed)) | st.just(len(seed)),
+                      st.lists(st.tuples(st.integers(0, len(seed)), st.integers(0, 255)), max_size=12),
+                      st.none() | st.tuples(st.integers(0, min(len(seed), 600)), st.sampled_from(EXTREMES)))
+    return st.one_of(edits, st.binary(max_size=600))
+
+
+_SEED_RNG = np.random.default_rng(29)
+IMAGE_SEEDS = image_seeds(_SEED_RNG)
+
+
+@pytest.mark.parametrize("suffix", sorted(IMAGE_SEEDS))
+def test_any_image_file_gives_images_or_a_one_line_error(tmp_path, suffix):
+    @given(data=mutated(IMAGE_SEEDS[suffix]))
+    def check(data):
+        path = tmp_path / f"case.{suffix}"
+        path.write_bytes(data)
+        _one_line_or_result(lambda: load_unlabelled([str(path)], 32, 1, DataConfig()), path.name)
+    check()
+
+
+PIXEL_VALUES = st.sampled_from([0.0, 0.5, 1.0, -1.0, 1e30, -1e30, float("nan"), float("inf"), -float("inf")])
+
+
+@given(height=st.integers(1, 40), width=st.integers(1, 40), values=st.lists(PIXEL_VALUES, min_size=1, max_size=6))
+def test_any_float_tiff_gives_an_image_or_a_one_line_error(tmp_path, height, width, values):
+    pixels = np.resize(np.array(values, np.float32), (height, width))
+    path = tmp_path / "float.tif"
+    Image.fromarray(pixels, mode="F").save(path)
+    _one_line_or_result(lambda: load_unlabelled([str(path)], 32, 1, DataConfig()), path.name)
+
+
+@functools.cache
+def fixed_medical_seeds() -> dict[str, bytes]:
+    """`medical_seeds`, the same bytes in every run (the DICOM's random UIDs fixed)."""
+    with tempfile.TemporaryDirectory() as folder:
+        seeds = medical_seeds(np.random.default_rng(3), Path(folder))
+        if "dcm" in seeds:
+            import pydicom
+            dataset = pydicom.dcmread(io.BytesIO(seeds["dcm"]))
+            dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID = "1.2.3.4"
+            buffer = io.BytesIO()
+            dataset.save_as(buffer, enforce_file_format=True)
+            seeds["dcm"] = buffer.getvalue()
+    return seeds
+
+
+@pytest.mark.parametrize("suffix", ["dcm", "nii"])
+def test_any_dicom_or_nifti_file_gives_slices_or_a_one_line_error(tmp_path, suffix):
+    seeds = fixed_medical_seeds()
+    if suffix not in seeds:
+        pytest.skip("pydicom or nibabel not installed")
+
+    @given(data=mutated(seeds[suffix]))
+    def check(data):
+        path = tmp_path / f"case.{suffix}"
+        path.write_bytes(data)
+        _one_line_or_result(lambda: load_unlabelled([str(path)], 32, 1, DataConfig()), path.name)
+    check()
+
+
+@given(shape=st.lists(st.integers(0, 9), min_size=1, max_size=5), dtype=st.sampled_from(["uint8", "int16", "float32"]),
+       values=st.lists(PIXEL_VALUES, min_size=1, max_size=4), gz=st.booleans(),
+       scale=st.sampled_from([1.0, 0.0, -2.0, 1e-30, 1e30, float("nan")]))
+def test_any_nifti_volume_gives_slices_or_a_one_line_error(tmp_path, shape, dtype, values, gz, scale):
+    nibabel = pytest.importorskip("nibabel")
+    with np.errstate(all="ignore"):
+        volume = np.resize(np.array(values, np.float64), shape).astype(dtype)
+    plain, path = tmp_path / "plain.nii", tmp_path / ("volume.nii.gz" if gz else "volume.nii")
+    nibabel.Nifti1Image(volume, np.diag([1.0, 1.0, 2.0, 1.0])).to_filename(plain)
+    data = bytearray(plain.read_bytes())  # the x voxel size written past nibabel's own checks:
+    data[80:84] = data[280:284] = struct.pack("<f", scale)  # pixdim[1] and srow_x[0]
+    path.write_bytes(gzip.compress(bytes(data), mtime=0) if gz else bytes(data))
+    _one_line_or_result(lambda: load_unlabelled([str(path)], 32, 1, DataConfig()), path.name)
+
+
+@given(data=mutated(idx_seed(np.random.default_rng(5))), gz=st.booleans())
+def test_any_idx_file_gives_images_or_a_one_line_error(tmp_path, data, gz):
+    root = tmp_path / "idx"
+    root.mkdir(exist_ok=True)
+    for old in root.iterdir():
+        old.unlink()
+    name = "train-images-idx3-ubyte" + ".gz" * gz
+    (root / name).write_bytes(gzip.compress(data, mtime=0) if gz else data)
+    (root / "train-labels-idx1-ubyte").write_bytes(struct.pack(">BBBBI", 0, 0, 8, 1, 6) + bytes(6))
+    _one_line_or_result(lambda: load_dataset(root, 32, 1, DataConfig(normal_class=0)), str(root))
+
+
+# Values as people might type them after `--set key=`, and what an attacker would.
+SET_VALUES = st.one_of(
+    st.sampled_from(["inf", ".inf", "-.inf", ".nan", "nan", "1e400", "9" * 400, "1" * 5000, "-1", "0", "1e-400",
+                     "null", "~", "[]", "{}", "[1, 2]", "[-1000, 400]", "&a [*a]", "[" * 60 + "]" * 60, "yes",
+                     "!!python/object/apply:os.system [echo]", "native", "1000000", "0x10", "1_000", "2.5", "'32'"]),
+    st.integers().map(str), st.floats().map(repr), st.text(max_size=30))
+_SCALARS = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12)
+YAML_VALUES = st.recursive(_SCALARS, lambda inner: st.lists(inner, max_size=4)
+                           | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=12)
+
+
+@given(key=st.sampled_from(all_keys()), value=SET_VALUES)
+def test_any_set_value_gives_settings_or_a_one_line_error_naming_the_key(key, value):
+    _one_line_or_result(lambda: apply_overrides(Config(), [f"{key}={value}"]), key)
+
+
+def _settings_document(choice: tuple) -> str:
+    kind, payload = choice
+    if kind == "text":
+        return payload
+    if kind == "edited":  # the full settings file with one value replaced
+        key, value = payload
+        section, _, leaf = key.rpartition(".")
+        values = Config().to_dict()
+        (values[section] if section else values)[leaf] = value
+        return yaml.safe_dump(values)
+    return yaml.safe_dump(payload)
+
+
+SETTINGS_DOCUMENTS = st.one_of(
+    st.tuples(st.just("text"), st.text(max_size=200) | SET_VALUES),
+    st.tuples(st.just("edited"), st.tuples(st.sampled_from(all_keys()), YAML_VALUES)),
+    st.tuples(st.just("tree"), st.dictionaries(st.sampled_from(["model", "gan", "score", "data", "seed", "x"]),
+                                               YAML_VALUES, max_size=4)),
+).map(_settings_document)
+
+
+@given(document=SETTINGS_DOCUMENTS)
+def test_any_settings_file_gives_settings_or_a_one_line_error_naming_it(tmp_path, document):
+    path = tmp_path / "settings.yaml"
+    path.write_text(document, encoding="utf-8", errors="surrogatepass")
+    _one_line_or_result(lambda: Config.load(path), str(path))

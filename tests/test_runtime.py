@@ -92,3 +92,20 @@ def test_per_step_bookkeeping_is_a_few_operations_whatever_the_number_of_paramet
     images = random_images(4).images
     trainer = Trainer(model, images, images, None)
     assert trainer.opt_d.defaults["foreach"] and runtime.Runtime(torch.device("cuda")).adam_options() == {"fused": True}
+
+
+@pytest.mark.parametrize("device", ["cuda", "cpu"])
+def test_scoring_never_runs_in_tf32_even_on_an_ampere_gpu(monkeypatch, device):
+    """PyTorch allows TF32 in cuDNN convolutions by default, so on Ampere and newer GPUs scoring
+    and calibration kept 10 mantissa bits where the CPU and ONNX keep 23."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))  # an A100
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True  # as a user may have set
+    try:
+        chosen = runtime.setup(device)
+        assert chosen.device.type == device and chosen.amp is (device == "cuda")  # training keeps bf16
+        assert torch.backends.cudnn.allow_tf32 is False and torch.backends.cuda.matmul.allow_tf32 is False
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved

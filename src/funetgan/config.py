@@ -8,7 +8,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
-import math
+import functools
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +17,9 @@ from typing import Any
 import yaml
 
 from .errors import SettingsError
+from .memory import Sizes, unaffordable
 from .scoring.tiling import check_tile_stride
+from .settings_values import check_finite, coerce, load_file
 
 VARIANTS = ("conv", "conv_attn", "res", "res_attn")
 CRITIC_HEADS = ("unet", "global")  # the critics model.CRITICS builds
@@ -181,8 +183,16 @@ class Config:
             raise SettingsError(f"score.image_score must be izif, max or topk, got {self.score.image_score!r}")
         if self.data.on_bad_file not in ("error", "skip"):
             raise SettingsError(f"data.on_bad_file must be error or skip, got {self.data.on_bad_file!r}")
+        for key in all_keys():
+            check_finite(key, get_key(self, key))
         for key, bound in BOUNDS.items():
             check_bound(key, get_key(self, key), bound)
+        # Size-like settings whose tensors cannot fit in this machine's memory, refused before
+        # anything is allocated (memory.py: lower bounds, so a refusal is certain).
+        problem = unaffordable(Sizes(m.image_size, m.channels, m.width, m.z_dim,
+                                     max(self.batch_size, self.score.batch_size), working_size(self)))
+        if problem:
+            raise SettingsError(problem)
         low, high = self.data.hu_window
         if not low < high:
             raise SettingsError(f"data.hu_window's low end must lie below its high end, got [{low:g}, {high:g}]")
@@ -207,9 +217,9 @@ class Config:
         """Settings from a YAML file, on top of `base` (default: the defaults)."""
         path = Path(path)
         try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as err:
-            raise SettingsError(f"{path}: cannot read settings: {err}") from None
+            values = load_file(path) or {}
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+            raise SettingsError(f"{path}: cannot read settings: {' '.join(str(err).split())}") from None
         if not isinstance(values, dict):
             raise SettingsError(f"{path}: settings must be a mapping of keys to values")
         return cls.from_saved(values, str(path), base)
@@ -220,17 +230,18 @@ class Config:
         key this version does not know, or a bad value, is one line naming the source."""
         try:
             return cls.from_dict(values, base)
-        except SettingsError as err:
+        except (KeyError, ValueError, TypeError, SettingsError) as err:
             raise SettingsError(f"{source}: {err}") from None
 
 
 # The range of each numeric setting, checked before any work starts (None is allowed where
 # the setting's default is None): "count" >= 1, "count0" >= 0, "positive" > 0, "non-negative"
-# >= 0, "fraction" in (0, 1).
+# >= 0, "fraction" in (0, 1), "seed" what every random generator takes (numpy's: below 2^32).
 BOUNDS = {
     **dict.fromkeys(("model.width", "model.z_dim", "gan.iterations", "gan.n_critic", "gan.gp_every",
                      "encoder.iterations", "score.batch_size", "batch_size", "log_every", "checkpoint_every"), "count"),
-    **dict.fromkeys(("gan.warmup_iterations", "seed", "data.split_seed"), "count0"),
+    "gan.warmup_iterations": "count0",
+    **dict.fromkeys(("seed", "data.split_seed"), "seed"),
     **dict.fromkeys(("gan.lr_g", "gan.lr_d", "encoder.lr"), "positive"),
     **dict.fromkeys(("gan.max_minutes", "encoder.max_minutes", "gan.lambda_gp", "gan.lambda_cons", "encoder.kappa",
                      "score.kappa", "score.density_weight", "score.smoothness_weight",
@@ -239,6 +250,7 @@ BOUNDS = {
     **dict.fromkeys(("score.normal_quantile", "data.val_fraction", "data.test_fraction"), "fraction"),
 }
 _BOUND_TESTS = {"count": (lambda v: v >= 1, "at least 1"), "count0": (lambda v: v >= 0, "at least 0"),
+                "seed": (lambda v: 0 <= v < 2 ** 32, "in 0 .. 2^32 - 1"),
                 "positive": (lambda v: v > 0, "above 0"), "non-negative": (lambda v: v >= 0, "at least 0"),
                 "fraction": (lambda v: 0 < v < 1, "inside (0, 1)")}
 
@@ -309,10 +321,15 @@ def all_keys(section: type | None = None, prefix: str = "") -> list[str]:
     return keys
 
 
+@functools.cache
+def _known_keys() -> frozenset[str]:
+    """all_keys() once: every setting's lookup checks its key (type hints cost ~1 ms a class)."""
+    return frozenset(all_keys())
+
+
 def _resolve(config: Config, key: str) -> tuple[Any, str]:
-    known = all_keys()
-    if key not in known:
-        close = difflib.get_close_matches(key, known, n=3)
+    if key not in _known_keys():
+        close = difflib.get_close_matches(key, all_keys(), n=3)
         hint = f" (did you mean {' or '.join(close)}?)" if close else ""
         raise SettingsError(f"unknown setting {key!r}{hint}")
     *parents, leaf = key.split(".")
@@ -332,54 +349,7 @@ def set_key(config: Config, key: str, value: Any) -> None:
     value) to the setting's declared type."""
     node, leaf = _resolve(config, key)
     kind = typing.get_type_hints(type(node))[leaf]
-    if isinstance(value, str) and kind is not str:
-        try:
-            value = yaml.safe_load(value)
-        except yaml.YAMLError:
-            raise SettingsError(f"{key} must be a YAML value, got {value!r}") from None
-    setattr(node, leaf, _coerce(key, kind, value))
-
-
-def _coerce(key: str, kind: Any, value: Any) -> Any:
-    """`value` as `kind`: bool, int, float, str, tuple[float, ...], or one of them | None."""
-    optional = type(None) in typing.get_args(kind)
-    if value is None:
-        if optional:
-            return None
-        raise SettingsError(f"{key} must be set, got null")
-    if optional:
-        (kind,) = [t for t in typing.get_args(kind) if t is not type(None)]
-    if kind is bool:
-        if not isinstance(value, bool):
-            raise SettingsError(f"{key} must be true or false, got {value!r}")
-        return value
-    if typing.get_origin(kind) is tuple:
-        length = len(typing.get_args(kind))
-        if not isinstance(value, (list, tuple)) or len(value) != length:
-            raise SettingsError(f"{key} must be a list of {length} numbers, got {value!r}")
-        return tuple(_coerce(key, float, v) for v in value)
-    if kind in (int, float):
-        if isinstance(value, str):
-            value = _number(key, value)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise SettingsError(f"{key} must be a number, got {value!r}")
-        if kind is int and float(value) != int(value):
-            raise SettingsError(f"{key} must be an integer, got {value!r}")
-        return kind(value)
-    return str(value)
-
-
-def _number(key: str, text: str) -> int | float:
-    """Numbers as people type them, which YAML 1.1 reads as strings: 1e-4, 1E-4, 5e3, .5, 1_000."""
-    for parse in (int, float):
-        try:
-            value = parse(text.strip())
-        except ValueError:
-            continue
-        if math.isnan(value):
-            break
-        return value
-    raise SettingsError(f"{key} must be a number, got {text!r}")
+    setattr(node, leaf, coerce(key, kind, value))
 
 
 def apply_overrides(config: Config, overrides: list[str]) -> Config:

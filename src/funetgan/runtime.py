@@ -143,12 +143,23 @@ def setup(device: str = "auto", amp: bool = True) -> Runtime:
             torch.cuda.set_device(chosen)
         if not dist.is_initialized():
             dist.init_process_group("nccl" if chosen.type == "cuda" else "gloo")
+    exact_float32()
     if chosen.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: cuDNN times its algorithms once, keeps the fastest
     # bf16 autocast only where the hardware runs it natively: on CPUs without bf16 units it is
     # ~15x slower than fp32 (measured on the 2-core EPYC this was built on).
     use_amp = amp and chosen.type == "cuda" and has_bf16_units(chosen)
     return Runtime(chosen, rank, processes, use_amp)
+
+
+def exact_float32() -> None:
+    """float32 means float32 in this process: no TF32 in CUDA matrix products or cuDNN
+    convolutions (PyTorch's default allows it in convolutions on Ampere and newer GPUs, which
+    keeps 10 of float32's 23 mantissa bits). Scoring and calibration must compute what the CPU
+    and the ONNX graph compute, so that thresholds mean the same everywhere; training's speed
+    comes from bf16 autocast (`amp`), which this leaves as it is."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
 
 
 def has_bf16_units(device: torch.device) -> bool:

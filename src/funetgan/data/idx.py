@@ -4,12 +4,16 @@ other class being an anomaly."""
 from __future__ import annotations
 
 import gzip
+import io
+import math
+import zlib
 from pathlib import Path
 
 import numpy as np
 
 from ..config import DataConfig
 from ..errors import DataError
+from ..memory import max_inflated, physical_memory
 from .base import ImageSet, Splits
 from .images import fit_images
 
@@ -37,22 +41,34 @@ def has_idx(root: Path) -> bool:
 
 
 def read_idx(path: Path) -> np.ndarray:
-    """An IDX file of unsigned bytes -> array of the shape its header gives."""
+    """An IDX file of unsigned bytes -> array of the shape its header gives. Reads no more
+    than the header promises (and one byte to tell a longer file): a small gzipped file may
+    inflate to gigabytes, and is refused without being inflated."""
     try:
         with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as file:
-            data = file.read()
-    except (OSError, EOFError) as err:
+            shape = _header(path, file)
+            promised = math.prod(shape)
+            if promised > min(max_inflated(path), physical_memory()):
+                raise DataError(f"{path}: header says {shape}, {promised} values, more than the file can hold "
+                                f"or this machine's memory (truncated, or a damaged header?)")
+            data = file.read(promised + 1)
+    except (OSError, EOFError, zlib.error) as err:
         raise DataError(f"{path}: unreadable IDX file ({err})") from None
-    if len(data) < 4 or data[:2] != b"\0\0" or data[2] != UNSIGNED_BYTE:
+    if len(data) != promised:
+        more = "more" if len(data) > promised else f"{len(data)}"
+        raise DataError(f"{path}: header says {shape} but holds {more} values (truncated or damaged?)")
+    return np.frombuffer(data, np.uint8).reshape(shape)
+
+
+def _header(path: Path, file: io.BufferedIOBase) -> tuple[int, ...]:
+    """The shape in an IDX header of unsigned bytes."""
+    magic = file.read(4)
+    if len(magic) < 4 or magic[:2] != b"\0\0" or magic[2] != UNSIGNED_BYTE:
         raise DataError(f"{path}: not an IDX file of unsigned bytes")
-    ndim = data[3]
-    if len(data) < 4 + 4 * ndim:
+    dimensions = file.read(4 * magic[3])
+    if len(dimensions) < 4 * magic[3]:
         raise DataError(f"{path}: IDX header cut short (truncated?)")
-    shape = tuple(int(d) for d in np.frombuffer(data, ">u4", ndim, offset=4))
-    values = np.frombuffer(data, np.uint8, offset=4 + 4 * ndim)
-    if values.size != np.prod(shape):
-        raise DataError(f"{path}: header says {shape} but holds {values.size} values (truncated?)")
-    return values.reshape(shape)
+    return tuple(int(d) for d in np.frombuffer(dimensions, ">u4"))
 
 
 def load_idx(root: Path, size: int | None, channels: int, options: DataConfig) -> Splits:

@@ -5,6 +5,7 @@ treated the same way whatever the layout.
 """
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +19,7 @@ from PIL import Image, ImageOps
 from ..errors import DataError
 from .base import ImageSet
 from .checks import BadFiles, describe
-from .medical import DEFAULT_HU_WINDOW, is_dicom, read_dicom
+from .medical import DEFAULT_HU_WINDOW, finite, is_dicom, read_dicom
 
 SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
 GREY_MODES = {"1", "L", "LA", "La", "F"} | SIXTEEN_BIT_MODES
@@ -33,13 +34,15 @@ def read_image(path: str | Path, hu_window: tuple[float, float] = DEFAULT_HU_WIN
     at its original size and EXIF orientation, alpha dropped."""
     if is_dicom(path):
         return read_dicom(path, hu_window)
-    with Image.open(path) as image:
+    with open_image(path) as image:
         # PIL refuses more than twice this many pixels and only warns below that; a file of a
         # few hundred kB could still take gigabytes on every decoding thread.
         if image.width * image.height > Image.MAX_IMAGE_PIXELS:
             raise DataError(f"{image.width}x{image.height} pixels, more than the limit of "
                             f"{Image.MAX_IMAGE_PIXELS} (a decompression bomb?)")
         ImageOps.exif_transpose(image, in_place=True)
+        if image.mode == "F":  # 32-bit float (TIFF): may hold NaN or infinity
+            finite(np.asarray(image), "pixels")
         if image.mode in SIXTEEN_BIT_MODES:
             # The full 16-bit range onto 8 bits: one scale for every image, so intensities
             # stay comparable between images (a per-image stretch would hide anomalies).
@@ -49,9 +52,16 @@ def read_image(path: str | Path, hu_window: tuple[float, float] = DEFAULT_HU_WIN
         return np.asarray(image).reshape(image.height, image.width, -1)
 
 
+def open_image(path: str | Path) -> Image.Image:
+    """Image.open on the file's bytes in memory: PIL reads some chunks by their declared length
+    (PNG's last IDAT: up to 2 GiB), and from a file Python allocates that much first; from
+    memory a read takes what there is (found by tests/test_fuzz.py)."""
+    return Image.open(io.BytesIO(Path(path).read_bytes()))
+
+
 def read_mask(path: str | Path) -> np.ndarray:
     """A mask file -> bool H x W: any non-zero value (palette index, grey or colour) is truth."""
-    with Image.open(path) as image:
+    with open_image(path) as image:
         ImageOps.exif_transpose(image, in_place=True)
         values = np.asarray(image).reshape(image.height, image.width, -1)
         colour = [i for i, band in enumerate(image.getbands()) if band != "A"]

@@ -7,6 +7,8 @@ way: anterior at the top, the patient's right on the image's left.
 from __future__ import annotations
 
 import importlib
+import io
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -15,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import DataError, MissingExtra
+from ..memory import FLOAT32, human_bytes, max_inflated, physical_memory
 
 DEFAULT_HU_WINDOW = (-1000.0, 400.0)  # lung window, as DataConfig.hu_window
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -48,11 +51,18 @@ def is_dicom_series(folder: Path) -> bool:
         return False
     pydicom = require("pydicom")
     try:
-        headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in files]
+        headers = [read_dataset(p, stop_before_pixels=True) for p in files]
     except pydicom.errors.InvalidDicomError:
         return False  # reported as a bad file when read as single images
     series = {h.get("SeriesInstanceUID") for h in headers}
     return len(series) == 1 and all("ImagePositionPatient" in h for h in headers)
+
+
+def read_dataset(path: str | Path, **options):
+    """pydicom.dcmread from the file's bytes in memory: pydicom asks for each element's
+    declared length, and a damaged length of up to 4 GiB would have Python allocate that much
+    for a read from a file, where a read from memory takes what there is."""
+    return require("pydicom").dcmread(io.BytesIO(Path(path).read_bytes()), **options)
 
 
 def is_nifti(path: str | Path) -> bool:
@@ -80,17 +90,18 @@ def read_dicom(path: str | Path, hu_window: tuple[float, float] = DEFAULT_HU_WIN
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     try:
-        dataset = pydicom.dcmread(path)
+        dataset = read_dataset(path)
     except pydicom.errors.InvalidDicomError:
         raise DataError("not a DICOM file") from None
     if "PixelData" not in dataset:
         raise DataError("DICOM file without pixel data")
     if int(dataset.get("NumberOfFrames", 1)) > 1:
         raise DataError("multi-frame DICOM (give its frames as a series folder of files)")
-    pixels = dataset.pixel_array
+    pixels = bounded_pixels(dataset)
     if dataset.get("SamplesPerPixel", 1) == 3:
         return stretch(pixels) if pixels.dtype != np.uint8 else pixels
-    values = apply_modality_lut(pixels, dataset)
+    with np.errstate(over="ignore", invalid="ignore"):  # what overflows is refused just below
+        values = finite(apply_modality_lut(pixels, dataset), "pixels")
     if dataset.get("Modality") == "CT":
         grey = window(values, *hu_window)
     else:
@@ -100,6 +111,16 @@ def read_dicom(path: str | Path, hu_window: tuple[float, float] = DEFAULT_HU_WIN
     if dataset.get("PhotometricInterpretation") == "MONOCHROME1":
         grey = 255 - grey
     return grey[..., None]
+
+
+def bounded_pixels(dataset) -> np.ndarray:
+    """A DICOM dataset's pixels, refused unread beyond the pixel limit on every other image:
+    a compressed frame of a few bytes can decode to gigabytes."""
+    count = int(dataset.get("Rows", 0)) * int(dataset.get("Columns", 0))
+    if Image.MAX_IMAGE_PIXELS is not None and count > Image.MAX_IMAGE_PIXELS:
+        raise DataError(f"{dataset.get('Columns')}x{dataset.get('Rows')} pixels, more than the limit of "
+                        f"{Image.MAX_IMAGE_PIXELS} (a decompression bomb?)")
+    return dataset.pixel_array
 
 
 @dataclass(frozen=True, eq=False)
@@ -134,16 +155,39 @@ def read_scan(path: str | Path) -> tuple[np.ndarray, Geometry]:
     """A volume as float32 slices Z x H x W (see top) and its geometry."""
     path = Path(path)
     nibabel = require("nibabel")
-    image = _dicom_series(path) if path.is_dir() else nibabel.load(path)
+    image = _dicom_series(path) if path.is_dir() else _nifti(path)
     if image.ndim == 4 and image.shape[3] == 1:
         image = image.slicer[..., 0]
     if image.ndim != 3:
         raise DataError(f"expected a 3-D volume, got shape {image.shape}")
-    data = nibabel.as_closest_canonical(image).get_fdata(dtype=np.float32)
+    data = finite(nibabel.as_closest_canonical(image).get_fdata(dtype=np.float32), "voxels")
     # Canonical RAS+ voxel axes (x to the patient's right, y anterior, z superior) -> slices
     # [z, row, column] with row = anterior first and column = patient's right first.
     slices = np.flip(data, (0, 1)).transpose(2, 1, 0)
     return slices, Geometry(np.asarray(image.affine, float), tuple(image.shape))
+
+
+def _nifti(path: Path):
+    """A NIfTI file, refused when its header promises more voxels than the file can hold or
+    memory takes: nibabel would allocate them all before finding the file short."""
+    image = require("nibabel").load(path)
+    voxels = math.prod(image.shape)
+    stored = voxels * image.get_data_dtype().itemsize
+    if stored > max_inflated(path) or voxels * FLOAT32 > physical_memory():
+        raise DataError(f"header says {image.shape} voxels ({human_bytes(stored)}), more than the file can "
+                        f"hold or this machine's memory (truncated, or a damaged header?)")
+    return image
+
+
+def finite(values: np.ndarray, what: str) -> np.ndarray:
+    """`values`, refused when any is NaN or infinite: no intensity can stand in for them (a
+    guess would move every value derived from the range, e.g. the 0..1 test of
+    `volume_to_uint8`), so the user decides (docs/reliability.md)."""
+    bad = values.size - int(np.count_nonzero(np.isfinite(values)))
+    if bad:
+        raise DataError(f"{bad} of {values.size} {what} are not finite numbers (NaN or infinity); "
+                        f"replace them, e.g. by the background value")
+    return values
 
 
 def to_scan_grid(slices: np.ndarray, geometry: Geometry) -> np.ndarray:
@@ -162,18 +206,18 @@ def _dicom_series(folder: Path):
     from pydicom.pixels import apply_modality_lut
 
     slices = read_dicom_series(folder)
-    pixels = np.stack([apply_modality_lut(s.pixel_array, s).astype(np.float32) for s in slices])
+    with np.errstate(over="ignore", invalid="ignore"):  # overflows are refused by `read_scan`
+        pixels = np.stack([apply_modality_lut(bounded_pixels(s), s).astype(np.float32) for s in slices])
     return nibabel.Nifti1Image(pixels.transpose(2, 1, 0), series_affine(slices))
 
 
 def read_dicom_series(folder: Path, pixels: bool = True) -> list:
     """The datasets of a DICOM series folder sorted along the slice normal: the order of the
     slices (the last axis) of its voxel grid. Without `pixels`, their headers only."""
-    pydicom = require("pydicom")
     files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
     if not files:
         raise DataError("empty DICOM series folder")
-    return sorted((pydicom.dcmread(file, stop_before_pixels=not pixels) for file in files), key=_slice_position)
+    return sorted((read_dataset(file, stop_before_pixels=not pixels) for file in files), key=_slice_position)
 
 
 def series_affine(slices: list) -> np.ndarray:

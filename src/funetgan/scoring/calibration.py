@@ -28,6 +28,7 @@ import numpy as np
 from ..config import Config, scored_in_tiles
 from ..data.base import ImageSet, row_chunks
 from ..data.checks import held_out
+from ..data.groups import image_groups
 from ..errors import DataError, RunFolderError
 from .combine import image_evidence, map_blur
 from .pixel_histogram import PixelHistogram
@@ -101,8 +102,9 @@ def calibration_split(train: ImageSet, val: ImageSet | None, fraction: float, se
                       ) -> tuple[np.ndarray | None, ImageSet]:
     """The rows of `train` to train on (None: all) and the calibration set: `val` when there
     is one, else `fraction` of the training normals held out, drawn by `seed`. Slices of one
-    volume stay together (a patient is held out whole: neighbouring slices are nearly the
-    same image). Rows rather than a copy, so a memory-mapped training set stays on disk."""
+    volume, DICOM patient or series stay together (`image_groups`: a patient is held out
+    whole, as neighbouring slices are nearly the same image). Rows rather than a copy, so a
+    memory-mapped training set stays on disk."""
     if (train.labels != 0).any():
         raise DataError(f"training set has {int((train.labels != 0).sum())} anomalous images; "
                          f"train on normals only")
@@ -117,15 +119,6 @@ def calibration_split(train: ImageSet, val: ImageSet | None, fraction: float, se
     chosen = np.random.default_rng(seed).permutation(names)[:count]
     kept = np.isin(groups, chosen)
     return np.flatnonzero(~kept), train.subset(np.flatnonzero(kept))
-
-
-def image_groups(images: ImageSet) -> np.ndarray:
-    """One group number per image: the slices of a volume share their volume's, every other
-    image has its own."""
-    groups = np.arange(len(images))
-    for number, rows in enumerate(images.volume_rows().values()):
-        groups[rows] = len(images) + number
-    return groups
 
 
 def find_calibration(model: TermScorer, normals: ImageSet, unfitted: Sequence[str] = (),

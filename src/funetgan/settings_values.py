@@ -1,0 +1,129 @@
+"""Setting values as people write them: YAML (settings files, run folders' config.yaml, --set
+values) parsed with bounded cost, then converted to each setting's declared type, finite.
+
+PyYAML's safe loader is safe from code, not from size: nested aliases ("billion laughs") make
+a few hundred bytes stand for gigabytes once anything walks or prints the value, a
+self-referencing alias makes a value that contains itself, and deep nesting exhausts Python's
+recursion. Settings are a few levels of mappings of scalars, so the loader refuses what they
+never need: aliases of lists and mappings (aliases of scalars stay, they cost nothing), nesting
+deeper than MAX_DEPTH, and files over MAX_BYTES.
+"""
+from __future__ import annotations
+
+import math
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import SettingsError
+
+MAX_DEPTH = 16  # settings nest 2 levels deep (section, key), a list value 3
+MAX_BYTES = 1 << 20  # the full settings file is about 2 kB
+
+
+class BoundedLoader(yaml.SafeLoader):
+    """A SafeLoader that refuses aliases of collections and nesting beyond MAX_DEPTH."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            if not isinstance(self.anchors.get(event.anchor), (yaml.ScalarNode, type(None))):
+                raise yaml.composer.ComposerError(None, None, f"alias *{event.anchor} of a list or mapping "
+                                                  f"(only aliases of single values are allowed)", event.start_mark)
+        self.depth += 1
+        try:
+            if self.depth > MAX_DEPTH:
+                raise yaml.composer.ComposerError(None, None, f"nested more than {MAX_DEPTH} levels deep",
+                                                  self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+
+def parse(text: str) -> Any:
+    """The value of one YAML document of settings; yaml.YAMLError when it is malformed or
+    beyond the bounds above."""
+    if len(text) > MAX_BYTES:
+        raise yaml.YAMLError(f"{len(text)} characters, more than settings ever take ({MAX_BYTES})")
+    loader = BoundedLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+def load_file(path: Path) -> Any:
+    """`parse` of a settings file, reading no more of it than MAX_BYTES (and one more)."""
+    with open(path, encoding="utf-8") as file:
+        return parse(file.read(MAX_BYTES + 1))
+
+
+def coerce(key: str, kind: Any, value: Any) -> Any:
+    """`value` as `kind`: bool, int, float, str, tuple[float, ...], or one of them | None.
+    Strings are YAML (`parse`); numbers must be finite."""
+    if isinstance(value, str) and kind is not str:
+        try:
+            value = parse(value)
+        except (yaml.YAMLError, ValueError) as err:  # ValueError: an integer of over 4,300 digits
+            raise SettingsError(f"{key}: cannot read {value[:80]!r}: {' '.join(str(err).split())}") from None
+    optional = type(None) in typing.get_args(kind)
+    if value is None:
+        if optional:
+            return None
+        raise SettingsError(f"{key} must be set, got null")
+    if optional:
+        (kind,) = [t for t in typing.get_args(kind) if t is not type(None)]
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise SettingsError(f"{key} must be true or false, got {value!r:.80}")
+        return value
+    if typing.get_origin(kind) is tuple:
+        length = len(typing.get_args(kind))
+        if not isinstance(value, (list, tuple)) or len(value) != length:
+            raise SettingsError(f"{key} must be a list of {length} numbers, got {value!r:.80}")
+        return tuple(coerce(key, float, v) for v in value)
+    if kind in (int, float):
+        return _number(key, kind, value)
+    return str(value)
+
+
+def check_finite(key: str, value: Any) -> None:
+    """Infinity or NaN is no setting (`score.blur_sigma=inf` would train, then fail to blur)."""
+    numbers = value if isinstance(value, tuple) else (value,)
+    if any(isinstance(v, float) and not math.isfinite(v) for v in numbers):
+        raise SettingsError(f"{key} must be a finite number, got {value}")
+
+
+def _number(key: str, kind: type, value: Any) -> int | float:
+    if isinstance(value, str):
+        value = _typed_number(key, value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SettingsError(f"{key} must be a number, got {value!r:.80}")
+    check_finite(key, value)
+    if kind is int:
+        if isinstance(value, float) and not value.is_integer():
+            raise SettingsError(f"{key} must be an integer, got {value!r}")
+        return int(value)
+    try:
+        return float(value)
+    except OverflowError:  # an integer beyond float's range
+        raise SettingsError(f"{key} must be a finite number, got one of {int(value).bit_length()} bits") from None
+
+
+def _typed_number(key: str, text: str) -> int | float:
+    """Numbers as people type them, which YAML 1.1 reads as strings: 1e-4, 1E-4, 5e3, .5, 1_000."""
+    for parse_as in (int, float):
+        try:
+            value = parse_as(text.strip())
+        except ValueError:
+            continue
+        if math.isnan(value):
+            break
+        return value
+    raise SettingsError(f"{key} must be a number, got {text!r:.80}")
