@@ -15,6 +15,7 @@ from .config import Config
 from .data import fit_batch
 from .data.base import ImageSet
 from .deploy.export import PARITY_TOLERANCE, export_onnx
+from .errors import RunFolderError
 from .files import CHECKPOINT_FILE, MODEL_FILE
 from .nn import Discriminator, Encoder, Generator
 from .nn.density import DensityStatistics, FeatureDensity, as_grid, samples_needed
@@ -220,7 +221,7 @@ class FUNetGAN(Scorer):
         model._load_weights(tensors, path)
         try:
             model.calibration = Calibration.from_dict(meta.get("calibration"), str(path))
-        except ValueError:
+        except (ValueError, RunFolderError):  # an older layout, or a damaged one: calibrate fixes both
             if calibrated:
                 raise
         model.state.update(stage="done", completed=meta.get("training", {}))
