@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from ..config import Config
-from ..errors import FunetganError
+from ..errors import FunetganError, RunFolderError
 from ..data import DataError, mvtec_categories
 from ..files import CHECKPOINT_FILE, MODEL_FILE
 from ..runlock import FolderLocked
@@ -35,6 +35,22 @@ def one_line(err: Exception) -> str:
     if isinstance(err, OSError) and err.strerror and err.filename:
         return f"{err.filename}: {err.strerror}"
     return str(err)
+
+
+def refuse_inputs_as_outputs(out: str | Path, inputs: Iterable[str | Path | None]) -> None:
+    """Refuse an output folder (or file) that is one of the command's inputs, holds one or lies
+    inside one, whatever --overwrite says: --overwrite replaces results, never inputs. Paths
+    are compared with symbolic links resolved; None stands for an input not given."""
+    target = Path(out).resolve()
+    for given in inputs:
+        if given is None:
+            continue
+        source = Path(given).resolve()
+        relation = ("is" if target == source else "holds" if source.is_relative_to(target)
+                    else "lies inside" if target.is_relative_to(source) else None)
+        if relation:
+            raise RunFolderError(f"{out} {relation} the input {given}: write the outputs somewhere else "
+                                 f"(inputs are never overwritten, --overwrite or not)")
 
 
 def claim_folder(folder: Path, outputs: tuple[str, ...], overwrite: bool) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..config import RECIPES
 from ..data.demo import make_texture_dataset
-from .common import RESULT_OUTPUTS, claim_folder
+from .common import RESULT_OUTPUTS, claim_folder, refuse_inputs_as_outputs
 from .trained import test_one
 from .training import resolve_config, train_one
 
@@ -36,6 +36,7 @@ def cmd_demo(args) -> int:
         print(config.to_yaml(), end="")
         return 0
     out = Path(args.out)
+    refuse_inputs_as_outputs(out, [args.config])
     claim_folder(out, RESULT_OUTPUTS, args.overwrite)
     started = time.monotonic()
     # Crops at twice the model's size, scored at it in tiles; outputs come back at that size.

@@ -19,7 +19,8 @@ from ..runlock import folder_lock
 from ..scoring.scorer import Scorer
 from ..scoring.thresholds import promise_summary
 from ..training.tracking import open_tracker
-from .common import CONFIG_FILE, RESULT_OUTPUTS, UsageError, choose_data, claim_folder, each_category, print_notes
+from .common import (CONFIG_FILE, RESULT_OUTPUTS, UsageError, choose_data, claim_folder, each_category, print_notes,
+                     refuse_inputs_as_outputs)
 
 if TYPE_CHECKING:
     from ..model import FUNetGAN
@@ -82,6 +83,7 @@ def apply_test_settings(model: Scorer, items: list[str], run: str | Path | None,
 
 def cmd_test(args) -> int:
     check_run_settings(args.set, "test and predict")
+    refuse_inputs_as_outputs(args.out, [args.data, args.run or args.model])
     if args.category == "all":
         if args.model:
             raise UsageError("--category all needs --run (a folder of runs), not one exported --model")
@@ -123,6 +125,7 @@ def test_one(model: Scorer, data: Path, out: Path, args, load_seconds: float = 0
 def cmd_predict(args) -> int:
     outputs = Outputs.parse(args.outputs, test=False)
     check_run_settings(args.set, "test and predict")
+    refuse_inputs_as_outputs(args.out, [*args.paths, args.run or args.model])
     model = load_scorer(args)
     apply_test_settings(model, args.set, args.run, "DATA")
     out = Path(args.out)
@@ -144,6 +147,7 @@ def cmd_mood(args) -> int:
     """Score a MOOD input folder (mood.py). OUTPUT_DIR gets no lock file: the challenge reads
     it as it is; every file is written atomically and none is replaced without --overwrite."""
     check_run_settings(args.set, "mood")
+    refuse_inputs_as_outputs(args.output_dir, [args.input_dir, args.run or args.model])
     model = load_scorer(args)
     apply_test_settings(model, args.set, args.run, "DATA")
     tasks = TASKS if args.task == "both" else (args.task,)
@@ -157,6 +161,7 @@ def cmd_calibrate(args) -> int:
     settings; the model file and config.yaml are replaced only when calibration succeeds."""
     check_run_settings(args.set, "calibrate", prefixes=("score.",))
     run = Path(args.run)
+    refuse_inputs_as_outputs(run, [args.data])
     with folder_lock(run):
         model = load_run(run, args.device, args.threads, calibrated=False)
         model.config = apply_overrides(model.config, args.set)
@@ -179,6 +184,9 @@ def cmd_export(args) -> int:
     from ..deploy.export import PARITY_TOLERANCE, export_onnx, validation_images
     from ..model import FUNetGAN
     out = Path(args.out)
+    # The run's model file, not its folder: an ONNX file beside it is the usual place.
+    run = Path(args.run)
+    refuse_inputs_as_outputs(out, [run / MODEL_FILE if run.is_dir() else run, args.data])
     if out.exists() and not args.overwrite:
         raise FileExistsError(f"{out} already exists; use --overwrite to replace it")
     model = FUNetGAN.load(args.run, device=args.device or "cpu")

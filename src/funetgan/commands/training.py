@@ -13,7 +13,8 @@ from ..config import RECIPES, Config, all_keys, apply_overrides, get_key, workin
 from ..data import fit_batch, load_dataset
 from ..files import MODEL_FILE, atomic_write_text
 from ..runlock import folder_lock
-from .common import CONFIG_FILE, RUN_OUTPUTS, UsageError, choose_data, claim_folder, each_category, print_notes
+from .common import (CONFIG_FILE, RUN_OUTPUTS, UsageError, choose_data, claim_folder, each_category, print_notes,
+                     refuse_inputs_as_outputs)
 
 if TYPE_CHECKING:
     from ..model import FUNetGAN
@@ -47,6 +48,7 @@ def cmd_train(args) -> int:
     if args.print_config:
         print(config.to_yaml(), end="")
         return 0
+    refuse_inputs_as_outputs(out, [args.data, args.config])
     if config.data.category == "all":
         def train_category(name: str) -> None:
             if args.resume:  # each category's own run, with its own fitted batch_size
