@@ -111,7 +111,7 @@ def test_recipe_lies_under_the_settings_file_and_set(tmp_path, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["train", "--data", "/nonexistent", "--out", "{tmp}/r"], "/nonexistent"),
     (["train", "--data", "{tmp}", "--out", "{tmp}/r", "--set", "model.image_size=40"], "power of two"),
-    (["test", "--run", "{tmp}", "--data", "{tmp}", "--out", "{tmp}/o"], "no trained model"),
+    (["test", "--run", "{tmp}/run", "--data", "{tmp}/data", "--out", "{tmp}/o"], "no trained model"),
     (["train", "--data", "{tmp}", "--out", "{tmp}/r", "--set", "gan.lr_dd=1e-4"], "did you mean gan.lr_d"),
     (["train", "--data", "{tmp}", "--out", "{tmp}/r", "--set", "gan.lr_d=fast"], "must be a number"),
 ])

@@ -3,9 +3,10 @@ they write, the loop over MVTec AD categories, the --category / --normal-class c
 and printed notes."""
 from __future__ import annotations
 
+import contextlib
 import shutil
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from ..config import Config
@@ -61,8 +62,28 @@ def claim_folder(folder: Path, outputs: tuple[str, ...], overwrite: bool) -> Non
         raise FileExistsError(f"{folder} already holds results ({existing[0].name}); "
                               f"use --overwrite to replace them{resume}")
     for path in existing:
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
+        remove(path)
     folder.mkdir(parents=True, exist_ok=True)
+
+
+def remove(path: Path) -> None:
+    shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+@contextlib.contextmanager
+def removed_on_failure(folder: Path, outputs: tuple[str, ...], started: Callable[[], bool]) -> Iterator[None]:
+    """When the block fails before `started()` (e.g. a tracker that cannot start, a bad data
+    set), remove the `outputs` in `folder` it wrote, and only those: a failed start leaves
+    nothing that makes the same command say "already holds results" next time."""
+    before = {name for name in outputs if (folder / name).exists()}
+    try:
+        yield
+    except BaseException:
+        if not started():
+            for name in outputs:
+                if name not in before and (folder / name).exists():
+                    remove(folder / name)
+        raise
 
 
 def each_category(data: str, run: Callable[[str], None]) -> int:

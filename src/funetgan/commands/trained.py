@@ -18,9 +18,9 @@ from ..outputs.selection import Outputs
 from ..runlock import folder_lock
 from ..scoring.scorer import Scorer
 from ..scoring.thresholds import promise_summary
-from ..training.tracking import open_tracker
+from ..training.tracking import check_trackers, open_tracker
 from .common import (CONFIG_FILE, RESULT_OUTPUTS, UsageError, choose_data, claim_folder, each_category, print_notes,
-                     refuse_inputs_as_outputs)
+                     refuse_inputs_as_outputs, removed_on_failure)
 
 if TYPE_CHECKING:
     from ..model import FUNetGAN
@@ -103,21 +103,25 @@ def test_run(run: str | Path | None, out: Path, args, category: str | None) -> N
 
 def test_one(model: Scorer, data: Path, out: Path, args, load_seconds: float = 0.0) -> None:
     outputs = Outputs.parse(args.outputs)
+    check_trackers(model.config)
     with folder_lock(out):
         claim_folder(out, RESULT_OUTPUTS, args.overwrite)
-        started = time.perf_counter()
-        splits = load_dataset(data, working_size(model.config), model.config.model.channels, model.config.data)
-        if splits.test is None or not len(splits.test):
-            raise DataError(f"{data}: no test images")
-        print_notes(splits.test.notes)
-        loaded = time.perf_counter()
-        image_t, rule = thresholds(model, args)
-        shown = len(splits.test.notes)
-        # Volume by volume: the whole set's maps are never held (chunked.py).
-        metrics = run_test(model, splits.test, out, outputs, image_t, rule,
-                           {"model_seconds": round(load_seconds, 3), "data_seconds": round(loaded - started, 3)})
-        print_notes(splits.test.notes[shown:])  # the outputs' own (volumes.write_volume)
-        with open_tracker(out, model.config, "test") as tracker:  # TensorBoard / MLflow, if log.* says so
+        # A test that fails leaves none of its outputs, so its retry is not refused; TensorBoard /
+        # MLflow (if log.* says so) start before any work.
+        with removed_on_failure(out, RESULT_OUTPUTS, lambda: False), \
+                open_tracker(out, model.config, "test") as tracker:
+            started = time.perf_counter()
+            splits = load_dataset(data, working_size(model.config), model.config.model.channels, model.config.data)
+            if splits.test is None or not len(splits.test):
+                raise DataError(f"{data}: no test images")
+            print_notes(splits.test.notes)
+            loaded = time.perf_counter()
+            image_t, rule = thresholds(model, args)
+            shown = len(splits.test.notes)
+            # Volume by volume: the whole set's maps are never held (pipeline.py).
+            metrics = run_test(model, splits.test, out, outputs, image_t, rule,
+                               {"model_seconds": round(load_seconds, 3), "data_seconds": round(loaded - started, 3)})
+            print_notes(splits.test.notes[shown:])  # the outputs' own (volumes.write_volume)
             tracker.figures("test", metrics)
         print_metrics(metrics, out, outputs)
 
@@ -131,16 +135,17 @@ def cmd_predict(args) -> int:
     out = Path(args.out)
     with folder_lock(out):
         claim_folder(out, RESULT_OUTPUTS, args.overwrite)
-        images = load_unlabelled(args.paths, working_size(model.config), model.config.model.channels, model.config.data)
-        print_notes(images.notes)
-        image_t, rule = thresholds(model, args)
-        shown = len(images.notes)
-        scores = run_predict(model, images, out, outputs, image_t, rule)  # volume by volume, as test
-        print_notes(images.notes[shown:])
-        flagged = int((scores >= image_t).sum())  # the rule of metrics and report
-        print(f"{len(images)} image(s) scored, {flagged} at or above the threshold {image_t:.4g}; "
-              f"results in {out / 'predictions.csv' if outputs.scores else out}")
-        return 0
+        with removed_on_failure(out, RESULT_OUTPUTS, lambda: False):  # a failure leaves no outputs, as test's
+            images = load_unlabelled(args.paths, working_size(model.config), model.config.model.channels, model.config.data)
+            print_notes(images.notes)
+            image_t, rule = thresholds(model, args)
+            shown = len(images.notes)
+            scores = run_predict(model, images, out, outputs, image_t, rule)  # volume by volume, as test
+            print_notes(images.notes[shown:])
+            flagged = int((scores >= image_t).sum())  # the rule of metrics and report
+            print(f"{len(images)} image(s) scored, {flagged} at or above the threshold {image_t:.4g}; "
+                  f"results in {out / 'predictions.csv' if outputs.scores else out}")
+            return 0
 
 
 def cmd_mood(args) -> int:
