@@ -83,6 +83,8 @@ def test_uneven_spacing_is_refused_naming_the_slice_and_the_gap(tmp_path):
 def test_positions_rounded_by_the_scanner_are_even_steps(tmp_path):
     folder = write_ct_series(tmp_path / "series", ct(5))
     for k, path in enumerate(sorted(folder.iterdir())):
-        edit(path, lambda ds: ds.ImagePositionPatient.__setitem__(2, float(ds.ImagePositionPatient[2]) + 0.003 * (-1) ** k))
+        jitter = 0.003 * (-1) ** k  # mm
+        edit(path, lambda ds, jitter=jitter: ds.ImagePositionPatient.__setitem__(
+            2, float(ds.ImagePositionPatient[2]) + jitter))
     slices, geometry = read_scan(folder)
     assert slices.shape[0] == 5 and abs(geometry.affine[2, 2]) == pytest.approx(2.5, abs=0.01)

@@ -76,7 +76,8 @@ REFUSED = [
 ]
 
 
-@pytest.mark.parametrize("argv, out, relation, source", REFUSED, ids=[f"{r[0][0]} {r[2]} {i}" for i, r in enumerate(REFUSED)])
+@pytest.mark.parametrize("argv, out, relation, source", REFUSED,
+                         ids=[f"{r[0][0]} {r[2]} {i}" for i, r in enumerate(REFUSED)])
 def test_an_output_that_is_holds_or_lies_in_an_input_is_refused(trained, capsys, argv, out, relation, source):
     data, run = trained
     before = hashes(data, run)

@@ -136,7 +136,8 @@ def cmd_predict(args) -> int:
     with folder_lock(out):
         claim_folder(out, RESULT_OUTPUTS, args.overwrite)
         with removed_on_failure(out, RESULT_OUTPUTS, lambda: False):  # a failure leaves no outputs, as test's
-            images = load_unlabelled(args.paths, working_size(model.config), model.config.model.channels, model.config.data)
+            images = load_unlabelled(args.paths, working_size(model.config), model.config.model.channels,
+                                     model.config.data)
             print_notes(images.notes)
             image_t, rule = thresholds(model, args)
             shown = len(images.notes)
