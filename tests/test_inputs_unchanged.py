@@ -100,3 +100,11 @@ def test_a_link_to_an_input_is_that_input(trained, tmp_path, capsys):
     assert main(["mood", "--run", str(run), str(data / "toy"), str(link), "--overwrite"]) == 2
     assert f"{link} is the input {data / 'toy'}" in capsys.readouterr().err
     assert hashes(data, run) == before
+
+
+def test_demo_refuses_an_output_folder_that_holds_its_settings_file(tmp_path, capsys):
+    settings = tmp_path / "settings.yaml"
+    settings.write_text("seed: 1\n")
+    assert main(["demo", "--out", str(tmp_path), "--config", str(settings), "--overwrite"]) == 2
+    assert capsys.readouterr().err.startswith(f"funetgan: error: {tmp_path} holds the input {settings}: ")
+    assert settings.read_text() == "seed: 1\n" and sorted(p.name for p in tmp_path.iterdir()) == ["settings.yaml"]
