@@ -88,3 +88,11 @@ def test_positions_rounded_by_the_scanner_are_even_steps(tmp_path):
             2, float(ds.ImagePositionPatient[2]) + jitter))
     slices, geometry = read_scan(folder)
     assert slices.shape[0] == 5 and abs(geometry.affine[2, 2]) == pytest.approx(2.5, abs=0.01)
+
+
+def test_a_volume_folder_of_a_data_set_holding_two_series_is_refused_too(tmp_path):
+    """ct_scans/<case>/ folders are read as series without being looked for: the same check."""
+    folder = write_ct_series(tmp_path / "case", ct(3))
+    edit(folder / "002.dcm", lambda ds: setattr(ds, "SeriesInstanceUID", "1.2.3"))
+    with pytest.raises(DataError, match=r"case: 2 DICOM series in one folder \(1.2.3 \(1 files\), "):
+        read_scan(folder)

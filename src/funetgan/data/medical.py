@@ -7,6 +7,7 @@ way: anterior at the top, the patient's right on the image's left.
 from __future__ import annotations
 
 import importlib
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -55,19 +56,24 @@ def is_dicom_series(folder: Path) -> bool:
         headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in files]
     except pydicom.errors.InvalidDicomError:
         return False  # reported as a bad file when read as single images
-    groups: dict[str, int] = {}
-    placed: dict[str, int] = {}
-    for header in headers:
-        uid = str(header.get("SeriesInstanceUID", "") or "no SeriesInstanceUID")
-        groups[uid] = groups.get(uid, 0) + 1
-        placed[uid] = placed.get(uid, 0) + ("ImagePositionPatient" in header)
-    if max(placed.values()) < 2:
+    placed = Counter(_series_uid(h) for h in headers if "ImagePositionPatient" in h)
+    if max(placed.values(), default=0) < 2:
         return False  # images, not the slices of a volume
-    if len(groups) > 1:
-        found = ", ".join(f"{uid} ({count} files)" for uid, count in sorted(groups.items()))
-        raise DataError(f"{folder}: {len(groups)} DICOM series in one folder ({found}); give each series its own "
-                        f"folder (dcm2niix and most viewers export them so)")
+    check_one_series(folder, headers)
     return True
+
+
+def _series_uid(header) -> str:
+    return str(header.get("SeriesInstanceUID", "") or "no SeriesInstanceUID")
+
+
+def check_one_series(folder: Path, headers: list) -> None:
+    """Refuse (DataError, naming each series and its file count) a folder of several series."""
+    counts = Counter(_series_uid(h) for h in headers)
+    if len(counts) > 1:
+        found = ", ".join(f"{uid} ({count} files)" for uid, count in sorted(counts.items()))
+        raise DataError(f"{folder}: {len(counts)} DICOM series in one folder ({found}); give each series its own "
+                        f"folder (dcm2niix and most viewers export them so)")
 
 
 def is_nifti(path: str | Path) -> bool:
@@ -212,6 +218,7 @@ def read_dicom_series(folder: Path, pixels: bool = True) -> list:
         if len(files) > 1 and "ImagePositionPatient" not in dataset:
             raise DataError(f"{file.name}: no ImagePositionPatient, so its place in the volume is unknown")
         slices.append(dataset)
+    check_one_series(folder, slices)
     slices.sort(key=_slice_position)
     check_even_steps(slices)
     return slices
