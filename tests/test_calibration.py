@@ -99,20 +99,61 @@ def test_the_note_on_too_few_normals_says_what_to_expect():
     assert few_normals_note(9, 0.9) == [] and len(few_normals_note(8, 0.9)) == 1
 
 
+# Every level scoring reads (the density terms' may be missing: they then count 0).
+LEVELS = {"pixel_residual": 0.5, "pixel_features": 0.4, "pixel_contrast": 3.0, "pixel_contrast_std": 1.0,
+          "image_residual": 0.2, "image_features": 0.1, "image_izif": 2.0, "image_izif_std": 0.5}
+
+
+def saved_record() -> dict:
+    return Calibration(levels=dict(LEVELS), image_threshold=2.0, pixel_threshold=1.5, blur_sigma=2.0, normals=100,
+                       anomalous=0, rule="normal quantile 0.99", expected_image_rate=1 / 101,
+                       unit_scale={"score": {"median": 1.0, "spread": 2.0}, "map": {"median": 0.5, "spread": 1.0}},
+                       notes=["a note"]).to_dict()
+
+
 def test_the_record_survives_its_file_form_and_other_layouts_are_refused():
-    record = Calibration(levels={"pixel_residual": 0.5}, image_threshold=2.0, pixel_threshold=1.5,
-                         blur_sigma=2.0, normals=100, anomalous=0, rule="normal quantile 0.99",
-                         expected_image_rate=1 / 101, unit_scale={"score": {"median": 1.0, "spread": 2.0}},
-                         notes=["a note"])
-    assert Calibration.from_dict(record.to_dict(), "run") == record
+    record = saved_record()
+    assert Calibration.from_dict(record, "run").to_dict() == record
     with pytest.raises(RunFolderError, match="run: calibrated by an earlier funetgan"):
         Calibration.from_dict({"norms": {}, "image_threshold": 2.0}, "run")
 
 
-def dicom_slices(tmp_path, patients: list[str], series: list[str]) -> ImageSet:
+@pytest.mark.parametrize("edit, problem", [
+    (lambda r: r.update(image_threshold="2.0"), "image_threshold is '2.0', not a finite number"),
+    (lambda r: r.update(pixel_threshold=float("nan")), "pixel_threshold is nan, not a finite number"),
+    (lambda r: r.update(levels={}), "levels lack pixel_residual, pixel_features, pixel_contrast"),
+    (lambda r: r["levels"].pop("pixel_contrast_std"), "levels lack pixel_contrast_std"),
+    (lambda r: r["levels"].update(image_residual=[1]), "levels['image_residual'] is [1], not a finite number"),
+    (lambda r: r.update(levels=None), "levels is NoneType, not a table of levels"),
+    (lambda r: r.update(normals=True), "normals is True, not a count"),
+    (lambda r: r.update(expected_image_rate=3), "expected_image_rate is 3, not a share in [0, 1]"),
+    (lambda r: r["unit_scale"].pop("map"), "unit_scale['map'] is None, not a median and a positive spread"),
+    (lambda r: r["unit_scale"]["score"].update(spread=0), "unit_scale['score'] is"),
+])
+def test_a_damaged_calibration_is_one_line_naming_the_run_and_the_fix(edit, problem):
+    """A hand-edited or damaged record (a string threshold, emptied levels) is refused where it
+    is read, not at the first arithmetic on it (`_UFuncNoLoopError`, `KeyError`)."""
+    from funetgan.errors import RunFolderError
+
+    record = saved_record()
+    edit(record)
+    with pytest.raises(RunFolderError) as caught:
+        Calibration.from_dict(record, "run/model.safetensors")
+    message = str(caught.value)
+    assert message.startswith(f"calibration of run/model.safetensors is damaged: {problem}")
+    assert message.endswith("; run funetgan calibrate --run RUN --data DATA") and "\n" not in message
+
+
+def test_a_density_term_without_its_level_is_no_damage():
+    """A density term whose Gaussian could not be fitted has no level (it counts 0)."""
+    record = saved_record()
+    record["levels"].update(pixel_density=1.0)  # present or not: both load
+    assert Calibration.from_dict(record, "run").levels["pixel_density"] == 1.0
+
+
+def dicom_slices(write_dicom, tmp_path, patients: list[str], series: list[str]) -> ImageSet:
     """One DICOM slice file per (patient, series) pair given, read as 2-D images would be."""
     pydicom = pytest.importorskip("pydicom")
-    from test_data_medical import write_dicom
     paths = []
     for n, (patient, uid) in enumerate(zip(patients, series)):
         path = write_dicom(tmp_path / f"slice_{n:03d}.dcm", np.zeros((4, 4), np.int16), z=n)
@@ -124,16 +165,16 @@ def dicom_slices(tmp_path, patients: list[str], series: list[str]) -> ImageSet:
     return ImageSet(np.zeros((n, 4, 4, 1), np.uint8), np.zeros(n, np.int64), paths, ["good"] * n, np.full((n, 2), 4))
 
 
-def test_dicom_slices_are_held_out_by_patient_or_else_by_series(tmp_path):
+def test_dicom_slices_are_held_out_by_patient_or_else_by_series(tmp_path, write_dicom):
     """A folder of DICOM slices read as images was split image by image, neighbouring slices
     of one patient on both sides of the calibration split."""
     patients = ["P1", "P2", "P1", "P3", "P2", "P3"]
-    by_patient = dicom_slices(tmp_path / "a", patients, ["1.1", "1.2", "1.1", "1.3", "1.2", "1.3"])
+    by_patient = dicom_slices(write_dicom, tmp_path / "a", patients, ["1.1", "1.2", "1.1", "1.3", "1.2", "1.3"])
     np.testing.assert_array_equal(np.unique(image_groups(by_patient), return_inverse=True)[1], [0, 1, 0, 2, 1, 2])
     rows, held_out = calibration_split(by_patient, None, 0.34, seed=0)  # 1 of 3 patients
     out = {patients[by_patient.paths.index(path)] for path in held_out.paths}
     assert len(out) == 1 and len(held_out) == 2 and not out & {patients[i] for i in rows}
-    one_patient = dicom_slices(tmp_path / "b", ["P1"] * 4, ["1.1", "1.2", "1.1", "1.2"])
+    one_patient = dicom_slices(write_dicom, tmp_path / "b", ["P1"] * 4, ["1.1", "1.2", "1.1", "1.2"])
     np.testing.assert_array_equal(np.unique(image_groups(one_patient), return_inverse=True)[1], [0, 1, 0, 1])
 
 
@@ -157,3 +198,4 @@ def test_slice_like_images_without_series_information_are_split_per_image_with_a
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         image_groups(slice_images(20, smooth=False))  # unrelated images: no warning
+

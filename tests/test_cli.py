@@ -104,7 +104,7 @@ def test_recipe_lies_under_the_settings_file_and_set(tmp_path, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["train", "--data", "/nonexistent", "--out", "{tmp}/r"], "/nonexistent"),
     (["train", "--data", "{tmp}", "--out", "{tmp}/r", "--set", "model.image_size=40"], "power of two"),
-    (["test", "--run", "{tmp}", "--data", "{tmp}", "--out", "{tmp}/o"], "no trained model"),
+    (["test", "--run", "{tmp}/run", "--data", "{tmp}/data", "--out", "{tmp}/o"], "no trained model"),
     (["train", "--data", "{tmp}", "--out", "{tmp}/r", "--set", "gan.lr_dd=1e-4"], "did you mean gan.lr_d"),
     (["train", "--data", "{tmp}", "--out", "{tmp}/r", "--set", "gan.lr_d=fast"], "must be a number"),
     (["train", "--data", "{tmp}", "--out", "{tmp}/r", "--set", "gan.lr_d=[1"], "gan.lr_d must be a YAML value"),
@@ -385,3 +385,18 @@ def test_the_separable_check_fails_when_the_score_sign_is_flipped(separable, tmp
     assert main(["test", "--run", str(run), "--data", str(root), "--out", str(tmp_path)]) == 0
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["image"]["auroc"] < 0.9 and metrics["pixel"]["auroc"] < 0.9
+
+
+def test_a_run_with_a_damaged_calibration_is_one_line_and_calibrate_repairs_it(run_copy, dataset, tmp_path, capsys):
+    from funetgan.training import checkpoint
+
+    model_file = run_copy / "model.safetensors"
+    tensors, meta = checkpoint.load(model_file)
+    meta["calibration"]["levels"] = {}
+    checkpoint.save(model_file, tensors, meta)
+    assert main(["test", "--run", str(run_copy), "--data", str(dataset), "--out", str(tmp_path / "t")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"funetgan: error: calibration of {model_file} is damaged: levels lack pixel_residual")
+    assert len(err.splitlines()) == 1
+    assert main(["calibrate", "--run", str(run_copy), "--data", str(dataset), "--device", "cpu"]) == 0
+    assert "pixel_residual" in FUNetGAN.load(run_copy).calibration.levels

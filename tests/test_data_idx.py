@@ -107,7 +107,7 @@ def test_a_gzip_bomb_is_refused_after_reading_what_its_header_promises(tmp_path)
 
 
 @pytest.mark.parametrize("compress", [False, True])
-def test_a_header_promising_more_than_the_file_can_hold_is_refused_unread(tmp_path, compress):
+def test_a_header_promising_more_than_the_file_can_hold_is_refused_unread(tmp_path, compress, write_idx):
     path = tmp_path / ("images.gz" if compress else "images")
     write_idx(path, np.zeros((2, 28, 28)), compress)
     header = struct.pack(">BBBBIII", 0, 0, 8, 3, 4_000_000_000, 4_000_000_000, 28)

@@ -101,10 +101,24 @@ def test_objects_reference_the_source_and_name_the_algorithm(tmp_path, real_seri
     assert pydicom.dcmread(pm).SharedFunctionalGroupsSequence[0].FrameVOILUTSequence[0].WindowCenter == -500
 
 
+def with_tags(folder: Path, **tags) -> Path:
+    """`folder`'s series with `tags` set on every slice."""
+    for path in folder.iterdir():
+        ds = pydicom.dcmread(path)
+        for key, value in tags.items():
+            setattr(ds, key, value)
+        ds.save_as(path)
+    return folder
+
+
 @pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dicom3tools' dciodvfy is not installed")
-def test_dciodvfy_finds_no_errors(tmp_path, real_series):
-    for folder in (real_series(tmp_path / "real"),
-                   write_ct_series(tmp_path / "generated", np.full((3, 4, 4), -1000, np.int16))):
+@pytest.mark.parametrize("tags", [{}, {"Laterality": ""}, {"Laterality": "R", "BodyPartExamined": "BREAST"}],
+                         ids=["as written", "empty Laterality", "right breast"])
+def test_dciodvfy_finds_no_errors(tmp_path, real_series, tags):
+    """Also where the source's own attributes would break a SEG if copied (an empty Laterality:
+    "present when condition unsatisfied")."""
+    for folder in (with_tags(real_series(tmp_path / "real"), **tags),
+                   with_tags(write_ct_series(tmp_path / "generated", np.full((3, 4, 4), -1000, np.int16)), **tags)):
         for path in write_the_scan_as_its_map(folder, tmp_path / folder.name, threshold=-500.0):
             report = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
             errors = [line for line in (report.stdout + report.stderr).splitlines() if line.startswith("Error")]

@@ -44,13 +44,13 @@ def test_two_processes_stay_in_sync(tmp_path, random_images, tiny_config):
 TORCHRUN_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def _torchrun_train(data, out, *settings: str) -> list[str]:
-    """`funetgan train` of tiny networks in two processes under torchrun, on a small brick set
-    written to `data`; `settings` are extra --set values."""
+def _torchrun_train(data, out, *settings: str, launcher: str = "torch.distributed.run") -> list[str]:
+    """`funetgan train` of tiny networks in two processes under torchrun (`launcher`), on a
+    small brick set written to `data`; `settings` are extra --set values."""
     make_texture_dataset(data, crop=64, n_train=20, n_test_good=2, n_per_defect=1)
     tiny = ["model.image_size=32", "model.width=4", "model.z_dim=16", "batch_size=4", "gan.n_critic=1",
             "encoder.iterations=2", *settings]
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+    return [sys.executable, "-m", launcher, "--standalone", "--nproc_per_node", "2",
             "-m", "funetgan", "train", "--data", str(data), "--out", str(out), "--device", "cpu",
             *(item for setting in tiny for item in ("--set", setting))]
 
@@ -85,8 +85,11 @@ def _rank_of(pid: int) -> int | None:
 
 
 @pytest.mark.slow
-def test_sigterm_to_one_rank_stops_every_rank_at_the_same_step(tmp_path):
-    """Only rank 1 gets SIGTERM: rank 0 (the writer) stops after the same step and saves."""
+@pytest.mark.parametrize("to", ["rank 1", "launcher"])
+def test_sigterm_stops_every_rank_at_the_same_step_and_the_launcher_in_one_line(tmp_path, to):
+    """SIGTERM to rank 1 only, or to the launcher (which passes it to every rank): rank 0 (the
+    writer) stops after the same step and saves; funetgan-torchrun ends in one line, with the
+    ranks' status 128 + 15 and no traceback (torchrun's own would be 1 and a SignalException)."""
     import json
     import signal
     import time
@@ -94,7 +97,8 @@ def test_sigterm_to_one_rank_stops_every_rank_at_the_same_step(tmp_path):
     from funetgan.training import checkpoint
 
     out = tmp_path / "run"
-    command = _torchrun_train(tmp_path / "data", out, "gan.iterations=100000", "log_every=1")
+    command = _torchrun_train(tmp_path / "data", out, "gan.iterations=100000", "log_every=1",
+                              launcher="funetgan.launch")
     agent = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=TORCHRUN_ENV)
     deadline = time.monotonic() + 180
     log = out / "log.jsonl"
@@ -102,10 +106,12 @@ def test_sigterm_to_one_rank_stops_every_rank_at_the_same_step(tmp_path):
         assert agent.poll() is None and time.monotonic() < deadline, agent.communicate()[1][-2000:]
         time.sleep(0.2)
     workers = {_rank_of(pid): pid for pid in _children(agent.pid)}
-    os.kill(workers[1], signal.SIGTERM)
+    os.kill(workers[1] if to == "rank 1" else agent.pid, signal.SIGTERM)
     _, err = agent.communicate(timeout=120)
-    assert agent.returncode != 0
+    assert agent.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert "Traceback" not in err and "Error" not in err, err[-2000:]
     assert err.count("funetgan: stopped by SIGTERM at gan step") == 1 and "continue with" in err  # rank 0 only
+    assert err.count("funetgan-torchrun: ") == 1
     stopped_at = int(err.split("gan step ")[1].split(";")[0])
     _, meta = checkpoint.load(out / "checkpoint.safetensors")
     assert meta["state"]["step"] == stopped_at == json.loads(log.read_text().splitlines()[-1])["step"]

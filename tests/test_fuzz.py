@@ -23,9 +23,9 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from funetgan.cli import main
-from funetgan.errors import FunetganError
 from funetgan.config import Config, DataConfig, all_keys, apply_overrides
 from funetgan.data import DataError, load_dataset, load_unlabelled
+from funetgan.errors import FunetganError
 
 MEMORY_GROWTH_LIMIT_MB = 1024  # growth of the test process's peak resident memory over a corpus
 SECONDS_PER_CASE = 20

@@ -131,3 +131,49 @@ def test_tensorboard_needs_a_folder_and_an_unreachable_mlflow_store_is_one_line(
         open_tracker(tmp_path, tiny_config(log__mlflow=True), "train")
     assert "\n" not in str(caught.value)
 
+
+
+def _run_outputs(folder) -> list[str]:
+    from funetgan.commands.common import RUN_OUTPUTS
+    return sorted(name for name in RUN_OUTPUTS if (folder / name).exists())
+
+
+def test_a_missing_tracker_writes_nothing_and_the_same_command_runs_again(texture_dataset, tmp_path, monkeypatch,
+                                                                          capsys, tiny_args):
+    """Checked before the run folder is written: a retry is refused for the same reason, never
+    because the first try left config.yaml ("already holds results")."""
+    from funetgan.training import tracking
+
+    real = tracking.importlib.import_module
+
+    def without_mlflow(name, *args):
+        if name.split(".")[0] == "mlflow":
+            raise ImportError(name)
+        return real(name, *args)
+
+    monkeypatch.setattr(tracking.importlib, "import_module", without_mlflow)
+    command = ["train", "--data", str(texture_dataset), "--out", str(tmp_path / "run"), *tiny_args, "--set", "log.mlflow=true"]
+    for _ in range(2):
+        assert main(command) == 2
+        assert capsys.readouterr().err == "funetgan: error: log.mlflow needs mlflow: pip install funetgan[mlflow]\n"
+        assert _run_outputs(tmp_path / "run") == []
+
+
+def test_a_tracker_that_fails_to_start_takes_back_what_the_start_wrote(texture_dataset, tmp_path, monkeypatch,
+                                                                       capsys, tiny_args):
+    """TensorBoard's folder is made before MLflow's store is found unreachable: it goes, with
+    config.yaml, and the same command fails again for the same reason."""
+    pytest.importorskip("tensorboard")
+    pytest.importorskip("mlflow")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "nowhere://x")
+    out = tmp_path / "run"
+    command = ["train", "--data", str(texture_dataset), "--out", str(out), *tiny_args,
+               "--set", "log.mlflow=true", "--set", "log.tensorboard=true"]
+    for _ in range(2):
+        assert main(command) == 2
+        assert capsys.readouterr().err.startswith("funetgan: error: log.mlflow: cannot start an MLflow run at nowhere")
+        assert _run_outputs(out) == []
+    capsys.readouterr()
+    monkeypatch.setattr("funetgan.commands.training.training_started", lambda out: True)  # as if it had logged
+    assert main(command) == 2
+    assert _run_outputs(out) == ["config.yaml", "tensorboard"]  # a run that got as far as training keeps them

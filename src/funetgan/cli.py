@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"funetgan: error: {err}", file=sys.stderr)
         return 2
     except TrainingStopped as err:
-        from .runtime import is_main_process
+        from .runtime import is_main_process, leave_together
+        leave_together()
         if is_main_process():
             resume = f"funetgan train --data {args.data} --out {args.out} --resume" if args.command == "train" else ""
             print(f"funetgan: {err}" + (f"; continue with: {resume}" if resume else ""), file=sys.stderr)

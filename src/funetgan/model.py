@@ -223,7 +223,7 @@ class FUNetGAN(Scorer):
         model.load_weights(tensors, path)
         try:
             model.calibration = Calibration.from_dict(meta.get("calibration"), str(path))
-        except RunFolderError:
+        except RunFolderError:  # an older layout, or a damaged one: calibrate fixes both
             if calibrated:
                 raise
         model.training = meta.get("training", {})

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -167,6 +168,17 @@ def has_bf16_units(device: torch.device) -> bool:
     later. `torch.cuda.is_bf16_supported()` also says yes on a V100 or T4, where bf16 is
     emulated and slower than fp32."""
     return torch.cuda.get_device_capability(device) >= (8, 0)
+
+
+def leave_together() -> None:
+    """After training stopped on a signal (checkpoint saved): ignore further SIGTERM and SIGINT
+    and wait for every process, so that all exit with the stop's status. torchrun sends SIGTERM
+    to the processes still running once one has exited, which would otherwise kill rank 0
+    while it reports the stop (exit status -15, and torchrun's report of a failure)."""
+    for stop in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop, signal.SIG_IGN)
+    if dist.is_initialized():
+        dist.barrier()
 
 
 def teardown() -> None:

@@ -3,9 +3,10 @@ folders they write, the loop over MVTec AD categories, the --category / --normal
 of data, and printed notes."""
 from __future__ import annotations
 
+import contextlib
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from ..config import Config
@@ -21,6 +22,22 @@ RESULT_OUTPUTS = ("metrics.json", "predictions.csv", "scores.csv", "report.html"
 
 
 
+def refuse_inputs_as_outputs(out: str | Path, inputs: Iterable[str | Path | None]) -> None:
+    """Refuse an output folder (or file) that is one of the command's inputs, holds one or lies
+    inside one, whatever --overwrite says: --overwrite replaces results, never inputs. Paths
+    are compared with symbolic links resolved; None stands for an input not given."""
+    target = Path(out).resolve()
+    for given in inputs:
+        if given is None:
+            continue
+        source = Path(given).resolve()
+        relation = ("is" if target == source else "holds" if source.is_relative_to(target)
+                    else "lies inside" if target.is_relative_to(source) else None)
+        if relation:
+            raise RunFolderError(f"{out} {relation} the input {given}: write the outputs somewhere else "
+                                 f"(inputs are never overwritten, --overwrite or not)")
+
+
 def claim_folder(folder: Path, outputs: tuple[str, ...], overwrite: bool) -> None:
     """Refuse to write over earlier results unless --overwrite; with it, remove them first."""
     existing = [folder / name for name in outputs if (folder / name).exists()]
@@ -30,10 +47,30 @@ def claim_folder(folder: Path, outputs: tuple[str, ...], overwrite: bool) -> Non
                               f"use --overwrite to replace them{resume}")
     try:
         for path in existing:
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
+            remove(path)
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise WriteError(Path(err.filename or folder), err) from None
+
+
+def remove(path: Path) -> None:
+    shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+@contextlib.contextmanager
+def removed_on_failure(folder: Path, outputs: tuple[str, ...], started: Callable[[], bool]) -> Iterator[None]:
+    """When the block fails before `started()` (e.g. a tracker that cannot start, a bad data
+    set), remove the `outputs` in `folder` it wrote, and only those: a failed start leaves
+    nothing that makes the same command say "already holds results" next time."""
+    before = {name for name in outputs if (folder / name).exists()}
+    try:
+        yield
+    except BaseException:
+        if not started():
+            for name in outputs:
+                if name not in before and (folder / name).exists():
+                    remove(folder / name)
+        raise
 
 
 def each_category(data: str, run: Callable[[str], None]) -> int:

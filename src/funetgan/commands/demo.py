@@ -9,7 +9,8 @@ from typing import Any
 
 from ..config import RECIPES
 from ..data.demo import make_texture_dataset
-from .common import RESULT_OUTPUTS, claim_folder
+from ..training.tracking import check_trackers
+from .common import RESULT_OUTPUTS, claim_folder, refuse_inputs_as_outputs
 from .trained import test_one
 from .training import resolve_config, train_one
 
@@ -37,6 +38,8 @@ def cmd_demo(args) -> int:
         print(config.to_yaml(), end="")
         return 0
     out = Path(args.out)
+    refuse_inputs_as_outputs(out, [args.config])
+    check_trackers(config)
     claim_folder(out, RESULT_OUTPUTS, args.overwrite)
     started = time.monotonic()
     # Crops at twice the model's size, scored at it in tiles; outputs come back at that size.

@@ -19,8 +19,17 @@ from ..runlock import folder_lock
 from ..scoring.masks import MaskRule
 from ..scoring.scorer import Scorer
 from ..scoring.thresholds import promise_summary
-from ..training.tracking import open_tracker
-from .common import CONFIG_FILE, RESULT_OUTPUTS, choose_data, claim_folder, each_category, print_notes
+from ..training.tracking import check_trackers, open_tracker
+from .common import (
+    CONFIG_FILE,
+    RESULT_OUTPUTS,
+    choose_data,
+    claim_folder,
+    each_category,
+    print_notes,
+    refuse_inputs_as_outputs,
+    removed_on_failure,
+)
 
 if TYPE_CHECKING:
     from ..model import FUNetGAN
@@ -83,6 +92,7 @@ def apply_test_settings(model: Scorer, items: list[str], run: str | Path | None,
 
 def cmd_test(args) -> int:
     check_run_settings(args.set, "test and predict")
+    refuse_inputs_as_outputs(args.out, [args.data, args.run or args.model])
     if args.category == "all":
         if args.model:
             raise UsageError("--category all needs --run (a folder of runs), not one exported --model")
@@ -102,21 +112,25 @@ def test_run(run: str | Path | None, out: Path, args, category: str | None) -> N
 
 def test_one(model: Scorer, data: Path, out: Path, args, load_seconds: float = 0.0) -> None:
     outputs = Outputs.parse(args.outputs)
+    check_trackers(model.config)
     with folder_lock(out):
         claim_folder(out, RESULT_OUTPUTS, args.overwrite)
-        started = time.perf_counter()
-        splits = load_dataset(data, working_size(model.config), model.config.model.channels, model.config.data)
-        if splits.test is None or not len(splits.test):
-            raise DataError(f"{data}: no test images")
-        print_notes(splits.test.notes)
-        loaded = time.perf_counter()
-        image_t, rule = thresholds(model, args)
-        shown = len(splits.test.notes)
-        # Volume by volume: the whole set's maps are never held (pipeline.py).
-        metrics = run_test(model, splits.test, out, outputs, image_t, rule,
-                           {"model_seconds": round(load_seconds, 3), "data_seconds": round(loaded - started, 3)})
-        print_notes(splits.test.notes[shown:])  # the outputs' own (volumes.write_volume)
-        with open_tracker(out, model.config, "test") as tracker:  # TensorBoard / MLflow, if log.* says so
+        # A test that fails leaves none of its outputs, so its retry is not refused; TensorBoard /
+        # MLflow (if log.* says so) start before any work.
+        with removed_on_failure(out, RESULT_OUTPUTS, lambda: False), \
+                open_tracker(out, model.config, "test") as tracker:
+            started = time.perf_counter()
+            splits = load_dataset(data, working_size(model.config), model.config.model.channels, model.config.data)
+            if splits.test is None or not len(splits.test):
+                raise DataError(f"{data}: no test images")
+            print_notes(splits.test.notes)
+            loaded = time.perf_counter()
+            image_t, rule = thresholds(model, args)
+            shown = len(splits.test.notes)
+            # Volume by volume: the whole set's maps are never held (pipeline.py).
+            metrics = run_test(model, splits.test, out, outputs, image_t, rule,
+                               {"model_seconds": round(load_seconds, 3), "data_seconds": round(loaded - started, 3)})
+            print_notes(splits.test.notes[shown:])  # the outputs' own (volumes.write_volume)
             tracker.figures("test", metrics)
         print_metrics(metrics, out, outputs)
 
@@ -124,27 +138,31 @@ def test_one(model: Scorer, data: Path, out: Path, args, load_seconds: float = 0
 def cmd_predict(args) -> int:
     outputs = Outputs.parse(args.outputs, test=False)
     check_run_settings(args.set, "test and predict")
+    refuse_inputs_as_outputs(args.out, [*args.paths, args.run or args.model])
     model = load_scorer(args)
     apply_test_settings(model, args.set, args.run, "DATA")
     out = Path(args.out)
     with folder_lock(out):
         claim_folder(out, RESULT_OUTPUTS, args.overwrite)
-        images = load_unlabelled(args.paths, working_size(model.config), model.config.model.channels, model.config.data)
-        print_notes(images.notes)
-        image_t, rule = thresholds(model, args)
-        shown = len(images.notes)
-        scores = run_predict(model, images, out, outputs, image_t, rule)  # volume by volume, as test
-        print_notes(images.notes[shown:])
-        flagged = int((scores >= image_t).sum())  # the rule of metrics and report
-        print(f"{len(images)} image(s) scored, {flagged} at or above the threshold {image_t:.4g}; "
-              f"results in {out / 'predictions.csv' if outputs.scores else out}")
-        return 0
+        with removed_on_failure(out, RESULT_OUTPUTS, lambda: False):  # a failure leaves no outputs, as test's
+            images = load_unlabelled(args.paths, working_size(model.config), model.config.model.channels,
+                                     model.config.data)
+            print_notes(images.notes)
+            image_t, rule = thresholds(model, args)
+            shown = len(images.notes)
+            scores = run_predict(model, images, out, outputs, image_t, rule)  # volume by volume, as test
+            print_notes(images.notes[shown:])
+            flagged = int((scores >= image_t).sum())  # the rule of metrics and report
+            print(f"{len(images)} image(s) scored, {flagged} at or above the threshold {image_t:.4g}; "
+                  f"results in {out / 'predictions.csv' if outputs.scores else out}")
+            return 0
 
 
 def cmd_mood(args) -> int:
     """Score a MOOD input folder (mood.py). OUTPUT_DIR gets no lock file: the challenge reads
     it as it is; every file is written atomically and none is replaced without --overwrite."""
     check_run_settings(args.set, "mood")
+    refuse_inputs_as_outputs(args.output_dir, [args.input_dir, args.run or args.model])
     model = load_scorer(args)
     apply_test_settings(model, args.set, args.run, "DATA")
     tasks = TASKS if args.task == "both" else (args.task,)
@@ -158,6 +176,7 @@ def cmd_calibrate(args) -> int:
     settings; the model file and config.yaml are replaced only when calibration succeeds."""
     check_run_settings(args.set, "calibrate", prefixes=("score.",))
     run = Path(args.run)
+    refuse_inputs_as_outputs(run, [args.data])
     with folder_lock(run):
         model = load_run(run, args.device, args.threads, calibrated=False)
         model.config = apply_overrides(model.config, args.set)
@@ -180,6 +199,9 @@ def cmd_export(args) -> int:
     from ..deploy.export import PARITY_TOLERANCE, export_onnx, validation_images
     from ..model import FUNetGAN
     out = Path(args.out)
+    # The run's model file, not its folder: an ONNX file beside it is the usual place.
+    run = Path(args.run)
+    refuse_inputs_as_outputs(out, [run / MODEL_FILE if run.is_dir() else run, args.data])
     if out.exists() and not args.overwrite:
         raise RunFolderError(f"{out} already exists; use --overwrite to replace it")
     model = FUNetGAN.load(args.run, device=args.device or "cpu")

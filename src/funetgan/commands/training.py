@@ -2,7 +2,6 @@
 run's), one run per dataset or per MVTec AD category, each in its own locked folder."""
 from __future__ import annotations
 
-import contextlib
 import copy
 import time
 from collections.abc import Sequence
@@ -12,9 +11,19 @@ from typing import TYPE_CHECKING
 from ..config import RECIPES, Config, all_keys, apply_overrides, get_key, working_size
 from ..data import load_dataset
 from ..errors import RunFolderError, UsageError
-from ..files import MODEL_FILE, atomic_write_text
+from ..files import CHECKPOINT_FILE, LOG_FILE, MODEL_FILE, atomic_write_text
 from ..runlock import folder_lock
-from .common import CONFIG_FILE, RUN_OUTPUTS, choose_data, claim_folder, each_category, print_notes
+from ..training.tracking import check_trackers
+from .common import (
+    CONFIG_FILE,
+    RUN_OUTPUTS,
+    choose_data,
+    claim_folder,
+    each_category,
+    print_notes,
+    refuse_inputs_as_outputs,
+    removed_on_failure,
+)
 
 if TYPE_CHECKING:
     from ..model import FUNetGAN
@@ -48,6 +57,7 @@ def cmd_train(args) -> int:
     if args.print_config:
         print(config.to_yaml(), end="")
         return 0
+    refuse_inputs_as_outputs(out, [args.data, args.config])
     if config.data.category == "all":
         def train_category(name: str) -> None:
             if args.resume:  # each category's own run, with its own fitted batch_size
@@ -79,26 +89,41 @@ def resumed_config(args, run: Path) -> Config:
 
 
 def train_one(data: Path, out: Path, config: Config, resume: bool, overwrite: bool) -> FUNetGAN:
+    from ..runtime import is_main_process
+    check_trackers(config)
+    if not is_main_process():  # rank 0 writes for all
+        return _train(data, out, config, resume)
+    with folder_lock(out):
+        if resume:
+            return _train(data, out, config, resume)
+        claim_folder(out, RUN_OUTPUTS, overwrite)
+        with removed_on_failure(out, RUN_OUTPUTS, lambda: training_started(out)):
+            return _train(data, out, config, resume)
+
+
+def training_started(out: Path) -> bool:
+    """Whether training logged a step or saved a checkpoint: what it wrote is then kept."""
+    return any((out / name).exists() for name in (LOG_FILE, CHECKPOINT_FILE))
+
+
+def _train(data: Path, out: Path, config: Config, resume: bool) -> FUNetGAN:
     from ..model import FUNetGAN, training_split
     from ..runtime import is_main_process, world_size
     main_process = is_main_process()
-    with folder_lock(out) if main_process else contextlib.nullcontext():  # rank 0 writes for all
-        if not resume and main_process:
-            claim_folder(out, RUN_OUTPUTS, overwrite)
-        splits = load_dataset(data, working_size(config), config.model.channels, config.data)
-        _, _, batch_note = training_split(config, splits.train, splits.val, world_size())
-        if main_process:
-            print_notes(splits.train.notes + ([batch_note] if batch_note else []))
-            atomic_write_text(out / CONFIG_FILE, config.to_yaml())
-        started = time.monotonic()
-        model = FUNetGAN(config)
-        model.fit(splits.train, splits.val, run_dir=out, resume=resume)
-        calibration = model.calibration
-        assert calibration is not None  # fit calibrates
-        if model.runtime.is_main:
-            print_notes(calibration.notes)
-            print(f"trained in {(time.monotonic() - started) / 60:.1f} min on {model.runtime.device}; "
-                  f"model: {out / MODEL_FILE}; image threshold {model.image_threshold:.4g}, "
-                  f"pixel threshold {model.pixel_threshold:.4g} ({calibration.rule}, "
-                  f"{calibration.normals} calibration normals)")
-        return model
+    splits = load_dataset(data, working_size(config), config.model.channels, config.data)
+    _, _, batch_note = training_split(config, splits.train, splits.val, world_size())
+    if main_process:
+        print_notes(splits.train.notes + ([batch_note] if batch_note else []))
+        atomic_write_text(out / CONFIG_FILE, config.to_yaml())
+    started = time.monotonic()
+    model = FUNetGAN(config)
+    model.fit(splits.train, splits.val, run_dir=out, resume=resume)
+    calibration = model.calibration
+    assert calibration is not None  # fit calibrates
+    if model.runtime.is_main:
+        print_notes(calibration.notes)
+        print(f"trained in {(time.monotonic() - started) / 60:.1f} min on {model.runtime.device}; "
+              f"model: {out / MODEL_FILE}; image threshold {model.image_threshold:.4g}, "
+              f"pixel threshold {model.pixel_threshold:.4g} ({calibration.rule}, "
+              f"{calibration.normals} calibration normals)")
+    return model

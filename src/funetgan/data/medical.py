@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import io
 import math
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -45,7 +46,10 @@ def is_dicom(path: str | Path) -> bool:
 
 
 def is_dicom_series(folder: Path) -> bool:
-    """A folder of two or more DICOM slice files of one series, with their positions."""
+    """A folder of two or more DICOM slice files of one series (SeriesInstanceUID), placed in
+    space (ImagePositionPatient): a volume. Files without positions are 2-D images
+    (radiographs); a folder of several series of slices is refused naming them (DataError):
+    one folder is one volume in every output, and which series to score is the user's choice."""
     files = [p for p in folder.iterdir() if not p.name.startswith(".")]
     if len(files) < 2 or not all(p.is_file() and is_dicom(p) for p in files):
         return False
@@ -54,15 +58,33 @@ def is_dicom_series(folder: Path) -> bool:
         headers = [read_dataset(p, stop_before_pixels=True) for p in files]
     except pydicom.errors.InvalidDicomError:
         return False  # reported as a bad file when read as single images
-    series = {h.get("SeriesInstanceUID") for h in headers}
-    return len(series) == 1 and all("ImagePositionPatient" in h for h in headers)
+    placed = Counter(_series_uid(h) for h in headers if "ImagePositionPatient" in h)
+    if max(placed.values(), default=0) < 2:
+        return False  # images, not the slices of a volume
+    check_one_series(folder, headers)
+    return True
+
+
+def _series_uid(header) -> str:
+    return str(header.get("SeriesInstanceUID", "") or "no SeriesInstanceUID")
+
+
+def check_one_series(folder: Path, headers: list) -> None:
+    """Refuse (DataError, naming each series and its file count) a folder of several series."""
+    counts = Counter(_series_uid(h) for h in headers)
+    if len(counts) > 1:
+        found = ", ".join(f"{uid} ({count} files)" for uid, count in sorted(counts.items()))
+        raise DataError(f"{folder}: {len(counts)} DICOM series in one folder ({found}); give each series its own "
+                        f"folder (dcm2niix and most viewers export them so)")
 
 
 def read_dataset(path: str | Path, **options):
     """pydicom.dcmread from the file's bytes in memory: pydicom asks for each element's
     declared length, and a damaged length of up to 4 GiB would have Python allocate that much
     for a read from a file, where a read from memory takes what there is."""
-    return require("pydicom").dcmread(io.BytesIO(Path(path).read_bytes()), **options)
+    dataset = require("pydicom").dcmread(io.BytesIO(Path(path).read_bytes()), **options)
+    dataset.filename = str(path)  # messages name the file, as after a read from it
+    return dataset
 
 
 def is_nifti(path: str | Path) -> bool:
@@ -203,34 +225,85 @@ def _dicom_series(folder: Path):
     """A DICOM series folder as a NIfTI image in memory: pixels on the voxel grid (column,
     row, slice) and the affine from the series' position and orientation tags."""
     nibabel = require("nibabel")
-    from pydicom.pixels import apply_modality_lut
-
     slices = read_dicom_series(folder)
     with np.errstate(over="ignore", invalid="ignore"):  # overflows are refused by `read_scan`
-        pixels = np.stack([apply_modality_lut(bounded_pixels(s), s).astype(np.float32) for s in slices])
+        pixels = np.stack([_values(s) for s in slices])
     return nibabel.Nifti1Image(pixels.transpose(2, 1, 0), series_affine(slices))
+
+
+def _values(dataset) -> np.ndarray:
+    """A slice's pixels through its modality LUT (e.g. to HU); a failure names its file."""
+    from pydicom.pixels import apply_modality_lut
+    try:
+        return apply_modality_lut(bounded_pixels(dataset), dataset).astype(np.float32)
+    except Exception as err:  # any decoder failure is a problem with that one file
+        raise DataError(f"{Path(dataset.filename).name}: unreadable pixel data ({_reason(err)})") from None
+
+
+def _reason(err: Exception) -> str:
+    return " ".join(f"{type(err).__name__}: {err}".split())[:100]
 
 
 def read_dicom_series(folder: Path, pixels: bool = True) -> list:
     """The datasets of a DICOM series folder sorted along the slice normal: the order of the
-    slices (the last axis) of its voxel grid. Without `pixels`, their headers only."""
+    slices (the last axis) of its voxel grid. Without `pixels`, their headers only. A file
+    that cannot be read, has no pixel data or no position, or slices that do not lie at even
+    steps (`check_even_steps`) are refused naming the file."""
     files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
     if not files:
         raise DataError("empty DICOM series folder")
-    return sorted((read_dataset(file, stop_before_pixels=not pixels) for file in files), key=_slice_position)
+    slices = []
+    for file in files:
+        try:
+            dataset = read_dataset(file, stop_before_pixels=not pixels)
+        except Exception as err:  # any decoder failure is a problem with that one file
+            raise DataError(f"{file.name}: not a readable DICOM file ({_reason(err)})") from None
+        if pixels and "PixelData" not in dataset:
+            raise DataError(f"{file.name}: DICOM file without pixel data")
+        if len(files) > 1 and "ImagePositionPatient" not in dataset:
+            raise DataError(f"{file.name}: no ImagePositionPatient, so its place in the volume is unknown")
+        slices.append(dataset)
+    check_one_series(folder, slices)
+    slices.sort(key=_slice_position)
+    check_even_steps(slices)
+    return slices
+
+
+# Slices may lie this far (mm, or this share of the step if more) from an even grid: scanners
+# round positions to about 1e-3 mm; one missing slice among 2.5 mm steps is 2.5 mm off.
+POSITION_TOLERANCE_MM, POSITION_TOLERANCE_SHARE = 0.01, 0.05
+
+
+def check_even_steps(slices: list) -> None:
+    """Refuse (DataError, naming the first slice off the grid) slices that do not lie at one
+    even step: a NIfTI affine holds one step, and any other would place maps beside their
+    slices. dcm2niix and nibabel refuse or split such series too."""
+    if len(slices) < 3:
+        return
+    positions = np.array([np.asarray(s.ImagePositionPatient, float) for s in slices])
+    step = (positions[-1] - positions[0]) / (len(slices) - 1)
+    off = np.linalg.norm(positions - (positions[0] + np.arange(len(slices))[:, None] * step), axis=1)
+    worst = int(np.argmax(off))
+    if off[worst] > max(POSITION_TOLERANCE_MM, POSITION_TOLERANCE_SHARE * float(np.linalg.norm(step))):
+        gaps = np.linalg.norm(np.diff(positions, axis=0), axis=1)
+        raise DataError(f"{Path(slices[worst].filename).name}: uneven slice spacing (steps of "
+                        f"{float(gaps.min()):.4g} to {float(gaps.max()):.4g} mm): a map on an even grid would lie up "
+                        f"to {float(off[worst]):.3g} mm from its slices; resample the series to even steps "
+                        f"or fill the gap")
 
 
 def series_affine(slices: list) -> np.ndarray:
-    """Voxel (column, row, slice) -> RAS+ mm for DICOM slices sorted along their normal.
-    DICOM's patient axes are LPS (x to the left, y posterior), NIfTI's RAS: x and y flip.
-    Missing tags fall back to an axial grid of 1 mm."""
+    """Voxel (column, row, slice) -> RAS+ mm for DICOM slices sorted along their normal (at
+    even steps: `check_even_steps`). DICOM's patient axes are LPS (x to the left, y
+    posterior), NIfTI's RAS: x and y flip. A single slice without a position lies at the origin,
+    one slice thickness (default 1 mm) deep."""
     first = slices[0]
     orientation = np.asarray(first.get("ImageOrientationPatient", [1, 0, 0, 0, 1, 0]), float)
     row_spacing, column_spacing = (float(v) for v in first.get("PixelSpacing", [1, 1]))
     along_row, along_column = orientation[:3], orientation[3:]
     normal = np.cross(along_row, along_column)
     positions = [s.get("ImagePositionPatient") for s in slices]
-    if len(slices) > 1 and all(p is not None for p in positions):
+    if len(slices) > 1:
         step = (np.asarray(positions[-1], float) - np.asarray(positions[0], float)) / (len(slices) - 1)
         if np.linalg.norm(step) == 0:
             raise DataError("DICOM series with all slices at one position")

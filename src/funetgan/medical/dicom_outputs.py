@@ -95,7 +95,9 @@ def segmentation(sources: list, mask: np.ndarray, pixel_threshold: float):
         omit_empty_frames=False,  # one frame per source slice, also where nothing was found
         content_label="ANOMALY", content_description=f"{ALGORITHM} {__version__}: map >= {pixel_threshold:.6g}",
         **_identity(hd))
-    return _with_laterality(seg, sources)
+    # No Laterality: the SEG's General Series module allows it only under a condition its
+    # frames never meet (dciodvfy: "present when condition unsatisfied", even "R" on a breast).
+    return seg
 
 
 def parametric_map(sources: list, values: np.ndarray, pixel_threshold: float):
@@ -119,7 +121,7 @@ def parametric_map(sources: list, values: np.ndarray, pixel_threshold: float):
         real_world_value_mappings=[mapping], voi_lut_transformations=[window],
         content_label="ANOMALY", content_description=f"{ALGORITHM} {__version__} anomaly map",
         **_identity(hd))
-    return _with_laterality(pm, sources, empty=True)
+    return _with_laterality(pm, sources)
 
 
 def _identity(hd) -> dict:
@@ -129,12 +131,10 @@ def _identity(hd) -> dict:
             "device_serial_number": "0"}
 
 
-def _with_laterality(dataset, sources: list, empty: bool = False):
-    """The source series' Laterality; with `empty`, an empty one (unknown) where it has none:
-    the Parametric Map's General Series module asks for it (dciodvfy)."""
-    laterality = sources[0].get("Laterality")
-    if laterality is not None or empty:
-        dataset.Laterality = laterality or ""
+def _with_laterality(dataset, sources: list):
+    """The source series' Laterality, an empty one (unknown) where it has none: the
+    Parametric Map's General Series module asks for it (dciodvfy)."""
+    dataset.Laterality = sources[0].get("Laterality") or ""
     return dataset
 
 

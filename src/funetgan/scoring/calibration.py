@@ -32,7 +32,7 @@ from ..data.groups import image_groups
 from ..errors import DataError, RunFolderError
 from .combine import image_evidence, map_blur
 from .pixel_histogram import PixelHistogram
-from .terms import MAP, Terms, normal_levels, of_kind
+from .terms import BELOW, MAP, Terms, all_terms, density_terms, normal_levels, of_kind
 from .thresholds import (
     f1_image_threshold,
     f1_pixel_threshold,
@@ -95,7 +95,50 @@ class Calibration:
         if not isinstance(values, dict) or values.get("format") != FORMAT or names - set(values):
             raise RunFolderError(f"{source}: calibrated by an earlier funetgan (another calibration layout); "
                              f"calibrate it again: funetgan calibrate --run RUN --data DATA")
+        problem = damage(values)
+        if problem:
+            raise RunFolderError(f"calibration of {source} is damaged: {problem}; "
+                                 f"run funetgan calibrate --run RUN --data DATA")
         return cls(**{key: value for key, value in values.items() if key in names})
+
+
+def damage(values: dict) -> str | None:
+    """What is wrong with a saved calibration of the current layout (a hand edit, a damaged
+    file), in words, or None: every value of the type scoring reads, finite, and the normal
+    level of every term scoring divides by (a density term may lack its own: it counts 0)."""
+    def number(value) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
+
+    for key in ("image_threshold", "pixel_threshold", "blur_sigma"):
+        if not number(values[key]):
+            return f"{key} is {values[key]!r}, not a finite number"
+    for key in ("normals", "anomalous"):
+        if not isinstance(values[key], int) or isinstance(values[key], bool) or values[key] < 0:
+            return f"{key} is {values[key]!r}, not a count"
+    rate = values["expected_image_rate"]
+    if rate is not None and not (number(rate) and 0 <= rate <= 1):
+        return f"expected_image_rate is {rate!r}, not a share in [0, 1]"
+    if not isinstance(values["rule"], str) or not isinstance(values["notes"], list):
+        return "rule or notes of the wrong type"
+    levels = values["levels"]
+    if not isinstance(levels, dict):
+        return f"levels is {type(levels).__name__}, not a table of levels"
+    fitted = {t.name for t in density_terms()}
+    needed = [*(t.name for t in all_terms() if t.name not in fitted),
+              *(f"{t.name}_std" for t in all_terms() if t.normaliser == BELOW), "image_izif", "image_izif_std"]
+    missing = [name for name in needed if name not in levels]
+    if missing:
+        return f"levels lack {', '.join(missing)}"
+    wrong = [name for name, value in levels.items() if not number(value)]
+    if wrong:
+        return f"levels[{wrong[0]!r}] is {levels[wrong[0]]!r}, not a finite number"
+    scales = values["unit_scale"]
+    for kind in ("score", "map"):
+        scale = scales.get(kind) if isinstance(scales, dict) else None
+        if not isinstance(scale, dict) or not all(number(scale.get(k)) for k in ("median", "spread")) \
+                or scale["spread"] <= 0:
+            return f"unit_scale[{kind!r}] is {scale!r}, not a median and a positive spread"
+    return None
 
 
 def calibration_split(train: ImageSet, val: ImageSet | None, fraction: float, seed: int

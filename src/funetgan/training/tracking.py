@@ -39,6 +39,14 @@ def require(module: str, extra: str) -> ModuleType:
         raise MissingExtra(f"log.{extra} needs {extra}: pip install funetgan[{extra}]") from None
 
 
+def check_trackers(config: Config) -> None:
+    """Before anything is written: `MissingDependency` if a tracker `config.log` turns on is
+    not installed (a run that fails there leaves nothing behind to refuse its retry)."""
+    for extra in ("tensorboard", "mlflow"):
+        if getattr(config.log, extra):
+            require(extra, extra)
+
+
 class Tracker:
     """Sends records to the trackers `open_tracker` started (none: does nothing)."""
 
