@@ -34,6 +34,13 @@ def main(argv: list[str] | None = None) -> int:
     except EXPECTED_ERRORS as err:
         print(f"funetgan: error: {one_line(err)}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as err:
+        if err.name != "torch":
+            raise  # a broken install or a bug: its traceback says which
+        # The scoring-only install (docs/deployment.md) has no PyTorch by design.
+        print(f"funetgan: error: {args.command} needs PyTorch, which is not installed here: pip install torch "
+              f"(without it, predict and test score an exported model: --model)", file=sys.stderr)
+        return 2
     except _training_stopped() as err:
         from .runtime import is_main_process
         if is_main_process():
