@@ -79,6 +79,7 @@ def test_the_wheel_and_the_sdist_hold_every_package_file(dist):
         assert files - set(wheel.namelist()) == set()
         metadata = email.message_from_bytes(wheel.read(f"funetgan-{source_version()}.dist-info/METADATA"))
     assert metadata["Version"] == source_version()
+    assert f"dist/{built(dist, '*.whl').name}[onnx,medical]" in (ROOT / "README.md").read_text()  # its Install section
     with tarfile.open(built(dist, "*.tar.gz")) as sdist:
         prefix = f"funetgan-{source_version()}/src/"
         assert files - {name.removeprefix(prefix) for name in sdist.getnames()} == set()

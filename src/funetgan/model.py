@@ -76,13 +76,14 @@ class FUNetGAN(Scorer):
             net.requires_grad_(False)
 
     def fit(self, train: ImageSet, val: ImageSet | None = None, run_dir: str | Path | None = None,
-            resume: bool = False) -> "FUNetGAN":
+            resume: bool = False, progress: bool = True) -> "FUNetGAN":
         """Train both stages on the normal images of `train`, then calibrate thresholds on
         `val` (or, without one, on `data.val_fraction` of the training normals held out).
         `batch_size` is the global batch, fitted to the processes and the data (`data.fit_batch`:
         a warning says when it changes).
         With `run_dir`, writes logs, samples and checkpoints there; `resume` continues from
-        its checkpoint."""
+        its checkpoint. `progress`: a progress bar per stage, as `funetgan train` shows (False:
+        none)."""
         rows, normals = calibration_split(train, val, self.config.data.val_fraction, self.config.seed)
         self.config.batch_size, note = fit_batch(train, rows, self.config.batch_size, self.runtime.world_size,
                                                  self.config.model.image_size)
@@ -94,7 +95,7 @@ class FUNetGAN(Scorer):
                 self.load_checkpoint(Path(run_dir) / CHECKPOINT_FILE)
         # Losses and samples to TensorBoard / MLflow as settings ask (rank 0 only), then the calibration.
         with open_tracker(run_dir, self.config, "train") if self.runtime.is_main else Tracker() as tracker:
-            Trainer(self, train.images, normals.images, run_dir, rows, tracker).fit()
+            Trainer(self, train.images, normals.images, run_dir, rows, tracker, progress).fit()
             if self.runtime.is_main:  # one process calibrates and writes for all
                 self.calibrate(normals, train.images, rows)
                 tracker.figures("calibration", self.calibration.to_dict())

@@ -32,10 +32,11 @@ LEARNING_RATES = {"warmup": "gan.lr_g and encoder.lr", "gan": "gan.lr_d and gan.
 
 class Trainer:
     def __init__(self, model, train_images: np.ndarray, sample_images: np.ndarray, run_dir: str | Path | None,
-                 train_rows: np.ndarray | None = None, tracker: Tracker | None = None):
+                 train_rows: np.ndarray | None = None, tracker: Tracker | None = None, progress: bool = True):
         """Trains on rows `train_rows` of `train_images` (all by default; see BatchSource);
-        `tracker` gets the log lines and samples too (tracking.py)."""
-        self.model, self.runtime = model, model.runtime
+        `tracker` gets the log lines and samples too (tracking.py); `progress`: the stages'
+        progress bars and budget notes (False: silent)."""
+        self.model, self.runtime, self.progress = model, model.runtime, progress
         self.tracker = tracker or Tracker()
         cfg = model.config
         self.run_dir = Path(run_dir) if run_dir is not None else None
