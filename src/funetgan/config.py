@@ -210,7 +210,7 @@ class Config:
         if minutes is None:
             return config
         check_bound("minutes", minutes, "positive")
-        stages = (config.gan, config.encoder)
+        stages: tuple[GANConfig | EncoderConfig, ...] = (config.gan, config.encoder)
         budgets = [stage.max_minutes or 0.0 for stage in stages]
         if not sum(budgets):
             raise ValueError(f"recipe {name!r} has no time budget to set to {minutes:g} minutes")
