@@ -2,7 +2,7 @@ import re
 
 import pytest
 
-from funetgan.config import Config, apply_overrides
+from funetgan.config import RECIPES, Config, apply_overrides
 from funetgan.errors import SettingsError
 
 
@@ -114,3 +114,14 @@ def test_every_numeric_setting_has_a_range():
 def test_a_value_out_of_its_range_is_refused_with_the_key(item, message):
     with pytest.raises(SettingsError, match=re.escape(message)):
         apply_overrides(Config(), [item])
+
+
+def test_a_recipe_from_python_is_the_command_lines_and_can_take_a_budget_in_minutes():
+    assert Config.recipe("cpu") == apply_overrides(Config(), RECIPES["cpu"])
+    five = Config.recipe("cpu", minutes=5)  # the recipe's 15 + 5 minutes, shared alike
+    assert (five.gan.max_minutes, five.encoder.max_minutes) == (3.75, 1.25)
+    assert five.gan.lr_d == Config.recipe("cpu").gan.lr_d == 0.0004
+    with pytest.raises(ValueError, match="no recipe 'gpu'; the recipes are cpu"):
+        Config.recipe("gpu")
+    with pytest.raises(ValueError, match="minutes must be above 0, got 0"):
+        Config.recipe("cpu", minutes=0)

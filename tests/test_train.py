@@ -88,6 +88,18 @@ def test_time_budget_stops_a_stage(tmp_path, random_images, tiny_config):
     assert not any(json.loads(line)["stage"] == "gan" for line in (tmp_path / "log.jsonl").read_text().splitlines())
 
 
+def test_fit_shows_the_clis_progress_bars_unless_told_not_to(capfd, random_images, tiny_config):
+    """From Python as from `funetgan train`: a bar per stage and the budget's note; progress=False: nothing."""
+    cfg = tiny_config()
+    cfg.gan.max_minutes = 0.0
+    FUNetGAN(cfg).fit(random_images(12))
+    shown = capfd.readouterr()
+    assert "gan (budget 0 min)" in shown.err and "encoder: 100%" in shown.err
+    assert "gan: time budget of 0 min reached at step 0" in shown.out
+    FUNetGAN(cfg).fit(random_images(12), progress=False)
+    assert capfd.readouterr() == ("", "")
+
+
 def test_warmup_and_encoder_reconstructions_are_kept_apart(tmp_path, random_images, tiny_config):
     FUNetGAN(tiny_config(gan__warmup_iterations=2)).fit(random_images(12), run_dir=tmp_path)
     samples = sorted(p.name for p in (tmp_path / "samples").iterdir())

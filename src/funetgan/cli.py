@@ -38,6 +38,13 @@ def main(argv: list[str] | None = None) -> int:
     except FunetganError as err:
         print(f"funetgan: error: {err}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as err:
+        if err.name != "torch":
+            raise  # a broken install or a bug: its traceback says which
+        # The scoring-only install (docs/deployment.md) has no PyTorch by design.
+        print(f"funetgan: error: {args.command} needs PyTorch, which is not installed here: pip install torch "
+              f"(without it, predict and test score an exported model: --model)", file=sys.stderr)
+        return 2
     except TrainingStopped as err:
         from .runtime import is_main_process, leave_together
         leave_together()

@@ -83,13 +83,14 @@ class FUNetGAN(Scorer):
         self.training: dict[str, dict[str, float]] = {}  # what each training stage did (`TrainingState.completed`)
 
     def fit(self, train: ImageSet, val: ImageSet | None = None, run_dir: str | Path | None = None,
-            resume: bool = False) -> FUNetGAN:
+            resume: bool = False, progress: bool = True) -> FUNetGAN:
         """Train both stages on the normal images of `train`, then calibrate thresholds on
         `val` (or, without one, on `data.val_fraction` of the training normals held out).
         `batch_size` is the global batch, fitted to the processes and the data (`training_split`:
         a warning says when it changes).
         With `run_dir`, writes logs, samples and checkpoints there; `resume` continues from
-        its checkpoint."""
+        its checkpoint. `progress`: a progress bar per stage, as `funetgan train` shows (False:
+        none)."""
         rows, normals, note = training_split(self.config, train, val, self.runtime.world_size)
         if note and self.runtime.is_main:  # the CLI fits the batch first and prints its note
             warnings.warn(note, stacklevel=2)
@@ -97,7 +98,7 @@ class FUNetGAN(Scorer):
             Path(run_dir).mkdir(parents=True, exist_ok=True)
         # Losses and samples to TensorBoard / MLflow as settings ask (rank 0 only), then the calibration.
         with open_tracker(run_dir, self.config, "train") if self.runtime.is_main else Tracker() as tracker:
-            trainer = Trainer(self, train.images, normals.images, run_dir, rows, tracker)
+            trainer = Trainer(self, train.images, normals.images, run_dir, rows, tracker, progress)
             if resume and run_dir is not None:
                 trainer.resume(Path(run_dir) / CHECKPOINT_FILE)
             self.training = trainer.fit().completed

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..config import RECIPES, Config, all_keys, apply_overrides, get_key, working_size
+from ..config import Config, all_keys, apply_overrides, get_key, working_size
 from ..data import load_dataset
 from ..errors import RunFolderError, UsageError
 from ..files import CHECKPOINT_FILE, LOG_FILE, MODEL_FILE, atomic_write_text
@@ -36,7 +36,7 @@ RESUME_FIXED = ("model.", "data.resolution", "data.val_fraction", "data.test_fra
 
 def resolve_config(args, base: Sequence[str] = ()) -> Config:
     """Defaults < --recipe < --config file < `base` (the demo's settings) < --set."""
-    config = apply_overrides(Config(), RECIPES[args.recipe]) if getattr(args, "recipe", None) else Config()
+    config = Config.recipe(args.recipe) if getattr(args, "recipe", None) else Config()
     if getattr(args, "config", None):
         config = Config.load(args.config, config)
     return command_line_on(config, args, getattr(args, "category", None), base).validate()

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Protocol
 
 import torch
-from tqdm import tqdm
+from tqdm.auto import tqdm  # a widget in a notebook, a text bar elsewhere
 
 from ..config import Config
 from ..errors import TrainingStopped
@@ -93,7 +93,7 @@ class Stage:
         began = time.monotonic()
         # Under a time budget the step count is rarely reached: show steps and rate, not an ETA.
         timed = self.max_minutes is not None
-        bar = tqdm(total=None if timed else self.total, initial=start, disable=not t.runtime.is_main,
+        bar = tqdm(total=None if timed else self.total, initial=start, disable=not (t.runtime.is_main and t.progress),
                    desc=f"{self.name} (budget {self.max_minutes:.3g} min)" if timed else self.name,
                    dynamic_ncols=True, leave=True)
         step = start
@@ -106,7 +106,8 @@ class Stage:
                     over_budget = self.max_minutes is not None and elapsed >= 60 * self.max_minutes
                     stop = t.runtime.max_rank(signals.received or (self.BUDGET if over_budget else 0))
                 if stop == self.BUDGET:
-                    bar.write(f"{self.name}: time budget of {self.max_minutes:.3g} min reached at step {step}")
+                    if not bar.disable:
+                        bar.write(f"{self.name}: time budget of {self.max_minutes:.3g} min reached at step {step}")
                     break
                 if stop:
                     t.checkpoint()

@@ -58,10 +58,12 @@ class Networks(Protocol):
 
 class Trainer:
     def __init__(self, model: Networks, train_images: np.ndarray, sample_images: np.ndarray,
-                 run_dir: str | Path | None, train_rows: np.ndarray | None = None, tracker: Tracker | None = None):
+                 run_dir: str | Path | None, train_rows: np.ndarray | None = None, tracker: Tracker | None = None,
+                 progress: bool = True):
         """Trains on rows `train_rows` of `train_images` (all by default; see BatchSource);
-        `tracker` gets the log lines and samples too (tracking.py)."""
-        self.model, self.runtime = model, model.runtime
+        `tracker` gets the log lines and samples too (tracking.py); `progress`: the stages'
+        progress bars and budget notes (False: silent)."""
+        self.model, self.runtime, self.progress = model, model.runtime, progress
         self.tracker = tracker or Tracker()
         self.config = cfg = model.config
         self.run_dir = Path(run_dir) if run_dir is not None else None
