@@ -1,5 +1,7 @@
 """Calibration (calibration.py): the split that keeps patients whole, the promise on normals no
 part was fitted on, the note on too few normals, the typed record and its file form."""
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -10,6 +12,7 @@ from funetgan.config import apply_overrides
 from funetgan.data.base import ImageSet
 from funetgan.data.medical import Geometry
 from funetgan.model import FUNetGAN
+from funetgan.scoring.thresholds import expected_rate
 
 
 def volume_slices(volumes: int, slices: int) -> ImageSet:
@@ -64,6 +67,10 @@ def test_the_image_threshold_keeps_its_promise_on_fresh_normals():
     training, normals, fresh = random_images(1000, seed=1), random_images(150, seed=2), random_images(3000, seed=3)
     calibration = model.calibrate(normals, training.images)
     assert calibration.expected_image_rate == pytest.approx(1 / 151)
+    # The normals' scores are kept, ascending, and give the same promise at the threshold.
+    kept = calibration.normal_scores
+    assert len(kept) == 150 and kept == sorted(kept)
+    assert expected_rate(kept, calibration.image_threshold) == calibration.expected_image_rate
     rate = np.mean(model.score(fresh).scores >= model.image_threshold)
     assert 0.2 / 151 < rate < 2.5 / 151
     model.calibrate(normals, normals.images)  # the densities fitted on the calibration normals themselves
@@ -85,5 +92,9 @@ def test_the_record_survives_its_file_form_and_other_layouts_are_refused():
                          expected_image_rate=1 / 101, unit_scale={"score": {"median": 1.0, "spread": 2.0}},
                          notes=["a note"])
     assert Calibration.from_dict(record.to_dict(), "run") == record
+    older = {key: value for key, value in record.to_dict().items() if key != "normal_scores"}
+    assert Calibration.from_dict(older, "run") == record  # saved before the normals' scores were kept
+    scored = dataclasses.replace(record, normal_scores=[0.5, 1.0, 2.5])
+    assert Calibration.from_dict(scored.to_dict(), "run") == scored
     with pytest.raises(ValueError, match="run: calibrated by an earlier funetgan"):
         Calibration.from_dict({"norms": {}, "image_threshold": 2.0}, "run")

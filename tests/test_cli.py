@@ -259,6 +259,37 @@ def test_calibrate_under_new_map_terms_rewrites_the_model_and_its_settings(run_c
     assert main(["test", "--run", str(run_copy), "--data", str(dataset), "--out", str(tmp_path / "t")]) == 0
 
 
+def test_calibrate_makes_chosen_thresholds_the_runs_own_with_their_promise(run_copy, tmp_path, capsys):
+    """No --data: the thresholds are set on the run as it is, the image threshold's promise
+    measured on the calibration normals' scores, and `test` then uses and checks them."""
+    before = FUNetGAN.load(run_copy).calibration
+    (normal,) = before.normal_scores  # 1 calibration normal (10 % of 12 training crops)
+    assert main(["calibrate", "--run", str(run_copy), "--threshold", repr(normal / 2), "--pixel-threshold", "0.25",
+                 "--device", "cpu"]) == 0
+    after = FUNetGAN.load(run_copy).calibration
+    assert (after.image_threshold, after.pixel_threshold) == (normal / 2, 0.25)
+    assert after.expected_image_rate == 1.0  # the one normal exceeds it: (1 + 1) / (1 + 1)
+    assert after.rule == f"image and pixel threshold set by the user; calibrated: {before.rule}"
+    assert after.levels == before.levels and after.normal_scores == before.normal_scores
+    assert "about 100.00% of new normal images expected at or above it" in capsys.readouterr().out
+    assert main(["calibrate", "--run", str(run_copy), "--threshold", repr(normal * 2)]) == 0
+    again = FUNetGAN.load(run_copy).calibration
+    assert (again.pixel_threshold, again.expected_image_rate) == (0.25, 0.5)  # beyond the normal: 1 / 2
+    assert again.rule == f"image threshold set by the user; calibrated: {before.rule}"
+
+
+def test_calibrate_without_data_only_sets_thresholds_and_old_runs_need_data(run_copy, capsys):
+    assert main(["calibrate", "--run", str(run_copy)]) == 2
+    assert "calibrate needs --data" in capsys.readouterr().err
+    model = FUNetGAN.load(run_copy)
+    model.calibration.normal_scores = None  # as in a run calibrated before they were kept
+    model.save(run_copy / "model.safetensors")
+    assert main(["calibrate", "--run", str(run_copy), "--threshold", "1.0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "calibrate it again with --data first" in err and len(err.splitlines()) == 1
+    assert main(["calibrate", "--run", str(run_copy), "--pixel-threshold", "1.0"]) == 0  # needs no promise
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--set", "gan.lr_d=1e-4"], "calibrate can change only score.*"),
     (["--set", "score.density_weight=much"], "must be a number"),

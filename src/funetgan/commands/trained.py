@@ -12,6 +12,7 @@ from ..pipeline import run_predict, run_test
 from ..config import apply_overrides, get_key, working_size
 from ..data import DataError, load_dataset, load_unlabelled
 from ..files import MODEL_FILE, atomic_write_text
+from ..scoring.calibration import with_thresholds
 from ..scoring.masks import MaskRule
 from ..medical.mood import TASKS, run_mood
 from ..outputs.selection import Outputs
@@ -154,25 +155,42 @@ def cmd_mood(args) -> int:
 
 def cmd_calibrate(args) -> int:
     """Calibrate the run in --run again on its calibration images under --set's scoring
-    settings; the model file and config.yaml are replaced only when calibration succeeds."""
+    settings (with --data), and/or make --threshold and --pixel-threshold its own; the model
+    file and config.yaml are replaced only when all of it succeeds."""
     check_run_settings(args.set, "calibrate", prefixes=("score.",))
+    chosen = (args.threshold, args.pixel_threshold)
+    if args.data is None and (args.set or chosen == (None, None)):
+        raise UsageError("calibrate needs --data (the dataset the run was trained on), unless it only sets "
+                         "--threshold and/or --pixel-threshold")
     run = Path(args.run)
     with folder_lock(run):
-        model = load_run(run, args.device, args.threads, calibrated=False)
-        model.config = apply_overrides(model.config, args.set)
-        splits = load_dataset(args.data, working_size(model.config), model.config.model.channels, model.config.data)
-        print_notes(splits.train.notes)
+        model = load_run(run, args.device, args.threads, calibrated=args.data is None)
+        if args.data is not None:
+            recalibrate(model, args)
         try:
-            model.recalibrate(splits.train, splits.val)
+            model.calibration = with_thresholds(model.calibration, *chosen)
         except ValueError as err:
-            raise DataError(f"{args.data}: {err}") from None
+            raise UsageError(f"{run}: {err}") from None
         model.save(run / MODEL_FILE)
         atomic_write_text(run / CONFIG_FILE, model.config.to_yaml())
     print_notes(model.calibration.notes)
-    print(f"{run / MODEL_FILE}: calibrated again on {model.calibration.normals} normal image(s); "
-          f"image / pixel threshold {model.image_threshold:.4g} / {model.pixel_threshold:.4g} "
-          f"({model.calibration.rule})")
+    again = f"calibrated again on {model.calibration.normals} normal image(s); " if args.data is not None else ""
+    rate = model.calibration.expected_image_rate
+    print(f"{run / MODEL_FILE}: {again}image / pixel threshold {model.image_threshold:.6g} / "
+          f"{model.pixel_threshold:.6g} ({model.calibration.rule})"
+          + ("" if rate is None else f"; about {rate:.2%} of new normal images expected at or above it"))
     return 0
+
+
+def recalibrate(model: "FUNetGAN", args) -> None:
+    """`model` calibrated again on --data's calibration images under --set's settings."""
+    model.config = apply_overrides(model.config, args.set)
+    splits = load_dataset(args.data, working_size(model.config), model.config.model.channels, model.config.data)
+    print_notes(splits.train.notes)
+    try:
+        model.recalibrate(splits.train, splits.val)
+    except ValueError as err:
+        raise DataError(f"{args.data}: {err}") from None
 
 
 def cmd_export(args) -> int:

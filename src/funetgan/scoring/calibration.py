@@ -29,8 +29,8 @@ from ..data.base import ImageSet, row_chunks
 from ..data.checks import held_out
 from .pixel_histogram import PixelHistogram
 from .scorer import Terms, image_evidence, map_blur, normal_levels
-from .thresholds import (f1_image_threshold, f1_pixel_threshold, normals_needed, quantile_pixel_threshold, rank,
-                         rank_threshold)
+from .thresholds import (expected_rate, f1_image_threshold, f1_pixel_threshold, normals_needed,
+                         quantile_pixel_threshold, rank, rank_threshold)
 from .unit_scale import fit_unit_scale, unit_scale
 
 FORMAT = 1  # what `Calibration.to_dict` writes; other layouts are refused (calibrate again)
@@ -60,6 +60,10 @@ class Calibration:
     # and `normal_quantile` quantiles: {"score": ..., "map": ...}.
     unit_scale: dict[str, dict[str, float]]
     notes: list[str] = field(default_factory=list)
+    # The calibration normals' image scores, ascending: the share of new normals any image
+    # threshold flags (`thresholds.expected_rate`, the report's operating-point panel). None
+    # in runs calibrated before funetgan kept them.
+    normal_scores: list[float] | None = None
 
     def to_dict(self) -> dict:
         return {"format": FORMAT, **dataclasses.asdict(self)}
@@ -67,7 +71,9 @@ class Calibration:
     @classmethod
     def from_dict(cls, values: dict, source: str) -> "Calibration":
         names = {f.name for f in dataclasses.fields(cls)}
-        if not isinstance(values, dict) or values.get("format") != FORMAT or names - set(values):
+        required = {f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING
+                    and f.default_factory is dataclasses.MISSING}
+        if not isinstance(values, dict) or values.get("format") != FORMAT or required - set(values):
             raise ValueError(f"{source}: calibrated by an earlier funetgan (another calibration layout); "
                              f"calibrate it again: funetgan calibrate --run RUN --data DATA")
         return cls(**{key: value for key, value in values.items() if key in names})
@@ -210,7 +216,29 @@ def thresholds(config: Config, scores: np.ndarray, histogram: PixelHistogram,
                        blur_sigma=map_blur(config),
                        normals=int(normal.sum()), anomalous=anomalous,
                        rule="f1-optimal" if anomalous else f"normal quantile {q:g}",
-                       expected_image_rate=expected, unit_scale=scales, notes=notes)
+                       expected_image_rate=expected, unit_scale=scales, notes=notes,
+                       normal_scores=np.sort(scores[normal]).tolist())
+
+
+def with_thresholds(calibration: Calibration, image: float | None = None, pixel: float | None = None
+                    ) -> Calibration:
+    """`calibration` with the thresholds a user chose (None: keep the calibrated one); a chosen
+    image threshold comes with its promise, the share of new normals expected at or above it
+    measured on the calibration normals' scores (`thresholds.expected_rate`)."""
+    if image is None and pixel is None:
+        return calibration
+    changes: dict = {}
+    if image is not None:
+        if calibration.normal_scores is None:
+            raise ValueError("this run's calibration predates the calibration normals' scores that measure a "
+                             "threshold's promise; calibrate it again with --data first")
+        changes.update(image_threshold=float(image), expected_image_rate=expected_rate(calibration.normal_scores, image))
+    if pixel is not None:
+        changes["pixel_threshold"] = float(pixel)
+    chosen = " and ".join(name for name, value in (("image", image), ("pixel", pixel)) if value is not None)
+    calibrated = calibration.rule.rpartition("calibrated: ")[2]  # the rule before any earlier choice
+    return dataclasses.replace(calibration, rule=f"{chosen} threshold set by the user; calibrated: {calibrated}",
+                               **changes)
 
 
 def few_normals_note(count: int, q: float) -> list[str]:
