@@ -97,10 +97,11 @@ def test_run(run: str | Path | None, out: Path, args, category: str | None) -> N
     model = load_scorer(args, run)
     apply_test_settings(model, args.set, run, args.data)
     choose_data(model.config, category, args.normal_class)
-    test_one(model, Path(args.data), out, args, load_seconds=time.perf_counter() - started)
+    test_one(model, Path(args.data), out, args, load_seconds=time.perf_counter() - started, run=run)
 
 
-def test_one(model: Scorer, data: Path, out: Path, args, load_seconds: float = 0.0) -> None:
+def test_one(model: Scorer, data: Path, out: Path, args, load_seconds: float = 0.0,
+             run: str | Path | None = None) -> None:
     outputs = Outputs.parse(args.outputs)
     with folder_lock(out):
         claim_folder(out, RESULT_OUTPUTS, args.overwrite)
@@ -114,7 +115,8 @@ def test_one(model: Scorer, data: Path, out: Path, args, load_seconds: float = 0
         shown = len(splits.test.notes)
         # Volume by volume: the whole set's maps are never held (chunked.py).
         metrics = run_test(model, splits.test, out, outputs, image_t, rule,
-                           {"model_seconds": round(load_seconds, 3), "data_seconds": round(loaded - started, 3)})
+                           {"model_seconds": round(load_seconds, 3), "data_seconds": round(loaded - started, 3)},
+                           None if run is None else str(run))
         print_notes(splits.test.notes[shown:])  # the outputs' own (volumes.write_volume)
         with open_tracker(out, model.config, "test") as tracker:  # TensorBoard / MLflow, if log.* says so
             tracker.figures("test", metrics)
