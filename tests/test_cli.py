@@ -51,6 +51,9 @@ def test_test_writes_metrics_for_both_levels(run, dataset, tmp_path, capsys):
     assert f"normal images flagged: {flagged} of 3 ({flagged / 3:.1%}), about {kept['expected_rate']:.1%} expected" in out
     page = (tmp_path / "report.html").read_text()
     assert page.index(f"{flagged} of 3") < page.index("<h2>Metrics</h2>")  # near the top, before the metrics
+    panel = json.loads(page.split('<script type="application/json" id="panel-data">')[1].split("</script>")[0])
+    assert panel["run"] == str(run) and len(panel["normals"]) == 1  # the run's one calibration normal
+    assert sorted(float(row["score"]) for row in rows) == panel["scores"]
 
 
 def test_predict_scores_unlabelled_files(run, dataset, tmp_path):

@@ -7,7 +7,13 @@ import json
 import numpy as np
 from PIL import Image
 
-from funetgan.outputs.operating_point import PIXEL_POSITIONS, codes, panel_data, pixel_counts, pixel_positions
+from funetgan.outputs.operating_point import (
+    PIXEL_POSITIONS,
+    codes,
+    panel_data,
+    pixel_counts,
+    pixel_positions,
+)
 from funetgan.outputs.report_html import _panel
 from funetgan.scoring.calibration import Calibration
 from funetgan.scoring.masks import MaskRule
@@ -17,9 +23,9 @@ UNIT = {"median": 0.5, "spread": 0.5}
 
 
 def calibration(**changes) -> Calibration:
-    values = dict(levels={}, image_threshold=0.5, pixel_threshold=0.9, blur_sigma=1.0, normals=3, anomalous=0,
-                  rule="normal quantile 0.99", expected_image_rate=0.25,
-                  unit_scale={"score": UNIT, "map": UNIT}, normal_scores=[0.1, 0.4, 0.6])
+    values = {"levels": {}, "image_threshold": 0.5, "pixel_threshold": 0.9, "blur_sigma": 1.0, "normals": 3,
+              "anomalous": 0, "rule": "normal quantile 0.99", "expected_image_rate": 0.25,
+              "unit_scale": {"score": UNIT, "map": UNIT}, "normal_scores": [0.1, 0.4, 0.6]}
     return Calibration(**{**values, **changes})
 
 

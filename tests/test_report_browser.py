@@ -147,3 +147,41 @@ def test_the_panel_works_from_disk_without_errors(page):
     errors = [entry for entry in page.get_log("browser") if entry["level"] == "SEVERE"]
     assert errors == []
     assert "Calibrated image threshold" in page.find_element("id", "op-calibrated").text
+
+
+@pytest.mark.slow
+def test_a_10000_image_report_opens_in_under_5_seconds(browser, tmp_path):
+    """A Fashion-MNIST-sized test set (10,000 images of 32 px, 1,000 anomalous with masks),
+    the default outputs: the page's size and the seconds from opening it to the panel drawn."""
+    from funetgan.outputs.selection import TEST_DEFAULT, Outputs
+    rng = np.random.default_rng(0)
+    n, anomalous, size = 10_000, 1_000, 32
+    labels = np.r_[np.zeros(n - anomalous, int), np.ones(anomalous, int)]
+    masks = np.zeros((n, size, size), bool)
+    masks[n - anomalous:, 8:16, 8:16] = True
+    maps = (rng.random((n, size, size)) + masks).astype(np.float32)
+    scores = maps.mean((1, 2)) + rng.normal(0, 0.01, n)
+    images = ImageSet(images=rng.integers(0, 255, (n, size, size, 1), dtype=np.uint8), labels=labels,
+                      paths=[f"d/test/{'bad' if label else 'good'}/{i:05d}.png" for i, label in enumerate(labels)],
+                      kinds=["bad" if label else "good" for label in labels], sizes=np.full((n, 2), size), masks=masks)
+    threshold = float(np.quantile(scores[labels == 0], 0.99))
+    calibration = Calibration(
+        levels={}, image_threshold=threshold, pixel_threshold=1.2, blur_sigma=1.0, normals=1000, anomalous=0,
+        rule="normal quantile 0.99", expected_image_rate=0.01,
+        unit_scale={"score": {"median": 0.5, "spread": 0.05}, "map": {"median": 0.5, "spread": 0.5}},
+        normal_scores=np.sort(rng.choice(scores[labels == 0], 1000)).tolist())
+    rule = MaskRule(1.2)
+    metrics = evaluate(scores, maps, images, threshold, rule)
+    write_test_outputs(tmp_path, images, scores, maps, metrics, threshold, rule, {},
+                       outputs=Outputs.parse(TEST_DEFAULT), calibration=calibration, run="run")
+    page = tmp_path / "report.html"
+    started = time.perf_counter()
+    browser.get(page.as_uri())
+    while not browser.execute_script("return Boolean(window.operatingPoint && window.operatingPoint.ready)"):
+        assert time.perf_counter() - started < 30, "the panel did not get ready"
+        time.sleep(0.01)
+    seconds = time.perf_counter() - started
+    moved = move(browser, "op-image", 5000)["image"]
+    print(f"report.html {page.stat().st_size / 1e6:.2f} MB; opened and panel ready in {seconds:.2f} s")
+    assert moved["tp"] + moved["fn"] == anomalous and moved["fp"] + moved["tn"] == n - anomalous
+    assert seconds < 5

@@ -12,7 +12,7 @@ from ..pipeline import run_predict, run_test
 from ..config import apply_overrides, get_key, working_size
 from ..data import DataError, load_dataset, load_unlabelled
 from ..files import MODEL_FILE, atomic_write_text
-from ..scoring.calibration import with_thresholds
+from ..scoring.calibration import Calibration, with_thresholds
 from ..scoring.masks import MaskRule
 from ..medical.mood import TASKS, run_mood
 from ..outputs.selection import Outputs
@@ -167,10 +167,10 @@ def cmd_calibrate(args) -> int:
     run = Path(args.run)
     with folder_lock(run):
         model = load_run(run, args.device, args.threads, calibrated=args.data is None)
-        if args.data is not None:
-            recalibrate(model, args)
+        calibration = recalibrate(model, args) if args.data is not None else model.calibration
+        assert calibration is not None  # load_run(calibrated=True) refuses an uncalibrated run
         try:
-            model.calibration = with_thresholds(model.calibration, *chosen)
+            model.calibration = with_thresholds(calibration, *chosen)
         except ValueError as err:
             raise UsageError(f"{run}: {err}") from None
         model.save(run / MODEL_FILE)
@@ -184,13 +184,13 @@ def cmd_calibrate(args) -> int:
     return 0
 
 
-def recalibrate(model: "FUNetGAN", args) -> None:
+def recalibrate(model: "FUNetGAN", args) -> Calibration:
     """`model` calibrated again on --data's calibration images under --set's settings."""
     model.config = apply_overrides(model.config, args.set)
     splits = load_dataset(args.data, working_size(model.config), model.config.model.channels, model.config.data)
     print_notes(splits.train.notes)
     try:
-        model.recalibrate(splits.train, splits.val)
+        return model.recalibrate(splits.train, splits.val)
     except ValueError as err:
         raise DataError(f"{args.data}: {err}") from None
 

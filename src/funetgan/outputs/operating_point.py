@@ -28,7 +28,7 @@ from ..scoring.pixel_histogram import PixelCurves
 from ..scoring.thresholds import labelled
 
 PIXEL_POSITIONS = 255  # pixel-threshold slider positions at most: a code fits one PNG byte
-PANEL_MAP_SIZE = 256  # longest side of an example's map in the panel (larger maps are shrunk)
+PANEL_MAP_SIZE = 160  # longest side of an example's map in the panel (its tile's size; larger maps are shrunk)
 
 
 def panel_data(labels, scores, image_threshold: float, rule: MaskRule, calibration: Calibration,
