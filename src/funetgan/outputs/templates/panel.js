@@ -114,8 +114,8 @@
     ctx.stroke();
     ctx.textAlign = "center";
     [0, 0.25, 0.5, 0.75, 1].forEach((u) => ctx.fillText(String(u), x(u), top + plotHeight + 15));
-    ctx.fillText("image score on the [0, 1] scale (0.5: the calibration normals' top 1 %)", left + plotWidth / 2,
-      height - 4);
+    ctx.fillText("image score on the calibration's [0, 1] scale (0: the calibration normals' median, 0.5: their "
+      + "normal quantile)", left + plotWidth / 2, height - 4);
     const marks = [[toUnit(data.calibrated.threshold, data.unit), "#222", [5, 4], "calibrated"],
       [chosen, "#ff8c00", [], "chosen"]];
     marks.forEach(([u, color, dash, label], k) => {
