@@ -1,5 +1,6 @@
 """Calibration (calibration.py): the split that keeps patients whole, the promise on normals no
 part was fitted on, the note on too few normals, the typed record and its file form."""
+import dataclasses
 import math
 import warnings
 
@@ -14,6 +15,7 @@ from funetgan.data.medical import Geometry
 from funetgan.errors import DataError, RunFolderError
 from funetgan.model import FUNetGAN
 from funetgan.scoring.calibration import Calibration, calibration_split, few_normals_note, image_groups
+from funetgan.scoring.thresholds import expected_rate
 
 
 def volume_slices(volumes: int, slices: int) -> ImageSet:
@@ -84,6 +86,10 @@ def test_the_image_threshold_keeps_its_promise_on_fresh_normals(random_images, t
     assert model.image_threshold == calibration_scores.max()
     assert stats.mannwhitneyu(fresh_scores, calibration_scores).pvalue > 0.0005
     assert np.sum(fresh_scores >= model.image_threshold) < 152
+    # The normals' scores are kept, ascending, and give the same promise at the threshold.
+    kept = calibration.normal_scores
+    assert len(kept) == 150 and kept == sorted(kept)
+    assert expected_rate(kept, calibration.image_threshold) == calibration.expected_image_rate
     model.calibrate(normals, normals.images)  # the densities fitted on the calibration normals themselves
     calibration_scores, fresh_scores = model.score(normals).scores, model.score(fresh).scores
     assert stats.mannwhitneyu(fresh_scores, calibration_scores, alternative="greater").pvalue < 1e-6
@@ -114,6 +120,11 @@ def saved_record() -> dict:
 def test_the_record_survives_its_file_form_and_other_layouts_are_refused():
     record = saved_record()
     assert Calibration.from_dict(record, "run").to_dict() == record
+    record = Calibration.from_dict(saved_record(), "run")
+    older = {key: value for key, value in record.to_dict().items() if key != "normal_scores"}
+    assert Calibration.from_dict(older, "run") == record  # saved before the normals' scores were kept
+    scored = dataclasses.replace(record, normal_scores=[0.5, 1.0, 2.5])
+    assert Calibration.from_dict(scored.to_dict(), "run") == scored
     with pytest.raises(RunFolderError, match="run: calibrated by an earlier funetgan"):
         Calibration.from_dict({"norms": {}, "image_threshold": 2.0}, "run")
 

@@ -42,6 +42,9 @@ def test_test_writes_metrics_for_both_levels(tiny_run, texture_dataset, tmp_path
     assert f"normal images flagged: {flagged} of 3 ({flagged / 3:.1%}), about {expected:.1%} expected" in out
     page = (tmp_path / "report.html").read_text()
     assert page.index(f"{flagged} of 3") < page.index("<h2>Metrics</h2>")  # near the top, before the metrics
+    panel = json.loads(page.split('<script type="application/json" id="panel-data">')[1].split("</script>")[0])
+    assert panel["run"] == str(tiny_run) and len(panel["normals"]) == 1  # the run's one calibration normal
+    assert sorted(float(row["score"]) for row in rows) == panel["scores"]
 
 
 def test_predict_scores_unlabelled_files(tiny_run, texture_dataset, tmp_path):
@@ -313,6 +316,37 @@ def test_calibrate_under_new_map_terms_rewrites_the_model_and_its_settings(run_c
     assert after.calibration.levels == pytest.approx(before.calibration.levels, rel=1e-5)  # the same images
     assert after.pixel_threshold != pytest.approx(before.pixel_threshold, rel=1e-3)  # a different map
     assert main(["test", "--run", str(run_copy), "--data", str(texture_dataset), "--out", str(tmp_path / "t")]) == 0
+
+
+def test_calibrate_makes_chosen_thresholds_the_runs_own_with_their_promise(run_copy, tmp_path, capsys):
+    """No --data: the thresholds are set on the run as it is, the image threshold's promise
+    measured on the calibration normals' scores, and `test` then uses and checks them."""
+    before = FUNetGAN.load(run_copy).calibration
+    (normal,) = before.normal_scores  # 1 calibration normal (10 % of 12 training crops)
+    assert main(["calibrate", "--run", str(run_copy), "--threshold", repr(normal / 2), "--pixel-threshold", "0.25",
+                 "--device", "cpu"]) == 0
+    after = FUNetGAN.load(run_copy).calibration
+    assert (after.image_threshold, after.pixel_threshold) == (normal / 2, 0.25)
+    assert after.expected_image_rate == 1.0  # the one normal exceeds it: (1 + 1) / (1 + 1)
+    assert after.rule == f"image and pixel threshold set by the user; calibrated: {before.rule}"
+    assert after.levels == before.levels and after.normal_scores == before.normal_scores
+    assert "about 100.00% of new normal images expected at or above it" in capsys.readouterr().out
+    assert main(["calibrate", "--run", str(run_copy), "--threshold", repr(normal * 2)]) == 0
+    again = FUNetGAN.load(run_copy).calibration
+    assert (again.pixel_threshold, again.expected_image_rate) == (0.25, 0.5)  # beyond the normal: 1 / 2
+    assert again.rule == f"image threshold set by the user; calibrated: {before.rule}"
+
+
+def test_calibrate_without_data_only_sets_thresholds_and_old_runs_need_data(run_copy, capsys):
+    assert main(["calibrate", "--run", str(run_copy)]) == 2
+    assert "calibrate needs --data" in capsys.readouterr().err
+    model = FUNetGAN.load(run_copy)
+    model.calibration.normal_scores = None  # as in a run calibrated before they were kept
+    model.save(run_copy / "model.safetensors")
+    assert main(["calibrate", "--run", str(run_copy), "--threshold", "1.0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "calibrate it again with --data first" in err and len(err.splitlines()) == 1
+    assert main(["calibrate", "--run", str(run_copy), "--pixel-threshold", "1.0"]) == 0  # needs no promise
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -3,6 +3,7 @@ import pytest
 
 from funetgan.scoring.pixel_histogram import pixel_curves
 from funetgan.scoring.thresholds import (
+    expected_rate,
     f1_image_threshold,
     f1_pixel_threshold,
     normals_needed,
@@ -34,6 +35,17 @@ def test_rank_threshold_and_the_share_of_new_normals_it_flags():
     assert rank_threshold(np.arange(24.0), 0.99) == (23.0, pytest.approx(1 / 25))
     with pytest.raises(ValueError):
         rank_threshold([], 0.99)
+
+
+def test_the_expected_rate_at_any_threshold_agrees_with_the_rank_threshold():
+    scores = np.arange(1.0, 200.0)[::-1]  # 199 normals, unsorted
+    threshold, expected = rank_threshold(scores, 0.99)
+    assert expected_rate(scores, threshold) == expected == 2 / 200  # 199 exceeds 198: (1 + 1) / 200
+    # Between two normals' scores a new normal must exceed the lower one: 3 of 200 places.
+    assert expected_rate(scores, 197.5) == 3 / 200
+    assert expected_rate(scores, 1000.0) == 1 / 200 and expected_rate(scores, 0.0) == 1.0
+    with pytest.raises(ValueError):
+        expected_rate([], 1.0)
 
 
 def test_the_rank_threshold_keeps_its_promise_on_fresh_normals():

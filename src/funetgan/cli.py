@@ -112,8 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate = commands.add_parser("calibrate", help="calibrate a trained run again under new scoring "
                                                       "settings (map terms, image score): no retraining")
     calibrate.add_argument("--run", required=True, help="a trained run folder (its model file is rewritten)")
-    calibrate.add_argument("--data", required=True, help="the dataset the run was trained on: its calibration "
-                                                         "images (validation split or held-out normals) are reused")
+    calibrate.add_argument("--data", help="the dataset the run was trained on: its calibration images (validation "
+                                          "split or held-out normals) are reused; not needed to set thresholds only")
+    calibrate.add_argument("--threshold", type=float,
+                           help="make this image-score threshold the run's own, with its promise measured on the "
+                                "calibration normals (e.g. one chosen in report.html's operating-point panel)")
+    calibrate.add_argument("--pixel-threshold", type=float, help="make this anomaly-map threshold the run's own")
     calibrate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                            help="change one scoring setting (score.*), e.g. --set score.density_weight=0 "
                                 "(repeatable); also "

@@ -89,9 +89,10 @@ def score_in_chunks(model: Scorer, images: ImageSet, out, files: ImageFiles, ima
 
 
 def run_test(model: Scorer, test: ImageSet, out: Path, outputs: Outputs, image_threshold: float,
-             rule: MaskRule, timing: dict | None = None) -> dict:
+             rule: MaskRule, timing: dict | None = None, run: str | None = None) -> dict:
     """Everything `funetgan test` writes for a labelled set, chunk by chunk; returns the
-    metrics (`timing`: seconds measured before, to report with the rest)."""
+    metrics (`timing`: seconds measured before, to report with the rest; `run`: the run
+    folder, for the report's command that makes chosen thresholds its own)."""
     evaluation, voxels = Evaluation(test, image_threshold, rule.thresholds()), PixelHistogram()
     store = MapStore(out)
     files = ImageFiles(out, test, outputs, image_threshold, rule, store)
@@ -110,7 +111,7 @@ def run_test(model: Scorer, test: ImageSet, out: Path, outputs: Outputs, image_t
                              **(timing or {}),
                              "metrics_seconds": round(seconds["metrics"] + time.perf_counter() - started, 3)}
         curves = evaluation.curves() if metrics.get("pixel") else None
-        return finish_test_outputs(files, metrics, model.config.to_dict(), volumes, curves)
+        return finish_test_outputs(files, metrics, model.config.to_dict(), volumes, curves, model.calibration, run)
     finally:  # after an error too: no more files written, the kept maps gone
         files.close()
         store.close()

@@ -48,6 +48,6 @@ def cmd_demo(args) -> int:
     model = train_one(data, out / "run", config, resume=False, overwrite=True)
     # Every output for every image: the demo's test set is small, and shows everything.
     test_args = argparse.Namespace(threshold=None, pixel_threshold=None, overwrite=True, outputs=["all"])
-    test_one(model, data, out, test_args)
+    test_one(model, data, out, test_args, run=out / "run")
     print(f"demo finished in {(time.monotonic() - started) / 60:.1f} min; open {out / 'report.html'}")
     return 0

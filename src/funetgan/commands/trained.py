@@ -16,6 +16,7 @@ from ..medical.mood import TASKS, run_mood
 from ..outputs.selection import Outputs
 from ..pipeline import run_predict, run_test
 from ..runlock import folder_lock
+from ..scoring.calibration import Calibration, with_thresholds
 from ..scoring.masks import MaskRule
 from ..scoring.scorer import Scorer
 from ..scoring.thresholds import promise_summary
@@ -107,10 +108,11 @@ def test_run(run: str | Path | None, out: Path, args, category: str | None) -> N
     model = load_scorer(args, run)
     apply_test_settings(model, args.set, run, args.data)
     choose_data(model.config, category, args.normal_class)
-    test_one(model, Path(args.data), out, args, load_seconds=time.perf_counter() - started)
+    test_one(model, Path(args.data), out, args, load_seconds=time.perf_counter() - started, run=run)
 
 
-def test_one(model: Scorer, data: Path, out: Path, args, load_seconds: float = 0.0) -> None:
+def test_one(model: Scorer, data: Path, out: Path, args, load_seconds: float = 0.0,
+             run: str | Path | None = None) -> None:
     outputs = Outputs.parse(args.outputs)
     check_trackers(model.config)
     with folder_lock(out):
@@ -129,7 +131,8 @@ def test_one(model: Scorer, data: Path, out: Path, args, load_seconds: float = 0
             shown = len(splits.test.notes)
             # Volume by volume: the whole set's maps are never held (pipeline.py).
             metrics = run_test(model, splits.test, out, outputs, image_t, rule,
-                               {"model_seconds": round(load_seconds, 3), "data_seconds": round(loaded - started, 3)})
+                               {"model_seconds": round(load_seconds, 3), "data_seconds": round(loaded - started, 3)},
+                               None if run is None else str(run))
             print_notes(splits.test.notes[shown:])  # the outputs' own (volumes.write_volume)
             tracker.figures("test", metrics)
         print_metrics(metrics, out, outputs)
@@ -173,26 +176,43 @@ def cmd_mood(args) -> int:
 
 def cmd_calibrate(args) -> int:
     """Calibrate the run in --run again on its calibration images under --set's scoring
-    settings; the model file and config.yaml are replaced only when calibration succeeds."""
+    settings (with --data), and/or make --threshold and --pixel-threshold its own; the model
+    file and config.yaml are replaced only when all of it succeeds."""
     check_run_settings(args.set, "calibrate", prefixes=("score.",))
+    chosen = (args.threshold, args.pixel_threshold)
+    if args.data is None and (args.set or chosen == (None, None)):
+        raise UsageError("calibrate needs --data (the dataset the run was trained on), unless it only sets "
+                         "--threshold and/or --pixel-threshold")
     run = Path(args.run)
     refuse_inputs_as_outputs(run, [args.data])
     with folder_lock(run):
-        model = load_run(run, args.device, args.threads, calibrated=False)
-        model.config = apply_overrides(model.config, args.set)
-        splits = load_dataset(args.data, working_size(model.config), model.config.model.channels, model.config.data)
-        print_notes(splits.train.notes)
+        model = load_run(run, args.device, args.threads, calibrated=args.data is None)
+        calibration = recalibrate(model, args) if args.data is not None else model.calibration
+        assert calibration is not None  # load_run(calibrated=True) refuses an uncalibrated run
         try:
-            calibration = model.recalibrate(splits.train, splits.val)
-        except DataError as err:  # the calibration images' problem: name the data they came from
-            raise DataError(f"{args.data}: {err}") from None
+            model.calibration = with_thresholds(calibration, *chosen)
+        except RunFolderError as err:
+            raise UsageError(f"{run}: {err}") from None
         model.save(run / MODEL_FILE)
         atomic_write_text(run / CONFIG_FILE, model.config.to_yaml())
-    print_notes(calibration.notes)
-    print(f"{run / MODEL_FILE}: calibrated again on {calibration.normals} normal image(s); "
-          f"image / pixel threshold {model.image_threshold:.4g} / {model.pixel_threshold:.4g} "
-          f"({calibration.rule})")
+    print_notes(model.calibration.notes)
+    again = f"calibrated again on {model.calibration.normals} normal image(s); " if args.data is not None else ""
+    rate = model.calibration.expected_image_rate
+    print(f"{run / MODEL_FILE}: {again}image / pixel threshold {model.image_threshold:.6g} / "
+          f"{model.pixel_threshold:.6g} ({model.calibration.rule})"
+          + ("" if rate is None else f"; about {rate:.2%} of new normal images expected at or above it"))
     return 0
+
+
+def recalibrate(model: FUNetGAN, args) -> Calibration:
+    """`model` calibrated again on --data's calibration images under --set's settings."""
+    model.config = apply_overrides(model.config, args.set)
+    splits = load_dataset(args.data, working_size(model.config), model.config.model.channels, model.config.data)
+    print_notes(splits.train.notes)
+    try:
+        return model.recalibrate(splits.train, splits.val)
+    except DataError as err:  # the calibration images' problem: name the data they came from
+        raise DataError(f"{args.data}: {err}") from None
 
 
 def cmd_export(args) -> int:

@@ -1,10 +1,12 @@
-"""report.html: the test report as one self-contained page (style inline) linking the other
-outputs by relative paths: counts at the threshold, the metrics and per-kind tables, the
+"""report.html: the test report as one self-contained page (style and script inline, from
+templates/) linking the other outputs by relative paths: counts at the threshold, the metrics
+and per-kind tables, the operating-point panel (`operating_point`, templates/panel.*), the
 plots, the example sections, the per-patient section, data notes and the settings."""
 from __future__ import annotations
 
 import html
 import json
+from importlib.resources import files
 
 import numpy as np
 import yaml
@@ -13,24 +15,19 @@ from ..scoring.pixel_histogram import PRO_FPR_LIMIT
 from ..scoring.thresholds import promise_summary
 from .selection import Outputs
 
-_STYLE = """
-* { box-sizing: border-box; }
-body { font-family: system-ui, sans-serif; margin: 2em auto; padding: 0 1em; max-width: 1240px;
-       color: #222; }
-table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
-.warning { background: #fdecea; border-left: 4px solid #c0392b; padding: 0.5em 1em; }
-th, td { border: 1px solid #ccc; padding: 0.3em 0.7em; text-align: right; }
-th:first-child, td:first-child { text-align: left; }
-th { background: #f2f2f2; }
-.plots { display: grid; grid-template-columns: repeat(auto-fill, minmax(320px, 1fr)); gap: 0.5em; }
-.examples { display: grid; grid-template-columns: repeat(auto-fill, minmax(460px, 1fr)); gap: 1em; }
-.plots img { width: 100%; border: 1px solid #ddd; }
-figure { margin: 0; }
-figure img { width: 100%; border: 1px solid #ddd; }
-figcaption { font-size: 0.85em; word-break: break-all; }
-pre { background: #f6f6f6; padding: 1em; overflow-x: auto; }
-.note { color: #555; }
-"""
+
+def _template(name: str) -> str:
+    return (files(__package__) / "templates" / name).read_text(encoding="utf-8")
+
+
+def _panel(data: dict) -> str:
+    """The operating-point panel: its markup, its data as JSON (with "<" escaped, so that no
+    string in it can end the script element) and its script."""
+    payload = json.dumps(data, separators=(",", ":")).replace("<", "\\u003c")
+    return (f'{_template("panel.html")}<script type="application/json" id="panel-data">{payload}</script>\n'
+            f'<script>\n{_template("panel.js")}</script>')
+
+
 _METRICS = [("auroc", "AUROC"), ("ap", "average precision"), ("f1_max", "F1 max"),
             ("f1", "F1 at threshold"), ("precision", "precision"),
             ("sensitivity", "sensitivity (recall)"), ("specificity", "specificity"),
@@ -149,7 +146,9 @@ def _promise_line(kept: dict | None) -> list[str]:
 def render_report(metrics: dict, rows: list[dict], plots: list[tuple[str, str]],
                    settings: dict, notes: list[str], color_max: float,
                    groups: list[tuple[str, np.ndarray, int]], outputs: Outputs,
-                   volumes: list[dict] | None = None) -> str:
+                   volumes: list[dict] | None = None, panel: dict | None = None) -> str:
+    """The page; `panel`: the operating-point panel's data (`operating_point.panel_data`;
+    None: no panel)."""
     image = metrics["image"]
     counts = image["counts"]
     # A JSON round trip turns tuples, paths and numbers into plain YAML-able values.
@@ -168,6 +167,8 @@ def render_report(metrics: dict, rows: list[dict], plots: list[tuple[str, str]],
         parts.append(f'<p class="note">Pixels scored: {html.escape(metrics["scored_pixels"])}.</p>')
     if metrics["per_kind"]:
         parts += ["<h2>Per kind</h2>", _per_kind_table(metrics["per_kind"])]
+    if panel is not None:
+        parts.append(_panel(panel))
     parts += ["<h2>Plots</h2><div class=\"plots\">"]
     parts += [f'<a href="{path}"><img src="{path}" alt="{html.escape(title)}" '
               f'title="{html.escape(title)}"></a>' for title, path in plots]
@@ -185,5 +186,5 @@ def render_report(metrics: dict, rows: list[dict], plots: list[tuple[str, str]],
     parts += ["<h2>Settings</h2>", f"<pre>{html.escape(settings_yaml)}</pre>"]
     body = "\n".join(parts)
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-            f"<title>funetgan test report</title><style>{_STYLE}</style></head>"
+            f"<title>funetgan test report</title><style>\n{_template('report.css')}</style></head>"
             f"<body>\n{body}\n</body></html>\n")

@@ -34,6 +34,7 @@ from .combine import image_evidence, map_blur
 from .pixel_histogram import PixelHistogram
 from .terms import BELOW, MAP, Terms, all_terms, density_terms, normal_levels, of_kind
 from .thresholds import (
+    expected_rate,
     f1_image_threshold,
     f1_pixel_threshold,
     normals_needed,
@@ -85,6 +86,10 @@ class Calibration:
     # and `normal_quantile` quantiles: {"score": ..., "map": ...}.
     unit_scale: dict[str, dict[str, float]]
     notes: list[str] = field(default_factory=list)
+    # The calibration normals' image scores, ascending: the share of new normals any image
+    # threshold flags (`thresholds.expected_rate`, the report's operating-point panel). None
+    # in runs calibrated before funetgan kept them.
+    normal_scores: list[float] | None = None
 
     def to_dict(self) -> dict:
         return {"format": FORMAT, **dataclasses.asdict(self)}
@@ -92,9 +97,11 @@ class Calibration:
     @classmethod
     def from_dict(cls, values: Any, source: str) -> Calibration:
         names = {f.name for f in dataclasses.fields(cls)}
-        if not isinstance(values, dict) or values.get("format") != FORMAT or names - set(values):
+        required = {f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING
+                    and f.default_factory is dataclasses.MISSING}
+        if not isinstance(values, dict) or values.get("format") != FORMAT or required - set(values):
             raise RunFolderError(f"{source}: calibrated by an earlier funetgan (another calibration layout); "
-                             f"calibrate it again: funetgan calibrate --run RUN --data DATA")
+                                 f"calibrate it again: funetgan calibrate --run RUN --data DATA")
         problem = damage(values)
         if problem:
             raise RunFolderError(f"calibration of {source} is damaged: {problem}; "
@@ -118,6 +125,9 @@ def damage(values: dict) -> str | None:
     rate = values["expected_image_rate"]
     if rate is not None and not (number(rate) and 0 <= rate <= 1):
         return f"expected_image_rate is {rate!r}, not a share in [0, 1]"
+    scores = values.get("normal_scores") or []
+    if not isinstance(scores, list) or not all(number(score) for score in scores):
+        return "normal_scores is not a list of finite numbers"
     if not isinstance(values["rule"], str) or not isinstance(values["notes"], list):
         return "rule or notes of the wrong type"
     levels = values["levels"]
@@ -271,7 +281,29 @@ def thresholds(config: Config, scores: np.ndarray, histogram: PixelHistogram,
                        blur_sigma=map_blur(config),
                        normals=int(normal.sum()), anomalous=anomalous,
                        rule="f1-optimal" if anomalous else f"normal quantile {q:g}",
-                       expected_image_rate=expected, unit_scale=scales, notes=notes)
+                       expected_image_rate=expected, unit_scale=scales, notes=notes,
+                       normal_scores=np.sort(scores[normal]).tolist())
+
+
+def with_thresholds(calibration: Calibration, image: float | None = None, pixel: float | None = None
+                    ) -> Calibration:
+    """`calibration` with the thresholds a user chose (None: keep the calibrated one); a chosen
+    image threshold comes with its promise, the share of new normals expected at or above it
+    measured on the calibration normals' scores (`thresholds.expected_rate`)."""
+    if image is None and pixel is None:
+        return calibration
+    changes: dict = {}
+    if image is not None:
+        if calibration.normal_scores is None:
+            raise RunFolderError("this run's calibration predates the calibration normals' scores that measure a "
+                             "threshold's promise; calibrate it again with --data first")
+        changes.update(image_threshold=float(image), expected_image_rate=expected_rate(calibration.normal_scores, image))
+    if pixel is not None:
+        changes["pixel_threshold"] = float(pixel)
+    chosen = " and ".join(name for name, value in (("image", image), ("pixel", pixel)) if value is not None)
+    calibrated = calibration.rule.rpartition("calibrated: ")[2]  # the rule before any earlier choice
+    return dataclasses.replace(calibration, rule=f"{chosen} threshold set by the user; calibrated: {calibrated}",
+                               **changes)
 
 
 def few_normals_note(count: int, q: float) -> list[str]:

@@ -56,6 +56,17 @@ def rank_threshold(values, q: float) -> tuple[float, float]:
     return float(values[k - 1]), (len(values) + 1 - k) / (len(values) + 1)
 
 
+def expected_rate(normal_scores, threshold: float) -> float:
+    """The share of new normal images expected at or above `threshold`, from the calibration
+    normals' `normal_scores`: (1 + how many of them exceed it) / (count + 1). At one of their
+    values, the k-th smallest, that is `rank_threshold`'s (count + 1 - k) / (count + 1); between
+    two of them, the most a new exchangeable normal reaches it with (it must exceed the lower)."""
+    values = np.asarray(normal_scores, float)
+    if not len(values):
+        raise ValueError("an expected rate needs the scores of calibration normals")
+    return (1 + int(np.count_nonzero(values > threshold))) / (len(values) + 1)
+
+
 def f1_image_threshold(scores, labels) -> float:
     """The F1-optimal threshold of image `scores` for `labels` (0 normal, 1 anomalous, -1
     unknown and left out), which must hold both classes."""
