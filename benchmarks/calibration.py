@@ -29,7 +29,6 @@ come from other regions of the photo than the report split's.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import statistics

@@ -27,8 +27,8 @@ from funetgan.commands.demo import DEMO_DATA
 from funetgan.config import Config, ScoreConfig, apply_overrides, working_size
 from funetgan.data import DataError, ImageSet, Splits, load_dataset
 from funetgan.data.demo import make_texture_dataset
-from funetgan.files import atomic_write_text
 from funetgan.evaluation.metrics import evaluate
+from funetgan.files import atomic_write_text
 from funetgan.model import FUNetGAN
 from funetgan.runtime import select_device
 from funetgan.scoring.scorer import IZIF, MAP, Terms

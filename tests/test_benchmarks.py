@@ -211,9 +211,10 @@ def test_localisation(script, tmp_path, capsys):
     assert out.count("F-UNetGAN minus f-AnoGAN") == 2 and "minus f-AnoGAN scored with 'density 1, smoothness 2'" in out
 
 
-def test_calibration(script, tmp_path, capsys):
+def test_calibration(script, tmp_path, capsys, monkeypatch):
     """The calibration benchmark end to end on the demo's data (selection split: the mask rules
     too), then again from the saved run, then its tables: each kind of normals on its own."""
+    monkeypatch.setattr("funetgan.model.FIT_SAMPLES", 256)  # enough for the smoke networks' Gaussians, 16x faster
     calibration, runs = script("calibration"), tmp_path / "runs"
     results = run(calibration, tmp_path, "--datasets", "demo", "--seeds", "0", "--split", "selection",
                   "--runs", str(runs))["results"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import Any
 
 from ..config import RECIPES
 from ..data.demo import make_texture_dataset
@@ -27,7 +28,7 @@ DEMO_SETTINGS = [
 # benchmarks build on DEMO_SETTINGS alone and choose their data themselves
 # (benchmarks/calibration.py takes the demo's as it is).
 DEMO_DATA_SETTINGS = ["data.resolution=native"]
-DEMO_DATA = {"n_train": 300, "n_calibration": 100}  # make_texture_dataset's options; crops twice the model's size
+DEMO_DATA: dict[str, Any] = {"n_train": 300, "n_calibration": 100}  # make_texture_dataset's options; crops twice the model's size
 
 
 def cmd_demo(args) -> int:
