@@ -178,8 +178,9 @@ def calibration_tables(document: dict) -> str:
                "Same distribution, each on its own: the test split's normals, and fresh normals from photo regions "
                "that no training, calibration or test crop touches (textures only); shifted: normals from another "
                "part of the photo (textures only); in-sample: the same networks calibrated as before (densities "
-               "fitted on the calibration normals themselves). \"pooled\": a file written before the fresh normals "
-               "were measured apart, whose figure pools them with the test normals.\n")
+               "fitted on the calibration normals themselves). \"pooled\": a file written before issue 34, whose "
+               "fresh normals were cut from the training blocks and whose figure pools them with the test "
+               "normals.\n")
     rows = []
     for name, group in groups.items():
         s = group["summary"]
@@ -342,7 +343,8 @@ def readme_section(documents: list[tuple[str, dict]]) -> str:
     text = ("Calibration benchmark, report split (no setting was chosen on it), mean ± std over seeds; "
             "specificity and Dice at the calibrated thresholds; normals flagged, %: the test split's normals, "
             "and fresh normals from photo regions no training, calibration or test crop touches (textures; "
-            "\"pooled\": an older file that pooled them with the test normals), against the promise. "
+            "\"pooled\": a file from before issue 34, whose fresh normals were cut from the training blocks, "
+            "pooled with the test normals), against the promise. "
             "Generated from `benchmarks/results/` by `benchmarks/make_docs.py`; more in "
             "[docs/benchmarks.md](docs/benchmarks.md).\n\n")
     text += table(["data", "image AUROC", "pixel AUROC", "AUPRO", "specificity", "Dice", "test normals flagged, %",
