@@ -23,11 +23,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from funetgan.commands.demo import DEMO_DATA
 from funetgan.config import Config, ScoreConfig, apply_overrides, working_size
 from funetgan.data import DataError, ImageSet, Splits, load_dataset
 from funetgan.data.demo import make_texture_dataset
-from funetgan.files import atomic_write_text
 from funetgan.evaluation.metrics import evaluate
+from funetgan.files import atomic_write_text
 from funetgan.model import FUNetGAN
 from funetgan.runtime import select_device
 from funetgan.scoring.terms import Terms, all_terms
@@ -122,12 +123,12 @@ def data_folder(path: str | None) -> Iterator[Path]:
 
 
 def texture_data(texture: str, folder: Path, smoke: bool, image_size: int) -> Path:
-    """The built-in texture set (fixed data seed 0: every run and variant sees the same files),
-    crops at twice the model's size as in the demo."""
+    """The built-in texture set with the demo's options (fixed data seed 0: every run and
+    variant sees the same files), crops at twice the model's size as in the demo."""
     if smoke:
-        return make_texture_dataset(folder / f"{texture}-smoke", texture, crop=32, n_train=12,
+        return make_texture_dataset(folder / f"{texture}-smoke", texture, crop=32, n_train=12, n_calibration=4,
                                     n_test_good=4, n_per_defect=2)
-    return make_texture_dataset(folder / texture, texture, crop=2 * image_size)
+    return make_texture_dataset(folder / texture, texture, crop=2 * image_size, **DEMO_DATA)
 
 
 def texture_set(folder: Path, texture: str, split: str, smoke: bool) -> Path:

@@ -3,9 +3,10 @@ detection and segmentation beside the issue's targets.
 
     python benchmarks/textures.py [--textures brick grass] [--minutes 15] [--seeds 0] [--out results/textures.json]
 
-Each texture's set is made deterministically (`make_texture_dataset`, data seed 0: 240
-training crops, 40 normal and 60 defective test crops of 64 px, twice the model's size) in --data-dir or a
-temporary folder. Model: the demo's settings (`funetgan.commands.demo.DEMO_SETTINGS`: 32x32x1, the CPU
+Each texture's set is made deterministically (`make_texture_dataset` with the demo's options,
+data seed 0: 300 training crops, 100 calibration normals from regions no training crop
+touches, 40 normal and 60 defective test crops of 64 px, twice the model's size) in --data-dir
+or a temporary folder. Model: the demo's settings (`funetgan.commands.demo.DEMO_SETTINGS`: 32x32x1, the CPU
 recipe) with the budget of --minutes. Also printed: the same models under other scoring
 settings (`common.SCORING_ALTERNATIVES`).
 """

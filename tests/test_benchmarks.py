@@ -213,6 +213,42 @@ def test_localisation(script, tmp_path, capsys):
     assert out.count("F-UNetGAN minus f-AnoGAN") == 2 and "minus f-AnoGAN scored with 'density 1, smoothness 2'" in out
 
 
+def test_calibration(script, tmp_path, capsys, monkeypatch):
+    """The calibration benchmark end to end on the demo's data (selection split: the mask rules
+    too), then again from the saved run, then its tables: each kind of normals on its own."""
+    monkeypatch.setattr("funetgan.model.FIT_SAMPLES", 256)  # enough for the smoke networks' Gaussians, 16x faster
+    calibration, runs = script("calibration"), tmp_path / "runs"
+    results = run(calibration, tmp_path, "--datasets", "demo", "--seeds", "0", "--split", "selection",
+                  "--runs", str(runs))["results"]
+    (first,) = results["groups"]["demo"]["runs"]
+    assert first["normals_calibrated"] == 8  # the data's val/good/, not training crops held out
+    for normals in calibration.NORMALS:
+        assert_unit(first[f"image_rate_{normals}"], first[f"pixel_rate_{normals}"], first[f"masked_images_{normals}"])
+    assert first["image_rate_test_normals"] == 1 - first["specificity"]
+    assert_unit(first["in_sample_image_rate_fresh"], first["dice"], first["oracle_dice"])
+    assert not any(key.endswith("_same") for key in first)  # nothing pooled
+    assert first["mask_rules"] and first["train_minutes"] > 0
+    again = run(calibration, tmp_path, "--datasets", "demo", "--seeds", "0", "--split", "selection",
+                "--runs", str(runs))["results"]["groups"]["demo"]["runs"][0]
+    assert again["train_minutes"] == 0 and again["image_rate_fresh"] == first["image_rate_fresh"]
+    assert calibration.main(["--show", str(tmp_path / "results.json")]) == 0
+    out = capsys.readouterr().out
+    assert "images: test normals" in out and "oracle Dice" in out and "older file" not in out
+    page = script("make_docs").calibration_tables(json.loads((tmp_path / "results.json").read_text()))
+    assert "| images: test normals | images: fresh |" in page and "pooled)" not in page
+
+
+def test_make_docs_keeps_pooled_figures_of_older_files_apart(script):
+    """A file from before the fresh normals had their own key: its pooled figure is marked,
+    never shown as the fresh normals' or the test normals'."""
+    runs = [{"seed": s, "image_rate_same": 0.02, "image_rate_test_normals": 0.1, "image_rate_shifted": 0.3,
+             "pixel_rate_same": 0.01} for s in range(2)]
+    document = {"script": "benchmarks/calibration.py",
+                "results": {"split": "report", "normal_quantile": 0.99, "groups": {"grass": {"runs": runs}}}}
+    page = script("make_docs").calibration_tables(document)
+    assert "| grass | 2 | 10.0 ± 0.0 | 2.0 ± 0.0 (pooled) | - | 30.0 ± 0.0 | - | 1.00 ± 0.00 (pooled) |" in page
+
+
 @pytest.mark.slow
 def test_deploy_speed(script, tmp_path, capsys):
     pytest.importorskip("onnxruntime")

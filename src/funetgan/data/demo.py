@@ -2,17 +2,19 @@
 (brick, grass, gravel; 512 x 512 grey, shipped with scikit-image, no download), with
 synthetic defects of several kinds and their exact masks.
 
-Training and test crops come from different parts of the photo, so the test measures
-generalisation to texture no training crop covers. Where the test part lies is the layout:
-- "checker" (the default): the photo's top rows cut into square blocks of 1.5 crops, training
-  crops inside the blocks of one colour of a checkerboard, test crops inside the others. The
-  brick photo is taken at an angle, so its bricks lean one way on the left, the other way on
-  the right, and grow towards the bottom: interleaved blocks give training and test the same
-  mixture, so the test normals are the training normals' kind of texture. `normal_crops`
-  draws more normals of that kind ("train") and normals from the rows below ("shifted": a
-  shifted domain, to measure that effect apart).
+Each crop comes from a part of the photo that no crop of another role touches, so held-out
+normals and tests measure texture no training crop covers. Where the parts lie is the layout:
+- "checker" (the default): the photo's top rows cut into a grid of regions a little larger
+  than a crop, `GAP` of a crop apart. Regions of one colour of a checkerboard give the
+  training crops; the others take turns, row by row, as calibration normals (`val/good/`),
+  fresh normals (`normal_crops`), the selection split's tests and the report split's tests
+  (`HELD_OUT`). The brick photo is taken at an angle, so its bricks lean one way on the left,
+  the other way on the right, and grow towards the bottom: interleaved regions give every role
+  the same mixture, so held-out normals are the training normals' kind of texture. The rows
+  below the grid are a shifted domain ("shifted"), to measure that effect apart.
 - "below": training crops from the top rows, test crops from the rows below them (the
-  shifted domain in the test set itself; the localisation benchmark's layout).
+  shifted domain in the test set itself; the localisation benchmark's layout, whose 256-px
+  crops leave no room for more parts: its splits differ by seed only).
 Everything is drawn from one seeded generator: the same arguments give the same files.
 """
 from __future__ import annotations
@@ -30,7 +32,11 @@ from ..files import atomic_save_png
 TEXTURES = ("brick", "grass", "gravel")
 DEFECTS = ("scratch", "hole", "stain", "smudge", "foreign")
 LAYOUTS = ("checker", "below")
-TRAIN_SHARE = 0.62  # share of the photo's rows the training (and, "checker", test) crops come from
+SPLITS = ("report", "selection")  # each split's tests come from regions of their own
+# The roles of the "checker" layout's held-out regions, in turn along each row.
+HELD_OUT = ("calibration", "fresh", "selection", "report")
+TRAIN_SHARE = 0.62  # share of the photo's rows the grid ("checker") or the training crops ("below") take
+GAP = 8  # pixels between two regions per 64 px of crop: neighbouring pixels are alike
 Region = tuple[tuple[int, int], tuple[int, int]]  # (first, end) rows and columns of a part of the photo
 
 
@@ -41,20 +47,36 @@ def texture_photo(name: str) -> np.ndarray:
 
 
 def regions(shape: tuple[int, int], layout: str, crop: int, share: float = TRAIN_SHARE) -> dict[str, list[Region]]:
-    """The parts of a photo of `shape` that training, test and shifted-domain crops of `crop`
-    px come from (see the module's doc), by name; "shifted" only in the "checker" layout."""
+    """The parts of a photo of `shape` that each role's crops of `crop` px come from (see the
+    module's doc), by role: "train" and each split's tests ("selection", "report"), and with
+    "checker" the other HELD_OUT roles and "shifted" (a role the grid is too small for has no
+    parts)."""
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; choose from {LAYOUTS}")
     height, width = shape
     rows = int(share * height)
     if layout == "below":
-        return {"train": [((0, rows), (0, width))], "test": [((rows, height), (0, width))]}
-    block = crop + crop // 2
-    blocks = [((y, y + block), (x, x + block)) for y in range(0, rows - block + 1, block)
-              for x in range(0, width - block + 1, block)]
-    colour = [(y // block + x // block) % 2 for (y, _), (x, _) in blocks]
-    return {"train": [b for b, c in zip(blocks, colour) if c == 0], "test": [b for b, c in zip(blocks, colour) if c],
-            "shifted": [((rows, height), (0, width))]}
+        below = [((rows, height), (0, width))]
+        return {"train": [((0, rows), (0, width))], "selection": below, "report": below}
+    gap = max(1, GAP * crop // 64)
+    parts: dict[str, list[Region]] = {role: [] for role in ("train", *HELD_OUT)}
+    for row, band in enumerate(cells(0, rows, crop, gap)):
+        for column, span in enumerate(cells(0, width, crop, gap)):
+            # Checkerboard colour 0 trains; the others' roles shift by one per row.
+            role = "train" if (row + column) % 2 == 0 else HELD_OUT[(column // 2 + row) % len(HELD_OUT)]
+            parts[role].append((band, span))
+    parts["shifted"] = [((rows + gap, height), (0, width))] if height - rows - gap >= crop else []
+    return parts
+
+
+def cells(first: int, end: int, crop: int, gap: int) -> list[tuple[int, int]]:
+    """As many (first, end) spans of at least `crop` + 1/8 crop as fit in [first, end) with
+    `gap` between them, widened to fill it."""
+    count = (end - first + gap) // (crop + crop // 8 + gap)
+    if count == 0:
+        return []
+    size = (end - first - (count - 1) * gap) // count
+    return [(first + i * (size + gap), first + i * (size + gap) + size) for i in range(count)]
 
 
 def random_crop(photo: np.ndarray, size: int, parts: list[Region], rng: np.random.Generator) -> np.ndarray:
@@ -120,32 +142,37 @@ def save_png(path: Path, array: np.ndarray) -> None:
     atomic_save_png(path, Image.fromarray(np.clip(array, 0, 255).round().astype(np.uint8)))
 
 
-def make_texture_dataset(root: str | Path, texture: str = "brick", crop: int = 128, n_train: int = 240,
+def make_texture_dataset(root: str | Path, texture: str = "brick", crop: int = 64, n_train: int = 240,
                          n_test_good: int = 40, n_per_defect: int = 12, seed: int = 0,
-                         train_share: float = TRAIN_SHARE, small_defects: float = 0.0, layout: str = "checker") -> Path:
-    """Write an MVTec-AD-layout category folder (train/good, test/<kind>, ground_truth/<kind>)
-    under `root` and return it. Training and test crops come from the parts of the photo
-    `layout` names (`regions`, from `train_share` of its rows);
-    `small_defects` of the defects are drawn at a quarter of the usual size, as kinds of their
-    own (`test/<kind>_small`)."""
+                         train_share: float = TRAIN_SHARE, small_defects: float = 0.0, layout: str = "checker",
+                         n_calibration: int = 0, split: str = "report") -> Path:
+    """Write an MVTec-AD-layout category folder (train/good, test/<kind>, ground_truth/<kind>,
+    and with `n_calibration` val/good: normals to calibrate on) under `root` and return it.
+    Each role's crops come from its parts of the photo (`regions` of `layout`, from
+    `train_share` of its rows); the tests from `split`'s. `small_defects` of the defects are
+    drawn at a quarter of the usual size, as kinds of their own (`test/<kind>_small`)."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; choose from {SPLITS}")
     root = Path(root)
     rng = np.random.default_rng(seed)
     photo = texture_photo(texture)
     other = texture_photo(next(t for t in TEXTURES if t != texture))
     parts = regions(photo.shape, layout, crop, train_share)
-    for name in ("train", "test"):
-        fits = [part for part in parts[name] if min(part[0][1] - part[0][0], part[1][1] - part[1][0]) >= crop]
-        if not fits:
-            raise ValueError(f"crop {crop} does not fit the {name} part of the {photo.shape[0]} px photo "
-                             f"({layout} layout, training from {train_share:g} of its rows)")
+    roles = ["train", split, *(["calibration"] if n_calibration else [])]
+    for role in roles:
+        if not parts.get(role):
+            raise ValueError(f"crop {crop} leaves no {role} part of the {photo.shape[0]} px photo "
+                             f"({layout} layout, from {train_share:g} of its rows)")
     for i in range(n_train):
         save_png(root / "train" / "good" / f"{i:03d}.png", random_crop(photo, crop, parts["train"], rng))
+    for i in range(n_calibration):
+        save_png(root / "val" / "good" / f"{i:03d}.png", random_crop(photo, crop, parts["calibration"], rng))
     for i in range(n_test_good):
-        save_png(root / "test" / "good" / f"{i:03d}.png", random_crop(photo, crop, parts["test"], rng))
+        save_png(root / "test" / "good" / f"{i:03d}.png", random_crop(photo, crop, parts[split], rng))
     for kind in DEFECTS:
         for i in range(n_per_defect):
             small = bool(small_defects) and rng.random() < small_defects
-            image, mask = add_defect(random_crop(photo, crop, parts["test"], rng), kind, rng, other,
+            image, mask = add_defect(random_crop(photo, crop, parts[split], rng), kind, rng, other,
                                      0.25 if small else 1.0)
             folder = f"{kind}_small" if small else kind  # its own kind in per-kind metrics
             save_png(root / "test" / folder / f"{i:03d}.png", image)
@@ -155,11 +182,12 @@ def make_texture_dataset(root: str | Path, texture: str = "brick", crop: int = 1
 
 def normal_crops(texture: str, crop: int, count: int, part: str, seed: int,
                  train_share: float = TRAIN_SHARE) -> np.ndarray:
-    """`count` uint8 count x crop x crop normal crops of the "checker" layout's `part` ("train":
-    the training part, for normals of the training distribution that no training crop was
-    drawn as; "test": the test part's; "shifted": the rows below, a shifted domain), drawn by
-    `seed`."""
+    """`count` uint8 count x crop x crop normal crops of the "checker" layout's `part` (a role of
+    `regions`: "fresh" for normals of the training distribution that no training or
+    calibration crop touches, "shifted" for the rows below, a shifted domain), drawn by `seed`."""
     photo = texture_photo(texture)
     rng = np.random.default_rng(seed)
     parts = regions(photo.shape, "checker", crop, train_share)[part]
+    if not parts:
+        raise ValueError(f"crop {crop} leaves no {part} part of the {photo.shape[0]} px photo")
     return np.stack([random_crop(photo, crop, parts, rng) for _ in range(count)]).round().astype(np.uint8)
