@@ -9,12 +9,24 @@ fewer steps: the comparison is at equal cost. Model: the demo's settings
 (`funetgan.commands.demo.DEMO_SETTINGS`: 32x32x1, its CPU training recipe); for another dataset set
 its size with e.g. --set model.image_size=128 --set model.channels=3.
 """
+
 from __future__ import annotations
 
 import sys
 
-from common import (data_folder, fmt, load, make_config, make_parser, mean_std, parse, run_group, run_settings,
-                    table, texture_data)
+from common import (
+    data_folder,
+    fmt,
+    load,
+    make_config,
+    make_parser,
+    mean_std,
+    parse,
+    run_group,
+    run_settings,
+    table,
+    texture_data,
+)
 from funetgan.commands.demo import DEMO_SETTINGS
 from funetgan.data.demo import TEXTURES
 
@@ -31,18 +43,32 @@ TEXTURE_PREFIX = "texture:"
 
 
 def print_table(groups: dict) -> None:
-    print(table(["variant", "image AUROC", "pixel AUROC", "AUPRO", "train min", "seeds"],
-                [[name, mean_std(s["image_auroc"]), mean_std(s["pixel_auroc"]), mean_std(s["aupro"]),
-                  fmt(s["train_minutes"]["mean"], 1), str(s["image_auroc"]["n"])]
-                 for name, s in ((name, g["summary"]) for name, g in groups.items())]))
+    print(
+        table(
+            ["variant", "image AUROC", "pixel AUROC", "AUPRO", "train min", "seeds"],
+            [
+                [
+                    name,
+                    mean_std(s["image_auroc"]),
+                    mean_std(s["pixel_auroc"]),
+                    mean_std(s["aupro"]),
+                    fmt(s["train_minutes"]["mean"], 1),
+                    str(s["image_auroc"]["n"]),
+                ]
+                for name, s in ((name, g["summary"]) for name, g in groups.items())
+            ],
+        )
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = make_parser(__file__, "D variants and the f-AnoGAN baseline at equal budget.", minutes=7,
-                         seeds=(0, 1, 2))
-    parser.add_argument("--data", default="texture:brick",
-                        help=f"a dataset folder, or {TEXTURE_PREFIX}NAME, a built-in texture "
-                             f"({', '.join(TEXTURES)}; default %(default)s)")
+    parser = make_parser(__file__, "D variants and the f-AnoGAN baseline at equal budget.", minutes=7, seeds=(0, 1, 2))
+    parser.add_argument(
+        "--data",
+        default="texture:brick",
+        help=f"a dataset folder, or {TEXTURE_PREFIX}NAME, a built-in texture "
+        f"({', '.join(TEXTURES)}; default %(default)s)",
+    )
     parser.add_argument("--data-dir", help="folder for a generated texture set (default: a temporary one)")
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     args = parse(parser, argv)

@@ -11,6 +11,7 @@ validation normals' mean residual terms (izif's parts; no anomalies involved). W
 each run's folder (log.jsonl, samples, model) stays there, and a PNG of reconstructions of
 test normals (top rows) and anomalies (bottom rows) is written beside it.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -69,11 +70,14 @@ def run(args, config, splits, test, folder: Path | None, name: str) -> dict:
         save_reconstructions(model, test, run_dir / "test_reconstructions.png")
     norms = model.calibration.levels
     completed = model.training
-    return {"seed": config.seed, "image_auroc": metrics["auroc"],
-            "steps": {stage: v["steps"] for stage, v in completed.items()},
-            "seconds": {stage: v["seconds"] for stage, v in completed.items()},
-            "val_normal": {k: norms[k] for k in ("image_residual", "image_features")},
-            "settings": config.to_dict()}
+    return {
+        "seed": config.seed,
+        "image_auroc": metrics["auroc"],
+        "steps": {stage: v["steps"] for stage, v in completed.items()},
+        "seconds": {stage: v["seconds"] for stage, v in completed.items()},
+        "val_normal": {k: norms[k] for k in ("image_residual", "image_features")},
+        "settings": config.to_dict(),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,9 +87,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budgets", type=float, nargs="+", default=[2.0, 4.0], help="training minutes per run")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="one run per seed")
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=["CPU recipe"])
-    parser.add_argument("--test-subset", type=int, default=3000,
-                        help="score all test normals and a fixed draw of anomalies, this many images in all "
-                             "(0: the whole test split)")
+    parser.add_argument(
+        "--test-subset",
+        type=int,
+        default=3000,
+        help="score all test normals and a fixed draw of anomalies, this many images in all (0: the whole test split)",
+    )
     parser.add_argument("--keep", help="keep each run's folder (logs, samples, reconstructions) under this folder")
     args = parse(parser, argv)
     results = {"variants": {v: VARIANTS[v] for v in args.variants}, "budgets": args.budgets, "runs": []}
@@ -100,8 +107,9 @@ def main(argv: list[str] | None = None) -> int:
                     for variant in args.variants:
                         name = f"{variant.replace(' ', '_')}-{minutes:g}min-class{k}-seed{seed}"
                         print(f"== {name}", file=sys.stderr, flush=True)
-                        settings = run_settings(args, BASE, VARIANTS[variant], [f"data.normal_class={k}"],
-                                                budget(minutes))
+                        settings = run_settings(
+                            args, BASE, VARIANTS[variant], [f"data.normal_class={k}"], budget(minutes)
+                        )
                         record = run(args, make_config(settings, args.device, seed), splits, test, folder, name)
                         results["runs"].append({"variant": variant, "minutes": minutes, "class": k, **record})
                         print(f"   {record}", file=sys.stderr, flush=True)
@@ -117,8 +125,11 @@ def print_table(results: dict, args) -> None:
         for k in args.classes:
             cells = []
             for minutes in args.budgets:
-                values = [100 * r["image_auroc"] for r in results["runs"]
-                          if (r["variant"], r["class"], r["minutes"]) == (variant, k, minutes)]
+                values = [
+                    100 * r["image_auroc"]
+                    for r in results["runs"]
+                    if (r["variant"], r["class"], r["minutes"]) == (variant, k, minutes)
+                ]
                 std = f" ± {fmt(statistics.stdev(values), 1)}" if len(values) > 1 else ""
                 cells.append(f"{fmt(statistics.fmean(values), 1)}{std}" if values else "-")
             rows.append([f"{variant}, class {k}", *cells])

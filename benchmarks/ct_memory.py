@@ -8,6 +8,7 @@ though the kernel can drop them) and peak anonymous memory (sampled every 50 ms)
 
     python benchmarks/ct_memory.py --volumes 40 --slices 100 --data /tmp/ct-bench --cache /tmp/ct-cache
 """
+
 from __future__ import annotations
 
 import argparse
@@ -75,6 +76,7 @@ def generate(root: Path, volumes: int, slices: int, side: int = 512) -> None:
     """Smooth synthetic chests: body at 40 HU, two lungs at -850 HU, air at -1000, a lesion in
     the upper third of the slices; stored int16 with gzip level 1."""
     import nibabel
+
     nibabel.openers.Opener.default_compresslevel = 1
     yy, xx = np.mgrid[:side, :side] / side
     body = ((yy - 0.5) / 0.4) ** 2 + ((xx - 0.5) / 0.45) ** 2 < 1
@@ -92,12 +94,13 @@ def generate(root: Path, volumes: int, slices: int, side: int = 512) -> None:
             continue
         scan = np.repeat(plane.T[:, :, None], slices, 2) + rng.integers(-20, 20, (side, side, 1), dtype=np.int16)
         lesion = np.zeros(scan.shape, np.uint8)
-        lesion[:, :, 2 * slices // 3:] = lesion_plane.T[:, :, None]
+        lesion[:, :, 2 * slices // 3 :] = lesion_plane.T[:, :, None]
         scan[lesion > 0] = -100
         nibabel.Nifti1Image(scan, affine).to_filename(root / "ct_scans" / name)
         nibabel.Nifti1Image(lesion, affine).to_filename(root / "infection_mask" / name)
         nibabel.Nifti1Image(np.repeat(lungs.T[:, :, None], slices, 2).astype(np.uint8), affine).to_filename(
-            root / "lung_mask" / name)
+            root / "lung_mask" / name
+        )
 
 
 def main() -> None:
@@ -115,17 +118,26 @@ def main() -> None:
     data = Path(args.data)
     started = time.monotonic()
     generate(data, args.volumes, args.slices)
-    print(f"data: {args.volumes} volumes of 512 x 512 x {args.slices} in {data} "
-          f"(generated in {time.monotonic() - started:.0f} s)")
-    code = PROBE.format(size=args.size, data=str(data), cache=args.cache, train=args.train, test=args.test,
-                        results=args.results)
+    print(
+        f"data: {args.volumes} volumes of 512 x 512 x {args.slices} in {data} "
+        f"(generated in {time.monotonic() - started:.0f} s)"
+    )
+    code = PROBE.format(
+        size=args.size, data=str(data), cache=args.cache, train=args.train, test=args.test, results=args.results
+    )
     load_before = os.getloadavg()
     probe = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if probe.returncode:
         sys.exit(f"the measured run failed:\n{probe.stderr[-2000:]}")
     result = json.loads(probe.stdout.strip().splitlines()[-1])
-    result.update(volumes=args.volumes, slices=args.slices, image_size=args.size, cache=args.cache,
-                  command=" ".join(sys.argv), load_average_1min={"start": load_before[0], "end": os.getloadavg()[0]})
+    result.update(
+        volumes=args.volumes,
+        slices=args.slices,
+        image_size=args.size,
+        cache=args.cache,
+        command=" ".join(sys.argv),
+        load_average_1min={"start": load_before[0], "end": os.getloadavg()[0]},
+    )
     print(json.dumps(result))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))

@@ -5,6 +5,7 @@
 Writes random-noise PNGs (28x28 grey, 256x256 RGB; noise is the worst case for PNG
 decoding) in the generic folder layout in a temporary folder, then times `load_dataset`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,10 @@ def measure(count: int, shape: tuple[int, ...], image_size: int, channels: int) 
         seconds = time.perf_counter() - start
     assert len(splits.train) == count
     source = "x".join(map(str, shape))
-    print(f"{count} PNGs {source} -> {image_size}x{image_size}x{channels}: "
-          f"{seconds:.2f} s, {count / seconds:,.0f} images/s")
+    print(
+        f"{count} PNGs {source} -> {image_size}x{image_size}x{channels}: "
+        f"{seconds:.2f} s, {count / seconds:,.0f} images/s"
+    )
 
 
 def main() -> None:

@@ -16,6 +16,7 @@ of the whole process and the parts the command reports (model, data, scoring, me
 report). --test-run names a trained 32 px run; without one a tiny run is trained first
 (20 + 20 steps: speed does not depend on quality).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -34,9 +35,20 @@ SIZES = (32, 64, 128)
 BATCHES = (1, 64)
 IMAGES = 64  # images scored per timed call (--smoke: 8)
 FASHION = "/usr/share/datasets/fashion-mnist"
-TINY_RUN = ["--normal-class", "0", "--set", "model.image_size=32", "--set", "gan.iterations=20",
-            "--set", "encoder.iterations=20", "--set", "gan.n_critic=1",
-            "--set", "checkpoint_every=1000"]
+TINY_RUN = [
+    "--normal-class",
+    "0",
+    "--set",
+    "model.image_size=32",
+    "--set",
+    "gan.iterations=20",
+    "--set",
+    "encoder.iterations=20",
+    "--set",
+    "gan.n_critic=1",
+    "--set",
+    "checkpoint_every=1000",
+]
 
 
 # ---- one measurement, in its own process (no torch import unless it is the PyTorch row) -----
@@ -44,11 +56,13 @@ def measure(spec: dict) -> dict:
     started = time.perf_counter()
     if spec["runtime"] == "onnx":
         from funetgan.deploy.onnx_scorer import OnnxScorer
+
         model = OnnxScorer.load(spec["model"], threads=spec["threads"])
     else:
         import torch
 
         from funetgan.model import FUNetGAN
+
         if spec["threads"]:
             torch.set_num_threads(spec["threads"])
         model = FUNetGAN.load(spec["model"], device=spec["device"])
@@ -61,8 +75,12 @@ def measure(spec: dict) -> dict:
         model.score(images, spec["batch"])
         if i:
             times.append(time.perf_counter() - start)
-    return {"images_per_second": n / statistics.median(times), "start_seconds": loaded,
-            "peak_memory_mib": peak_memory_mib(), "torch_imported": "torch" in sys.modules}
+    return {
+        "images_per_second": n / statistics.median(times),
+        "start_seconds": loaded,
+        "peak_memory_mib": peak_memory_mib(),
+        "torch_imported": "torch" in sys.modules,
+    }
 
 
 def peak_memory_mib() -> float | None:
@@ -75,8 +93,9 @@ def peak_memory_mib() -> float | None:
 
 def in_fresh_process(spec: dict) -> dict:
     """`measure(spec)` in a new interpreter (this file with --measure): imports included."""
-    done = subprocess.run([sys.executable, __file__, "--measure", json.dumps(spec)], capture_output=True,
-                          text=True, check=False)
+    done = subprocess.run(
+        [sys.executable, __file__, "--measure", json.dumps(spec)], capture_output=True, text=True, check=False
+    )
     if done.returncode:
         raise RuntimeError(f"measurement {spec} failed:\n{done.stderr}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -90,8 +109,12 @@ def scoring_rows(args, folder: Path) -> list[dict]:
 
     rows = []
     for size in SIZES[:1] if args.smoke else SIZES:
-        settings = [f"model.image_size={size}", "model.channels=3", *(["model.width=4"] if args.smoke else []),
-                    *args.set]
+        settings = [
+            f"model.image_size={size}",
+            "model.channels=3",
+            *(["model.width=4"] if args.smoke else []),
+            *args.set,
+        ]
         model = FUNetGAN(make_config(settings, "cpu"))
         images = np.random.default_rng(0).integers(0, 256, (32, size, size, 3), np.uint8)
         fit = np.random.default_rng(1).integers(0, 256, (32, size, size, 3), np.uint8)  # other images fit the densities
@@ -102,11 +125,24 @@ def scoring_rows(args, folder: Path) -> list[dict]:
         print(f"{size} px export: " + "; ".join(parity.lines()[1:3]).replace("  ", " "), file=sys.stderr)
         for batch in BATCHES:
             for runtime, path in (("pytorch", weights), ("onnx", graph)):
-                spec = {"runtime": runtime, "model": str(path), "batch": batch, "threads": args.threads,
-                        "device": "cpu", "repeats": args.repeats, "images": 8 if args.smoke else IMAGES}
-                rows.append({"shape": f"{size}x{size}x3", "batch": batch, "runtime": runtime,
-                             "parity_max_rel": max(parity.maps_max_rel, parity.scores_max_rel),
-                             **in_fresh_process(spec)})
+                spec = {
+                    "runtime": runtime,
+                    "model": str(path),
+                    "batch": batch,
+                    "threads": args.threads,
+                    "device": "cpu",
+                    "repeats": args.repeats,
+                    "images": 8 if args.smoke else IMAGES,
+                }
+                rows.append(
+                    {
+                        "shape": f"{size}x{size}x3",
+                        "batch": batch,
+                        "runtime": runtime,
+                        "parity_max_rel": max(parity.maps_max_rel, parity.scores_max_rel),
+                        **in_fresh_process(spec),
+                    }
+                )
                 print(f"measured {rows[-1]['shape']} batch {batch} {runtime}", file=sys.stderr, flush=True)
     return rows
 
@@ -116,25 +152,46 @@ def test_rows(args, folder: Path) -> list[dict]:
     run, data, extra = prepare_test(args, folder)
     graph = folder / "test-model.onnx"
     cli = [sys.executable, "-m", "funetgan"]
-    subprocess.run([*cli, "export", "--run", str(run), "--out", str(graph), "--overwrite"], check=True,
-                   capture_output=True)
+    subprocess.run(
+        [*cli, "export", "--run", str(run), "--out", str(graph), "--overwrite"], check=True, capture_output=True
+    )
     threads = ["--threads", str(args.threads)] if args.threads else []
     rows = []
     for runtime, option in (("pytorch", ["--run", str(run), "--device", "cpu"]), ("onnx", ["--model", str(graph)])):
         out = folder / f"test-{runtime}"
         started = time.perf_counter()
-        done = subprocess.run([*cli, "test", *option, "--data", str(data), *extra, "--out", str(out),
-                               "--overwrite", *threads], capture_output=True, text=True, check=False)
+        done = subprocess.run(
+            [*cli, "test", *option, "--data", str(data), *extra, "--out", str(out), "--overwrite", *threads],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         wall = time.perf_counter() - started
         if done.returncode:
             raise RuntimeError(f"funetgan test failed:\n{done.stderr}")
         timing = json.loads((out / "metrics.json").read_text())["timing"]
-        parts = {key: timing[key] for key in ("model_seconds", "data_seconds", "seconds", "metrics_seconds",
-                                              "files_seconds", "report_seconds")}
-        rows.append({"runtime": runtime, "images": timing["images"], "wall_seconds": wall,
-                     "start_seconds": wall - sum(parts.values()), **parts,
-                     "overlays": len(list((out / "overlays").glob("*.png"))),
-                     "masks": len(list((out / "masks").glob("*.png")))})
+        parts = {
+            key: timing[key]
+            for key in (
+                "model_seconds",
+                "data_seconds",
+                "seconds",
+                "metrics_seconds",
+                "files_seconds",
+                "report_seconds",
+            )
+        }
+        rows.append(
+            {
+                "runtime": runtime,
+                "images": timing["images"],
+                "wall_seconds": wall,
+                "start_seconds": wall - sum(parts.values()),
+                **parts,
+                "overlays": len(list((out / "overlays").glob("*.png"))),
+                "masks": len(list((out / "masks").glob("*.png"))),
+            }
+        )
         print(f"measured funetgan test {runtime}: {wall:.1f} s", file=sys.stderr, flush=True)
     return rows
 
@@ -144,11 +201,22 @@ def prepare_test(args, folder: Path) -> tuple[Path, Path, list[str]]:
     if args.smoke:
         from common import texture_data
         from funetgan.cli import main as cli_main
+
         data = texture_data("brick", folder, True, 32)
         run = folder / "smoke-run"
-        tiny = [item for key in ("model.image_size=32", "model.width=4", "model.z_dim=16", "batch_size=4",
-                                 "gan.iterations=2", "gan.n_critic=1", "encoder.iterations=2")
-                for item in ("--set", key)]
+        tiny = [
+            item
+            for key in (
+                "model.image_size=32",
+                "model.width=4",
+                "model.z_dim=16",
+                "batch_size=4",
+                "gan.iterations=2",
+                "gan.n_critic=1",
+                "encoder.iterations=2",
+            )
+            for item in ("--set", key)
+        ]
         cli_main(["train", "--data", str(data), "--out", str(run), *tiny, "--device", "cpu"])
         return run, data, []
     data = Path(args.data)
@@ -156,30 +224,89 @@ def prepare_test(args, folder: Path) -> tuple[Path, Path, list[str]]:
         return Path(args.test_run), data, ["--normal-class", "0"]
     run = folder / "fashion-run"
     print("training a tiny 32 px Fashion-MNIST run for the test timing ...", file=sys.stderr, flush=True)
-    subprocess.run([sys.executable, "-m", "funetgan", "train", "--data", str(data), "--out", str(run), *TINY_RUN,
-                    "--device", "cpu"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "funetgan",
+            "train",
+            "--data",
+            str(data),
+            "--out",
+            str(run),
+            *TINY_RUN,
+            "--device",
+            "cpu",
+        ],
+        check=True,
+        capture_output=True,
+    )
     return run, data, ["--normal-class", "0"]
 
 
 def print_tables(scoring: list[dict], tests: list[dict]) -> None:
     from common import fmt, table
+
     if scoring:
-        print(table(["scoring", "batch", "runtime", "images/s", "start s", "peak MiB", "torch loaded"],
-                    [[r["shape"], str(r["batch"]), r["runtime"], fmt(r["images_per_second"], 1),
-                      fmt(r["start_seconds"], 2), fmt(r["peak_memory_mib"], 0), str(r["torch_imported"])]
-                     for r in scoring]))
+        print(
+            table(
+                ["scoring", "batch", "runtime", "images/s", "start s", "peak MiB", "torch loaded"],
+                [
+                    [
+                        r["shape"],
+                        str(r["batch"]),
+                        r["runtime"],
+                        fmt(r["images_per_second"], 1),
+                        fmt(r["start_seconds"], 2),
+                        fmt(r["peak_memory_mib"], 0),
+                        str(r["torch_imported"]),
+                    ]
+                    for r in scoring
+                ],
+            )
+        )
     if tests:
         print()
-        print(table(["funetgan test", "images", "wall s", "start", "model", "data", "scoring", "metrics", "files",
-                     "report", "masks", "overlays"],
-                    [[r["runtime"], str(r["images"]), fmt(r["wall_seconds"], 1), fmt(r["start_seconds"], 1),
-                      fmt(r["model_seconds"], 1), fmt(r["data_seconds"], 1), fmt(r["seconds"], 1),
-                      fmt(r["metrics_seconds"], 1), fmt(r["files_seconds"], 1), fmt(r["report_seconds"], 1),
-                      str(r["masks"]), str(r["overlays"])] for r in tests]))
+        print(
+            table(
+                [
+                    "funetgan test",
+                    "images",
+                    "wall s",
+                    "start",
+                    "model",
+                    "data",
+                    "scoring",
+                    "metrics",
+                    "files",
+                    "report",
+                    "masks",
+                    "overlays",
+                ],
+                [
+                    [
+                        r["runtime"],
+                        str(r["images"]),
+                        fmt(r["wall_seconds"], 1),
+                        fmt(r["start_seconds"], 1),
+                        fmt(r["model_seconds"], 1),
+                        fmt(r["data_seconds"], 1),
+                        fmt(r["seconds"], 1),
+                        fmt(r["metrics_seconds"], 1),
+                        fmt(r["files_seconds"], 1),
+                        fmt(r["report_seconds"], 1),
+                        str(r["masks"]),
+                        str(r["overlays"]),
+                    ]
+                    for r in tests
+                ],
+            )
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
     from common import make_parser, parse, write_results
+
     parser = make_parser(__file__, "Scoring speed of PyTorch and ONNX, and `funetgan test` end to end.")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per measurement (median)")
     parser.add_argument("--parts", nargs="+", choices=("scoring", "test"), default=["scoring", "test"])
@@ -188,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(parser, argv)
     if args.smoke:
         import torch
+
         args.repeats, args.threads = 1, 1
         torch.set_num_threads(1)
     with tempfile.TemporaryDirectory(prefix="funetgan-deploy-") as tmp:

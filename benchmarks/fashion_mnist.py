@@ -14,6 +14,7 @@ train. Test labels serve only the final metrics. Model: the demo's CPU training 
 images are resized to it). `--train-images N` trains on N of them (a fixed draw per class):
 a small data set, where the calibration normals (10 % of N) are few.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,20 @@ from pathlib import Path
 
 import numpy as np
 
-from common import (alternatives_table, fmt, load, make_config, make_parser, mean_std, parse, run_group,
-                    run_settings, summarise, table, write_results)
+from common import (
+    alternatives_table,
+    fmt,
+    load,
+    make_config,
+    make_parser,
+    mean_std,
+    parse,
+    run_group,
+    run_settings,
+    summarise,
+    table,
+    write_results,
+)
 from funetgan.commands.demo import DEMO_SETTINGS
 from funetgan.data import DataError, Splits
 from funetgan.data.idx import FASHION_CLASSES, find_idx, image_set, read_pair
@@ -60,6 +73,7 @@ def selection_split(data: str, k: int, size: int, channels: int) -> Splits:
 
     def subset(index: np.ndarray):
         return image_set(images, labels, index, k, FASHION_CLASSES, files[0], size, channels)
+
     return Splits(train=subset(np.sort(own[SELECTION_HELD_OUT:])), test=subset(held_out))
 
 
@@ -74,26 +88,42 @@ def fewer_training_images(splits: Splits, k: int, n: int) -> Splits:
 def shrink(splits: Splits) -> Splits:
     """The first few images of each kind: a smoke test's data."""
     test = splits.test
-    normal = np.flatnonzero(test.labels == 0)[:SMOKE_SIZES["test_normal"]]
-    anomalous = np.flatnonzero(test.labels == 1)[:SMOKE_SIZES["test_anomalous"]]
-    return Splits(train=splits.train.subset(np.arange(SMOKE_SIZES["train"])),
-                  test=test.subset(np.sort(np.r_[normal, anomalous])))
+    normal = np.flatnonzero(test.labels == 0)[: SMOKE_SIZES["test_normal"]]
+    anomalous = np.flatnonzero(test.labels == 1)[: SMOKE_SIZES["test_anomalous"]]
+    return Splits(
+        train=splits.train.subset(np.arange(SMOKE_SIZES["train"])), test=test.subset(np.sort(np.r_[normal, anomalous]))
+    )
 
 
 def mean_over_classes(groups: dict, seeds: list[int]) -> dict:
     """Mean image AUROC over the classes, for each seed; then mean ± std over seeds."""
-    per_seed = [{"image_auroc": statistics.fmean(g["runs"][i]["image_auroc"] for g in groups.values())}
-                for i in range(len(seeds))]
+    per_seed = [
+        {"image_auroc": statistics.fmean(g["runs"][i]["image_auroc"] for g in groups.values())}
+        for i in range(len(seeds))
+    ]
     return summarise(per_seed, ("image_auroc",))["image_auroc"]
 
 
 def print_tables(groups: dict, mean: dict) -> None:
-    print(table(["class", "name", "image AUROC %", "train min"],
-                [[k, FASHION_CLASSES[int(k)], mean_std(g["summary"]["image_auroc"], 100, 1),
-                  fmt(g["summary"]["train_minutes"]["mean"], 1)] for k, g in groups.items()]))
+    print(
+        table(
+            ["class", "name", "image AUROC %", "train min"],
+            [
+                [
+                    k,
+                    FASHION_CLASSES[int(k)],
+                    mean_std(g["summary"]["image_auroc"], 100, 1),
+                    fmt(g["summary"]["train_minutes"]["mean"], 1),
+                ]
+                for k, g in groups.items()
+            ],
+        )
+    )
     print()
-    methods = [["F-UNetGAN (this run)", mean_std(mean, 100, 1)],
-               *([name, f"{value:.1f}"] for name, value in PUBLISHED.items())]
+    methods = [
+        ["F-UNetGAN (this run)", mean_std(mean, 100, 1)],
+        *([name, f"{value:.1f}"] for name, value in PUBLISHED.items()),
+    ]
     print(table(["method", f"mean AUROC % ({len(groups)} classes here, 10 published)"], methods))
     print("\nthe same models under other scoring settings (default: kappa 1, izif)")
     print(alternatives_table(groups))
@@ -103,18 +133,27 @@ def main(argv: list[str] | None = None) -> int:
     parser = make_parser(__file__, "Fashion-MNIST one-class image AUROC per class.", minutes=10)
     parser.add_argument("--data", default=DATA, help=f"folder of the Fashion-MNIST IDX files (default {DATA})")
     parser.add_argument("--classes", type=class_list, default=list(range(10)), help="e.g. 0-9 or 0,3,5-7")
-    parser.add_argument("--split", choices=("report", "selection"), default="report",
-                        help="report: the test file (default); selection: held-out training images, "
-                             "where settings are chosen")
-    parser.add_argument("--train-images", type=int, help="train on this many of the class's training images "
-                                                          "(a fixed draw per class; default: all)")
+    parser.add_argument(
+        "--split",
+        choices=("report", "selection"),
+        default="report",
+        help="report: the test file (default); selection: held-out training images, where settings are chosen",
+    )
+    parser.add_argument(
+        "--train-images",
+        type=int,
+        help="train on this many of the class's training images (a fixed draw per class; default: all)",
+    )
     args = parse(parser, argv)
     results = {"published_mean_auroc_percent": PUBLISHED, "split": args.split, "train_images": args.train_images}
     for k in args.classes:
         settings = run_settings(args, BASE, [f"data.normal_class={k}"])
         config = make_config(settings, args.device)
-        splits = (load(args.data, config) if args.split == "report"
-                  else selection_split(args.data, k, config.model.image_size, config.model.channels))
+        splits = (
+            load(args.data, config)
+            if args.split == "report"
+            else selection_split(args.data, k, config.model.image_size, config.model.channels)
+        )
         if args.train_images:
             splits = fewer_training_images(splits, k, args.train_images)
         run_group(args, results, str(k), settings, shrink(splits) if args.smoke else splits)

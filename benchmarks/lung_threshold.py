@@ -5,6 +5,7 @@ code does what it says: they are not real scans.
 
     python benchmarks/lung_threshold.py --data /tmp/ct-bench --volumes 20
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,7 +27,7 @@ def main() -> None:
     parser.add_argument("--out", default="results/lung_threshold.json")
     args = parser.parse_args()
     rows = []
-    for scan_path in sorted((Path(args.data) / "ct_scans").iterdir())[:args.volumes]:
+    for scan_path in sorted((Path(args.data) / "ct_scans").iterdir())[: args.volumes]:
         scan, _ = read_scan(scan_path)
         truth = read_volume(Path(args.data) / "lung_mask" / scan_path.name) > 0
         started = time.perf_counter()
@@ -36,8 +37,13 @@ def main() -> None:
         rows.append({"volume": scan_path.name, "dice": dice, "seconds": round(seconds, 2), "shape": list(scan.shape)})
         print(json.dumps(rows[-1]))
     dice = [row["dice"] for row in rows]
-    summary = {"volumes": len(rows), "dice_mean": float(np.mean(dice)), "dice_min": float(np.min(dice)),
-               "seconds_mean": float(np.mean([row["seconds"] for row in rows])), "threshold": args.threshold}
+    summary = {
+        "volumes": len(rows),
+        "dice_mean": float(np.mean(dice)),
+        "dice_min": float(np.min(dice)),
+        "seconds_mean": float(np.mean([row["seconds"] for row in rows])),
+        "threshold": args.threshold,
+    }
     print(json.dumps(summary))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"summary": summary, "volumes": rows}, indent=2))

@@ -7,6 +7,7 @@ raise the map by a random contrast, so the metrics land in a realistic, non-triv
 Peak memory is what `pixel_metrics` allocates on top of the maps and masks (tracemalloc
 sees numpy's buffers).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,8 +46,10 @@ def main() -> None:
 
     maps, masks = structured_maps(args.images, args.size)
     sizes = np.full((args.images, 2), 900)  # MVTec-like original resolution
-    print(f"{args.images} maps of {args.size}x{args.size}: {maps.nbytes / 2**20:.0f} MiB "
-          f"float32 + {masks.nbytes / 2**20:.0f} MiB masks")
+    print(
+        f"{args.images} maps of {args.size}x{args.size}: {maps.nbytes / 2**20:.0f} MiB "
+        f"float32 + {masks.nbytes / 2**20:.0f} MiB masks"
+    )
     tracemalloc.start()
     start = time.perf_counter()
     result = pixel_metrics(maps, masks, threshold=args.threshold, sizes=sizes)

@@ -10,6 +10,7 @@ along a row, what more time buys; down a column, what a recipe gets from the sam
 recipe is "k times faster per unit of quality" than another when it reaches the other's
 AUROC in 1/k of the time.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -40,8 +41,12 @@ def print_table(results: dict, recipes: list[str], budgets: list[float], classes
         runs = [run for k in classes for run in results["groups"][group_name(recipe, minutes, k)]["runs"]]
         return fmt(100 * statistics.fmean(run["image_auroc"] for run in runs), 1)
 
-    print(table(["recipe", *(f"{m:g} min" for m in budgets)],
-                [[recipe, *(mean_auroc(recipe, m) for m in budgets)] for recipe in recipes]))
+    print(
+        table(
+            ["recipe", *(f"{m:g} min" for m in budgets)],
+            [[recipe, *(mean_auroc(recipe, m) for m in budgets)] for recipe in recipes],
+        )
+    )
     print(f"\nmean image AUROC % over classes {','.join(map(str, classes))}")
 
 
@@ -53,8 +58,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = make_parser(__file__, "Training recipes at equal wall-clock budgets (Fashion-MNIST one-class).")
     parser.add_argument("--data", default=DATA, help=f"folder of the Fashion-MNIST IDX files (default {DATA})")
     parser.add_argument("--classes", type=class_list, default=[0, 4, 6], help="e.g. 0,4,6 or 0-9")
-    parser.add_argument("--budgets", type=float, nargs="+", default=[2.0, 4.0],
-                        help="training minutes per run (each recipe runs at each)")
+    parser.add_argument(
+        "--budgets",
+        type=float,
+        nargs="+",
+        default=[2.0, 4.0],
+        help="training minutes per run (each recipe runs at each)",
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="one run per seed")
     parser.add_argument("--recipes", nargs="+", choices=list(RECIPES), default=list(RECIPES))
     args = parse(parser, argv)

@@ -14,12 +14,25 @@ and trains on / tiles with 32-px patches. Pixel metrics are computed at the crop
 resolution (maps resized bilinearly, masks as drawn), so every row is judged on the same
 truth: small defects that vanish at a low resolution count against it.
 """
+
 from __future__ import annotations
 
 import sys
 
-from common import (CROP, SPLIT_SEEDS, data_folder, fmt, make_parser, mean_std, parse, print_crop_alternatives,
-                    run_crop_group, run_settings, table, texture_set)
+from common import (
+    CROP,
+    SPLIT_SEEDS,
+    data_folder,
+    fmt,
+    make_parser,
+    mean_std,
+    parse,
+    print_crop_alternatives,
+    run_crop_group,
+    run_settings,
+    table,
+    texture_set,
+)
 from funetgan.commands.demo import DEMO_SETTINGS
 from funetgan.data.demo import TEXTURES
 
@@ -27,8 +40,12 @@ TARGETS = {"brick": {"image_auroc": 0.95, "pixel_auroc": 0.95}, "grass": {"pixel
 # Scoring settings also measured on every run, from the same pass of the networks: the
 # blur in pixels at working resolution (default 1 px with 32-px patches) and the map without D
 # features.
-ALTERNATIVES = {"blur 2 px": {"blur_sigma": 2.0}, "blur 4 px": {"blur_sigma": 4.0}, "kappa 0": {"kappa": 0.0},
-                "kappa 0, blur 4 px": {"kappa": 0.0, "blur_sigma": 4.0}}
+ALTERNATIVES = {
+    "blur 2 px": {"blur_sigma": 2.0},
+    "blur 4 px": {"blur_sigma": 4.0},
+    "kappa 0": {"kappa": 0.0},
+    "kappa 0, blur 4 px": {"kappa": 0.0, "blur_sigma": 4.0},
+}
 
 
 def meets(texture: str, summary: dict) -> str:
@@ -37,22 +54,53 @@ def meets(texture: str, summary: dict) -> str:
 
 
 def print_table(groups: dict) -> None:
-    rows = [[name, mean_std(s["image_auroc"]), mean_std(s["pixel_auroc"]), mean_std(s["aupro"]),
-             mean_std(s["small_defects_pixel_auroc"]), fmt(s["train_minutes"]["mean"], 1), str(s["image_auroc"]["n"]),
-             meets(name.split()[0], s)]
-            for name, s in ((name, g["summary"]) for name, g in groups.items())]
-    print(table(["texture resolution", "image AUROC", "pixel AUROC", "AUPRO", "pixel AUROC small defects",
-                 "train min", "seeds", "target met"], rows))
+    rows = [
+        [
+            name,
+            mean_std(s["image_auroc"]),
+            mean_std(s["pixel_auroc"]),
+            mean_std(s["aupro"]),
+            mean_std(s["small_defects_pixel_auroc"]),
+            fmt(s["train_minutes"]["mean"], 1),
+            str(s["image_auroc"]["n"]),
+            meets(name.split()[0], s),
+        ]
+        for name, s in ((name, g["summary"]) for name, g in groups.items())
+    ]
+    print(
+        table(
+            [
+                "texture resolution",
+                "image AUROC",
+                "pixel AUROC",
+                "AUPRO",
+                "pixel AUROC small defects",
+                "train min",
+                "seeds",
+                "target met",
+            ],
+            rows,
+        )
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = make_parser(__file__, "Whole images against patches at higher working resolutions.", minutes=15,
-                         seeds=(0, 1))
+    parser = make_parser(
+        __file__, "Whole images against patches at higher working resolutions.", minutes=15, seeds=(0, 1)
+    )
     parser.add_argument("--textures", nargs="+", choices=TEXTURES, default=list(TEXTURES))
-    parser.add_argument("--resolutions", nargs="+", default=["whole", "128", "256"],
-                        help="'whole' (resize to the model's 32 px) or working resolutions in px")
-    parser.add_argument("--split", choices=list(SPLIT_SEEDS), default="report",
-                        help="selection: the set settings are chosen on; report: the set the README reports")
+    parser.add_argument(
+        "--resolutions",
+        nargs="+",
+        default=["whole", "128", "256"],
+        help="'whole' (resize to the model's 32 px) or working resolutions in px",
+    )
+    parser.add_argument(
+        "--split",
+        choices=list(SPLIT_SEEDS),
+        default="report",
+        help="selection: the set settings are chosen on; report: the set the README reports",
+    )
     parser.add_argument("--data-dir", help="folder for the generated data (default: a temporary one)")
     args = parse(parser, argv)
     if args.smoke:
@@ -62,8 +110,9 @@ def main(argv: list[str] | None = None) -> int:
         for texture in args.textures:
             data = texture_set(folder, texture, args.split, args.smoke)
             for resolution in args.resolutions:
-                settings = run_settings(args, DEMO_SETTINGS, [] if resolution == "whole" else
-                                        [f"data.resolution={resolution}"])
+                settings = run_settings(
+                    args, DEMO_SETTINGS, [] if resolution == "whole" else [f"data.resolution={resolution}"]
+                )
                 run_crop_group(args, results, f"{texture} {resolution}", settings, data, ALTERNATIVES)
     print(f"{args.split} split; pixel metrics at the crops' own {results['crop']}-px resolution")
     print_table(results["groups"])

@@ -14,6 +14,7 @@ untrained: speed does not depend on the weights. Tiled scoring: images/s, tiles/
 memory with 32-px patches at 256 and 1024 px working resolution, strides 16 and 32. Every timing is the median of --repeats
 after --warmup.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -87,8 +88,14 @@ def training_speed(overrides: list[str], args) -> dict:
         seconds[count] = median_seconds(lambda: trainer.gan_step(0), model.runtime.device, args.repeats, warmup)
     critic = (seconds[high] - seconds[low]) / (high - low)
     generator = seconds[low] - low * critic
-    return {"critic_step_s": critic, "critic_steps_per_s": 1 / critic, "generator_update_s": generator,
-            "n_critic": n_critic, "generator_step_s": n_critic * critic + generator, "settings": settings}
+    return {
+        "critic_step_s": critic,
+        "critic_steps_per_s": 1 / critic,
+        "generator_update_s": generator,
+        "n_critic": n_critic,
+        "generator_step_s": n_critic * critic + generator,
+        "settings": settings,
+    }
 
 
 def scoring_speed(overrides: list[str], batch: int, args, n_images: int = SCORE_IMAGES) -> dict:
@@ -99,13 +106,24 @@ def scoring_speed(overrides: list[str], batch: int, args, n_images: int = SCORE_
     size = working_size(config)
     images = random_images(n_images, size, config.model.channels)
     fit = random_images(n_images, size, config.model.channels, seed=1)  # other images fit the densities
-    model.calibrate(ImageSet(images, np.zeros(len(images), np.int64), [""] * len(images),
-                             ["good"] * len(images), np.full((len(images), 2), size)), fit)
+    model.calibrate(
+        ImageSet(
+            images,
+            np.zeros(len(images), np.int64),
+            [""] * len(images),
+            ["good"] * len(images),
+            np.full((len(images), 2), size),
+        ),
+        fit,
+    )
     device = model.runtime.device
     reset_peak_memory(device)
     seconds = median_seconds(lambda: model.score(images, batch), device, args.repeats, args.warmup)
-    return {"images_per_second": len(images) / seconds, "peak_memory_mib": peak_memory_mib(device),
-            "settings": config.to_dict()}
+    return {
+        "images_per_second": len(images) / seconds,
+        "peak_memory_mib": peak_memory_mib(device),
+        "settings": config.to_dict(),
+    }
 
 
 def synchronize(device: torch.device) -> None:
@@ -148,11 +166,18 @@ def measure_training(args) -> tuple[list[dict], dict]:
         shape = [f"model.image_size={size}", f"model.channels={channels}"]
         for option in ("defaults", *OPTIONS):
             variant = [] if option == "defaults" else [option]
-            rows.append({"shape": f"{size}x{size}x{channels}", "option": option,
-                         **training_speed(run_settings(args, shape, variant), args)})
+            rows.append(
+                {
+                    "shape": f"{size}x{size}x{channels}",
+                    "option": option,
+                    **training_speed(run_settings(args, shape, variant), args),
+                }
+            )
             print(f"measured training {rows[-1]['shape']} {option}", file=sys.stderr, flush=True)
-    reference = {name: training_speed(run_settings(args, REFERENCE, variant), args)
-                 for name, variant in (("all_options_off", ALL_OPTIONS_OFF), ("defaults", []))}
+    reference = {
+        name: training_speed(run_settings(args, REFERENCE, variant), args)
+        for name, variant in (("all_options_off", ALL_OPTIONS_OFF), ("defaults", []))
+    }
     return rows, reference
 
 
@@ -161,8 +186,9 @@ def measure_scoring(args) -> list[dict]:
     for size in SCORE_SIZES[:1] if args.smoke else SCORE_SIZES:
         for batch in SCORE_BATCHES:
             settings = run_settings(args, [f"model.image_size={size}", "model.channels=3"])
-            rows.append({"shape": f"{size}x{size}x3", "batch": batch,
-                         **in_fresh_process(scoring_speed, settings, batch, args)})
+            rows.append(
+                {"shape": f"{size}x{size}x3", "batch": batch, **in_fresh_process(scoring_speed, settings, batch, args)}
+            )
     return rows
 
 
@@ -171,43 +197,90 @@ def measure_tiled(args) -> list[dict]:
     sizes = {64: 1} if args.smoke else TILED_SIZES
     for size, n_images in sizes.items():
         for stride in TILED_STRIDES:
-            settings = run_settings(args, ["model.image_size=32", "model.channels=3", f"data.resolution={size}",
-                                           f"score.tile_stride={stride}"])
+            settings = run_settings(
+                args,
+                ["model.image_size=32", "model.channels=3", f"data.resolution={size}", f"score.tile_stride={stride}"],
+            )
             row = in_fresh_process(scoring_speed, settings, TILED_BATCH, args, n_images)
             tiles = len(TileGrid(size, size, 32, stride))
-            rows.append({"working_resolution": size, "stride": stride, "batch": TILED_BATCH, "tiles_per_image": tiles,
-                         "tiles_per_second": row["images_per_second"] * tiles, **row})
+            rows.append(
+                {
+                    "working_resolution": size,
+                    "stride": stride,
+                    "batch": TILED_BATCH,
+                    "tiles_per_image": tiles,
+                    "tiles_per_second": row["images_per_second"] * tiles,
+                    **row,
+                }
+            )
             print(f"measured tiled scoring {size} px, stride {stride}", file=sys.stderr, flush=True)
     return rows
 
 
 def print_tables(training: list[dict], reference: dict, scoring: list[dict], tiled: list[dict]) -> None:
     if training:
-        print(table(["training", "option", "critic step s", "critic steps/s", "G update s", "s per G step"],
-                    [[r["shape"], r["option"], fmt(r["critic_step_s"]), fmt(r["critic_steps_per_s"], 2),
-                      fmt(r["generator_update_s"]), f"{fmt(r['generator_step_s'], 2)} (n_critic {r['n_critic']})"]
-                     for r in training]))
+        print(
+            table(
+                ["training", "option", "critic step s", "critic steps/s", "G update s", "s per G step"],
+                [
+                    [
+                        r["shape"],
+                        r["option"],
+                        fmt(r["critic_step_s"]),
+                        fmt(r["critic_steps_per_s"], 2),
+                        fmt(r["generator_update_s"]),
+                        f"{fmt(r['generator_step_s'], 2)} (n_critic {r['n_critic']})",
+                    ]
+                    for r in training
+                ],
+            )
+        )
         off, defaults = reference["all_options_off"]["critic_step_s"], reference["defaults"]["critic_step_s"]
-        print(f"\nreference critic step, 32x32x1, width 8, batch 32: straightforward implementation "
-              f"{REFERENCE_SECONDS} s (issue); ours {fmt(off)} s with every speed option off, "
-              f"{fmt(defaults)} s with the defaults ({fmt(off / defaults, 2)}x)\n")
+        print(
+            f"\nreference critic step, 32x32x1, width 8, batch 32: straightforward implementation "
+            f"{REFERENCE_SECONDS} s (issue); ours {fmt(off)} s with every speed option off, "
+            f"{fmt(defaults)} s with the defaults ({fmt(off / defaults, 2)}x)\n"
+        )
     if scoring:
-        print(table(["scoring", "batch", "images/s", "peak MiB"],
-                    [[r["shape"], str(r["batch"]), fmt(r["images_per_second"], 1), fmt(r["peak_memory_mib"], 0)]
-                     for r in scoring]))
+        print(
+            table(
+                ["scoring", "batch", "images/s", "peak MiB"],
+                [
+                    [r["shape"], str(r["batch"]), fmt(r["images_per_second"], 1), fmt(r["peak_memory_mib"], 0)]
+                    for r in scoring
+                ],
+            )
+        )
     if tiled:
-        print(table(["tiled scoring (32-px patches, x3)", "stride", "tiles/image", "images/s", "tiles/s", "peak MiB"],
-                    [[f"{r['working_resolution']} px", str(r["stride"]), str(r["tiles_per_image"]),
-                      fmt(r["images_per_second"], 2), fmt(r["tiles_per_second"], 0), fmt(r["peak_memory_mib"], 0)]
-                     for r in tiled]))
+        print(
+            table(
+                ["tiled scoring (32-px patches, x3)", "stride", "tiles/image", "images/s", "tiles/s", "peak MiB"],
+                [
+                    [
+                        f"{r['working_resolution']} px",
+                        str(r["stride"]),
+                        str(r["tiles_per_image"]),
+                        fmt(r["images_per_second"], 2),
+                        fmt(r["tiles_per_second"], 0),
+                        fmt(r["peak_memory_mib"], 0),
+                    ]
+                    for r in tiled
+                ],
+            )
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = make_parser(__file__, "Training and inference speed, and the effect of each speed option.")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per measurement (median)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls first")
-    parser.add_argument("--parts", nargs="+", choices=("training", "scoring", "tiled"),
-                        default=["training", "scoring", "tiled"], help="what to measure (default: all)")
+    parser.add_argument(
+        "--parts",
+        nargs="+",
+        choices=("training", "scoring", "tiled"),
+        default=["training", "scoring", "tiled"],
+        help="what to measure (default: all)",
+    )
     args = parse(parser, argv)
     if args.smoke:
         args.repeats, args.warmup = 1, 1

@@ -10,12 +10,26 @@ or a temporary folder. Model: the demo's settings (`funetgan.commands.demo.DEMO_
 recipe) with the budget of --minutes. Also printed: the same models under other scoring
 settings (`common.SCORING_ALTERNATIVES`).
 """
+
 from __future__ import annotations
 
 import sys
 
-from common import (alternatives_table, data_folder, fmt, load, make_config, make_parser, mean_std, parse, run_group, run_settings,
-                    table, texture_data, write_results)
+from common import (
+    alternatives_table,
+    data_folder,
+    fmt,
+    load,
+    make_config,
+    make_parser,
+    mean_std,
+    parse,
+    run_group,
+    run_settings,
+    table,
+    texture_data,
+    write_results,
+)
 from funetgan.commands.demo import DEMO_SETTINGS
 from funetgan.data.demo import TEXTURES
 
@@ -26,16 +40,35 @@ def meets_targets(summary: dict) -> bool:
     means = {key: summary[key]["mean"] for key in TARGETS}
     if None in means.values():
         return False
-    return (means["image_auroc"] >= TARGETS["image_auroc"] and means["pixel_auroc"] >= TARGETS["pixel_auroc"]
-            and means["train_minutes"] <= TARGETS["train_minutes"])
+    return (
+        means["image_auroc"] >= TARGETS["image_auroc"]
+        and means["pixel_auroc"] >= TARGETS["pixel_auroc"]
+        and means["train_minutes"] <= TARGETS["train_minutes"]
+    )
 
 
 def print_table(groups: dict) -> None:
-    rows = [[name, mean_std(s["image_auroc"]), mean_std(s["pixel_auroc"]), mean_std(s["aupro"]),
-             fmt(s["train_minutes"]["mean"], 1), "yes" if meets_targets(s) else "no"]
-            for name, s in ((name, g["summary"]) for name, g in groups.items())]
-    rows.append(["target", f">= {TARGETS['image_auroc']}", f">= {TARGETS['pixel_auroc']}", "",
-                 f"<= {TARGETS['train_minutes']:g}", ""])
+    rows = [
+        [
+            name,
+            mean_std(s["image_auroc"]),
+            mean_std(s["pixel_auroc"]),
+            mean_std(s["aupro"]),
+            fmt(s["train_minutes"]["mean"], 1),
+            "yes" if meets_targets(s) else "no",
+        ]
+        for name, s in ((name, g["summary"]) for name, g in groups.items())
+    ]
+    rows.append(
+        [
+            "target",
+            f">= {TARGETS['image_auroc']}",
+            f">= {TARGETS['pixel_auroc']}",
+            "",
+            f"<= {TARGETS['train_minutes']:g}",
+            "",
+        ]
+    )
     print(table(["texture", "image AUROC", "pixel AUROC", "AUPRO", "train min", "met"], rows))
     print("\nthe same models under other scoring settings (default: kappa 1, izif)")
     print(alternatives_table(groups))

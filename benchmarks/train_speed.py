@@ -23,6 +23,7 @@ backward with more of it switched on: D on reals and fakes alone, then with the 
 consistency pass, then with the gradient penalty's double backward (its per-step share:
 divided by `gan.gp_every`).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -48,8 +49,13 @@ IMAGES = 128  # random training images per measurement: two batches
 
 def make_trainer(args, size: int) -> Trainer:
     config = make_config(run_settings(args, BASE, [f"model.image_size={size}"]), args.device)
-    images = torch.randint(0, 256, (IMAGES, size, size, config.model.channels), dtype=torch.uint8,
-                           generator=torch.Generator().manual_seed(0)).numpy()
+    images = torch.randint(
+        0,
+        256,
+        (IMAGES, size, size, config.model.channels),
+        dtype=torch.uint8,
+        generator=torch.Generator().manual_seed(0),
+    ).numpy()
     return Trainer(FUNetGAN(config), images, images, run_dir=None)
 
 
@@ -79,6 +85,7 @@ def flops(call: Callable[[], object]) -> int:
 
 def stage_steps(trainer: Trainer) -> dict[str, Callable[[int], object]]:
     """Each stage's step; the encoder's last, as it freezes G and D."""
+
     def encoder(step: int):
         trainer.freeze_gan()
         return trainer.encoder_step(step)
@@ -95,15 +102,25 @@ def measure_stages(args) -> list[dict]:
             block = trainer.model.config.gan.gp_every  # one lazy penalty per block of critic steps
             device = trainer.model.runtime.device
             for stage, step in stage_steps(trainer).items():
+
                 def run_block():
                     for i in range(block):
                         step(i)
 
                 per_step = seconds(run_block, device, args.repeats, args.warmup) / block
                 gflop = flops(run_block) / block / 1e9
-                rows.append({"size": size, "threads": threads, "stage": stage, "seconds_per_step": per_step,
-                             "steps_per_s": 1 / per_step, "gflop_per_step": gflop, "gflop_per_s": gflop / per_step,
-                             "settings": trainer.model.config.to_dict()})
+                rows.append(
+                    {
+                        "size": size,
+                        "threads": threads,
+                        "stage": stage,
+                        "seconds_per_step": per_step,
+                        "steps_per_s": 1 / per_step,
+                        "gflop_per_step": gflop,
+                        "gflop_per_s": gflop / per_step,
+                        "settings": trainer.model.config.to_dict(),
+                    }
+                )
                 print(f"measured {stage} at {size} px, {threads} thread(s)", file=sys.stderr, flush=True)
     return rows
 
@@ -128,6 +145,7 @@ def step_parts(trainer: Trainer) -> dict[str, Callable[[], object]]:
             with rt.autocast():
                 loss, _ = critic_loss(m.D, real, fake, settings, penalise=penalise, generator=trainer.rng)
             loss.backward()
+
         return run
 
     def adversarial():
@@ -146,11 +164,15 @@ def step_parts(trainer: Trainer) -> dict[str, Callable[[], object]]:
         for optimiser in (trainer.opt_d, trainer.opt_g, trainer.opt_e):
             optimiser.step()
 
-    return {"G forward for the fakes": fakes, "critic: D on reals and fakes": critic("none", False),
-            "critic: + mixup consistency pass": critic("mixup", False),
-            "critic: + gradient penalty": critic("mixup", True),
-            "G's adversarial term": adversarial, "reconstruction term": reconstruction,
-            "optimisers (Adam on D, G, E)": optimisers}
+    return {
+        "G forward for the fakes": fakes,
+        "critic: D on reals and fakes": critic("none", False),
+        "critic: + mixup consistency pass": critic("mixup", False),
+        "critic: + gradient penalty": critic("mixup", True),
+        "G's adversarial term": adversarial,
+        "reconstruction term": reconstruction,
+        "optimisers (Adam on D, G, E)": optimisers,
+    }
 
 
 def measure_breakdown(args, size: int) -> dict:
@@ -159,8 +181,9 @@ def measure_breakdown(args, size: int) -> dict:
     trainer = make_trainer(args, size)
     device, gp_every = trainer.model.runtime.device, trainer.model.config.gan.gp_every
     parts = step_parts(trainer)
-    measured = {name: (flops(call) / 1e9, seconds(call, device, args.repeats, args.warmup))
-                for name, call in parts.items()}  # the optimisers last: every gradient exists by then
+    measured = {
+        name: (flops(call) / 1e9, seconds(call, device, args.repeats, args.warmup)) for name, call in parts.items()
+    }  # the optimisers last: every gradient exists by then
     names = list(parts)
     rows = []
     for i, name in enumerate(names):
@@ -174,33 +197,73 @@ def measure_breakdown(args, size: int) -> dict:
     for row in rows:
         row["share_of_step_time"] = row["seconds"] * row["per_step_share"] / step_seconds
         row["share_of_step_flops"] = row["gflop"] * row["per_step_share"] / step_gflop
-    return {"size": size, "threads": args.threads[0], "gp_every": gp_every, "parts": rows,
-            "step_seconds": step_seconds, "step_gflop": step_gflop,
-            "settings": trainer.model.config.to_dict()}
+    return {
+        "size": size,
+        "threads": args.threads[0],
+        "gp_every": gp_every,
+        "parts": rows,
+        "step_seconds": step_seconds,
+        "step_gflop": step_gflop,
+        "settings": trainer.model.config.to_dict(),
+    }
 
 
 def print_tables(stages: list[dict], breakdowns: list[dict]) -> None:
-    print(table(["stage", "size", "threads", "s/step", "steps/s", "GFLOP/step", "GFLOP/s"],
-                [[r["stage"], f"{r['size']} px", str(r["threads"]), fmt(r["seconds_per_step"]),
-                  fmt(r["steps_per_s"], 2), fmt(r["gflop_per_step"], 1), fmt(r["gflop_per_s"], 1)] for r in stages]))
+    print(
+        table(
+            ["stage", "size", "threads", "s/step", "steps/s", "GFLOP/step", "GFLOP/s"],
+            [
+                [
+                    r["stage"],
+                    f"{r['size']} px",
+                    str(r["threads"]),
+                    fmt(r["seconds_per_step"]),
+                    fmt(r["steps_per_s"], 2),
+                    fmt(r["gflop_per_step"], 1),
+                    fmt(r["gflop_per_s"], 1),
+                ]
+                for r in stages
+            ],
+        )
+    )
     for breakdown in breakdowns:
-        print(f"\none adversarial step at {breakdown['size']} px, {breakdown['threads']} thread(s), penalty every "
-              f"{breakdown['gp_every']} critic steps: {fmt(breakdown['step_gflop'], 1)} GFLOP, "
-              f"{fmt(breakdown['step_seconds'])} s (sum of the parts)")
-        print(table(["part", "GFLOP", "ms", "GFLOP/s", "per step", "% time", "% FLOPs"],
-                    [[r["part"], fmt(r["gflop"], 2), fmt(1000 * r["seconds"], 1),
-                      fmt(r["gflop"] / r["seconds"], 1) if r["seconds"] > 0 else "-", f"x{r['per_step_share']:.2g}",
-                      fmt(100 * r["share_of_step_time"], 0), fmt(100 * r["share_of_step_flops"], 0)]
-                     for r in breakdown["parts"]]))
+        print(
+            f"\none adversarial step at {breakdown['size']} px, {breakdown['threads']} thread(s), penalty every "
+            f"{breakdown['gp_every']} critic steps: {fmt(breakdown['step_gflop'], 1)} GFLOP, "
+            f"{fmt(breakdown['step_seconds'])} s (sum of the parts)"
+        )
+        print(
+            table(
+                ["part", "GFLOP", "ms", "GFLOP/s", "per step", "% time", "% FLOPs"],
+                [
+                    [
+                        r["part"],
+                        fmt(r["gflop"], 2),
+                        fmt(1000 * r["seconds"], 1),
+                        fmt(r["gflop"] / r["seconds"], 1) if r["seconds"] > 0 else "-",
+                        f"x{r['per_step_share']:.2g}",
+                        fmt(100 * r["share_of_step_time"], 0),
+                        fmt(100 * r["share_of_step_flops"], 0),
+                    ]
+                    for r in breakdown["parts"]
+                ],
+            )
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = make_parser(__file__, "Training steps/s and GFLOP/s per stage, and one adversarial step's breakdown.",
-                         thread_counts=(1, 2))
+    parser = make_parser(
+        __file__, "Training steps/s and GFLOP/s per stage, and one adversarial step's breakdown.", thread_counts=(1, 2)
+    )
     parser.set_defaults(out="benchmarks/results/train_speed.json")
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES), help="image sizes (px)")
-    parser.add_argument("--breakdown-sizes", type=int, nargs="*", default=list(BREAKDOWN_SIZES),
-                        help="sizes of the adversarial step's breakdown (none: skip it)")
+    parser.add_argument(
+        "--breakdown-sizes",
+        type=int,
+        nargs="*",
+        default=list(BREAKDOWN_SIZES),
+        help="sizes of the adversarial step's breakdown (none: skip it)",
+    )
     parser.add_argument("--repeats", type=int, default=3, help="timed blocks per measurement (median)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed blocks first")
     args = parse(parser, argv)

@@ -3,6 +3,7 @@ configuration (`tiny_config`, and `tiny_args` for the command line), generated i
 tiny model and one tiny command-line run trained once per session, and the writers of
 image, mask, IDX, NIfTI and DICOM files. Fixtures that return a helper are session-scoped,
 so module-scoped fixtures can use them."""
+
 import gzip
 import shutil
 import struct
@@ -45,8 +46,9 @@ def _tiny_config(**overrides) -> Config:
 def _random_images(n: int, size: int = 32, channels: int = 1, seed: int = 0) -> ImageSet:
     rng = np.random.default_rng(seed)
     images = (rng.random((n, size, size, channels)) * 255).astype(np.uint8)
-    return ImageSet(images, np.zeros(n, np.int64), [f"img{i}.png" for i in range(n)], ["good"] * n,
-                    np.full((n, 2), size))
+    return ImageSet(
+        images, np.zeros(n, np.int64), [f"img{i}.png" for i in range(n)], ["good"] * n, np.full((n, 2), size)
+    )
 
 
 @pytest.fixture(scope="session")
@@ -63,9 +65,24 @@ def random_images() -> Callable[..., ImageSet]:
 @pytest.fixture(scope="session")
 def tiny_args() -> list[str]:
     """The command line's settings of `tiny_config`'s networks, with 2 + 2 training steps."""
-    return ["--set", "model.image_size=32", "--set", "model.width=4", "--set", "model.z_dim=16",
-            "--set", "batch_size=4", "--set", "gan.iterations=2", "--set", "gan.n_critic=1",
-            "--set", "encoder.iterations=2", "--device", "cpu"]
+    return [
+        "--set",
+        "model.image_size=32",
+        "--set",
+        "model.width=4",
+        "--set",
+        "model.z_dim=16",
+        "--set",
+        "batch_size=4",
+        "--set",
+        "gan.iterations=2",
+        "--set",
+        "gan.n_critic=1",
+        "--set",
+        "encoder.iterations=2",
+        "--device",
+        "cpu",
+    ]
 
 
 @pytest.fixture(scope="session")
@@ -138,8 +155,16 @@ def _save_nifti(path: Path, data: np.ndarray, affine=None) -> None:
     nibabel.Nifti1Image(data, np.eye(4) if affine is None else affine).to_filename(path)
 
 
-def _write_dicom(path: Path, pixels: np.ndarray, modality="CT", slope=1.0, intercept=0.0,
-                 photometric="MONOCHROME2", window=None, z=None) -> Path:
+def _write_dicom(
+    path: Path,
+    pixels: np.ndarray,
+    modality="CT",
+    slope=1.0,
+    intercept=0.0,
+    photometric="MONOCHROME2",
+    window=None,
+    z=None,
+) -> Path:
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
@@ -203,6 +228,7 @@ def ct_dataset() -> Callable[..., Path]:
     pytest.importorskip("nibabel")
     return _ct_dataset
 
+
 # pydicom's test files: 5 axial CT slices of 16 x 16, z decreasing with the file names.
 REAL_SERIES = "dicomdirtests/98892001/CT5N"
 
@@ -251,8 +277,9 @@ def tmpfs():
 
     def mount(folder, options: str):
         folder.mkdir(parents=True)
-        if subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)],
-                          capture_output=True).returncode:
+        if subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True
+        ).returncode:
             pytest.skip("cannot mount a tmpfs here (needs root)")
         mounted.append(folder)
         return folder
@@ -260,3 +287,39 @@ def tmpfs():
     yield mount
     for folder in reversed(mounted):
         subprocess.run(["umount", "-l", str(folder)], check=True)
+
+
+def _tilted_affine() -> np.ndarray:
+    """x flipped, 0.8 x 1.1 x 2.5 mm, turned 10 degrees about z, away from the origin."""
+    turn = np.deg2rad(10)
+    rotation = np.array([[np.cos(turn), -np.sin(turn), 0], [np.sin(turn), np.cos(turn), 0], [0, 0, 1]])
+    affine = np.eye(4)
+    affine[:3, :3] = rotation @ np.diag([-0.8, 1.1, 2.5])
+    affine[:3, 3] = [40, -30, 12]
+    return affine
+
+
+def _mood_region(root: Path, train=4, toy=3, seed=0):
+    """brain_train/: `train` volumes of 8 x 10 x 6 voxels in 0..1 (a 0.5 block with noise on
+    0); toy/: `toy` more, the first with a bright 0.95 cube in slices 3 and 4, and its voxel
+    labels in toy_label/pixel/."""
+    rng = np.random.default_rng(seed)
+    for folder, count in (("brain_train", train), ("toy", toy)):
+        for i in range(count):
+            volume = np.zeros((8, 10, 6), np.float32)
+            volume[1:7, 1:9] = 0.5 + rng.normal(0, 0.05, (6, 8, 6))
+            label = np.zeros(volume.shape, np.uint8)
+            if folder == "toy" and i == 0:
+                volume[2:5, 3:6, 3:5], label[2:5, 3:6, 3:5] = 0.95, 1
+            _save_nifti(root / folder / f"{i:05d}.nii.gz", volume.clip(0, 1), _tilted_affine())
+            if folder == "toy":
+                _save_nifti(root / "toy_label/pixel" / f"{i:05d}.nii.gz", label, _tilted_affine())
+    return root
+
+
+@pytest.fixture(scope="session")
+def mood_region() -> Callable[..., Path]:
+    """`mood_region(root, train=4, toy=3, seed=0)`: a MOOD-layout folder of small 0..1 volumes
+    with a tilted affine (brain_train/, toy/ with one bright cube, toy_label/pixel/)."""
+    pytest.importorskip("nibabel")
+    return _mood_region

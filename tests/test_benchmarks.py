@@ -1,5 +1,6 @@
 """Each benchmark script end to end with --smoke: it prints its table and writes a complete
 JSON results file of finite numbers."""
+
 import importlib
 import json
 from pathlib import Path
@@ -51,7 +52,9 @@ def test_speed(script, tmp_path, capsys):
     assert [row["batch"] for row in results["scoring"]] == [1, 64]
     assert all(row["images_per_second"] > 0 and row["peak_memory_mib"] > 0 for row in results["scoring"])
     assert [(r["working_resolution"], r["stride"], r["tiles_per_image"]) for r in results["tiled"]] == [
-        (64, 16, 9), (64, 32, 4)]
+        (64, 16, 9),
+        (64, 32, 4),
+    ]
     out = capsys.readouterr().out
     assert "critic steps/s" in out and "images/s" in out and "reference critic step" in out
 
@@ -59,7 +62,10 @@ def test_speed(script, tmp_path, capsys):
 def test_train_speed(script, tmp_path, capsys):
     results = run(script("train_speed"), tmp_path)["results"]
     assert [(r["stage"], r["size"], r["threads"]) for r in results["stages"]] == [
-        ("warm-up", 32, 1), ("adversarial", 32, 1), ("encoder", 32, 1)]
+        ("warm-up", 32, 1),
+        ("adversarial", 32, 1),
+        ("encoder", 32, 1),
+    ]
     assert all(r["steps_per_s"] > 0 and r["gflop_per_step"] > 0 and r["gflop_per_s"] > 0 for r in results["stages"])
     (breakdown,) = results["breakdown"]
     parts = {part["part"]: part for part in breakdown["parts"]}
@@ -89,10 +95,12 @@ def test_fashion_mnist(script, tmp_path, capsys):
 @pytest.mark.skipif(not FASHION_MNIST.is_dir(), reason="Debian's fashion-mnist package is not installed")
 def test_recipes(script, tmp_path, capsys):
     recipes = script("recipes")
-    results = run(recipes, tmp_path, "--classes", "3", "--budgets", "0.5", "1",
-                  "--recipes", "straightforward", "CPU recipe")["results"]
-    assert list(results["groups"]) == [f"{r} | {m} min | class 3" for m in ("0.5", "1") for r in
-                                       ("straightforward", "CPU recipe")]
+    results = run(
+        recipes, tmp_path, "--classes", "3", "--budgets", "0.5", "1", "--recipes", "straightforward", "CPU recipe"
+    )["results"]
+    assert list(results["groups"]) == [
+        f"{r} | {m} min | class 3" for m in ("0.5", "1") for r in ("straightforward", "CPU recipe")
+    ]
     straightforward = results["groups"]["straightforward | 1 min | class 3"]["runs"][0]["settings"]
     assert straightforward["gan"]["gp_every"] == 1 and straightforward["gan"]["lr_d"] == 0.0001
     assert straightforward["gan"]["max_minutes"] == 0.75  # the budget reaches the run
@@ -107,11 +115,26 @@ def test_recipes(script, tmp_path, capsys):
 def test_budgets(script, tmp_path, capsys):
     budgets = script("budgets")
     keep = tmp_path / "runs"
-    results = run(budgets, tmp_path, "--classes", "3", "--budgets", "0.5", "1", "--seeds", "0", "1",
-                  "--variants", "CPU recipe", "--keep", str(keep))["results"]
+    results = run(
+        budgets,
+        tmp_path,
+        "--classes",
+        "3",
+        "--budgets",
+        "0.5",
+        "1",
+        "--seeds",
+        "0",
+        "1",
+        "--variants",
+        "CPU recipe",
+        "--keep",
+        str(keep),
+    )["results"]
     runs = results["runs"]
     assert [(r["variant"], r["minutes"], r["seed"]) for r in runs] == [
-        ("CPU recipe", m, s) for s in (0, 1) for m in (0.5, 1.0)]
+        ("CPU recipe", m, s) for s in (0, 1) for m in (0.5, 1.0)
+    ]
     for r in runs:
         assert_unit(r["image_auroc"])
         assert r["steps"].keys() == {"warmup", "gan", "encoder"} and r["val_normal"]["image_residual"] > 0
@@ -125,9 +148,11 @@ def test_budgets_test_subset_keeps_every_normal(script):
     import numpy as np
 
     from funetgan.data.base import ImageSet
+
     labels = np.r_[np.zeros(5, np.int64), np.ones(20, np.int64)]
-    test = ImageSet(np.zeros((25, 2, 2, 1), np.uint8), labels, [f"{i}" for i in range(25)], ["x"] * 25,
-                    np.full((25, 2), 2))
+    test = ImageSet(
+        np.zeros((25, 2, 2, 1), np.uint8), labels, [f"{i}" for i in range(25)], ["x"] * 25, np.full((25, 2), 2)
+    )
     subset = script("budgets").test_subset(test, 12)
     assert len(subset) == 12 and (subset.labels == 0).sum() == 5
     assert subset.paths == script("budgets").test_subset(test, 12).paths  # the same draw every time
@@ -184,21 +209,34 @@ def test_resolution(script, tmp_path, capsys):
 
 def test_localisation(script, tmp_path, capsys):
     localisation = script("localisation")
-    results = run(localisation, tmp_path, "--textures", "gravel", "--seeds", "0", "1", "--split", "selection",
-                  "--previews", str(tmp_path / "looks"))["results"]
+    results = run(
+        localisation,
+        tmp_path,
+        "--textures",
+        "gravel",
+        "--seeds",
+        "0",
+        "1",
+        "--split",
+        "selection",
+        "--previews",
+        str(tmp_path / "looks"),
+    )["results"]
     assert len(list((tmp_path / "looks").glob("gravel-F-UNetGAN-seed*.png"))) == 2
     assert list(results["groups"]) == ["gravel F-UNetGAN", "gravel f-AnoGAN"]
     ours, baseline = (results["groups"][name]["runs"] for name in results["groups"])
     assert baseline[0]["settings"]["model"]["critic_head"] == "global" and ours[0]["settings"]["score"]["kappa"] == 1
     assert ours[0]["settings"]["data"]["resolution"] == "64" and results["split"] == "selection"
     for run_ in (*ours, *baseline):
-        assert_unit(run_["pixel_auroc"], run_["aupro"], *(v for a in run_["scoring_alternatives"].values()
-                                                          for v in a.values()))
+        assert_unit(
+            run_["pixel_auroc"], run_["aupro"], *(v for a in run_["scoring_alternatives"].values() for v in a.values())
+        )
     # the baseline scores as published: its residual maps only
     score = baseline[0]["settings"]["score"]
     assert score["density_weight"] == score["smoothness_weight"] == 0
     assert baseline[0]["scoring_alternatives"]["density 0, smoothness 0 (residual maps only)"] == {
-        k: baseline[0][k] for k in ("image_auroc", "pixel_auroc", "aupro")}
+        k: baseline[0][k] for k in ("image_auroc", "pixel_auroc", "aupro")
+    }
     out = capsys.readouterr().out
     assert "F-UNetGAN minus f-AnoGAN" in out and "gravel" in out and "density 1, smoothness 2, kappa 0" in out
     # the same tables from two results files, one per model (as when they run side by side)
@@ -218,8 +256,9 @@ def test_calibration(script, tmp_path, capsys, monkeypatch):
     too), then again from the saved run, then its tables: each kind of normals on its own."""
     monkeypatch.setattr("funetgan.model.FIT_SAMPLES", 256)  # enough for the smoke networks' Gaussians, 16x faster
     calibration, runs = script("calibration"), tmp_path / "runs"
-    results = run(calibration, tmp_path, "--datasets", "demo", "--seeds", "0", "--split", "selection",
-                  "--runs", str(runs))["results"]
+    results = run(
+        calibration, tmp_path, "--datasets", "demo", "--seeds", "0", "--split", "selection", "--runs", str(runs)
+    )["results"]
     (first,) = results["groups"]["demo"]["runs"]
     assert first["normals_calibrated"] == 8  # the data's val/good/, not training crops held out
     for normals in calibration.NORMALS:
@@ -228,8 +267,9 @@ def test_calibration(script, tmp_path, capsys, monkeypatch):
     assert_unit(first["in_sample_image_rate_fresh"], first["dice"], first["oracle_dice"])
     assert not any(key.endswith("_same") for key in first)  # nothing pooled
     assert first["mask_rules"] and first["train_minutes"] > 0
-    again = run(calibration, tmp_path, "--datasets", "demo", "--seeds", "0", "--split", "selection",
-                "--runs", str(runs))["results"]["groups"]["demo"]["runs"][0]
+    again = run(
+        calibration, tmp_path, "--datasets", "demo", "--seeds", "0", "--split", "selection", "--runs", str(runs)
+    )["results"]["groups"]["demo"]["runs"][0]
     assert again["train_minutes"] == 0 and again["image_rate_fresh"] == first["image_rate_fresh"]
     assert calibration.main(["--show", str(tmp_path / "results.json")]) == 0
     out = capsys.readouterr().out
@@ -241,10 +281,20 @@ def test_calibration(script, tmp_path, capsys, monkeypatch):
 def test_make_docs_keeps_pooled_figures_of_older_files_apart(script):
     """A file from before the fresh normals had their own key: its pooled figure is marked,
     never shown as the fresh normals' or the test normals'."""
-    runs = [{"seed": s, "image_rate_same": 0.02, "image_rate_test_normals": 0.1, "image_rate_shifted": 0.3,
-             "pixel_rate_same": 0.01} for s in range(2)]
-    document = {"script": "benchmarks/calibration.py",
-                "results": {"split": "report", "normal_quantile": 0.99, "groups": {"grass": {"runs": runs}}}}
+    runs = [
+        {
+            "seed": s,
+            "image_rate_same": 0.02,
+            "image_rate_test_normals": 0.1,
+            "image_rate_shifted": 0.3,
+            "pixel_rate_same": 0.01,
+        }
+        for s in range(2)
+    ]
+    document = {
+        "script": "benchmarks/calibration.py",
+        "results": {"split": "report", "normal_quantile": 0.99, "groups": {"grass": {"runs": runs}}},
+    }
     page = script("make_docs").calibration_tables(document)
     assert "| grass | 2 | 10.0 ± 0.0 | 2.0 ± 0.0 (pooled) | - | 30.0 ± 0.0 | - | 1.00 ± 0.00 (pooled) |" in page
 

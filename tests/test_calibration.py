@@ -1,5 +1,6 @@
 """Calibration (calibration.py): the split that keeps patients whole, the promise on normals no
 part was fitted on, the note on too few normals, the typed record and its file form."""
+
 import dataclasses
 import math
 import warnings
@@ -23,8 +24,14 @@ def volume_slices(volumes: int, slices: int) -> ImageSet:
     paths = [f"case{v}.nii.gz#z={z}" for z in range(slices) for v in range(volumes)]
     n = len(paths)
     geometry = Geometry(np.eye(4), (4, 4, slices))
-    return ImageSet(np.zeros((n, 4, 4, 1), np.uint8), np.zeros(n, np.int64), paths, ["good"] * n, np.full((n, 2), 4),
-                    volumes={f"case{v}.nii.gz": geometry for v in range(volumes)})
+    return ImageSet(
+        np.zeros((n, 4, 4, 1), np.uint8),
+        np.zeros(n, np.int64),
+        paths,
+        ["good"] * n,
+        np.full((n, 2), 4),
+        volumes={f"case{v}.nii.gz": geometry for v in range(volumes)},
+    )
 
 
 def test_volumes_are_held_out_whole():
@@ -99,22 +106,40 @@ def test_the_image_threshold_keeps_its_promise_on_fresh_normals(random_images, t
 def test_the_note_on_too_few_normals_says_what_to_expect():
     assert few_normals_note(99, 0.99) == []
     (note,) = few_normals_note(24, 0.99)
-    assert note.startswith("24 calibration normals: the 0.99 quantile of their scores is their maximum, so about "
-                           "1 in 25 (4.0 %) normal images will be flagged, not 1 %")
+    assert note.startswith(
+        "24 calibration normals: the 0.99 quantile of their scores is their maximum, so about "
+        "1 in 25 (4.0 %) normal images will be flagged, not 1 %"
+    )
     assert "hold out at least 99 normals" in note
     assert few_normals_note(9, 0.9) == [] and len(few_normals_note(8, 0.9)) == 1
 
 
 # Every level scoring reads (the density terms' may be missing: they then count 0).
-LEVELS = {"pixel_residual": 0.5, "pixel_features": 0.4, "pixel_contrast": 3.0, "pixel_contrast_std": 1.0,
-          "image_residual": 0.2, "image_features": 0.1, "image_izif": 2.0, "image_izif_std": 0.5}
+LEVELS = {
+    "pixel_residual": 0.5,
+    "pixel_features": 0.4,
+    "pixel_contrast": 3.0,
+    "pixel_contrast_std": 1.0,
+    "image_residual": 0.2,
+    "image_features": 0.1,
+    "image_izif": 2.0,
+    "image_izif_std": 0.5,
+}
 
 
 def saved_record() -> dict:
-    return Calibration(levels=dict(LEVELS), image_threshold=2.0, pixel_threshold=1.5, blur_sigma=2.0, normals=100,
-                       anomalous=0, rule="normal quantile 0.99", expected_image_rate=1 / 101,
-                       unit_scale={"score": {"median": 1.0, "spread": 2.0}, "map": {"median": 0.5, "spread": 1.0}},
-                       notes=["a note"]).to_dict()
+    return Calibration(
+        levels=dict(LEVELS),
+        image_threshold=2.0,
+        pixel_threshold=1.5,
+        blur_sigma=2.0,
+        normals=100,
+        anomalous=0,
+        rule="normal quantile 0.99",
+        expected_image_rate=1 / 101,
+        unit_scale={"score": {"median": 1.0, "spread": 2.0}, "map": {"median": 0.5, "spread": 1.0}},
+        notes=["a note"],
+    ).to_dict()
 
 
 def test_the_record_survives_its_file_form_and_other_layouts_are_refused():
@@ -129,18 +154,21 @@ def test_the_record_survives_its_file_form_and_other_layouts_are_refused():
         Calibration.from_dict({"norms": {}, "image_threshold": 2.0}, "run")
 
 
-@pytest.mark.parametrize("edit, problem", [
-    (lambda r: r.update(image_threshold="2.0"), "image_threshold is '2.0', not a finite number"),
-    (lambda r: r.update(pixel_threshold=float("nan")), "pixel_threshold is nan, not a finite number"),
-    (lambda r: r.update(levels={}), "levels lack pixel_residual, pixel_features, pixel_contrast"),
-    (lambda r: r["levels"].pop("pixel_contrast_std"), "levels lack pixel_contrast_std"),
-    (lambda r: r["levels"].update(image_residual=[1]), "levels['image_residual'] is [1], not a finite number"),
-    (lambda r: r.update(levels=None), "levels is NoneType, not a table of levels"),
-    (lambda r: r.update(normals=True), "normals is True, not a count"),
-    (lambda r: r.update(expected_image_rate=3), "expected_image_rate is 3, not a share in [0, 1]"),
-    (lambda r: r["unit_scale"].pop("map"), "unit_scale['map'] is None, not a median and a positive spread"),
-    (lambda r: r["unit_scale"]["score"].update(spread=0), "unit_scale['score'] is"),
-])
+@pytest.mark.parametrize(
+    "edit, problem",
+    [
+        (lambda r: r.update(image_threshold="2.0"), "image_threshold is '2.0', not a finite number"),
+        (lambda r: r.update(pixel_threshold=float("nan")), "pixel_threshold is nan, not a finite number"),
+        (lambda r: r.update(levels={}), "levels lack pixel_residual, pixel_features, pixel_contrast"),
+        (lambda r: r["levels"].pop("pixel_contrast_std"), "levels lack pixel_contrast_std"),
+        (lambda r: r["levels"].update(image_residual=[1]), "levels['image_residual'] is [1], not a finite number"),
+        (lambda r: r.update(levels=None), "levels is NoneType, not a table of levels"),
+        (lambda r: r.update(normals=True), "normals is True, not a count"),
+        (lambda r: r.update(expected_image_rate=3), "expected_image_rate is 3, not a share in [0, 1]"),
+        (lambda r: r["unit_scale"].pop("map"), "unit_scale['map'] is None, not a median and a positive spread"),
+        (lambda r: r["unit_scale"]["score"].update(spread=0), "unit_scale['score'] is"),
+    ],
+)
 def test_a_damaged_calibration_is_one_line_naming_the_run_and_the_fix(edit, problem):
     """A hand-edited or damaged record (a string threshold, emptied levels) is refused where it
     is read, not at the first arithmetic on it (`_UFuncNoLoopError`, `KeyError`)."""
@@ -198,8 +226,13 @@ def slice_images(count: int, smooth: bool) -> ImageSet:
     else:
         images = rng.random((count, 32, 32)) * 255
     images = images.astype(np.uint8)[..., None]
-    return ImageSet(images, np.zeros(count, np.int64), [f"slice_{z:03d}.png" for z in range(count)],
-                    ["good"] * count, np.full((count, 2), 32))
+    return ImageSet(
+        images,
+        np.zeros(count, np.int64),
+        [f"slice_{z:03d}.png" for z in range(count)],
+        ["good"] * count,
+        np.full((count, 2), 32),
+    )
 
 
 def test_slice_like_images_without_series_information_are_split_per_image_with_a_warning():
@@ -209,4 +242,3 @@ def test_slice_like_images_without_series_information_are_split_per_image_with_a
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         image_groups(slice_images(20, smooth=False))  # unrelated images: no warning
-

@@ -1,6 +1,7 @@
 """`test` and `predict` chunk by chunk (volume by volume) give what the whole set in memory
 gives: metrics, tables, per-image and per-volume files. A numpy scorer (a fixed function of
 the pixels, no networks) makes the maps exact, so any difference is the chunking's."""
+
 import csv
 import json
 
@@ -28,21 +29,36 @@ class PixelScorer(Scorer):
         self.config = Config()
         self.config.model.image_size, self.config.model.channels = size, 1
         self.config.score.blur_sigma = 1.0
-        norms = {**dict.fromkeys(("pixel_residual", "pixel_features", "image_residual", "image_features"), 1.0),
-                 # the contrast: from the images
-                 "pixel_density": 1.0, "pixel_contrast": 0.2, "pixel_contrast_std": 0.1,
-                 "latent_density": 1.0}
-        self.calibration = Calibration(levels=norms, image_threshold=image_threshold, pixel_threshold=pixel_threshold,
-                                       blur_sigma=1.0, normals=100, anomalous=0,
-                                       rule="normal quantile 0.99", expected_image_rate=0.01,
-                                       unit_scale={"score": {"median": 0.0, "spread": 1.0},
-                                                   "map": {"median": 0.0, "spread": 1.0}})
+        norms = {
+            **dict.fromkeys(("pixel_residual", "pixel_features", "image_residual", "image_features"), 1.0),
+            # the contrast: from the images
+            "pixel_density": 1.0,
+            "pixel_contrast": 0.2,
+            "pixel_contrast_std": 0.1,
+            "latent_density": 1.0,
+        }
+        self.calibration = Calibration(
+            levels=norms,
+            image_threshold=image_threshold,
+            pixel_threshold=pixel_threshold,
+            blur_sigma=1.0,
+            normals=100,
+            anomalous=0,
+            rule="normal quantile 0.99",
+            expected_image_rate=0.01,
+            unit_scale={"score": {"median": 0.0, "spread": 1.0}, "map": {"median": 0.0, "spread": 1.0}},
+        )
 
     def _score_tiles(self, tiles):
         x = tiles[..., 0].astype(np.float32) / 255
-        return {"maps": {"pixel_residual": x, "pixel_features": x * x, "pixel_density": 1 - x},
-                "values": {"image_residual": x.mean((1, 2)), "image_features": x.max((1, 2)),
-                           "latent_density": x.std((1, 2))}}
+        return {
+            "maps": {"pixel_residual": x, "pixel_features": x * x, "pixel_density": 1 - x},
+            "values": {
+                "image_residual": x.mean((1, 2)),
+                "image_features": x.max((1, 2)),
+                "latent_density": x.std((1, 2)),
+            },
+        }
 
 
 def in_memory(model: Scorer, images: ImageSet, out, outputs: Outputs) -> dict:
@@ -90,7 +106,7 @@ def ct_set(tmp_path, save_nifti):
     for v in range(6):
         scan = rng.integers(-1000, 400, (16, 16, 5)).astype(np.int16)
         lesion = np.zeros((16, 16, 5), np.uint8)
-        lesion[3:8, 4:9, 2 + v % 3:] = 1
+        lesion[3:8, 4:9, 2 + v % 3 :] = 1
         scan[lesion > 0] += 300
         lung = np.zeros((16, 16, 5), np.uint8)
         lung[1:15, 2:14] = 1
@@ -124,8 +140,10 @@ def test_ct_volume_by_volume_equals_the_whole_set(ct_set, tmp_path, monkeypatch)
     for row in csv.DictReader((tmp_path / "whole" / "volumes.csv").open()):
         for suffix in ("map", "mask"):
             name = f"volumes/{row['volume']}_{suffix}.nii.gz"
-            np.testing.assert_array_equal(nibabel.load(tmp_path / "whole" / name).get_fdata(),
-                                          nibabel.load(tmp_path / "chunked" / name).get_fdata())
+            np.testing.assert_array_equal(
+                nibabel.load(tmp_path / "whole" / name).get_fdata(),
+                nibabel.load(tmp_path / "chunked" / name).get_fdata(),
+            )
 
 
 @pytest.fixture
@@ -138,15 +156,23 @@ def image_set():
     kinds = ["good"] * 30 + ["crack"] * 15 + ["hole"] * 15
     for i in range(30, 60):
         y, x = rng.integers(0, 8, 2)
-        masks[i, y:y + 4, x:x + 4] = True
+        masks[i, y : y + 4, x : x + 4] = True
         images[i][masks[i]] += rng.integers(20, 120, (16, 1)).astype(np.uint8)
     rng.shuffle(order := np.arange(60))  # normal and anomalous images mixed through the chunks
-    return ImageSet(images[order], labels[order], [f"test/{kinds[i]}/{i:03d}.png" for i in order],
-                    [kinds[i] for i in order], np.full((60, 2), 24), masks[order])
+    return ImageSet(
+        images[order],
+        labels[order],
+        [f"test/{kinds[i]}/{i:03d}.png" for i in order],
+        [kinds[i] for i in order],
+        np.full((60, 2), 24),
+        masks[order],
+    )
 
 
-@pytest.mark.parametrize("items", [["all"], ["metrics", "scores", "report", "overlays=examples"],
-                                   ["masks=worst:3+best:2", "overlays=flagged"]])
+@pytest.mark.parametrize(
+    "items",
+    [["all"], ["metrics", "scores", "report", "overlays=examples"], ["masks=worst:3+best:2", "overlays=flagged"]],
+)
 def test_images_in_chunks_equal_the_whole_set(image_set, tmp_path, monkeypatch, items):
     model = PixelScorer(12, image_threshold=0.55, pixel_threshold=0.6)
     monkeypatch.setattr(base, "CHUNK_PIXELS", 7 * 12 * 12)  # 9 chunks of 7 images (and one of 4)
@@ -157,8 +183,9 @@ def test_images_in_chunks_equal_the_whole_set(image_set, tmp_path, monkeypatch, 
     assert_same(whole, found)
     assert set(found["per_kind"]) == {"crack", "hole"} and found["per_kind"]["hole"]["pixel"]["aupro"] > 0
     result = model.score(image_set)  # 8,640 pixels: exact curves
-    assert found["pixel"]["auroc"] == pytest.approx(roc_auc_score(image_set.masks.ravel(), result.maps.ravel()),
-                                                    abs=1e-12)
+    assert found["pixel"]["auroc"] == pytest.approx(
+        roc_auc_score(image_set.masks.ravel(), result.maps.ravel()), abs=1e-12
+    )
     assert listing(tmp_path / "whole") == listing(tmp_path / "chunked")
     assert_same_files(tmp_path / "whole", tmp_path / "chunked", listing(tmp_path / "whole"))
     if outputs.scores:

@@ -1,4 +1,5 @@
 """A tiny end-to-end run through the command line: train, test, predict, resume, refusals."""
+
 import csv
 import json
 import os
@@ -67,22 +68,49 @@ def test_resume_of_a_finished_run_trains_nothing_more(tiny_run, texture_dataset)
 
 
 def test_a_test_time_change_of_what_was_calibrated_is_refused_with_the_calibrate_command(
-        tiny_run, texture_dataset, tmp_path, capsys):
-    argv = ["test", "--run", str(tiny_run), "--data", str(texture_dataset), "--out", str(tmp_path / "o"),
-            "--set", "data.lung_threshold=-400"]
+    tiny_run, texture_dataset, tmp_path, capsys
+):
+    argv = [
+        "test",
+        "--run",
+        str(tiny_run),
+        "--data",
+        str(texture_dataset),
+        "--out",
+        str(tmp_path / "o"),
+        "--set",
+        "data.lung_threshold=-400",
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
-    assert err.endswith(f"calibrated with data.lung_threshold=None; calibrate it under the new value first: "
-                        f"funetgan calibrate --run {tiny_run} --data {texture_dataset} "
-                        f"--set data.lung_threshold=-400.0")
+    assert err.endswith(
+        f"calibrated with data.lung_threshold=None; calibrate it under the new value first: "
+        f"funetgan calibrate --run {tiny_run} --data {texture_dataset} "
+        f"--set data.lung_threshold=-400.0"
+    )
     assert not (tmp_path / "o").exists()  # refused before any work
 
 
-def test_resume_with_settings_that_change_the_split_or_batches_is_refused_naming_them(tiny_run, texture_dataset,
-                                                                                      capsys):
+def test_resume_with_settings_that_change_the_split_or_batches_is_refused_naming_them(
+    tiny_run, texture_dataset, capsys
+):
     log = (tiny_run / "log.jsonl").read_text()
-    argv = ["train", "--data", str(texture_dataset), "--out", str(tiny_run), "--resume", "--device", "cpu",
-            "--set", "data.val_fraction=0.5", "--set", "batch_size=2", "--set", "gan.iterations=3"]
+    argv = [
+        "train",
+        "--data",
+        str(texture_dataset),
+        "--out",
+        str(tiny_run),
+        "--resume",
+        "--device",
+        "cpu",
+        "--set",
+        "data.val_fraction=0.5",
+        "--set",
+        "batch_size=2",
+        "--set",
+        "gan.iterations=3",
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("funetgan: error: --resume: data.val_fraction, batch_size differ from")
@@ -104,16 +132,19 @@ def test_recipe_lies_under_the_settings_file_and_set(tmp_path, capsys):
     assert gan["n_critic"] == 3 and gan["lr_g"] == 0.0003  # the file over the recipe, --set over both
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["train", "--data", "/nonexistent", "--out", "{tmp}/r"], "/nonexistent"),
-    (["train", "--data", "{tmp}", "--out", "{tmp}/r", "--set", "model.image_size=40"], "power of two"),
-    (["test", "--run", "{tmp}/run", "--data", "{tmp}/data", "--out", "{tmp}/o"], "no trained model"),
-    (["train", "--data", "{tmp}", "--out", "{tmp}/r", "--set", "gan.lr_dd=1e-4"], "did you mean gan.lr_d"),
-    (["train", "--data", "{tmp}", "--out", "{tmp}/r", "--set", "gan.lr_d=fast"], "must be a number"),
-    (["train", "--data", "{tmp}", "--out", "{tmp}/r", "--set", "gan.lr_d=[1"], "gan.lr_d must be a YAML value"),
-    (["train", "--data", "{tmp}", "--out", "{tmp}/r", "--config", "{tmp}"], "cannot read settings"),
-    (["test", "--model", "{tmp}/m.onnx", "--data", "{tmp}", "--out", "{tmp}/o"], "m.onnx: no such model file"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "--data", "/nonexistent", "--out", "{tmp}/r"], "/nonexistent"),
+        (["train", "--data", "{tmp}", "--out", "{tmp}/r", "--set", "model.image_size=40"], "power of two"),
+        (["test", "--run", "{tmp}/run", "--data", "{tmp}/data", "--out", "{tmp}/o"], "no trained model"),
+        (["train", "--data", "{tmp}", "--out", "{tmp}/r", "--set", "gan.lr_dd=1e-4"], "did you mean gan.lr_d"),
+        (["train", "--data", "{tmp}", "--out", "{tmp}/r", "--set", "gan.lr_d=fast"], "must be a number"),
+        (["train", "--data", "{tmp}", "--out", "{tmp}/r", "--set", "gan.lr_d=[1"], "gan.lr_d: cannot read '[1'"),
+        (["train", "--data", "{tmp}", "--out", "{tmp}/r", "--config", "{tmp}"], "cannot read settings"),
+        (["test", "--model", "{tmp}/m.onnx", "--data", "{tmp}/d", "--out", "{tmp}/o"], "m.onnx: no such model file"),
+    ],
+)
 def test_bad_input_gives_one_line_error(argv, message, tmp_path, capsys):
     assert main([a.replace("{tmp}", str(tmp_path)) for a in argv]) == 2
     err = capsys.readouterr().err.strip()
@@ -122,12 +153,19 @@ def test_bad_input_gives_one_line_error(argv, message, tmp_path, capsys):
 
 def test_a_bug_shows_its_traceback_after_a_line_saying_so(tmp_path):
     """A plain ValueError is a bug, never a user's mistake: not one line and exit code 2."""
-    script = ("import sys; from funetgan import cli; from funetgan.commands import training\n"
-              "def broken(*args): raise ValueError('a bug')\n"
-              "training.resolve_config = broken\n"
-              "sys.exit(cli.main(['train', '--data', 'x', '--out', 'y', '--print-config']))")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path,
-                          env={**os.environ, "PYTHONPATH": str(SOURCE)})
+    script = (
+        "import sys; from funetgan import cli; from funetgan.commands import training\n"
+        "def broken(*args): raise ValueError('a bug')\n"
+        "training.resolve_config = broken\n"
+        "sys.exit(cli.main(['train', '--data', 'x', '--out', 'y', '--print-config']))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(SOURCE)},
+    )
     assert done.returncode == 1
     lines = done.stderr.splitlines()
     assert lines[0] == f"funetgan: {BUG}" and "report it" in lines[0]
@@ -154,9 +192,11 @@ def test_each_category_goes_on_past_expected_errors_and_lists_them_at_the_end(tm
     assert ran == ["a", "b", "c", "d"]
     out, err = capsys.readouterr()
     assert "== b: failed (reported at the end)" in out
-    assert err.splitlines() == ["funetgan: error: 2 of 4 categories failed:",
-                                "funetgan: error: b: b/train/good: no training images",
-                                "funetgan: error: c: runs/c is in use by another funetgan process"]
+    assert err.splitlines() == [
+        "funetgan: error: 2 of 4 categories failed:",
+        "funetgan: error: b: b/train/good: no training images",
+        "funetgan: error: c: runs/c is in use by another funetgan process",
+    ]
 
 
 def test_each_category_stops_at_a_bug(tmp_path):
@@ -180,26 +220,33 @@ def test_every_mvtec_category_gets_its_own_run_and_one_that_fails_stops_no_other
     settings = [*tiny_args, "--set", "batch_size=12"]  # 11 images after the hold-out: the batch is fitted to them
     assert main(["train", "--data", str(root), "--category", "all", "--out", str(runs), *settings]) == 2
     out, err = capsys.readouterr()
-    assert out.count("note: batch_size 12 lowered to 11: only 11 training image(s) after holding out 1 "
-                     "for validation") == 2
+    assert (
+        out.count("note: batch_size 12 lowered to 11: only 11 training image(s) after holding out 1 for validation")
+        == 2
+    )
     assert [line for line in err.splitlines() if line.startswith("funetgan")] == [  # not tqdm's bars
         "funetgan: error: 1 of 3 categories failed:",
         "funetgan: error: grass: one training volume (or image) cannot be split into training and calibration "
-        "normals: add normals or give a validation split"]
+        "normals: add normals or give a validation split",
+    ]
     assert main(["test", "--run", str(runs), "--data", str(root), "--category", "all", "--out", str(results)]) == 2
     assert [line for line in capsys.readouterr().err.splitlines() if line.startswith("funetgan")] == [
         "funetgan: error: 1 of 3 categories failed:",
-        f"funetgan: error: grass: {runs / 'grass' / 'model.safetensors'}: no trained model here (did training finish?)"]
+        f"funetgan: error: grass: {runs / 'grass' / 'model.safetensors'}: no trained model here (did training finish?)",
+    ]
     for name in ("brick", "gravel"):
         assert (runs / name / "model.safetensors").exists()
         assert "batch_size: 11" in (runs / name / "config.yaml").read_text()
         assert json.loads((results / name / "metrics.json").read_text())["image"]["n_anomalous"] == 5
     logs = {name: (runs / name / "log.jsonl").read_text() for name in ("brick", "gravel")}
-    assert main(["train", "--data", str(root), "--category", "all", "--out", str(runs), "--resume",
-                 "--device", "cpu"]) == 2  # each category's own run resumes (finished: nothing more to train)
+    assert (
+        main(["train", "--data", str(root), "--category", "all", "--out", str(runs), "--resume", "--device", "cpu"])
+        == 2
+    )  # each category's own run resumes (finished: nothing more to train)
     assert [line for line in capsys.readouterr().err.splitlines() if line.startswith("funetgan")] == [
         "funetgan: error: 1 of 3 categories failed:",
-        f"funetgan: error: grass: {runs / 'grass' / 'config.yaml'}: nothing to resume"]
+        f"funetgan: error: grass: {runs / 'grass' / 'config.yaml'}: nothing to resume",
+    ]
     assert logs == {name: (runs / name / "log.jsonl").read_text() for name in ("brick", "gravel")}
 
 
@@ -207,8 +254,10 @@ def test_overwrite_removes_earlier_per_image_outputs(tiny_run, texture_dataset, 
     (tmp_path / "overlays").mkdir()
     (tmp_path / "overlays" / "stale.png").write_bytes(b"old")
     assert main(["test", "--run", str(tiny_run), "--data", str(texture_dataset), "--out", str(tmp_path)]) == 2
-    assert main(["test", "--run", str(tiny_run), "--data", str(texture_dataset), "--out", str(tmp_path),
-                 "--overwrite"]) == 0
+    assert (
+        main(["test", "--run", str(tiny_run), "--data", str(texture_dataset), "--out", str(tmp_path), "--overwrite"])
+        == 0
+    )
     assert not (tmp_path / "overlays" / "stale.png").exists()
     assert len(list((tmp_path / "overlays").glob("*.png"))) == 8
 
@@ -217,17 +266,34 @@ def test_patch_training_then_tiled_test_and_predict_at_full_resolution(texture_d
     run, results = tmp_path / "run", tmp_path / "results"
     patches = [*tiny_args, "--set", "data.resolution=native", "--set", "score.tile_stride=16"]
     assert main(["train", "--data", str(texture_dataset), "--out", str(run), *patches]) == 0
-    assert main(["test", "--run", str(run), "--data", str(texture_dataset), "--out", str(results),
-                 "--outputs", "all"]) == 0
+    assert (
+        main(["test", "--run", str(run), "--data", str(texture_dataset), "--out", str(results), "--outputs", "all"])
+        == 0
+    )
     with Image.open(next((results / "masks").rglob("*.png"))) as mask:
         assert mask.size == (64, 64)  # the crops' own size: scored at it, no resizing
-    assert main(["predict", "--run", str(run), "--out", str(tmp_path / "p"),
-                 str(texture_dataset / "test" / "hole" / "000.png")]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--run",
+                str(run),
+                "--out",
+                str(tmp_path / "p"),
+                str(texture_dataset / "test" / "hole" / "000.png"),
+            ]
+        )
+        == 0
+    )
 
 
 def test_a_patch_larger_than_the_working_resolution_is_one_line(texture_dataset, tmp_path, capsys, tiny_args):
-    assert main(["train", "--data", str(texture_dataset), "--out", str(tmp_path), *tiny_args,
-                 "--set", "data.resolution=16"]) == 2
+    assert (
+        main(
+            ["train", "--data", str(texture_dataset), "--out", str(tmp_path), *tiny_args, "--set", "data.resolution=16"]
+        )
+        == 2
+    )
     assert "data.resolution (16) must be at least model.image_size (32)" in capsys.readouterr().err
 
 
@@ -248,15 +314,17 @@ def test_predict_counts_a_score_at_the_threshold_as_flagged(tiny_run, texture_da
     assert main(["predict", "--run", str(tiny_run), "--out", str(tmp_path / "a"), image]) == 0
     (row,) = csv.DictReader((tmp_path / "a" / "predictions.csv").open())
     capsys.readouterr()
-    assert main(["predict", "--run", str(tiny_run), "--out", str(tmp_path / "b"), "--threshold", row["score"],
-                 image]) == 0
+    assert (
+        main(["predict", "--run", str(tiny_run), "--out", str(tmp_path / "b"), "--threshold", row["score"], image]) == 0
+    )
     assert "1 image(s) scored, 1 at or above" in capsys.readouterr().out
     (row,) = csv.DictReader((tmp_path / "b" / "predictions.csv").open())
     assert row["predicted"] == "1"
 
 
-def test_a_full_disk_during_training_is_one_line_and_keeps_the_earlier_checkpoint(texture_dataset, tmp_path, capsys,
-                                                                                  monkeypatch, tiny_args):
+def test_a_full_disk_during_training_is_one_line_and_keeps_the_earlier_checkpoint(
+    texture_dataset, tmp_path, capsys, monkeypatch, tiny_args
+):
     from safetensors import SafetensorError
 
     from funetgan.training import checkpoint
@@ -271,8 +339,10 @@ def test_a_full_disk_during_training_is_one_line_and_keeps_the_earlier_checkpoin
 
     monkeypatch.setattr(checkpoint, "save_file", second_save_finds_the_disk_full)
     out = tmp_path / "run"
-    assert main(["train", "--data", str(texture_dataset), "--out", str(out), *tiny_args,
-                 "--set", "checkpoint_every=1"]) == 2
+    assert (
+        main(["train", "--data", str(texture_dataset), "--out", str(out), *tiny_args, "--set", "checkpoint_every=1"])
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert "Traceback" not in err
     full = f"funetgan: error: {out / 'checkpoint.safetensors'}: cannot write (No space left on device)"
@@ -307,8 +377,24 @@ def test_calibrate_with_unchanged_settings_gives_the_training_thresholds(run_cop
 
 def test_calibrate_under_new_map_terms_rewrites_the_model_and_its_settings(run_copy, texture_dataset, tmp_path):
     before = FUNetGAN.load(run_copy)
-    assert main(["calibrate", "--run", str(run_copy), "--data", str(texture_dataset), "--device", "cpu",
-                 "--set", "score.density_weight=0", "--set", "score.smoothness_weight=0"]) == 0
+    assert (
+        main(
+            [
+                "calibrate",
+                "--run",
+                str(run_copy),
+                "--data",
+                str(texture_dataset),
+                "--device",
+                "cpu",
+                "--set",
+                "score.density_weight=0",
+                "--set",
+                "score.smoothness_weight=0",
+            ]
+        )
+        == 0
+    )
     after = FUNetGAN.load(run_copy)
     assert (after.config.score.density_weight, after.config.score.smoothness_weight) == (0, 0)
     settings = yaml.safe_load((run_copy / "config.yaml").read_text())["score"]
@@ -323,8 +409,22 @@ def test_calibrate_makes_chosen_thresholds_the_runs_own_with_their_promise(run_c
     measured on the calibration normals' scores, and `test` then uses and checks them."""
     before = FUNetGAN.load(run_copy).calibration
     (normal,) = before.normal_scores  # 1 calibration normal (10 % of 12 training crops)
-    assert main(["calibrate", "--run", str(run_copy), "--threshold", repr(normal / 2), "--pixel-threshold", "0.25",
-                 "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "calibrate",
+                "--run",
+                str(run_copy),
+                "--threshold",
+                repr(normal / 2),
+                "--pixel-threshold",
+                "0.25",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     after = FUNetGAN.load(run_copy).calibration
     assert (after.image_threshold, after.pixel_threshold) == (normal / 2, 0.25)
     assert after.expected_image_rate == 1.0  # the one normal exceeds it: (1 + 1) / (1 + 1)
@@ -349,10 +449,13 @@ def test_calibrate_without_data_only_sets_thresholds_and_old_runs_need_data(run_
     assert main(["calibrate", "--run", str(run_copy), "--pixel-threshold", "1.0"]) == 0  # needs no promise
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--set", "gan.lr_d=1e-4"], "calibrate can change only score.*"),
-    (["--set", "score.density_weight=much"], "must be a number"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--set", "gan.lr_d=1e-4"], "calibrate can change only score.*"),
+        (["--set", "score.density_weight=much"], "must be a number"),
+    ],
+)
 def test_calibrate_refuses_settings_of_the_networks_and_bad_values(argv, message, run_copy, texture_dataset, capsys):
     model = (run_copy / "model.safetensors").read_bytes()
     assert main(["calibrate", "--run", str(run_copy), "--data", str(texture_dataset), *argv]) == 2
@@ -388,7 +491,7 @@ def separable_dataset(root: Path, size: int = 32) -> Path:
         save(root / "test" / "good" / f"{i:03d}.png", flat())
         image, mask = flat(), np.zeros((size, size))
         top, left = rng.integers(2, size - 10, 2)
-        image[top:top + 8, left:left + 8] = mask[top:top + 8, left:left + 8] = 255
+        image[top : top + 8, left : left + 8] = mask[top : top + 8, left : left + 8] = 255
         save(root / "test" / "square" / f"{i:03d}.png", image)
         save(root / "ground_truth" / "square" / f"{i:03d}_mask.png", mask)
     return root
@@ -412,25 +515,29 @@ def test_separable_anomalies_are_found_at_both_levels(separable, tmp_path):
 def test_the_separable_check_fails_when_the_score_sign_is_flipped(separable, tmp_path, monkeypatch):
     """The check above can fail: the same run with its scores and maps negated ranks backwards."""
     from funetgan.scoring.scorer import Scorer, Scores
+
     score = Scorer.score
-    monkeypatch.setattr(Scorer, "score", lambda self, *a, **k: Scores(*(-x for x in vars(score(self, *a, **k))
-                                                                            .values())))
+    monkeypatch.setattr(
+        Scorer, "score", lambda self, *a, **k: Scores(*(-x for x in vars(score(self, *a, **k)).values()))
+    )
     root, run = separable
     assert main(["test", "--run", str(run), "--data", str(root), "--out", str(tmp_path)]) == 0
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["image"]["auroc"] < 0.9 and metrics["pixel"]["auroc"] < 0.9
 
 
-def test_a_run_with_a_damaged_calibration_is_one_line_and_calibrate_repairs_it(run_copy, dataset, tmp_path, capsys):
+def test_a_run_with_a_damaged_calibration_is_one_line_and_calibrate_repairs_it(
+    run_copy, texture_dataset, tmp_path, capsys
+):
     from funetgan.training import checkpoint
 
     model_file = run_copy / "model.safetensors"
     tensors, meta = checkpoint.load(model_file)
     meta["calibration"]["levels"] = {}
     checkpoint.save(model_file, tensors, meta)
-    assert main(["test", "--run", str(run_copy), "--data", str(dataset), "--out", str(tmp_path / "t")]) == 2
+    assert main(["test", "--run", str(run_copy), "--data", str(texture_dataset), "--out", str(tmp_path / "t")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"funetgan: error: calibration of {model_file} is damaged: levels lack pixel_residual")
     assert len(err.splitlines()) == 1
-    assert main(["calibrate", "--run", str(run_copy), "--data", str(dataset), "--device", "cpu"]) == 0
+    assert main(["calibrate", "--run", str(run_copy), "--data", str(texture_dataset), "--device", "cpu"]) == 0
     assert "pixel_residual" in FUNetGAN.load(run_copy).calibration.levels

@@ -30,24 +30,27 @@ def test_documented_defaults():
     assert (cfg.batch_size, cfg.model.z_dim, cfg.model.variant, cfg.encoder.kappa) == (64, 128, "res_attn", 1.0)
 
 
-@pytest.mark.parametrize("override, message", [
-    ("model.image_size=48", "power of two"),
-    ("model.image_size=512", "power of two"),
-    ("model.channels=2", "1 or 3"),
-    ("model.variant=unet", "must be one of"),
-    ("gan.nope=1", "unknown setting 'gan.nope'"),
-    ("data.val_fractoin=0.2", r"unknown setting 'data.val_fractoin' \(did you mean data.val_fraction "),
-    ("model=3", "unknown setting 'model'"),  # a section, not a setting
-    ("gan.lr_d=1e-4x", "gan.lr_d must be a number, got '1e-4x'"),
-    ("gan.lr_d=nan", "must be a number"),
-    ("batch_size=abc", "must be a number"),
-    ("batch_size=2.5", "must be an integer"),
-    ("amp=maybe", "true or false"),
-    ("batch_size=null", "must be set"),
-    ("data.hu_window=[0.5]", "list of 2 numbers"),
-    ("seed", "key=value"),
-    ("gan.lr_d=[1e-4", r"gan.lr_d must be a YAML value, got '\[1e-4'"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model.image_size=48", "power of two"),
+        ("model.image_size=512", "power of two"),
+        ("model.channels=2", "1 or 3"),
+        ("model.variant=unet", "must be one of"),
+        ("gan.nope=1", "unknown setting 'gan.nope'"),
+        ("data.val_fractoin=0.2", r"unknown setting 'data.val_fractoin' \(did you mean data.val_fraction "),
+        ("model=3", "unknown setting 'model'"),  # a section, not a setting
+        ("gan.lr_d=1e-4x", "gan.lr_d must be a number, got '1e-4x'"),
+        ("gan.lr_d=nan", "must be a number"),
+        ("batch_size=abc", "must be a number"),
+        ("batch_size=2.5", "must be an integer"),
+        ("amp=maybe", "true or false"),
+        ("batch_size=null", "must be set"),
+        ("data.hu_window=[0.5]", "list of 2 numbers"),
+        ("seed", "key=value"),
+        ("gan.lr_d=[1e-4", r"gan.lr_d: cannot read '\[1e-4'"),
+    ],
+)
 def test_bad_overrides_are_explained(override, message):
     with pytest.raises(SettingsError, match=message):
         apply_overrides(Config(), [override])
@@ -60,8 +63,10 @@ def test_bad_settings_file_names_the_file(tmp_path):
         Config.load(path)
 
 
-@pytest.mark.parametrize("text, value", [("1e-4", 1e-4), ("1E-4", 1e-4), ("5e3", 5000.0), (".5", 0.5),
-                                         ("1_000", 1000.0), ("-2.5e-1", -0.25), ("3", 3.0)])
+@pytest.mark.parametrize(
+    "text, value",
+    [("1e-4", 1e-4), ("1E-4", 1e-4), ("5e3", 5000.0), (".5", 0.5), ("1_000", 1000.0), ("-2.5e-1", -0.25), ("3", 3.0)],
+)
 def test_numbers_as_people_type_them(text, value, tmp_path):
     """YAML 1.1 reads 1e-4, .5 (without a sign or digit) and the like as strings. (Settings
     with no bound on their values: a float, an optional float and a pair.)"""
@@ -91,26 +96,38 @@ OTHER_CHECKS = {"model.image_size", "model.channels", "score.tile_stride", "data
 
 def test_every_numeric_setting_has_a_range():
     from funetgan.config import BOUNDS, all_keys, get_key
+
     config = Config()
-    numeric = {key for key in all_keys() if isinstance(get_key(config, key), (int, float, tuple))
-               and not isinstance(get_key(config, key), bool)}
-    numeric |= {key for key in all_keys() if get_key(config, key) is None and key not in (
-        "data.resolution", "data.category", "data.normal_class", "data.cache_dir")}
+    numeric = {
+        key
+        for key in all_keys()
+        if isinstance(get_key(config, key), (int, float, tuple)) and not isinstance(get_key(config, key), bool)
+    }
+    numeric |= {
+        key
+        for key in all_keys()
+        if get_key(config, key) is None
+        and key not in ("data.resolution", "data.category", "data.normal_class", "data.cache_dir")
+    }
     assert numeric - set(BOUNDS) - OTHER_CHECKS == set()
 
 
-@pytest.mark.parametrize("item, message", [
-    ("score.normal_quantile=1", "score.normal_quantile must be inside (0, 1), got 1"),
-    ("score.normal_quantile=0", "inside (0, 1)"),
-    ("data.val_fraction=1.5", "data.val_fraction must be inside (0, 1)"),
-    ("data.test_fraction=0", "data.test_fraction must be inside (0, 1)"),
-    ("score.latent_density_weight=-1", "score.latent_density_weight must be at least 0, got -1"),
-    ("gan.lambda_gp=-0.1", "gan.lambda_gp must be at least 0"),
-    ("gan.lr_g=0", "gan.lr_g must be above 0, got 0"),
-    ("model.width=0", "model.width must be at least 1"),
-    ("seed=-1", "seed must be in 0 .. 2^32 - 1"), ("data.split_seed=4294967296", "data.split_seed must be in 0"),
-    ("data.hu_window=[400, -1000]", "data.hu_window's low end must lie below its high end, got [400, -1000]"),
-])
+@pytest.mark.parametrize(
+    "item, message",
+    [
+        ("score.normal_quantile=1", "score.normal_quantile must be inside (0, 1), got 1"),
+        ("score.normal_quantile=0", "inside (0, 1)"),
+        ("data.val_fraction=1.5", "data.val_fraction must be inside (0, 1)"),
+        ("data.test_fraction=0", "data.test_fraction must be inside (0, 1)"),
+        ("score.latent_density_weight=-1", "score.latent_density_weight must be at least 0, got -1"),
+        ("gan.lambda_gp=-0.1", "gan.lambda_gp must be at least 0"),
+        ("gan.lr_g=0", "gan.lr_g must be above 0, got 0"),
+        ("model.width=0", "model.width must be at least 1"),
+        ("seed=-1", "seed must be in 0 .. 2^32 - 1"),
+        ("data.split_seed=4294967296", "data.split_seed must be in 0"),
+        ("data.hu_window=[400, -1000]", "data.hu_window's low end must lie below its high end, got [400, -1000]"),
+    ],
+)
 def test_a_value_out_of_its_range_is_refused_with_the_key(item, message):
     with pytest.raises(SettingsError, match=re.escape(message)):
         apply_overrides(Config(), [item])

@@ -1,5 +1,6 @@
 """The CT workflow through the command line: train on a lung CT layout, test (per-patient
 metrics, volumes.csv, NIfTI maps on each scan's grid), predict on a volume."""
+
 import csv
 import json
 
@@ -66,11 +67,14 @@ def test_train_and_test_through_the_slice_cache_match_the_in_memory_run(ct_run, 
     # Both trained here: runs trained after the tests above (in this process) differ from the
     # fixture's, with or without the cache (not explained yet), so it is not the reference.
     assert main(["train", "--data", str(data), "--out", str(run), *tiny_args]) == 0
-    assert main(["train", "--data", str(data), "--out", str(cached_run), *tiny_args,
-                 "--set", f"data.cache_dir={cache}"]) == 0
+    assert (
+        main(["train", "--data", str(data), "--out", str(cached_run), *tiny_args, "--set", f"data.cache_dir={cache}"])
+        == 0
+    )
     assert len([p for p in cache.iterdir() if p.is_dir()]) == 1  # one cache folder (and its lock file)
     assert main(["test", "--run", str(run), "--data", str(data), "--out", str(tmp_path / "memory")]) == 0
     from funetgan.data import ct
+
     monkeypatch.setattr(ct, "read_scan", lambda path: pytest.fail("test decoded the volumes again"))
     assert main(["test", "--run", str(cached_run), "--data", str(data), "--out", str(tmp_path / "cached")]) == 0
     memory, cached = (json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("memory", "cached"))
@@ -88,14 +92,16 @@ def test_predict_and_test_read_volumes_through_the_slice_cache(ct_run, tmp_path,
 
     def both(name: str) -> None:
         assert main(["predict", "--run", str(run), "--out", str(tmp_path / name / "predict"), *cache, *scans]) == 0
-        assert main(["test", "--run", str(run), "--data", str(data), "--out", str(tmp_path / name / "test"),
-                     *cache]) == 0
+        assert (
+            main(["test", "--run", str(run), "--data", str(data), "--out", str(tmp_path / name / "test"), *cache]) == 0
+        )
 
     assert main(["predict", "--run", str(run), "--out", str(tmp_path / "memory" / "predict"), *scans]) == 0
     assert main(["test", "--run", str(run), "--data", str(data), "--out", str(tmp_path / "memory" / "test")]) == 0
     both("built")
     assert len([p for p in (tmp_path / "cache").iterdir() if p.is_dir()]) == 2  # predict's volumes, the test set
     from funetgan.data import ct
+
     monkeypatch.setattr(ct, "read_scan", lambda path: pytest.fail("decoded the volumes again"))
     both("mapped")
     for name in ("built", "mapped"):
@@ -110,9 +116,9 @@ def test_test_and_predict_refuse_training_settings(ct_run, tmp_path, capsys):
     assert err.count("\n") == 1 and "--set score.kappa: test and predict can change only data.cache_dir" in err
 
 
-def test_predict_on_a_dicom_series_writes_seg_and_parametric_map_matching_the_nifti_files(ct_run, tmp_path,
-                                                                                          frames_by_source,
-                                                                                          real_series):
+def test_predict_on_a_dicom_series_writes_seg_and_parametric_map_matching_the_nifti_files(
+    ct_run, tmp_path, frames_by_source, real_series
+):
     """A real CT series (pydicom's test files): the SEG's and the Parametric Map's frames hold
     the NIfTI mask's and map's values at each source slice's position."""
     pytest.importorskip("highdicom")
@@ -124,8 +130,12 @@ def test_predict_on_a_dicom_series_writes_seg_and_parametric_map_matching_the_ni
     # Again with the map's median as the pixel threshold, so that the mask holds both values.
     median = float(np.median(nibabel.load(folder / "CT5N_map.nii.gz").get_fdata()))
     assert main([*predict, "--pixel-threshold", str(median), "--overwrite"]) == 0
-    assert sorted(p.name for p in folder.iterdir()) == ["CT5N_map.dcm", "CT5N_map.nii.gz", "CT5N_mask.nii.gz",
-                                                        "CT5N_seg.dcm"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "CT5N_map.dcm",
+        "CT5N_map.nii.gz",
+        "CT5N_mask.nii.gz",
+        "CT5N_seg.dcm",
+    ]
     nifti = {suffix: nibabel.load(folder / f"CT5N_{suffix}.nii.gz") for suffix in ("map", "mask")}
     to_voxel = np.linalg.inv(nifti["map"].affine)
     for dicom, suffix in (("CT5N_map.dcm", "map"), ("CT5N_seg.dcm", "mask")):

@@ -1,5 +1,6 @@
 """The BMAD layout (data/bmad.py): its splits, pixel- and image-level sets, broken layouts,
 and a run through the command line that calibrates on valid/ only."""
+
 import json
 import shutil
 
@@ -66,18 +67,33 @@ def broken(save_image, save_mask, root, change) -> None:
     change(root, save_image)
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda r, save: (r / "valid/sick").mkdir(),
-     r"valid: expected folders good/ and Ungood/, found Ungood, good, sick"),
-    (lambda r, save: shutil.rmtree(r / "test/good"), r"test: expected folders good/ and Ungood/, found Ungood$"),
-    (lambda r, save: save(r / "valid/Ungood/u9.png", 1), r"valid/Ungood: images both in img/ and beside it \(u9.png\)"),
-    (lambda r, save: shutil.rmtree(r / "test/Ungood/img"), r"test/Ungood: a label/ folder without an img/ folder"),
-    (lambda r, save: (r / "valid/Ungood/label/u1.png").unlink(),
-     r"valid/Ungood/img/u1.png \(no mask in Ungood/label/\)"),
-    (lambda r, save: save(r / "test/Ungood/label/u7.png", 0), r"test/Ungood/label/u7.png \(mask without an image\)"),
-    (lambda r, save: save(r / "valid/Ungood/label/u0.png", 0, size=(4, 4)),
-     r"u0.png \(its mask u0.png is 4x4, the image 16x16\)"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            lambda r, save: (r / "valid/sick").mkdir(),
+            r"valid: expected folders good/ and Ungood/, found Ungood, good, sick",
+        ),
+        (lambda r, save: shutil.rmtree(r / "test/good"), r"test: expected folders good/ and Ungood/, found Ungood$"),
+        (
+            lambda r, save: save(r / "valid/Ungood/u9.png", 1),
+            r"valid/Ungood: images both in img/ and beside it \(u9.png\)",
+        ),
+        (lambda r, save: shutil.rmtree(r / "test/Ungood/img"), r"test/Ungood: a label/ folder without an img/ folder"),
+        (
+            lambda r, save: (r / "valid/Ungood/label/u1.png").unlink(),
+            r"valid/Ungood/img/u1.png \(no mask in Ungood/label/\)",
+        ),
+        (
+            lambda r, save: save(r / "test/Ungood/label/u7.png", 0),
+            r"test/Ungood/label/u7.png \(mask without an image\)",
+        ),
+        (
+            lambda r, save: save(r / "valid/Ungood/label/u0.png", 0, size=(4, 4)),
+            r"u0.png \(its mask u0.png is 4x4, the image 16x16\)",
+        ),
+    ],
+)
 def test_a_broken_layout_is_one_line_naming_the_file(tmp_path, change, message, save_image, save_mask):
     broken(save_image, save_mask, tmp_path, change)
     with pytest.raises(DataError, match=message) as caught:

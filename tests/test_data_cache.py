@@ -1,5 +1,6 @@
 """The slice cache of volume sets (data/cache.py): built once, memory-mapped, the same
 splits as decoding into memory, rebuilt when a source file changes, never half-written."""
+
 import os
 from pathlib import Path
 
@@ -147,8 +148,15 @@ def test_processes_starting_together_build_the_cache_once_and_all_map_it(data, t
     import sys
 
     log, cache = tmp_path / "decoded.txt", tmp_path / "cache"
-    processes = [subprocess.Popen([sys.executable, "-c", LOAD, str(data), str(log), str(cache)],
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", LOAD, str(data), str(log), str(cache)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
     results = [process.communicate(timeout=120) for process in processes]
     assert all(process.returncode == 0 for process in processes), [err[-2000:] for _, err in results]
     assert len({out for out, _ in results}) == 1  # the same slices everywhere

@@ -1,4 +1,5 @@
 """MVTec AD and generic folders, bad input, load_unlabelled and fit_batch."""
+
 import re
 import warnings
 
@@ -69,8 +70,10 @@ def test_generic_folder_with_flat_masks(tmp_path, save_image, save_mask):
     assert splits.train.images.shape == (4, 8, 8, 3) and (splits.train.images == 100).all()
     kinds = dict(zip([p.rsplit("/", 1)[1] for p in test.paths], test.kinds))
     assert kinds == {"t0.png": "good", "t1.png": "abnormal", "t2.png": "scratch"}
-    t0, t1, t2 = (test.paths.index(str(tmp_path / f"test/{d}/{n}"))
-                  for d, n in [("normal", "t0.png"), ("abnormal", "t1.png"), ("scratch", "t2.png")])
+    t0, t1, t2 = (
+        test.paths.index(str(tmp_path / f"test/{d}/{n}"))
+        for d, n in [("normal", "t0.png"), ("abnormal", "t1.png"), ("scratch", "t2.png")]
+    )
     np.testing.assert_array_equal(test.labels[[t0, t1, t2]], [0, 1, 1])
     assert test.has_mask.all()
     assert not test.masks[t0].any()
@@ -94,6 +97,7 @@ def test_generic_folder_without_masks_and_with_val(tmp_path, save_image):
 
 # ----- bad input: every case stops before training with one line naming the files ------------
 
+
 def one_line_error(root, options=None, match=""):
     with pytest.raises(DataError) as caught:
         load_dataset(root, 8, 1, options or DataConfig())
@@ -109,6 +113,7 @@ def test_missing_or_unknown_folders(tmp_path, save_image, save_mask):
     one_line_error(tmp_path / "stuff", match="stuff: no known dataset layout; expected train/")
     mvtec_category(save_image, save_mask, tmp_path / "cat")
     import shutil
+
     shutil.rmtree(tmp_path / "cat/train/good")
     (tmp_path / "cat/train/good").mkdir()
     one_line_error(tmp_path / "cat", match="cat/train/good: no training images")
@@ -179,8 +184,10 @@ def test_skip_mode_leaves_bad_files_out_with_a_note_and_one_warning(tmp_path, sa
         splits = load_dataset(root, 8, 1, DataConfig(on_bad_file="skip"))
     assert len(caught) == 1
     assert len(splits.train) == 4
-    assert splits.train.notes == [f"skipped 2 bad file(s): {root}/train/a.txt (not an image, or corrupt), "
-                                  f"{root}/train/b.txt (not an image, or corrupt)"]
+    assert splits.train.notes == [
+        f"skipped 2 bad file(s): {root}/train/a.txt (not an image, or corrupt), "
+        f"{root}/train/b.txt (not an image, or corrupt)"
+    ]
     assert any("ghost.png (mask without an image)" in note for note in splits.test.notes)
 
 
@@ -197,27 +204,44 @@ def training_rows(images):
     return calibration_split(images, None, 0.1, seed=0)[0]
 
 
-@pytest.mark.parametrize("n, batch, processes, fitted, note", [
-    (71, 64, 1, 64, None),  # round(7.1) = 7 held out, 64 left
-    (5, 4, 1, 4, None),  # one image held out leaves 4
-    (4, 4, 1, 3, "batch_size 4 lowered to 3: only 3 training image(s) after holding out 1 for validation"),
-    (9, 8, 2, 8, None),  # 8 left: 4 per process
-    (9, 10, 2, 8, "batch_size 10 lowered to 8: only 8 training image(s) after holding out 1 for validation, "
-                  "4 per process on 2 processes"),
-    (20, 64, 3, 18, "batch_size 64 lowered to 18: only 18 training image(s) after holding out 2 for validation, "
-                    "6 per process on 3 processes"),
-    (200, 64, 3, 63, "batch_size 64 lowered to 63: an equal share (21) for each of the 3 processes"),
-    (200, 2, 4, 4, "batch_size 2 raised to 4: at least one image for each of the 4 processes"),
-])
-def test_the_batch_is_global_split_across_processes_and_fitted_to_small_sets(n, batch, processes, fitted, note,
-                                                                             random_images):
+@pytest.mark.parametrize(
+    "n, batch, processes, fitted, note",
+    [
+        (71, 64, 1, 64, None),  # round(7.1) = 7 held out, 64 left
+        (5, 4, 1, 4, None),  # one image held out leaves 4
+        (4, 4, 1, 3, "batch_size 4 lowered to 3: only 3 training image(s) after holding out 1 for validation"),
+        (9, 8, 2, 8, None),  # 8 left: 4 per process
+        (
+            9,
+            10,
+            2,
+            8,
+            "batch_size 10 lowered to 8: only 8 training image(s) after holding out 1 for validation, "
+            "4 per process on 2 processes",
+        ),
+        (
+            20,
+            64,
+            3,
+            18,
+            "batch_size 64 lowered to 18: only 18 training image(s) after holding out 2 for validation, "
+            "6 per process on 3 processes",
+        ),
+        (200, 64, 3, 63, "batch_size 64 lowered to 63: an equal share (21) for each of the 3 processes"),
+        (200, 2, 4, 4, "batch_size 2 raised to 4: at least one image for each of the 4 processes"),
+    ],
+)
+def test_the_batch_is_global_split_across_processes_and_fitted_to_small_sets(
+    n, batch, processes, fitted, note, random_images
+):
 
     images = random_images(n, size=8)
     assert fit_batch(images, training_rows(images), batch, processes) == (fitted, note)
 
 
-def test_a_validation_split_holds_nothing_out_and_patches_count_once_per_patch(tmp_path, random_images, save_image,
-                                                                               save_mask):
+def test_a_validation_split_holds_nothing_out_and_patches_count_once_per_patch(
+    tmp_path, random_images, save_image, save_mask
+):
 
     splits = load_dataset(generic(save_image, save_mask, tmp_path), 8, 1)  # 4 training images
     assert fit_batch(splits.train, None, 4) == (4, None)
@@ -225,13 +249,18 @@ def test_a_validation_split_holds_nothing_out_and_patches_count_once_per_patch(t
     # 3 images of 64 px after the hold-out hold 4 x 4 patches of 16 px each: 48 patches an epoch
     images = random_images(4, size=64)
     assert fit_batch(images, training_rows(images), 64, patch=16) == (
-        48, "batch_size 64 lowered to 48: only 3 training image(s) (48 patches) after holding out 1 for validation")
+        48,
+        "batch_size 64 lowered to 48: only 3 training image(s) (48 patches) after holding out 1 for validation",
+    )
 
 
 def test_a_set_smaller_than_the_processes_is_refused_in_one_line(random_images):
 
-    with pytest.raises(DataError, match=r"^only 3 training image\(s\) after holding out 1 for validation, "
-                                        r"fewer than the 4 processes: add images or use fewer processes$"):
+    with pytest.raises(
+        DataError,
+        match=r"^only 3 training image\(s\) after holding out 1 for validation, "
+        r"fewer than the 4 processes: add images or use fewer processes$",
+    ):
         images = random_images(4, size=8)
         fit_batch(images, training_rows(images), 64, 4)
 

@@ -1,4 +1,5 @@
 """MNIST-style IDX files in the one-class protocol."""
+
 import gzip
 import struct
 import zlib
@@ -31,8 +32,9 @@ def test_one_class_protocol(tmp_path, compress, write_idx):
     splits = load_dataset(idx_dataset(write_idx, tmp_path / "digits", compress), 56, 1, DataConfig(normal_class=0))
     train, test = splits.train, splits.test
     assert train.images.shape == (3, 56, 56, 1) and (train.images == 0).all()
-    assert train.labels.tolist() == [0, 0, 0] and train.paths[0].endswith("train-images-idx3-ubyte"
-                                                                          + ".gz" * compress + "#0")
+    assert train.labels.tolist() == [0, 0, 0] and train.paths[0].endswith(
+        "train-images-idx3-ubyte" + ".gz" * compress + "#0"
+    )
     assert [p.rsplit("#", 1)[1] for p in train.paths] == ["0", "3", "5"]
     assert test.labels.tolist() == [0, 1, 1, 0]
     assert test.kinds == ["good", "2", "1", "good"]
@@ -83,12 +85,23 @@ def test_real_fashion_mnist():
     splits = load_dataset(FASHION, 32, 1, DataConfig(normal_class=7))
     assert len(splits.train) == 6000 and len(splits.test) == 10000
     assert int((splits.test.labels == 0).sum()) == 1000
-    assert set(splits.test.kinds) == {"good", "tshirt_top", "trouser", "pullover", "dress", "coat",
-                                      "sandal", "shirt", "bag", "ankle_boot"}
+    assert set(splits.test.kinds) == {
+        "good",
+        "tshirt_top",
+        "trouser",
+        "pullover",
+        "dress",
+        "coat",
+        "sandal",
+        "shirt",
+        "bag",
+        "ankle_boot",
+    }
 
 
 def _peak_mb() -> float:
     import resource
+
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

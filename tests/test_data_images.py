@@ -1,4 +1,5 @@
 """Pixel formats through read_image / read_mask and the fit to the model's size."""
+
 import numpy as np
 import pytest
 from PIL import Image

@@ -1,4 +1,5 @@
 """DICOM files and series, NIfTI volumes and the lung CT layout (split by patient)."""
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -18,6 +19,7 @@ def grey(path, **kwargs):
 
 # ----- DICOM -----------------------------------------------------------------------------------
 
+
 def test_ct_rescale_to_hu_then_lung_window(tmp_path, write_dicom):
     raw = np.array([[12, 712, 362, 900]], np.int16)  # slope 2, intercept -1024: HU -1000, 400, -300, 776
     path = write_dicom(tmp_path / "ct.dcm", raw, slope=2.0, intercept=-1024.0)
@@ -27,8 +29,7 @@ def test_ct_rescale_to_hu_then_lung_window(tmp_path, write_dicom):
 
 def test_radiograph_16bit_is_stretched_and_monochrome1_inverted(tmp_path, write_dicom):
     raw = np.array([[0, 2048, 4095]], np.uint16)
-    np.testing.assert_array_equal(grey(write_dicom(tmp_path / "a.dcm", raw, modality="DX")),
-                                  [[0, 128, 255]])
+    np.testing.assert_array_equal(grey(write_dicom(tmp_path / "a.dcm", raw, modality="DX")), [[0, 128, 255]])
     inverted = write_dicom(tmp_path / "b.dcm", raw, modality="CR", photometric="MONOCHROME1")
     np.testing.assert_array_equal(grey(inverted), [[255, 127, 0]])
 
@@ -73,6 +74,7 @@ def test_missing_package_is_named_and_never_skipped(tmp_path, monkeypatch, write
 
 
 # ----- NIfTI and the lung CT layout ----------------------------------------------------------
+
 
 def test_volumes_come_out_in_one_orientation(tmp_path, save_nifti):
     ras = np.zeros((4, 3, 2), np.int16)
@@ -165,8 +167,11 @@ def test_ct_bad_input(tmp_path, ct_dataset, save_nifti):
     ct_error(root, r"infection_mask/case9.nii.gz \(mask without a CT scan\)")
     (root / "infection_mask/case9.nii.gz").unlink()
     save_nifti(root / "infection_mask/case1.nii.gz", np.zeros((8, 8, 3), np.uint8))
-    ct_error(root, r"ct_scans/case1.nii.gz \(its mask case1.nii.gz has shape \(3, 8, 8\), "
-                   r"the scan \(4, 8, 8\)\)")
+    ct_error(
+        root,
+        r"ct_scans/case1.nii.gz \(its mask case1.nii.gz has shape \(3, 8, 8\), "
+        r"the scan \(4, 8, 8\)\)",
+    )
     (root / "infection_mask/case1.nii.gz").unlink()
     ct_error(root, r"ct_scans/case1.nii.gz \(no lesion mask in infection_mask/\)")
     with pytest.warns(UserWarning, match="skipped 1 bad file"):

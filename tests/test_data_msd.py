@@ -1,4 +1,5 @@
 """The Medical Segmentation Decathlon layout (Task06_Lung): dataset.json, imagesTr/, labelsTr/."""
+
 import json
 
 import numpy as np
@@ -26,8 +27,12 @@ def msd_dataset(save_nifti, root, volumes=4, slices=5):
         (root / "imagesTr" / f"._{name}").write_bytes(b"\0" * 10)  # macOS companions in the archive
         training.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
     (root / "imagesTs").mkdir()
-    index = {"name": "Lung", "labels": {"0": "background", "1": "cancer"}, "training": training,
-             "test": ["./imagesTs/lung_100.nii.gz"]}
+    index = {
+        "name": "Lung",
+        "labels": {"0": "background", "1": "cancer"},
+        "training": training,
+        "test": ["./imagesTs/lung_100.nii.gz"],
+    }
     (root / "dataset.json").write_text(json.dumps(index))
     return root
 

@@ -2,6 +2,7 @@
 training crop touches, and the selection and report splits from different regions. Every
 crop is found again in the photo from its pixels alone, so the check does not trust how the
 crops were cut."""
+
 from pathlib import Path
 
 import numpy as np
@@ -33,20 +34,24 @@ class PhotoIndex:
 
     def starts(self, pixels: np.ndarray) -> list[tuple[int, int]]:
         key = np.ascontiguousarray(pixels).view(np.uint64)[0]
-        found = self.order[np.searchsorted(self.sorted, key):np.searchsorted(self.sorted, key, "right")]
+        found = self.order[np.searchsorted(self.sorted, key) : np.searchsorted(self.sorted, key, "right")]
         return [divmod(int(i), self.keys.shape[1]) for i in found]
 
     def place(self, crop: np.ndarray, changed: np.ndarray | None = None) -> tuple[int, int]:
         """(top, left) of `crop`: the one place where every pixel outside `changed` (a
         defect's mask) equals the photo's."""
         kept = np.ones(crop.shape, bool) if changed is None else ~changed
-        row, column = next((r, c) for r in range(crop.shape[0]) for c in range(crop.shape[1] - KEY + 1)
-                           if kept[r, c:c + KEY].all())
+        row, column = next(
+            (r, c) for r in range(crop.shape[0]) for c in range(crop.shape[1] - KEY + 1) if kept[r, c : c + KEY].all()
+        )
         height, width = crop.shape
-        found = [(top, left) for top, left in ((r - row, c - column) for r, c in
-                                               self.starts(crop[row, column:column + KEY]))
-                 if 0 <= top <= self.photo.shape[0] - height and 0 <= left <= self.photo.shape[1] - width
-                 and np.array_equal(self.photo[top:top + height, left:left + width][kept], crop[kept])]
+        found = [
+            (top, left)
+            for top, left in ((r - row, c - column) for r, c in self.starts(crop[row, column : column + KEY]))
+            if 0 <= top <= self.photo.shape[0] - height
+            and 0 <= left <= self.photo.shape[1] - width
+            and np.array_equal(self.photo[top : top + height, left : left + width][kept], crop[kept])
+        ]
         assert len(found) == 1, f"crop found at {found}"
         return found[0]
 
@@ -56,7 +61,7 @@ def coverage(index: PhotoIndex, crops: list[np.ndarray], masks: list | None = No
     covered = np.zeros(index.photo.shape, bool)
     for crop, changed in zip(crops, masks or [None] * len(crops)):
         top, left = index.place(crop, changed)
-        covered[top:top + crop.shape[0], left:left + crop.shape[1]] = True
+        covered[top : top + crop.shape[0], left : left + crop.shape[1]] = True
     return covered
 
 
@@ -82,8 +87,10 @@ def unsynced(monkeypatch):
 def test_held_out_normals_and_tests_share_no_pixel_with_training_crops(tmp_path, unsynced):
     texture = "brick"  # every photo is 512 x 512: the regions are the same for all
     index = PhotoIndex(texture_photo(texture).astype(np.uint8))
-    sets = {split: make_texture_dataset(tmp_path / split, texture, crop=CROP, seed=seed, split=split, **DEMO_DATA)
-            for split, seed in (("report", 0), ("selection", 100))}
+    sets = {
+        split: make_texture_dataset(tmp_path / split, texture, crop=CROP, seed=seed, split=split, **DEMO_DATA)
+        for split, seed in (("report", 0), ("selection", 100))
+    }
     train = coverage(index, read(sets["report"] / "train" / "good"))
     train |= coverage(index, read(sets["selection"] / "train" / "good"))
     calibration = coverage(index, read(sets["report"] / "val" / "good"))
@@ -94,7 +101,8 @@ def test_held_out_normals_and_tests_share_no_pixel_with_training_crops(tmp_path,
         kinds = [d.name for d in (root / "test").iterdir() if d.name != "good"]
         crops = read(root / "test" / "good") + [c for kind in kinds for c in read(root / "test" / kind)]
         masks = [None] * len(read(root / "test" / "good")) + [
-            m > 0 for kind in kinds for m in read(root / "ground_truth" / kind)]
+            m > 0 for kind in kinds for m in read(root / "ground_truth" / kind)
+        ]
         tests[split] = coverage(index, crops, masks)
     near_train = ndimage.binary_dilation(train, iterations=GAP)  # at least GAP px apart
     for name, held_out in {"calibration": calibration, "fresh": fresh, "shifted": shifted, **tests}.items():
@@ -110,7 +118,7 @@ def test_every_role_has_regions_and_no_two_regions_touch():
     assert {role for role, _ in boxes} == {"train", "calibration", "fresh", "selection", "report", "shifted"}
     for i, (_, ((r0, r1), (c0, c1))) in enumerate(boxes):
         assert r1 - r0 >= CROP and c1 - c0 >= CROP
-        for _, ((s0, s1), (d0, d1)) in boxes[i + 1:]:
+        for _, ((s0, s1), (d0, d1)) in boxes[i + 1 :]:
             apart = max(s0 - r1, r0 - s1, d0 - c1, c0 - d1)
             assert apart >= GAP
 

@@ -1,6 +1,7 @@
 """The feature-density terms (nn.density): hand-computed Mahalanobis values (one Gaussian
 for every location; of E's latent codes), statistics equal to numpy's,
 up-sampling, calibration, persistence and the scoring weights."""
+
 import numpy as np
 import pytest
 import torch
@@ -35,8 +36,10 @@ def test_the_term_is_up_sampled_bilinearly_to_the_tile():
 def test_statistics_are_the_mean_and_shrunk_covariance_of_all_pixels():
     rng = np.random.default_rng(0)
     scale, shift = np.array([1.0, 3.0])[:, None, None], np.array([5.0, -1.0])[:, None, None]
-    batches = [torch.tensor(rng.normal(size=(3, 2, 4, 4)) * scale + shift, dtype=torch.float32)  # B x C x h x w
-               for _ in range(2)]
+    batches = [
+        torch.tensor(rng.normal(size=(3, 2, 4, 4)) * scale + shift, dtype=torch.float32)  # B x C x h x w
+        for _ in range(2)
+    ]
     statistics = DensityStatistics()
     for batch in batches:
         statistics.add(batch)
@@ -90,7 +93,9 @@ def test_the_densities_are_fitted_on_training_images_and_levelled_on_the_calibra
 
 def test_the_map_density_has_its_shape(trained):
     model, train, _ = trained
-    assert not torch.equal(model.densities["pixel_density"].precision, torch.eye(len(model.densities["pixel_density"].mean)))
+    assert not torch.equal(
+        model.densities["pixel_density"].precision, torch.eye(len(model.densities["pixel_density"].mean))
+    )
     assert model.densities["pixel_density"].mean.shape == (1, model.D.bottleneck_width)
     terms = model.residual_terms(train.images[:5])
     assert terms["pixel_density"].shape == terms["pixel_residual"].shape and (terms["pixel_density"] >= 0).all()
@@ -105,12 +110,17 @@ def test_held_out_normals_are_never_in_the_fit(random_images, tiny_config):
     model = FUNetGAN(config).fit(images)
     held_out = np.sort(np.random.default_rng(config.seed).permutation(60)[:15])  # calibration_split's draw
     rows = np.setdiff1d(np.arange(60), held_out)
-    np.testing.assert_allclose(model.densities["latent_density"].mean[0].numpy(), latent_codes(model, images.images[rows]).mean(0),
-                               rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+        model.densities["latent_density"].mean[0].numpy(),
+        latent_codes(model, images.images[rows]).mean(0),
+        rtol=1e-4,
+        atol=1e-6,
+    )
     assert model.calibration.normals == 15 and model.calibration.notes == [
         "15 calibration normals: the 0.99 quantile of their scores is their maximum, so about 1 in 16 (6.2 %) "
         "normal images will be flagged, not 1 %; hold out at least 99 normals (data.val_fraction) or give a "
-        "validation split"]
+        "validation split"
+    ]
 
 
 def test_the_density_is_saved_with_the_weights(trained, tmp_path):
@@ -125,25 +135,45 @@ def test_the_density_is_saved_with_the_weights(trained, tmp_path):
 def test_too_few_training_images_leave_a_density_term_out_with_a_note(term, images, needed, random_images, tiny_config):
     model = FUNetGAN(apply_overrides(tiny_config(), [f"score.{term}_weight=1.0"]))
     unfitted, notes = model.fit_densities(random_images(images, seed=4).images)
-    assert term in unfitted and notes == [f"score.{term}_weight counts 0: {images} training samples to fit its "
-                                          f"Gaussian on, it needs {needed}"]
+    assert term in unfitted and notes == [
+        f"score.{term}_weight counts 0: {images} training samples to fit its Gaussian on, it needs {needed}"
+    ]
     model.calibrate(random_images(5, seed=5), random_images(images, seed=4).images)
     assert term not in model.calibration.levels and getattr(model.config.score, f"{term}_weight") == 1.0
 
 
 def test_the_weight_adds_the_term_over_its_normal_level():
     ones = np.ones((1, 2, 2), np.float32)
-    terms = Terms(dict(pixel_residual=ones, pixel_features=ones * 0,
-                  pixel_density=np.array([[[2.0, 4.0], [0.0, 2.0]]], np.float32),
-                  image_residual=np.ones((1, 1)), image_features=np.ones((1, 1)),
-                  latent_density=np.ones((1, 1)),
-                  pixel_contrast=ones * 0))
-    norms = {"pixel_residual": 1.0, "pixel_features": 1.0, "pixel_density": 2.0,
-             "image_residual": 1.0, "image_features": 1.0}
-    _, maps = combine(terms, norms, ScoreConfig(kappa=0.0, density_weight=0.5, smoothness_weight=0.0, blur_sigma=0.0,
-                                                 latent_density_weight=0.0), 2)
+    terms = Terms(
+        dict(
+            pixel_residual=ones,
+            pixel_features=ones * 0,
+            pixel_density=np.array([[[2.0, 4.0], [0.0, 2.0]]], np.float32),
+            image_residual=np.ones((1, 1)),
+            image_features=np.ones((1, 1)),
+            latent_density=np.ones((1, 1)),
+            pixel_contrast=ones * 0,
+        )
+    )
+    norms = {
+        "pixel_residual": 1.0,
+        "pixel_features": 1.0,
+        "pixel_density": 2.0,
+        "image_residual": 1.0,
+        "image_features": 1.0,
+    }
+    _, maps = combine(
+        terms,
+        norms,
+        ScoreConfig(kappa=0.0, density_weight=0.5, smoothness_weight=0.0, blur_sigma=0.0, latent_density_weight=0.0),
+        2,
+    )
     assert maps[0].tolist() == [[1.5, 2.0], [1.0, 1.5]]  # 1 + 0.5 * density / 2
     del norms["pixel_density"]  # its Gaussian could not be fitted: the term counts 0
-    _, maps = combine(terms, norms, ScoreConfig(kappa=0.0, density_weight=1.0, smoothness_weight=0.0, blur_sigma=0.0,
-                                                 latent_density_weight=0.0), 2)
+    _, maps = combine(
+        terms,
+        norms,
+        ScoreConfig(kappa=0.0, density_weight=1.0, smoothness_weight=0.0, blur_sigma=0.0, latent_density_weight=0.0),
+        2,
+    )
     assert maps[0].tolist() == [[1.0, 1.0], [1.0, 1.0]]

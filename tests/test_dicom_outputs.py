@@ -1,5 +1,6 @@
 """DICOM SEG and Parametric Map outputs (dicom_outputs.py), read back with pydicom and
 checked by dicom3tools' dciodvfy, on a real CT series (pydicom's test files) and generated ones."""
+
 import shutil
 import subprocess
 from pathlib import Path
@@ -20,8 +21,15 @@ from funetgan.data.medical import read_scan, to_scan_grid  # noqa: E402
 from funetgan.medical.dicom_outputs import write_dicom_outputs  # noqa: E402
 
 
-def write_ct_series(folder: Path, hu: np.ndarray, row_direction=(1, 0, 0), column_direction=(0, 1, 0),
-                    step=(0, 0, 2.5), origin=(-10.0, -20.0, 30.0), spacing=(0.7, 0.8)) -> Path:
+def write_ct_series(
+    folder: Path,
+    hu: np.ndarray,
+    row_direction=(1, 0, 0),
+    column_direction=(0, 1, 0),
+    step=(0, 0, 2.5),
+    origin=(-10.0, -20.0, 30.0),
+    spacing=(0.7, 0.8),
+) -> Path:
     """A CT series of `hu` (slices x rows x columns, int16) with the patient and study
     attributes a scanner writes; file names run against the slice order."""
     study, series, frame = generate_uid(), generate_uid(), generate_uid()
@@ -60,12 +68,21 @@ def write_the_scan_as_its_map(series: Path, out: Path, threshold: float) -> tupl
     return seg, pm
 
 
-@pytest.mark.parametrize("series", [
-    lambda tmp, real_series: real_series(tmp / "real"),
-    # rows running to the patient's right, columns tilted, slices descending: every axis of the grid flips
-    lambda tmp, _: write_ct_series(tmp / "oblique", np.random.default_rng(0).integers(-1000, 400, (4, 6, 5)),
-                                   row_direction=(-1, 0, 0), column_direction=(0, 0.96, -0.28), step=(0, 0.28, -3.0)),
-], ids=["real CT series", "generated oblique series"])
+@pytest.mark.parametrize(
+    "series",
+    [
+        lambda tmp, real_series: real_series(tmp / "real"),
+        # rows running to the patient's right, columns tilted, slices descending: every axis of the grid flips
+        lambda tmp, _: write_ct_series(
+            tmp / "oblique",
+            np.random.default_rng(0).integers(-1000, 400, (4, 6, 5)),
+            row_direction=(-1, 0, 0),
+            column_direction=(0, 0.96, -0.28),
+            step=(0, 0.28, -3.0),
+        ),
+    ],
+    ids=["real CT series", "generated oblique series"],
+)
 def test_frames_line_up_with_the_source_slices(tmp_path, series, frames_by_source, real_series):
     folder = series(tmp_path, real_series)
     seg, pm = write_the_scan_as_its_map(folder, tmp_path / "out", threshold=0.0)
@@ -92,8 +109,11 @@ def test_objects_reference_the_source_and_name_the_algorithm(tmp_path, real_seri
         (referenced,) = ds.ReferencedSeriesSequence
         assert referenced.SeriesInstanceUID == source.SeriesInstanceUID
         assert len(referenced.ReferencedInstanceSequence) == 5
-        assert (ds.Manufacturer, ds.ManufacturerModelName, ds.SoftwareVersions) == ("funetgan", "F-UNetGAN",
-                                                                                     __version__)
+        assert (ds.Manufacturer, ds.ManufacturerModelName, ds.SoftwareVersions) == (
+            "funetgan",
+            "F-UNetGAN",
+            __version__,
+        )
     segment = pydicom.dcmread(seg).SegmentSequence[0]
     algorithm = segment.SegmentationAlgorithmIdentificationSequence[0]
     assert segment.SegmentAlgorithmType == "AUTOMATIC" and segment.SegmentLabel == "anomaly"
@@ -112,13 +132,18 @@ def with_tags(folder: Path, **tags) -> Path:
 
 
 @pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dicom3tools' dciodvfy is not installed")
-@pytest.mark.parametrize("tags", [{}, {"Laterality": ""}, {"Laterality": "R", "BodyPartExamined": "BREAST"}],
-                         ids=["as written", "empty Laterality", "right breast"])
+@pytest.mark.parametrize(
+    "tags",
+    [{}, {"Laterality": ""}, {"Laterality": "R", "BodyPartExamined": "BREAST"}],
+    ids=["as written", "empty Laterality", "right breast"],
+)
 def test_dciodvfy_finds_no_errors(tmp_path, real_series, tags):
     """Also where the source's own attributes would break a SEG if copied (an empty Laterality:
     "present when condition unsatisfied")."""
-    for folder in (with_tags(real_series(tmp_path / "real"), **tags),
-                   with_tags(write_ct_series(tmp_path / "generated", np.full((3, 4, 4), -1000, np.int16)), **tags)):
+    for folder in (
+        with_tags(real_series(tmp_path / "real"), **tags),
+        with_tags(write_ct_series(tmp_path / "generated", np.full((3, 4, 4), -1000, np.int16)), **tags),
+    ):
         for path in write_the_scan_as_its_map(folder, tmp_path / folder.name, threshold=-500.0):
             report = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
             errors = [line for line in (report.stdout + report.stderr).splitlines() if line.startswith("Error")]

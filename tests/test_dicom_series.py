@@ -1,5 +1,6 @@
 """DICOM series as radiology tools read them (data/medical.py): one series per folder, slices
 at their true positions or refused, and the file named on every slice that cannot be read."""
+
 import numpy as np
 import pytest
 
@@ -37,9 +38,11 @@ def test_two_interleaved_series_in_one_folder_are_refused_naming_both(tmp_path):
     uid = pydicom.dcmread(folder / "001.dcm").SeriesInstanceUID
     with pytest.raises(DataError) as caught:
         load(folder)
-    assert str(caught.value) == (f"{folder}: 2 DICOM series in one folder ({min(uid, other)} (3 files), "
-                                 f"{max(uid, other)} (3 files)); give each series its own folder (dcm2niix and "
-                                 f"most viewers export them so)")
+    assert str(caught.value) == (
+        f"{folder}: 2 DICOM series in one folder ({min(uid, other)} (3 files), "
+        f"{max(uid, other)} (3 files)); give each series its own folder (dcm2niix and "
+        f"most viewers export them so)"
+    )
 
 
 def test_single_images_of_several_series_stay_images(tmp_path):
@@ -51,11 +54,17 @@ def test_single_images_of_several_series_stay_images(tmp_path):
     assert sorted(images.paths) == [str(tmp_path / "a.dcm"), str(tmp_path / "b.dcm")] and not images.volumes
 
 
-@pytest.mark.parametrize("change, problem", [
-    (lambda ds: delattr(ds, "ImagePositionPatient"), "no ImagePositionPatient, so its place in the volume is unknown"),
-    (lambda ds: delattr(ds, "PixelData"), "DICOM file without pixel data"),
-    (lambda ds: setattr(ds, "PixelData", b"\0" * 10), "unreadable pixel data (ValueError: "),
-])
+@pytest.mark.parametrize(
+    "change, problem",
+    [
+        (
+            lambda ds: delattr(ds, "ImagePositionPatient"),
+            "no ImagePositionPatient, so its place in the volume is unknown",
+        ),
+        (lambda ds: delattr(ds, "PixelData"), "DICOM file without pixel data"),
+        (lambda ds: setattr(ds, "PixelData", b"\0" * 10), "unreadable pixel data (ValueError: "),
+    ],
+)
 def test_a_bad_slice_is_named_by_its_file(tmp_path, change, problem):
     """Before: no position made the series 24 2-D images; no pixel data named only the folder
     ("unreadable: AttributeError: The dataset has no 'Pixel Data'")."""
@@ -72,20 +81,31 @@ def test_uneven_spacing_is_refused_naming_the_slice_and_the_gap(tmp_path):
     = 3.214 mm steps used before puts slice 4 at 42.86 mm, 2.86 mm from its 40."""
     folder = write_ct_series(tmp_path / "series", ct(8))
     for path in folder.iterdir():  # slices 5 to 7 two steps further up: one 7.5 mm gap
-        edit(path, lambda ds: ds.ImagePositionPatient[2] > 40 and ds.ImagePositionPatient.__setitem__(
-            2, float(ds.ImagePositionPatient[2]) + 5.0))
+        edit(
+            path,
+            lambda ds: (
+                ds.ImagePositionPatient[2] > 40
+                and ds.ImagePositionPatient.__setitem__(2, float(ds.ImagePositionPatient[2]) + 5.0)
+            ),
+        )
     with pytest.raises(DataError) as caught:
         read_scan(folder)
-    assert str(caught.value).startswith("004.dcm: uneven slice spacing (steps of 2.5 to 7.5 mm): a map on an even "
-                                        "grid would lie up to 2.86 mm from its slices")
+    assert str(caught.value).startswith(
+        "004.dcm: uneven slice spacing (steps of 2.5 to 7.5 mm): a map on an even "
+        "grid would lie up to 2.86 mm from its slices"
+    )
 
 
 def test_positions_rounded_by_the_scanner_are_even_steps(tmp_path):
     folder = write_ct_series(tmp_path / "series", ct(5))
     for k, path in enumerate(sorted(folder.iterdir())):
         jitter = 0.003 * (-1) ** k  # mm
-        edit(path, lambda ds, jitter=jitter: ds.ImagePositionPatient.__setitem__(
-            2, float(ds.ImagePositionPatient[2]) + jitter))
+        edit(
+            path,
+            lambda ds, jitter=jitter: ds.ImagePositionPatient.__setitem__(
+                2, float(ds.ImagePositionPatient[2]) + jitter
+            ),
+        )
     slices, geometry = read_scan(folder)
     assert slices.shape[0] == 5 and abs(geometry.affine[2, 2]) == pytest.approx(2.5, abs=0.01)
 

@@ -1,4 +1,5 @@
 """The data-parallel path on the CPU: two and four processes, gloo backend."""
+
 import os
 import subprocess
 import sys
@@ -16,8 +17,9 @@ from funetgan.runtime import setup, teardown
 
 
 def _fit_one_rank(rank: int, folder: str, port: int, config, training) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
     torch.set_num_threads(1)
     if rank == 1:  # E's codes come out otherwise here, as a GPU's kernels may round them on each rank
         from funetgan.training.batches import BatchSource
@@ -26,8 +28,10 @@ def _fit_one_rank(rank: int, folder: str, port: int, config, training) -> None:
         BatchSource.images = lambda self, start, stop: images(self, start, stop) * 0.99
     model = FUNetGAN(config, runtime=setup("cpu"))
     model.fit(training, run_dir=os.path.join(folder, "run"))  # rank 0 draws samples
-    save_file({f"{n}.{k}": v.contiguous() for n in "GDE" for k, v in getattr(model, n).state_dict().items()},
-              os.path.join(folder, f"rank{rank}.safetensors"))
+    save_file(
+        {f"{n}.{k}": v.contiguous() for n in "GDE" for k, v in getattr(model, n).state_dict().items()},
+        os.path.join(folder, f"rank{rank}.safetensors"),
+    )
     teardown()
 
 
@@ -48,11 +52,33 @@ def _torchrun_train(data, out, *settings: str, launcher: str = "torch.distribute
     """`funetgan train` of tiny networks in two processes under torchrun (`launcher`), on a
     small brick set written to `data`; `settings` are extra --set values."""
     make_texture_dataset(data, crop=64, n_train=20, n_test_good=2, n_per_defect=1)
-    tiny = ["model.image_size=32", "model.width=4", "model.z_dim=16", "batch_size=4", "gan.n_critic=1",
-            "encoder.iterations=2", *settings]
-    return [sys.executable, "-m", launcher, "--standalone", "--nproc_per_node", "2",
-            "-m", "funetgan", "train", "--data", str(data), "--out", str(out), "--device", "cpu",
-            *(item for setting in tiny for item in ("--set", setting))]
+    tiny = [
+        "model.image_size=32",
+        "model.width=4",
+        "model.z_dim=16",
+        "batch_size=4",
+        "gan.n_critic=1",
+        "encoder.iterations=2",
+        *settings,
+    ]
+    return [
+        sys.executable,
+        "-m",
+        launcher,
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "funetgan",
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        *(item for setting in tiny for item in ("--set", setting)),
+    ]
 
 
 def test_torchrun_trains_and_only_rank_zero_writes(tmp_path):
@@ -97,8 +123,9 @@ def test_sigterm_stops_every_rank_at_the_same_step_and_the_launcher_in_one_line(
     from funetgan.training import checkpoint
 
     out = tmp_path / "run"
-    command = _torchrun_train(tmp_path / "data", out, "gan.iterations=100000", "log_every=1",
-                              launcher="funetgan.launch")
+    command = _torchrun_train(
+        tmp_path / "data", out, "gan.iterations=100000", "log_every=1", launcher="funetgan.commands.launch"
+    )
     agent = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=TORCHRUN_ENV)
     deadline = time.monotonic() + 180
     log = out / "log.jsonl"
@@ -154,7 +181,7 @@ def noisy_ct_set(save_nifti, root, volumes: int, slices: int):
     for v in range(volumes):
         save_nifti(root / "ct_scans" / f"case{v}.nii.gz", rng.integers(-1000, 400, (8, 8, slices), dtype=np.int16))
         lesion = np.zeros((8, 8, slices), np.uint8)
-        lesion[4:, 4:, slices - 2:] = 1
+        lesion[4:, 4:, slices - 2 :] = 1
         save_nifti(root / "infection_mask" / f"case{v}.nii.gz", lesion)
     return root
 
@@ -166,11 +193,31 @@ def test_four_processes_on_a_cached_volume_set_build_it_once_and_end_with_the_sa
     data = noisy_ct_set(save_nifti, tmp_path / "ct", volumes=8, slices=6)
     script = tmp_path / "fit.py"
     script.write_text(RANK_FIT)
-    settings = ["device=cpu", "model.image_size=32", "model.width=4", "model.z_dim=16", "batch_size=8",
-                "gan.n_critic=1", "gan.warmup_iterations=2", "gan.iterations=4",
-                "encoder.iterations=3", "log_every=2", f"data.cache_dir={tmp_path / 'cache'}"]
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "4",
-               str(script), str(data), str(tmp_path), *settings]
+    settings = [
+        "device=cpu",
+        "model.image_size=32",
+        "model.width=4",
+        "model.z_dim=16",
+        "batch_size=8",
+        "gan.n_critic=1",
+        "gan.warmup_iterations=2",
+        "gan.iterations=4",
+        "encoder.iterations=3",
+        "log_every=2",
+        f"data.cache_dir={tmp_path / 'cache'}",
+    ]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "4",
+        str(script),
+        str(data),
+        str(tmp_path),
+        *settings,
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=TORCHRUN_ENV)
     assert result.returncode == 0, result.stderr[-3000:]
     decoders = (tmp_path / "decoded.txt").read_text().split()

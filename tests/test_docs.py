@@ -1,5 +1,6 @@
 """The docs and the code stay together: every flag and setting documented (and nothing that is
 gone), links that resolve, a short README whose make commands exist, generated pages current."""
+
 from __future__ import annotations
 
 import argparse
@@ -80,8 +81,12 @@ def test_readme_is_short():
 def test_readme_make_commands_name_makefile_targets():
     targets = set(re.findall(r"^([A-Za-z][\w-]*):", (ROOT / "Makefile").read_text(), re.M))
     blocks = re.findall(r"```(?:bash|sh)?\n(.*?)```", README.read_text(), re.S)
-    used = [line.split()[1] for block in blocks for line in block.splitlines()
-            if line.startswith("make ") and len(line.split()) > 1]
+    used = [
+        line.split()[1]
+        for block in blocks
+        for line in block.splitlines()
+        if line.startswith("make ") and len(line.split()) > 1
+    ]
     assert used, "README shows no make command"
     assert set(used) <= targets, f"README runs make targets the Makefile lacks: {set(used) - targets}"
 
@@ -96,16 +101,35 @@ def test_generated_pages_are_current():
 
 
 def calibration_results(split: str, seeds: int = 2) -> dict:
-    runs = [{"seed": s, "image_auroc": 0.9 + 0.01 * s, "pixel_auroc": 0.8, "aupro": 0.7, "specificity": 0.99,
-             "dice": 0.3 + 0.1 * s, "image_rate_same": 0.01, "expected_image_rate": 0.0099,
-             "steps": {"gan": {"steps": 100 * (s + 1)}},
-             "settings": {"gan": {"max_minutes": 6}, "encoder": {"max_minutes": 1.5}},
-             "mask_rules": {"plain": {"dice": 0.2}, "hysteresis": {"dice": 0.1}}} for s in range(seeds)]
-    return {"script": "benchmarks/calibration.py", "date": "2026-12-05T12:00:00+00:00",
-            "command": f"python benchmarks/calibration.py --split {split}",
-            "machine": {"cpu": "Test CPU", "cores": 2, "device": "cpu"}, "options": {},
-            "results": {"split": split, "normal_quantile": 0.99, "target_band": [0.5, 2.0],
-                        "groups": {"demo": {"runs": runs}}}}
+    runs = [
+        {
+            "seed": s,
+            "image_auroc": 0.9 + 0.01 * s,
+            "pixel_auroc": 0.8,
+            "aupro": 0.7,
+            "specificity": 0.99,
+            "dice": 0.3 + 0.1 * s,
+            "image_rate_same": 0.01,
+            "expected_image_rate": 0.0099,
+            "steps": {"gan": {"steps": 100 * (s + 1)}},
+            "settings": {"gan": {"max_minutes": 6}, "encoder": {"max_minutes": 1.5}},
+            "mask_rules": {"plain": {"dice": 0.2}, "hysteresis": {"dice": 0.1}},
+        }
+        for s in range(seeds)
+    ]
+    return {
+        "script": "benchmarks/calibration.py",
+        "date": "2026-12-05T12:00:00+00:00",
+        "command": f"python benchmarks/calibration.py --split {split}",
+        "machine": {"cpu": "Test CPU", "cores": 2, "device": "cpu"},
+        "options": {},
+        "results": {
+            "split": split,
+            "normal_quantile": 0.99,
+            "target_band": [0.5, 2.0],
+            "groups": {"demo": {"runs": runs}},
+        },
+    }
 
 
 def test_make_docs_writes_tables_plots_and_the_readme_section(tmp_path):
@@ -113,11 +137,27 @@ def test_make_docs_writes_tables_plots_and_the_readme_section(tmp_path):
     results.mkdir()
     (results / "calibration-report.json").write_text(json.dumps(calibration_results("report")))
     (results / "calibration-selection.json").write_text(json.dumps(calibration_results("selection")))
-    speed = {"script": "benchmarks/train_speed.py", "date": "2026-12-05", "command": "python benchmarks/train_speed.py",
-             "machine": {"cpu": "Test CPU", "cores": 2, "device": "cpu"}, "load": "load average 3.5",
-             "results": {"stages": [{"stage": "adversarial", "size": 32, "threads": 1, "seconds_per_step": 0.5,
-                                     "steps_per_s": 2.0, "gflop_per_step": 30.0, "gflop_per_s": 60.0}],
-                         "breakdown": []}}
+    speed = {
+        "script": "benchmarks/train_speed.py",
+        "date": "2026-12-05",
+        "command": "python benchmarks/train_speed.py",
+        "machine": {"cpu": "Test CPU", "cores": 2, "device": "cpu"},
+        "load": "load average 3.5",
+        "results": {
+            "stages": [
+                {
+                    "stage": "adversarial",
+                    "size": 32,
+                    "threads": 1,
+                    "seconds_per_step": 0.5,
+                    "steps_per_s": 2.0,
+                    "gflop_per_step": 30.0,
+                    "gflop_per_s": 60.0,
+                }
+            ],
+            "breakdown": [],
+        },
+    }
     (results / "train_speed.json").write_text(json.dumps(speed))
     (results / "broken.json").write_text("{not json")
     readme = tmp_path / "README.md"
@@ -126,8 +166,9 @@ def test_make_docs_writes_tables_plots_and_the_readme_section(tmp_path):
     page, text = (docs / "benchmarks.md").read_text(), readme.read_text()
     # mean ± std over the two seeds, in the README's table and on the page; the selection split
     # stays out of the README
-    assert ("| demo (brick crops) | 0.905 ± 0.007 | 0.800 ± 0.000 | 0.700 ± 0.000 | 0.990 ± 0.000 "
-            "| 0.350 ± 0.071 |") in text
+    assert (
+        "| demo (brick crops) | 0.905 ± 0.007 | 0.800 ± 0.000 | 0.700 ± 0.000 | 0.990 ± 0.000 | 0.350 ± 0.071 |"
+    ) in text
     assert "--split report" in text and "--split selection" not in text and "\nold\n" not in text
     assert text.startswith("# x\n") and text.endswith("end\n")
     assert "0.905 ± 0.007" in page and "| hysteresis | 0.100 ± 0.000 |" in page
@@ -140,8 +181,12 @@ def test_make_docs_writes_tables_plots_and_the_readme_section(tmp_path):
 def test_make_docs_without_results(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text("<!-- results:start -->\n<!-- results:end -->\n")
-    assert make_docs().main(["--results", str(tmp_path / "none"), "--docs", str(tmp_path / "docs"),
-                             "--readme", str(readme)]) == 0
+    assert (
+        make_docs().main(
+            ["--results", str(tmp_path / "none"), "--docs", str(tmp_path / "docs"), "--readme", str(readme)]
+        )
+        == 0
+    )
     assert "No results files yet" in readme.read_text()
     readme.write_text("no markers\n")
     assert make_docs().main(["--results", str(tmp_path), "--docs", str(tmp_path), "--readme", str(readme)]) == 2

@@ -1,5 +1,6 @@
 """ONNX export: the checks it makes, parity with PyTorch (whole images and tiles, any batch
 size), scoring with onnxruntime alone, and the command line."""
+
 import csv
 import json
 import subprocess
@@ -85,8 +86,9 @@ def test_both_densities_are_in_the_graph(trained, exported):
     model, images = trained
     ours, theirs = OnnxScorer.load(exported[0]).residual_terms(images.images), model.residual_terms(images.images)
     assert theirs["pixel_density"].max() > 0 and theirs["latent_density"].min() > 0
-    np.testing.assert_allclose(ours["pixel_density"], theirs["pixel_density"], rtol=1e-4,
-                               atol=1e-4 * theirs["pixel_density"].max())
+    np.testing.assert_allclose(
+        ours["pixel_density"], theirs["pixel_density"], rtol=1e-4, atol=1e-4 * theirs["pixel_density"].max()
+    )
     np.testing.assert_allclose(ours["latent_density"], theirs["latent_density"], rtol=1e-4)
 
 
@@ -100,6 +102,7 @@ def test_a_file_of_another_format_is_refused_in_one_line(trained, exported, tmp_
     import onnx
 
     from funetgan.deploy.onnx_scorer import META_KEY
+
     proto = onnx.load(str(exported[0]))
     entry = next(e for e in proto.metadata_props if e.key == META_KEY)
     meta = json.loads(entry.value)
@@ -180,6 +183,7 @@ def test_scoring_an_exported_model_never_imports_torch(trained, exported, tmp_pa
     folder = tmp_path / "images"
     folder.mkdir()
     from PIL import Image
+
     for i, image in enumerate(images.images[:3]):
         Image.fromarray(image[..., 0]).save(folder / f"{i}.png")
     script = f"""
@@ -227,12 +231,14 @@ def test_predict_and_test_with_the_exported_model_match_pytorch(tiny_run, textur
     files = [str(texture_dataset / "test" / "hole" / "000.png"), str(texture_dataset / "test" / "good")]
     for option, value, out in (("--run", tiny_run, "torch"), ("--model", model, "onnx")):
         assert main(["predict", option, str(value), "--out", str(tmp_path / out), *files]) == 0
-        assert main(["test", option, str(value), "--data", str(texture_dataset),
-                     "--out", str(tmp_path / f"t-{out}")]) == 0
+        assert (
+            main(["test", option, str(value), "--data", str(texture_dataset), "--out", str(tmp_path / f"t-{out}")]) == 0
+        )
     rows = {out: list(csv.DictReader((tmp_path / out / "predictions.csv").open())) for out in ("torch", "onnx")}
     assert [r["name"] for r in rows["torch"]] == [r["name"] for r in rows["onnx"]]
-    np.testing.assert_allclose([float(r["score"]) for r in rows["onnx"]],
-                               [float(r["score"]) for r in rows["torch"]], rtol=1e-4)
+    np.testing.assert_allclose(
+        [float(r["score"]) for r in rows["onnx"]], [float(r["score"]) for r in rows["torch"]], rtol=1e-4
+    )
     metrics = {out: json.loads((tmp_path / f"t-{out}" / "metrics.json").read_text()) for out in ("torch", "onnx")}
     assert metrics["onnx"]["image"]["auroc"] == pytest.approx(metrics["torch"]["image"]["auroc"], abs=1e-6)
     assert metrics["onnx"]["pixel"]["auroc"] == pytest.approx(metrics["torch"]["pixel"]["auroc"], abs=1e-3)

@@ -1,4 +1,5 @@
 """Atomic, durable writes and the errors they give."""
+
 import os
 
 import pytest
@@ -25,8 +26,9 @@ def test_data_and_folder_are_flushed_around_the_rename(tmp_path, monkeypatch):
     rename, and the folder entry after it."""
     events = []
     fsync, replace = os.fsync, os.replace
-    monkeypatch.setattr(os, "fsync", lambda fd: (events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))),
-                                                 fsync(fd)))
+    monkeypatch.setattr(
+        os, "fsync", lambda fd: (events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))), fsync(fd))
+    )
     monkeypatch.setattr(os, "replace", lambda a, b: (events.append(("replace", str(b))), replace(a, b)))
     atomic_write_text(tmp_path / "a.txt", "x")
     (kind, first), second, third = events
@@ -38,6 +40,7 @@ def _fail_with(number):
     def write(tmp):
         tmp.write_text("partial")
         raise OSError(number, os.strerror(number))
+
     return write
 
 
@@ -70,4 +73,5 @@ def test_a_full_disk_during_a_checkpoint_is_one_line_and_leaves_no_file(tmp_path
 
 def test_safe_names_are_unique_case_insensitively_and_file_system_safe():
     from funetgan.files import safe_names
+
     assert safe_names(["a b/c", "A_b_c", "", "..x.."], "image") == ["a_b_c", "A_b_c-2", "image", "x"]

@@ -2,7 +2,7 @@
 files, written by the test itself. Every case gives a one-line error naming the file, or a
 listed skip; never a traceback, a hang or unbounded memory. The default run checks a few
 mutants per format; `-m slow` checks many."""
-import functools
+
 import gzip
 import io
 import os
@@ -44,10 +44,12 @@ def _encoded(picture: Image.Image, **save) -> bytes:
 
 def image_seeds(rng) -> dict[str, bytes]:
     sixteen = Image.fromarray((rng.random((24, 24)) * 65535).astype(np.uint16))
-    return {"png": _encoded(_picture(rng), format="PNG"),
-            "rgb.png": _encoded(_picture(rng, "RGB"), format="PNG"),
-            "tif": _encoded(sixteen, format="TIFF"),
-            "jpg": _encoded(_picture(rng, "RGB"), format="JPEG")}
+    return {
+        "png": _encoded(_picture(rng), format="PNG"),
+        "rgb.png": _encoded(_picture(rng, "RGB"), format="PNG"),
+        "tif": _encoded(sixteen, format="TIFF"),
+        "jpg": _encoded(_picture(rng, "RGB"), format="JPEG"),
+    }
 
 
 @pytest.fixture
@@ -84,7 +86,7 @@ def mutants(data: bytes, rng, count: int) -> list[bytes]:
     for i in range(count):
         kind = i % 3
         if kind == 0:  # every other one inside the header
-            made.append(data[:int(rng.integers(0, len(data) if i % 2 else min(len(data), 64)))])
+            made.append(data[: int(rng.integers(0, len(data) if i % 2 else min(len(data), 64)))])
         elif kind == 1:
             changed = bytearray(data)
             for position in rng.integers(0, len(data), int(rng.integers(1, 12))):
@@ -93,8 +95,9 @@ def mutants(data: bytes, rng, count: int) -> list[bytes]:
         else:
             changed = bytearray(data)
             start = int(rng.integers(0, min(len(data) - 4, 400)))
-            changed[start:start + 4] = rng.choice([b"\xff\xff\xff\xff", b"\x7f\xff\xff\xff", b"\0\0\0\0",
-                                                   b"\x80\0\0\0"])
+            changed[start : start + 4] = rng.choice(
+                [b"\xff\xff\xff\xff", b"\x7f\xff\xff\xff", b"\0\0\0\0", b"\x80\0\0\0"]
+            )
             made.append(bytes(changed))
     return made
 
@@ -102,6 +105,7 @@ def mutants(data: bytes, rng, count: int) -> list[bytes]:
 @pytest.fixture
 def watchdog():
     """`watchdog(seconds)`: fail (rather than hang) when a case takes longer."""
+
     def expire(signum, frame):
         raise TimeoutError("a fuzzed case took too long (a hang?)")
 
@@ -139,9 +143,17 @@ def _fuzz_corpus(tmp_path, count: int, watchdog, medical_writers) -> list[str]:
             path = tmp_path / f"fuzz_{i:03d}.{suffix}"
             path.write_bytes(mutant)
             for policy in ("error", "skip"):
-                _check_case(lambda: load_unlabelled([str(path)], 32, 1,  # noqa: B023 (called at once)
-                                                    DataConfig(on_bad_file=policy)),  # noqa: B023
-                            path.name, problems, watchdog)
+                _check_case(
+                    lambda: load_unlabelled(
+                        [str(path)],  # noqa: B023
+                        32,
+                        1,  # noqa: B023 (called at once)
+                        DataConfig(on_bad_file=policy),  # noqa: B023
+                    ),  # noqa: B023
+                    path.name,
+                    problems,
+                    watchdog,
+                )
     seed = idx_seed(rng)
     header_cuts = [seed[:n] for n in range(0, 20, 3)]  # 4..15 bytes: the dimensions cut short
     for i, mutant in enumerate(header_cuts + mutants(seed, rng, count)):
@@ -149,8 +161,12 @@ def _fuzz_corpus(tmp_path, count: int, watchdog, medical_writers) -> list[str]:
         root.mkdir()
         (root / "train-images-idx3-ubyte").write_bytes(mutant)
         (root / "train-labels-idx1-ubyte").write_bytes(struct.pack(">BBBBI", 0, 0, 8, 1, 6) + bytes(6))
-        _check_case(lambda: load_dataset(root, 32, 1, DataConfig(normal_class=0)),  # noqa: B023 (called at once)
-                    "train-images-idx3-ubyte", problems, watchdog)
+        _check_case(
+            lambda: load_dataset(root, 32, 1, DataConfig(normal_class=0)),  # noqa: B023 (called at once)
+            "train-images-idx3-ubyte",
+            problems,
+            watchdog,
+        )
     growth = _peak_mb() - before
     if growth > MEMORY_GROWTH_LIMIT_MB:
         problems.append(f"peak memory grew by {growth:.0f} MB")
@@ -199,13 +215,30 @@ def test_fuzzed_files_through_train_test_and_predict(tmp_path, capsys, tiny_args
             (clean / "train" / picture.name).write_bytes(picture.read_bytes())
         source = data if policy == "skip" else clean
         with pytest.warns(UserWarning, match="skipped") if policy == "skip" else _nothing():
-            code, out, err = run("train", "--data", source, "--out", tmp_path / f"run_{policy}", *tiny_args,
-                                 "--set", f"data.on_bad_file={policy}")
+            code, out, err = run(
+                "train",
+                "--data",
+                source,
+                "--out",
+                tmp_path / f"run_{policy}",
+                *tiny_args,
+                "--set",
+                f"data.on_bad_file={policy}",
+            )
         assert code == 0, err
         assert ("skipped 4 bad file(s)" in out) == (policy == "skip")
-        for argv in (("test", "--run", tmp_path / f"run_{policy}", "--data", data, "--out", tmp_path / f"t_{policy}"),
-                     ("predict", "--run", tmp_path / f"run_{policy}", "--out", tmp_path / f"p_{policy}", broken,
-                      data / "test/good")):
+        for argv in (
+            ("test", "--run", tmp_path / f"run_{policy}", "--data", data, "--out", tmp_path / f"t_{policy}"),
+            (
+                "predict",
+                "--run",
+                tmp_path / f"run_{policy}",
+                "--out",
+                tmp_path / f"p_{policy}",
+                broken,
+                data / "test/good",
+            ),
+        ):
             with pytest.warns(UserWarning, match="skipped") if policy == "skip" else _nothing():
                 code, out, err = run(*argv)
             if policy == "error":
@@ -216,11 +249,13 @@ def test_fuzzed_files_through_train_test_and_predict(tmp_path, capsys, tiny_args
 
 def _nothing():
     import contextlib
+
     return contextlib.nullcontext()
 
 
 def _png_of_zeros(width: int, height: int) -> bytes:
     """A valid RGB PNG of zeros: a few hundred kB that decode to width x height x 3 bytes."""
+
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
@@ -236,8 +271,10 @@ def test_a_decompression_bomb_under_pils_error_limit_is_refused(tmp_path):
     path = tmp_path / "bomb.png"
     path.write_bytes(_png_of_zeros(12_000, 12_000))
     before = _peak_mb()
-    with pytest.warns(Image.DecompressionBombWarning), \
-            pytest.raises(DataError, match=r"bomb.png \(12000x12000 pixels, more than the limit .* decompression bomb"):
+    with (
+        pytest.warns(Image.DecompressionBombWarning),
+        pytest.raises(DataError, match=r"bomb.png \(12000x12000 pixels, more than the limit .* decompression bomb"),
+    ):
         load_unlabelled([str(path)], 32, 1, DataConfig())
     assert _peak_mb() - before < 100
 
@@ -254,16 +291,22 @@ TRACED_MB_PER_CASE = 256
 # (decoded, then float32 copies), so with PIL's own limit (89 M pixels) a legitimate input could
 # pass TRACED_MB_PER_CASE. Lowered, anything above the bound is memory no limit accounts for.
 FUZZ_MAX_IMAGE_PIXELS = 1 << 20
-_QUIET = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large,
-          HealthCheck.filter_too_much]
-settings.register_profile("ci", max_examples=100, derandomize=True, database=None, deadline=None,
-                          suppress_health_check=_QUIET)
+_QUIET = [
+    HealthCheck.function_scoped_fixture,
+    HealthCheck.too_slow,
+    HealthCheck.data_too_large,
+    HealthCheck.filter_too_much,
+]
+settings.register_profile(
+    "ci", max_examples=100, derandomize=True, database=None, deadline=None, suppress_health_check=_QUIET
+)
 settings.register_profile("deep", max_examples=500, deadline=None, suppress_health_check=_QUIET)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 def _one_line_or_result(read, name: str) -> None:
     """`read()` returns, or raises an expected error in one line naming `name`; bounded."""
+
     def expire(signum, frame):
         raise TimeoutError(f"{name}: a generated input took over {SECONDS_PER_CASE} s (a hang?)")
 
@@ -292,16 +335,20 @@ def _apply(seed: bytes, cut: int, changes: list[tuple[int, int]], extreme: tuple
         changed[position % len(changed)] = value
     if extreme is not None:
         start = extreme[0] % max(1, len(changed) - 4)
-        changed[start:start + 4] = extreme[1]
+        changed[start : start + 4] = extreme[1]
     return bytes(changed[:cut])
 
 
 def mutated(seed: bytes) -> st.SearchStrategy[bytes]:
     """`seed` cut short, with bytes changed, and/or a 4-byte field set to an extreme value (a huge
     or negative size, zero); or random bytes."""
-    edits = st.builds(_apply, st.just(seed), st.integers(0, len(seed)) | st.just(len(seed)),
-                      st.lists(st.tuples(st.integers(0, len(seed)), st.integers(0, 255)), max_size=12),
-                      st.none() | st.tuples(st.integers(0, min(len(seed), 600)), st.sampled_from(EXTREMES)))
+    edits = st.builds(
+        _apply,
+        st.just(seed),
+        st.integers(0, len(seed)) | st.just(len(seed)),
+        st.lists(st.tuples(st.integers(0, len(seed)), st.integers(0, 255)), max_size=12),
+        st.none() | st.tuples(st.integers(0, min(len(seed), 600)), st.sampled_from(EXTREMES)),
+    )
     return st.one_of(edits, st.binary(max_size=600))
 
 
@@ -316,6 +363,7 @@ def test_any_image_file_gives_images_or_a_one_line_error(tmp_path, suffix):
         path = tmp_path / f"case.{suffix}"
         path.write_bytes(data)
         _one_line_or_result(lambda: load_unlabelled([str(path)], 32, 1, DataConfig()), path.name)
+
     check()
 
 
@@ -330,13 +378,13 @@ def test_any_float_tiff_gives_an_image_or_a_one_line_error(tmp_path, height, wid
     _one_line_or_result(lambda: load_unlabelled([str(path)], 32, 1, DataConfig()), path.name)
 
 
-@functools.cache
-def fixed_medical_seeds() -> dict[str, bytes]:
+def fixed_medical_seeds(writers) -> dict[str, bytes]:
     """`medical_seeds`, the same bytes in every run (the DICOM's random UIDs fixed)."""
     with tempfile.TemporaryDirectory() as folder:
-        seeds = medical_seeds(np.random.default_rng(3), Path(folder))
+        seeds = medical_seeds(np.random.default_rng(3), Path(folder), writers)
         if "dcm" in seeds:
             import pydicom
+
             dataset = pydicom.dcmread(io.BytesIO(seeds["dcm"]))
             dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID = "1.2.3.4"
             buffer = io.BytesIO()
@@ -346,8 +394,8 @@ def fixed_medical_seeds() -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize("suffix", ["dcm", "nii"])
-def test_any_dicom_or_nifti_file_gives_slices_or_a_one_line_error(tmp_path, suffix):
-    seeds = fixed_medical_seeds()
+def test_any_dicom_or_nifti_file_gives_slices_or_a_one_line_error(tmp_path, suffix, medical_writers):
+    seeds = fixed_medical_seeds(medical_writers)
     if suffix not in seeds:
         pytest.skip("pydicom or nibabel not installed")
 
@@ -356,12 +404,17 @@ def test_any_dicom_or_nifti_file_gives_slices_or_a_one_line_error(tmp_path, suff
         path = tmp_path / f"case.{suffix}"
         path.write_bytes(data)
         _one_line_or_result(lambda: load_unlabelled([str(path)], 32, 1, DataConfig()), path.name)
+
     check()
 
 
-@given(shape=st.lists(st.integers(0, 9), min_size=1, max_size=5), dtype=st.sampled_from(["uint8", "int16", "float32"]),
-       values=st.lists(PIXEL_VALUES, min_size=1, max_size=4), gz=st.booleans(),
-       scale=st.sampled_from([1.0, 0.0, -2.0, 1e-30, 1e30, float("nan")]))
+@given(
+    shape=st.lists(st.integers(0, 9), min_size=1, max_size=5),
+    dtype=st.sampled_from(["uint8", "int16", "float32"]),
+    values=st.lists(PIXEL_VALUES, min_size=1, max_size=4),
+    gz=st.booleans(),
+    scale=st.sampled_from([1.0, 0.0, -2.0, 1e-30, 1e30, float("nan")]),
+)
 def test_any_nifti_volume_gives_slices_or_a_one_line_error(tmp_path, shape, dtype, values, gz, scale):
     nibabel = pytest.importorskip("nibabel")
     with np.errstate(all="ignore"):
@@ -388,13 +441,47 @@ def test_any_idx_file_gives_images_or_a_one_line_error(tmp_path, data, gz):
 
 # Values as people might type them after `--set key=`, and what an attacker would.
 SET_VALUES = st.one_of(
-    st.sampled_from(["inf", ".inf", "-.inf", ".nan", "nan", "1e400", "9" * 400, "1" * 5000, "-1", "0", "1e-400",
-                     "null", "~", "[]", "{}", "[1, 2]", "[-1000, 400]", "&a [*a]", "[" * 60 + "]" * 60, "yes",
-                     "!!python/object/apply:os.system [echo]", "native", "1000000", "0x10", "1_000", "2.5", "'32'"]),
-    st.integers().map(str), st.floats().map(repr), st.text(max_size=30))
+    st.sampled_from(
+        [
+            "inf",
+            ".inf",
+            "-.inf",
+            ".nan",
+            "nan",
+            "1e400",
+            "9" * 400,
+            "1" * 5000,
+            "-1",
+            "0",
+            "1e-400",
+            "null",
+            "~",
+            "[]",
+            "{}",
+            "[1, 2]",
+            "[-1000, 400]",
+            "&a [*a]",
+            "[" * 60 + "]" * 60,
+            "yes",
+            "!!python/object/apply:os.system [echo]",
+            "native",
+            "1000000",
+            "0x10",
+            "1_000",
+            "2.5",
+            "'32'",
+        ]
+    ),
+    st.integers().map(str),
+    st.floats().map(repr),
+    st.text(max_size=30),
+)
 _SCALARS = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12)
-YAML_VALUES = st.recursive(_SCALARS, lambda inner: st.lists(inner, max_size=4)
-                           | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=12)
+YAML_VALUES = st.recursive(
+    _SCALARS,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
 
 
 @given(key=st.sampled_from(all_keys()), value=SET_VALUES)
@@ -418,8 +505,10 @@ def _settings_document(choice: tuple) -> str:
 SETTINGS_DOCUMENTS = st.one_of(
     st.tuples(st.just("text"), st.text(max_size=200) | SET_VALUES),
     st.tuples(st.just("edited"), st.tuples(st.sampled_from(all_keys()), YAML_VALUES)),
-    st.tuples(st.just("tree"), st.dictionaries(st.sampled_from(["model", "gan", "score", "data", "seed", "x"]),
-                                               YAML_VALUES, max_size=4)),
+    st.tuples(
+        st.just("tree"),
+        st.dictionaries(st.sampled_from(["model", "gan", "score", "data", "seed", "x"]), YAML_VALUES, max_size=4),
+    ),
 ).map(_settings_document)
 
 

@@ -1,5 +1,6 @@
 """Training as a GPU runs it, checked on the CPU: every tensor made on the device, no step
 that waits for the device when it logs nothing, and bf16 autocast agreeing with float32."""
+
 import sys
 
 import numpy as np
@@ -26,8 +27,9 @@ def mapped(images: np.ndarray, folder) -> np.memmap:
     return np.memmap(folder / "images.u8", np.uint8, "c", shape=images.shape)
 
 
-def trainer_for(random_images, tiny_config, name: str, memory_mapped: bool = False, run_dir=None,
-                **overrides) -> Trainer:
+def trainer_for(
+    random_images, tiny_config, name: str, memory_mapped: bool = False, run_dir=None, **overrides
+) -> Trainer:
     """A trainer of tiny networks under SETTINGS[name] on 12 random images (memory-mapped from
     `run_dir` when `memory_mapped`), writing samples and checkpoints to `run_dir` if given."""
     config = tiny_config(**{**SETTINGS[name], **overrides})
@@ -48,8 +50,11 @@ def start_optimisers(trainer: Trainer) -> None:
         optimiser.zero_grad(set_to_none=True)
 
 
-@pytest.mark.parametrize("name, memory_mapped", [("whole", False), ("patches", False), ("patches", True)],
-                         ids=["whole", "patches", "patches-mapped"])
+@pytest.mark.parametrize(
+    "name, memory_mapped",
+    [("whole", False), ("patches", False), ("patches", True)],
+    ids=["whole", "patches", "patches-mapped"],
+)
 def test_every_stage_makes_its_tensors_on_the_device(name, memory_mapped, tmp_path, random_images, tiny_config):
     """With the default device set to `meta`, a tensor made without `device=` lands there and
     the step fails where, on a GPU, it would have been made on the host (and copied, or mixed
@@ -59,8 +64,9 @@ def test_every_stage_makes_its_tensors_on_the_device(name, memory_mapped, tmp_pa
     with torch.device("meta"):
         trainer.fit()
     assert trainer.state.stage == "done" and (tmp_path / "samples" / "recon_000003.png").exists()
-    assert all(p.device.type == "cpu" for net in (trainer.model.G, trainer.model.D, trainer.model.E)
-               for p in net.parameters())
+    assert all(
+        p.device.type == "cpu" for net in (trainer.model.G, trainer.model.D, trainer.model.E) for p in net.parameters()
+    )
 
 
 # What makes the host wait for a GPU: reading a value back (`numpy()` is not here: it takes host
@@ -118,8 +124,9 @@ def test_steps_that_log_nothing_never_wait_for_the_device(monkeypatch, random_im
     """Two processes' worth of training (collectives recorded, not run), the optimisers as on
     CUDA (fused: no step counts read on the host), logging only at each stage's last step: every
     step before it makes no read-back, blocking copy or collective but its gradient averages."""
-    config = tiny_config(**{**SETTINGS["patches"], "gan__iterations": 5, "encoder__iterations": 5,
-                            "gan__warmup_iterations": 5})
+    config = tiny_config(
+        **{**SETTINGS["patches"], "gan__iterations": 5, "encoder__iterations": 5, "gan__warmup_iterations": 5}
+    )
     config.log_every = config.checkpoint_every = 1000
     audit = SyncAudit(monkeypatch)
     model = FUNetGAN(config, runtime=Runtime(torch.device("cpu"), rank=0, world_size=2))
@@ -128,15 +135,22 @@ def test_steps_that_log_nothing_never_wait_for_the_device(monkeypatch, random_im
     for name, old in trainer.optimisers():
         setattr(trainer, name, torch.optim.Adam(old.param_groups[0]["params"], lr=1e-4, fused=True))
     trainer.fit()
-    quiet = {key: [e for e in events if e != "all_reduce in average_gradients"]
-             for key, events in audit.events.items() if 0 < key[1] < 5}
+    quiet = {
+        key: [e for e in events if e != "all_reduce in average_gradients"]
+        for key, events in audit.events.items()
+        if 0 < key[1] < 5
+    }
     assert {key: events for key, events in quiet.items() if events} == {}
-    averages = {key: events.count("all_reduce in average_gradients") for key, events in audit.events.items()
-                if 0 < key[1] < 5}
+    averages = {
+        key: events.count("all_reduce in average_gradients") for key, events in audit.events.items() if 0 < key[1] < 5
+    }
     # warm-up: G and E; stage 1: D at each of 2 critic steps, then G and E (the reconstruction
     # term after the warm-up); stage 2: E
-    assert averages == {**{("warmup", k): 2 for k in range(1, 5)}, **{("gan", k): 4 for k in range(1, 5)},
-                        **{("encoder", k): 1 for k in range(1, 5)}}
+    assert averages == {
+        **{("warmup", k): 2 for k in range(1, 5)},
+        **{("gan", k): 4 for k in range(1, 5)},
+        **{("encoder", k): 1 for k in range(1, 5)},
+    }
 
 
 def test_scoring_reads_each_batch_back_from_the_device_once(monkeypatch, random_images, tiny_config):
@@ -172,7 +186,15 @@ def test_bf16_autocast_trains_every_stage_as_float32_does(stage, random_images, 
         if stage == "encoder":
             trainer.freeze_gan()
         stats.append(step(trainer))
-        grads.append(torch.cat([p.grad.flatten() for name in trained for p in getattr(trainer.model, name).parameters()
-                                if p.grad is not None]))
+        grads.append(
+            torch.cat(
+                [
+                    p.grad.flatten()
+                    for name in trained
+                    for p in getattr(trainer.model, name).parameters()
+                    if p.grad is not None
+                ]
+            )
+        )
     assert stats[0].keys() == stats[1].keys() and all(torch.isfinite(value) for value in stats[1].values())
     assert torch.nn.functional.cosine_similarity(grads[0], grads[1], dim=0) > 0.995

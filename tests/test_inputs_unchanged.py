@@ -1,6 +1,7 @@
 """No command ever modifies its inputs: every file of the data and of the trained run is hashed
 before and after train, test, predict, calibrate, export and mood; an output folder that is,
 holds or lies inside an input is refused, --overwrite or not (commands/common.py)."""
+
 import hashlib
 import os
 from pathlib import Path
@@ -10,25 +11,26 @@ import pytest
 from funetgan.cli import main
 
 pytest.importorskip("nibabel")
-from test_cli import TINY  # noqa: E402
-from test_mood import mood_region  # noqa: E402
 
 
 def hashes(*folders: Path) -> dict[str, str]:
     """sha256 of every file under `folders` (lock files aside: they are no input), by path."""
-    return {str(path): hashlib.sha256(path.read_bytes()).hexdigest()
-            for folder in folders for path in sorted(Path(folder).rglob("*"))
-            if path.is_file() and path.name != ".funetgan.lock"}
+    return {
+        str(path): hashlib.sha256(path.read_bytes()).hexdigest()
+        for folder in folders
+        for path in sorted(Path(folder).rglob("*"))
+        if path.is_file() and path.name != ".funetgan.lock"
+    }
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, mood_region, tiny_args):
     """A MOOD region (volumes in 0..1: every command reads it) and a run trained on it; the
     data's files are unchanged by training."""
     data = mood_region(tmp_path_factory.mktemp("data"), train=3, toy=2)
     before = hashes(data)
     run = tmp_path_factory.mktemp("run")
-    assert main(["train", "--data", str(data), "--out", str(run), *TINY]) == 0
+    assert main(["train", "--data", str(data), "--out", str(run), *tiny_args]) == 0
     assert hashes(data) == before
     return data, run
 
@@ -64,31 +66,49 @@ REFUSED = [
     (["mood", "--run", "RUN", "DATA/toy", "RUN/out"], "RUN/out", "lies inside", "RUN"),
     (["test", "--run", "RUN", "--data", "DATA", "--out", "DATA", "--overwrite"], "DATA", "is", "DATA"),
     (["test", "--run", "RUN", "--data", "DATA/toy", "--out", "DATA", "--overwrite"], "DATA", "holds", "DATA/toy"),
-    (["predict", "--run", "RUN", "--out", "DATA/toy", "--overwrite", "DATA/toy/00000.nii.gz"],
-     "DATA/toy", "holds", "DATA/toy/00000.nii.gz"),
+    (
+        ["predict", "--run", "RUN", "--out", "DATA/toy", "--overwrite", "DATA/toy/00000.nii.gz"],
+        "DATA/toy",
+        "holds",
+        "DATA/toy/00000.nii.gz",
+    ),
     (["predict", "--run", "RUN", "--out", "RUN", "--overwrite", "DATA/toy"], "RUN", "is", "RUN"),
-    (["train", "--data", "DATA", "--out", "DATA/run", "--overwrite", *TINY], "DATA/run", "lies inside", "DATA"),
+    (["train", "--data", "DATA", "--out", "DATA/run", "--overwrite", "TINY"], "DATA/run", "lies inside", "DATA"),
     (["calibrate", "--run", "DATA/brain_train", "--data", "DATA"], "DATA/brain_train", "lies inside", "DATA"),
-    (["export", "--run", "RUN", "--out", "RUN/model.safetensors", "--overwrite"], "RUN/model.safetensors", "is",
-     "RUN/model.safetensors"),
-    (["export", "--run", "RUN", "--data", "DATA", "--out", "DATA/model.onnx"], "DATA/model.onnx", "lies inside",
-     "DATA"),
+    (
+        ["export", "--run", "RUN", "--out", "RUN/model.safetensors", "--overwrite"],
+        "RUN/model.safetensors",
+        "is",
+        "RUN/model.safetensors",
+    ),
+    (
+        ["export", "--run", "RUN", "--data", "DATA", "--out", "DATA/model.onnx"],
+        "DATA/model.onnx",
+        "lies inside",
+        "DATA",
+    ),
 ]
 
 
-@pytest.mark.parametrize("argv, out, relation, source", REFUSED,
-                         ids=[f"{r[0][0]} {r[2]} {i}" for i, r in enumerate(REFUSED)])
-def test_an_output_that_is_holds_or_lies_in_an_input_is_refused(trained, capsys, argv, out, relation, source):
+@pytest.mark.parametrize(
+    "argv, out, relation, source", REFUSED, ids=[f"{r[0][0]} {r[2]} {i}" for i, r in enumerate(REFUSED)]
+)
+def test_an_output_that_is_holds_or_lies_in_an_input_is_refused(
+    trained, capsys, tiny_args, argv, out, relation, source
+):
     data, run = trained
     before = hashes(data, run)
 
     def real(text: str) -> str:
         return text.replace("DATA", str(data)).replace("RUN", str(run))
 
+    argv = [arg for item in argv for arg in (tiny_args if item == "TINY" else [item])]
     assert main([real(item) for item in argv]) == 2
     err = capsys.readouterr().err
-    assert err == f"funetgan: error: {real(out)} {relation} the input {real(source)}: write the outputs somewhere " \
-                  f"else (inputs are never overwritten, --overwrite or not)\n"
+    assert (
+        err == f"funetgan: error: {real(out)} {relation} the input {real(source)}: write the outputs somewhere "
+        f"else (inputs are never overwritten, --overwrite or not)\n"
+    )
     assert hashes(data, run) == before
 
 

@@ -75,12 +75,13 @@ def test_cutmix_consistency_is_zero_for_a_pixelwise_critic():
 def test_mixup_consistency_by_hand():
     real, fake = torch.rand(3, 1, 8, 8), -torch.rand(3, 1, 8, 8)
     critic = PixelwiseCritic()
-    _, stats = critic_loss(critic, real, fake, GANConfig(consistency="mixup"), penalise=False,
-                           generator=torch.Generator().manual_seed(5))
+    _, stats = critic_loss(
+        critic, real, fake, GANConfig(consistency="mixup"), penalise=False, generator=torch.Generator().manual_seed(5)
+    )
     lam = per_sample_uniform(3, real, torch.Generator().manual_seed(5))
     mix = lam * real + (1 - lam) * fake
     a = critic.a.item()
-    expected = (a * mix ** 2 - (lam * a * real ** 2 + (1 - lam) * a * fake ** 2)).pow(2).mean()
+    expected = (a * mix**2 - (lam * a * real**2 + (1 - lam) * a * fake**2)).pow(2).mean()
     assert stats["consistency"].item() == pytest.approx(expected.item(), rel=1e-5)
 
 
@@ -137,8 +138,9 @@ def test_lazy_penalty_is_weighted_by_its_interval():
     real, fake = torch.rand(2, 1, 4, 4), -torch.rand(2, 1, 4, 4)
     losses = {}
     for k in (1, 4):
-        loss, stats = critic_loss(PixelwiseCritic(), real, fake, GANConfig(gp_every=k), True,
-                                  torch.Generator().manual_seed(0))
+        loss, stats = critic_loss(
+            PixelwiseCritic(), real, fake, GANConfig(gp_every=k), True, torch.Generator().manual_seed(0)
+        )
         losses[k] = loss.item() - 10 * k * stats["gp"].item()
     assert losses[1] == pytest.approx(losses[4], rel=1e-6)
 
@@ -146,8 +148,9 @@ def test_lazy_penalty_is_weighted_by_its_interval():
 @pytest.mark.parametrize("consistency", ["mixup", "cutmix", "none"])
 def test_penalty_uses_interpolates_in_every_mode(consistency):
     real, fake = torch.rand(2, 1, 4, 4), -torch.rand(2, 1, 4, 4)
-    _, stats = critic_loss(PixelwiseCritic(), real, fake, GANConfig(consistency=consistency), True,
-                           torch.Generator().manual_seed(0))
+    _, stats = critic_loss(
+        PixelwiseCritic(), real, fake, GANConfig(consistency=consistency), True, torch.Generator().manual_seed(0)
+    )
     assert math.isfinite(stats["gp"].item()) and stats["gp"].item() > 0
     assert ("consistency" in stats) == (consistency != "none")
 

@@ -1,5 +1,6 @@
 """Lung-only scoring: pixel metrics, the pixel threshold, the maps and the image residual
 count only the lung (score.lung_only), against hand-computed values."""
+
 import numpy as np
 import pytest
 
@@ -12,10 +13,7 @@ from funetgan.scoring.thresholds import quantile_pixel_threshold
 
 # One 4 x 4 slice. Lung: the two left columns. In the lung, the lesion (0,0), (1,0) has the
 # two highest values; outside, a rib at 0.95 and a lesion pixel at 0 would spoil the ranking.
-MAP = np.array([[0.9, 0.1, 0.2, 0.95],
-                [0.8, 0.2, 0.1, 0.1],
-                [0.3, 0.1, 0.2, 0.0],
-                [0.1, 0.4, 0.1, 0.1]])
+MAP = np.array([[0.9, 0.1, 0.2, 0.95], [0.8, 0.2, 0.1, 0.1], [0.3, 0.1, 0.2, 0.0], [0.1, 0.4, 0.1, 0.1]])
 TRUTH = np.zeros((4, 4), bool)
 TRUTH[0:2, 0] = TRUTH[2, 3] = True
 LUNG = np.zeros((4, 4), bool)
@@ -48,9 +46,17 @@ def test_map_and_image_residual_use_lung_pixels_only():
     lung = np.array([[[True, False], [True, False]]])
     density = np.array([[[1.0, 8.0], [3.0, 8.0]]], np.float32)
     contrast = np.array([[[0.0, 5.0], [1.0, 5.0]]], np.float32)
-    whole = Terms(dict(pixel_residual=residual, pixel_features=np.ones_like(residual), pixel_density=density,
-                       image_residual=np.array([[7.5]]), image_features=np.array([[1.0]]),
-                       latent_density=np.array([[3.0]]), pixel_contrast=contrast))
+    whole = Terms(
+        dict(
+            pixel_residual=residual,
+            pixel_features=np.ones_like(residual),
+            pixel_density=density,
+            image_residual=np.array([[7.5]]),
+            image_features=np.array([[1.0]]),
+            latent_density=np.array([[3.0]]),
+            pixel_contrast=contrast,
+        )
+    )
     terms = restrict(whole, lung)
     assert terms["pixel_residual"][0].tolist() == [[1.0, 0.0], [3.0, 0.0]]
     assert terms["pixel_features"][0].tolist() == [[1.0, 0.0], [1.0, 0.0]]
@@ -61,9 +67,12 @@ def test_map_and_image_residual_use_lung_pixels_only():
     assert (levels["pixel_contrast"], levels["pixel_contrast_std"]) == pytest.approx((0.5, 0.5))  # of 0 and 1
     assert levels["pixel_density"] == pytest.approx(2.0)  # of 1 and 3
     assert terms["pixel_density"][0].tolist() == [[1.0, 0.0], [3.0, 0.0]]
-    norms = {**dict.fromkeys(("pixel_residual", "pixel_features", "image_residual", "image_features"), 1.0),
-             "pixel_density": 2.0,
-             "pixel_contrast": 2.0, "pixel_contrast_std": 1.0}  # smoothness 2 and 1 in the lung, 0 outside
+    norms = {
+        **dict.fromkeys(("pixel_residual", "pixel_features", "image_residual", "image_features"), 1.0),
+        "pixel_density": 2.0,
+        "pixel_contrast": 2.0,
+        "pixel_contrast_std": 1.0,
+    }  # smoothness 2 and 1 in the lung, 0 outside
     settings = ScoreConfig(kappa=0.0, blur_sigma=1.0, image_score="max")
     scores, maps = combine(terms, norms, settings, 2)
     assert np.abs(maps[0, :, 1]).sum() == 0 and (maps[0, :, 0] > 0).all()  # 0 outside after the blur

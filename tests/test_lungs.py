@@ -1,5 +1,6 @@
 """Automatic lung masks (`data.lung_threshold`) on generated chest phantoms: air around an
 elliptic body, two lungs at -850 HU, a lesion inside one lung, a gas pocket below them."""
+
 import numpy as np
 import pytest
 
@@ -22,7 +23,7 @@ def phantom(side=48, slices=6, seed=0):
     plane[lungs], plane[gas] = -850, -900
     stack = lambda mask: np.repeat(mask[None], slices, 0)  # noqa: E731
     lesions = stack(lesion)
-    lesions[:slices // 2] = False  # in the lower half of the slices only
+    lesions[: slices // 2] = False  # in the lower half of the slices only
     scan = stack(plane) + np.random.default_rng(seed).integers(-20, 20, (slices, side, side)).astype(np.int16)
     scan[lesions] = -100
     return scan, stack(lungs), lesions
@@ -65,6 +66,7 @@ def test_lung_threshold_needs_hounsfield_units(tmp_path, save_nifti):
 
 def test_predict_volumes_get_the_lung_too(tmp_path, save_nifti):
     from funetgan.data import load_unlabelled
+
     scan, lungs, _ = phantom()
     save_nifti(tmp_path / "scan.nii.gz", scan.transpose(2, 1, 0))
     images = load_unlabelled([str(tmp_path / "scan.nii.gz")], 48, 1, DataConfig(lung_threshold=-320))

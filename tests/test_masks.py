@@ -1,4 +1,5 @@
 """Mask rules (masks.MaskRule) on hand-made maps: hysteresis, the smallest region, flagged images."""
+
 import numpy as np
 import pytest
 
@@ -49,5 +50,9 @@ def test_masks_only_in_flagged_images():
 
 
 def test_the_rule_records_its_numbers():
-    assert MaskRule(1.0, 2.0, 0.01, True).thresholds() == {"threshold": 1.0, "region_threshold": 2.0,
-                                                            "min_area": 0.01, "flagged_only": True}
+    assert MaskRule(1.0, 2.0, 0.01, True).thresholds() == {
+        "threshold": 1.0,
+        "region_threshold": 2.0,
+        "min_area": 0.01,
+        "flagged_only": True,
+    }

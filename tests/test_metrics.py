@@ -39,10 +39,7 @@ def test_image_metrics_one_class_and_unknown_labels():
 #   1 1 0 0        1 0 0 0
 #   0 0 0 0        0 0 0 0
 #   0 0 0 1        0 0 0 0
-MAP = np.array([[0.9, 0.8, 0.1, 0.0],
-                [0.7, 0.6, 0.2, 0.0],
-                [0.1, 0.1, 0.0, 0.0],
-                [0.0, 0.0, 0.0, 0.5]], np.float32)
+MAP = np.array([[0.9, 0.8, 0.1, 0.0], [0.7, 0.6, 0.2, 0.0], [0.1, 0.1, 0.0, 0.0], [0.0, 0.0, 0.0, 0.5]], np.float32)
 TRUTH = np.zeros((4, 4), bool)
 TRUTH[0, 0] = TRUTH[0, 1] = TRUTH[1, 0] = True
 
@@ -138,9 +135,14 @@ def test_pixel_metrics_without_anomalous_pixels():
 
 def _imageset(labels, kinds, masks=None):
     n = len(labels)
-    return ImageSet(images=np.zeros((n, 4, 4, 1), np.uint8), labels=np.array(labels),
-                    paths=[f"img{i}.png" for i in range(n)], kinds=kinds,
-                    sizes=np.full((n, 2), 4), masks=masks)
+    return ImageSet(
+        images=np.zeros((n, 4, 4, 1), np.uint8),
+        labels=np.array(labels),
+        paths=[f"img{i}.png" for i in range(n)],
+        kinds=kinds,
+        sizes=np.full((n, 2), 4),
+        masks=masks,
+    )
 
 
 def test_evaluate_per_kind_against_normals():
@@ -157,8 +159,7 @@ def test_evaluate_per_kind_against_normals():
 def test_evaluate_pixel_level():
     maps = np.stack([np.zeros((4, 4), np.float32), MAP])
     masks = np.stack([np.zeros((4, 4), bool), TRUTH])
-    result = evaluate(np.array([0.1, 0.9]), maps, _imageset([0, 1], ["good", "crack"], masks),
-                      0.5, 0.5)
+    result = evaluate(np.array([0.1, 0.9]), maps, _imageset([0, 1], ["good", "crack"], masks), 0.5, 0.5)
     assert result["pixel"]["dice"] == pytest.approx(6 / 8)
     assert result["per_kind"]["crack"]["pixel"]["iou"] == pytest.approx(3 / 5)
 

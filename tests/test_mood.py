@@ -1,6 +1,7 @@
 """The MOOD challenge: its data layout (data/mood.py) and its conventions (mood.py), end to
 end on generated volumes normalised to 0..1 as the challenge's are: train on the layout, test
 (the voxel-pooled average precision), and score its toy/ folder with a run and an exported model."""
+
 import csv
 import json
 import re
@@ -19,36 +20,8 @@ from funetgan.scoring.unit_scale import to_unit
 nibabel = pytest.importorskip("nibabel")
 
 
-def tilted_affine() -> np.ndarray:
-    """x flipped, 0.8 x 1.1 x 2.5 mm, turned 10 degrees about z, away from the origin."""
-    turn = np.deg2rad(10)
-    rotation = np.array([[np.cos(turn), -np.sin(turn), 0], [np.sin(turn), np.cos(turn), 0], [0, 0, 1]])
-    affine = np.eye(4)
-    affine[:3, :3] = rotation @ np.diag([-0.8, 1.1, 2.5])
-    affine[:3, 3] = [40, -30, 12]
-    return affine
-
-
-def mood_region(save_nifti, root, train=4, toy=3, seed=0):
-    """brain_train/: `train` volumes of 8 x 10 x 6 voxels in 0..1 (a 0.5 block with noise on
-    0); toy/: `toy` more, the first with a bright 0.95 cube in slices 3 and 4, and its voxel
-    labels in toy_label/pixel/."""
-    rng = np.random.default_rng(seed)
-    for folder, count in (("brain_train", train), ("toy", toy)):
-        for i in range(count):
-            volume = np.zeros((8, 10, 6), np.float32)
-            volume[1:7, 1:9] = 0.5 + rng.normal(0, 0.05, (6, 8, 6))
-            label = np.zeros(volume.shape, np.uint8)
-            if folder == "toy" and i == 0:
-                volume[2:5, 3:6, 3:5], label[2:5, 3:6, 3:5] = 0.95, 1
-            save_nifti(root / folder / f"{i:05d}.nii.gz", volume.clip(0, 1), tilted_affine())
-            if folder == "toy":
-                save_nifti(root / "toy_label/pixel" / f"{i:05d}.nii.gz", label, tilted_affine())
-    return root
-
-
-def test_the_layout_trains_on_every_training_slice_and_tests_on_toy(tmp_path, save_nifti):
-    splits = load_dataset(mood_region(save_nifti, tmp_path), 8, 1, DataConfig())
+def test_the_layout_trains_on_every_training_slice_and_tests_on_toy(tmp_path, mood_region):
+    splits = load_dataset(mood_region(tmp_path), 8, 1, DataConfig())
     assert len(splits.train) == 4 * 6 and set(splits.train.labels) == {0} and splits.train.masks is None
     assert splits.val is None  # calibration: data.val_fraction of the training slices
     assert len(splits.test) == 3 * 6 and splits.test.labels.sum() == 2  # slices 3 and 4 of the first
@@ -57,25 +30,34 @@ def test_the_layout_trains_on_every_training_slice_and_tests_on_toy(tmp_path, sa
     assert 110 < np.median(splits.train.images[splits.train.images > 0]) < 145
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda r: (r / "toy_label/pixel/00002.nii.gz").unlink(),
-     r"toy/00002.nii.gz \(no voxel label in toy_label/pixel/\)"),
-    (lambda r: shutil.copy(r / "toy/00001.nii.gz", r / "toy_label/pixel/00009.nii.gz"),
-     r"00009.nii.gz \(voxel label without a volume in toy/\)"),
-    (lambda r: shutil.copytree(r / "brain_train", r / "abdom_train"),
-     r"several training folders \(abdom_train, brain_train\)"),
-])
-def test_a_broken_layout_is_one_line(tmp_path, change, message, save_nifti):
-    change(mood_region(save_nifti, tmp_path))
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            lambda r: (r / "toy_label/pixel/00002.nii.gz").unlink(),
+            r"toy/00002.nii.gz \(no voxel label in toy_label/pixel/\)",
+        ),
+        (
+            lambda r: shutil.copy(r / "toy/00001.nii.gz", r / "toy_label/pixel/00009.nii.gz"),
+            r"00009.nii.gz \(voxel label without a volume in toy/\)",
+        ),
+        (
+            lambda r: shutil.copytree(r / "brain_train", r / "abdom_train"),
+            r"several training folders \(abdom_train, brain_train\)",
+        ),
+    ],
+)
+def test_a_broken_layout_is_one_line(tmp_path, change, message, mood_region):
+    change(mood_region(tmp_path))
     with pytest.raises(DataError, match=message) as caught:
         load_dataset(tmp_path, 8, 1)
     assert "\n" not in str(caught.value)
 
 
 @pytest.fixture(scope="module")
-def mood_run(tmp_path_factory, tiny_args, save_nifti):
+def mood_run(tmp_path_factory, tiny_args, mood_region):
     """A run trained on a MOOD region, and the region."""
-    data = mood_region(save_nifti, tmp_path_factory.mktemp("brain"))
+    data = mood_region(tmp_path_factory.mktemp("brain"))
     run = tmp_path_factory.mktemp("run")
     assert main(["train", "--data", str(data), "--out", str(run), *tiny_args]) == 0
     return run, data / "toy"
@@ -131,8 +113,9 @@ def test_an_exported_model_writes_the_same(mood_run, tmp_path):
     assert main(["mood", "--model", str(model), str(cases), str(tmp_path / "onnx"), "--task", "sample"]) == 0
     assert sorted(p.name for p in (tmp_path / "onnx").iterdir()) == [f"{i:05d}.nii.gz.txt" for i in range(3)]
     for i in range(3):
-        torch_score, onnx_score = (float((tmp_path / folder / f"{i:05d}.nii.gz.txt").read_text())
-                                   for folder in ("torch", "onnx"))
+        torch_score, onnx_score = (
+            float((tmp_path / folder / f"{i:05d}.nii.gz.txt").read_text()) for folder in ("torch", "onnx")
+        )
         assert onnx_score == pytest.approx(torch_score, rel=1e-3, abs=1e-6)
 
 
@@ -148,10 +131,13 @@ def test_earlier_outputs_are_kept_without_overwrite(mood_run, tmp_path, capsys):
     assert nibabel.load(tmp_path / "out" / "00001.nii.gz").shape == (8, 10, 6)
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda folder: None, r"in: no NIfTI volumes \(.nii.gz, .nii\) to score"),
-    (lambda folder: (folder / "x.nii.gz").write_bytes(b"not a volume"), r"1 bad file\(s\).*x.nii.gz"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda folder: None, r"in: no NIfTI volumes \(.nii.gz, .nii\) to score"),
+        (lambda folder: (folder / "x.nii.gz").write_bytes(b"not a volume"), r"1 bad file\(s\).*x.nii.gz"),
+    ],
+)
 def test_bad_input_folders_are_one_line(mood_run, tmp_path, capsys, make, message):
     run, _ = mood_run
     (tmp_path / "in").mkdir()

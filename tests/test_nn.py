@@ -36,8 +36,10 @@ def test_discriminator_shapes(size, channels, variant):
 def test_discriminator_variants_differ_in_structure():
     def count(variant):
         D = Discriminator(32, 1, 4, variant, attn_max_size=32)
-        return (sum(isinstance(m, CBAM) for m in D.modules()),
-                sum(b.residual for b in D.modules() if isinstance(b, Block)))
+        return (
+            sum(isinstance(m, CBAM) for m in D.modules()),
+            sum(b.residual for b in D.modules() if isinstance(b, Block)),
+        )
 
     assert count("conv") == (0, 0)
     assert count("conv_attn")[0] == 3 and count("conv_attn")[1] == 0

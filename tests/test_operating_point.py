@@ -1,5 +1,6 @@
 """The operating-point panel's data (operating_point.py): what makes the browser's figures
 exact (test_report_browser.py checks them in Chromium)."""
+
 import base64
 import io
 import json
@@ -23,9 +24,18 @@ UNIT = {"median": 0.5, "spread": 0.5}
 
 
 def calibration(**changes) -> Calibration:
-    values = {"levels": {}, "image_threshold": 0.5, "pixel_threshold": 0.9, "blur_sigma": 1.0, "normals": 3,
-              "anomalous": 0, "rule": "normal quantile 0.99", "expected_image_rate": 0.25,
-              "unit_scale": {"score": UNIT, "map": UNIT}, "normal_scores": [0.1, 0.4, 0.6]}
+    values = {
+        "levels": {},
+        "image_threshold": 0.5,
+        "pixel_threshold": 0.9,
+        "blur_sigma": 1.0,
+        "normals": 3,
+        "anomalous": 0,
+        "rule": "normal quantile 0.99",
+        "expected_image_rate": 0.25,
+        "unit_scale": {"score": UNIT, "map": UNIT},
+        "normal_scores": [0.1, 0.4, 0.6],
+    }
     return Calibration(**{**values, **changes})
 
 
@@ -59,8 +69,17 @@ def test_the_panel_data_of_a_small_set():
     anomaly_map[1:3, 1:3] = 2.0
     truth = np.zeros((4, 4), bool)
     truth[1, 1] = True
-    data = panel_data([1, 0, -1, 0], [0.9, 0.2, 5.0, 0.7], 0.5, MaskRule(0.9), calibration(normal_scores=None),
-                      [("a", "False positives", anomaly_map, truth)], None, "", "my runs/r1")
+    data = panel_data(
+        [1, 0, -1, 0],
+        [0.9, 0.2, 5.0, 0.7],
+        0.5,
+        MaskRule(0.9),
+        calibration(normal_scores=None),
+        [("a", "False positives", anomaly_map, truth)],
+        None,
+        "",
+        "my runs/r1",
+    )
     assert data["scores"] == [0.2, 0.7, 0.9] and data["labels"] == "001"  # the unlabelled image left out
     assert data["normals"] is None and data["pixel"]["counts"] is None  # an older run, no pixel truth
     assert data["run"] == "'my runs/r1'"

@@ -1,4 +1,5 @@
 """`--outputs`: what a test or prediction run writes, and for which images."""
+
 import csv
 import json
 import re
@@ -27,11 +28,14 @@ def test_items_parse_into_a_plan():
     assert default.report and default.masks == ("none",) and default.overlays == ("examples",)
 
 
-@pytest.mark.parametrize("items, message", [
-    (["pictures"], "unknown item 'pictures'"),
-    (["overlays=worst"], "worst:N"),
-    (["masks=some:3"], "expected all, none"),
-])
+@pytest.mark.parametrize(
+    "items, message",
+    [
+        (["pictures"], "unknown item 'pictures'"),
+        (["overlays=worst"], "worst:N"),
+        (["masks=some:3"], "expected all, none"),
+    ],
+)
 def test_bad_items_are_named(items, message):
     with pytest.raises(UsageError, match=message):
         Outputs.parse(items)
@@ -44,11 +48,19 @@ def test_predict_has_no_metrics_report_or_examples():
         Outputs.parse(["overlays=examples"], test=False)
 
 
-@pytest.mark.parametrize("which, expected", [
-    ("all", [0, 1, 2, 3, 4, 5]), ("none", []), ("flagged", [1, 3, 5]),  # score >= 0.6
-    ("worst:2", [1, 5]), ("best:2", [0, 4]), ("worst:1+best:1", [0, 1]), ("flagged+best:1", [0, 1, 3, 5]),
-    ("worst:100", [0, 1, 2, 3, 4, 5]),
-])
+@pytest.mark.parametrize(
+    "which, expected",
+    [
+        ("all", [0, 1, 2, 3, 4, 5]),
+        ("none", []),
+        ("flagged", [1, 3, 5]),  # score >= 0.6
+        ("worst:2", [1, 5]),
+        ("best:2", [0, 4]),
+        ("worst:1+best:1", [0, 1]),
+        ("flagged+best:1", [0, 1, 3, 5]),
+        ("worst:100", [0, 1, 2, 3, 4, 5]),
+    ],
+)
 def test_selections_pick_images(which, expected):
     plan = Outputs.parse([f"overlays={which}"])
     assert plan.images("overlays", SCORES, threshold=0.6).tolist() == expected
@@ -58,8 +70,12 @@ def test_examples_are_what_the_report_shows():
     labels = np.array([0, 0, 1, 1, 0, 1])
     groups = example_groups(labels, SCORES, 0.6)
     shown = {title.split(":")[0]: index.tolist() for title, index, _ in groups}
-    assert shown == {"False positives": [1], "False negatives": [2], "Clearest detections": [5, 3],
-                     "Clearest normals": [0, 4]}
+    assert shown == {
+        "False positives": [1],
+        "False negatives": [2],
+        "Clearest detections": [5, 3],
+        "Clearest normals": [0, 4],
+    }
     examples = np.concatenate([index for _, index, _ in groups])
     assert Outputs.parse(["overlays=examples"]).images("overlays", SCORES, 0.6, examples).tolist() == [0, 1, 2, 3, 4, 5]
     many = example_groups(np.zeros(100, int), np.linspace(0, 1, 100), 2.0)
@@ -71,17 +87,30 @@ def imageset():
     n, s = 30, 8
     rng = np.random.default_rng(0)
     labels = np.array([0] * 15 + [1] * 15)
-    return ImageSet(rng.integers(0, 255, (n, s, s, 1), dtype=np.uint8), labels,
-                    [f"d/test/{'good' if k == 0 else 'crack'}/{i:03d}.png" for i, k in enumerate(labels)],
-                    ["good" if k == 0 else "crack" for k in labels], np.full((n, 2), s))
+    return ImageSet(
+        rng.integers(0, 255, (n, s, s, 1), dtype=np.uint8),
+        labels,
+        [f"d/test/{'good' if k == 0 else 'crack'}/{i:03d}.png" for i, k in enumerate(labels)],
+        ["good" if k == 0 else "crack" for k in labels],
+        np.full((n, 2), s),
+    )
 
 
 def test_the_default_writes_overlays_for_the_reports_examples_only(tmp_path, imageset):
     scores = np.linspace(0, 1, len(imageset))
     maps = np.repeat(scores[:, None, None], 8, 1).repeat(8, 2).astype(np.float32)
     metrics = evaluate(scores, maps, imageset, 0.5, 0.5)
-    write_test_outputs(tmp_path, imageset, scores, maps, metrics, 0.5, MaskRule(0.5, 0.5), {},
-                       outputs=Outputs.parse(list(TEST_DEFAULT)))
+    write_test_outputs(
+        tmp_path,
+        imageset,
+        scores,
+        maps,
+        metrics,
+        0.5,
+        MaskRule(0.5, 0.5),
+        {},
+        outputs=Outputs.parse(list(TEST_DEFAULT)),
+    )
     assert not (tmp_path / "masks").exists()
     overlays = {p.stem for p in (tmp_path / "overlays").glob("*.png")}
     assert 0 < len(overlays) < 30
@@ -97,8 +126,17 @@ def test_only_what_is_asked_for_is_written(tmp_path, imageset):
     scores = np.linspace(0, 1, len(imageset))
     maps = np.zeros((30, 8, 8), np.float32)
     metrics = evaluate(scores, maps, imageset, 0.5, 0.5)
-    write_test_outputs(tmp_path, imageset, scores, maps, metrics, 0.5, MaskRule(0.5, 0.5), {},
-                       outputs=Outputs.parse(["scores", "overlays=worst:3"]))
+    write_test_outputs(
+        tmp_path,
+        imageset,
+        scores,
+        maps,
+        metrics,
+        0.5,
+        MaskRule(0.5, 0.5),
+        {},
+        outputs=Outputs.parse(["scores", "overlays=worst:3"]),
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["overlays", "scores.csv"]
     names = [row["name"] for row in csv.DictReader((tmp_path / "scores.csv").open())]
     assert sorted(p.stem for p in (tmp_path / "overlays").iterdir()) == sorted(names[-3:])
@@ -107,7 +145,14 @@ def test_only_what_is_asked_for_is_written(tmp_path, imageset):
 
 def test_predictions_follow_the_plan(tmp_path, imageset):
     scores = np.linspace(0, 1, len(imageset))
-    write_predictions(tmp_path, imageset, scores, np.zeros((30, 8, 8), np.float32), 0.9, MaskRule(0.5, 0.5),
-                      Outputs.parse(["scores", "masks=flagged"], test=False))
+    write_predictions(
+        tmp_path,
+        imageset,
+        scores,
+        np.zeros((30, 8, 8), np.float32),
+        0.9,
+        MaskRule(0.5, 0.5),
+        Outputs.parse(["scores", "masks=flagged"], test=False),
+    )
     assert len(list((tmp_path / "masks").glob("*.png"))) == 3  # scores 0.93, 0.97, 1.0
     assert not (tmp_path / "overlays").exists()

@@ -1,4 +1,5 @@
 """The README's Python examples run as written (with fewer training steps) and do what they say."""
+
 import math
 import re
 from pathlib import Path
@@ -28,7 +29,9 @@ def run_api_example(namespace: dict) -> None:
 def test_python_example_says_how_long_it_takes():
     """The README's promise to a newcomer: the budget, and the time in all (measured: CHANGELOG.md)."""
     (line,) = [line for line in python_blocks()[0].splitlines() if line.startswith("minutes = ")]
-    budget, total = re.fullmatch(r"minutes = (\d+) +# of training: under (\d+) minutes in all on a 2-core CPU", line).groups()
+    budget, total = re.fullmatch(
+        r"minutes = (\d+) +# of training: under (\d+) minutes in all on a 2-core CPU", line
+    ).groups()
     assert int(budget) < int(total) <= 10  # a coffee break
 
 

@@ -23,8 +23,7 @@ def imageset():
     return ImageSet(
         images=np.random.default_rng(0).integers(0, 255, (4, S, S, 1), dtype=np.uint8),
         labels=np.array([0, 0, 1, 1]),
-        paths=["d/test/good/000.png", "d/test/good/001.png", "d/test/crack/000.png",
-               "ct/vol.nii.gz#z=12"],
+        paths=["d/test/good/000.png", "d/test/good/001.png", "d/test/crack/000.png", "ct/vol.nii.gz#z=12"],
         kinds=["good", "good", "crack", "lesion"],
         sizes=np.array([[8, 8], [16, 12], [30, 20], [5, 7]]),
         masks=masks,
@@ -57,8 +56,7 @@ def test_write_test_outputs(tmp_path, imageset, maps):
     assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
     with open(tmp_path / "scores.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["path", "label", "kind", "score", "predicted",
-                             "anomalous_fraction", "name"]
+    assert list(rows[0]) == ["path", "label", "kind", "score", "predicted", "anomalous_fraction", "name"]
     assert [r["predicted"] for r in rows] == ["0", "1", "1", "0"]
     assert [r["kind"] for r in rows] == imageset.kinds
     assert [float(r["anomalous_fraction"]) for r in rows[:2]] == [0.0, 1.0]
@@ -83,7 +81,7 @@ def test_write_test_outputs(tmp_path, imageset, maps):
         assert f"plots/{plot}.png" in links
     # The false positive and the false negative are shown, with their overlays.
     assert "False positives" in page and "False negatives" in page
-    assert f'overlays/{rows[1]["name"]}.png' in page and f'overlays/{rows[3]["name"]}.png' in page
+    assert f"overlays/{rows[1]['name']}.png" in page and f"overlays/{rows[3]['name']}.png" in page
 
 
 def test_report_escapes_text(tmp_path, imageset, maps):

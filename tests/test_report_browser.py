@@ -3,6 +3,7 @@ and chromium-driver, driven by selenium, nothing downloaded) opens a report buil
 hand-made scores and maps, the sliders are moved to set positions, and what the page shows is
 compared with the same figures computed here from scores.csv and the maps: the counts
 exactly, and the redrawn masks pixel for pixel against the mask rule's."""
+
 import csv
 import json
 import time
@@ -20,9 +21,11 @@ from funetgan.scoring.thresholds import expected_rate
 
 CHROMIUM, DRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (the test extra: pip install -e .[test])")
-pytestmark = pytest.mark.skipif(not (CHROMIUM.exists() and DRIVER.exists()),
-                                reason="needs Debian's chromium and chromium-driver (apt-get install chromium "
-                                       "chromium-driver; .ci/run installs them)")
+pytestmark = pytest.mark.skipif(
+    not (CHROMIUM.exists() and DRIVER.exists()),
+    reason="needs Debian's chromium and chromium-driver (apt-get install chromium "
+    "chromium-driver; .ci/run installs them)",
+)
 N_NORMAL, N_ANOMALOUS, S = 24, 16, 16
 RUN = "runs/brick run"  # a path with a space: the command must quote it
 
@@ -30,6 +33,7 @@ RUN = "runs/brick run"  # a path with a space: the command must quote it
 @pytest.fixture(scope="module")
 def browser():
     from selenium.webdriver.chrome.service import Service
+
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
     for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1300,1800"):
@@ -50,23 +54,35 @@ def report(tmp_path_factory):
     masks = np.zeros((n, S, S), bool)
     for i in range(N_NORMAL, n):
         y, x = rng.integers(0, S - 5, 2)
-        masks[i, y:y + 5, x:x + 5] = True
+        masks[i, y : y + 5, x : x + 5] = True
     maps = (rng.random((n, S, S)) + 1.5 * masks).astype(np.float32)
     scores = np.round(maps.max((1, 2)) + rng.normal(0, 0.3, n), 2)
-    images = ImageSet(images=rng.integers(0, 255, (n, S, S, 1), dtype=np.uint8), labels=labels,
-                      paths=[f"d/test/{'crack' if label else 'good'}/{i:03d}.png" for i, label in enumerate(labels)],
-                      kinds=["crack" if label else "good" for label in labels], sizes=np.full((n, 2), S),
-                      masks=masks)
+    images = ImageSet(
+        images=rng.integers(0, 255, (n, S, S, 1), dtype=np.uint8),
+        labels=labels,
+        paths=[f"d/test/{'crack' if label else 'good'}/{i:03d}.png" for i, label in enumerate(labels)],
+        kinds=["crack" if label else "good" for label in labels],
+        sizes=np.full((n, 2), S),
+        masks=masks,
+    )
     calibration = Calibration(
-        levels={}, image_threshold=float(np.sort(scores[:N_NORMAL])[-3]), pixel_threshold=0.9, blur_sigma=1.0,
-        normals=30, anomalous=0, rule="normal quantile 0.99", expected_image_rate=3 / 31,
+        levels={},
+        image_threshold=float(np.sort(scores[:N_NORMAL])[-3]),
+        pixel_threshold=0.9,
+        blur_sigma=1.0,
+        normals=30,
+        anomalous=0,
+        rule="normal quantile 0.99",
+        expected_image_rate=3 / 31,
         unit_scale={"score": {"median": 1.0, "spread": 0.8}, "map": {"median": 0.5, "spread": 0.5}},
-        normal_scores=np.sort(np.round(rng.normal(1.2, 0.3, 30), 2)).tolist())
+        normal_scores=np.sort(np.round(rng.normal(1.2, 0.3, 30), 2)).tolist(),
+    )
     rule = MaskRule(calibration.pixel_threshold)
     out = tmp_path_factory.mktemp("report")
     metrics = evaluate(scores, maps, images, calibration.image_threshold, rule)
-    write_test_outputs(out, images, scores, maps, metrics, calibration.image_threshold, rule, {},
-                       calibration=calibration, run=RUN)
+    write_test_outputs(
+        out, images, scores, maps, metrics, calibration.image_threshold, rule, {}, calibration=calibration, run=RUN
+    )
     return out, maps, masks, calibration
 
 
@@ -84,7 +100,10 @@ def move(browser, slider: str, position: int) -> dict:
     """Moves a slider as a user's drag does (its value, then an input event); the figures."""
     return browser.execute_script(
         "const slider = document.getElementById(arguments[0]); slider.value = arguments[1];"
-        "slider.dispatchEvent(new Event('input')); return window.operatingPoint;", slider, position)
+        "slider.dispatchEvent(new Event('input')); return window.operatingPoint;",
+        slider,
+        position,
+    )
 
 
 def test_the_counts_at_three_image_thresholds_equal_those_from_scores_csv(page, report):
@@ -120,7 +139,8 @@ def test_the_redrawn_masks_at_three_pixel_thresholds_equal_the_mask_rules(page, 
     out, maps, masks, calibration = report
     names = [row["name"] for row in csv.DictReader((out / "scores.csv").open())]
     shown_names = page.execute_script(
-        "return Array.from(document.querySelectorAll('canvas.op-mask')).map((c) => c.dataset.name)")
+        "return Array.from(document.querySelectorAll('canvas.op-mask')).map((c) => c.dataset.name)"
+    )
     assert len(shown_names) >= 20  # the report's examples: false positives, detections, normals
     start = page.execute_script("return window.operatingPoint.pixel.index")
     last = page.execute_script("return Number(document.getElementById('op-pixel').max)")
@@ -130,10 +150,14 @@ def test_the_redrawn_masks_at_three_pixel_thresholds_equal_the_mask_rules(page, 
         predicted = MaskRule(t)(maps)
         assert 0 < predicted.sum() < predicted.size  # a threshold that decides something
         for name in shown_names:
-            alpha = np.array(page.execute_script(
-                "const c = document.querySelector(`canvas.op-mask[data-name='${arguments[0]}']`);"
-                "return Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data)"
-                ".filter((_, i) => i % 4 === 3);", name)).reshape(S, S)
+            alpha = np.array(
+                page.execute_script(
+                    "const c = document.querySelector(`canvas.op-mask[data-name='${arguments[0]}']`);"
+                    "return Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data)"
+                    ".filter((_, i) => i % 4 === 3);",
+                    name,
+                )
+            ).reshape(S, S)
             np.testing.assert_array_equal(alpha > 0, predicted[names.index(name)], err_msg=f"{name} at {t}")
         tp, fp = int((predicted & masks).sum()), int((predicted & ~masks).sum())
         figures = page.execute_script("return window.operatingPoint.pixel")
@@ -154,26 +178,50 @@ def test_a_10000_image_report_opens_in_under_5_seconds(browser, tmp_path):
     """A Fashion-MNIST-sized test set (10,000 images of 32 px, 1,000 anomalous with masks),
     the default outputs: the page's size and the seconds from opening it to the panel drawn."""
     from funetgan.outputs.selection import TEST_DEFAULT, Outputs
+
     rng = np.random.default_rng(0)
     n, anomalous, size = 10_000, 1_000, 32
     labels = np.r_[np.zeros(n - anomalous, int), np.ones(anomalous, int)]
     masks = np.zeros((n, size, size), bool)
-    masks[n - anomalous:, 8:16, 8:16] = True
+    masks[n - anomalous :, 8:16, 8:16] = True
     maps = (rng.random((n, size, size)) + masks).astype(np.float32)
     scores = maps.mean((1, 2)) + rng.normal(0, 0.01, n)
-    images = ImageSet(images=rng.integers(0, 255, (n, size, size, 1), dtype=np.uint8), labels=labels,
-                      paths=[f"d/test/{'bad' if label else 'good'}/{i:05d}.png" for i, label in enumerate(labels)],
-                      kinds=["bad" if label else "good" for label in labels], sizes=np.full((n, 2), size), masks=masks)
+    images = ImageSet(
+        images=rng.integers(0, 255, (n, size, size, 1), dtype=np.uint8),
+        labels=labels,
+        paths=[f"d/test/{'bad' if label else 'good'}/{i:05d}.png" for i, label in enumerate(labels)],
+        kinds=["bad" if label else "good" for label in labels],
+        sizes=np.full((n, 2), size),
+        masks=masks,
+    )
     threshold = float(np.quantile(scores[labels == 0], 0.99))
     calibration = Calibration(
-        levels={}, image_threshold=threshold, pixel_threshold=1.2, blur_sigma=1.0, normals=1000, anomalous=0,
-        rule="normal quantile 0.99", expected_image_rate=0.01,
+        levels={},
+        image_threshold=threshold,
+        pixel_threshold=1.2,
+        blur_sigma=1.0,
+        normals=1000,
+        anomalous=0,
+        rule="normal quantile 0.99",
+        expected_image_rate=0.01,
         unit_scale={"score": {"median": 0.5, "spread": 0.05}, "map": {"median": 0.5, "spread": 0.5}},
-        normal_scores=np.sort(rng.choice(scores[labels == 0], 1000)).tolist())
+        normal_scores=np.sort(rng.choice(scores[labels == 0], 1000)).tolist(),
+    )
     rule = MaskRule(1.2)
     metrics = evaluate(scores, maps, images, threshold, rule)
-    write_test_outputs(tmp_path, images, scores, maps, metrics, threshold, rule, {},
-                       outputs=Outputs.parse(TEST_DEFAULT), calibration=calibration, run="run")
+    write_test_outputs(
+        tmp_path,
+        images,
+        scores,
+        maps,
+        metrics,
+        threshold,
+        rule,
+        {},
+        outputs=Outputs.parse(TEST_DEFAULT),
+        calibration=calibration,
+        run="run",
+    )
     page = tmp_path / "report.html"
     started = time.perf_counter()
     browser.get(page.as_uri())

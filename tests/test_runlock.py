@@ -1,4 +1,5 @@
 """One writer per folder, checked with real processes."""
+
 import os
 import signal
 import subprocess
@@ -10,16 +11,19 @@ import pytest
 from funetgan.cli import main
 from funetgan.runlock import FolderLocked, folder_lock
 
-HOLD = "import sys, time; from funetgan.runlock import folder_lock\n" \
-       "with folder_lock(sys.argv[1]):\n    print('locked', flush=True); time.sleep(120)\n"
+HOLD = (
+    "import sys, time; from funetgan.runlock import folder_lock\n"
+    "with folder_lock(sys.argv[1]):\n    print('locked', flush=True); time.sleep(120)\n"
+)
 
 
 @pytest.fixture
 def holder(tmp_path):
     """A separate process holding tmp_path/'run''s lock until the test ends (or kills it)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    process = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path / "run")], stdout=subprocess.PIPE,
-                               text=True, env=env)
+    process = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(tmp_path / "run")], stdout=subprocess.PIPE, text=True, env=env
+    )
     assert process.stdout.readline().strip() == "locked"
     yield process
     process.kill()
@@ -46,12 +50,15 @@ def test_the_lock_is_released_when_the_block_ends(tmp_path):
         pass
 
 
-@pytest.mark.parametrize("command", [
-    ["train", "--data", "{tmp}/data", "--out", "{tmp}/run", "--resume"],
-    ["train", "--data", "{tmp}/data", "--out", "{tmp}/run", "--overwrite"],
-    ["test", "--run", "{tmp}/model", "--data", "{tmp}/data", "--out", "{tmp}/run"],
-    ["predict", "--run", "{tmp}/model", "--out", "{tmp}/run", "{tmp}/x.png"],
-])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["train", "--data", "{tmp}/data", "--out", "{tmp}/run", "--resume"],
+        ["train", "--data", "{tmp}/data", "--out", "{tmp}/run", "--overwrite"],
+        ["test", "--run", "{tmp}/model", "--data", "{tmp}/data", "--out", "{tmp}/run"],
+        ["predict", "--run", "{tmp}/model", "--out", "{tmp}/run", "{tmp}/x.png"],
+    ],
+)
 def test_commands_refuse_a_locked_folder_in_one_line(command, tmp_path, holder, capsys, monkeypatch):
     from funetgan.config import Config
     from funetgan.model import FUNetGAN  # what the commands load (imported by them on first use)

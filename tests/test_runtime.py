@@ -1,5 +1,6 @@
 """Where the networks run: mixed precision only where the hardware has it, scoring always in
 float32 (as the ONNX graph and --device cpu compute it)."""
+
 import numpy as np
 import pytest
 import torch
@@ -10,8 +11,11 @@ from funetgan.model import FUNetGAN
 from funetgan.training.trainer import Trainer
 
 
-@pytest.mark.parametrize("capability, amp", [((7, 0), False), ((7, 5), False), ((8, 0), True), ((9, 0), True)],
-                         ids=["V100", "T4", "A100", "H100"])
+@pytest.mark.parametrize(
+    "capability, amp",
+    [((7, 0), False), ((7, 5), False), ((8, 0), True), ((9, 0), True)],
+    ids=["V100", "T4", "A100", "H100"],
+)
 def test_bf16_autocast_only_on_gpus_with_bf16_units(monkeypatch, capability, amp):
     """torch.cuda.is_bf16_supported() is true on a V100 or T4 too (emulated bf16): the compute
     capability decides."""
@@ -34,7 +38,9 @@ def test_scoring_and_calibration_are_float32_under_amp(monkeypatch, random_image
     for amp in (False, True):
         monkeypatch.setattr(model.runtime, "amp", amp)
         model.fit_densities(images)
-        densities.append({k: v.clone() for density in model.densities.values() for k, v in density.state_dict().items()})
+        densities.append(
+            {k: v.clone() for density in model.densities.values() for k, v in density.state_dict().items()}
+        )
         terms.append(model.residual_terms(images))
     with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast works here: the check can see it
         assert torch.mm(torch.ones(2, 2), torch.ones(2, 2)).dtype == torch.bfloat16
@@ -58,6 +64,7 @@ class Operations(TorchDispatchMode):
 def two_process_critic(tiny_config, monkeypatch, other_rank: float):
     """D with gradients, in a runtime of two processes whose all-reduce adds `other_rank` x
     this process's gradients (no process group: the collective is faked)."""
+
     def all_reduce(tensor, op=None):
         tensor.mul_(1 + other_rank)
 
@@ -79,8 +86,9 @@ def test_gradients_are_averaged_in_place_whatever_their_layout(monkeypatch, tiny
             assert torch.allclose(p.grad, 1.5 * grads[name], rtol=1e-6), name  # (g + 2g) / 2
 
 
-def test_per_step_bookkeeping_is_a_few_operations_whatever_the_number_of_parameters(monkeypatch, tiny_config,
-                                                                                     random_images):
+def test_per_step_bookkeeping_is_a_few_operations_whatever_the_number_of_parameters(
+    monkeypatch, tiny_config, random_images
+):
     """Averaging gradients: a handful of operations for the critic's dozens of parameter
     tensors (each operation is a kernel launch on a GPU, where a small step's time is mostly
     launches)."""

@@ -39,8 +39,9 @@ def test_a_map_stitched_from_tiles_gets_the_tiled_blur(tiny_config):
     assert scored_in_tiles(apply_overrides(tiny_config(), ["data.resolution=native"]))
     assert not scored_in_tiles(tiny_config())
     assert not scored_in_tiles(apply_overrides(tiny_config(), ["data.resolution=32"]))  # the patch's own size
-    cfg = ScoreConfig(kappa=0.0, density_weight=0.0, smoothness_weight=0.0, latent_density_weight=0.0,
-                      image_smoothness_weight=0.0)
+    cfg = ScoreConfig(
+        kappa=0.0, density_weight=0.0, smoothness_weight=0.0, latent_density_weight=0.0, image_smoothness_weight=0.0
+    )
     norms = {"image_residual": 1.0, "image_features": 1.0, "pixel_residual": 1.0}
     residual = np.zeros((1, 64, 64), np.float32)
     residual[0, 32, 32] = 1.0
@@ -58,8 +59,9 @@ def test_residual_terms_by_hand():
     f = lambda v: CriticOutput(None, verdict, torch.full((1, 1, 1, 1), v), torch.full((1, 3, 2, 2), v))  # noqa
     step = SimpleNamespace(x=x, recon=r, out_x=f(0.0), out_r=f(2.0))  # one pass of the networks (`Forward`)
     pixel_residual, pixel_features, image_residual, image_features = (
-        function(step) for function in (table.pixel_residual, table.pixel_features, table.image_residual,
-                                        table.image_features))
+        function(step)
+        for function in (table.pixel_residual, table.pixel_features, table.image_residual, table.image_features)
+    )
     assert pixel_residual[0].tolist() == [[0.5, 0.0], [0.0, 0.0]]
     assert pixel_features[0].tolist() == [[2.0, 2.0], [2.0, 2.0]]
     assert image_residual.item() == pytest.approx(1 / 8)
@@ -75,16 +77,31 @@ def test_global_critic_has_no_per_pixel_feature_term():
 
 def zeros_terms(maps: np.ndarray, image_residual: np.ndarray) -> Terms:
     """Terms with `maps` as the pixel residual, `image_residual` per tile and zeros elsewhere."""
-    return Terms(dict(pixel_residual=maps, pixel_features=np.zeros_like(maps), pixel_density=np.zeros_like(maps),
-                      image_residual=image_residual, image_features=np.zeros_like(image_residual),
-                      latent_density=np.zeros_like(image_residual), pixel_contrast=np.zeros_like(maps)))
+    return Terms(
+        dict(
+            pixel_residual=maps,
+            pixel_features=np.zeros_like(maps),
+            pixel_density=np.zeros_like(maps),
+            image_residual=image_residual,
+            image_features=np.zeros_like(image_residual),
+            latent_density=np.zeros_like(image_residual),
+            pixel_contrast=np.zeros_like(maps),
+        )
+    )
 
 
 def test_combine_normalises_terms_by_their_normal_level():
-    terms = Terms(dict(pixel_residual=np.full((1, 4, 4), 2.0), pixel_features=np.full((1, 4, 4), 30.0),
-                       pixel_density=np.zeros((1, 4, 4)), image_residual=np.array([[0.5]]),
-                       image_features=np.array([[6.0]]), latent_density=np.array([[4.0]]),
-                       pixel_contrast=np.zeros((1, 4, 4))))
+    terms = Terms(
+        dict(
+            pixel_residual=np.full((1, 4, 4), 2.0),
+            pixel_features=np.full((1, 4, 4), 30.0),
+            pixel_density=np.zeros((1, 4, 4)),
+            image_residual=np.array([[0.5]]),
+            image_features=np.array([[6.0]]),
+            latent_density=np.array([[4.0]]),
+            pixel_contrast=np.zeros((1, 4, 4)),
+        )
+    )
     norms = {"pixel_residual": 1.0, "pixel_features": 10.0, "image_residual": 0.25, "image_features": 3.0}
     cfg = ScoreConfig(kappa=0.5, blur_sigma=0.0, density_weight=0.0, smoothness_weight=0.0, latent_density_weight=0.0)
     scores, maps = combine(terms, norms, cfg, 4)

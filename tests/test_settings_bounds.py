@@ -1,28 +1,35 @@
 """Settings refused before any work when they cannot run (issue 35, items 2 and 4): YAML whose
 parsing or walking costs without bound, non-finite numbers, sizes beyond this machine's memory."""
+
 import re
 import resource
 import time
 
 import pytest
 
+from funetgan.bounds.memory import Sizes, human_bytes, parts, unaffordable
 from funetgan.config import Config, apply_overrides
 from funetgan.errors import SettingsError
-from funetgan.memory import Sizes, human_bytes, parts, unaffordable
 
-LAUGHS = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
-    f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 9)}]\n" for i in range(8)) + "model: {variant: *i}\n"
+LAUGHS = (
+    "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n"
+    + "".join(f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 9)}]\n" for i in range(8))
+    + "model: {variant: *i}\n"
+)
 
 
 def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-@pytest.mark.parametrize("text, reason", [
-    (LAUGHS, "alias *a of a list or mapping"),  # 9^9 "lol"s once printed: the issue's 2 GiB
-    ("model: &m {width: *m}\n", "alias *m of a list or mapping"),  # a value that holds itself
-    ("model: " + "[" * 50_000 + "]" * 50_000 + "\n", "nested more than 16 levels deep"),  # RecursionError before
-])
+@pytest.mark.parametrize(
+    "text, reason",
+    [
+        (LAUGHS, "alias *a of a list or mapping"),  # 9^9 "lol"s once printed: the issue's 2 GiB
+        ("model: &m {width: *m}\n", "alias *m of a list or mapping"),  # a value that holds itself
+        ("model: " + "[" * 50_000 + "]" * 50_000 + "\n", "nested more than 16 levels deep"),  # RecursionError before
+    ],
+)
 def test_settings_files_that_cost_without_bound_are_refused_in_one_line(tmp_path, text, reason):
     path = tmp_path / "settings.yaml"
     path.write_text(text)
@@ -47,9 +54,19 @@ def test_a_set_value_is_parsed_by_the_same_bounded_loader():
         apply_overrides(Config(), ["data.hu_window=[&x [1], *x]"])
 
 
-@pytest.mark.parametrize("item", ["score.blur_sigma=inf", "gan.lr_g=.inf", "gan.lr_d=1e400", "encoder.kappa=-.inf",
-                                  "data.hu_window=[-.inf, 400]", "data.lung_threshold=.nan", "model.z_dim=1e400",
-                                  "gan.max_minutes=" + "9" * 400])
+@pytest.mark.parametrize(
+    "item",
+    [
+        "score.blur_sigma=inf",
+        "gan.lr_g=.inf",
+        "gan.lr_d=1e400",
+        "encoder.kappa=-.inf",
+        "data.hu_window=[-.inf, 400]",
+        "data.lung_threshold=.nan",
+        "model.z_dim=1e400",
+        "gan.max_minutes=" + "9" * 400,
+    ],
+)
 def test_non_finite_numbers_are_refused_for_every_setting(item):
     """`score.blur_sigma=inf` trained fully, then crashed; `gan.lr_g=inf` trained until "diverged";
     an integer setting of inf was an OverflowError."""
@@ -65,16 +82,22 @@ def test_non_finite_values_set_from_python_are_refused_by_validate():
         config.validate()
 
 
-@pytest.mark.parametrize("item, setting, need", [
-    ("model.z_dim=1000000000", "model.z_dim", "EiB"),  # asked the allocator for 4 TB
-    ("data.resolution=1000000", "data.resolution", "TiB"),  # passed 2 GiB in 8 s
-    ("batch_size=100000000", "batch_size", "TiB"),
-    ("model.width=100000", "model.width", "TiB"),
-])
+@pytest.mark.parametrize(
+    "item, setting, need",
+    [
+        ("model.z_dim=1000000000", "model.z_dim", "EiB"),  # asked the allocator for 4 TB
+        ("data.resolution=1000000", "data.resolution", "TiB"),  # passed 2 GiB in 8 s
+        ("batch_size=100000000", "batch_size", "TiB"),
+        ("model.width=100000", "model.width", "TiB"),
+    ],
+)
 def test_sizes_beyond_this_machines_memory_are_refused_before_allocation(item, setting, need):
     before, started = _peak_mb(), time.monotonic()
-    with pytest.raises(SettingsError, match=rf"need at least [\d.]+ {need} of memory, more than this machine's .*"
-                                            rf"lower .*{setting}"):
+    with pytest.raises(
+        SettingsError,
+        match=rf"need at least [\d.]+ {need} of memory, more than this machine's .*"
+        rf"lower .*{setting}",
+    ):
         apply_overrides(Config(), [item])
     assert time.monotonic() - started < 1 and _peak_mb() - before < 50
 
@@ -85,7 +108,7 @@ def test_the_memory_bound_by_hand():
     sizes = Sizes(image_size=64, channels=1, width=8, z_dim=128, batch=64, resolution=64)
     found = {what: size for size, what, _ in parts(sizes)}
     assert found["the networks' weights, gradients and Adam state"] == 16 * (2 * 16 * 128 * 128 + 3 * 9 * 128 * 64)
-    assert found["the density terms' precision matrices"] == 4 * (128 ** 2 + 128 ** 2)
+    assert found["the density terms' precision matrices"] == 4 * (128**2 + 128**2)
     assert found["one feature map per network for a full batch"] == 4 * 64 * 3 * 8 * 64 * 64
     assert found["one image and its map"] == 64 * 64 * 5
     total = sum(found.values())
@@ -95,4 +118,4 @@ def test_the_memory_bound_by_hand():
 
 def test_sizes_in_words():
     assert human_bytes(1000) == "1000 bytes" and human_bytes(1536) == "1.5 KiB"
-    assert human_bytes(4 * 1024 ** 4) == "4.0 TiB" and human_bytes(10 ** 400) == "more than 1024 YiB"
+    assert human_bytes(4 * 1024**4) == "4.0 TiB" and human_bytes(10**400) == "more than 1024 YiB"

@@ -2,6 +2,7 @@
 the images, its normal levels, the term and its weight in the map, lung restriction and
 calibration; the image's smoothest region as evidence in the image score
 (scoring.image_evidence, calibration.image_evidence_levels)."""
+
 import dataclasses
 
 import numpy as np
@@ -35,9 +36,17 @@ def test_local_contrast_is_the_windowed_standard_deviation():
 
 def terms_with_contrast(contrast: np.ndarray) -> Terms:
     zeros = np.zeros_like(contrast)
-    return Terms(dict(pixel_residual=zeros + 1, pixel_features=zeros, pixel_density=zeros,
-                 image_residual=np.ones((len(contrast), 1)), image_features=np.ones((len(contrast), 1)),
-                 latent_density=np.ones((len(contrast), 1)), pixel_contrast=contrast))
+    return Terms(
+        dict(
+            pixel_residual=zeros + 1,
+            pixel_features=zeros,
+            pixel_density=zeros,
+            image_residual=np.ones((len(contrast), 1)),
+            image_features=np.ones((len(contrast), 1)),
+            latent_density=np.ones((len(contrast), 1)),
+            pixel_contrast=contrast,
+        )
+    )
 
 
 def test_the_term_counts_only_what_is_smoother_than_normal_in_normal_spreads():
@@ -58,8 +67,14 @@ def test_normal_levels_give_the_contrasts_mean_and_spread_inside_the_region():
 
 def test_the_weight_adds_the_term_to_the_map():
     terms = terms_with_contrast(np.array([[[0.5, 0.25], [0.0, 1.0]]], np.float32))
-    norms = {"pixel_residual": 1.0, "pixel_features": 1.0, "image_residual": 1.0, "image_features": 1.0,
-             "pixel_contrast": 0.5, "pixel_contrast_std": 0.25}
+    norms = {
+        "pixel_residual": 1.0,
+        "pixel_features": 1.0,
+        "image_residual": 1.0,
+        "image_features": 1.0,
+        "pixel_contrast": 0.5,
+        "pixel_contrast_std": 0.25,
+    }
     settings = dict(kappa=0.0, density_weight=0.0, blur_sigma=0.0, latent_density_weight=0.0)
     _, maps = combine(terms, norms, ScoreConfig(smoothness_weight=0.5, **settings), 2)
     assert maps.tolist() == [[[1.0, 1.5], [2.0, 1.0]]]  # residual 1 + 0.5 x (0, 1, 2, 0)
@@ -82,8 +97,16 @@ def test_the_smoothest_region_counts_beside_izif_in_their_normal_spreads():
     # Contrasts 0.5 (normal: term 0), 0.25 (term 1) and 0 (term 2); izif = image residual.
     terms = terms_with_contrast(np.array([[[0.5, 0.5]], [[0.25, 0.5]], [[0.0, 0.5]]], np.float32))
     terms.arrays["image_residual"] = np.array([[3.0], [1.0], [1.0]])
-    norms = {"pixel_residual": 1.0, "image_residual": 1.0, "pixel_contrast": 0.5, "pixel_contrast_std": 0.25,
-             "image_izif": 1.0, "image_izif_std": 0.5, "image_smoothness": 0.5, "image_smoothness_std": 0.25}
+    norms = {
+        "pixel_residual": 1.0,
+        "image_residual": 1.0,
+        "pixel_contrast": 0.5,
+        "pixel_contrast_std": 0.25,
+        "image_izif": 1.0,
+        "image_izif_std": 0.5,
+        "image_smoothness": 0.5,
+        "image_smoothness_std": 0.25,
+    }
     settings = dict(kappa=0.0, density_weight=0.0, smoothness_weight=0.0, blur_sigma=0.0, latent_density_weight=0.0)
     scores, _ = combine(terms, norms, ScoreConfig(image_smoothness_weight=1.0, **settings), 2)
     # izif in spreads: (3 - 1) / 0.5 = 4, 0, 0; smoothest region: (0 - 0.5) / 0.25 = -2, 2, 6.
@@ -93,8 +116,9 @@ def test_the_smoothest_region_counts_beside_izif_in_their_normal_spreads():
     alone, _ = combine(terms, norms, ScoreConfig(image_smoothness_weight=0.0, **settings), 2)
     assert alone.tolist() == [3.0, 1.0, 1.0]  # izif itself, as before the evidence existed
     # A spread of 0 (normals that agree) counts as 5 % of the mean: (3 - 1) / 0.05.
-    agreeing, _ = combine(terms, {**norms, "image_izif_std": 0.0},
-                          ScoreConfig(image_smoothness_weight=1.0, **settings), 2)
+    agreeing, _ = combine(
+        terms, {**norms, "image_izif_std": 0.0}, ScoreConfig(image_smoothness_weight=1.0, **settings), 2
+    )
     assert agreeing[0] == pytest.approx(40.0)
 
 
@@ -102,8 +126,9 @@ def test_image_levels_are_the_normals_mean_and_spread_of_each_kind_of_evidence(t
     terms = terms_with_contrast(np.array([[[0.25, 0.5]], [[0.0, 0.5]]], np.float32))
     terms.arrays["image_residual"] = np.array([[1.0, 3.0], [2.0, 1.0]])  # two tiles: the max counts
     norms = {"pixel_residual": 1.0, "image_residual": 1.0, "pixel_contrast": 0.5, "pixel_contrast_std": 0.25}
-    config = tiny_config(score__kappa=0.0, score__blur_sigma=0.0, score__latent_density_weight=8.0,
-                         score__image_smoothness_weight=1.0)  # no latent level: counts 0
+    config = tiny_config(
+        score__kappa=0.0, score__blur_sigma=0.0, score__latent_density_weight=8.0, score__image_smoothness_weight=1.0
+    )  # no latent level: counts 0
     halves = [terms.rows(np.array([0])), terms.rows(np.array([1]))]  # a chunk at a time, as calibration
     levels = image_evidence_levels(halves, norms, config)
     assert levels == {"image_izif": 2.5, "image_izif_std": 0.5, "image_smoothness": 1.5, "image_smoothness_std": 0.5}
@@ -124,6 +149,7 @@ def test_a_tiled_model_calibrates_and_scores_with_the_smoothness_evidence(random
     terms = model.residual_terms(images.images)
     izif = model.scores_from_terms(terms, dataclasses.replace(model.config.score, image_smoothness_weight=0.0)).scores
     smoothest = image_evidence(terms, norms, model.config.score, 32, tiled=True)["image_smoothness"]
-    expected = np.maximum(standardised_value(izif, norms, "image_izif"),
-                          standardised_value(smoothest, norms, "image_smoothness"))
+    expected = np.maximum(
+        standardised_value(izif, norms, "image_izif"), standardised_value(smoothest, norms, "image_smoothness")
+    )
     np.testing.assert_allclose(model.score(images).scores, expected, rtol=1e-6)

@@ -1,6 +1,7 @@
 """`funetgan train` + `test` end to end on each kind of source, on tiny files in their real
 layouts: IDX one-class, lung CT NIfTI volumes, a generic folder of DICOM files; each with
 whole images and with patch training / tiled scoring at a working resolution of 64 px."""
+
 import json
 
 import numpy as np
@@ -33,10 +34,12 @@ def train_and_test(tiny_args, data, tmp_path, *extra):
 def test_idx_one_class(tmp_path, working, write_idx, tiny_args):
     rng = np.random.default_rng(0)
     labels = np.array([0, 1, 2] * 8, np.uint8)
+    data = tmp_path / "idx"
+    data.mkdir()
     for split in ("train", "t10k"):
-        write_idx(tmp_path / f"{split}-images-idx3-ubyte", rng.integers(0, 255, (24, 28, 28), dtype=np.uint8))
-        write_idx(tmp_path / f"{split}-labels-idx1-ubyte", labels)
-    metrics = train_and_test(tiny_args, tmp_path, tmp_path / "work", "--normal-class", "1", *working)
+        write_idx(data / f"{split}-images-idx3-ubyte", rng.integers(0, 255, (24, 28, 28), dtype=np.uint8))
+        write_idx(data / f"{split}-labels-idx1-ubyte", labels)
+    metrics = train_and_test(tiny_args, data, tmp_path / "work", "--normal-class", "1", *working)
     assert metrics["image"]["n_normal"] == 8 and metrics["image"]["n_anomalous"] == 16
     assert "pixel" not in metrics
 

@@ -1,13 +1,13 @@
 """The table of terms (scoring/terms.py): adding a term is one entry and one function there. A
 toy term registered in the table alone is computed by the scoring network, levelled by
 calibration, weighed into the maps and exported to ONNX, where the parity check covers it."""
+
 import dataclasses
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import random_images, tiny_config
 from funetgan.model import FUNetGAN
 from funetgan.scoring import terms
 from funetgan.scoring.calibration import calibration_split
@@ -23,7 +23,7 @@ TOY = terms.Term("pixel_brightness", terms.MAP, "the image's brightness (a toy)"
 
 
 @pytest.fixture(scope="module")
-def with_toy():
+def with_toy(random_images, tiny_config):
     """A tiny model trained and calibrated with the toy term added to the table (for this
     module only), and its training images."""
     torch.set_num_threads(1)
@@ -46,8 +46,9 @@ def test_the_toy_term_weighs_into_the_maps(with_toy):
     model, images = with_toy
     raw = model.residual_terms(images.images[:3])
     levels = model.calibration.levels
-    alone = dataclasses.replace(model.config.score, kappa=0.0, density_weight=0.0, smoothness_weight=0.0,
-                                blur_sigma=0.0)  # the residual (weight 1) and the toy (weight 1) count
+    alone = dataclasses.replace(
+        model.config.score, kappa=0.0, density_weight=0.0, smoothness_weight=0.0, blur_sigma=0.0
+    )  # the residual (weight 1) and the toy (weight 1) count
     _, maps = combine(raw, levels, alone, model.config.model.image_size)
     expected = raw["pixel_residual"] / levels["pixel_residual"] + raw["pixel_brightness"] / levels["pixel_brightness"]
     np.testing.assert_allclose(maps, expected, rtol=1e-5)

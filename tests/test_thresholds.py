@@ -90,7 +90,7 @@ def test_pixel_threshold_quantile_ignores_an_outlier():
 def test_a_kept_promise_gives_the_rate_and_no_warning():
     kept = promise(1, 100, 0.01)
     assert kept["rate"] == 0.01 and kept["warning"] is None
-    assert kept["chance"] == pytest.approx(1 - 0.99 ** 100)  # P(at least 1 of 100 at 1 %)
+    assert kept["chance"] == pytest.approx(1 - 0.99**100)  # P(at least 1 of 100 at 1 %)
 
 
 def test_a_broken_promise_is_a_plain_warning_with_the_counts():

@@ -1,4 +1,3 @@
-
 import numpy as np
 import pytest
 import torch
@@ -28,8 +27,9 @@ def test_tile_starts_cover_every_pixel_and_end_flush():
 @pytest.mark.parametrize("height, width, stride", [(64, 64, 16), (37, 53, 5), (32, 32, 32), (45, 32, 32)])
 def test_constant_tiles_stitch_to_that_constant(height, width, stride):
     images = np.zeros((2, height, width, 1), np.uint8)
-    maps, values = score_tiled(images, 32, stride, 7, lambda t: {"maps": {"c": np.full(t.shape[:3], 2.5, np.float32)},
-                                                               "values": {}})
+    maps, values = score_tiled(
+        images, 32, stride, 7, lambda t: {"maps": {"c": np.full(t.shape[:3], 2.5, np.float32)}, "values": {}}
+    )
     np.testing.assert_allclose(maps["c"], 2.5, rtol=1e-6)
     assert maps["c"].shape == (2, height, width)
 
@@ -42,7 +42,7 @@ def test_stitching_an_identity_scorer_gives_the_image_back_at_odd_sizes():
     grid = TileGrid(45, 61, 16, 5)
     assert values["mean"].shape == (3, len(grid))
     y, x = grid.corners[-1]
-    assert values["mean"][1, -1] == pytest.approx(images[1, y:y + 16, x:x + 16, 0].mean())
+    assert values["mean"][1, -1] == pytest.approx(images[1, y : y + 16, x : x + 16, 0].mean())
 
 
 def test_one_tile_grid_is_the_whole_image():

@@ -125,11 +125,14 @@ def test_warmup_counts_against_the_stage_1_budget(monkeypatch, random_images, ti
     assert budgets["encoder"] is None and done["encoder"]["steps"] == 3
 
 
-@pytest.mark.parametrize("size, settings, stage", [(32, {}, "encoder"), (48, {"data__resolution": "48"}, "encoder"),
-                                                   (32, {"gan__warmup_iterations": 2}, "gan")],
-                         ids=["whole", "patches", "warmup-stopped-in-stage-1"])
-def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch, size, settings, stage, random_images,
-                                                     tiny_config):
+@pytest.mark.parametrize(
+    "size, settings, stage",
+    [(32, {}, "encoder"), (48, {"data__resolution": "48"}, "encoder"), (32, {"gan__warmup_iterations": 2}, "gan")],
+    ids=["whole", "patches", "warmup-stopped-in-stage-1"],
+)
+def test_interrupted_run_resumes_to_the_same_weights(
+    tmp_path, monkeypatch, size, settings, stage, random_images, tiny_config
+):
     images = random_images(12, size=size)
     config = lambda: tiny_config(**settings)  # noqa: E731
     straight = FUNetGAN(config()).fit(images, run_dir=tmp_path / "a")
@@ -222,8 +225,9 @@ def test_same_seed_and_steps_give_bit_identical_weights_and_metrics_on_the_cpu(t
         cfg = tiny_config(gan__warmup_iterations=2, checkpoint_every=every, log_every=every)
         model = FUNetGAN(cfg).fit(images, run_dir=run_dir)
         result = model.score(test)
-        runs.append((model, result, evaluate(result.scores, result.maps, test, model.image_threshold,
-                                             model.pixel_threshold)))
+        runs.append(
+            (model, result, evaluate(result.scores, result.maps, test, model.image_threshold, model.pixel_threshold))
+        )
     assert (tmp_path / "samples" / "warmup_000001.png").exists()
     (a, result_a, metrics_a), (b, result_b, metrics_b) = runs
     for name in "GDE":
@@ -255,12 +259,16 @@ def _poison_after(monkeypatch, step_name: str, at: int, poison) -> None:
     monkeypatch.setattr(Trainer, step_name, step)
 
 
-@pytest.mark.parametrize("poison, what", [
-    (lambda trainer, stats: stats.update(loss_d=torch.tensor(float("nan"))), "loss_d"),
-    (lambda trainer, stats: next(trainer.model.D.parameters()).data.fill_(float("inf")), "weights"),
-])
-def test_divergence_stops_training_and_keeps_the_last_finite_checkpoint(tmp_path, monkeypatch, poison, what,
-                                                                        random_images, tiny_config):
+@pytest.mark.parametrize(
+    "poison, what",
+    [
+        (lambda trainer, stats: stats.update(loss_d=torch.tensor(float("nan"))), "loss_d"),
+        (lambda trainer, stats: next(trainer.model.D.parameters()).data.fill_(float("inf")), "weights"),
+    ],
+)
+def test_divergence_stops_training_and_keeps_the_last_finite_checkpoint(
+    tmp_path, monkeypatch, poison, what, random_images, tiny_config
+):
     cfg = tiny_config(log_every=2, checkpoint_every=2)
     cfg.gan.iterations = 50
     _poison_after(monkeypatch, "gan_step", 3, poison)  # poisoned after step 4 is computed, before its log
@@ -276,8 +284,9 @@ def test_divergence_stops_training_and_keeps_the_last_finite_checkpoint(tmp_path
 def test_a_checkpoint_with_non_finite_weights_is_never_written(tmp_path, monkeypatch, random_images, tiny_config):
     """Between log steps a checkpoint step checks the weights itself."""
     cfg = tiny_config(log_every=100, checkpoint_every=1)
-    _poison_after(monkeypatch, "gan_step", 1,
-                  lambda trainer, stats: next(trainer.model.G.parameters()).data.fill_(float("nan")))
+    _poison_after(
+        monkeypatch, "gan_step", 1, lambda trainer, stats: next(trainer.model.G.parameters()).data.fill_(float("nan"))
+    )
     with pytest.raises(TrainingDiverged, match="at step 2 .non-finite weights"):
         FUNetGAN(cfg).fit(random_images(12), run_dir=tmp_path)
     saved = trainer_of(FUNetGAN(cfg))

@@ -1,4 +1,5 @@
 """The [0, 1] scale of scores and maps (unit_scale.py)."""
+
 from dataclasses import replace
 
 import numpy as np

@@ -1,6 +1,7 @@
 """Values checked where they enter (issue 35, items 2 and 4): NaN or infinite voxels and pixels
 are refused in one line naming the file and the count, and headers promising more than their
 file can hold (or memory take) are refused before anything is allocated."""
+
 import gzip
 import resource
 import tracemalloc
@@ -14,7 +15,6 @@ from funetgan.data import DataError, load_unlabelled, read_image
 from funetgan.data.medical import read_volume, volume_to_uint8
 
 nibabel = pytest.importorskip("nibabel")
-from test_data_medical import save_nifti, write_dicom  # noqa: E402
 
 
 def _peak_mb() -> float:
@@ -25,7 +25,7 @@ def _load(path):
     return load_unlabelled([str(path)], 32, 1, DataConfig())
 
 
-def test_a_unit_range_volume_with_nan_voxels_is_refused_naming_the_file_and_count(tmp_path):
+def test_a_unit_range_volume_with_nan_voxels_is_refused_naming_the_file_and_count(tmp_path, save_nifti):
     """The issue's MOOD case: with 9 NaN voxels a 0..1 volume was no longer recognised as 0..1,
     was windowed as CT in HU, and its case score jumped from 0 to 0.964."""
     volume = np.random.default_rng(0).random((16, 16, 4)).astype(np.float32)
@@ -37,7 +37,7 @@ def test_a_unit_range_volume_with_nan_voxels_is_refused_naming_the_file_and_coun
         _load(tmp_path / "case.nii.gz")
 
 
-def test_infinite_voxels_are_refused_too(tmp_path):
+def test_infinite_voxels_are_refused_too(tmp_path, save_nifti):
     volume = np.zeros((8, 8, 2), np.float32)
     volume[1, 2, 1] = -np.inf
     save_nifti(tmp_path / "scan.nii", volume)
@@ -56,15 +56,16 @@ def test_a_float_tiff_with_nan_pixels_is_refused(tmp_path):
     assert read_image(tmp_path / "slice.tif").shape == (8, 8, 1)
 
 
-def test_a_dicom_whose_rescale_overflows_is_refused(tmp_path):
+def test_a_dicom_whose_rescale_overflows_is_refused(tmp_path, write_dicom):
     path = write_dicom(tmp_path / "ct.dcm", np.full((4, 4), 30000, np.int16), slope="1e308")
     with pytest.raises(DataError, match=r"ct.dcm \(16 of 16 pixels are not finite"):
         _load(path)
 
 
-def test_a_dicom_header_of_more_pixels_than_any_image_is_refused_unread(tmp_path):
+def test_a_dicom_header_of_more_pixels_than_any_image_is_refused_unread(tmp_path, write_dicom):
     path = write_dicom(tmp_path / "big.dcm", np.zeros((2, 2), np.int16))
     import pydicom
+
     dataset = pydicom.dcmread(path)
     dataset.Rows = dataset.Columns = 60000
     dataset.save_as(path)
@@ -88,13 +89,13 @@ def test_a_nifti_header_promising_more_than_its_file_is_refused_unread(tmp_path,
     assert _peak_mb() - before < 50
 
 
-def test_a_dicom_element_length_beyond_the_file_allocates_nothing(tmp_path):
+def test_a_dicom_element_length_beyond_the_file_allocates_nothing(tmp_path, write_dicom):
     """pydicom reads each element's declared length; from a file, Python allocates that much
     first: a 1 kB slice claiming 3.75 GiB of pixel data took 3.75 GiB (found by test_fuzz)."""
     path = write_dicom(tmp_path / "slice.dcm", np.zeros((16, 16), np.int16))
     data = path.read_bytes()
     start = data.index(b"\xe0\x7f\x10\x00OW") + 8  # pixel data: tag, VR, 2 reserved bytes, then its length
-    path.write_bytes(data[:start] + b"\x00\x02\x00\xf0" + data[start + 4:])
+    path.write_bytes(data[:start] + b"\x00\x02\x00\xf0" + data[start + 4 :])
     tracemalloc.start()
     try:
         _load(path)
@@ -113,7 +114,7 @@ def test_a_png_chunk_length_beyond_the_file_allocates_nothing(tmp_path):
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (24, 24), np.uint8)).save(path)
     data = path.read_bytes()
     start = data.index(b"IDAT") - 4  # the chunk's length field
-    path.write_bytes(data[:start] + (0x10000263).to_bytes(4, "big") + data[start + 4:])
+    path.write_bytes(data[:start] + (0x10000263).to_bytes(4, "big") + data[start + 4 :])
     tracemalloc.start()
     try:
         _load(path)

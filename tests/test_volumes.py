@@ -1,4 +1,5 @@
 """Per-patient results and maps written back on the scan's voxel grid (NIfTI, DICOM series)."""
+
 import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score
@@ -86,8 +87,15 @@ def test_dicom_series_round_trip_to_nifti(tmp_path, write_dicom):
     assert images.paths == [f"{tmp_path / 'series'}#z={z}" for z in range(4)]
     maps = np.zeros((4, 8, 8), np.float32)
     maps[2] = 1.0
-    write_volumes(tmp_path / "out", images, np.zeros(4), maps, MaskRule(0.5, 0.5), 1,
-                  volume_results(images, np.zeros(4), maps >= 0.5, 1))
+    write_volumes(
+        tmp_path / "out",
+        images,
+        np.zeros(4),
+        maps,
+        MaskRule(0.5, 0.5),
+        1,
+        volume_results(images, np.zeros(4), maps >= 0.5, 1),
+    )
     written = nibabel.load(tmp_path / "out" / "volumes" / "series_mask.nii.gz")
     assert written.shape == (7, 5, 4) and written.get_fdata()[:, :, 2].all()
     assert written.get_fdata().sum() == 35
@@ -105,11 +113,15 @@ def slice_set(masks, voxel=(1.0, 1.0, 2.0)):
     """Two volumes a, b of three 4 x 4 working slices each, cut from 8 x 8 slices."""
     n = len(masks)
     geometry = Geometry(np.diag([*voxel, 1.0]), (8, 8, 3))
-    return ImageSet(images=np.zeros((n, 4, 4, 1), np.uint8),
-                    labels=masks.any((1, 2)).astype(np.int64),
-                    paths=[f"{v}.nii.gz#z={z}" for v in "ab" for z in (2, 0, 1)], kinds=["x"] * n,
-                    sizes=np.full((n, 2), 8), masks=masks,
-                    volumes={"a.nii.gz": geometry, "b.nii.gz": geometry})
+    return ImageSet(
+        images=np.zeros((n, 4, 4, 1), np.uint8),
+        labels=masks.any((1, 2)).astype(np.int64),
+        paths=[f"{v}.nii.gz#z={z}" for v in "ab" for z in (2, 0, 1)],
+        kinds=["x"] * n,
+        sizes=np.full((n, 2), 8),
+        masks=masks,
+        volumes={"a.nii.gz": geometry, "b.nii.gz": geometry},
+    )
 
 
 def test_per_volume_results_against_hand_computed_values():
@@ -130,18 +142,28 @@ def test_per_volume_results_against_hand_computed_values():
     assert b["label"] == 0 and b["score"] == 0.6 and b["lesion_ml"] == 0 and b["dice"] == 0.0
     summary = volume_metrics(results, 0.7)  # a (0.9) flagged, b (0.6) not
     assert summary["detection"]["auroc"] == 1.0 and summary["detection"]["counts"] == {
-        "tp": 1, "fp": 0, "fn": 0, "tn": 1}
+        "tp": 1,
+        "fp": 0,
+        "fn": 0,
+        "tn": 1,
+    }
     assert summary["dice_mean"] == pytest.approx(4 / 7) and summary["n_with_lesion"] == 1
     assert summary["lesion_ml_abs_error_mean"] == pytest.approx(0.008) and summary["voxel_ap"] is None
     # All 96 voxels pooled: at 1.0 four (2 lesion, 2 not: precision 1/2, recall 2/4), then at 0 all
     # (precision 4/96, recall 1): AP = 1/2 x 1/2 + 4/96 x 1/2.
     assert voxel_ap_of_set(slice_set(masks), maps) == pytest.approx(0.25 + 4 / 96 / 2)
     assert voxel_ap_of_set(slice_set(masks), maps) == pytest.approx(
-        average_precision_score(masks.ravel(), maps.ravel()))
+        average_precision_score(masks.ravel(), maps.ravel())
+    )
     assert voxel_ap_of_set(slice_set(np.zeros_like(masks)), maps) is None  # no lesion voxel: undefined
 
 
 def test_images_that_are_not_volume_slices_give_no_volume_rows():
-    images = ImageSet(images=np.zeros((2, 4, 4, 1), np.uint8), labels=np.zeros(2, np.int64),
-                      paths=["a.png", "b.png"], kinds=["good"] * 2, sizes=np.full((2, 2), 4))
+    images = ImageSet(
+        images=np.zeros((2, 4, 4, 1), np.uint8),
+        labels=np.zeros(2, np.int64),
+        paths=["a.png", "b.png"],
+        kinds=["good"] * 2,
+        sizes=np.full((2, 2), 4),
+    )
     assert volume_results(images, np.zeros(2), np.zeros((2, 4, 4), bool), 1) == []

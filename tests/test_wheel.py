@@ -4,6 +4,7 @@ Slow (run by .ci/run after the default suite): the wheel installs into empty vir
 environments, in full with the onnx and medical extras, and by docs/deployment.md's torch-free
 recipe, and its command runs there (train, test and export; predict with the ONNX file
 where PyTorch is not installed)."""
+
 from __future__ import annotations
 
 import email
@@ -24,14 +25,33 @@ DEPLOYMENT = ROOT / "docs" / "deployment.md"
 tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
 # test_cli's tiny networks and step counts: the installed command, not the model, is under test.
-TINY = ["--set", "model.image_size=32", "--set", "model.width=4", "--set", "model.z_dim=16", "--set", "batch_size=4",
-        "--set", "gan.iterations=2", "--set", "gan.n_critic=1", "--set", "encoder.iterations=2", "--device", "cpu"]
+TINY = [
+    "--set",
+    "model.image_size=32",
+    "--set",
+    "model.width=4",
+    "--set",
+    "model.z_dim=16",
+    "--set",
+    "batch_size=4",
+    "--set",
+    "gan.iterations=2",
+    "--set",
+    "gan.n_critic=1",
+    "--set",
+    "encoder.iterations=2",
+    "--device",
+    "cpu",
+]
 
 
 def package_files() -> set[str]:
     """Every file of src/funetgan (code and data) as the wheel names it."""
-    return {f"funetgan/{path.relative_to(PACKAGE).as_posix()}" for path in PACKAGE.rglob("*")
-            if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc"}
+    return {
+        f"funetgan/{path.relative_to(PACKAGE).as_posix()}"
+        for path in PACKAGE.rglob("*")
+        if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc"
+    }
 
 
 def source_version() -> str:
@@ -129,8 +149,21 @@ def installed(dist, tmp_path_factory) -> tuple[Path, dict]:
     folder = tmp_path_factory.mktemp("venv-full")
     bin_dir, env = make_venv(folder / "venv")
     (folder / "constraints.txt").write_text(f"torch=={torch.__version__}\n")
-    run([str(bin_dir / "python"), "-m", "pip", "install", "-q", "-c", str(folder / "constraints.txt"),
-         f"{built(dist, '*.whl')}[onnx,medical]"], cwd=folder, env=env, timeout=1200)
+    run(
+        [
+            str(bin_dir / "python"),
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "-c",
+            str(folder / "constraints.txt"),
+            f"{built(dist, '*.whl')}[onnx,medical]",
+        ],
+        cwd=folder,
+        env=env,
+        timeout=1200,
+    )
     return bin_dir, env
 
 
@@ -138,6 +171,7 @@ def installed(dist, tmp_path_factory) -> tuple[Path, dict]:
 def exported(installed, tmp_path_factory) -> tuple[Path, Path]:
     """A tiny run trained, tested and exported by the installed command: the data, the ONNX file."""
     from funetgan.data.demo import make_texture_dataset
+
     bin_dir, env = installed
     work = tmp_path_factory.mktemp("installed-run")
     data = make_texture_dataset(work / "brick", crop=64, n_train=12, n_test_good=3, n_per_defect=1)
@@ -167,15 +201,28 @@ def test_predict_with_the_onnx_file_where_pytorch_is_not_installed(dist, exporte
     for command in torch_free_recipe():
         arguments = [str(built(dist, "*.whl")) if word == "funetgan" else word for word in command[2:]]
         run([str(bin_dir / "python"), "-m", "pip", "install", "-q", *arguments], cwd=tmp_path, env=env, timeout=1200)
-    missing = subprocess.run([str(bin_dir / "python"), "-c", "import torch"], env=env, capture_output=True, text=True,
-                             check=False)
+    missing = subprocess.run(
+        [str(bin_dir / "python"), "-c", "import torch"], env=env, capture_output=True, text=True, check=False
+    )
     assert "No module named 'torch'" in missing.stderr
     assert funetgan(bin_dir, env, tmp_path, "--version").strip() == f"funetgan {source_version()}"
-    train = subprocess.run([str(bin_dir / "funetgan"), "train", "--data", str(data), "--out", "run"], cwd=tmp_path,
-                           env=env, capture_output=True, text=True, check=False)
-    assert (train.returncode, train.stderr.splitlines()) == (2, [(
-        "funetgan: error: train needs PyTorch, which is not installed here: pip install torch "
-        "(without it, predict and test score an exported model: --model)")])
+    train = subprocess.run(
+        [str(bin_dir / "funetgan"), "train", "--data", str(data), "--out", "run"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert (train.returncode, train.stderr.splitlines()) == (
+        2,
+        [
+            (
+                "funetgan: error: train needs PyTorch, which is not installed here: pip install torch "
+                "(without it, predict and test score an exported model: --model)"
+            )
+        ],
+    )
     out = funetgan(bin_dir, env, tmp_path, "predict", "--model", str(model), "--out", "new", str(data / "test"))
     assert "image(s) scored" in out
     rows = (tmp_path / "new" / "predictions.csv").read_text().splitlines()

@@ -4,6 +4,7 @@ line. No training or metric logic lives here.
 
 PyTorch is imported only by the commands that need it (train, demo, export, and test or
 predict with --run): `test` and `predict` with an exported --model run on onnxruntime alone."""
+
 from __future__ import annotations
 
 import argparse
@@ -20,8 +21,10 @@ from .errors import FunetganError, TrainingStopped
 from .outputs.selection import PREDICT_DEFAULT, TEST_DEFAULT
 
 # Said before the traceback of anything but an expected error (errors.py), a bug by definition.
-BUG = ("this is a bug in funetgan, not a problem with your data or settings; please report it on "
-       "funetgan's issue tracker with the command line and the traceback below")
+BUG = (
+    "this is a bug in funetgan, not a problem with your data or settings; please report it on "
+    "funetgan's issue tracker with the command line and the traceback below"
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,11 +45,15 @@ def main(argv: list[str] | None = None) -> int:
         if err.name != "torch":
             raise  # a broken install or a bug: its traceback says which
         # The scoring-only install (docs/deployment.md) has no PyTorch by design.
-        print(f"funetgan: error: {args.command} needs PyTorch, which is not installed here: pip install torch "
-              f"(without it, predict and test score an exported model: --model)", file=sys.stderr)
+        print(
+            f"funetgan: error: {args.command} needs PyTorch, which is not installed here: pip install torch "
+            f"(without it, predict and test score an exported model: --model)",
+            file=sys.stderr,
+        )
         return 2
     except TrainingStopped as err:
         from .runtime import is_main_process, leave_together
+
         leave_together()
         if is_main_process():
             resume = f"funetgan train --data {args.data} --out {args.out} --resume" if args.command == "train" else ""
@@ -72,9 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--data", required=True, help="dataset folder")
     train.add_argument("--out", required=True, help="run folder for weights, settings, logs, samples")
     _settings_arguments(train)
-    train.add_argument("--recipe", choices=list(RECIPES),
-                       help="named settings under --config and --set: 'cpu' trains in minutes on a CPU "
-                            "(15 + 5 min budget; docs/design.md)")
+    train.add_argument(
+        "--recipe",
+        choices=list(RECIPES),
+        help="named settings under --config and --set: 'cpu' trains in minutes on a CPU "
+        "(15 + 5 min budget; docs/design.md)",
+    )
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     train.set_defaults(func=cmd_train)
 
@@ -100,38 +110,63 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser("export", help="the trained networks as one ONNX graph, checked against PyTorch")
     export.add_argument("--run", required=True, help="a trained run folder")
     export.add_argument("--out", required=True, help="the .onnx file to write")
-    export.add_argument("--data", help="dataset folder: the parity check scores the run's validation images "
-                                       "(default: generated images)")
+    export.add_argument(
+        "--data", help="dataset folder: the parity check scores the run's validation images (default: generated images)"
+    )
     _data_arguments(export)
-    export.add_argument("--tolerance", type=float,
-                        help="largest relative error of maps and scores against PyTorch (default 1e-3)")
-    export.add_argument("--exporter", choices=("torchscript", "dynamo"), default="torchscript",
-                        help="PyTorch's ONNX exporter (default: torchscript; dynamo needs onnxscript)")
+    export.add_argument(
+        "--tolerance", type=float, help="largest relative error of maps and scores against PyTorch (default 1e-3)"
+    )
+    export.add_argument(
+        "--exporter",
+        choices=("torchscript", "dynamo"),
+        default="torchscript",
+        help="PyTorch's ONNX exporter (default: torchscript; dynamo needs onnxscript)",
+    )
     export.set_defaults(func=cmd_export)
 
-    calibrate = commands.add_parser("calibrate", help="calibrate a trained run again under new scoring "
-                                                      "settings (map terms, image score): no retraining")
+    calibrate = commands.add_parser(
+        "calibrate",
+        help="calibrate a trained run again under new scoring settings (map terms, image score): no retraining",
+    )
     calibrate.add_argument("--run", required=True, help="a trained run folder (its model file is rewritten)")
-    calibrate.add_argument("--data", help="the dataset the run was trained on: its calibration images (validation "
-                                          "split or held-out normals) are reused; not needed to set thresholds only")
-    calibrate.add_argument("--threshold", type=float,
-                           help="make this image-score threshold the run's own, with its promise measured on the "
-                                "calibration normals (e.g. one chosen in report.html's operating-point panel)")
+    calibrate.add_argument(
+        "--data",
+        help="the dataset the run was trained on: its calibration images (validation "
+        "split or held-out normals) are reused; not needed to set thresholds only",
+    )
+    calibrate.add_argument(
+        "--threshold",
+        type=float,
+        help="make this image-score threshold the run's own, with its promise measured on the "
+        "calibration normals (e.g. one chosen in report.html's operating-point panel)",
+    )
     calibrate.add_argument("--pixel-threshold", type=float, help="make this anomaly-map threshold the run's own")
-    calibrate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                           help="change one scoring setting (score.*), e.g. --set score.density_weight=0 "
-                                "(repeatable); also "
-                                + ", ".join(k for k in TEST_SETTINGS if not k.startswith("score.")))
+    calibrate.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="change one scoring setting (score.*), e.g. --set score.density_weight=0 "
+        "(repeatable); also " + ", ".join(k for k in TEST_SETTINGS if not k.startswith("score.")),
+    )
     calibrate.add_argument("--threads", type=int, help="CPU threads (default: the runtime's choice)")
     calibrate.set_defaults(func=cmd_calibrate)
 
-    mood = commands.add_parser("mood", help="the MOOD challenge's entry point: each volume of INPUT_DIR scored, "
-                                            "<case>.nii.gz.txt and <case>.nii.gz in [0, 1] in OUTPUT_DIR")
+    mood = commands.add_parser(
+        "mood",
+        help="the MOOD challenge's entry point: each volume of INPUT_DIR scored, "
+        "<case>.nii.gz.txt and <case>.nii.gz in [0, 1] in OUTPUT_DIR",
+    )
     _model_arguments(mood)
     mood.add_argument("input_dir", metavar="INPUT_DIR", help="folder of NIfTI volumes (.nii.gz)")
     mood.add_argument("output_dir", metavar="OUTPUT_DIR", help="folder for each case's score and voxel map")
-    mood.add_argument("--task", choices=("sample", "pixel", "both"), default="both",
-                      help="write the case scores (sample), the voxel maps (pixel) or both (default)")
+    mood.add_argument(
+        "--task",
+        choices=("sample", "pixel", "both"),
+        default="both",
+        help="write the case scores (sample), the voxel maps (pixel) or both (default)",
+    )
     _test_settings_argument(mood)
     mood.set_defaults(func=cmd_mood)
 
@@ -140,11 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
     _settings_arguments(demo, data=False)
     demo.set_defaults(func=cmd_demo)
     for command in (train, test, predict, export, calibrate, mood, demo):
-        command.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: best available; "
-                                              "export: cpu)")
+        command.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: best available; export: cpu)")
     for command in (train, test, predict, export, mood, demo):
-        command.add_argument("--overwrite", action="store_true", help="replace earlier results in --out "
-                                                                      "(mood: in OUTPUT_DIR)")
+        command.add_argument(
+            "--overwrite", action="store_true", help="replace earlier results in --out (mood: in OUTPUT_DIR)"
+        )
     return parser
 
 
@@ -152,21 +187,34 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--run", help="a trained run folder (scored with PyTorch)")
     which.add_argument("--model", help="an exported .onnx model (scored with onnxruntime, no PyTorch)")
-    parser.add_argument("--threads", type=int, help="CPU threads for scoring (default: the runtime's choice; "
-                                                    "1 is faster when other processes hold the cores)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads for scoring (default: the runtime's choice; 1 is faster when other processes hold the cores)",
+    )
 
 
 def _outputs_argument(parser: argparse.ArgumentParser, default: tuple[str, ...]) -> None:
-    parser.add_argument("--outputs", nargs="+", default=list(default), metavar="ITEM",
-                        help=f"what to write: metrics, scores, report, masks[=WHICH], overlays[=WHICH] or all; "
-                             f"WHICH: all, none, flagged, examples, worst:N, best:N, joined by + "
-                             f"(default: {' '.join(default)})")
+    parser.add_argument(
+        "--outputs",
+        nargs="+",
+        default=list(default),
+        metavar="ITEM",
+        help=f"what to write: metrics, scores, report, masks[=WHICH], overlays[=WHICH] or all; "
+        f"WHICH: all, none, flagged, examples, worst:N, best:N, joined by + "
+        f"(default: {' '.join(default)})",
+    )
 
 
 def _settings_arguments(parser: argparse.ArgumentParser, data: bool = True) -> None:
     parser.add_argument("--config", help="YAML settings file")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one setting, e.g. --set model.image_size=128 (repeatable)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one setting, e.g. --set model.image_size=128 (repeatable)",
+    )
     parser.add_argument("--print-config", action="store_true", help="print the resolved settings and exit")
     if data:
         _data_arguments(parser)
@@ -178,9 +226,14 @@ def _data_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _test_settings_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help=f"change one of the run's settings for this command: {', '.join(TEST_SETTINGS)} "
-                             f"(repeatable), e.g. --set data.cache_dir=/scratch/cache")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"change one of the run's settings for this command: {', '.join(TEST_SETTINGS)} "
+        f"(repeatable), e.g. --set data.cache_dir=/scratch/cache",
+    )
 
 
 def _threshold_arguments(parser: argparse.ArgumentParser) -> None:

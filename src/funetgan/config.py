@@ -3,6 +3,7 @@
 Every key is addressable as a dotted path (``model.image_size``, ``gan.iterations``) so the
 command line can override any of them with ``--set key=value``.
 """
+
 from __future__ import annotations
 
 import copy
@@ -16,10 +17,10 @@ from typing import Any
 
 import yaml
 
+from .bounds.memory import Sizes, unaffordable
+from .bounds.settings_values import check_finite, coerce, load_file
 from .errors import SettingsError
-from .memory import Sizes, unaffordable
 from .scoring.tiling import check_tile_stride
-from .settings_values import check_finite, coerce, load_file
 
 VARIANTS = ("conv", "conv_attn", "res", "res_attn")
 CRITIC_HEADS = ("unet", "global")  # the critics model.CRITICS builds
@@ -30,8 +31,16 @@ RECIPES = {
     # budget on an autoencoder warm-up (a step costs a fifth to a tenth of an adversarial one),
     # then keeps a reconstruction term; one critic step per generator step at a 4x critic
     # learning rate; penalties on every 4th critic step. Budgets, not step counts, end the stages.
-    "cpu": ["gan.warmup_iterations=100000", "gan.n_critic=1", "gan.lr_d=0.0004", "gan.gp_every=4",
-            "gan.iterations=100000", "gan.max_minutes=15", "encoder.iterations=100000", "encoder.max_minutes=5"],
+    "cpu": [
+        "gan.warmup_iterations=100000",
+        "gan.n_critic=1",
+        "gan.lr_d=0.0004",
+        "gan.gp_every=4",
+        "gan.iterations=100000",
+        "gan.max_minutes=15",
+        "encoder.iterations=100000",
+        "encoder.max_minutes=5",
+    ],
 }
 
 
@@ -188,9 +197,17 @@ class Config:
         for key, bound in BOUNDS.items():
             check_bound(key, get_key(self, key), bound)
         # Size-like settings whose tensors cannot fit in this machine's memory, refused before
-        # anything is allocated (memory.py: lower bounds, so a refusal is certain).
-        problem = unaffordable(Sizes(m.image_size, m.channels, m.width, m.z_dim,
-                                     max(self.batch_size, self.score.batch_size), working_size(self)))
+        # anything is allocated (bounds/memory.py: lower bounds, so a refusal is certain).
+        problem = unaffordable(
+            Sizes(
+                m.image_size,
+                m.channels,
+                m.width,
+                m.z_dim,
+                max(self.batch_size, self.score.batch_size),
+                working_size(self),
+            )
+        )
         if problem:
             raise SettingsError(problem)
         low, high = self.data.hu_window
@@ -258,21 +275,50 @@ class Config:
 # the setting's default is None): "count" >= 1, "count0" >= 0, "positive" > 0, "non-negative"
 # >= 0, "fraction" in (0, 1), "seed" what every random generator takes (numpy's: below 2^32).
 BOUNDS = {
-    **dict.fromkeys(("model.width", "model.z_dim", "gan.iterations", "gan.n_critic", "gan.gp_every",
-                     "encoder.iterations", "score.batch_size", "batch_size", "log_every", "checkpoint_every"), "count"),
+    **dict.fromkeys(
+        (
+            "model.width",
+            "model.z_dim",
+            "gan.iterations",
+            "gan.n_critic",
+            "gan.gp_every",
+            "encoder.iterations",
+            "score.batch_size",
+            "batch_size",
+            "log_every",
+            "checkpoint_every",
+        ),
+        "count",
+    ),
     "gan.warmup_iterations": "count0",
     **dict.fromkeys(("seed", "data.split_seed"), "seed"),
     **dict.fromkeys(("gan.lr_g", "gan.lr_d", "encoder.lr"), "positive"),
-    **dict.fromkeys(("gan.max_minutes", "encoder.max_minutes", "gan.lambda_gp", "gan.lambda_cons", "encoder.kappa",
-                     "score.kappa", "score.density_weight", "score.smoothness_weight",
-                     "score.latent_density_weight", "score.image_smoothness_weight", "score.blur_sigma"),
-                    "non-negative"),
+    **dict.fromkeys(
+        (
+            "gan.max_minutes",
+            "encoder.max_minutes",
+            "gan.lambda_gp",
+            "gan.lambda_cons",
+            "encoder.kappa",
+            "score.kappa",
+            "score.density_weight",
+            "score.smoothness_weight",
+            "score.latent_density_weight",
+            "score.image_smoothness_weight",
+            "score.blur_sigma",
+        ),
+        "non-negative",
+    ),
     **dict.fromkeys(("score.normal_quantile", "data.val_fraction", "data.test_fraction"), "fraction"),
 }
-_BOUND_TESTS = {"count": (lambda v: v >= 1, "at least 1"), "count0": (lambda v: v >= 0, "at least 0"),
-                "seed": (lambda v: 0 <= v < 2 ** 32, "in 0 .. 2^32 - 1"),
-                "positive": (lambda v: v > 0, "above 0"), "non-negative": (lambda v: v >= 0, "at least 0"),
-                "fraction": (lambda v: 0 < v < 1, "inside (0, 1)")}
+_BOUND_TESTS = {
+    "count": (lambda v: v >= 1, "at least 1"),
+    "count0": (lambda v: v >= 0, "at least 0"),
+    "seed": (lambda v: 0 <= v < 2**32, "in 0 .. 2^32 - 1"),
+    "positive": (lambda v: v > 0, "above 0"),
+    "non-negative": (lambda v: v >= 0, "at least 0"),
+    "fraction": (lambda v: 0 < v < 1, "inside (0, 1)"),
+}
 
 
 def check_bound(key: str, value: Any, bound: str) -> None:
@@ -296,8 +342,9 @@ def working_size(config: Config) -> int | None:
     except ValueError:
         raise SettingsError(f"data.resolution must be a number of pixels or 'native', got {resolution!r}") from None
     if size < patch:
-        raise SettingsError(f"data.resolution ({size}) must be at least model.image_size ({patch}), "
-                         f"the patch the networks see")
+        raise SettingsError(
+            f"data.resolution ({size}) must be at least model.image_size ({patch}), the patch the networks see"
+        )
     return size
 
 

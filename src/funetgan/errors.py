@@ -10,6 +10,7 @@ them. Some classes also derive from the built-in error a library user would catc
 setting is a ValueError, a failed write an OSError). No PyTorch here: the CLI imports this
 module for every command.
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -1,5 +1,6 @@
 """Atomic, durable file writes: a crash, Ctrl-C or power cut leaves the previous file or the
 new one, never a half-written or empty one; a failed write names the file."""
+
 from __future__ import annotations
 
 import errno

@@ -2,6 +2,7 @@
 density terms and the `Calibration`. It fits (a `training.Trainer` trains the networks, then
 calibration), scores (`scoring.Scorer`: the networks are its tile scorer), saves, loads and
 exports; how it is trained (optimisers, random stream, checkpoints) is the trainer's."""
+
 from __future__ import annotations
 
 import warnings
@@ -42,8 +43,9 @@ CRITICS: dict[str, Callable[[ModelConfig], Discriminator]] = {
 }
 
 
-def training_split(config: Config, train: ImageSet, val: ImageSet | None, world_size: int
-                   ) -> tuple[np.ndarray | None, ImageSet, str | None]:
+def training_split(
+    config: Config, train: ImageSet, val: ImageSet | None, world_size: int
+) -> tuple[np.ndarray | None, ImageSet, str | None]:
     """The rows of `train` to train on and the calibration set (`calibration_split`), with
     `config.batch_size` fitted to those rows and the processes (`data.fit_batch`), and a note
     when it changed. The CLI runs it before training too, to print the note and save the
@@ -82,8 +84,14 @@ class FUNetGAN(Scorer):
         self.calibration: Calibration | None = None
         self.training: dict[str, dict[str, float]] = {}  # what each training stage did (`TrainingState.completed`)
 
-    def fit(self, train: ImageSet, val: ImageSet | None = None, run_dir: str | Path | None = None,
-            resume: bool = False, progress: bool = True) -> FUNetGAN:
+    def fit(
+        self,
+        train: ImageSet,
+        val: ImageSet | None = None,
+        run_dir: str | Path | None = None,
+        resume: bool = False,
+        progress: bool = True,
+    ) -> FUNetGAN:
         """Train both stages on the normal images of `train`, then calibrate thresholds on
         `val` (or, without one, on `data.val_fraction` of the training normals held out).
         `batch_size` is the global batch, fitted to the processes and the data (`training_split`:
@@ -129,8 +137,10 @@ class FUNetGAN(Scorer):
         before = self.calibration.normals if self.calibration is not None else None
         count = int((normals.labels == 0).sum())
         if before is not None and before != count:
-            raise DataError(f"{count} calibration normals here, {before} when the run was calibrated: "
-                             f"is this the data it was trained on?")
+            raise DataError(
+                f"{count} calibration normals here, {before} when the run was calibrated: "
+                f"is this the data it was trained on?"
+            )
         return self.calibrate(normals, train.images, rows)
 
     def calibrate(self, normals: ImageSet, training: np.ndarray, rows: np.ndarray | None = None) -> Calibration:
@@ -151,8 +161,9 @@ class FUNetGAN(Scorer):
         the settings weigh."""
         cfg, rt = self.config, self.runtime
         statistics = {term.name: DensityStatistics() for term in density_terms()}
-        for patches in tiling.random_patches(images, rows, cfg.model.image_size, FIT_SAMPLES, cfg.seed,
-                                             cfg.score.batch_size):
+        for patches in tiling.random_patches(
+            images, rows, cfg.model.image_size, FIT_SAMPLES, cfg.seed, cfg.score.batch_size
+        ):
             step = Forward(rt.prepare(to_tensor(patches, rt.device)), self.E, self.G, self.D)
             for term in density_terms():  # on the host: the statistics are float64 sums there
                 assert term.features is not None
@@ -166,13 +177,19 @@ class FUNetGAN(Scorer):
             unfitted.append(term.name)
             if term.weight is None or getattr(cfg.score, term.weight):
                 setting = term.name if term.weight is None else f"score.{term.weight}"
-                notes.append(f"{setting} counts 0: {gathered.count} training samples to fit its "
-                             f"Gaussian on, it needs {needed}")
+                notes.append(
+                    f"{setting} counts 0: {gathered.count} training samples to fit its Gaussian on, it needs {needed}"
+                )
         return unfitted, notes
 
     # ---- persistence ---------------------------------------------------------------------
-    def export(self, path: str | Path, check_images: ImageSet | np.ndarray | None = None,
-               tolerance: float | None = None, exporter: str = "torchscript") -> Parity:
+    def export(
+        self,
+        path: str | Path,
+        check_images: ImageSet | np.ndarray | None = None,
+        tolerance: float | None = None,
+        exporter: str = "torchscript",
+    ) -> Parity:
         """Write the scoring networks as one ONNX graph, with the settings and calibration in
         its metadata, for `OnnxScorer` (onnxruntime, no PyTorch). Checked first: the ONNX
         checker, then maps and scores of `check_images` (default: generated images) against
@@ -203,8 +220,11 @@ class FUNetGAN(Scorer):
     def save(self, path: str | Path) -> None:
         """Weights, settings and calibration in one safetensors file."""
         calibration = None if self.calibration is None else self.calibration.to_dict()
-        checkpoint.save(path, self.weights(), {"config": self.config.to_dict(), "calibration": calibration,
-                                               "training": self.training})
+        checkpoint.save(
+            path,
+            self.weights(),
+            {"config": self.config.to_dict(), "calibration": calibration, "training": self.training},
+        )
 
     @classmethod
     def load(cls, path: str | Path, device: str | None = None, calibrated: bool = True) -> FUNetGAN:

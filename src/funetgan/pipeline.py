@@ -7,6 +7,7 @@ maps go to the metrics (`metrics.Evaluation`), the per-image files (`image_files
 Every image is scored on its own (tiles, blur and normal levels are per image), so the maps do
 not depend on the chunking; the metrics' histograms do not either (`pixel_histogram.PixelHistogram`).
 """
+
 from __future__ import annotations
 
 import time
@@ -42,9 +43,16 @@ def chunks(images: ImageSet) -> Iterator[tuple[np.ndarray, str | None]]:
         yield rows, None
 
 
-def score_in_chunks(model: Scorer, images: ImageSet, out, files: ImageFiles, image_threshold: float,
-                    rule: MaskRule, evaluation: Evaluation | None = None, voxels: PixelHistogram | None = None
-                    ) -> tuple[np.ndarray, list[dict], dict]:
+def score_in_chunks(
+    model: Scorer,
+    images: ImageSet,
+    out,
+    files: ImageFiles,
+    image_threshold: float,
+    rule: MaskRule,
+    evaluation: Evaluation | None = None,
+    voxels: PixelHistogram | None = None,
+) -> tuple[np.ndarray, list[dict], dict]:
     """Scores `images` chunk by chunk, handing each chunk's maps and masks (`rule`) to
     `evaluation` (if any), `files` and, for a volume, its row of volumes.csv, its NIfTI (and
     DICOM) files in `out` and its voxels to `voxels` (if given: `volumes.add_voxels`). Returns
@@ -73,8 +81,11 @@ def score_in_chunks(model: Scorer, images: ImageSet, out, files: ImageFiles, ima
         lap("scoring")
         if evaluation is not None:
             evaluation.add(rows, result.maps, predicted, region)
-        volume = None if source is None else volume_result(
-            images, source, names[source], rows, result.scores, predicted, image_threshold)
+        volume = (
+            None
+            if source is None
+            else volume_result(images, source, names[source], rows, result.scores, predicted, image_threshold)
+        )
         if volume is not None and voxels is not None:
             add_voxels(voxels, images, rows, result.maps)
         lap("metrics")
@@ -88,8 +99,16 @@ def score_in_chunks(model: Scorer, images: ImageSet, out, files: ImageFiles, ima
     return scores, volumes, seconds
 
 
-def run_test(model: Scorer, test: ImageSet, out: Path, outputs: Outputs, image_threshold: float,
-             rule: MaskRule, timing: dict | None = None, run: str | None = None) -> dict:
+def run_test(
+    model: Scorer,
+    test: ImageSet,
+    out: Path,
+    outputs: Outputs,
+    image_threshold: float,
+    rule: MaskRule,
+    timing: dict | None = None,
+    run: str | None = None,
+) -> dict:
     """Everything `funetgan test` writes for a labelled set, chunk by chunk; returns the
     metrics (`timing`: seconds measured before, to report with the rest; `run`: the run
     folder, for the report's command that makes chosen thresholds its own)."""
@@ -97,8 +116,7 @@ def run_test(model: Scorer, test: ImageSet, out: Path, outputs: Outputs, image_t
     store = MapStore(out)
     files = ImageFiles(out, test, outputs, image_threshold, rule, store)
     try:
-        scores, volumes, seconds = score_in_chunks(model, test, out, files, image_threshold, rule, evaluation,
-                                                   voxels)
+        scores, volumes, seconds = score_in_chunks(model, test, out, files, image_threshold, rule, evaluation, voxels)
         started = time.perf_counter()
         metrics = evaluation.result(scores)
         whole = model.scoring_region(test) is None
@@ -106,10 +124,13 @@ def run_test(model: Scorer, test: ImageSet, out: Path, outputs: Outputs, image_t
         metrics["promise"] = kept_promise(model, test, scores, image_threshold)
         if volumes:
             metrics["volume"] = volume_metrics(volumes, image_threshold, pooled_voxel_ap(voxels))
-        metrics["timing"] = {"images": len(test), "seconds": round(seconds["scoring"], 3),
-                             "images_per_second": round(len(test) / max(seconds["scoring"], 1e-9), 1),
-                             **(timing or {}),
-                             "metrics_seconds": round(seconds["metrics"] + time.perf_counter() - started, 3)}
+        metrics["timing"] = {
+            "images": len(test),
+            "seconds": round(seconds["scoring"], 3),
+            "images_per_second": round(len(test) / max(seconds["scoring"], 1e-9), 1),
+            **(timing or {}),
+            "metrics_seconds": round(seconds["metrics"] + time.perf_counter() - started, 3),
+        }
         curves = evaluation.curves() if metrics.get("pixel") else None
         return finish_test_outputs(files, metrics, model.config.to_dict(), volumes, curves, model.calibration, run)
     finally:  # after an error too: no more files written, the kept maps gone
@@ -127,8 +148,9 @@ def kept_promise(model: Scorer, test: ImageSet, scores: np.ndarray, image_thresh
     return promise(int((np.asarray(scores)[normal] >= image_threshold).sum()), int(normal.sum()), expected)
 
 
-def run_predict(model: Scorer, images: ImageSet, out: Path, outputs: Outputs, image_threshold: float,
-                rule: MaskRule) -> np.ndarray:
+def run_predict(
+    model: Scorer, images: ImageSet, out: Path, outputs: Outputs, image_threshold: float, rule: MaskRule
+) -> np.ndarray:
     """Everything `funetgan predict` writes, chunk by chunk; returns the image scores."""
     store = MapStore(out)
     files = ImageFiles(out, images, outputs, image_threshold, rule, store)

@@ -7,6 +7,7 @@ time for the message a second process gets. The kernel releases a flock when its
 dies, however it dies, so a lock left by a killed process is simply taken over. The file
 itself stays (removing it would let two processes lock two different files).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -43,11 +44,13 @@ def folder_lock(folder: str | Path) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise FolderLocked(f"{folder} is in use by another funetgan process ({_holder(path)}); "
-                               f"wait for it to finish or stop it") from None
+            raise FolderLocked(
+                f"{folder} is in use by another funetgan process ({_holder(path)}); wait for it to finish or stop it"
+            ) from None
         except OSError as err:  # a file system without locks (some network ones)
-            warnings.warn(f"{path}: cannot lock ({err.strerror}); make sure no other process writes to {folder}",
-                          stacklevel=3)
+            warnings.warn(
+                f"{path}: cannot lock ({err.strerror}); make sure no other process writes to {folder}", stacklevel=3
+            )
         os.ftruncate(fd, 0)
         since = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
         os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {since}\n".encode())
@@ -73,8 +76,9 @@ def waiting_lock(path: str | Path) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
         except OSError as err:  # a file system without locks (some network ones)
-            warnings.warn(f"{path}: cannot lock ({err.strerror}); processes sharing it may do the same work "
-                          f"at once", stacklevel=3)
+            warnings.warn(
+                f"{path}: cannot lock ({err.strerror}); processes sharing it may do the same work at once", stacklevel=3
+            )
         yield
     finally:
         os.close(fd)  # releases the lock

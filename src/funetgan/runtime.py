@@ -5,6 +5,7 @@ DDP is done by hand rather than with `DistributedDataParallel` because the criti
 double backward (gradient penalty) and several forward passes per backward, which DDP's
 reducer does not support; averaging gradients after `backward()` is exact and simple.
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -1,6 +1,7 @@
 """What the commands share: the one-line wording of an expected error, the run and results
 folders they write, the loop over MVTec AD categories, the --category / --normal-class choice
 of data, and printed notes."""
+
 from __future__ import annotations
 
 import contextlib
@@ -17,9 +18,18 @@ from ..training.tracking import TENSORBOARD_FOLDER
 
 CONFIG_FILE = "config.yaml"
 RUN_OUTPUTS = (MODEL_FILE, CHECKPOINT_FILE, CONFIG_FILE, LOG_FILE, "samples", TENSORBOARD_FOLDER)
-RESULT_OUTPUTS = ("metrics.json", "predictions.csv", "scores.csv", "report.html", "masks", "overlays", "plots",
-                  "volumes.csv", "volumes", TENSORBOARD_FOLDER)
-
+RESULT_OUTPUTS = (
+    "metrics.json",
+    "predictions.csv",
+    "scores.csv",
+    "report.html",
+    "masks",
+    "overlays",
+    "plots",
+    "volumes.csv",
+    "volumes",
+    TENSORBOARD_FOLDER,
+)
 
 
 def refuse_inputs_as_outputs(out: str | Path, inputs: Iterable[str | Path | None]) -> None:
@@ -31,11 +41,20 @@ def refuse_inputs_as_outputs(out: str | Path, inputs: Iterable[str | Path | None
         if given is None:
             continue
         source = Path(given).resolve()
-        relation = ("is" if target == source else "holds" if source.is_relative_to(target)
-                    else "lies inside" if target.is_relative_to(source) else None)
+        relation = (
+            "is"
+            if target == source
+            else "holds"
+            if source.is_relative_to(target)
+            else "lies inside"
+            if target.is_relative_to(source)
+            else None
+        )
         if relation:
-            raise RunFolderError(f"{out} {relation} the input {given}: write the outputs somewhere else "
-                                 f"(inputs are never overwritten, --overwrite or not)")
+            raise RunFolderError(
+                f"{out} {relation} the input {given}: write the outputs somewhere else "
+                f"(inputs are never overwritten, --overwrite or not)"
+            )
 
 
 def claim_folder(folder: Path, outputs: tuple[str, ...], overwrite: bool) -> None:
@@ -43,8 +62,9 @@ def claim_folder(folder: Path, outputs: tuple[str, ...], overwrite: bool) -> Non
     existing = [folder / name for name in outputs if (folder / name).exists()]
     if existing and not overwrite:
         resume = " or --resume to continue" if CHECKPOINT_FILE in outputs else ""
-        raise RunFolderError(f"{folder} already holds results ({existing[0].name}); "
-                              f"use --overwrite to replace them{resume}")
+        raise RunFolderError(
+            f"{folder} already holds results ({existing[0].name}); use --overwrite to replace them{resume}"
+        )
     try:
         for path in existing:
             remove(path)

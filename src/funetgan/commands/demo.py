@@ -1,5 +1,6 @@
 """`funetgan demo`: the built-in brick texture set made, trained on with the CPU recipe and
 tested, every output written: a first look in about 8 minutes on a 2-core CPU."""
+
 from __future__ import annotations
 
 import argparse
@@ -16,8 +17,14 @@ from .training import resolve_config, train_one
 
 # The demo: 32x32 grey brick texture on a 2-core CPU in about 8 minutes, with the CPU recipe.
 DEMO_SETTINGS = [
-    "model.image_size=32", "model.channels=1", "model.width=8", "batch_size=16", *RECIPES["cpu"],
-    "gan.max_minutes=6", "encoder.max_minutes=1.5", "checkpoint_every=200",
+    "model.image_size=32",
+    "model.channels=1",
+    "model.width=8",
+    "batch_size=16",
+    *RECIPES["cpu"],
+    "gan.max_minutes=6",
+    "encoder.max_minutes=1.5",
+    "checkpoint_every=200",
 ]
 
 
@@ -29,7 +36,8 @@ DEMO_SETTINGS = [
 # benchmarks build on DEMO_SETTINGS alone and choose their data themselves
 # (benchmarks/calibration.py takes the demo's as it is).
 DEMO_DATA_SETTINGS = ["data.resolution=native"]
-DEMO_DATA: dict[str, Any] = {"n_train": 300, "n_calibration": 100}  # make_texture_dataset's options; crops twice the model's size
+# make_texture_dataset's options; crops twice the model's size
+DEMO_DATA: dict[str, Any] = {"n_train": 300, "n_calibration": 100}
 
 
 def cmd_demo(args) -> int:

@@ -1,6 +1,7 @@
 """The commands on a trained run (PyTorch) or an exported model (onnxruntime): `test` (a
 labelled set: metrics, maps, report), `predict` (new images), `mood` (the MOOD challenge's
 folders), `calibrate` (again, under new scoring settings) and `export` (ONNX)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -39,8 +40,14 @@ if TYPE_CHECKING:
 # (a lung found by data.lung_threshold where a scan has no lung mask), how much is scored at
 # once, and where test's metrics are logged (tracking.py). The others are the trained run's:
 # its normal levels and thresholds were calibrated under them.
-TEST_SETTINGS = ("data.cache_dir", "data.on_bad_file", "data.lung_threshold", "score.batch_size",
-                 "log.tensorboard", "log.mlflow")
+TEST_SETTINGS = (
+    "data.cache_dir",
+    "data.on_bad_file",
+    "data.lung_threshold",
+    "score.batch_size",
+    "log.tensorboard",
+    "log.mlflow",
+)
 # Test-time settings that change what the thresholds were calibrated on (the lung mask
 # decides which pixels the pixel threshold and image scores saw): a change needs `calibrate`.
 CALIBRATED_SETTINGS = ("data.lung_threshold",)
@@ -51,6 +58,7 @@ def load_scorer(args, run: str | Path | None = None) -> Scorer:
     PyTorch is never imported)."""
     if args.model is not None:
         from ..deploy.onnx_scorer import OnnxScorer
+
         return OnnxScorer.load(args.model, threads=args.threads)
     return load_run(run or args.run, args.device, args.threads)
 
@@ -61,6 +69,7 @@ def load_run(run: str | Path, device: str | None, threads: int | None, calibrate
     import torch
 
     from ..model import FUNetGAN
+
     if threads:
         torch.set_num_threads(threads)
     return FUNetGAN.load(run, device=device, calibrated=calibrated)
@@ -86,9 +95,11 @@ def apply_test_settings(model: Scorer, items: list[str], run: str | Path | None,
     for key, old in before.items():
         new = get_key(model.config, key)
         if new != old:
-            raise UsageError(f"--set {key}={new}: this run's thresholds were calibrated with {key}={old}; "
-                             f"calibrate it under the new value first: funetgan calibrate --run {run or 'RUN'} "
-                             f"--data {data} --set {key}={new}")
+            raise UsageError(
+                f"--set {key}={new}: this run's thresholds were calibrated with {key}={old}; "
+                f"calibrate it under the new value first: funetgan calibrate --run {run or 'RUN'} "
+                f"--data {data} --set {key}={new}"
+            )
 
 
 def cmd_test(args) -> int:
@@ -97,8 +108,7 @@ def cmd_test(args) -> int:
     if args.category == "all":
         if args.model:
             raise UsageError("--category all needs --run (a folder of runs), not one exported --model")
-        return each_category(args.data, lambda name: test_run(Path(args.run) / name, Path(args.out) / name, args,
-                                                              name))
+        return each_category(args.data, lambda name: test_run(Path(args.run) / name, Path(args.out) / name, args, name))
     test_run(args.run, Path(args.out), args, args.category)
     return 0
 
@@ -111,16 +121,16 @@ def test_run(run: str | Path | None, out: Path, args, category: str | None) -> N
     test_one(model, Path(args.data), out, args, load_seconds=time.perf_counter() - started, run=run)
 
 
-def test_one(model: Scorer, data: Path, out: Path, args, load_seconds: float = 0.0,
-             run: str | Path | None = None) -> None:
+def test_one(
+    model: Scorer, data: Path, out: Path, args, load_seconds: float = 0.0, run: str | Path | None = None
+) -> None:
     outputs = Outputs.parse(args.outputs)
     check_trackers(model.config)
     with folder_lock(out):
         claim_folder(out, RESULT_OUTPUTS, args.overwrite)
         # A test that fails leaves none of its outputs, so its retry is not refused; TensorBoard /
         # MLflow (if log.* says so) start before any work.
-        with removed_on_failure(out, RESULT_OUTPUTS, lambda: False), \
-                open_tracker(out, model.config, "test") as tracker:
+        with removed_on_failure(out, RESULT_OUTPUTS, lambda: False), open_tracker(out, model.config, "test") as tracker:
             started = time.perf_counter()
             splits = load_dataset(data, working_size(model.config), model.config.model.channels, model.config.data)
             if splits.test is None or not len(splits.test):
@@ -130,9 +140,16 @@ def test_one(model: Scorer, data: Path, out: Path, args, load_seconds: float = 0
             image_t, rule = thresholds(model, args)
             shown = len(splits.test.notes)
             # Volume by volume: the whole set's maps are never held (pipeline.py).
-            metrics = run_test(model, splits.test, out, outputs, image_t, rule,
-                               {"model_seconds": round(load_seconds, 3), "data_seconds": round(loaded - started, 3)},
-                               None if run is None else str(run))
+            metrics = run_test(
+                model,
+                splits.test,
+                out,
+                outputs,
+                image_t,
+                rule,
+                {"model_seconds": round(load_seconds, 3), "data_seconds": round(loaded - started, 3)},
+                None if run is None else str(run),
+            )
             print_notes(splits.test.notes[shown:])  # the outputs' own (volumes.write_volume)
             tracker.figures("test", metrics)
         print_metrics(metrics, out, outputs)
@@ -148,16 +165,19 @@ def cmd_predict(args) -> int:
     with folder_lock(out):
         claim_folder(out, RESULT_OUTPUTS, args.overwrite)
         with removed_on_failure(out, RESULT_OUTPUTS, lambda: False):  # a failure leaves no outputs, as test's
-            images = load_unlabelled(args.paths, working_size(model.config), model.config.model.channels,
-                                     model.config.data)
+            images = load_unlabelled(
+                args.paths, working_size(model.config), model.config.model.channels, model.config.data
+            )
             print_notes(images.notes)
             image_t, rule = thresholds(model, args)
             shown = len(images.notes)
             scores = run_predict(model, images, out, outputs, image_t, rule)  # volume by volume, as test
             print_notes(images.notes[shown:])
             flagged = int((scores >= image_t).sum())  # the rule of metrics and report
-            print(f"{len(images)} image(s) scored, {flagged} at or above the threshold {image_t:.4g}; "
-                  f"results in {out / 'predictions.csv' if outputs.scores else out}")
+            print(
+                f"{len(images)} image(s) scored, {flagged} at or above the threshold {image_t:.4g}; "
+                f"results in {out / 'predictions.csv' if outputs.scores else out}"
+            )
             return 0
 
 
@@ -181,8 +201,10 @@ def cmd_calibrate(args) -> int:
     check_run_settings(args.set, "calibrate", prefixes=("score.",))
     chosen = (args.threshold, args.pixel_threshold)
     if args.data is None and (args.set or chosen == (None, None)):
-        raise UsageError("calibrate needs --data (the dataset the run was trained on), unless it only sets "
-                         "--threshold and/or --pixel-threshold")
+        raise UsageError(
+            "calibrate needs --data (the dataset the run was trained on), unless it only sets "
+            "--threshold and/or --pixel-threshold"
+        )
     run = Path(args.run)
     refuse_inputs_as_outputs(run, [args.data])
     with folder_lock(run):
@@ -198,9 +220,11 @@ def cmd_calibrate(args) -> int:
     print_notes(model.calibration.notes)
     again = f"calibrated again on {model.calibration.normals} normal image(s); " if args.data is not None else ""
     rate = model.calibration.expected_image_rate
-    print(f"{run / MODEL_FILE}: {again}image / pixel threshold {model.image_threshold:.6g} / "
-          f"{model.pixel_threshold:.6g} ({model.calibration.rule})"
-          + ("" if rate is None else f"; about {rate:.2%} of new normal images expected at or above it"))
+    print(
+        f"{run / MODEL_FILE}: {again}image / pixel threshold {model.image_threshold:.6g} / "
+        f"{model.pixel_threshold:.6g} ({model.calibration.rule})"
+        + ("" if rate is None else f"; about {rate:.2%} of new normal images expected at or above it")
+    )
     return 0
 
 
@@ -218,6 +242,7 @@ def recalibrate(model: FUNetGAN, args) -> Calibration:
 def cmd_export(args) -> int:
     from ..deploy.export import PARITY_TOLERANCE, export_onnx, validation_images
     from ..model import FUNetGAN
+
     out = Path(args.out)
     # The run's model file, not its folder: an ONNX file beside it is the usual place.
     run = Path(args.run)
@@ -230,8 +255,10 @@ def cmd_export(args) -> int:
         choose_data(model.config, args.category, args.normal_class)
         images, source = validation_images(model, Path(args.data))
     else:
-        print("note: no --data: the parity check scores generated images; pass the training data to check "
-              "on the run's validation images")
+        print(
+            "note: no --data: the parity check scores generated images; pass the training data to check "
+            "on the run's validation images"
+        )
     tolerance = args.tolerance if args.tolerance is not None else PARITY_TOLERANCE
     parity = export_onnx(model, out, images, tolerance, args.exporter, source)
     print("\n".join(parity.lines()))
@@ -264,12 +291,26 @@ def print_metrics(metrics: dict, out: Path, outputs: Outputs) -> None:
         print(line("pixel", metrics["pixel"], ("auroc", "ap", "aupro", "dice", "iou", "hausdorff")))
     if metrics.get("volume"):
         volume = metrics["volume"]
-        print(line(f"volume ({volume['n_volumes']})", {**volume["detection"], **volume},
-                   ("auroc", "sensitivity", "specificity", "dice_mean", "lesion_ml_abs_error_mean", "voxel_ap")))
+        print(
+            line(
+                f"volume ({volume['n_volumes']})",
+                {**volume["detection"], **volume},
+                ("auroc", "sensitivity", "specificity", "dice_mean", "lesion_ml_abs_error_mean", "voxel_ap"),
+            )
+        )
     t = metrics["timing"]
-    print(f"time: model {t['model_seconds']:.1f} s, data {t['data_seconds']:.1f} s, scoring {t['seconds']:.1f} s "
-          f"({t['images_per_second']:.0f} images/s), metrics {t['metrics_seconds']:.1f} s, "
-          f"files {t['files_seconds']:.1f} s, report {t['report_seconds']:.1f} s")
-    written = [name for name, wanted in (("metrics.json", outputs.metrics), ("scores.csv", outputs.scores),
-                                         ("report.html", outputs.report)) if wanted]
+    print(
+        f"time: model {t['model_seconds']:.1f} s, data {t['data_seconds']:.1f} s, scoring {t['seconds']:.1f} s "
+        f"({t['images_per_second']:.0f} images/s), metrics {t['metrics_seconds']:.1f} s, "
+        f"files {t['files_seconds']:.1f} s, report {t['report_seconds']:.1f} s"
+    )
+    written = [
+        name
+        for name, wanted in (
+            ("metrics.json", outputs.metrics),
+            ("scores.csv", outputs.scores),
+            ("report.html", outputs.report),
+        )
+        if wanted
+    ]
     print(f"results in {out}" + (f": {', '.join(written)}" if written else ""))

@@ -1,5 +1,6 @@
 """`funetgan train`: the settings (defaults, recipe, settings file, --set; or a resumed
 run's), one run per dataset or per MVTec AD category, each in its own locked folder."""
+
 from __future__ import annotations
 
 import copy
@@ -30,8 +31,19 @@ if TYPE_CHECKING:
 
 # Settings a resumed run keeps (`resumed_config`): they decide the split, the batches or the
 # networks its checkpoint holds.
-RESUME_FIXED = ("model.", "data.resolution", "data.val_fraction", "data.test_fraction", "data.split_seed",
-                "data.category", "data.normal_class", "data.hu_window", "data.lung_threshold", "batch_size", "seed")
+RESUME_FIXED = (
+    "model.",
+    "data.resolution",
+    "data.val_fraction",
+    "data.test_fraction",
+    "data.split_seed",
+    "data.category",
+    "data.normal_class",
+    "data.hu_window",
+    "data.lung_threshold",
+    "batch_size",
+    "seed",
+)
 
 
 def resolve_config(args, base: Sequence[str] = ()) -> Config:
@@ -59,6 +71,7 @@ def cmd_train(args) -> int:
         return 0
     refuse_inputs_as_outputs(out, [args.data, args.config])
     if config.data.category == "all":
+
         def train_category(name: str) -> None:
             if args.resume:  # each category's own run, with its own fitted batch_size
                 category = resumed_config(args, out / name)
@@ -66,6 +79,7 @@ def cmd_train(args) -> int:
                 category = copy.deepcopy(config)  # train_one fits its batch_size to the category
                 category.data.category = name
             train_one(Path(args.data), out / name, category, args.resume, args.overwrite)
+
         return each_category(args.data, train_category)
     train_one(Path(args.data), out, config, args.resume, args.overwrite)
     return 0
@@ -80,16 +94,20 @@ def resumed_config(args, run: Path) -> Config:
     saved = Config.load(saved_file)
     config = Config.load(args.config, saved) if args.config else copy.deepcopy(saved)
     config = command_line_on(config, args, None if args.category == "all" else args.category)
-    changed = [key for key in all_keys()
-               if key.startswith(RESUME_FIXED) and get_key(config, key) != get_key(saved, key)]
+    changed = [
+        key for key in all_keys() if key.startswith(RESUME_FIXED) and get_key(config, key) != get_key(saved, key)
+    ]
     if changed:
-        raise UsageError(f"--resume: {', '.join(changed)} differ from {saved_file} (they change the split, the batches "
-                         f"or the networks); start a new run instead (--overwrite)")
+        raise UsageError(
+            f"--resume: {', '.join(changed)} differ from {saved_file} (they change the split, the batches "
+            f"or the networks); start a new run instead (--overwrite)"
+        )
     return config.validate()
 
 
 def train_one(data: Path, out: Path, config: Config, resume: bool, overwrite: bool) -> FUNetGAN:
     from ..runtime import is_main_process
+
     check_trackers(config)
     if not is_main_process():  # rank 0 writes for all
         return _train(data, out, config, resume)
@@ -109,6 +127,7 @@ def training_started(out: Path) -> bool:
 def _train(data: Path, out: Path, config: Config, resume: bool) -> FUNetGAN:
     from ..model import FUNetGAN, training_split
     from ..runtime import is_main_process, world_size
+
     main_process = is_main_process()
     splits = load_dataset(data, working_size(config), config.model.channels, config.data)
     _, _, batch_note = training_split(config, splits.train, splits.val, world_size())
@@ -118,12 +137,14 @@ def _train(data: Path, out: Path, config: Config, resume: bool) -> FUNetGAN:
     started = time.monotonic()
     model = FUNetGAN(config)
     model.fit(splits.train, splits.val, run_dir=out, resume=resume)
-    calibration = model.calibration
-    assert calibration is not None  # fit calibrates
-    if model.runtime.is_main:
+    if model.runtime.is_main:  # rank 0 calibrates
+        calibration = model.calibration
+        assert calibration is not None
         print_notes(calibration.notes)
-        print(f"trained in {(time.monotonic() - started) / 60:.1f} min on {model.runtime.device}; "
-              f"model: {out / MODEL_FILE}; image threshold {model.image_threshold:.4g}, "
-              f"pixel threshold {model.pixel_threshold:.4g} ({calibration.rule}, "
-              f"{calibration.normals} calibration normals)")
+        print(
+            f"trained in {(time.monotonic() - started) / 60:.1f} min on {model.runtime.device}; "
+            f"model: {out / MODEL_FILE}; image threshold {model.image_threshold:.4g}, "
+            f"pixel threshold {model.pixel_threshold:.4g} ({calibration.rule}, "
+            f"{calibration.normals} calibration normals)"
+        )
     return model

@@ -4,6 +4,7 @@ volume sets memory-mapped from the slice cache, `cache`, with `data.cache_dir`).
 `load_dataset` finds the layout from what is on disk, reads and checks every file, and only
 then returns, so bad input stops a run before any training.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -23,35 +24,49 @@ from .mood import is_mood_dataset, load_mood
 from .msd import is_msd_dataset, load_msd
 
 __all__ = [
-    "DataError", "ImageSet", "Splits", "fit_batch", "fit_image", "held_out",
-    "fit_mask", "load_dataset", "load_unlabelled", "mvtec_categories", "read_image",
+    "DataError",
+    "ImageSet",
+    "Splits",
+    "fit_batch",
+    "fit_image",
+    "held_out",
+    "fit_mask",
+    "load_dataset",
+    "load_unlabelled",
+    "mvtec_categories",
+    "read_image",
     "read_mask",
 ]
 
-LAYOUTS = ("train/ (+ test/, val/, masks/ or ground_truth/), an MVTec AD category or root, a BMAD set "
-           "(train/good/, valid/ and test/ with good/ and Ungood/), "
-           "MNIST-style IDX files, ct_scans/ + infection_mask/, a Medical Segmentation Decathlon "
-           "task (dataset.json + imagesTr/ + labelsTr/), or a MOOD region (<region>_train/ + toy/ + toy_label/)")
+LAYOUTS = (
+    "train/ (+ test/, val/, masks/ or ground_truth/), an MVTec AD category or root, a BMAD set "
+    "(train/good/, valid/ and test/ with good/ and Ungood/), "
+    "MNIST-style IDX files, ct_scans/ + infection_mask/, a Medical Segmentation Decathlon "
+    "task (dataset.json + imagesTr/ + labelsTr/), or a MOOD region (<region>_train/ + toy/ + toy_label/)"
+)
 
 
 def __getattr__(name: str):
     if name in ("to_tensor", "to_uint8"):  # PyTorch's side of the data (nn.tensors), on first use only
         from . import base
+
         return getattr(base, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @reading_files()
-def load_dataset(path: str | Path, image_size: int | None = 64, channels: int = 1,
-                 options: DataConfig | None = None) -> Splits:
+def load_dataset(
+    path: str | Path, image_size: int | None = 64, channels: int = 1, options: DataConfig | None = None
+) -> Splits:
     """Read a dataset folder into train / test / val splits of images at `image_size` (the
     working resolution; None: each image's own size)."""
     options = options or DataConfig()
     _check_shape(image_size, channels)
     root = Path(path)
     if not root.is_dir():
-        raise DataError(f"{root}: {'not a folder' if root.exists() else 'no such folder'}; "
-                        f"a dataset is a folder with {LAYOUTS}")
+        raise DataError(
+            f"{root}: {'not a folder' if root.exists() else 'no such folder'}; a dataset is a folder with {LAYOUTS}"
+        )
     if is_ct_dataset(root):
         return load_ct(root, image_size, channels, options)
     if is_msd_dataset(root):
@@ -69,8 +84,9 @@ def load_dataset(path: str | Path, image_size: int | None = 64, channels: int = 
 
 
 @reading_files()
-def load_unlabelled(paths: list[str], image_size: int | None, channels: int,
-                    options: DataConfig | None = None) -> ImageSet:
+def load_unlabelled(
+    paths: list[str], image_size: int | None, channels: int, options: DataConfig | None = None
+) -> ImageSet:
     """Images to score without labels (labels -1, kinds "unknown"): image or DICOM files,
     folders of them (searched recursively, so a DICOM series gives its slice files) and
     NIfTI volumes and DICOM series folders (every axial slice of each). Image files come
@@ -97,18 +113,29 @@ def load_unlabelled(paths: list[str], image_size: int | None, channels: int,
     return images
 
 
-def _volume_sets(volumes: list[Path], image_size: int | None, channels: int, options: DataConfig,
-                 bad: BadFiles) -> list[ImageSet]:
+def _volume_sets(
+    volumes: list[Path], image_size: int | None, channels: int, options: DataConfig, bad: BadFiles
+) -> list[ImageSet]:
     """Every slice of each volume: decoded here, or with `data.cache_dir` memory-mapped from
     the slice cache (`cache.cached_volumes`: decoded once per list of volumes)."""
+
     def reader(problems: BadFiles):
         def read(add) -> None:
             for volume in volumes:
-                slices = problems.attempt("images", volume,  # `attempt` calls the lambda at once
-                                          lambda: volume_slices(volume, image_size, channels,  # noqa: B023
-                                                                options.hu_window, options.lung_threshold))
+                slices = problems.attempt(
+                    "images",
+                    volume,  # `attempt` calls the lambda at once
+                    lambda: volume_slices(
+                        volume,  # noqa: B023
+                        image_size,
+                        channels,  # noqa: B023
+                        options.hu_window,
+                        options.lung_threshold,
+                    ),
+                )
                 if slices is not None:
                     add("test", slices)
+
         return read
 
     if options.cache_dir is None or not volumes:
@@ -117,8 +144,11 @@ def _volume_sets(volumes: list[Path], image_size: int | None, channels: int, opt
         return found
     # A build's bad volumes are settled into the cached notes (or raise, leaving no cache).
     build = BadFiles(options.on_bad_file)
-    return [cache.cached_volumes(volumes, image_size, channels, options, reader(build),
-                                 lambda splits: build.settle({"images": splits.test}))]
+    return [
+        cache.cached_volumes(
+            volumes, image_size, channels, options, reader(build), lambda splits: build.settle({"images": splits.test})
+        )
+    ]
 
 
 def _files_under(path: Path) -> list[Path]:
@@ -128,12 +158,12 @@ def _files_under(path: Path) -> list[Path]:
     if not path.is_dir():
         return [path]
     series = [folder for folder in [path, *path.rglob("*")] if folder.is_dir() and is_dicom_series(folder)]
-    files = (p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")
-             and p.parent not in series)
+    files = (p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".") and p.parent not in series)
     return sorted([*files, *series])
 
 
 def _check_shape(image_size: int | None, channels: int) -> None:
     if (image_size is not None and image_size < 1) or channels not in (1, 3):
-        raise DataError(f"images must be at least 1 pixel with 1 or 3 channels, "
-                        f"got size {image_size}, channels {channels}")
+        raise DataError(
+            f"images must be at least 1 pixel with 1 or 3 channels, got size {image_size}, channels {channels}"
+        )

@@ -5,6 +5,7 @@ Images are kept as uint8 at the working resolution (the model's size unless
 float tensors in [-1, 1] per batch, on the training device (`nn.tensors`). No PyTorch here:
 reading data for the ONNX runtime path must not need it.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ def row_chunks(rows: np.ndarray, image_size: tuple[int, int]) -> list[np.ndarray
     """`rows` in runs of at most CHUNK_PIXELS pixels of images of `image_size` (height,
     width), one image at the least."""
     step = max(1, CHUNK_PIXELS // max(int(np.prod(image_size)), 1))
-    return [rows[start:start + step] for start in range(0, len(rows), step)]
+    return [rows[start : start + step] for start in range(0, len(rows), step)]
 
 
 @dataclass
@@ -133,5 +134,6 @@ def __getattr__(name: str):
     # to_tensor / to_uint8 live with PyTorch in nn.tensors; imported from here on first use only.
     if name in ("to_tensor", "to_uint8"):
         from ..nn import tensors
+
         return getattr(tensors, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

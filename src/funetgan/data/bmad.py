@@ -11,6 +11,7 @@ retinal OCT and RESC, chest X-ray, histopathology), as published and as anomalib
 where it has them) and the normal levels come from its good images; `test/` is for metrics
 only. Normal images have empty truth: good/label/ is not read.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

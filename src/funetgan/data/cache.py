@@ -13,6 +13,7 @@ renamed into place only when complete: an interrupted build leaves no cache. A b
 `CACHE_DIR/.<key>.lock` (`flock`), so processes that start together build the cache once. A
 changed, added or removed source file changes the fingerprint, and the next load rebuilds.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -41,8 +42,15 @@ INDEX = "index.json"
 Reader = Callable[[Callable[[str, ImageSet], None]], None]
 
 
-def cached_splits(root: Path, layout: str, size: int | None, channels: int, options: DataConfig,
-                  read: Reader, settle: Callable[[Splits], None]) -> Splits:
+def cached_splits(
+    root: Path,
+    layout: str,
+    size: int | None,
+    channels: int,
+    options: DataConfig,
+    read: Reader,
+    settle: Callable[[Splits], None],
+) -> Splits:
     """The splits of the volume set at `root`, from the cache when it is current, else
     decoded by `read`, written to the cache and mapped from there. `settle(splits)` runs
     after a build, before the index is written (it adds notes, or raises for bad files)."""
@@ -51,8 +59,14 @@ def cached_splits(root: Path, layout: str, size: int | None, channels: int, opti
     return _cached(_cache_folder(options), key, [root], read, settle, [size or 0, size or 0, channels])
 
 
-def cached_volumes(sources: list[Path], size: int | None, channels: int, options: DataConfig,
-                   read: Reader, settle: Callable[[Splits], None]) -> ImageSet:
+def cached_volumes(
+    sources: list[Path],
+    size: int | None,
+    channels: int,
+    options: DataConfig,
+    read: Reader,
+    settle: Callable[[Splits], None],
+) -> ImageSet:
     """`cached_splits` for a list of volume files and DICOM series folders (the volumes
     `predict` scores): one cache folder per list, its slices in the "test" split."""
     resolved = [source.resolve() for source in sources]
@@ -68,8 +82,9 @@ def _cache_folder(options: DataConfig) -> Path:
     return Path(options.cache_dir)
 
 
-def _cached(cache: Path, key: str, sources: list[Path], read: Reader, settle: Callable[[Splits], None],
-            empty_shape: list[int]) -> Splits:
+def _cached(
+    cache: Path, key: str, sources: list[Path], read: Reader, settle: Callable[[Splits], None], empty_shape: list[int]
+) -> Splits:
     """The cache `key`, built first when it is missing or stale. Processes that start together
     (torchrun's ranks, jobs sharing a cache) build it once: the build holds the cache's lock,
     and the others wait for it, then map what it built. A current cache is opened without the
@@ -109,11 +124,19 @@ def source_fingerprint(sources: list[Path], cache: Path) -> str:
     return digest.hexdigest()
 
 
-def _key(source: str | list[str], name: str, layout: str, size: int | None, channels: int,
-         options: DataConfig) -> str:
+def _key(source: str | list[str], name: str, layout: str, size: int | None, channels: int, options: DataConfig) -> str:
     """The cache folder's name: the data (`source`) and every setting that changes the slices."""
-    settings = [VERSION, source, layout, size, channels, list(options.hu_window),
-                options.test_fraction, options.split_seed, options.on_bad_file]
+    settings = [
+        VERSION,
+        source,
+        layout,
+        size,
+        channels,
+        list(options.hu_window),
+        options.test_fraction,
+        options.split_seed,
+        options.on_bad_file,
+    ]
     if options.lung_threshold is not None:  # appended only when set: caches built without it stay valid
         settings.append(options.lung_threshold)
     digest = hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:16]
@@ -145,14 +168,22 @@ def _set(folder: Path, split: str, entry: dict) -> ImageSet:
         return array(name) if name in entry["arrays"] else None
 
     return ImageSet(
-        images=array("images"), labels=np.array(entry["labels"], np.int64), paths=entry["paths"],
-        kinds=entry["kinds"], sizes=np.array(entry["sizes"], np.int64).reshape(n, 2),
-        masks=optional("masks"), has_mask=optional("has_mask"), notes=entry["notes"], lung=optional("lung"),
-        volumes={source: Geometry(np.array(g["affine"]), tuple(g["shape"])) for source, g in entry["volumes"].items()})
+        images=array("images"),
+        labels=np.array(entry["labels"], np.int64),
+        paths=entry["paths"],
+        kinds=entry["kinds"],
+        sizes=np.array(entry["sizes"], np.int64).reshape(n, 2),
+        masks=optional("masks"),
+        has_mask=optional("has_mask"),
+        notes=entry["notes"],
+        lung=optional("lung"),
+        volumes={source: Geometry(np.array(g["affine"]), tuple(g["shape"])) for source, g in entry["volumes"].items()},
+    )
 
 
-def _build(folder: Path, fingerprint: str, read: Reader, settle: Callable[[Splits], None],
-           empty_shape: list[int]) -> None:
+def _build(
+    folder: Path, fingerprint: str, read: Reader, settle: Callable[[Splits], None], empty_shape: list[int]
+) -> None:
     """Decode into a temporary folder beside `folder`, then rename it into place."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     building = folder.with_name(f".{folder.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
@@ -165,8 +196,7 @@ def _build(folder: Path, fingerprint: str, read: Reader, settle: Callable[[Split
         settle(splits)  # notes about skipped files go into the index with the rest
         for split, entry in entries.items():
             entry["notes"] = getattr(splits, split).notes
-        atomic_write_text(building / INDEX, json.dumps(
-            {"version": VERSION, "fingerprint": fingerprint, **entries}))
+        atomic_write_text(building / INDEX, json.dumps({"version": VERSION, "fingerprint": fingerprint, **entries}))
         _replace(building, folder)
     except OSError as err:
         shutil.rmtree(building, ignore_errors=True)
@@ -198,8 +228,15 @@ class _SplitWriter:
         self.folder, self.split = folder, split
         # Open until `close`: one volume at a time is appended to each.
         self.files = {name: open(folder / f"{split}.{name}.u8", "wb") for name in ARRAYS}  # noqa: SIM115
-        self.entry: dict = {"paths": [], "labels": [], "kinds": [], "sizes": [], "volumes": {},
-                            "notes": [], "shape": None}
+        self.entry: dict = {
+            "paths": [],
+            "labels": [],
+            "kinds": [],
+            "sizes": [],
+            "volumes": {},
+            "notes": [],
+            "shape": None,
+        }
         self.present = {"masks": False, "lung": False}
 
     def add(self, slices: ImageSet) -> None:
@@ -207,8 +244,10 @@ class _SplitWriter:
         if self.entry["shape"] is None:
             self.entry["shape"] = shape
         elif shape != self.entry["shape"]:
-            raise DataError(f"{slices.paths[0]}: slices of {shape[:2]} pixels, others of "
-                            f"{self.entry['shape'][:2]} (set data.resolution)")
+            raise DataError(
+                f"{slices.paths[0]}: slices of {shape[:2]} pixels, others of "
+                f"{self.entry['shape'][:2]} (set data.resolution)"
+            )
         masks, has_mask = slices.filled_masks()  # joined as ImageSet.concat joins sets
         lung = slices.filled_lung()
         self.present["masks"] |= slices.masks is not None
@@ -220,8 +259,12 @@ class _SplitWriter:
         self.entry["kinds"] += slices.kinds
         self.entry["sizes"] += slices.sizes.tolist()
         self.entry["notes"] += slices.notes
-        self.entry["volumes"].update({source: {"affine": g.affine.tolist(), "shape": [int(v) for v in g.shape]}
-                                      for source, g in slices.volumes.items()})
+        self.entry["volumes"].update(
+            {
+                source: {"affine": g.affine.tolist(), "shape": [int(v) for v in g.shape]}
+                for source, g in slices.volumes.items()
+            }
+        )
 
     def close(self, empty_shape: list[int]) -> dict:
         for handle in self.files.values():

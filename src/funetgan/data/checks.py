@@ -1,4 +1,5 @@
 """Problems with input files, reported in one line before any training starts."""
+
 from __future__ import annotations
 
 import warnings
@@ -65,14 +66,12 @@ class BadFiles:
         self.found.sort()  # files may fail on worker threads, in any order
         described = [f"{file} ({problem})" for _, file, problem in self.found]
         if self.policy == "error":
-            raise DataError(f"{len(self.found)} bad file(s) (data.on_bad_file=skip skips them): "
-                            f"{file_list(described)}")
+            raise DataError(f"{len(self.found)} bad file(s) (data.on_bad_file=skip skips them): {file_list(described)}")
         for name, images in splits.items():
             mine = [d for (split, _, _), d in zip(self.found, described) if split == name]
             if mine and images is not None:
                 images.notes.append(f"skipped {len(mine)} bad file(s): {file_list(mine)}")
-        warnings.warn(f"skipped {len(self.found)} bad file(s); they are listed in the data notes",
-                      stacklevel=3)
+        warnings.warn(f"skipped {len(self.found)} bad file(s); they are listed in the data notes", stacklevel=3)
 
 
 def held_out(n_train: int, val_fraction: float) -> int:
@@ -80,8 +79,9 @@ def held_out(n_train: int, val_fraction: float) -> int:
     return max(1, round(val_fraction * n_train))
 
 
-def fit_batch(train: ImageSet, rows: np.ndarray | None, batch_size: int, world_size: int = 1,
-              patch: int | None = None) -> tuple[int, str | None]:
+def fit_batch(
+    train: ImageSet, rows: np.ndarray | None, batch_size: int, world_size: int = 1, patch: int | None = None
+) -> tuple[int, str | None]:
     """The batch to train with and, when it is not `batch_size`, a note saying why (the one
     rule; the CLI applies it before writing anything). `batch_size` is the global batch, split
     evenly across `world_size` processes, as other trainers mean it: it is rounded down to a

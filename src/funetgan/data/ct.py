@@ -10,6 +10,7 @@ Axial slices without lesion are normal, slices with lesion anomalous with the le
 truth. Train and test are split by volume (patient), never by slice: training volumes give
 only their normal slices, test volumes all of theirs.
 """
+
 from __future__ import annotations
 
 import csv
@@ -54,8 +55,16 @@ def load_ct(root: Path, size: int | None, channels: int, options: DataConfig) ->
     return split_volumes(root, "ct", volumes, list(scans), size, channels, options, bad)
 
 
-def split_volumes(root: Path, layout: str, volumes: list[Volume], names: list[str], size: int | None, channels: int,
-                  options: DataConfig, bad: BadFiles) -> Splits:
+def split_volumes(
+    root: Path,
+    layout: str,
+    volumes: list[Volume],
+    names: list[str],
+    size: int | None,
+    channels: int,
+    options: DataConfig,
+    bad: BadFiles,
+) -> Splits:
     """Read `volumes` into a train split (the normal slices of the training patients) and a
     test split (every slice of the test patients): in memory, or with `data.cache_dir`
     through the slice cache (decoded once, memory-mapped). The split is drawn on `names`,
@@ -65,8 +74,11 @@ def split_volumes(root: Path, layout: str, volumes: list[Volume], names: list[st
     def read(add) -> None:
         for volume in volumes:
             split = "test" if volume.name in test_names else "train"
-            slices = bad.attempt(split, volume.scan,  # `attempt` calls the lambda at once
-                                 lambda: read_slices(volume, size, channels, options))  # noqa: B023
+            slices = bad.attempt(
+                split,
+                volume.scan,  # `attempt` calls the lambda at once
+                lambda: read_slices(volume, size, channels, options),  # noqa: B023
+            )  # noqa: B023
             if slices is None:
                 continue
             if split == "train":
@@ -76,19 +88,29 @@ def split_volumes(root: Path, layout: str, volumes: list[Volume], names: list[st
     splits = gather_volumes(root, layout, size, channels, options, bad, read)
     if not len(splits.train):
         raise DataError(f"{root}: no normal (lesion-free) slices in the training volumes")
-    described = (f"split by patient (data.test_fraction={options.test_fraction}, data.split_seed="
-                 f"{options.split_seed}): test volumes {file_list(sorted(test_names))}")
+    described = (
+        f"split by patient (data.test_fraction={options.test_fraction}, data.split_seed="
+        f"{options.split_seed}): test volumes {file_list(sorted(test_names))}"
+    )
     for images in (splits.train, splits.test):
         if images is not None:
             images.notes.append(described)
     return splits
 
 
-def gather_volumes(root: Path, layout: str, size: int | None, channels: int, options: DataConfig, bad: BadFiles,
-                   read: Callable[[Callable[[str, ImageSet], None]], None]) -> Splits:
+def gather_volumes(
+    root: Path,
+    layout: str,
+    size: int | None,
+    channels: int,
+    options: DataConfig,
+    bad: BadFiles,
+    read: Callable[[Callable[[str, ImageSet], None]], None],
+) -> Splits:
     """The train and test splits that `read(add)` passes to `add(split, slices)`, volume by
     volume: in memory, or with `data.cache_dir` through the slice cache (decoded once,
     memory-mapped); then `bad`'s files are settled."""
+
     def settle(splits: Splits) -> None:
         bad.settle({"train": splits.train, "test": splits.test})
 
@@ -156,13 +178,16 @@ def read_slices(volume: Volume, size: int | None, channels: int, options: DataCo
     slices.masks = fit_masks(lesion[keep], size)
     slices.has_mask = np.ones(len(keep), bool)
     if not in_hu:
-        slices.notes.append(f"{volume.scan.name}: values in 0..255 (or 0..1), not HU: "
-                            f"used as grey levels (0..1 scaled to 0..255), without the HU window")
+        slices.notes.append(
+            f"{volume.scan.name}: values in 0..255 (or 0..1), not HU: "
+            f"used as grey levels (0..1 scaled to 0..255), without the HU window"
+        )
     return slices
 
 
-def volume_slices(path: Path, size: int | None, channels: int, hu_window: tuple[float, float],
-                  lung_threshold: float | None = None) -> ImageSet:
+def volume_slices(
+    path: Path, size: int | None, channels: int, hu_window: tuple[float, float], lung_threshold: float | None = None
+) -> ImageSet:
     """Every axial slice of one volume, unlabelled (for scoring); with `lung_threshold`, with
     the lung found by it (`lungs.segment_lung`)."""
     scan, geometry = read_scan(path)
@@ -183,8 +208,9 @@ def lung_by_threshold(scan: np.ndarray, threshold: float) -> np.ndarray:
     return lung
 
 
-def slices_to_set(grey: np.ndarray, z: np.ndarray, source: Path, geometry: Geometry, size: int | None,
-                  channels: int) -> ImageSet:
+def slices_to_set(
+    grey: np.ndarray, z: np.ndarray, source: Path, geometry: Geometry, size: int | None, channels: int
+) -> ImageSet:
     """uint8 slices Z x H x W -> an unlabelled ImageSet, paths `source#z=<index>`."""
     return ImageSet(
         images=fit_images(grey[..., None], size, channels),
@@ -232,9 +258,12 @@ def _metadata_names(root: Path) -> dict[tuple[str, str], str]:
         return {}
     with open(root / METADATA, newline="") as file:
         rows = list(csv.DictReader(file))
-    return {(folder, volume_name(Path(row[METADATA_SCAN]))): volume_name(Path(row[folder]))
-            for row in rows for folder in (LESIONS, LUNGS)
-            if row.get(METADATA_SCAN) and row.get(folder)}
+    return {
+        (folder, volume_name(Path(row[METADATA_SCAN]))): volume_name(Path(row[folder]))
+        for row in rows
+        for folder in (LESIONS, LUNGS)
+        if row.get(METADATA_SCAN) and row.get(folder)
+    }
 
 
 def _concat(sets: list[ImageSet], size: int | None, channels: int) -> ImageSet:

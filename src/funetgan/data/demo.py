@@ -17,6 +17,7 @@ normals and tests measure texture no training crop covers. Where the parts lie i
   crops leave no room for more parts: its splits differ by seed only).
 Everything is drawn from one seeded generator: the same arguments give the same files.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -84,7 +85,7 @@ def random_crop(photo: np.ndarray, size: int, parts: list[Region], rng: np.rando
     (first_row, end_row), (first_column, end_column) = parts[rng.integers(len(parts))]
     top = rng.integers(first_row, end_row - size + 1)
     left = rng.integers(first_column, end_column - size + 1)
-    return photo[top:top + size, left:left + size].copy()
+    return photo[top : top + size, left : left + size].copy()
 
 
 def whole(photo: np.ndarray) -> list[Region]:
@@ -103,8 +104,9 @@ def blob(size: int, radius: float, rng: np.random.Generator) -> np.ndarray:
     return ellipse + 0.25 * noise < 1.0
 
 
-def add_defect(crop: np.ndarray, kind: str, rng: np.random.Generator, other: np.ndarray,
-               scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+def add_defect(
+    crop: np.ndarray, kind: str, rng: np.random.Generator, other: np.ndarray, scale: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
     """Returns (defective crop, boolean mask of the defect region). `scale` shrinks the defect
     (0.25: a few pixels across on a 128-256 px crop)."""
     size = crop.shape[0]
@@ -142,10 +144,20 @@ def save_png(path: Path, array: np.ndarray) -> None:
     atomic_save_png(path, Image.fromarray(np.clip(array, 0, 255).round().astype(np.uint8)))
 
 
-def make_texture_dataset(root: str | Path, texture: str = "brick", crop: int = 64, n_train: int = 240,
-                         n_test_good: int = 40, n_per_defect: int = 12, seed: int = 0,
-                         train_share: float = TRAIN_SHARE, small_defects: float = 0.0, layout: str = "checker",
-                         n_calibration: int = 0, split: str = "report") -> Path:
+def make_texture_dataset(
+    root: str | Path,
+    texture: str = "brick",
+    crop: int = 64,
+    n_train: int = 240,
+    n_test_good: int = 40,
+    n_per_defect: int = 12,
+    seed: int = 0,
+    train_share: float = TRAIN_SHARE,
+    small_defects: float = 0.0,
+    layout: str = "checker",
+    n_calibration: int = 0,
+    split: str = "report",
+) -> Path:
     """Write an MVTec-AD-layout category folder (train/good, test/<kind>, ground_truth/<kind>,
     and with `n_calibration` val/good: normals to calibrate on) under `root` and return it.
     Each role's crops come from its parts of the photo (`regions` of `layout`, from
@@ -161,8 +173,10 @@ def make_texture_dataset(root: str | Path, texture: str = "brick", crop: int = 6
     roles = ["train", split, *(["calibration"] if n_calibration else [])]
     for role in roles:
         if not parts.get(role):
-            raise ValueError(f"crop {crop} leaves no {role} part of the {photo.shape[0]} px photo "
-                             f"({layout} layout, from {train_share:g} of its rows)")
+            raise ValueError(
+                f"crop {crop} leaves no {role} part of the {photo.shape[0]} px photo "
+                f"({layout} layout, from {train_share:g} of its rows)"
+            )
     for i in range(n_train):
         save_png(root / "train" / "good" / f"{i:03d}.png", random_crop(photo, crop, parts["train"], rng))
     for i in range(n_calibration):
@@ -172,16 +186,18 @@ def make_texture_dataset(root: str | Path, texture: str = "brick", crop: int = 6
     for kind in DEFECTS:
         for i in range(n_per_defect):
             small = bool(small_defects) and rng.random() < small_defects
-            image, mask = add_defect(random_crop(photo, crop, parts[split], rng), kind, rng, other,
-                                     0.25 if small else 1.0)
+            image, mask = add_defect(
+                random_crop(photo, crop, parts[split], rng), kind, rng, other, 0.25 if small else 1.0
+            )
             folder = f"{kind}_small" if small else kind  # its own kind in per-kind metrics
             save_png(root / "test" / folder / f"{i:03d}.png", image)
             save_png(root / "ground_truth" / folder / f"{i:03d}_mask.png", mask * 255.0)
     return root
 
 
-def normal_crops(texture: str, crop: int, count: int, part: str, seed: int,
-                 train_share: float = TRAIN_SHARE) -> np.ndarray:
+def normal_crops(
+    texture: str, crop: int, count: int, part: str, seed: int, train_share: float = TRAIN_SHARE
+) -> np.ndarray:
     """`count` uint8 count x crop x crop normal crops of the "checker" layout's `part` (a role of
     `regions`: "fresh" for normals of the training distribution that no training or
     calibration crop touches, "shifted" for the rows below, a shifted domain), drawn by `seed`."""

@@ -9,6 +9,7 @@
 
 Every image goes through `read_image`, so folders of DICOM files work too.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -47,8 +48,7 @@ def find_folder_dataset(path: Path, category: str | None) -> Path | None:
     if not categories:
         return None
     if category is None:
-        raise DataError(f"{path} is an MVTec AD root: set data.category to one of "
-                        f"{', '.join(categories)}")
+        raise DataError(f"{path} is an MVTec AD root: set data.category to one of {', '.join(categories)}")
     if category not in categories:
         raise DataError(f"{path}: no MVTec AD category {category!r} (found {', '.join(categories)})")
     return path / category
@@ -60,8 +60,7 @@ def load_folder(root: Path, size: int | None, channels: int, options: DataConfig
     if not train_entries:
         raise DataError(f"{train_dir}: no training images")
     masks = MaskIndex.find(root)
-    labelled = {name: _labelled_entries(root / name, masks)
-                for name in ("test", "val") if (root / name).is_dir()}
+    labelled = {name: _labelled_entries(root / name, masks) for name in ("test", "val") if (root / name).is_dir()}
     bad = BadFiles(options.on_bad_file)
     if masks is not None:
         masks.check_matches()
@@ -71,9 +70,10 @@ def load_folder(root: Path, size: int | None, channels: int, options: DataConfig
     def load(split: str, entries: list[Entry], with_masks: bool) -> ImageSet:
         return load_files(entries, size, channels, split, bad, with_masks, options.hu_window)
 
-    splits = Splits(train=load("train", train_entries, False),
-                    **{name: load(name, entries, masks is not None)
-                       for name, entries in labelled.items()})
+    splits = Splits(
+        train=load("train", train_entries, False),
+        **{name: load(name, entries, masks is not None) for name, entries in labelled.items()},
+    )
     bad.settle({"train": splits.train, "test": splits.test, "val": splits.val})
     if not len(splits.train):
         raise DataError(f"{train_dir}: no readable training images")
@@ -102,8 +102,10 @@ def _labelled_entries(folder: Path, masks: MaskIndex | None) -> list[Entry]:
     kinds = sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
     stray = [p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
     if stray or not kinds:
-        raise DataError(f"{folder}: expected only sub-folders good/ (or normal/) and one per "
-                        f"defect type{', found files ' + file_list(stray) if stray else ''}")
+        raise DataError(
+            f"{folder}: expected only sub-folders good/ (or normal/) and one per "
+            f"defect type{', found files ' + file_list(stray) if stray else ''}"
+        )
     entries = []
     for kind_dir in kinds:
         normal = kind_dir.name in NORMAL_FOLDERS
@@ -136,8 +138,7 @@ class MaskIndex:
             for path in image_files(kind_dir):
                 key = (kind, path.stem.removesuffix(MASK_SUFFIX))
                 if key in self.files:
-                    raise DataError(f"{kind_dir}: two masks for image {key[1]}: "
-                                    f"{self.files[key].name} and {path.name}")
+                    raise DataError(f"{kind_dir}: two masks for image {key[1]}: {self.files[key].name} and {path.name}")
                 self.files[key] = path
 
     @classmethod
@@ -154,11 +155,15 @@ class MaskIndex:
         return mask
 
     def check_matches(self) -> None:
-        shared = [f"{mask.name} ({' and '.join(str(i) for i in images)})"
-                  for mask, images in self.claims.items() if len(images) > 1]
+        shared = [
+            f"{mask.name} ({' and '.join(str(i) for i in images)})"
+            for mask, images in self.claims.items()
+            if len(images) > 1
+        ]
         if shared:
-            raise DataError(f"{self.folder}: masks matching several images (put masks in "
-                            f"<kind>/ sub-folders): {file_list(shared)}")
+            raise DataError(
+                f"{self.folder}: masks matching several images (put masks in <kind>/ sub-folders): {file_list(shared)}"
+            )
 
     def unused(self) -> list[Path]:
         return [path for path in self.files.values() if path not in self.claims]

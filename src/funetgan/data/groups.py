@@ -7,6 +7,7 @@ Where the files do not say (PNG or TIFF slices), images are their own groups; wh
 name order look like slices of a volume (each much closer to the next than to a random other),
 a warning says so.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -41,11 +42,13 @@ def image_groups(images: ImageSet) -> np.ndarray:
         _, numbers = np.unique(keys, return_inverse=True)
         groups[dicom] = 2 * len(images) + numbers
     elif looks_like_slices(images, alone):
-        warnings.warn(f"{len(alone)} images in name order look like slices of volumes (each much like the "
-                      f"next), and nothing in their files says which belong together: calibration normals "
-                      f"are held out image by image, with neighbouring slices on both sides, so fewer fresh "
-                      f"normals may be flagged than promised; give a validation split of other patients",
-                      stacklevel=3)
+        warnings.warn(
+            f"{len(alone)} images in name order look like slices of volumes (each much like the "
+            f"next), and nothing in their files says which belong together: calibration normals "
+            f"are held out image by image, with neighbouring slices on both sides, so fewer fresh "
+            f"normals may be flagged than promised; give a validation split of other patients",
+            stacklevel=3,
+        )
     return groups
 
 
@@ -58,8 +61,9 @@ def _dicom_keys(paths: list[str]) -> list[str] | None:
     where they name two or more series; None when neither splits them."""
     if len(paths) < 2:
         return None
-    headers = [read_dataset(path, stop_before_pixels=True, specific_tags=["PatientID", "SeriesInstanceUID"])
-               for path in paths]
+    headers = [
+        read_dataset(path, stop_before_pixels=True, specific_tags=["PatientID", "SeriesInstanceUID"]) for path in paths
+    ]
     for tag in ("PatientID", "SeriesInstanceUID"):
         keys = [str(header.get(tag, "") or "") for header in headers]
         if all(keys) and len(set(keys)) > 1:
@@ -74,7 +78,7 @@ def looks_like_slices(images: ImageSet, rows: np.ndarray) -> bool:
         return False
     ordered = rows[np.argsort([images.paths[i] for i in rows], kind="stable")]
     starts = np.linspace(0, len(ordered) - 2, min(SLICE_CHECK_PAIRS, len(ordered) - 1)).astype(int)
-    others = np.random.default_rng(0).permutation(len(ordered))[:len(starts)]
+    others = np.random.default_rng(0).permutation(len(ordered))[: len(starts)]
     others = np.where(np.abs(others - starts) <= 1, (others + len(ordered) // 2) % len(ordered), others)
 
     def difference(first: np.ndarray, second: np.ndarray) -> float:

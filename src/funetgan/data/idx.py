@@ -1,6 +1,7 @@
 """MNIST-style IDX files (MNIST, Fashion-MNIST) in the one-class protocol: the training
 images of class `normal_class` are the normal set; the whole test split is scored, every
 other class being an anomaly."""
+
 from __future__ import annotations
 
 import gzip
@@ -11,14 +12,24 @@ from pathlib import Path
 
 import numpy as np
 
+from ..bounds.memory import max_inflated, physical_memory
 from ..config import DataConfig
 from ..errors import DataError
-from ..memory import max_inflated, physical_memory
 from .base import ImageSet, Splits
 from .images import fit_images
 
-FASHION_CLASSES = ("tshirt_top", "trouser", "pullover", "dress", "coat",
-                   "sandal", "shirt", "sneaker", "bag", "ankle_boot")
+FASHION_CLASSES = (
+    "tshirt_top",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle_boot",
+)
 UNSIGNED_BYTE = 0x08
 
 
@@ -49,8 +60,10 @@ def read_idx(path: Path) -> np.ndarray:
             shape = _header(path, file)
             promised = math.prod(shape)
             if promised > min(max_inflated(path), physical_memory()):
-                raise DataError(f"{path}: header says {shape}, {promised} values, more than the file can hold "
-                                f"or this machine's memory (truncated, or a damaged header?)")
+                raise DataError(
+                    f"{path}: header says {shape}, {promised} values, more than the file can hold "
+                    f"or this machine's memory (truncated, or a damaged header?)"
+                )
             data = file.read(promised + 1)
     except (OSError, EOFError, zlib.error) as err:
         raise DataError(f"{path}: unreadable IDX file ({err})") from None
@@ -74,19 +87,18 @@ def _header(path: Path, file: io.BufferedIOBase) -> tuple[int, ...]:
 def load_idx(root: Path, size: int | None, channels: int, options: DataConfig) -> Splits:
     normal = options.normal_class
     if normal is None:
-        raise DataError(f"{root}: one-class IDX data needs data.normal_class "
-                        f"(the class taken as normal, e.g. 0)")
+        raise DataError(f"{root}: one-class IDX data needs data.normal_class (the class taken as normal, e.g. 0)")
     train_files = find_idx(root, "train")
     if train_files is None:
         raise DataError(f"{root}: no train-images-idx3-ubyte[.gz] / train-labels-idx1-ubyte[.gz]")
     images, labels = read_pair(*train_files)
     if normal not in labels:
-        raise DataError(f"{root}: data.normal_class={normal} not among the training labels "
-                        f"{sorted(set(labels.tolist()))}")
+        raise DataError(
+            f"{root}: data.normal_class={normal} not among the training labels {sorted(set(labels.tolist()))}"
+        )
     names = FASHION_CLASSES if "fashion" in root.resolve().name.lower() else None
     normals = np.flatnonzero(labels == normal)
-    splits = Splits(train=image_set(images, labels, normals, normal, names, train_files[0],
-                                     size, channels))
+    splits = Splits(train=image_set(images, labels, normals, normal, names, train_files[0], size, channels))
     test_files = find_idx(root, "t10k")
     if test_files is not None:
         images, labels = read_pair(*test_files)
@@ -98,13 +110,23 @@ def load_idx(root: Path, size: int | None, channels: int, options: DataConfig) -
 def read_pair(images_file: Path, labels_file: Path) -> tuple[np.ndarray, np.ndarray]:
     images, labels = read_idx(images_file), read_idx(labels_file)
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-        raise DataError(f"{images_file}, {labels_file}: expected N images and N labels, "
-                        f"got shapes {images.shape} and {labels.shape}")
+        raise DataError(
+            f"{images_file}, {labels_file}: expected N images and N labels, "
+            f"got shapes {images.shape} and {labels.shape}"
+        )
     return images, labels.astype(np.int64)
 
 
-def image_set(images: np.ndarray, labels: np.ndarray, index: np.ndarray, normal: int,
-               names: tuple[str, ...] | None, source: Path, size: int | None, channels: int) -> ImageSet:
+def image_set(
+    images: np.ndarray,
+    labels: np.ndarray,
+    index: np.ndarray,
+    normal: int,
+    names: tuple[str, ...] | None,
+    source: Path,
+    size: int | None,
+    channels: int,
+) -> ImageSet:
     """The images at `index` of one IDX split."""
     images, labels = images[index], labels[index]
     anomalous = labels != normal

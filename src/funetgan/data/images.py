@@ -3,6 +3,7 @@
 Every source goes through `read_image` (files) and `fit_image` (arrays), so pixels are
 treated the same way whatever the layout.
 """
+
 from __future__ import annotations
 
 import io
@@ -38,8 +39,10 @@ def read_image(path: str | Path, hu_window: tuple[float, float] = DEFAULT_HU_WIN
         # PIL refuses more than twice this many pixels and only warns below that; a file of a
         # few hundred kB could still take gigabytes on every decoding thread.
         if image.width * image.height > Image.MAX_IMAGE_PIXELS:
-            raise DataError(f"{image.width}x{image.height} pixels, more than the limit of "
-                            f"{Image.MAX_IMAGE_PIXELS} (a decompression bomb?)")
+            raise DataError(
+                f"{image.width}x{image.height} pixels, more than the limit of "
+                f"{Image.MAX_IMAGE_PIXELS} (a decompression bomb?)"
+            )
         ImageOps.exif_transpose(image, in_place=True)
         if image.mode == "F":  # 32-bit float (TIFF): may hold NaN or infinity
             finite(np.asarray(image), "pixels")
@@ -104,9 +107,11 @@ def stack_same_size(arrays: Sequence[np.ndarray], names: Sequence[str]) -> np.nd
     first = arrays[0].shape[:2]
     for array, name in zip(arrays, names):
         if array.shape[:2] != first:
-            raise DataError(f"data.resolution=native needs images of one size, but {names[0]} is "
-                            f"{first[1]}x{first[0]} and {name} is {array.shape[1]}x{array.shape[0]}; "
-                            f"set data.resolution to a number of pixels")
+            raise DataError(
+                f"data.resolution=native needs images of one size, but {names[0]} is "
+                f"{first[1]}x{first[0]} and {name} is {array.shape[1]}x{array.shape[0]}; "
+                f"set data.resolution to a number of pixels"
+            )
     return np.stack(arrays)
 
 
@@ -119,9 +124,13 @@ def parallel_map(function: Callable[[T], R], items: Collection[T]) -> list[R]:
 
 
 def empty_set(size: int | None, channels: int) -> ImageSet:
-    return ImageSet(images=np.zeros((0, size or 0, size or 0, channels), np.uint8),
-                    labels=np.zeros(0, np.int64), paths=[], kinds=[],
-                    sizes=np.zeros((0, 2), np.int64))
+    return ImageSet(
+        images=np.zeros((0, size or 0, size or 0, channels), np.uint8),
+        labels=np.zeros(0, np.int64),
+        paths=[],
+        kinds=[],
+        sizes=np.zeros((0, 2), np.int64),
+    )
 
 
 @dataclass(frozen=True)
@@ -141,8 +150,15 @@ class Decoded:
     mask: np.ndarray | None  # S x S bool
 
 
-def load_files(entries: Sequence[Entry], size: int | None, channels: int, split: str, bad: BadFiles,
-               with_masks: bool, hu_window: tuple[float, float] = DEFAULT_HU_WINDOW) -> ImageSet:
+def load_files(
+    entries: Sequence[Entry],
+    size: int | None,
+    channels: int,
+    split: str,
+    bad: BadFiles,
+    with_masks: bool,
+    hu_window: tuple[float, float] = DEFAULT_HU_WINDOW,
+) -> ImageSet:
     """Decode `entries` into an ImageSet; files that fail are recorded in `bad` and left out.
 
     With `with_masks`, every image gets a mask row: its mask file, or empty truth for a normal
@@ -165,8 +181,7 @@ def load_files(entries: Sequence[Entry], size: int | None, channels: int, split:
     if with_masks:
         empty = np.zeros(images.images.shape[1:3], bool)
         images.masks = np.stack([empty if item.mask is None else item.mask for _, item in kept])
-        images.has_mask = np.array([entry.mask is not None or entry.label == 0
-                                    for entry, _ in kept])
+        images.has_mask = np.array([entry.mask is not None or entry.label == 0 for entry, _ in kept])
     return images
 
 

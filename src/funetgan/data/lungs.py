@@ -8,6 +8,7 @@ the lung) are filled slice by slice.
 Not a segmentation model: a lesion on the lung's wall (no lung around it) is not a hole and
 stays outside, and so does lung that a consolidation cuts off entirely.
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -4,6 +4,7 @@ nibabel and pydicom are the optional `medical` extra, imported only when such a 
 Volumes come out as axial slices, Z x H x W (inferior to superior), shown the radiological
 way: anterior at the top, the patient's right on the image's left.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -17,8 +18,8 @@ from types import ModuleType
 import numpy as np
 from PIL import Image
 
+from ..bounds.memory import FLOAT32, human_bytes, max_inflated, physical_memory
 from ..errors import DataError, MissingExtra
-from ..memory import FLOAT32, human_bytes, max_inflated, physical_memory
 
 DEFAULT_HU_WINDOW = (-1000.0, 400.0)  # lung window, as DataConfig.hu_window
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -29,8 +30,7 @@ def require(package: str) -> ModuleType:
     try:
         return importlib.import_module(package)
     except ImportError:
-        raise MissingExtra(f"reading this data needs {package}: "
-                                f"pip install funetgan[medical]") from None
+        raise MissingExtra(f"reading this data needs {package}: pip install funetgan[medical]") from None
 
 
 def is_dicom(path: str | Path) -> bool:
@@ -74,8 +74,10 @@ def check_one_series(folder: Path, headers: list) -> None:
     counts = Counter(_series_uid(h) for h in headers)
     if len(counts) > 1:
         found = ", ".join(f"{uid} ({count} files)" for uid, count in sorted(counts.items()))
-        raise DataError(f"{folder}: {len(counts)} DICOM series in one folder ({found}); give each series its own "
-                        f"folder (dcm2niix and most viewers export them so)")
+        raise DataError(
+            f"{folder}: {len(counts)} DICOM series in one folder ({found}); give each series its own "
+            f"folder (dcm2niix and most viewers export them so)"
+        )
 
 
 def read_dataset(path: str | Path, **options):
@@ -140,8 +142,10 @@ def bounded_pixels(dataset) -> np.ndarray:
     a compressed frame of a few bytes can decode to gigabytes."""
     count = int(dataset.get("Rows", 0)) * int(dataset.get("Columns", 0))
     if Image.MAX_IMAGE_PIXELS is not None and count > Image.MAX_IMAGE_PIXELS:
-        raise DataError(f"{dataset.get('Columns')}x{dataset.get('Rows')} pixels, more than the limit of "
-                        f"{Image.MAX_IMAGE_PIXELS} (a decompression bomb?)")
+        raise DataError(
+            f"{dataset.get('Columns')}x{dataset.get('Rows')} pixels, more than the limit of "
+            f"{Image.MAX_IMAGE_PIXELS} (a decompression bomb?)"
+        )
     return dataset.pixel_array
 
 
@@ -196,8 +200,10 @@ def _nifti(path: Path):
     voxels = math.prod(image.shape)
     stored = voxels * image.get_data_dtype().itemsize
     if stored > max_inflated(path) or voxels * FLOAT32 > physical_memory():
-        raise DataError(f"header says {image.shape} voxels ({human_bytes(stored)}), more than the file can "
-                        f"hold or this machine's memory (truncated, or a damaged header?)")
+        raise DataError(
+            f"header says {image.shape} voxels ({human_bytes(stored)}), more than the file can "
+            f"hold or this machine's memory (truncated, or a damaged header?)"
+        )
     return image
 
 
@@ -207,8 +213,10 @@ def finite(values: np.ndarray, what: str) -> np.ndarray:
     `volume_to_uint8`), so the user decides (docs/reliability.md)."""
     bad = values.size - int(np.count_nonzero(np.isfinite(values)))
     if bad:
-        raise DataError(f"{bad} of {values.size} {what} are not finite numbers (NaN or infinity); "
-                        f"replace them, e.g. by the background value")
+        raise DataError(
+            f"{bad} of {values.size} {what} are not finite numbers (NaN or infinity); "
+            f"replace them, e.g. by the background value"
+        )
     return values
 
 
@@ -234,6 +242,7 @@ def _dicom_series(folder: Path):
 def _values(dataset) -> np.ndarray:
     """A slice's pixels through its modality LUT (e.g. to HU); a failure names its file."""
     from pydicom.pixels import apply_modality_lut
+
     try:
         return apply_modality_lut(bounded_pixels(dataset), dataset).astype(np.float32)
     except Exception as err:  # any decoder failure is a problem with that one file
@@ -286,10 +295,12 @@ def check_even_steps(slices: list) -> None:
     worst = int(np.argmax(off))
     if off[worst] > max(POSITION_TOLERANCE_MM, POSITION_TOLERANCE_SHARE * float(np.linalg.norm(step))):
         gaps = np.linalg.norm(np.diff(positions, axis=0), axis=1)
-        raise DataError(f"{Path(slices[worst].filename).name}: uneven slice spacing (steps of "
-                        f"{float(gaps.min()):.4g} to {float(gaps.max()):.4g} mm): a map on an even grid would lie up "
-                        f"to {float(off[worst]):.3g} mm from its slices; resample the series to even steps "
-                        f"or fill the gap")
+        raise DataError(
+            f"{Path(slices[worst].filename).name}: uneven slice spacing (steps of "
+            f"{float(gaps.min()):.4g} to {float(gaps.max()):.4g} mm): a map on an even grid would lie up "
+            f"to {float(off[worst]):.3g} mm from its slices; resample the series to even steps "
+            f"or fill the gap"
+        )
 
 
 def series_affine(slices: list) -> np.ndarray:

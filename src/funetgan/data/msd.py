@@ -8,6 +8,7 @@
 The labelled volumes are split by patient exactly as the lung CT layout (ct.py): training
 patients give their tumour-free slices, test patients all of theirs.
 """
+
 from __future__ import annotations
 
 import json
@@ -55,7 +56,7 @@ def _training_entries(root: Path) -> list[tuple[Path, Path]]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as err:
         raise DataError(f"{index}: not a readable dataset index ({type(err).__name__})") from None
     if not isinstance(entries, list) or not entries:
-        raise DataError(f"{index}: no \"training\" list of image/label pairs")
+        raise DataError(f'{index}: no "training" list of image/label pairs')
     pairs = []
     for i, entry in enumerate(entries):
         if not (isinstance(entry, dict) and all(isinstance(entry.get(key), str) for key in ("image", "label"))):

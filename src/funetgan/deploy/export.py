@@ -14,6 +14,7 @@ The check scores the same images with PyTorch (float32, CPU) and with onnxruntim
 that shared code and compares the final maps and image scores: the largest error relative
 to the largest reference value must stay within `tolerance` (PARITY_TOLERANCE, below).
 """
+
 from __future__ import annotations
 
 import copy
@@ -90,17 +91,24 @@ class Parity:
 
     def lines(self) -> list[str]:
         verdict = "passed" if self.passed else "FAILED"
-        return [f"parity check on {self.images} {self.source} ({self.runtime}):",
-                f"  maps:   max abs error {self.maps_max_abs:.3g}, max relative error {self.maps_max_rel:.3g}",
-                f"  scores: max abs error {self.scores_max_abs:.3g}, max relative error {self.scores_max_rel:.3g}",
-                f"  decisions changed: {self.decisions_changed} of {self.images} images, "
-                f"{self.mask_pixels_changed} mask pixels",
-                f"  tolerance: relative error <= {self.tolerance:g}: {verdict}"]
+        return [
+            f"parity check on {self.images} {self.source} ({self.runtime}):",
+            f"  maps:   max abs error {self.maps_max_abs:.3g}, max relative error {self.maps_max_rel:.3g}",
+            f"  scores: max abs error {self.scores_max_abs:.3g}, max relative error {self.scores_max_rel:.3g}",
+            f"  decisions changed: {self.decisions_changed} of {self.images} images, "
+            f"{self.mask_pixels_changed} mask pixels",
+            f"  tolerance: relative error <= {self.tolerance:g}: {verdict}",
+        ]
 
 
-def export_onnx(model, path: str | Path, check_images: ImageSet | np.ndarray | None = None,
-                tolerance: float = PARITY_TOLERANCE, exporter: str = "torchscript",
-                source: str | None = None) -> Parity:
+def export_onnx(
+    model,
+    path: str | Path,
+    check_images: ImageSet | np.ndarray | None = None,
+    tolerance: float = PARITY_TOLERANCE,
+    exporter: str = "torchscript",
+    source: str | None = None,
+) -> Parity:
     """Write `model` (a calibrated FUNetGAN) to `path` as ONNX after checking it: the ONNX
     checker, then parity with PyTorch on `check_images` (uint8 N x H x W x C at the working
     resolution; None: generated images, which test the arithmetic, not the data). Raises
@@ -125,9 +133,11 @@ def export_onnx(model, path: str | Path, check_images: ImageSet | np.ndarray | N
     onnx.checker.check_model(proto, full_check=True)
     parity = check_parity(model, proto.SerializeToString(), images, tolerance, source)
     if not parity.passed:
-        raise ParityError("the exported model does not score like PyTorch, nothing written:\n"
-                          + "\n".join(parity.lines()))
+        raise ParityError(
+            "the exported model does not score like PyTorch, nothing written:\n" + "\n".join(parity.lines())
+        )
     _set_metadata(proto, {**meta, "parity": {**asdict(parity), "passed": True}}, model.config)
+
     def write(tmp: Path) -> None:
         tmp.write_bytes(proto.SerializeToString())
 
@@ -140,8 +150,9 @@ def export_graph(model) -> ExportGraph:
     spectral norm folded into the weights (in eval mode it is a fixed rescaling; ONNX has no
     op for its vdot)."""
     densities = {name: _plain_copy(density) for name, density in model.densities.items()}
-    network = ScoringNetwork(_plain_copy(model.E), _plain_copy(model.G), _plain_copy(model.D), densities,
-                             network_terms())
+    network = ScoringNetwork(
+        _plain_copy(model.E), _plain_copy(model.G), _plain_copy(model.D), densities, network_terms()
+    )
     return ExportGraph(network).eval()
 
 
@@ -172,22 +183,41 @@ def _trace(graph: ExportGraph, config, exporter: str) -> bytes:
             require("onnxscript")
             # optimize=False: onnxscript's constant folding fails on CBAM's split over a dynamic
             # batch. Its own opset (18): converting down to OPSET fails on the Split node too.
-            program = torch.onnx.export(graph, (example,), dynamo=True, optimize=False, verbose=False,
-                                        input_names=[INPUT], output_names=outputs,
-                                        dynamic_shapes=({0: torch.export.Dim.DYNAMIC},))
+            program = torch.onnx.export(
+                graph,
+                (example,),
+                dynamo=True,
+                optimize=False,
+                verbose=False,
+                input_names=[INPUT],
+                output_names=outputs,
+                dynamic_shapes=({0: torch.export.Dim.DYNAMIC},),
+            )
             assert program is not None  # the dynamo exporter returns its program
             return program.model_proto.SerializeToString()
         buffer = io.BytesIO()
-        torch.onnx.export(graph, (example,), buffer, dynamo=False,  # type: ignore[arg-type]  # (a file object)
-                          opset_version=OPSET, input_names=[INPUT],
-                          output_names=outputs, dynamic_axes={name: {0: "batch"} for name in [INPUT, *outputs]})
+        torch.onnx.export(
+            graph,
+            (example,),
+            buffer,  # type: ignore[arg-type]  # (a file object)
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=[INPUT],
+            output_names=outputs,
+            dynamic_axes={name: {0: "batch"} for name in [INPUT, *outputs]},
+        )
         return buffer.getvalue()
 
 
 def metadata(model) -> dict:
-    return {"format": FORMAT, "funetgan": __version__, "torch": torch.__version__,
-            "config": model.config.to_dict(), "calibration": model.calibration.to_dict(),
-            "training": model.training}
+    return {
+        "format": FORMAT,
+        "funetgan": __version__,
+        "torch": torch.__version__,
+        "config": model.config.to_dict(),
+        "calibration": model.calibration.to_dict(),
+        "training": model.training,
+    }
 
 
 def _set_metadata(proto, meta: dict, config: Config) -> None:
@@ -196,7 +226,8 @@ def _set_metadata(proto, meta: dict, config: Config) -> None:
     calibration, score, tiled = meta["calibration"], config.score, scored_in_tiles(config)
     entries = {
         META_KEY: json.dumps(meta),
-        "image_size": config.model.image_size, "channels": config.model.channels,
+        "image_size": config.model.image_size,
+        "channels": config.model.channels,
         "working_resolution": config.data.resolution or config.model.image_size,
         **{key: calibration[key] for key in ("image_threshold", "pixel_threshold", "blur_sigma")},
         "normal_levels": json.dumps(calibration["levels"]),
@@ -213,7 +244,8 @@ def _set_metadata(proto, meta: dict, config: Config) -> None:
     proto.doc_string = (
         f"F-UNetGAN scoring network. Input '{INPUT}': uint8 B x S x S x C tiles (S = image_size). Outputs: the raw "
         f"terms {outputs[MAP]} (B x S x S) and {outputs[IMAGE]} (B). {formula(config)} "
-        f"The levels are normal_levels; funetgan's OnnxScorer (onnxruntime + numpy) does this and the tiling.")
+        f"The levels are normal_levels; funetgan's OnnxScorer (onnxruntime + numpy) does this and the tiling."
+    )
 
 
 class _TorchGraph(Scorer):
@@ -248,12 +280,19 @@ def check_parity(model, graph: bytes, images: np.ndarray, tolerance: float, sour
     scores_abs, scores_rel = errors(ours.scores, theirs.scores)
     image_t, rule = model.image_threshold, model.mask_rule
     return Parity(
-        images=len(images), source=source, maps_max_abs=maps_abs, maps_max_rel=maps_rel,
-        scores_max_abs=scores_abs, scores_max_rel=scores_rel,
+        images=len(images),
+        source=source,
+        maps_max_abs=maps_abs,
+        maps_max_rel=maps_rel,
+        scores_max_abs=scores_abs,
+        scores_max_rel=scores_rel,
         decisions_changed=int(np.sum((ours.scores >= image_t) != (theirs.scores >= image_t))),
-        mask_pixels_changed=int(np.sum(rule(ours.maps, ours.scores >= image_t)
-                                       != rule(theirs.maps, theirs.scores >= image_t))),
-        tolerance=tolerance, runtime=f"onnxruntime {ort.__version__} vs PyTorch {torch.__version__}, float32, CPU")
+        mask_pixels_changed=int(
+            np.sum(rule(ours.maps, ours.scores >= image_t) != rule(theirs.maps, theirs.scores >= image_t))
+        ),
+        tolerance=tolerance,
+        runtime=f"onnxruntime {ort.__version__} vs PyTorch {torch.__version__}, float32, CPU",
+    )
 
 
 def validation_images(model, data: Path) -> tuple[np.ndarray, str]:
@@ -275,6 +314,16 @@ def generated_images(config, n: int = 32, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     noise = rng.integers(0, 256, (n - n // 2, size, size, channels), dtype=np.uint8)
     coarse = rng.integers(0, 256, (n // 2, 6, 6, channels), dtype=np.uint8)
-    smooth = np.stack([np.stack([np.asarray(Image.fromarray(c[..., k]).resize((size, size), Image.Resampling.BICUBIC))
-                                 for k in range(channels)], -1) for c in coarse])
+    smooth = np.stack(
+        [
+            np.stack(
+                [
+                    np.asarray(Image.fromarray(c[..., k]).resize((size, size), Image.Resampling.BICUBIC))
+                    for k in range(channels)
+                ],
+                -1,
+            )
+            for c in coarse
+        ]
+    )
     return np.concatenate([noise, smooth])

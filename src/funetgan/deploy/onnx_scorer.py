@@ -9,6 +9,7 @@ it (tiling and stitching, normal-level normalisation, blur, image scores, thresh
 same numpy code the PyTorch model runs (`scoring.Scorer`), configured from the settings and
 calibration stored in the graph's metadata. onnxruntime is the optional `onnx` extra.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -49,12 +50,14 @@ class OnnxScorer(Scorer):
         self.parity = meta.get("parity", {})
         names = [output.name for output in session.get_outputs()]
         if [i.name for i in session.get_inputs()] != [INPUT] or set(names) != {t.name for t in network_terms()}:
-            raise RunFolderError(f"{source}: not a funetgan graph (inputs {[i.name for i in session.get_inputs()]}, "
-                             f"outputs {names})")
+            raise RunFolderError(
+                f"{source}: not a funetgan graph (inputs {[i.name for i in session.get_inputs()]}, outputs {names})"
+            )
 
     @classmethod
-    def load(cls, path: str | Path | bytes, threads: int | None = None,
-             providers: list[str] | None = None) -> OnnxScorer:
+    def load(
+        cls, path: str | Path | bytes, threads: int | None = None, providers: list[str] | None = None
+    ) -> OnnxScorer:
         """An exported model from a .onnx file (or its bytes). `threads`: onnxruntime's
         intra-op threads (default: its choice, one per physical core); `providers`: its
         execution providers (default: the CPU)."""
@@ -66,8 +69,9 @@ class OnnxScorer(Scorer):
         if threads:
             options.intra_op_num_threads = threads
         try:
-            session = ort.InferenceSession(path if isinstance(path, bytes) else str(path), options,
-                                           providers=providers or ["CPUExecutionProvider"])
+            session = ort.InferenceSession(
+                path if isinstance(path, bytes) else str(path), options, providers=providers or ["CPUExecutionProvider"]
+            )
         except Exception as err:  # onnxruntime raises its own exception types
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise RunFolderError(f"{source}: not a readable ONNX model ({first})") from None
@@ -81,13 +85,16 @@ class OnnxScorer(Scorer):
 def read_metadata(entries: dict[str, str], source: str) -> dict:
     """The funetgan entry of an ONNX model's metadata, checked for the format this code reads."""
     if META_KEY not in entries:
-        raise RunFolderError(f"{source}: not a funetgan model (no '{META_KEY}' metadata; "
-                             "export it with funetgan export)")
+        raise RunFolderError(
+            f"{source}: not a funetgan model (no '{META_KEY}' metadata; export it with funetgan export)"
+        )
     try:
         meta = json.loads(entries[META_KEY])
     except json.JSONDecodeError as err:
         raise RunFolderError(f"{source}: unreadable funetgan metadata ({err})") from None
     if meta.get("format") != FORMAT:
-        raise RunFolderError(f"{source}: exported in format {meta.get('format')}, this funetgan reads format "
-                         f"{FORMAT}; export the run again")
+        raise RunFolderError(
+            f"{source}: exported in format {meta.get('format')}, this funetgan reads format "
+            f"{FORMAT}; export the run again"
+        )
     return meta

@@ -8,6 +8,7 @@ The pixel ranking metrics (AUROC, AP, AUPRO) come from binned histograms of the 
 (`pixel_histogram.PixelHistogram`), accumulated chunk by chunk (`Evaluation`), so a test set
 scored volume by volume gives the same figures as the whole set in memory.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -73,9 +74,14 @@ class PixelTally:
             if region is not None:
                 inside = np.asarray(region[chunk], bool)
                 predicted_chunk, truth = predicted_chunk & inside, truth & inside
-            counts = np.stack([np.count_nonzero(predicted_chunk & truth, axis=(1, 2)),
-                               np.count_nonzero(predicted_chunk & ~truth, axis=(1, 2)),
-                               np.count_nonzero(~predicted_chunk & truth, axis=(1, 2))], 1)
+            counts = np.stack(
+                [
+                    np.count_nonzero(predicted_chunk & truth, axis=(1, 2)),
+                    np.count_nonzero(predicted_chunk & ~truth, axis=(1, 2)),
+                    np.count_nonzero(~predicted_chunk & truth, axis=(1, 2)),
+                ],
+                1,
+            )
             np.add.at(self.confusion, groups[chunk], counts)
             for i, pred, true in zip(chunk, predicted_chunk, truth):
                 if pred.any() and true.any():
@@ -118,8 +124,14 @@ def pixel_metrics(maps, masks, threshold: float, sizes=None, has_mask=None, regi
         raise ValueError("pixel metrics need at least one image with pixel truth")
     tally = PixelTally({"threshold": float(threshold)})
     inside = None if region is None else np.asarray(region)[rows]
-    tally.add(rows, maps[rows], masks[rows], maps[rows] >= threshold, inside,
-              spacing=None if sizes is None else np.asarray(sizes)[rows] / maps.shape[1:])
+    tally.add(
+        rows,
+        maps[rows],
+        masks[rows],
+        maps[rows] >= threshold,
+        inside,
+        spacing=None if sizes is None else np.asarray(sizes)[rows] / maps.shape[1:],
+    )
     return tally.metrics()
 
 
@@ -168,8 +180,15 @@ class Evaluation:
             region = None if region is None else np.asarray(region)[counted]
         maps = np.asarray(maps)
         sizes = np.asarray(self.imageset.sizes)[rows]
-        self.tally.add(rows, maps, np.asarray(self.imageset.masks[rows], bool), predicted, region, self.group[rows],
-                       sizes / maps.shape[1:])
+        self.tally.add(
+            rows,
+            maps,
+            np.asarray(self.imageset.masks[rows], bool),
+            predicted,
+            region,
+            self.group[rows],
+            sizes / maps.shape[1:],
+        )
 
     def result(self, scores) -> dict:
         """All metrics, as `evaluate` returns them, once every image has been added."""
@@ -184,8 +203,9 @@ class Evaluation:
 
         result = metrics_of(np.ones(len(labels), bool), None)
         normal = labels == 0
-        result["per_kind"] = {kind: metrics_of(normal | (self.kinds == kind), [0, k])
-                              for k, kind in enumerate(self.anomalous_kinds, 1)}
+        result["per_kind"] = {
+            kind: metrics_of(normal | (self.kinds == kind), [0, k]) for k, kind in enumerate(self.anomalous_kinds, 1)
+        }
         return result
 
     def curves(self) -> PixelCurves:

@@ -15,6 +15,7 @@ every voxel of every case pooled): the scales keep the order of everything above
 normals' median, so they leave them all but as the raw values give them, and `funetgan test`
 reports both for a volume test set (metrics.json: volume.detection.ap and volume.voxel_ap).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -50,8 +51,9 @@ def outputs_of(case: Path, output_dir: Path, tasks: tuple[str, ...] = TASKS) -> 
     return [output_dir / names[task] for task in TASKS if task in tasks]
 
 
-def run_mood(model: Scorer, input_dir: Path, output_dir: Path, tasks: tuple[str, ...] = TASKS,
-             overwrite: bool = False) -> dict[str, float]:
+def run_mood(
+    model: Scorer, input_dir: Path, output_dir: Path, tasks: tuple[str, ...] = TASKS, overwrite: bool = False
+) -> dict[str, float]:
     """Score every case of `input_dir` and write `tasks`' files to `output_dir` (see top);
     returns each case's score in [0, 1] by file name. Earlier outputs are replaced only with
     `overwrite`; this is checked for every case before any is scored."""
@@ -60,8 +62,9 @@ def run_mood(model: Scorer, input_dir: Path, output_dir: Path, tasks: tuple[str,
     output_dir = Path(output_dir)
     existing = [path for case in cases for path in outputs_of(case, output_dir, tasks) if path.exists()]
     if existing and not overwrite:
-        raise RunFolderError(f"{output_dir} already holds results ({existing[0].name}); "
-                              f"use --overwrite to replace them")
+        raise RunFolderError(
+            f"{output_dir} already holds results ({existing[0].name}); use --overwrite to replace them"
+        )
     scores = {}
     for case in cases:
         score, grid, geometry = score_case(model, case)

@@ -14,6 +14,7 @@ stands for its share of the slice's original area times the voxel size. A slice'
 mask is the mask rule's (`masks.MaskRule`), at the working size for the figures and on the
 scan's grid for the NIfTI file.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -40,13 +41,23 @@ def volume_results(imageset: ImageSet, scores, predicted, image_threshold: float
     """One row per volume of `imageset` (none when it holds no volume slices), from every
     slice's score and predicted mask."""
     by_volume = imageset.volume_rows()
-    return [volume_result(imageset, source, name, rows, np.asarray(scores, float)[rows], np.asarray(predicted)[rows],
-                          image_threshold)
-            for (source, rows), name in zip(by_volume.items(), volume_names(list(by_volume)))]
+    return [
+        volume_result(
+            imageset, source, name, rows, np.asarray(scores, float)[rows], np.asarray(predicted)[rows], image_threshold
+        )
+        for (source, rows), name in zip(by_volume.items(), volume_names(list(by_volume)))
+    ]
 
 
-def volume_result(imageset: ImageSet, source: str, name: str, rows: np.ndarray, slice_scores: np.ndarray,
-                  predicted, image_threshold: float) -> dict:
+def volume_result(
+    imageset: ImageSet,
+    source: str,
+    name: str,
+    rows: np.ndarray,
+    slice_scores: np.ndarray,
+    predicted,
+    image_threshold: float,
+) -> dict:
     """The row of one volume, `source`, from the scores and predicted masks of its slices
     `rows` (in slice order, as `ImageSet.volume_rows` gives them)."""
     score = volume_score(slice_scores)
@@ -54,11 +65,16 @@ def volume_result(imageset: ImageSet, source: str, name: str, rows: np.ndarray, 
     pixel_ml = _pixel_ml(imageset, rows, imageset.volumes[source], predicted.shape[1:])
     labels = imageset.labels[rows]
     result = {
-        "volume": name, "path": source, "slices": len(rows),
+        "volume": name,
+        "path": source,
+        "slices": len(rows),
         "label": -1 if (labels < 0).any() else int((labels == 1).any()),
-        "score": score, "predicted": int(score >= image_threshold),
+        "score": score,
+        "predicted": int(score >= image_threshold),
         "predicted_ml": float(predicted.sum((1, 2)) @ pixel_ml),
-        "lesion_ml": None, "dice": None, "iou": None,
+        "lesion_ml": None,
+        "dice": None,
+        "iou": None,
         "top_rows": rows[np.argsort(-slice_scores, kind="stable")[:STRIP_SLICES]].tolist(),
     }
     masks, has_mask = imageset.filled_masks()
@@ -81,9 +97,11 @@ def _overlap(predicted: np.ndarray, truth: np.ndarray, pixel_ml: np.ndarray) -> 
     tp = int((predicted & truth).sum())
     fp, fn = int((predicted & ~truth).sum()), int((~predicted & truth).sum())
     both_empty = tp + fp + fn == 0  # no lesion, none predicted: overlap undefined
-    return {"lesion_ml": float(truth.sum((1, 2)) @ pixel_ml),
-            "dice": None if both_empty else 2 * tp / (2 * tp + fp + fn),
-            "iou": None if both_empty else tp / (tp + fp + fn)}
+    return {
+        "lesion_ml": float(truth.sum((1, 2)) @ pixel_ml),
+        "dice": None if both_empty else 2 * tp / (2 * tp + fp + fn),
+        "iou": None if both_empty else tp / (tp + fp + fn),
+    }
 
 
 def volume_metrics(results: list[dict], image_threshold: float, voxel_ap: float | None = None) -> dict:
@@ -99,8 +117,9 @@ def volume_metrics(results: list[dict], image_threshold: float, voxel_ap: float 
     return {
         "n_volumes": len(results),
         "score": "highest slice score",
-        "detection": image_metrics([r["score"] for r in results], np.array([r["label"] for r in results]),
-                                   image_threshold),
+        "detection": image_metrics(
+            [r["score"] for r in results], np.array([r["label"] for r in results]), image_threshold
+        ),
         "dice_mean": mean(r["dice"] for r in with_lesion),
         "iou_mean": mean(r["iou"] for r in with_lesion),
         "lesion_ml_abs_error_mean": mean(abs(r["predicted_ml"] - r["lesion_ml"]) for r in with_lesion),
@@ -139,18 +158,44 @@ def volume_names(sources: list[str]) -> list[str]:
     return safe_names((volume_name(Path(source)) for source in sources), "volume")
 
 
-def write_volumes(out_dir, imageset: ImageSet, scores, maps, rule: MaskRule, image_threshold: float,
-                  results: list[dict], region: np.ndarray | None = None) -> list[Path]:
+def write_volumes(
+    out_dir,
+    imageset: ImageSet,
+    scores,
+    maps,
+    rule: MaskRule,
+    image_threshold: float,
+    results: list[dict],
+    region: np.ndarray | None = None,
+) -> list[Path]:
     """`write_volume` for each row of `volume_results`, from the whole set's scores and maps."""
     rows_of = imageset.volume_rows()
-    return [path for result in results for path in write_volume(
-        out_dir, imageset, result, rows_of[result["path"]], np.asarray(maps)[rows_of[result["path"]]],
-        np.asarray(scores)[rows_of[result["path"]]] >= image_threshold, rule,
-        None if region is None else region[rows_of[result["path"]]])]
+    return [
+        path
+        for result in results
+        for path in write_volume(
+            out_dir,
+            imageset,
+            result,
+            rows_of[result["path"]],
+            np.asarray(maps)[rows_of[result["path"]]],
+            np.asarray(scores)[rows_of[result["path"]]] >= image_threshold,
+            rule,
+            None if region is None else region[rows_of[result["path"]]],
+        )
+    ]
 
 
-def write_volume(out_dir, imageset: ImageSet, result: dict, rows: np.ndarray, maps, flagged: np.ndarray,
-                 rule: MaskRule, region: np.ndarray | None = None) -> list[Path]:
+def write_volume(
+    out_dir,
+    imageset: ImageSet,
+    result: dict,
+    rows: np.ndarray,
+    maps,
+    flagged: np.ndarray,
+    rule: MaskRule,
+    region: np.ndarray | None = None,
+) -> list[Path]:
     """`volumes/<volume>_map.nii.gz` (float32 anomaly map, 0 where nothing was scored) and
     `volumes/<volume>_mask.nii.gz` (uint8 0/1: `rule` slice by slice, `flagged` the slices whose
     score reaches the image threshold) of one volume (`result`, a `volume_result`), from the
@@ -173,15 +218,17 @@ def write_volume(out_dir, imageset: ImageSet, result: dict, rows: np.ndarray, ma
         written.append(path)
     if from_dicom_series(result["path"]):
         try:
-            written += write_dicom_outputs(folder, result["volume"], Path(result["path"]), grid, mask,
-                                           rule.pixel_threshold)
+            written += write_dicom_outputs(
+                folder, result["volume"], Path(result["path"]), grid, mask, rule.pixel_threshold
+            )
         except DataError as err:  # a series without what DICOM objects must reference: NIfTI only
             imageset.notes.append(f"no DICOM SEG or Parametric Map: {err}; its NIfTI files are written")
     return written
 
 
-def scan_map(imageset: ImageSet, maps, rows: np.ndarray, geometry: Geometry,
-             region: np.ndarray | None = None) -> np.ndarray:
+def scan_map(
+    imageset: ImageSet, maps, rows: np.ndarray, geometry: Geometry, region: np.ndarray | None = None
+) -> np.ndarray:
     """The maps of one volume's slices `rows` (`maps` and `region`: one per row, in that
     order) as float32 Z x H x W in `read_scan`'s slice order, each resized (bilinearly) to its
     slice's size; 0 outside `region` resized by nearest
@@ -190,11 +237,13 @@ def scan_map(imageset: ImageSet, maps, rows: np.ndarray, geometry: Geometry,
     for k, i in enumerate(rows):
         z = int(imageset.paths[i].rpartition(SLICE_MARK)[2])
         height, width = (int(v) for v in imageset.sizes[i])
-        values = np.asarray(Image.fromarray(np.asarray(maps[k], np.float32)).resize(
-            (width, height), Image.Resampling.BILINEAR))
+        values = np.asarray(
+            Image.fromarray(np.asarray(maps[k], np.float32)).resize((width, height), Image.Resampling.BILINEAR)
+        )
         if region is not None:
-            values = values * np.asarray(Image.fromarray(np.asarray(region[k])).resize(
-                (width, height), Image.Resampling.NEAREST))
+            values = values * np.asarray(
+                Image.fromarray(np.asarray(region[k])).resize((width, height), Image.Resampling.NEAREST)
+            )
         volume[z, :height, :width] = values
     return volume
 

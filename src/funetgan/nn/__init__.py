@@ -1,4 +1,5 @@
 """The three networks of F-UNetGAN."""
+
 from .discriminator import CriticOutput, Discriminator
 from .encoder import Encoder
 from .generator import Generator

@@ -1,5 +1,6 @@
 """Building blocks shared by G, D and E: one residual/plain block with optional resampling,
 CBAM attention, and spectral-norm wrappers."""
+
 from __future__ import annotations
 
 import math
@@ -64,9 +65,19 @@ class Block(nn.Module):
     `resample="down"`; D's `conv` variants with `residual=False`.
     """
 
-    def __init__(self, in_ch: int, out_ch: int, *, resample: str | None = None, residual: bool = True,
-                 norm: bool = False, act: str = "lrelu", sn: bool = False, attention: bool = False,
-                 preact: bool = True):
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        *,
+        resample: str | None = None,
+        residual: bool = True,
+        norm: bool = False,
+        act: str = "lrelu",
+        sn: bool = False,
+        attention: bool = False,
+        preact: bool = True,
+    ):
         super().__init__()
         self.preact = preact  # False for a block that reads raw pixels
         if resample not in (None, "up", "down"):

@@ -20,6 +20,7 @@ no reconstruction. On the selection split the
 bottleneck gave the best maps of D's depths on grass and gravel (decoder and shallower
 encoder features, alone or averaged with it, were worse: CHANGELOG.md, "Textures and localisation").
 """
+
 from __future__ import annotations
 
 import torch

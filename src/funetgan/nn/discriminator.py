@@ -1,5 +1,6 @@
 """U-Net discriminator D: an encoder that gives a global real/fake score and a decoder with
 skip connections that gives a per-pixel real/fake map. One class for the four variants."""
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -26,8 +27,15 @@ class Discriminator(nn.Module):
     No spectral norm: the gradient penalty is WGAN-GP's Lipschitz control, and with spectral
     norm on top training diverged within 50 generator steps in every run (docs/design.md)."""
 
-    def __init__(self, image_size: int, channels: int, width: int, variant: str = "res_attn",
-                 attn_max_size: int = ATTENTION_MAX_SIZE, pixel_head: bool = True):
+    def __init__(
+        self,
+        image_size: int,
+        channels: int,
+        width: int,
+        variant: str = "res_attn",
+        attn_max_size: int = ATTENTION_MAX_SIZE,
+        pixel_head: bool = True,
+    ):
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
@@ -36,8 +44,16 @@ class Discriminator(nn.Module):
         encoder: list[Block] = []
         in_ch, size = channels, image_size
         while size > 4:
-            encoder.append(Block(in_ch, w[size // 2], resample="down", residual=residual,
-                                 attention=attention and size // 2 <= attn_max_size, preact=bool(encoder)))
+            encoder.append(
+                Block(
+                    in_ch,
+                    w[size // 2],
+                    resample="down",
+                    residual=residual,
+                    attention=attention and size // 2 <= attn_max_size,
+                    preact=bool(encoder),
+                )
+            )
             in_ch, size = w[size // 2], size // 2
         self.encoder = nn.ModuleList(encoder)
         self.act = nn.LeakyReLU(0.2)

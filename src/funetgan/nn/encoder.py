@@ -1,4 +1,5 @@
 """Encoder E: image -> z in one forward pass. Linear output, so it covers the Gaussian prior."""
+
 from __future__ import annotations
 
 import torch

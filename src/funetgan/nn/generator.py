@@ -1,4 +1,5 @@
 """Generator G: z -> image, residual up-sampling blocks with CBAM, spectral norm."""
+
 from __future__ import annotations
 
 import torch
@@ -16,12 +17,22 @@ class Generator(nn.Module):
         self.fc = linear(z_dim, self.base * 16, sn=True)
         blocks, size = [], 4
         while size < image_size:
-            blocks.append(Block(w[size], w[2 * size], resample="up", norm=True, act="relu", sn=True,
-                                attention=2 * size <= attn_max_size))
+            blocks.append(
+                Block(
+                    w[size],
+                    w[2 * size],
+                    resample="up",
+                    norm=True,
+                    act="relu",
+                    sn=True,
+                    attention=2 * size <= attn_max_size,
+                )
+            )
             size *= 2
         self.blocks = nn.Sequential(*blocks)
-        self.to_image = nn.Sequential(group_norm(w[image_size]), nn.ReLU(),
-                                      conv(w[image_size], channels, 3, sn=True), nn.Tanh())
+        self.to_image = nn.Sequential(
+            group_norm(w[image_size]), nn.ReLU(), conv(w[image_size], channels, 3, sn=True), nn.Tanh()
+        )
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h = self.fc(z).view(-1, self.base, 4, 4)  # -1, not len(z): a traced graph keeps any batch size

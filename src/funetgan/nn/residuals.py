@@ -4,6 +4,7 @@ One module serves PyTorch scoring and ONNX export, so both compute the same term
 terms, and how each is computed from one pass of the networks (`Forward`), is the table of
 terms' (`scoring.terms`): this module only runs the functions it is given, in their order.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
@@ -66,8 +67,14 @@ class ScoringNetwork(nn.Module):
     term. The densities (by term name) are meaningless until calibration has fitted them, and
     then used only by a calibration that has their normal levels."""
 
-    def __init__(self, encoder: nn.Module, generator: nn.Module, critic: nn.Module,
-                 densities: Mapping[str, nn.Module], terms: Sequence[NetworkTerm]):
+    def __init__(
+        self,
+        encoder: nn.Module,
+        generator: nn.Module,
+        critic: nn.Module,
+        densities: Mapping[str, nn.Module],
+        terms: Sequence[NetworkTerm],
+    ):
         super().__init__()
         self.E, self.G, self.D = encoder, generator, critic
         self.densities = nn.ModuleDict(densities)

@@ -3,6 +3,7 @@
 Kept apart from `data` so that reading images needs no PyTorch (the ONNX runtime path scores
 without it); the exported graph starts with the same `uint8_to_float`.
 """
+
 from __future__ import annotations
 
 import numpy as np

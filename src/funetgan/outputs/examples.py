@@ -3,6 +3,7 @@
 the maps of, so that the images a ranked selection (the examples, masks or overlays worst:N /
 best:N) picks in the end are never dropped on the way.
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -7,6 +7,7 @@ with the table row of each image, and the maps waiting for them (`InMemory`, `Ma
 A pixel is predicted anomalous by the mask rule (`masks.MaskRule`) applied to its map,
 bilinearly resized to the image's size; an image when its score is ``>= image threshold``.
 """
+
 from __future__ import annotations
 
 import collections
@@ -137,8 +138,12 @@ class ImageFiles:
         self.masks_written[rows[now]] = True
         wanted = self._now(self.outputs.overlays, scores) | np.isin(rows, np.asarray(keep, int))
         for i, ranking in enumerate(self.rankings):
-            self.top[i] = best_of(self.top[i], rows[ranked(ranking, self.imageset.labels[rows], scores,
-                                                           self.image_threshold)], self.scores, ranking)
+            self.top[i] = best_of(
+                self.top[i],
+                rows[ranked(ranking, self.imageset.labels[rows], scores, self.image_threshold)],
+                self.scores,
+                ranking,
+            )
         wanted |= np.isin(rows, np.concatenate([np.zeros(0, int), *self.top]))
         self.store.put(rows[wanted], np.asarray(maps)[wanted])
         self.seconds += time.perf_counter() - started
@@ -162,25 +167,36 @@ class ImageFiles:
         `examples` with their overlays) and returns one table row per image."""
         started = time.perf_counter()
         scores, threshold = self.scores, self.image_threshold
-        masks = np.setdiff1d(self.outputs.images("masks", scores, threshold, examples),
-                             np.flatnonzero(self.masks_written))
+        masks = np.setdiff1d(
+            self.outputs.images("masks", scores, threshold, examples), np.flatnonzero(self.masks_written)
+        )
         overlays = self.outputs.images("overlays", scores, threshold, examples)
         if examples is not None:  # their overlays come with the report
             overlays = np.union1d(overlays, examples)
         color_max = self.color_max()
         try:
             for row in masks:
-                self.writers.submit(self._write_mask, row, self._mask(self.store[row], self.imageset.sizes[row],
-                                                                      scores[row]))
+                self.writers.submit(
+                    self._write_mask, row, self._mask(self.store[row], self.imageset.sizes[row], scores[row])
+                )
             for row in overlays:
                 self.writers.submit(self._write_overlay, row, self.store[row].copy(), color_max)
             self.writers.wait()
         finally:
             self.close()
         labelled = self.imageset
-        rows = [{"path": labelled.paths[i], "label": int(labelled.labels[i]), "kind": labelled.kinds[i],
-                 "score": float(scores[i]), "predicted": int(scores[i] >= threshold),
-                 "anomalous_fraction": float(self.fraction[i]), "name": self.names[i]} for i in range(len(scores))]
+        rows = [
+            {
+                "path": labelled.paths[i],
+                "label": int(labelled.labels[i]),
+                "kind": labelled.kinds[i],
+                "score": float(scores[i]),
+                "predicted": int(scores[i] >= threshold),
+                "anomalous_fraction": float(self.fraction[i]),
+                "name": self.names[i],
+            }
+            for i in range(len(scores))
+        ]
         self.seconds += time.perf_counter() - started
         return rows
 
@@ -198,8 +214,11 @@ class ImageFiles:
         images = self.imageset
         truth = images.masks[row] if self.has_truth[row] else None
         predicted = self._mask(anomaly_map, (DISPLAY_SIZE, DISPLAY_SIZE), self.scores[row])
-        atomic_save_png(self.out / "overlays" / f"{self.names[row]}.png",
-                        overlay(images.images[row], anomaly_map, predicted, color_max, truth), 1)
+        atomic_save_png(
+            self.out / "overlays" / f"{self.names[row]}.png",
+            overlay(images.images[row], anomaly_map, predicted, color_max, truth),
+            1,
+        )
 
 
 class _Writers:
@@ -224,8 +243,9 @@ class _Writers:
         self.pool.shutdown(cancel_futures=True)  # after a failure (or Ctrl-C) write no more
 
 
-def overlay(image: np.ndarray, anomaly_map: np.ndarray, predicted: np.ndarray, color_max: float,
-            truth: np.ndarray | None = None) -> Image.Image:
+def overlay(
+    image: np.ndarray, anomaly_map: np.ndarray, predicted: np.ndarray, color_max: float, truth: np.ndarray | None = None
+) -> Image.Image:
     """Panels side by side: image | heat map over it | outline of the `predicted` mask (red,
     DISPLAY_SIZE px a side) | ground-truth outline (green, when `truth` is given)."""
     size = (DISPLAY_SIZE, DISPLAY_SIZE)
@@ -233,8 +253,7 @@ def overlay(image: np.ndarray, anomaly_map: np.ndarray, predicted: np.ndarray, c
     base = np.asarray(gray_or_rgb.convert("RGB").resize(size, Image.Resampling.BILINEAR))
     values = _resize(anomaly_map, size)
     heat = COLORMAP(np.clip(values / color_max, 0, 1))[..., :3] * 255
-    panels = [base, (0.5 * base + 0.5 * heat).astype(np.uint8),
-              _outline(base, predicted, PREDICTED_COLOR)]
+    panels = [base, (0.5 * base + 0.5 * heat).astype(np.uint8), _outline(base, predicted, PREDICTED_COLOR)]
     if truth is not None:
         panels.append(_outline(base, _resize(truth, size) >= 0.5, TRUTH_COLOR))
     gap = np.full((DISPLAY_SIZE, 4, 3), 255, np.uint8)

@@ -13,6 +13,7 @@ so the data is chosen to make that exact rather than close:
 - the whole test set's pixel counts at each position come from the metrics' pixel curves (exact
   at each curve threshold, `pixel_histogram`), for Dice and the share of normal pixels flagged.
 """
+
 from __future__ import annotations
 
 import base64
@@ -31,9 +32,17 @@ PIXEL_POSITIONS = 255  # pixel-threshold slider positions at most: a code fits o
 PANEL_MAP_SIZE = 160  # longest side of an example's map in the panel (its tile's size; larger maps are shrunk)
 
 
-def panel_data(labels, scores, image_threshold: float, rule: MaskRule, calibration: Calibration,
-               examples: list[tuple[str, str, np.ndarray, np.ndarray | None]], curves: PixelCurves | None,
-               promise_line: str, run: str | None) -> dict:
+def panel_data(
+    labels,
+    scores,
+    image_threshold: float,
+    rule: MaskRule,
+    calibration: Calibration,
+    examples: list[tuple[str, str, np.ndarray, np.ndarray | None]],
+    curves: PixelCurves | None,
+    promise_line: str,
+    run: str | None,
+) -> dict:
     """The panel's data (JSON-ready): the labelled test images' `scores` and `labels`, the
     `image_threshold` this test used and the calibrated one with its promise (`promise_line`),
     the calibration normals' scores (None in older runs), the pixel slider's thresholds with
@@ -50,14 +59,17 @@ def panel_data(labels, scores, image_threshold: float, rule: MaskRule, calibrati
         "calibrated": {"threshold": calibration.image_threshold, "promise": promise_line, "rule": calibration.rule},
         "unit": calibration.unit_scale.get("score"),
         "normals": calibration.normal_scores,
-        "pixel": {"thresholds": positions.tolist(),
-                  "start": int(np.searchsorted(positions, np.float32(rule.pixel_threshold))),
-                  "unit": calibration.unit_scale.get("map"),
-                  "plain": rule == MaskRule(rule.pixel_threshold),
-                  "counts": None if curves is None or not curves.defined else pixel_counts(curves, positions)},
-        "examples": [{"name": name, "title": title, "truth": mask is not None,
-                      "codes": code_png(anomaly_map, mask, positions)}
-                     for name, title, anomaly_map, mask in examples],
+        "pixel": {
+            "thresholds": positions.tolist(),
+            "start": int(np.searchsorted(positions, np.float32(rule.pixel_threshold))),
+            "unit": calibration.unit_scale.get("map"),
+            "plain": rule == MaskRule(rule.pixel_threshold),
+            "counts": None if curves is None or not curves.defined else pixel_counts(curves, positions),
+        },
+        "examples": [
+            {"name": name, "title": title, "truth": mask is not None, "codes": code_png(anomaly_map, mask, positions)}
+            for name, title, anomaly_map, mask in examples
+        ],
         "run": None if run is None else shlex.quote(run),  # as the shell needs it in the command
     }
 
@@ -81,8 +93,12 @@ def pixel_positions(threshold: float, unit: dict[str, float] | None, curves: Pix
         wanted = ascending[np.where(nearer_below, at - 1, at)]
     values = np.unique(np.r_[wanted, threshold].astype(np.float32))
     if len(values) > PIXEL_POSITIONS:  # keep the rule's threshold, drop the others evenly
-        keep = np.unique(np.r_[np.linspace(0, len(values) - 1, PIXEL_POSITIONS - 1).round().astype(int),
-                               np.searchsorted(values, np.float32(threshold))])
+        keep = np.unique(
+            np.r_[
+                np.linspace(0, len(values) - 1, PIXEL_POSITIONS - 1).round().astype(int),
+                np.searchsorted(values, np.float32(threshold)),
+            ]
+        )
         values = values[keep[:PIXEL_POSITIONS]]
     return values.astype(np.float64)
 
@@ -93,8 +109,12 @@ def pixel_counts(curves: PixelCurves, positions: np.ndarray) -> dict:
     its own bin), with the totals."""
     reached = np.searchsorted(-curves.thresholds, -positions, side="right")  # thresholds >= each position
     true_pos, false_pos = np.r_[0.0, curves.true_pos], np.r_[0.0, curves.false_pos]
-    return {"tp": true_pos[reached].astype(int).tolist(), "fp": false_pos[reached].astype(int).tolist(),
-            "positives": int(curves.positives), "negatives": int(curves.negatives)}
+    return {
+        "tp": true_pos[reached].astype(int).tolist(),
+        "fp": false_pos[reached].astype(int).tolist(),
+        "positives": int(curves.positives),
+        "negatives": int(curves.negatives),
+    }
 
 
 def codes(anomaly_map: np.ndarray, positions: np.ndarray) -> np.ndarray:
@@ -119,9 +139,9 @@ def code_png(anomaly_map: np.ndarray, truth: np.ndarray | None, positions: np.nd
     red = codes(anomaly_map, positions)
     green = np.zeros_like(red)
     if truth is not None:
-        green = np.asarray(Image.fromarray(np.asarray(truth, np.uint8) * 255).resize(red.shape[::-1],
-                                                                                       Image.Resampling.NEAREST))
+        green = np.asarray(
+            Image.fromarray(np.asarray(truth, np.uint8) * 255).resize(red.shape[::-1], Image.Resampling.NEAREST)
+        )
     buffer = io.BytesIO()
     Image.fromarray(np.dstack([red, green, np.zeros_like(red)])).save(buffer, "PNG", optimize=True)
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-

@@ -1,5 +1,6 @@
 """The report's figures, as PNG files: the score histogram and the ROC, precision-recall and
 PRO curves that the data allows (matplotlib, no display needed)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -27,20 +28,26 @@ def write_plots(folder: Path, imageset, scores, curves: PixelCurves | None, metr
     if pixel and pixel["auroc"] is not None and curves is not None:
         roc[f"pixel (AUROC {pixel['auroc']:.3f})"] = (np.r_[0, curves.fpr], np.r_[0, curves.tpr])
         pr[f"pixel (AP {pixel['ap']:.3f})"] = (curves.tpr, curves.precision)
-        pro[f"pixel (AUPRO {pixel['aupro']:.3f})"] = (np.r_[0, curves.fpr],
-                                                      np.r_[0, curves.region_overlap])
-    histogram = _histogram(folder / "score_histogram.png", np.asarray(imageset.labels),
-                           np.asarray(scores, float), metrics["image"]["threshold"])
+        pro[f"pixel (AUPRO {pixel['aupro']:.3f})"] = (np.r_[0, curves.fpr], np.r_[0, curves.region_overlap])
+    histogram = _histogram(
+        folder / "score_histogram.png",
+        np.asarray(imageset.labels),
+        np.asarray(scores, float),
+        metrics["image"]["threshold"],
+    )
     plots = [("Score histogram", histogram)]
     if roc:
-        plots.append(("ROC curves", _curves(folder / "roc.png", roc, "false-positive rate",
-                                            "true-positive rate")))
-        plots.append(("Precision-recall curves", _curves(folder / "pr.png", pr, "recall",
-                                                         "precision")))
+        plots.append(("ROC curves", _curves(folder / "roc.png", roc, "false-positive rate", "true-positive rate")))
+        plots.append(("Precision-recall curves", _curves(folder / "pr.png", pr, "recall", "precision")))
     if pro:
-        plots.append((f"PRO curve (FPR up to {PRO_FPR_LIMIT:.0%})",
-                      _curves(folder / "pro.png", pro, "false-positive rate (pixels)",
-                              "per-region overlap", x_max=PRO_FPR_LIMIT)))
+        plots.append(
+            (
+                f"PRO curve (FPR up to {PRO_FPR_LIMIT:.0%})",
+                _curves(
+                    folder / "pro.png", pro, "false-positive rate (pixels)", "per-region overlap", x_max=PRO_FPR_LIMIT
+                ),
+            )
+        )
     return [(title, path.relative_to(folder.parent).as_posix()) for title, path in plots]
 
 

@@ -9,6 +9,7 @@
 
 `outputs.Outputs` chooses which of them are written, and for which images (`--outputs`).
 """
+
 from __future__ import annotations
 
 import json
@@ -31,10 +32,20 @@ from .selection import Outputs
 from .tables import write_prediction_table, write_score_table, write_volume_table
 
 
-def write_test_outputs(out_dir, imageset, scores, maps, metrics: dict, image_threshold: float,
-                       rule: MaskRule, settings: dict, volumes: list[dict] | None = None,
-                       outputs: Outputs | None = None, calibration: Calibration | None = None,
-                       run: str | None = None) -> dict:
+def write_test_outputs(
+    out_dir,
+    imageset,
+    scores,
+    maps,
+    metrics: dict,
+    image_threshold: float,
+    rule: MaskRule,
+    settings: dict,
+    volumes: list[dict] | None = None,
+    outputs: Outputs | None = None,
+    calibration: Calibration | None = None,
+    run: str | None = None,
+) -> dict:
     """The outputs of a labelled test run that `outputs` asks for (default: all of them, for
     every image; see the module docstring), from the whole set's `maps` in memory (`ImageFiles`
     and `finish_test_outputs` with one chunk); with `volumes` (rows of volumes.volume_results),
@@ -48,9 +59,15 @@ def write_test_outputs(out_dir, imageset, scores, maps, metrics: dict, image_thr
     return finish_test_outputs(files, metrics, settings, volumes, curves, calibration, run)
 
 
-def finish_test_outputs(files: ImageFiles, metrics: dict, settings: dict, volumes: list[dict] | None = None,
-                        curves: PixelCurves | None = None, calibration: Calibration | None = None,
-                        run: str | None = None) -> dict:
+def finish_test_outputs(
+    files: ImageFiles,
+    metrics: dict,
+    settings: dict,
+    volumes: list[dict] | None = None,
+    curves: PixelCurves | None = None,
+    calibration: Calibration | None = None,
+    run: str | None = None,
+) -> dict:
     """The rest of a test run's outputs once every image is in `files`: the files that
     needed all scores (examples, worst/best), scores.csv and volumes.csv, the plots (the pixel
     curves: `curves`) and report.html (with `calibration`, its operating-point panel, whose
@@ -74,8 +91,9 @@ def finish_test_outputs(files: ImageFiles, metrics: dict, settings: dict, volume
     if outputs.report:
         plots = write_plots(files.out / "plots", imageset, scores, curves, metrics)
         panel = None if calibration is None else operating_point(files, groups, metrics, curves, calibration, run)
-        page = render_report(metrics, rows, plots, settings, imageset.notes, files.color_max(), groups, outputs,
-                             volumes, panel)
+        page = render_report(
+            metrics, rows, plots, settings, imageset.notes, files.color_max(), groups, outputs, volumes, panel
+        )
         atomic_write_text(files.out / "report.html", page)
     timing["report_seconds"] = round(time.perf_counter() - started, 3)
     if outputs.metrics:
@@ -83,23 +101,49 @@ def finish_test_outputs(files: ImageFiles, metrics: dict, settings: dict, volume
     return metrics
 
 
-def operating_point(files: ImageFiles, groups: list[tuple[str, np.ndarray, int]], metrics: dict,
-                    curves: PixelCurves | None, calibration: Calibration, run: str | None) -> dict:
+def operating_point(
+    files: ImageFiles,
+    groups: list[tuple[str, np.ndarray, int]],
+    metrics: dict,
+    curves: PixelCurves | None,
+    calibration: Calibration,
+    run: str | None,
+) -> dict:
     """The operating-point panel's data (`operating_point.panel_data`): the example sections'
     images with their maps (still in `files`' store) and truth masks."""
-    examples = [(files.names[row], title.partition(":")[0], files.store[row],
-                 files.imageset.masks[row] if files.has_truth[row] else None)
-                for title, shown, _ in groups for row in shown]
-    promised = [] if calibration.expected_image_rate is None else [
-        f"about {calibration.expected_image_rate:.1%} of new normal images expected at or above it"]
+    examples = [
+        (
+            files.names[row],
+            title.partition(":")[0],
+            files.store[row],
+            files.imageset.masks[row] if files.has_truth[row] else None,
+        )
+        for title, shown, _ in groups
+        for row in shown
+    ]
+    promised = (
+        []
+        if calibration.expected_image_rate is None
+        else [f"about {calibration.expected_image_rate:.1%} of new normal images expected at or above it"]
+    )
     kept = metrics.get("promise")
     checked = [] if kept is None else [f"in this test, {promise_summary(kept).partition(', about')[0]}"]
-    return panel_data(files.imageset.labels, files.scores, files.image_threshold, files.rule, calibration, examples,
-                      curves, "; ".join(promised + checked), run)
+    return panel_data(
+        files.imageset.labels,
+        files.scores,
+        files.image_threshold,
+        files.rule,
+        calibration,
+        examples,
+        curves,
+        "; ".join(promised + checked),
+        run,
+    )
 
 
-def write_predictions(out_dir, imageset, scores, maps, image_threshold: float,
-                      rule: MaskRule, outputs: Outputs | None = None) -> None:
+def write_predictions(
+    out_dir, imageset, scores, maps, image_threshold: float, rule: MaskRule, outputs: Outputs | None = None
+) -> None:
     """Masks, overlays and predictions.csv for images without labels (as `outputs` says;
     default: all of them, for every image), from the whole set's `maps` in memory."""
     files = ImageFiles(out_dir, imageset, outputs or Outputs(), image_threshold, rule, InMemory(maps))

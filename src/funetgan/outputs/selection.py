@@ -17,6 +17,7 @@ to score a 32 px image (docs/deployment.md). So the test default writes the numb
 report and the overlays of the report's examples (about 50 files whatever the test set's
 size); `masks`, `overlays=flagged` or `all` ask for more.
 """
+
 from __future__ import annotations
 
 import re
@@ -43,8 +44,7 @@ class Outputs:
     def parse(cls, items: list[str] | tuple[str, ...], test: bool = True) -> Outputs:
         """From `--outputs` items (see the module docstring); `test` False for predict, which
         has no metrics, report or examples."""
-        chosen: dict = {"metrics": False, "scores": False, "report": False, "masks": ("none",),
-                        "overlays": ("none",)}
+        chosen: dict = {"metrics": False, "scores": False, "report": False, "masks": ("none",), "overlays": ("none",)}
         for item in items:
             name, sep, which = item.strip().partition("=")
             if name == "all" and not sep:
@@ -54,14 +54,15 @@ class Outputs:
             elif name in ("masks", "overlays"):
                 chosen[name] = _selection(name, which if sep else "all", test)
             else:
-                raise UsageError(f"--outputs: unknown item {item!r}; expected metrics, scores, report, "
-                                 f"masks[=WHICH], overlays[=WHICH] or all")
+                raise UsageError(
+                    f"--outputs: unknown item {item!r}; expected metrics, scores, report, "
+                    f"masks[=WHICH], overlays[=WHICH] or all"
+                )
             if not test and name in ("metrics", "report"):
                 raise UsageError(f"--outputs: {name} is written by test only (predict has no labels)")
         return cls(**chosen)
 
-    def images(self, kind: str, scores: np.ndarray, threshold: float,
-               examples: np.ndarray | None = None) -> np.ndarray:
+    def images(self, kind: str, scores: np.ndarray, threshold: float, examples: np.ndarray | None = None) -> np.ndarray:
         """Sorted indices of the images whose `kind` ("masks" or "overlays") file is written."""
         scores = np.asarray(scores, float)
         chosen = np.zeros(len(scores), bool)
@@ -83,9 +84,9 @@ def _selection(name: str, which: str, test: bool) -> tuple[str, ...]:
     parts = tuple(part.strip() for part in which.split("+"))
     for part in parts:
         if not _SELECTION.match(part):
-            raise UsageError(f"--outputs: {name}={which}: expected all, none, flagged, examples, worst:N or "
-                             f"best:N (joined by +)")
+            raise UsageError(
+                f"--outputs: {name}={which}: expected all, none, flagged, examples, worst:N or best:N (joined by +)"
+            )
         if part == "examples" and not test:
-            raise UsageError(f"--outputs: {name}=examples is for test (the report's examples); "
-                             f"use worst:N or best:N")
+            raise UsageError(f"--outputs: {name}=examples is for test (the report's examples); use worst:N or best:N")
     return parts

@@ -1,5 +1,6 @@
 """The run's tables: scores.csv (test), predictions.csv (predict) and volumes.csv (CT), one
 row per image or volume."""
+
 from __future__ import annotations
 
 import csv
@@ -10,8 +11,7 @@ from ..files import atomic_write_text
 
 SCORE_COLUMNS = ["path", "label", "kind", "score", "predicted", "anomalous_fraction", "name"]
 PREDICTION_COLUMNS = ["path", "score", "predicted", "anomalous_fraction", "name"]
-VOLUME_COLUMNS = ["volume", "path", "slices", "label", "score", "predicted", "lesion_ml", "predicted_ml",
-                  "dice", "iou"]
+VOLUME_COLUMNS = ["volume", "path", "slices", "label", "score", "predicted", "lesion_ml", "predicted_ml", "dice", "iou"]
 
 
 def write_score_table(out_dir, rows: list[dict]) -> None:

@@ -14,6 +14,7 @@ normal image are exchangeable, and the threshold's promise holds (`rank_threshol
 The result is one typed `Calibration`, saved with the weights (and in ONNX metadata), read by
 scoring; `config.score` keeps only what the user chose.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -57,8 +58,9 @@ class TermScorer(Protocol):
     @property
     def config(self) -> Config: ...
 
-    def residual_terms(self, images: np.ndarray, batch_size: int | None = None,
-                       region: np.ndarray | None = None) -> Terms: ...
+    def residual_terms(
+        self, images: np.ndarray, batch_size: int | None = None, region: np.ndarray | None = None
+    ) -> Terms: ...
 
     def scoring_region(self, images: ImageSet) -> np.ndarray | None: ...
 
@@ -97,15 +99,21 @@ class Calibration:
     @classmethod
     def from_dict(cls, values: Any, source: str) -> Calibration:
         names = {f.name for f in dataclasses.fields(cls)}
-        required = {f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING
-                    and f.default_factory is dataclasses.MISSING}
+        required = {
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        }
         if not isinstance(values, dict) or values.get("format") != FORMAT or required - set(values):
-            raise RunFolderError(f"{source}: calibrated by an earlier funetgan (another calibration layout); "
-                                 f"calibrate it again: funetgan calibrate --run RUN --data DATA")
+            raise RunFolderError(
+                f"{source}: calibrated by an earlier funetgan (another calibration layout); "
+                f"calibrate it again: funetgan calibrate --run RUN --data DATA"
+            )
         problem = damage(values)
         if problem:
-            raise RunFolderError(f"calibration of {source} is damaged: {problem}; "
-                                 f"run funetgan calibrate --run RUN --data DATA")
+            raise RunFolderError(
+                f"calibration of {source} is damaged: {problem}; run funetgan calibrate --run RUN --data DATA"
+            )
         return cls(**{key: value for key, value in values.items() if key in names})
 
 
@@ -113,6 +121,7 @@ def damage(values: dict) -> str | None:
     """What is wrong with a saved calibration of the current layout (a hand edit, a damaged
     file), in words, or None: every value of the type scoring reads, finite, and the normal
     level of every term scoring divides by (a density term may lack its own: it counts 0)."""
+
     def number(value) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
 
@@ -134,8 +143,12 @@ def damage(values: dict) -> str | None:
     if not isinstance(levels, dict):
         return f"levels is {type(levels).__name__}, not a table of levels"
     fitted = {t.name for t in density_terms()}
-    needed = [*(t.name for t in all_terms() if t.name not in fitted),
-              *(f"{t.name}_std" for t in all_terms() if t.normaliser == BELOW), "image_izif", "image_izif_std"]
+    needed = [
+        *(t.name for t in all_terms() if t.name not in fitted),
+        *(f"{t.name}_std" for t in all_terms() if t.normaliser == BELOW),
+        "image_izif",
+        "image_izif_std",
+    ]
     missing = [name for name in needed if name not in levels]
     if missing:
         return f"levels lack {', '.join(missing)}"
@@ -145,37 +158,43 @@ def damage(values: dict) -> str | None:
     scales = values["unit_scale"]
     for kind in ("score", "map"):
         scale = scales.get(kind) if isinstance(scales, dict) else None
-        if not isinstance(scale, dict) or not all(number(scale.get(k)) for k in ("median", "spread")) \
-                or scale["spread"] <= 0:
+        if (
+            not isinstance(scale, dict)
+            or not all(number(scale.get(k)) for k in ("median", "spread"))
+            or scale["spread"] <= 0
+        ):
             return f"unit_scale[{kind!r}] is {scale!r}, not a median and a positive spread"
     return None
 
 
-def calibration_split(train: ImageSet, val: ImageSet | None, fraction: float, seed: int
-                      ) -> tuple[np.ndarray | None, ImageSet]:
+def calibration_split(
+    train: ImageSet, val: ImageSet | None, fraction: float, seed: int
+) -> tuple[np.ndarray | None, ImageSet]:
     """The rows of `train` to train on (None: all) and the calibration set: `val` when there
     is one, else `fraction` of the training normals held out, drawn by `seed`. Slices of one
     volume, DICOM patient or series stay together (`image_groups`: a patient is held out
     whole, as neighbouring slices are nearly the same image). Rows rather than a copy, so a
     memory-mapped training set stays on disk."""
     if (train.labels != 0).any():
-        raise DataError(f"training set has {int((train.labels != 0).sum())} anomalous images; "
-                         f"train on normals only")
+        raise DataError(f"training set has {int((train.labels != 0).sum())} anomalous images; train on normals only")
     if val is not None:
         return None, val
     groups = image_groups(train)
     names = np.unique(groups)
     if len(names) < 2:
-        raise DataError("one training volume (or image) cannot be split into training and calibration "
-                         "normals: add normals or give a validation split")
+        raise DataError(
+            "one training volume (or image) cannot be split into training and calibration "
+            "normals: add normals or give a validation split"
+        )
     count = min(held_out(len(names), fraction), len(names) - 1)
     chosen = np.random.default_rng(seed).permutation(names)[:count]
     kept = np.isin(groups, chosen)
     return np.flatnonzero(~kept), train.subset(np.flatnonzero(kept))
 
 
-def find_calibration(model: TermScorer, normals: ImageSet, unfitted: Sequence[str] = (),
-                     notes: Sequence[str] = ()) -> Calibration:
+def find_calibration(
+    model: TermScorer, normals: ImageSet, unfitted: Sequence[str] = (), notes: Sequence[str] = ()
+) -> Calibration:
     """The normal levels and the thresholds on `normals` (the calibration set: its normal
     images, and its anomalies and masks where it has them; `calibration_split`), for a model
     whose density terms are fitted, but for those named `unfitted` (they count 0; `notes`
@@ -239,8 +258,9 @@ def image_evidence_levels(normals: Iterable[Terms], levels: dict[str, float], co
     return result
 
 
-def scored(model: TermScorer, terms: Terms, levels: dict[str, float], normals: ImageSet
-           ) -> tuple[np.ndarray, PixelHistogram]:
+def scored(
+    model: TermScorer, terms: Terms, levels: dict[str, float], normals: ImageSet
+) -> tuple[np.ndarray, PixelHistogram]:
     """Image scores of every calibration image, and the histogram of the map
     values inside the scoring region that set the pixel threshold (group 0: normal images'
     pixels; group 1: those of anomalies with masks), a chunk at a time."""
@@ -255,13 +275,23 @@ def scored(model: TermScorer, terms: Terms, levels: dict[str, float], normals: I
         keep = counted[rows]
         if keep.any():
             truth = None if normals.masks is None else np.asarray(normals.masks[rows][keep], bool)
-            histogram.add(maps[keep], truth, None if part.region is None else part.region[keep],
-                          (~normal[rows][keep]).astype(np.int64))
+            histogram.add(
+                maps[keep],
+                truth,
+                None if part.region is None else part.region[keep],
+                (~normal[rows][keep]).astype(np.int64),
+            )
     return scores, histogram
 
 
-def thresholds(config: Config, scores: np.ndarray, histogram: PixelHistogram,
-               normals: ImageSet, levels: dict[str, float], notes: list[str]) -> Calibration:
+def thresholds(
+    config: Config,
+    scores: np.ndarray,
+    histogram: PixelHistogram,
+    normals: ImageSet,
+    levels: dict[str, float],
+    notes: list[str],
+) -> Calibration:
     """The thresholds, F1-optimal where the calibration set has labelled anomalies (and masks),
     else at `score.normal_quantile` of the calibration normals; with a note when the normals
     are too few for the quantile to mean what it says."""
@@ -274,19 +304,27 @@ def thresholds(config: Config, scores: np.ndarray, histogram: PixelHistogram,
         image_threshold, expected = f1_image_threshold(scores, normals.labels), None
     curves = histogram.curves()
     pixel_threshold = f1_pixel_threshold(curves) if curves.defined else quantile_pixel_threshold(curves, q)
-    scales = {"score": fit_unit_scale(scores[normal], q),
-              "map": unit_scale(histogram.quantile(0.5, [0]), histogram.quantile(q, [0]))}
+    scales = {
+        "score": fit_unit_scale(scores[normal], q),
+        "map": unit_scale(histogram.quantile(0.5, [0]), histogram.quantile(q, [0])),
+    }
     notes = [*notes, *few_normals_note(int(normal.sum()), q)] if not anomalous else notes
-    return Calibration(levels=levels, image_threshold=float(image_threshold), pixel_threshold=float(pixel_threshold),
-                       blur_sigma=map_blur(config),
-                       normals=int(normal.sum()), anomalous=anomalous,
-                       rule="f1-optimal" if anomalous else f"normal quantile {q:g}",
-                       expected_image_rate=expected, unit_scale=scales, notes=notes,
-                       normal_scores=np.sort(scores[normal]).tolist())
+    return Calibration(
+        levels=levels,
+        image_threshold=float(image_threshold),
+        pixel_threshold=float(pixel_threshold),
+        blur_sigma=map_blur(config),
+        normals=int(normal.sum()),
+        anomalous=anomalous,
+        rule="f1-optimal" if anomalous else f"normal quantile {q:g}",
+        expected_image_rate=expected,
+        unit_scale=scales,
+        notes=notes,
+        normal_scores=np.sort(scores[normal]).tolist(),
+    )
 
 
-def with_thresholds(calibration: Calibration, image: float | None = None, pixel: float | None = None
-                    ) -> Calibration:
+def with_thresholds(calibration: Calibration, image: float | None = None, pixel: float | None = None) -> Calibration:
     """`calibration` with the thresholds a user chose (None: keep the calibrated one); a chosen
     image threshold comes with its promise, the share of new normals expected at or above it
     measured on the calibration normals' scores (`thresholds.expected_rate`)."""
@@ -295,15 +333,20 @@ def with_thresholds(calibration: Calibration, image: float | None = None, pixel:
     changes: dict = {}
     if image is not None:
         if calibration.normal_scores is None:
-            raise RunFolderError("this run's calibration predates the calibration normals' scores that measure a "
-                             "threshold's promise; calibrate it again with --data first")
-        changes.update(image_threshold=float(image), expected_image_rate=expected_rate(calibration.normal_scores, image))
+            raise RunFolderError(
+                "this run's calibration predates the calibration normals' scores that measure a "
+                "threshold's promise; calibrate it again with --data first"
+            )
+        changes.update(
+            image_threshold=float(image), expected_image_rate=expected_rate(calibration.normal_scores, image)
+        )
     if pixel is not None:
         changes["pixel_threshold"] = float(pixel)
     chosen = " and ".join(name for name, value in (("image", image), ("pixel", pixel)) if value is not None)
     calibrated = calibration.rule.rpartition("calibrated: ")[2]  # the rule before any earlier choice
-    return dataclasses.replace(calibration, rule=f"{chosen} threshold set by the user; calibrated: {calibrated}",
-                               **changes)
+    return dataclasses.replace(
+        calibration, rule=f"{chosen} threshold set by the user; calibrated: {calibrated}", **changes
+    )
 
 
 def few_normals_note(count: int, q: float) -> list[str]:
@@ -312,7 +355,9 @@ def few_normals_note(count: int, q: float) -> list[str]:
     count + 1 new normal images reach, more than the 1 - q asked for."""
     if rank(count, q) <= count:
         return []
-    return [f"{count} calibration normals: the {q:g} quantile of their scores is their maximum, so about "
-            f"1 in {count + 1} ({100 / (count + 1):.1f} %) normal images will be flagged, not "
-            f"{100 * (1 - q):.2g} %; hold out at least {normals_needed(q)} normals "
-            f"(data.val_fraction) or give a validation split"]
+    return [
+        f"{count} calibration normals: the {q:g} quantile of their scores is their maximum, so about "
+        f"1 in {count + 1} ({100 / (count + 1):.1f} %) normal images will be flagged, not "
+        f"{100 * (1 - q):.2g} %; hold out at least {normals_needed(q)} normals "
+        f"(data.val_fraction) or give a validation split"
+    ]

@@ -23,6 +23,7 @@ pixels (`terms.restrict`) and the map is 0 outside it. Tiled images (`tiling`) h
 value per tile; an image's is their maximum (a defect that fills one tile of a large image
 would be diluted by the mean). Numpy only: the PyTorch and the ONNX runtime share it.
 """
+
 from __future__ import annotations
 
 import math
@@ -56,8 +57,9 @@ def normalised(term: Term, terms: Terms, levels: dict[str, float]) -> np.ndarray
     return below if terms.region is None else below * terms.region
 
 
-def combine(terms: Terms, levels: dict[str, float], cfg: ScoreConfig, image_size: int,
-            tiled: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def combine(
+    terms: Terms, levels: dict[str, float], cfg: ScoreConfig, image_size: int, tiled: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """(image scores N float64, anomaly maps N x H x W float32) from raw terms and the
     calibration's normal levels; `image_size` is the model's and `tiled` whether the maps are
     stitched from tiles (both set the default blur, `blur_sigma`; `tiled` also the default
@@ -86,14 +88,20 @@ def combine(terms: Terms, levels: dict[str, float], cfg: ScoreConfig, image_size
     return scores.astype(np.float64), maps
 
 
-def image_evidence(terms: Terms, levels: dict[str, float], cfg: ScoreConfig, image_size: int,
-                   tiled: bool = False) -> dict[str, np.ndarray]:
+def image_evidence(
+    terms: Terms, levels: dict[str, float], cfg: ScoreConfig, image_size: int, tiled: bool = False
+) -> dict[str, np.ndarray]:
     """Each kind of evidence the izif image score weighs, N values each: "image_izif" (izif,
     the maximum over its tiles) and, when the smoothness evidence is on
     (`image_smoothness_weight`), "image_smoothness": the maximum of each image's blurred
     smoothness term, how much smoother than normal texture its smoothest region is."""
-    per_tile = np.asarray(sum(weight(term, cfg, levels) * normalised(term, terms, levels)
-                              for term in of_kind(IMAGE) if weight(term, cfg, levels)))
+    per_tile = np.asarray(
+        sum(
+            weight(term, cfg, levels) * normalised(term, terms, levels)
+            for term in of_kind(IMAGE)
+            if weight(term, cfg, levels)
+        )
+    )
     evidence = {"image_izif": per_tile.max(1)}
     if image_smoothness_weight(cfg, tiled):
         below = normalised(named(SMOOTHNESS), terms, levels)
@@ -109,11 +117,16 @@ def formula(config: Config) -> str:
 
     def total(terms: tuple[Term, ...]) -> str:
         shown = {LEVEL: "{name} / m_{name}", BELOW: "max(m_{name} - {name}, 0) / {name}_std"}
-        return " + ".join(f"{weight(t, cfg, {t.name: 1.0}):g} * " + shown[t.normaliser].format(name=t.name)
-                          for t in terms if weight(t, cfg, {t.name: 1.0}))
+        return " + ".join(
+            f"{weight(t, cfg, {t.name: 1.0}):g} * " + shown[t.normaliser].format(name=t.name)
+            for t in terms
+            if weight(t, cfg, {t.name: 1.0})
+        )
 
-    text = (f"Anomaly map = blur_{blur_sigma(cfg, config.model.image_size, tiled):g}px({total(of_kind(MAP))}), "
-            + "".join(f"{t.name} {t.about} (from the images); " for t in all_terms() if t.images is not None))
+    text = (
+        f"Anomaly map = blur_{blur_sigma(cfg, config.model.image_size, tiled):g}px({total(of_kind(MAP))}), "
+        + "".join(f"{t.name} {t.about} (from the images); " for t in all_terms() if t.images is not None)
+    )
     izif = f"izif = max over tiles of ({total(of_kind(IMAGE))})"
     if cfg.image_score != "izif":
         statistic = "max" if cfg.image_score == "max" else f"mean of the top {TOP_FRACTION:.0%}"
@@ -121,9 +134,11 @@ def formula(config: Config) -> str:
     smoothness = image_smoothness_weight(cfg, tiled)
     if not smoothness:
         return text + f"Image score = {izif}."
-    return text + (f"Image score = max((izif - m_image_izif) / image_izif_std, "
-                   f"{smoothness:g} * (t - m_image_smoothness) / image_smoothness_std), {izif}, "
-                   f"t the maximum of the blurred smoothness term.")
+    return text + (
+        f"Image score = max((izif - m_image_izif) / image_izif_std, "
+        f"{smoothness:g} * (t - m_image_smoothness) / image_smoothness_std), {izif}, "
+        f"t the maximum of the blurred smoothness term."
+    )
 
 
 # An image statistic's spread is taken as at least this share of its mean: a handful of

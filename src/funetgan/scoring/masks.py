@@ -9,6 +9,7 @@ e.g. a per-image rate), a smallest region (`min_area`) and masks only in flagged
 Python API and the benchmark. Resolution-free (areas are shares of the image), so one rule gives
 the masks at the working resolution (metrics) and at the images' original size (files).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -33,8 +34,12 @@ class MaskRule:
 
     def thresholds(self) -> dict[str, float]:
         """The rule's numbers, as metrics record them ("threshold": the pixel threshold)."""
-        return {"threshold": float(self.pixel_threshold), "region_threshold": float(self.peak_threshold),
-                "min_area": float(self.min_area), "flagged_only": self.flagged_only}
+        return {
+            "threshold": float(self.pixel_threshold),
+            "region_threshold": float(self.peak_threshold),
+            "min_area": float(self.min_area),
+            "flagged_only": self.flagged_only,
+        }
 
     def __call__(self, maps: np.ndarray, flagged: np.ndarray | None = None) -> np.ndarray:
         """N x H x W bool masks of N x H x W `maps`; `flagged` (N bool: the image scores at or

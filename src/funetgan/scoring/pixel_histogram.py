@@ -8,6 +8,7 @@ scored volume by volume gives the same figures as the whole set in memory;
 time is O(pixels x log chunk) and memory O(bins + chunk), whatever the size of the test set.
 A pixel value counts as flagged at a threshold when it is ``>= threshold``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -26,8 +27,7 @@ _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)  # MVTec AD's definition of a def
 def f1_scores(precision: np.ndarray, recall: np.ndarray) -> np.ndarray:
     """Element-wise F1 of precision/recall arrays (0 where both are 0)."""
     total = precision + recall
-    return np.divide(2 * precision * recall, total, out=np.zeros_like(total, dtype=float),
-                     where=total > 0)
+    return np.divide(2 * precision * recall, total, out=np.zeros_like(total, dtype=float), where=total > 0)
 
 
 @dataclass(frozen=True)
@@ -76,15 +76,14 @@ class PixelCurves:
 
     def aupro(self, fpr_limit: float = PRO_FPR_LIMIT) -> float:
         """Area under PRO(FPR) for FPR in [0, fpr_limit], divided by fpr_limit (MVTec AD)."""
-        return _area_up_to(np.r_[0.0, self.fpr], np.r_[0.0, self.region_overlap],
-                           fpr_limit) / fpr_limit
+        return _area_up_to(np.r_[0.0, self.fpr], np.r_[0.0, self.region_overlap], fpr_limit) / fpr_limit
 
 
 def _area_up_to(x: np.ndarray, y: np.ndarray, x_max: float) -> float:
     """Trapezoid area under y(x) on [x[0], x_max], y interpolated at x_max; x non-decreasing."""
     k = int(np.searchsorted(x, x_max, side="right"))
     if k < len(x):  # x[k - 1] <= x_max < x[k]
-        y_cut = np.interp(x_max, x[k - 1:k + 1], y[k - 1:k + 1])
+        y_cut = np.interp(x_max, x[k - 1 : k + 1], y[k - 1 : k + 1])
         x, y = np.r_[x[:k], x_max], np.r_[y[:k], y_cut]
     return float(auc(x, y))
 
@@ -167,15 +166,22 @@ class PixelHistogram:
         starts, run = np.flatnonzero(first), np.cumsum(first) - 1
         n, g = len(starts), self.groups
         counts = np.bincount(run * 2 * g + code, minlength=n * 2 * g).reshape(n, g, 2)
-        overlap = np.zeros((n, g)) if weights is None else np.bincount(
-            run * g + code // 2, weights=weights[order], minlength=n * g).reshape(n, g)
+        overlap = (
+            np.zeros((n, g))
+            if weights is None
+            else np.bincount(run * g + code // 2, weights=weights[order], minlength=n * g).reshape(n, g)
+        )
         self._merge(keys[starts], np.minimum.reduceat(values, starts), counts, overlap)
 
     def _merge(self, keys, lows, counts, overlap) -> None:
         keys = np.r_[self.keys, keys]
         order = np.argsort(keys, kind="stable")
-        self._combine(keys[order], np.r_[self.lows, lows][order], np.r_[self.counts, counts][order],
-                      np.r_[self.overlap, overlap][order])
+        self._combine(
+            keys[order],
+            np.r_[self.lows, lows][order],
+            np.r_[self.counts, counts][order],
+            np.r_[self.overlap, overlap][order],
+        )
         while len(self.keys) > self.max_bins:
             self.shift += 1
             self._combine(self.keys >> 1, self.lows, self.counts, self.overlap)
@@ -216,14 +222,19 @@ class PixelHistogram:
         if not len(ends):
             raise ValueError("no values counted")
         position = q * (ends[-1] - 1)
-        low, high = (float(lows[np.searchsorted(ends, rank, side="right")])
-                     for rank in (np.floor(position), np.ceil(position)))
+        low, high = (
+            float(lows[np.searchsorted(ends, rank, side="right")]) for rank in (np.floor(position), np.ceil(position))
+        )
         return low + (high - low) * (position - np.floor(position))
 
 
-def pixel_curves(maps: np.ndarray, masks: np.ndarray | None = None,
-                 has_mask: np.ndarray | None = None, n_bins: int = N_BINS,
-                 region: np.ndarray | None = None) -> PixelCurves:
+def pixel_curves(
+    maps: np.ndarray,
+    masks: np.ndarray | None = None,
+    has_mask: np.ndarray | None = None,
+    n_bins: int = N_BINS,
+    region: np.ndarray | None = None,
+) -> PixelCurves:
     """Binned ROC/PR/PRO curves of `maps` (N x S x S) against `masks` (N x S x S bool; None:
     every pixel is normal), over the images where `has_mask` is true (None: all) and, with
     `region` (N x H x W bool, e.g. the lung), over its pixels only; at most `n_bins` bins
@@ -233,6 +244,5 @@ def pixel_curves(maps: np.ndarray, masks: np.ndarray | None = None,
         raise ValueError("pixel curves need at least one image with pixel truth")
     histogram = PixelHistogram(max_bins=n_bins)
     for chunk in row_chunks(rows, maps[0].shape):
-        histogram.add(maps[chunk], None if masks is None else masks[chunk],
-                      None if region is None else region[chunk])
+        histogram.add(maps[chunk], None if masks is None else masks[chunk], None if region is None else region[chunk])
     return histogram.curves()

@@ -3,6 +3,7 @@ which each runtime supplies as a tile scorer (`FUNetGAN` with PyTorch, `OnnxScor
 onnxruntime): tiling (`tiling`), the terms (`terms`), their combination into maps and image
 scores (`combine`) and the thresholds (`calibration`) are the same numpy code for both.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -36,14 +37,20 @@ class Scorer:
         """The network terms of uint8 B x S x S x C tiles (a `tiling.TileScorer`)."""
         raise NotImplementedError
 
-    def residual_terms(self, images: np.ndarray, batch_size: int | None = None,
-                       region: np.ndarray | None = None) -> Terms:
+    def residual_terms(
+        self, images: np.ndarray, batch_size: int | None = None, region: np.ndarray | None = None
+    ) -> Terms:
         """Every raw term of the table (`terms.TERMS`) on uint8 `images`: what `score` combines,
         so several scoring settings can be compared on one pass of the networks. Images larger
         than the model are scored tile by tile (`tiling`), `batch_size` tiles at a time.
         `region` (N x H x W bool): the pixels that count (see `scoring_region`)."""
-        maps, values = tiling.score_tiled(images, self.config.model.image_size, tile_stride(self.config),
-                                          batch_size or self.config.score.batch_size, self._score_tiles)
+        maps, values = tiling.score_tiled(
+            images,
+            self.config.model.image_size,
+            tile_stride(self.config),
+            batch_size or self.config.score.batch_size,
+            self._score_tiles,
+        )
         terms = Terms({**maps, **values, **image_terms(images)})
         return terms if region is None else restrict(terms, region)
 
@@ -65,11 +72,13 @@ class Scorer:
         """Scores and maps from `residual_terms` under `settings` (default: the model's)."""
         return Scores(*self.combine(terms, self._calibrated().levels, settings))
 
-    def combine(self, terms: Terms, levels: dict[str, float], settings: ScoreConfig | None = None
-                ) -> tuple[np.ndarray, np.ndarray]:
+    def combine(
+        self, terms: Terms, levels: dict[str, float], settings: ScoreConfig | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """`combine.combine` under this model's settings (or `settings`) and its image geometry."""
-        return combine(terms, levels, settings or self.config.score, self.config.model.image_size,
-                       scored_in_tiles(self.config))
+        return combine(
+            terms, levels, settings or self.config.score, self.config.model.image_size, scored_in_tiles(self.config)
+        )
 
     def _calibrated(self) -> Calibration:
         if self.calibration is None:
@@ -81,8 +90,12 @@ class Scorer:
         size, channels, patch = working_size(self.config), self.config.model.channels, self.config.model.image_size
         expected = f"N x {size} x {size} x {channels}" if size else f"N x H x W x {channels} (H, W >= {patch})"
         shape = images.shape
-        fits = images.ndim == 4 and images.dtype == np.uint8 and shape[3] == channels and (
-            shape[1:3] == (size, size) if size else min(shape[1:3]) >= patch)
+        fits = (
+            images.ndim == 4
+            and images.dtype == np.uint8
+            and shape[3] == channels
+            and (shape[1:3] == (size, size) if size else min(shape[1:3]) >= patch)
+        )
         if not fits:
             raise ValueError(f"images must be uint8 {expected}, got {images.dtype} {tuple(shape)}")
 
@@ -99,4 +112,3 @@ class Scorer:
         """How masks are drawn from maps: every pixel at or above the calibrated pixel threshold
         (the rule measured best on the selection splits: `masks`)."""
         return MaskRule(self._calibrated().pixel_threshold)
-

@@ -11,6 +11,7 @@ no existing function fits, one function here.
 Network functions use tensor methods only: this module is imported by the numpy-only ONNX
 path (`deploy.onnx_scorer`), which must work where PyTorch is not installed.
 """
+
 from __future__ import annotations
 
 import math
@@ -108,20 +109,46 @@ def local_contrast(images: np.ndarray, window: int = 5) -> np.ndarray:
 # ---- the table (default weights: `config.ScoreConfig`) ---------------------------------------
 TERMS: tuple[Term, ...] = (
     Term("pixel_residual", MAP, "|x - G(E(x))|, channels averaged", network=pixel_residual),
-    Term("pixel_features", MAP, "D's last decoder features of x against those of G(E(x))",
-         network=pixel_features, weight="kappa"),
-    Term("pixel_density", MAP, "how unlike normal images' D's bottleneck features of x are at each location",
-         features=lambda f: f.out_x.f_g, channels=lambda model: model.D.bottleneck_width,
-         weight="density_weight"),
-    Term("pixel_contrast", MAP, "the local contrast of x (its pixels' spread in a 5 x 5 window): "
-         "where it falls below normal texture's, a smudge or a flat foreign object",
-         images=local_contrast, weight="smoothness_weight", normaliser=BELOW),
+    Term(
+        "pixel_features",
+        MAP,
+        "D's last decoder features of x against those of G(E(x))",
+        network=pixel_features,
+        weight="kappa",
+    ),
+    Term(
+        "pixel_density",
+        MAP,
+        "how unlike normal images' D's bottleneck features of x are at each location",
+        features=lambda f: f.out_x.f_g,
+        channels=lambda model: model.D.bottleneck_width,
+        weight="density_weight",
+    ),
+    Term(
+        "pixel_contrast",
+        MAP,
+        "the local contrast of x (its pixels' spread in a 5 x 5 window): "
+        "where it falls below normal texture's, a smudge or a flat foreign object",
+        images=local_contrast,
+        weight="smoothness_weight",
+        normaliser=BELOW,
+    ),
     Term("image_residual", IMAGE, "mse(x, G(E(x)))", network=image_residual, in_region=residual_in_region),
-    Term("image_features", IMAGE, "mse of D's bottleneck features of x and of G(E(x))",
-         network=image_features, weight="kappa"),
-    Term("latent_density", IMAGE, "how unlike normal images' codes E's code of x is",
-         features=lambda f: f.z[:, :, None, None], channels=lambda model: model.config.model.z_dim,
-         weight="latent_density_weight"),
+    Term(
+        "image_features",
+        IMAGE,
+        "mse of D's bottleneck features of x and of G(E(x))",
+        network=image_features,
+        weight="kappa",
+    ),
+    Term(
+        "latent_density",
+        IMAGE,
+        "how unlike normal images' codes E's code of x is",
+        features=lambda f: f.z[:, :, None, None],
+        channels=lambda model: model.config.model.z_dim,
+        weight="latent_density_weight",
+    ),
 )
 # The term whose smoothest region is image evidence on tiled images (`combine.image_evidence`).
 SMOOTHNESS = "pixel_contrast"
@@ -164,8 +191,10 @@ class Terms:
 
     def rows(self, index: np.ndarray) -> Terms:
         """The terms of the images at `index` only."""
-        return Terms({name: value[index] for name, value in self.arrays.items()},
-                     None if self.region is None else self.region[index])
+        return Terms(
+            {name: value[index] for name, value in self.arrays.items()},
+            None if self.region is None else self.region[index],
+        )
 
     def normal_levels(self) -> dict[str, float]:
         return normal_levels([self])
@@ -175,8 +204,10 @@ def named_terms(outputs: list[np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
     """The scoring network's outputs (`network_terms`' order) by kind and name: what a tile
     scorer returns (`tiling.TileScorer`), whichever runtime ran them."""
     named = dict(zip((t.name for t in network_terms()), outputs))
-    return {"maps": {t.name: named[t.name] for t in network_terms() if t.kind == MAP},
-            "values": {t.name: named[t.name] for t in network_terms() if t.kind == IMAGE}}
+    return {
+        "maps": {t.name: named[t.name] for t in network_terms() if t.kind == MAP},
+        "values": {t.name: named[t.name] for t in network_terms() if t.kind == IMAGE},
+    }
 
 
 def image_terms(images: np.ndarray) -> dict[str, np.ndarray]:

@@ -5,6 +5,7 @@ anomalies in the calibration data a threshold maximises F1 there; otherwise it i
 of the calibration normals' values, taken so that it keeps its promise on new normals: about
 ``1 - normal_quantile`` of them flagged (`rank_threshold`).
 """
+
 from __future__ import annotations
 
 import math
@@ -112,14 +113,24 @@ def promise(flagged: int, normals: int, expected: float | None) -> dict | None:
     chance = float(binom.sf(flagged - 1, normals, expected)) if flagged else 1.0
     warning = None
     if rate > BROKEN_PROMISE * expected:
-        warning = (f"{flagged} of {normals} normal images flagged where about {expected:.2%} were expected "
-                   f"(chance {chance:.2g} were the promise kept): the test normals differ from the calibration "
-                   f"normals, or the calibration set is too small")
-    return {"normals": int(normals), "flagged": int(flagged), "rate": rate, "expected_rate": float(expected),
-            "chance": chance, "warning": warning}
+        warning = (
+            f"{flagged} of {normals} normal images flagged where about {expected:.2%} were expected "
+            f"(chance {chance:.2g} were the promise kept): the test normals differ from the calibration "
+            f"normals, or the calibration set is too small"
+        )
+    return {
+        "normals": int(normals),
+        "flagged": int(flagged),
+        "rate": rate,
+        "expected_rate": float(expected),
+        "chance": chance,
+        "warning": warning,
+    }
 
 
 def promise_summary(kept: dict) -> str:
     """A `promise` in words, as `funetgan test` prints it and the report shows it."""
-    return (f"normal images flagged: {kept['flagged']} of {kept['normals']} ({kept['rate']:.1%}), "
-            f"about {kept['expected_rate']:.1%} expected")
+    return (
+        f"normal images flagged: {kept['flagged']} of {kept['normals']} ({kept['rate']:.1%}), "
+        f"about {kept['expected_rate']:.1%} expected"
+    )

@@ -8,6 +8,7 @@ where tiles meet. Without it the grid has one tile, the whole image, and the sam
 
 Numpy only: the PyTorch scorer and the ONNX runtime stitch through the same functions.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
@@ -66,8 +67,11 @@ class TileGrid:
 
     @cached_property
     def corners(self) -> list[tuple[int, int]]:
-        return [(y, x) for y in starts(self.height, self.patch, self.stride)
-                for x in starts(self.width, self.patch, self.stride)]
+        return [
+            (y, x)
+            for y in starts(self.height, self.patch, self.stride)
+            for x in starts(self.width, self.patch, self.stride)
+        ]
 
     def __len__(self) -> int:
         return len(self.corners)
@@ -77,12 +81,13 @@ class TileGrid:
         total = np.zeros((self.height, self.width), np.float32)
         window = blend_window(self.patch)
         for y, x in self.corners:
-            total[y:y + self.patch, x:x + self.patch] += window
+            total[y : y + self.patch, x : x + self.patch] += window
         return total
 
 
-def score_tiled(images: np.ndarray, patch: int, stride: int, batch_size: int,
-                scorer: TileScorer) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+def score_tiled(
+    images: np.ndarray, patch: int, stride: int, batch_size: int, scorer: TileScorer
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Run `scorer` over every tile of uint8 N x H x W x C `images`, `batch_size` tiles at a
     time, and stitch its maps back to N x H x W (window-weighted mean of overlapping tiles).
     Per-tile values come back as N x T (T tiles per image). Memory beyond the results is one
@@ -132,12 +137,14 @@ def random_corners(count: int, height: int, width: int, patch: int, generator: n
     """`count` x 2 uniformly random top-left corners of P x P patches inside H x W."""
     if patch > min(height, width):
         raise DataError(f"a patch of {patch} px does not fit images of {height}x{width} px; {SMALLER_PATCH}")
-    return np.stack([generator.integers(0, height - patch + 1, count),
-                     generator.integers(0, width - patch + 1, count)], 1)
+    return np.stack(
+        [generator.integers(0, height - patch + 1, count), generator.integers(0, width - patch + 1, count)], 1
+    )
 
 
-def random_patches(images: np.ndarray, rows: np.ndarray | None, patch: int, count: int, seed: int,
-                   batch_size: int) -> Iterator[np.ndarray]:
+def random_patches(
+    images: np.ndarray, rows: np.ndarray | None, patch: int, count: int, seed: int, batch_size: int
+) -> Iterator[np.ndarray]:
     """`count` random P x P patches of the uint8 N x H x W x C `images` (of `rows`, None: all),
     in batches of `batch_size`, drawn by `seed`: images with replacement and uniform positions;
     where the images are the patch's size, at most `count` of them, each once."""
@@ -149,11 +156,11 @@ def random_patches(images: np.ndarray, rows: np.ndarray | None, patch: int, coun
     corners = np.zeros((len(picks), 2), int) if whole else random_corners(len(picks), height, width, patch, generator)
     for start in range(0, len(picks), batch_size):
         batch = slice(start, start + batch_size)
-        yield np.stack([images[i, y:y + patch, x:x + patch] for i, (y, x) in zip(picks[batch], corners[batch])])
+        yield np.stack([images[i, y : y + patch, x : x + patch] for i, (y, x) in zip(picks[batch], corners[batch])])
 
 
 def centre_crop(images: np.ndarray, patch: int) -> np.ndarray:
     """The central P x P patch of each of N x H x W x C images (previews during training)."""
     height, width = images.shape[1:3]
     top, left = (height - patch) // 2, (width - patch) // 2
-    return images[:, top:top + patch, left:left + patch]
+    return images[:, top : top + patch, left : left + patch]

@@ -15,6 +15,7 @@ The parameters are fitted on calibration normals only, as thresholds are: never 
 they are applied to. Calibration stores those of image scores and of map values
 (`Calibration.unit_scale`).
 """
+
 from __future__ import annotations
 
 import numpy as np

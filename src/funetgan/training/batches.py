@@ -1,5 +1,6 @@
 """Training batches: random batches (or random patches) of a uint8 image set, the same on
 any device and for a resumed run as for an uninterrupted one."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -25,8 +26,15 @@ class BatchSource:
     (seed, i) too) and an epoch draws `tiling.patches_per_image` patches from every image.
     """
 
-    def __init__(self, images: np.ndarray, batch_size: int, seed: int, runtime: Runtime,
-                 patch: int | None = None, rows: np.ndarray | None = None):
+    def __init__(
+        self,
+        images: np.ndarray,
+        batch_size: int,
+        seed: int,
+        runtime: Runtime,
+        patch: int | None = None,
+        rows: np.ndarray | None = None,
+    ):
         self.mapped = images if isinstance(images, np.memmap) else None
         if self.mapped is not None:
             self.rows = np.arange(len(images)) if rows is None else np.asarray(rows)
@@ -49,9 +57,9 @@ class BatchSource:
         if epoch != self._epoch:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
             order = torch.randperm(self.count * self.draws, generator=g, device="cpu") % self.count
-            self._order = order[self.runtime.rank::self.runtime.world_size]
+            self._order = order[self.runtime.rank :: self.runtime.world_size]
             self._epoch = epoch
-        pick = self._order[position * self.batch_size:(position + 1) * self.batch_size]
+        pick = self._order[position * self.batch_size : (position + 1) * self.batch_size]
         return self.runtime.prepare(self._inputs(pick, np.random.default_rng((self.seed, index, self.runtime.rank))))
 
     def images(self, start: int, stop: int) -> torch.Tensor:

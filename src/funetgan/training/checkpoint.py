@@ -1,5 +1,6 @@
 """Checkpoints as safetensors: network weights, optimiser and RNG state as tensors, everything
 else (settings, step, thresholds) as JSON in the file's metadata. Loading never unpickles."""
+
 from __future__ import annotations
 
 import hashlib
@@ -58,22 +59,29 @@ def unprefixed(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch
 def optimizer_state(prefix: str, optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
     """Split an optimiser's state into tensors (for safetensors) and JSON (param groups)."""
     state = optimizer.state_dict()
-    tensors = {f"{prefix}.{index}.{name}": value
-               for index, values in state["state"].items() for name, value in values.items()}
+    tensors = {
+        f"{prefix}.{index}.{name}": value for index, values in state["state"].items() for name, value in values.items()
+    }
     return tensors, {"param_groups": state["param_groups"]}
 
 
-def load_optimizer_state(optimizer: torch.optim.Optimizer, prefix: str, tensors: dict[str, torch.Tensor],
-                         meta: dict) -> None:
+def load_optimizer_state(
+    optimizer: torch.optim.Optimizer, prefix: str, tensors: dict[str, torch.Tensor], meta: dict
+) -> None:
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in unprefixed(prefix, tensors).items():
         index, name = key.split(".", 1)
         state.setdefault(int(index), {})[name] = value
     # How the optimiser steps (fused on CUDA, foreach on the CPU) is this device's choice, not the
     # checkpoint's: a run saved on a GPU resumes on a CPU and back.
-    groups = [{**saved, **({"betas": tuple(saved["betas"])} if "betas" in saved else {}),
-               **{key: own[key] for key in IMPLEMENTATION if key in own}}
-              for saved, own in zip(meta["param_groups"], optimizer.param_groups)]
+    groups = [
+        {
+            **saved,
+            **({"betas": tuple(saved["betas"])} if "betas" in saved else {}),
+            **{key: own[key] for key in IMPLEMENTATION if key in own},
+        }
+        for saved, own in zip(meta["param_groups"], optimizer.param_groups)
+    ]
     optimizer.load_state_dict({"state": state, "param_groups": groups})
 
 

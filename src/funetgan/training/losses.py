@@ -1,5 +1,6 @@
 """Losses of both stages: WGAN-GP on the global and the per-pixel critic head, the per-pixel
 consistency regulariser (mixup or CutMix), the generator loss and the encoder's izi_f loss."""
+
 from __future__ import annotations
 
 import torch
@@ -34,14 +35,24 @@ def cutmix_masks(batch: int, like: torch.Tensor, generator: torch.Generator | No
     left = ((size - side) * u[:, 2]).floor()
     rows = torch.arange(size, device=like.device).view(1, size, 1)
     cols = torch.arange(size, device=like.device).view(1, 1, size)
-    inside = ((rows >= top.view(-1, 1, 1)) & (rows < (top + side).view(-1, 1, 1))
-              & (cols >= left.view(-1, 1, 1)) & (cols < (left + side).view(-1, 1, 1)))
+    inside = (
+        (rows >= top.view(-1, 1, 1))
+        & (rows < (top + side).view(-1, 1, 1))
+        & (cols >= left.view(-1, 1, 1))
+        & (cols < (left + side).view(-1, 1, 1))
+    )
     flip = (u[:, 3] < 0.5).view(-1, 1, 1)
     return (inside ^ flip).unsqueeze(1).to(like.dtype)
 
 
-def critic_loss(critic, real: torch.Tensor, fake: torch.Tensor, cfg: GANConfig, penalise: bool,
-                generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def critic_loss(
+    critic,
+    real: torch.Tensor,
+    fake: torch.Tensor,
+    cfg: GANConfig,
+    penalise: bool,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """L_D for one critic step, with a single forward pass of D over real, fake and mixed
     images. `penalise` adds the gradient penalties weighted by `cfg.gp_every` (lazy
     regularisation: they are computed only on every gp_every-th step).
@@ -125,8 +136,9 @@ def generator_loss(out: CriticOutput) -> torch.Tensor:
     return loss
 
 
-def encoder_loss(recon: torch.Tensor, real: torch.Tensor, out_recon: CriticOutput, out_real: CriticOutput,
-                 kappa: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def encoder_loss(
+    recon: torch.Tensor, real: torch.Tensor, out_recon: CriticOutput, out_real: CriticOutput, kappa: float
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """izi_f: mse(G(E(x)), x) + kappa * (error of D's bottleneck features + error of D's last
     decoder features). `out_real` carries no gradient; gradients flow through `recon`.
 

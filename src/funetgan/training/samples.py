@@ -1,5 +1,6 @@
 """Sample grids of training: G(z) and reconstructions x | G(E(x)) as PNG files, drawn so
 that drawing them changes nothing about training."""
+
 from __future__ import annotations
 
 import contextlib
@@ -35,6 +36,6 @@ def save_grid(path: Path, images: np.ndarray, columns: int) -> np.ndarray:
     grid = np.full((rows * (s + 2), columns * (s + 2), c), 255, np.uint8)
     for i, image in enumerate(images):
         r, col = divmod(i, columns)
-        grid[r * (s + 2):r * (s + 2) + s, col * (s + 2):col * (s + 2) + s] = image
+        grid[r * (s + 2) : r * (s + 2) + s, col * (s + 2) : col * (s + 2) + s] = image
     atomic_save_png(path, Image.fromarray(grid[..., 0] if c == 1 else grid))
     return grid

@@ -2,6 +2,7 @@
 budget, a progress bar, log lines, periodic samples and checkpoints, a stop between two steps
 on SIGTERM or SIGINT, and a stop when losses or weights stop being finite. What a step does
 is the trainer's (`trainer.Trainer`), which this loop sees as a `StageHost`."""
+
 from __future__ import annotations
 
 import contextlib
@@ -57,6 +58,7 @@ class StageHost(Protocol):
     config: Config
     runtime: Runtime
     run_dir: Path | None
+    progress: bool  # progress bars and budget notes shown
 
     def log(self, record: dict) -> None: ...
 
@@ -93,9 +95,14 @@ class Stage:
         began = time.monotonic()
         # Under a time budget the step count is rarely reached: show steps and rate, not an ETA.
         timed = self.max_minutes is not None
-        bar = tqdm(total=None if timed else self.total, initial=start, disable=not (t.runtime.is_main and t.progress),
-                   desc=f"{self.name} (budget {self.max_minutes:.3g} min)" if timed else self.name,
-                   dynamic_ncols=True, leave=True)
+        bar = tqdm(
+            total=None if timed else self.total,
+            initial=start,
+            disable=not (t.runtime.is_main and t.progress),
+            desc=f"{self.name} (budget {self.max_minutes:.3g} min)" if timed else self.name,
+            dynamic_ncols=True,
+            leave=True,
+        )
         step = start
         with StopSignals() as signals, contextlib.closing(bar):
             while step < self.total:
@@ -112,8 +119,9 @@ class Stage:
                 if stop:
                     t.checkpoint()
                     saved = f"checkpoint saved in {t.run_dir}" if t.run_dir is not None else "no run folder"
-                    raise TrainingStopped(f"stopped by {signal.Signals(stop).name} at {self.name} step {step}; "
-                                          f"{saved}", stop)
+                    raise TrainingStopped(
+                        f"stopped by {signal.Signals(stop).name} at {self.name} step {step}; {saved}", stop
+                    )
                 stats = step_fn(step)
                 step += 1
                 state.step, state.seconds = step, spent + time.monotonic() - began

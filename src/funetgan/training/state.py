@@ -1,5 +1,6 @@
 """Where training stands: what a checkpoint saves beside the weights, optimisers and RNG, and
 what a resumed run continues from."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,8 +23,11 @@ class TrainingState:
 
     def finish_stage(self) -> None:
         """Record what the running stage did and move on to the next one."""
-        self.completed[self.stage] = {"steps": self.step, "critic_steps": self.critic_steps,
-                                      "seconds": round(self.seconds, 2)}
+        self.completed[self.stage] = {
+            "steps": self.step,
+            "critic_steps": self.critic_steps,
+            "seconds": round(self.seconds, 2),
+        }
         self.stage = STAGES[STAGES.index(self.stage) + 1]
         self.step, self.seconds, self.critic_steps = 0, 0.0, 0
 

@@ -11,6 +11,7 @@ calibration at the end of training, the metrics of `test`).
 Nothing is imported while both are off. The TensorBoard writer is tensorboard's own event
 file writer, not PyTorch's, so that `test --model` (onnxruntime, no PyTorch) can log too.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -114,20 +115,24 @@ class TensorBoard:
     def __init__(self, folder: Path, command: str):
         require("tensorboard", "tensorboard")
         from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
         folder.mkdir(parents=True, exist_ok=True)
         self.writer = EventFileWriter(str(folder), filename_suffix=f".{command}")
 
     def _write(self, step: int, values: list) -> None:
         from tensorboard.compat.proto.event_pb2 import Event
         from tensorboard.compat.proto.summary_pb2 import Summary
+
         self.writer.add_event(Event(wall_time=time.time(), step=step, summary=Summary(value=values)))
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         from tensorboard.compat.proto.summary_pb2 import Summary
+
         self._write(step, [Summary.Value(tag=tag, simple_value=value) for tag, value in values.items()])
 
     def image(self, tag: str, step: int, image: np.ndarray) -> None:
         from tensorboard.compat.proto.summary_pb2 import Summary
+
         height, width, channels = image.shape
         png = io.BytesIO()
         Image.fromarray(image[..., 0] if channels == 1 else image).save(png, format="PNG")
@@ -153,7 +158,7 @@ class MLflow:
             self.run_id = self.client.create_run(experiment_id, tags=tags, run_name=command).info.run_id
             params = [mlflow.entities.Param(key, str(get_key(config, key))[:MAX_PARAM]) for key in all_keys()]
             for start in range(0, len(params), BATCH):
-                self.client.log_batch(self.run_id, params=params[start:start + BATCH])
+                self.client.log_batch(self.run_id, params=params[start : start + BATCH])
         except mlflow.exceptions.MlflowException as err:
             first = (str(err).strip().splitlines() or [type(err).__name__])[0]
             store = os.environ.get("MLFLOW_TRACKING_URI", "the default store")
@@ -162,12 +167,12 @@ class MLflow:
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         stamp = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[self.entities.Metric(key, value, stamp, step)
-                                                    for key, value in values.items()])
+        self.client.log_batch(
+            self.run_id, metrics=[self.entities.Metric(key, value, stamp, step) for key, value in values.items()]
+        )
 
     def image(self, tag: str, step: int, image: np.ndarray) -> None:
         self.client.log_image(self.run_id, image, key=tag.replace("/", "_"), step=step)
 
     def close(self) -> None:
         self.client.set_terminated(self.run_id)
-

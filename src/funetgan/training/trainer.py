@@ -4,6 +4,7 @@ stages run in. Stage 1 trains G and D (after an optional autoencoder warm-up of 
 stage 2 trains E with G and D frozen. The loop around the steps is `stages.Stage`, the batches
 `batches.BatchSource`; the networks are the model's (`model.FUNetGAN`), which the trainer
 changes and saves through their weights only."""
+
 from __future__ import annotations
 
 import json
@@ -57,9 +58,16 @@ class Networks(Protocol):
 
 
 class Trainer:
-    def __init__(self, model: Networks, train_images: np.ndarray, sample_images: np.ndarray,
-                 run_dir: str | Path | None, train_rows: np.ndarray | None = None, tracker: Tracker | None = None,
-                 progress: bool = True):
+    def __init__(
+        self,
+        model: Networks,
+        train_images: np.ndarray,
+        sample_images: np.ndarray,
+        run_dir: str | Path | None,
+        train_rows: np.ndarray | None = None,
+        tracker: Tracker | None = None,
+        progress: bool = True,
+    ):
         """Trains on rows `train_rows` of `train_images` (all by default; see BatchSource);
         `tracker` gets the log lines and samples too (tracking.py); `progress`: the stages'
         progress bars and budget notes (False: silent)."""
@@ -75,8 +83,9 @@ class Trainer:
         self.state = TrainingState()
         patch = cfg.model.image_size
         # batch_size is the global batch: each process draws its share (`data.fit_batch` made it a multiple).
-        self.source = BatchSource(train_images, cfg.batch_size // self.runtime.world_size, cfg.seed, self.runtime,
-                                  patch, train_rows)
+        self.source = BatchSource(
+            train_images, cfg.batch_size // self.runtime.world_size, cfg.seed, self.runtime, patch, train_rows
+        )
         previews = tiling.centre_crop(sample_images[:16], patch)  # whole images when they are the model's size
         self.sample_real = self.runtime.prepare(to_tensor(previews, self.runtime.device))
         g = torch.Generator().manual_seed(cfg.seed + 12345)
@@ -87,8 +96,9 @@ class Trainer:
             return
         if self.run_dir is not None:
             append_line(self.run_dir / LOG_FILE, json.dumps(record))
-        self.tracker.scalars(record["stage"], record["step"],
-                             {k: v for k, v in record.items() if k not in ("stage", "step")})
+        self.tracker.scalars(
+            record["stage"], record["step"], {k: v for k, v in record.items() if k not in ("stage", "step")}
+        )
 
     def checkpoint(self) -> None:
         """Save a checkpoint (rank 0), never one with non-finite weights: every process checks
@@ -109,9 +119,11 @@ class Trainer:
         state = self.state
         saved = self.run_dir / CHECKPOINT_FILE if self.run_dir is not None else None
         kept = f"; the last checkpoint ({saved}) keeps finite weights" if saved and saved.exists() else ""
-        return TrainingDiverged(f"training diverged in stage {state.stage} at step {state.step} "
-                                f"(non-finite {what}){kept}; start again with lower "
-                                f"{LEARNING_RATES[state.stage]} (--overwrite)")
+        return TrainingDiverged(
+            f"training diverged in stage {state.stage} at step {state.step} "
+            f"(non-finite {what}){kept}; start again with lower "
+            f"{LEARNING_RATES[state.stage]} (--overwrite)"
+        )
 
     def fit(self) -> TrainingState:
         """Run the stages from where `state` stands to the end; returns the final state."""
@@ -130,8 +142,9 @@ class Trainer:
             self.freeze_gan()
             if state.step == 0:
                 self.standardise_encoder()
-            Stage("encoder", encoder.iterations, encoder.max_minutes, self).run(self.encoder_step,
-                                                                               self.save_reconstructions)
+            Stage("encoder", encoder.iterations, encoder.max_minutes, self).run(
+                self.encoder_step, self.save_reconstructions
+            )
             self.finish_stage()
         return state
 

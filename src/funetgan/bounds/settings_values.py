@@ -8,6 +8,7 @@ recursion. Settings are a few levels of mappings of scalars, so the loader refus
 never need: aliases of lists and mappings (aliases of scalars stay, they cost nothing), nesting
 deeper than MAX_DEPTH, and files over MAX_BYTES.
 """
+
 from __future__ import annotations
 
 import math
@@ -17,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from .errors import SettingsError
+from ..errors import SettingsError
 
 MAX_DEPTH = 16  # settings nest 2 levels deep (section, key), a list value 3
 MAX_BYTES = 1 << 20  # the full settings file is about 2 kB
@@ -34,13 +35,18 @@ class BoundedLoader(yaml.SafeLoader):
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()
             if not isinstance(self.anchors.get(event.anchor), (yaml.ScalarNode, type(None))):
-                raise yaml.composer.ComposerError(None, None, f"alias *{event.anchor} of a list or mapping "
-                                                  f"(only aliases of single values are allowed)", event.start_mark)
+                raise yaml.composer.ComposerError(
+                    None,
+                    None,
+                    f"alias *{event.anchor} of a list or mapping (only aliases of single values are allowed)",
+                    event.start_mark,
+                )
         self.depth += 1
         try:
             if self.depth > MAX_DEPTH:
-                raise yaml.composer.ComposerError(None, None, f"nested more than {MAX_DEPTH} levels deep",
-                                                  self.peek_event().start_mark)
+                raise yaml.composer.ComposerError(
+                    None, None, f"nested more than {MAX_DEPTH} levels deep", self.peek_event().start_mark
+                )
             return super().compose_node(parent, index)
         finally:
             self.depth -= 1

@@ -5,6 +5,7 @@ is never wrong: settings refused here could not run on this machine; settings ac
 need several times as much. Plain arithmetic on numbers: no PyTorch, and no import of the
 settings (config.py calls this).
 """
+
 from __future__ import annotations
 
 import os
@@ -42,14 +43,21 @@ def parts(sizes: Sizes) -> list[tuple[int, str, str]]:
     precisions = z * z + w4 * w4
     # One full-size feature map (width channels) per image in each of G, D and E.
     activations = sizes.batch * 3 * width * s * s
-    found = [(parameters * TRAINING_BYTES_PER_PARAMETER, "the networks' weights, gradients and Adam state",
-              "model.z_dim, model.width"),
-             (precisions * FLOAT32, "the density terms' precision matrices", "model.z_dim, model.width"),
-             (activations * FLOAT32, "one feature map per network for a full batch",
-              "batch_size, score.batch_size, model.width, model.image_size")]
+    found = [
+        (
+            parameters * TRAINING_BYTES_PER_PARAMETER,
+            "the networks' weights, gradients and Adam state",
+            "model.z_dim, model.width",
+        ),
+        (precisions * FLOAT32, "the density terms' precision matrices", "model.z_dim, model.width"),
+        (
+            activations * FLOAT32,
+            "one feature map per network for a full batch",
+            "batch_size, score.batch_size, model.width, model.image_size",
+        ),
+    ]
     if sizes.resolution is not None:  # one image (uint8) and one float32 map at the working size
-        found.append((sizes.resolution ** 2 * (sizes.channels + FLOAT32), "one image and its map",
-                      "data.resolution"))
+        found.append((sizes.resolution**2 * (sizes.channels + FLOAT32), "one image and its map", "data.resolution"))
     return found
 
 
@@ -76,8 +84,10 @@ def unaffordable(sizes: Sizes, available: int | None = None) -> str | None:
     if total <= available:
         return None
     size, what, keys = max(found)
-    return (f"these settings need at least {human_bytes(total)} of memory, more than this machine's "
-            f"{human_bytes(available)}; the most for {what} ({human_bytes(size)}): lower {keys}")
+    return (
+        f"these settings need at least {human_bytes(total)} of memory, more than this machine's "
+        f"{human_bytes(available)}; the most for {what} ({human_bytes(size)}): lower {keys}"
+    )
 
 
 def human_bytes(count: int) -> str:
@@ -90,4 +100,4 @@ def human_bytes(count: int) -> str:
         return f"{count} bytes"
     if count >= 1024 ** (unit + 1):
         return f"more than 1024 {units[unit]}"
-    return f"{count / 1024 ** unit:.1f} {units[unit]}"
+    return f"{count / 1024**unit:.1f} {units[unit]}"

@@ -1,4 +1,4 @@
-"""`funetgan-torchrun` (or `python -m funetgan.launch`): torchrun, same arguments, whose stop by
+"""`funetgan-torchrun` (or `python -m funetgan.commands.launch`): torchrun, same arguments, whose stop by
 a signal ends in one line and the ranks' exit status instead of a traceback.
 
 On SIGTERM or SIGINT, torchrun (torch.distributed.run) forwards the signal to every rank, waits
@@ -10,6 +10,7 @@ each exits 128 + the signal's number; torchrun reports ranks that exit so as fai
 and 128 + the signal's number, as a single process's stop does. Anything else is torchrun's
 own report, unchanged.
 """
+
 from __future__ import annotations
 
 import signal
@@ -37,8 +38,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def stopped(signum: signal.Signals, got: str, then: str) -> int:
-    print(f"funetgan-torchrun: {got} {signum.name} and {then} (rank 0's line above says whether it saved "
-          f"a checkpoint to resume from)", file=sys.stderr)
+    print(
+        f"funetgan-torchrun: {got} {signum.name} and {then} (rank 0's line above says whether it saved "
+        f"a checkpoint to resume from)",
+        file=sys.stderr,
+    )
     return 128 + signum
 
 
