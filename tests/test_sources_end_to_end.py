@@ -36,10 +36,12 @@ def train_and_test(data, tmp_path, *extra):
 def test_idx_one_class(tmp_path, working):
     rng = np.random.default_rng(0)
     labels = np.array([0, 1, 2] * 8, np.uint8)
+    data = tmp_path / "idx"  # apart from the run and results: an output inside an input is refused
+    data.mkdir()
     for split in ("train", "t10k"):
-        write_idx(tmp_path / f"{split}-images-idx3-ubyte", rng.integers(0, 255, (24, 28, 28), dtype=np.uint8))
-        write_idx(tmp_path / f"{split}-labels-idx1-ubyte", labels)
-    metrics = train_and_test(tmp_path, tmp_path / "work", "--normal-class", "1", *working)
+        write_idx(data / f"{split}-images-idx3-ubyte", rng.integers(0, 255, (24, 28, 28), dtype=np.uint8))
+        write_idx(data / f"{split}-labels-idx1-ubyte", labels)
+    metrics = train_and_test(data, tmp_path / "work", "--normal-class", "1", *working)
     assert metrics["image"]["n_normal"] == 8 and metrics["image"]["n_anomalous"] == 16
     assert "pixel" not in metrics
 
