@@ -323,3 +323,52 @@ def mood_region() -> Callable[..., Path]:
     with a tilted affine (brain_train/, toy/ with one bright cube, toy_label/pixel/)."""
     pytest.importorskip("nibabel")
     return _mood_region
+
+
+def _write_ct_series(
+    folder: Path,
+    hu: np.ndarray,
+    row_direction=(1, 0, 0),
+    column_direction=(0, 1, 0),
+    step=(0, 0, 2.5),
+    origin=(-10.0, -20.0, 30.0),
+    spacing=(0.7, 0.8),
+) -> Path:
+    """A CT series of `hu` (slices x rows x columns, int16) with the patient and study
+    attributes a scanner writes; file names run against the slice order."""
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    study, series, frame = generate_uid(), generate_uid(), generate_uid()
+    for k, pixels in enumerate(hu):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = CTImageStorage, generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = FileDataset(str(folder / f"{len(hu) - k:03d}.dcm"), {}, file_meta=meta, preamble=b"\0" * 128)
+        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+        ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Test^Phantom", "P1", "19700101", "O"
+        ds.StudyInstanceUID, ds.StudyDate, ds.StudyTime, ds.StudyID = study, "20260101", "120000", "1"
+        ds.AccessionNumber, ds.ReferringPhysicianName = "A1", ""
+        ds.SeriesInstanceUID, ds.SeriesNumber, ds.Modality = series, 3, "CT"
+        ds.FrameOfReferenceUID, ds.PositionReferenceIndicator = frame, ""
+        ds.Manufacturer, ds.InstanceNumber, ds.ImageType = "test", k + 1, ["ORIGINAL", "PRIMARY", "AXIAL"]
+        ds.ImagePositionPatient = [float(o + k * s) for o, s in zip(origin, step)]
+        ds.ImageOrientationPatient = [float(v) for v in (*row_direction, *column_direction)]
+        ds.PixelSpacing, ds.SliceThickness = list(spacing), float(np.linalg.norm(step))
+        ds.Rows, ds.Columns = pixels.shape
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = 1, 0, "HU"
+        ds.KVP, ds.AcquisitionNumber = 120, 1
+        ds.PixelData = np.ascontiguousarray(pixels, np.int16).tobytes()
+        folder.mkdir(parents=True, exist_ok=True)
+        ds.save_as(folder / f"{len(hu) - k:03d}.dcm", enforce_file_format=True)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def write_ct_series() -> Callable[..., Path]:
+    """`write_ct_series(folder, hu, row_direction, column_direction, step, origin, spacing)`: a CT
+    DICOM series with a scanner's patient and study attributes (needs pydicom)."""
+    pytest.importorskip("pydicom")
+    return _write_ct_series

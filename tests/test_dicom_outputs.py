@@ -11,52 +11,12 @@ import pytest
 pydicom = pytest.importorskip("pydicom")
 pytest.importorskip("highdicom")
 pytest.importorskip("nibabel")
-from pydicom.dataset import FileDataset, FileMetaDataset  # noqa: E402
 from pydicom.pixels import apply_modality_lut  # noqa: E402
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid  # noqa: E402
 
 from funetgan import __version__  # noqa: E402
 from funetgan.data import DataError  # noqa: E402
 from funetgan.data.medical import read_scan, to_scan_grid  # noqa: E402
 from funetgan.medical.dicom_outputs import write_dicom_outputs  # noqa: E402
-
-
-def write_ct_series(
-    folder: Path,
-    hu: np.ndarray,
-    row_direction=(1, 0, 0),
-    column_direction=(0, 1, 0),
-    step=(0, 0, 2.5),
-    origin=(-10.0, -20.0, 30.0),
-    spacing=(0.7, 0.8),
-) -> Path:
-    """A CT series of `hu` (slices x rows x columns, int16) with the patient and study
-    attributes a scanner writes; file names run against the slice order."""
-    study, series, frame = generate_uid(), generate_uid(), generate_uid()
-    for k, pixels in enumerate(hu):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = CTImageStorage, generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = FileDataset(str(folder / f"{len(hu) - k:03d}.dcm"), {}, file_meta=meta, preamble=b"\0" * 128)
-        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
-        ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Test^Phantom", "P1", "19700101", "O"
-        ds.StudyInstanceUID, ds.StudyDate, ds.StudyTime, ds.StudyID = study, "20260101", "120000", "1"
-        ds.AccessionNumber, ds.ReferringPhysicianName = "A1", ""
-        ds.SeriesInstanceUID, ds.SeriesNumber, ds.Modality = series, 3, "CT"
-        ds.FrameOfReferenceUID, ds.PositionReferenceIndicator = frame, ""
-        ds.Manufacturer, ds.InstanceNumber, ds.ImageType = "test", k + 1, ["ORIGINAL", "PRIMARY", "AXIAL"]
-        ds.ImagePositionPatient = [float(o + k * s) for o, s in zip(origin, step)]
-        ds.ImageOrientationPatient = [float(v) for v in (*row_direction, *column_direction)]
-        ds.PixelSpacing, ds.SliceThickness = list(spacing), float(np.linalg.norm(step))
-        ds.Rows, ds.Columns = pixels.shape
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-        ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = 1, 0, "HU"
-        ds.KVP, ds.AcquisitionNumber = 120, 1
-        ds.PixelData = np.ascontiguousarray(pixels, np.int16).tobytes()
-        folder.mkdir(parents=True, exist_ok=True)
-        ds.save_as(folder / f"{len(hu) - k:03d}.dcm", enforce_file_format=True)
-    return folder
 
 
 def write_the_scan_as_its_map(series: Path, out: Path, threshold: float) -> tuple[Path, Path]:
@@ -71,9 +31,9 @@ def write_the_scan_as_its_map(series: Path, out: Path, threshold: float) -> tupl
 @pytest.mark.parametrize(
     "series",
     [
-        lambda tmp, real_series: real_series(tmp / "real"),
+        lambda tmp, real_series, _: real_series(tmp / "real"),
         # rows running to the patient's right, columns tilted, slices descending: every axis of the grid flips
-        lambda tmp, _: write_ct_series(
+        lambda tmp, _, write_ct_series: write_ct_series(
             tmp / "oblique",
             np.random.default_rng(0).integers(-1000, 400, (4, 6, 5)),
             row_direction=(-1, 0, 0),
@@ -83,8 +43,8 @@ def write_the_scan_as_its_map(series: Path, out: Path, threshold: float) -> tupl
     ],
     ids=["real CT series", "generated oblique series"],
 )
-def test_frames_line_up_with_the_source_slices(tmp_path, series, frames_by_source, real_series):
-    folder = series(tmp_path, real_series)
+def test_frames_line_up_with_the_source_slices(tmp_path, series, frames_by_source, real_series, write_ct_series):
+    folder = series(tmp_path, real_series, write_ct_series)
     seg, pm = write_the_scan_as_its_map(folder, tmp_path / "out", threshold=0.0)
     sources = [pydicom.dcmread(path) for path in sorted(folder.iterdir())]
     for name in (seg, pm):
@@ -137,7 +97,7 @@ def with_tags(folder: Path, **tags) -> Path:
     [{}, {"Laterality": ""}, {"Laterality": "R", "BodyPartExamined": "BREAST"}],
     ids=["as written", "empty Laterality", "right breast"],
 )
-def test_dciodvfy_finds_no_errors(tmp_path, real_series, tags):
+def test_dciodvfy_finds_no_errors(tmp_path, real_series, write_ct_series, tags):
     """Also where the source's own attributes would break a SEG if copied (an empty Laterality:
     "present when condition unsatisfied")."""
     for folder in (
@@ -150,7 +110,7 @@ def test_dciodvfy_finds_no_errors(tmp_path, real_series, tags):
             assert not errors, f"{path.name}: {errors}"
 
 
-def test_a_series_without_what_a_seg_must_reference_is_one_line(tmp_path):
+def test_a_series_without_what_a_seg_must_reference_is_one_line(tmp_path, write_ct_series):
     folder = write_ct_series(tmp_path / "series", np.zeros((2, 4, 4), np.int16))
     for path in folder.iterdir():
         ds = pydicom.dcmread(path)

@@ -11,7 +11,6 @@ from pydicom.uid import generate_uid  # noqa: E402
 from funetgan.config import DataConfig  # noqa: E402
 from funetgan.data import DataError, load_unlabelled  # noqa: E402
 from funetgan.data.medical import read_scan  # noqa: E402
-from test_dicom_outputs import write_ct_series  # noqa: E402
 
 
 def ct(slices: int, seed: int = 0) -> np.ndarray:
@@ -28,7 +27,7 @@ def load(folder):
     return load_unlabelled([str(folder)], 8, 1, DataConfig())
 
 
-def test_two_interleaved_series_in_one_folder_are_refused_naming_both(tmp_path):
+def test_two_interleaved_series_in_one_folder_are_refused_naming_both(tmp_path, write_ct_series):
     """The issue's probe: scored as 24 unrelated 2-D images before, with no word of why."""
     folder = write_ct_series(tmp_path / "both", ct(3))
     other = generate_uid()
@@ -45,7 +44,7 @@ def test_two_interleaved_series_in_one_folder_are_refused_naming_both(tmp_path):
     )
 
 
-def test_single_images_of_several_series_stay_images(tmp_path):
+def test_single_images_of_several_series_stay_images(tmp_path, write_ct_series):
     """Key images from several series (one slice each) are 2-D images, as radiographs are."""
     for name in ("a", "b"):
         write_ct_series(tmp_path / name, ct(1)).joinpath("001.dcm").rename(tmp_path / f"{name}.dcm")
@@ -65,7 +64,7 @@ def test_single_images_of_several_series_stay_images(tmp_path):
         (lambda ds: setattr(ds, "PixelData", b"\0" * 10), "unreadable pixel data (ValueError: "),
     ],
 )
-def test_a_bad_slice_is_named_by_its_file(tmp_path, change, problem):
+def test_a_bad_slice_is_named_by_its_file(tmp_path, change, problem, write_ct_series):
     """Before: no position made the series 24 2-D images; no pixel data named only the folder
     ("unreadable: AttributeError: The dataset has no 'Pixel Data'")."""
     folder = write_ct_series(tmp_path / "series", ct(4))
@@ -76,7 +75,7 @@ def test_a_bad_slice_is_named_by_its_file(tmp_path, change, problem):
     assert f"{folder} (003.dcm: {problem}" in message and "\n" not in message
 
 
-def test_uneven_spacing_is_refused_naming_the_slice_and_the_gap(tmp_path):
+def test_uneven_spacing_is_refused_naming_the_slice_and_the_gap(tmp_path, write_ct_series):
     """One 7.5 mm gap among 2.5 mm steps (z = 30 ... 40, 47.5 ... 52.5): the even grid of 22.5 / 7
     = 3.214 mm steps used before puts slice 4 at 42.86 mm, 2.86 mm from its 40."""
     folder = write_ct_series(tmp_path / "series", ct(8))
@@ -96,7 +95,7 @@ def test_uneven_spacing_is_refused_naming_the_slice_and_the_gap(tmp_path):
     )
 
 
-def test_positions_rounded_by_the_scanner_are_even_steps(tmp_path):
+def test_positions_rounded_by_the_scanner_are_even_steps(tmp_path, write_ct_series):
     folder = write_ct_series(tmp_path / "series", ct(5))
     for k, path in enumerate(sorted(folder.iterdir())):
         jitter = 0.003 * (-1) ** k  # mm
@@ -110,7 +109,7 @@ def test_positions_rounded_by_the_scanner_are_even_steps(tmp_path):
     assert slices.shape[0] == 5 and abs(geometry.affine[2, 2]) == pytest.approx(2.5, abs=0.01)
 
 
-def test_a_volume_folder_of_a_data_set_holding_two_series_is_refused_too(tmp_path):
+def test_a_volume_folder_of_a_data_set_holding_two_series_is_refused_too(tmp_path, write_ct_series):
     """ct_scans/<case>/ folders are read as series without being looked for: the same check."""
     folder = write_ct_series(tmp_path / "case", ct(3))
     edit(folder / "002.dcm", lambda ds: setattr(ds, "SeriesInstanceUID", "1.2.3"))
