@@ -90,12 +90,13 @@ def test_unknown_key_in_a_settings_file_names_the_file_and_the_closest_key(tmp_p
         Config.load(path)
 
 
-# Numeric settings checked by something other than config.BOUNDS (validate's own checks).
+# Numeric settings checked by something other than bounds.settings_values.BOUNDS (validate's own checks).
 OTHER_CHECKS = {"model.image_size", "model.channels", "score.tile_stride", "data.lung_threshold", "data.hu_window"}
 
 
 def test_every_numeric_setting_has_a_range():
-    from funetgan.config import BOUNDS, all_keys, get_key
+    from funetgan.bounds.settings_values import BOUNDS
+    from funetgan.config import all_keys, get_key
 
     config = Config()
     numeric = {

@@ -11,13 +11,7 @@ from PIL import Image
 from scipy import ndimage
 
 from funetgan.commands.demo import DEMO_DATA
-from funetgan.data.demo import (
-    GAP,
-    make_texture_dataset,
-    normal_crops,
-    regions,
-    texture_photo,
-)
+from funetgan.data.demo import GAP, make_texture_dataset, normal_crops, regions, texture_photo
 
 CROP = 64  # the demo's crops
 KEY = 8  # pixels of a row that locate a crop

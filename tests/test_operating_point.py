@@ -8,13 +8,7 @@ import json
 import numpy as np
 from PIL import Image
 
-from funetgan.outputs.operating_point import (
-    PIXEL_POSITIONS,
-    codes,
-    panel_data,
-    pixel_counts,
-    pixel_positions,
-)
+from funetgan.outputs.operating_point import PIXEL_POSITIONS, codes, panel_data, pixel_counts, pixel_positions
 from funetgan.outputs.report_html import _panel
 from funetgan.scoring.calibration import Calibration
 from funetgan.scoring.masks import MaskRule

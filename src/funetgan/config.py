@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from .bounds.memory import Sizes, unaffordable
-from .bounds.settings_values import check_finite, coerce, load_file
+from .bounds.settings_values import BOUNDS, check_bound, check_finite, coerce, load_file
 from .errors import SettingsError
 from .scoring.tiling import check_tile_stride
 
@@ -40,7 +40,7 @@ RECIPES = {
         "gan.max_minutes=15",
         "encoder.iterations=100000",
         "encoder.max_minutes=5",
-    ],
+    ]
 }
 
 
@@ -269,64 +269,6 @@ class Config:
             return cls.from_dict(values, base)
         except (KeyError, ValueError, TypeError, SettingsError) as err:
             raise SettingsError(f"{source}: {err}") from None
-
-
-# The range of each numeric setting, checked before any work starts (None is allowed where
-# the setting's default is None): "count" >= 1, "count0" >= 0, "positive" > 0, "non-negative"
-# >= 0, "fraction" in (0, 1), "seed" what every random generator takes (numpy's: below 2^32).
-BOUNDS = {
-    **dict.fromkeys(
-        (
-            "model.width",
-            "model.z_dim",
-            "gan.iterations",
-            "gan.n_critic",
-            "gan.gp_every",
-            "encoder.iterations",
-            "score.batch_size",
-            "batch_size",
-            "log_every",
-            "checkpoint_every",
-        ),
-        "count",
-    ),
-    "gan.warmup_iterations": "count0",
-    **dict.fromkeys(("seed", "data.split_seed"), "seed"),
-    **dict.fromkeys(("gan.lr_g", "gan.lr_d", "encoder.lr"), "positive"),
-    **dict.fromkeys(
-        (
-            "gan.max_minutes",
-            "encoder.max_minutes",
-            "gan.lambda_gp",
-            "gan.lambda_cons",
-            "encoder.kappa",
-            "score.kappa",
-            "score.density_weight",
-            "score.smoothness_weight",
-            "score.latent_density_weight",
-            "score.image_smoothness_weight",
-            "score.blur_sigma",
-        ),
-        "non-negative",
-    ),
-    **dict.fromkeys(("score.normal_quantile", "data.val_fraction", "data.test_fraction"), "fraction"),
-}
-_BOUND_TESTS = {
-    "count": (lambda v: v >= 1, "at least 1"),
-    "count0": (lambda v: v >= 0, "at least 0"),
-    "seed": (lambda v: 0 <= v < 2**32, "in 0 .. 2^32 - 1"),
-    "positive": (lambda v: v > 0, "above 0"),
-    "non-negative": (lambda v: v >= 0, "at least 0"),
-    "fraction": (lambda v: 0 < v < 1, "inside (0, 1)"),
-}
-
-
-def check_bound(key: str, value: Any, bound: str) -> None:
-    if value is None:
-        return
-    test, words = _BOUND_TESTS[bound]
-    if not test(value):
-        raise SettingsError(f"{key} must be {words}, got {value}")
 
 
 def working_size(config: Config) -> int | None:

@@ -133,3 +133,61 @@ def _typed_number(key: str, text: str) -> int | float:
             break
         return value
     raise SettingsError(f"{key} must be a number, got {text!r:.80}")
+
+
+# The range of each numeric setting, checked before any work starts (None is allowed where
+# the setting's default is None): "count" >= 1, "count0" >= 0, "positive" > 0, "non-negative"
+# >= 0, "fraction" in (0, 1), "seed" what every random generator takes (numpy's: below 2^32).
+BOUNDS = {
+    **dict.fromkeys(
+        (
+            "model.width",
+            "model.z_dim",
+            "gan.iterations",
+            "gan.n_critic",
+            "gan.gp_every",
+            "encoder.iterations",
+            "score.batch_size",
+            "batch_size",
+            "log_every",
+            "checkpoint_every",
+        ),
+        "count",
+    ),
+    "gan.warmup_iterations": "count0",
+    **dict.fromkeys(("seed", "data.split_seed"), "seed"),
+    **dict.fromkeys(("gan.lr_g", "gan.lr_d", "encoder.lr"), "positive"),
+    **dict.fromkeys(
+        (
+            "gan.max_minutes",
+            "encoder.max_minutes",
+            "gan.lambda_gp",
+            "gan.lambda_cons",
+            "encoder.kappa",
+            "score.kappa",
+            "score.density_weight",
+            "score.smoothness_weight",
+            "score.latent_density_weight",
+            "score.image_smoothness_weight",
+            "score.blur_sigma",
+        ),
+        "non-negative",
+    ),
+    **dict.fromkeys(("score.normal_quantile", "data.val_fraction", "data.test_fraction"), "fraction"),
+}
+_BOUND_TESTS = {
+    "count": (lambda v: v >= 1, "at least 1"),
+    "count0": (lambda v: v >= 0, "at least 0"),
+    "seed": (lambda v: 0 <= v < 2**32, "in 0 .. 2^32 - 1"),
+    "positive": (lambda v: v > 0, "above 0"),
+    "non-negative": (lambda v: v >= 0, "at least 0"),
+    "fraction": (lambda v: 0 < v < 1, "inside (0, 1)"),
+}
+
+
+def check_bound(key: str, value: Any, bound: str) -> None:
+    if value is None:
+        return
+    test, words = _BOUND_TESTS[bound]
+    if not test(value):
+        raise SettingsError(f"{key} must be {words}, got {value}")

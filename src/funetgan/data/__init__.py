@@ -7,6 +7,7 @@ then returns, so bad input stops a run before any training.
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 from ..config import DataConfig
@@ -124,14 +125,8 @@ def _volume_sets(
             for volume in volumes:
                 slices = problems.attempt(
                     "images",
-                    volume,  # `attempt` calls the lambda at once
-                    lambda: volume_slices(
-                        volume,  # noqa: B023
-                        image_size,
-                        channels,  # noqa: B023
-                        options.hu_window,
-                        options.lung_threshold,
-                    ),
+                    volume,
+                    partial(volume_slices, volume, image_size, channels, options.hu_window, options.lung_threshold),
                 )
                 if slices is not None:
                     add("test", slices)

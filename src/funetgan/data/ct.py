@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -74,11 +75,7 @@ def split_volumes(
     def read(add) -> None:
         for volume in volumes:
             split = "test" if volume.name in test_names else "train"
-            slices = bad.attempt(
-                split,
-                volume.scan,  # `attempt` calls the lambda at once
-                lambda: read_slices(volume, size, channels, options),  # noqa: B023
-            )  # noqa: B023
+            slices = bad.attempt(split, volume.scan, partial(read_slices, volume, size, channels, options))
             if slices is None:
                 continue
             if split == "train":

@@ -14,6 +14,7 @@ normalised to 0..1 and read as such (`medical.volume_to_uint8`). There is no val
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -44,24 +45,12 @@ def load_mood(root: Path, size: int | None, channels: int, options: DataConfig) 
     def read(add) -> None:
         for path in train:
             slices = bad.attempt(
-                "train",
-                path,  # `attempt` calls the lambda at once
-                lambda: volume_slices(
-                    path,  # noqa: B023
-                    size,
-                    channels,  # noqa: B023
-                    options.hu_window,
-                    options.lung_threshold,
-                ),
+                "train", path, partial(volume_slices, path, size, channels, options.hu_window, options.lung_threshold)
             )
             if slices is not None:
                 add("train", replace(slices, labels=np.zeros(len(slices), np.int64), kinds=["good"] * len(slices)))
         for volume in test:
-            slices = bad.attempt(
-                "test",
-                volume.scan,  # `attempt` calls the lambda at once
-                lambda: read_slices(volume, size, channels, options),  # noqa: B023
-            )  # noqa: B023
+            slices = bad.attempt("test", volume.scan, partial(read_slices, volume, size, channels, options))
             if slices is not None:
                 add("test", slices)
 
