@@ -24,26 +24,6 @@ PACKAGE = ROOT / "src" / "funetgan"
 DEPLOYMENT = ROOT / "docs" / "deployment.md"
 tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
-# test_cli's tiny networks and step counts: the installed command, not the model, is under test.
-TINY = [
-    "--set",
-    "model.image_size=32",
-    "--set",
-    "model.width=4",
-    "--set",
-    "model.z_dim=16",
-    "--set",
-    "batch_size=4",
-    "--set",
-    "gan.iterations=2",
-    "--set",
-    "gan.n_critic=1",
-    "--set",
-    "encoder.iterations=2",
-    "--device",
-    "cpu",
-]
-
 
 def package_files() -> set[str]:
     """Every file of src/funetgan (code and data) as the wheel names it."""
@@ -168,14 +148,14 @@ def installed(dist, tmp_path_factory) -> tuple[Path, dict]:
 
 
 @pytest.fixture(scope="session")
-def exported(installed, tmp_path_factory) -> tuple[Path, Path]:
+def exported(installed, tmp_path_factory, tiny_args) -> tuple[Path, Path]:
     """A tiny run trained, tested and exported by the installed command: the data, the ONNX file."""
     from funetgan.data.demo import make_texture_dataset
 
     bin_dir, env = installed
     work = tmp_path_factory.mktemp("installed-run")
     data = make_texture_dataset(work / "brick", crop=64, n_train=12, n_test_good=3, n_per_defect=1)
-    funetgan(bin_dir, env, work, "train", "--data", str(data), "--out", "run", *TINY)
+    funetgan(bin_dir, env, work, "train", "--data", str(data), "--out", "run", *tiny_args)
     funetgan(bin_dir, env, work, "test", "--run", "run", "--data", str(data), "--out", "results")
     funetgan(bin_dir, env, work, "export", "--run", "run", "--out", "model.onnx", "--data", str(data))
     return data, work / "model.onnx"
